@@ -1,0 +1,480 @@
+"""A minimal numpy multilayer perceptron with hand-written backpropagation (float64 throughout).
+
+Every layer is an object with ``forward(x)`` (which caches what the backward pass needs) and
+``backward(dout) -> dx``, where ``dout`` is dL/d(output) and ``dx`` is dL/d(input). A Dense layer
+additionally stores dL/dW and dL/db in ``dW`` and ``db``.
+
+The first Dense layer is special in the two-party protocol: it is the *interactive layer*,
+computed under Paillier encryption because the data party holds X and (masked) W while the
+label party holds the labels and everything above. ``MLP.forward`` is therefore written as
+``forward_top(layers[0].forward(X))`` so that the plaintext path and the encrypted path run
+exactly the same code above the first layer's pre-activation z = X W + b.
+
+Randomness here (initialisation, batch order) is public and reproducible by design: numpy's
+seeded generators are used. Secrets (keys, masks) never come from this module.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+# --------------------------------------------------------------------------------------------
+# Layers
+# --------------------------------------------------------------------------------------------
+
+
+def _as_float_matrix(x, what: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D (batch, features) array, got shape {x.shape}")
+    return x
+
+
+class Dense:
+    """Affine layer ``out = x @ W + b`` with W of shape (n_in, n_out) and b of shape (n_out,).
+
+    Backward, for dout = dL/dout of shape (m, n_out):
+        dW = x^T dout,   db = sum over the batch of dout,   dx = dout W^T.
+
+    Initialisation: ``"he"`` draws W ~ N(0, 2/n_in) (keeps ReLU activations' variance stable);
+    ``"glorot"`` draws W ~ U(-a, a) with a = sqrt(6/(n_in+n_out)) (for sigmoid/tanh/identity).
+    b starts at zero. ``with_weight=False`` builds the layer without drawing W (``W is None``):
+    that is how the label party holds the interactive layer, whose W belongs to the data party.
+    """
+
+    def __init__(self, n_in: int, n_out: int, *, rng: np.random.Generator, init: str = "he",
+                 with_weight: bool = True):
+        if int(n_in) != n_in or int(n_out) != n_out or n_in < 1 or n_out < 1:
+            raise ValueError(f"Dense sizes must be positive integers, got n_in={n_in}, n_out={n_out}")
+        self.n_in, self.n_out = int(n_in), int(n_out)
+        if init not in ("he", "glorot"):
+            raise ValueError(f"unknown init {init!r}; expected 'he' or 'glorot'")
+        self.init = init
+        self.W: np.ndarray | None = None
+        if with_weight:
+            if init == "he":
+                self.W = rng.standard_normal((self.n_in, self.n_out)) * np.sqrt(2.0 / self.n_in)
+            else:
+                limit = np.sqrt(6.0 / (self.n_in + self.n_out))
+                self.W = rng.uniform(-limit, limit, size=(self.n_in, self.n_out))
+        self.b = np.zeros(self.n_out, dtype=np.float64)
+        self.dW: np.ndarray | None = None
+        self.db: np.ndarray | None = None
+        self.x: np.ndarray | None = None
+
+    def forward(self, x) -> np.ndarray:
+        if self.W is None:
+            raise ValueError("this Dense layer holds no weight (built with with_weight=False; "
+                             "the data party owns W), so it cannot run forward")
+        x = _as_float_matrix(x, "Dense input")
+        if x.shape[1] != self.n_in:
+            raise ValueError(f"Dense input has {x.shape[1]} features, layer expects {self.n_in}")
+        self.x = x
+        return x @ self.W + self.b
+
+    def backward_bias(self, dout) -> np.ndarray:
+        """Fill and return ``db`` = sum over the batch of dout. Needs no cached input, so the
+        label party (which never sees X) can compute the interactive layer's bias gradient."""
+        dout = _as_float_matrix(dout, "Dense upstream gradient")
+        if dout.shape[1] != self.n_out:
+            raise ValueError(f"upstream gradient has {dout.shape[1]} columns, layer has {self.n_out}")
+        self.db = dout.sum(axis=0)
+        return self.db
+
+    def backward(self, dout) -> np.ndarray:
+        if self.x is None or self.W is None:
+            raise ValueError("Dense.backward called before forward (or on a layer without W)")
+        dout = _as_float_matrix(dout, "Dense upstream gradient")
+        if dout.shape != (self.x.shape[0], self.n_out):
+            raise ValueError(f"upstream gradient shape {dout.shape} does not match the layer "
+                             f"output shape {(self.x.shape[0], self.n_out)}")
+        self.dW = self.x.T @ dout
+        self.backward_bias(dout)
+        return dout @ self.W.T
+
+
+class ReLU:
+    """relu(x) = max(x, 0); derivative 1 where x > 0, else 0 (0 chosen at the kink x = 0)."""
+
+    def forward(self, x):
+        x = np.asarray(x, dtype=np.float64)
+        self.positive = x > 0
+        return np.where(self.positive, x, 0.0)
+
+    def backward(self, dout):
+        return np.where(self.positive, dout, 0.0)
+
+
+def sigmoid(x):
+    """Logistic function 1/(1+e^-x), evaluated without overflow for large |x|: only
+    e^{-|x|} <= 1 is ever computed."""
+    x = np.asarray(x, dtype=np.float64)
+    decay = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + decay), decay / (1.0 + decay))
+
+
+class Sigmoid:
+    """s = sigmoid(x); ds/dx = s (1 - s), computed from the cached output."""
+
+    def forward(self, x):
+        self.out = sigmoid(x)
+        return self.out
+
+    def backward(self, dout):
+        return dout * self.out * (1.0 - self.out)
+
+
+class Tanh:
+    """t = tanh(x); dt/dx = 1 - t^2, computed from the cached output."""
+
+    def forward(self, x):
+        self.out = np.tanh(np.asarray(x, dtype=np.float64))
+        return self.out
+
+    def backward(self, dout):
+        return dout * (1.0 - self.out ** 2)
+
+
+class Identity:
+    """f(x) = x. Useful for a linear interactive layer (the paper's plain logistic regression)."""
+
+    def forward(self, x):
+        return np.asarray(x, dtype=np.float64)
+
+    def backward(self, dout):
+        return np.asarray(dout, dtype=np.float64)
+
+
+ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh, "identity": Identity}
+INIT_FOR_ACTIVATION = {"relu": "he", "sigmoid": "glorot", "tanh": "glorot", "identity": "glorot"}
+
+# --------------------------------------------------------------------------------------------
+# Losses: each returns (mean loss over the batch, dL/dlogits) with dL/dlogits already divided
+# by the batch size m.
+# --------------------------------------------------------------------------------------------
+
+
+def _class_ids(y, m: int, n_classes: int) -> np.ndarray:
+    y = np.asarray(y)
+    if y.shape != (m,):
+        raise ValueError(f"labels must have shape ({m},), got {y.shape}")
+    if y.dtype.kind not in "iu":
+        if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+            y = y.astype(np.int64)
+        else:
+            raise ValueError(f"labels must be integer class ids, got dtype {y.dtype}")
+    if m and (y.min() < 0 or y.max() >= n_classes):
+        bad = y[(y < 0) | (y >= n_classes)][0]
+        raise ValueError(f"label {bad} is outside the class range 0..{n_classes - 1}")
+    return y.astype(np.int64)
+
+
+def softmax(logits) -> np.ndarray:
+    """Row-wise softmax; the row maximum is subtracted first so exp never overflows."""
+    logits = _as_float_matrix(logits, "logits")
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def softmax_cross_entropy(logits, y):
+    """Mean over the batch of -log softmax(logits)[y].
+
+    With shifted = logits - max (per row), -log p_y = log sum_j e^{shifted_j} - shifted_y
+    (log-sum-exp), which is finite for any finite logits. Gradient: (softmax - onehot(y)) / m.
+    """
+    logits = _as_float_matrix(logits, "logits")
+    m, n_classes = logits.shape
+    if m == 0:
+        raise ValueError("cannot compute a loss over an empty batch")
+    y = _class_ids(y, m, n_classes)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_sum_exp = np.log(np.exp(shifted).sum(axis=1))
+    rows = np.arange(m)
+    loss = float(np.mean(log_sum_exp - shifted[rows, y]))
+    dlogits = np.exp(shifted - log_sum_exp[:, None])
+    dlogits[rows, y] -= 1.0
+    return loss, dlogits / m
+
+
+def sigmoid_binary_cross_entropy(logits, y):
+    """Mean over the batch of -[y log s + (1-y) log(1-s)] with s = sigmoid(z), y in {0, 1}.
+
+    Algebraically this equals log(1 + e^z) - y z, evaluated as ``logaddexp(0, z) - y z`` so it
+    stays finite for any finite z (no log(0)). Gradient: (sigmoid(z) - y) / m, returned in the
+    logits' own shape, (m, 1) or (m,).
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    if not (logits.ndim == 1 or (logits.ndim == 2 and logits.shape[1] == 1)):
+        raise ValueError(f"binary logits must have shape (m,) or (m, 1), got {logits.shape}")
+    z = logits.reshape(-1)
+    m = z.shape[0]
+    if m == 0:
+        raise ValueError("cannot compute a loss over an empty batch")
+    y = np.asarray(y)
+    if y.shape == (m, 1):
+        y = y.reshape(-1)
+    target = _class_ids(y, m, 2).astype(np.float64)
+    loss = float(np.mean(np.logaddexp(0.0, z) - target * z))
+    dlogits = (sigmoid(z) - target) / m
+    return loss, dlogits.reshape(logits.shape)
+
+
+def mean_squared_error(pred, y):
+    """Mean over the batch of the per-example squared error sum_j (pred_j - y_j)^2.
+
+    Gradient: 2 (pred - y) / m. For a single output, y may be (m,) while pred is (m, 1).
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    target = np.asarray(y, dtype=np.float64)
+    if pred.ndim == 0 or pred.shape[0] == 0:
+        raise ValueError("cannot compute a loss over an empty batch")
+    if target.shape != pred.shape:
+        if target.size == pred.size and target.ndim == 1 and pred.shape == (target.shape[0], 1):
+            target = target.reshape(pred.shape)
+        else:
+            raise ValueError(f"targets of shape {target.shape} do not match predictions {pred.shape}")
+    m = pred.shape[0]
+    diff = pred - target
+    loss = float(np.sum(diff ** 2) / m)
+    return loss, 2.0 * diff / m
+
+
+LOSSES = {"softmax_ce": softmax_cross_entropy, "sigmoid_bce": sigmoid_binary_cross_entropy,
+          "mse": mean_squared_error}
+
+# --------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------
+
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+def init_layer(layer_sizes, index: int, activation: str = "relu", seed: int = 0, *,
+               with_weight: bool = True) -> Dense:
+    """Build Dense layer ``index`` of an MLP exactly as ``MLP`` does.
+
+    Each layer draws from its own generator ``np.random.default_rng([seed, index])``, so the
+    data party can reproduce the interactive layer (index 0) without building the rest of the
+    network, and the label party can build layers 1.. without ever drawing layer 0's weight.
+    """
+    sizes = [int(size) for size in layer_sizes]
+    if not 0 <= index < len(sizes) - 1:
+        raise ValueError(f"layer index {index} out of range for layer sizes {sizes}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}")
+    rng = np.random.default_rng([_check_seed(seed), index])
+    return Dense(sizes[index], sizes[index + 1], rng=rng, init=INIT_FOR_ACTIVATION[activation],
+                 with_weight=with_weight)
+
+
+class MLP:
+    """Fully connected net: Dense -> act -> Dense -> act -> ... -> Dense (logits).
+
+    ``layer_sizes`` = [n_features, hidden..., n_outputs]. The loss defaults to ``"sigmoid_bce"``
+    for a single output and ``"softmax_ce"`` otherwise; ``"mse"`` is also accepted (then
+    ``predict`` returns raw outputs, not class ids).
+
+    ``first_layer_weight=False`` builds the label party's view: ``layers[0].W is None`` (never
+    drawn) while ``layers[0].b`` and every layer above are identical to the full model's.
+    """
+
+    def __init__(self, layer_sizes, activation: str = "relu", seed: int = 0, loss: str | None = None,
+                 *, first_layer_weight: bool = True):
+        sizes = list(layer_sizes)
+        if len(sizes) < 2 or any(isinstance(s, bool) or int(s) != s or s < 1 for s in sizes):
+            raise ValueError(f"layer_sizes must be >= 2 positive integers, got {layer_sizes!r}")
+        self.layer_sizes = [int(s) for s in sizes]
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}")
+        self.activation = activation
+        self.seed = _check_seed(seed)
+        if loss is None:
+            loss = "sigmoid_bce" if self.layer_sizes[-1] == 1 else "softmax_ce"
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; expected one of {sorted(LOSSES)}")
+        if loss == "sigmoid_bce" and self.layer_sizes[-1] != 1:
+            raise ValueError("sigmoid_bce needs a single output unit")
+        if loss == "softmax_ce" and self.layer_sizes[-1] < 2:
+            raise ValueError("softmax_ce needs at least two output units")
+        self.loss = loss
+        self.layers = [
+            init_layer(self.layer_sizes, index, activation, self.seed,
+                       with_weight=first_layer_weight or index > 0)
+            for index in range(len(self.layer_sizes) - 1)
+        ]
+        self.activations = [ACTIVATIONS[activation]() for _ in self.layers[:-1]]
+
+    # The split: layers[0] is the interactive layer; forward_top/backward_top are everything above.
+
+    def forward_top(self, z) -> np.ndarray:
+        """Logits from the interactive layer's pre-activation z = X W0 + b0 (shape (m, h1))."""
+        hidden = _as_float_matrix(z, "interactive-layer output z")
+        for activation, layer in zip(self.activations, self.layers[1:]):
+            hidden = layer.forward(activation.forward(hidden))
+        return hidden
+
+    def backward_top(self, dlogits) -> np.ndarray:
+        """Backpropagate dL/dlogits through layers[1:] (filling their dW, db); return dL/dz.
+
+        Layer 0's gradients are not touched: the plaintext path gets them from
+        ``layers[0].backward(dz)``; the label party, which has no X, calls
+        ``layers[0].backward_bias(dz)`` for db0 and sends dz onward (encrypted) for dW0.
+        """
+        grad = np.asarray(dlogits, dtype=np.float64)
+        if grad.ndim == 1:  # a binary loss may hand back (m,) gradients for (m, 1) logits
+            grad = grad[:, None]
+        for activation, layer in zip(reversed(self.activations), reversed(self.layers[1:])):
+            grad = activation.backward(layer.backward(grad))
+        return grad
+
+    def forward(self, X) -> np.ndarray:
+        return self.forward_top(self.layers[0].forward(X))
+
+    def backward(self, dlogits) -> np.ndarray:
+        return self.layers[0].backward(self.backward_top(dlogits))
+
+    def loss_and_grad(self, logits, y):
+        return LOSSES[self.loss](logits, y)
+
+    def scores_from_logits(self, logits) -> np.ndarray:
+        """sigmoid probabilities (m,) for sigmoid_bce; softmax (m, k) for softmax_ce;
+        raw outputs for mse ((m,) when there is a single output). Shared by the plaintext and
+        the encrypted prediction paths, which differ only in how the logits were computed."""
+        logits = _as_float_matrix(logits, "logits")
+        if self.loss == "sigmoid_bce":
+            return sigmoid(logits[:, 0])
+        if self.loss == "softmax_ce":
+            return softmax(logits)
+        return logits[:, 0] if logits.shape[1] == 1 else logits
+
+    def classes_from_scores(self, scores) -> np.ndarray:
+        """Class ids (int64) for the classification losses (threshold 0.5 / argmax); for mse
+        the scores themselves."""
+        scores = np.asarray(scores, dtype=np.float64)
+        if self.loss == "sigmoid_bce":
+            return (scores >= 0.5).astype(np.int64)
+        if self.loss == "softmax_ce":
+            return scores.argmax(axis=1).astype(np.int64)
+        return scores
+
+    def predict_scores(self, X) -> np.ndarray:
+        return self.scores_from_logits(self.forward(X))
+
+    def predict(self, X) -> np.ndarray:
+        return self.classes_from_scores(self.predict_scores(X))
+
+    def top_named_params(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """(name, parameter, gradient) for everything the optimiser updates: layer 0's bias and
+        all of layers[1:]. Layer 0's weight is excluded: it is always updated by plain SGD
+        (W0 -= lr dW0), which the protocol's masking of W0 relies on."""
+        yield "layers.0.b", self.layers[0].b, self.layers[0].db
+        for index, layer in enumerate(self.layers[1:], start=1):
+            yield f"layers.{index}.W", layer.W, layer.dW
+            yield f"layers.{index}.b", layer.b, layer.db
+
+    def named_params(self) -> Iterator[tuple[str, np.ndarray | None]]:
+        """(name, parameter) for every parameter, layer 0's weight included (None if absent)."""
+        for index, layer in enumerate(self.layers):
+            yield f"layers.{index}.W", layer.W
+            yield f"layers.{index}.b", layer.b
+
+
+# --------------------------------------------------------------------------------------------
+# Optimiser and training
+# --------------------------------------------------------------------------------------------
+
+
+class SGD:
+    """Stochastic gradient descent with optional (heavy-ball) momentum, updating in place.
+
+    For each named parameter p with gradient g:  v <- momentum * v + g;  p <- p - lr * v
+    (v starts at 0; with momentum = 0 this is exactly p <- p - lr * g). Velocities are keyed by
+    parameter name, so the same optimiser can be driven from either party's view of the model.
+    """
+
+    def __init__(self, lr: float, momentum: float = 0.0):
+        if not np.isfinite(lr) or lr <= 0:
+            raise ValueError(f"learning rate must be a positive finite number, got {lr!r}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+        self.lr = float(lr)
+        self.momentum = float(momentum)
+        self.velocity: dict[str, np.ndarray] = {}
+
+    def step(self, named_params: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> None:
+        for name, param, grad in named_params:
+            if grad is None:
+                raise ValueError(f"parameter {name!r} has no gradient; run backward first")
+            if grad.shape != param.shape:
+                raise ValueError(f"gradient shape {grad.shape} != parameter shape {param.shape} "
+                                 f"for {name!r}")
+            if self.momentum == 0.0:
+                param -= self.lr * grad
+                continue
+            velocity = self.velocity.get(name)
+            if velocity is None:
+                velocity = self.velocity[name] = np.zeros_like(param, dtype=np.float64)
+            velocity *= self.momentum
+            velocity += grad
+            param -= self.lr * velocity
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {name: velocity.copy() for name, velocity in self.velocity.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.velocity = {str(name): np.array(value, dtype=np.float64) for name, value in state.items()}
+
+
+def minibatches(n: int, batch_size: int, *, seed: int, epoch: int) -> list[np.ndarray]:
+    """Indices 0..n-1 shuffled by ``np.random.default_rng([seed, epoch]).permutation(n)`` and
+    cut into consecutive batches of ``batch_size`` (the last may be shorter). Both parties call
+    this with the same public (seed, epoch) to agree on the batch order without talking."""
+    if n < 1 or batch_size < 1:
+        raise ValueError(f"need n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+    order = np.random.default_rng([_check_seed(seed), _check_seed(epoch)]).permutation(n)
+    return [order[start:start + batch_size] for start in range(0, n, batch_size)]
+
+
+def train_plaintext(mlp: MLP, X, y, *, epochs: int, batch_size: int, lr: float, seed: int = 0,
+                    momentum: float = 0.0,
+                    callback: Callable[[int, int, float], None] | None = None) -> dict:
+    """Train ``mlp`` in place on (X, y) with minibatch SGD; the reference the protocol must match.
+
+    Per batch: forward, loss, backward, then updates — layer 0's weight by plain SGD
+    (W0 -= lr * dW0, never momentum), every other parameter (``mlp.top_named_params()``) by
+    ``SGD(lr, momentum)``. Returns {"batch_loss": [...], "epoch_loss": [...]}, where an epoch's
+    loss is the batch losses' mean weighted by batch size (the mean per-example loss seen).
+    """
+    if mlp.layers[0].W is None:
+        raise ValueError("this MLP has no first-layer weight (first_layer_weight=False); "
+                         "plaintext training needs the full model")
+    X = _as_float_matrix(X, "X")
+    y = np.asarray(y)
+    if y.shape[0] != X.shape[0]:
+        raise ValueError(f"X has {X.shape[0]} rows but y has {y.shape[0]}")
+    if int(epochs) != epochs or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+    optimizer = SGD(lr, momentum)
+    history = {"batch_loss": [], "epoch_loss": []}
+    first = mlp.layers[0]
+    for epoch in range(int(epochs)):
+        weighted_loss = 0.0
+        for batch_index, rows in enumerate(minibatches(X.shape[0], batch_size, seed=seed, epoch=epoch)):
+            logits = mlp.forward(X[rows])
+            loss, dlogits = mlp.loss_and_grad(logits, y[rows])
+            mlp.backward(dlogits)
+            first.W -= lr * first.dW
+            optimizer.step(mlp.top_named_params())
+            history["batch_loss"].append(loss)
+            weighted_loss += loss * len(rows)
+            if callback is not None:
+                callback(epoch, batch_index, loss)
+        history["epoch_loss"].append(weighted_loss / X.shape[0])
+    return history
