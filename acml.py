@@ -279,6 +279,9 @@ def datasets_from_args(args):
 
 
 def config_from_args(args) -> Config:
+    if args.key_bits < paillier.INSECURE_KEY_BITS and not args.insecure_small_key:
+        raise UsageError(f"--key-bits {args.key_bits} is under {paillier.INSECURE_KEY_BITS} bits "
+                         "and not secure; add --insecure-small-key for tests and demos")
     return Config(hidden=args.hidden, activation=args.activation, epochs=args.epochs,
                   batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                   key_bits=args.key_bits, seed=args.seed, allow_insecure=args.insecure_small_key,

@@ -323,7 +323,7 @@ def test_cli_train_writes_json_report_and_transcript(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["train", "--key-bits", "512"], "allow_insecure"),
+    (["train", "--key-bits", "512"], "--insecure-small-key"),
     (["train", "--features", "missing.csv"], "--labels"),
     (["train", "--features", "nope.csv", "--labels", "nope2.csv", "--id-column", "id",
       "--label-column", "y"], "nope.csv"),
