@@ -985,10 +985,11 @@ def _bottom_model_arrays(party: "DataParty") -> dict:
     """Hook for the data party's optional bottom model (X → α), which this branch lacks.
 
     When it exists, return its parameters here as float64 arrays named ``bottom.<name>``, list
-    them in DataPartyState, and set them back in DataPartyState.restore. Until then a party
-    that has one refuses to save, rather than silently dropping part of its state.
+    them in DataPartyState, and set them back in DataPartyState.restore (resume_setup must then
+    skip [[X]], as setup does). Until then a party that has one (as ``bottom`` or
+    ``bottom_model``) refuses to save, rather than silently dropping part of its state.
     """
-    if getattr(party, "bottom_model", None) is not None:
+    if any(getattr(party, name, None) is not None for name in ("bottom", "bottom_model")):
         raise NotImplementedError("checkpointing the data party's bottom model is not "
                                   "implemented: see protocol._bottom_model_arrays")
     return {}

@@ -315,12 +315,13 @@ def test_bottom_model_hook_refuses_to_save_rather_than_drop_state(trained):
     """A data party with a bottom model cannot be checkpointed until its parameters are saved
     too: the hook fails loudly instead of writing half the state."""
     _, result, *_ = trained
-    result.data_party.bottom_model = object()
-    try:
-        with pytest.raises(NotImplementedError, match="bottom model"):
-            protocol.DataPartyState.of(result.data_party, epochs_completed=2)
-    finally:
-        del result.data_party.bottom_model
+    for name in ("bottom", "bottom_model"):
+        setattr(result.data_party, name, object())
+        try:
+            with pytest.raises(NotImplementedError, match="bottom model"):
+                protocol.DataPartyState.of(result.data_party, epochs_completed=2)
+        finally:
+            delattr(result.data_party, name)
 
 
 def test_resumed_run_is_bit_identical_to_an_uninterrupted_one_at_the_cli(tmp_path, capsys):
