@@ -981,6 +981,19 @@ def _meta_int(meta: dict, key: str, path) -> int:
     return value
 
 
+DATA_TRAINING_KEYS = ("n_hidden", "activation", "lr", "batch_size", "epochs", "seed")
+LABEL_TRAINING_KEYS = ("layer_sizes", "activation", "lr", "momentum", "batch_size", "epochs",
+                       "seed")
+
+
+def _meta_dict(meta: dict, key: str, required: tuple, path) -> dict:
+    value = meta.get(key)
+    missing = [name for name in required if not isinstance(value, dict) or name not in value]
+    if missing:
+        raise ValueError(f"{path}: corrupted checkpoint: {key!r} lacks {missing}")
+    return value
+
+
 def _bottom_model_arrays(party: "DataParty") -> dict:
     """Hook for the data party's optional bottom model (X → α), which this branch lacks.
 
@@ -1072,10 +1085,10 @@ class DataPartyState:
         except ValueError as error:
             raise ValueError(f"{path}: corrupted checkpoint: bad private key ({error})") from None
         plan = _plan_from(meta, path)
-        training = meta.get("training")
+        training = _meta_dict(meta, "training", DATA_TRAINING_KEYS, path)
         names = meta.get("feature_names")
-        if not isinstance(training, dict) or not isinstance(names, list) or not names:
-            raise ValueError(f"{path}: corrupted checkpoint: no training plan or feature names")
+        if not isinstance(names, list) or not names:
+            raise ValueError(f"{path}: corrupted checkpoint: no feature names")
         n_hidden = _meta_int(training, "n_hidden", path)
         d = len(names)
         noise = _integers(arrays, "noise_acc", (d, n_hidden), path)
@@ -1187,8 +1200,8 @@ class LabelPartyState:
     def load(cls, path, *, allow_insecure: bool = False) -> "LabelPartyState":
         """Read and validate a label party's file: one-line ValueError for anything wrong."""
         meta, arrays = _read_checkpoint(path, LABEL)
-        training = meta.get("training")
-        sizes = training.get("layer_sizes") if isinstance(training, dict) else None
+        training = _meta_dict(meta, "training", LABEL_TRAINING_KEYS, path)
+        sizes = training["layer_sizes"]
         if not (isinstance(sizes, list) and len(sizes) >= 2 and all(
                 isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes)):
             raise ValueError(f"{path}: corrupted checkpoint: bad layer sizes {sizes!r}")

@@ -427,6 +427,16 @@ def test_corrupted_checkpoint_files_are_one_line_errors(trained, tmp_path):
     fails(lambda path: shutil.copy(path.parent / "label_party.npz", path),
           "is the label party's checkpoint, expected the data party's")
     fails(lambda path: rewrite(path, lambda e: e.pop("meta")), "not an ACML checkpoint")
+
+    def drop_lr_and_rehash(entries):  # a well-formed file with a field missing
+        meta = json.loads(str(entries["meta"]))
+        del meta["training"]["lr"]
+        entries["meta"] = np.array(json.dumps(meta))
+        entries["sha256"] = np.array(protocol._content_digest(entries))
+
+    fails(lambda path: rewrite(path, drop_lr_and_rehash), "lacks ['lr']")
+    fails(lambda path: rewrite(path, drop_lr_and_rehash), "lacks ['lr']",
+          name="label_party.npz", loader=protocol.LabelPartyState)
     fails(flip_byte, "corrupted", name="label_party.npz", loader=protocol.LabelPartyState)
 
 
@@ -461,6 +471,21 @@ def test_a_checkpoint_key_shorter_than_allowed_needs_the_insecure_flag(trained, 
     line = one_line_error(capsys, ["predict", "--checkpoint-dir", str(directory),
                                    "--features", str(features), "--id-column", "id"])
     assert "--insecure-small-key" in line
+
+
+def test_cli_checkpoint_misuse_is_one_line(tmp_path, capsys):
+    """--resume without a directory, and predict/export from a directory with no checkpoint."""
+    line = one_line_error(capsys, ["train", "--dataset", "wine", "--resume", *CLI_SMALL_KEY])
+    assert "--resume needs --checkpoint-dir" in line
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    features = write_csv(tmp_path / "new.csv", ["id", "x"], [[0, 1.0]])
+    line = one_line_error(capsys, ["predict", "--checkpoint-dir", str(empty), "--features",
+                                   str(features), "--id-column", "id", "--insecure-small-key"])
+    assert "data_party.npz: no such checkpoint file" in line
+    line = one_line_error(capsys, ["export", "--checkpoint-dir", str(empty), "--out",
+                                   str(tmp_path / "m.npz"), acml.REVEAL_FLAG])
+    assert "no such checkpoint file" in line
 
 
 # ---- 3. prediction --------------------------------------------------------------------------
