@@ -18,10 +18,13 @@ for that comparison is a diagnostic of this simulation only; no party can do it.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import os
 import sys
 import time
 import warnings
+import zipfile
 from dataclasses import dataclass, field, asdict
 
 import numpy as np
@@ -77,11 +80,19 @@ def load_split(name: str, *, test_fraction: float = 0.2, seed: int = 0):
     return prepare(data.load_builtin(name), test_fraction=test_fraction, seed=seed)
 
 
-def prepare(dataset: data.Dataset, *, test_fraction: float = 0.2, seed: int = 0):
+def prepare(dataset: data.Dataset, *, test_fraction: float = 0.2, seed: int = 0,
+            return_standardizer: bool = False):
+    """Split, then standardise both parts with the mean and std of the training part.
+
+    The standardiser belongs to the data party: ``return_standardizer=True`` returns it too,
+    for ``train(..., standardizer=...)`` to save in the data party's checkpoint.
+    """
     train_set, test_set = data.train_test_split(dataset, test_fraction=test_fraction, seed=seed)
     scaler = data.Standardizer().fit(train_set.X)
     train_set.X = scaler.transform(train_set.X)
     test_set.X = scaler.transform(test_set.X)
+    if return_standardizer:
+        return train_set, test_set, scaler
     return train_set, test_set
 
 
@@ -91,31 +102,70 @@ def joint_first_layer(data_party: protocol.DataParty, label_party: protocol.Labe
 
 
 def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
-          config: Config | None = None, *, progress: bool = False, keypair=None) -> Result:
-    """Train encrypted (two parties) and plaintext (the twin) on the same batches, and compare."""
+          config: Config | None = None, *, progress: bool = False, keypair=None,
+          checkpoint_dir=None, resume: bool = False, standardizer=None) -> Result:
+    """Train encrypted (two parties) and plaintext (the twin) on the same batches, and compare.
+
+    ``checkpoint_dir``: after every epoch each party saves its own file there
+    (``data_party.npz``, ``label_party.npz``; see protocol.DataPartyState/LabelPartyState).
+    ``standardizer`` — the data party's, from ``prepare(..., return_standardizer=True)`` — is
+    saved with the data party, so that prediction applies it to new rows. ``resume=True``
+    continues from those files up to ``config.epochs``: the same data and settings are required,
+    the key pair comes from the data party's file, and [[X]] is encrypted afresh. ``losses``
+    then covers the resumed epochs only.
+    """
     config = config or Config()
     sizes = config.layer_sizes(train_set.X.shape[1], train_set.n_classes)
+    for dataset in (train_set, test_set):
+        if dataset is not None:
+            check_feature_range(dataset.X, config.plan, feature_names=dataset.feature_names,
+                                ids=dataset.ids, source=dataset.name)
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume needs the checkpoint directory to resume from")
     start = time.perf_counter()
-    data_party = protocol.DataParty(train_set.X, plan=config.plan, key_bits=config.key_bits,
-                                    allow_insecure=config.allow_insecure, keypair=keypair,
-                                    init_seed=config.seed)
-    label_party = protocol.LabelParty(train_set.y, sizes, activation=config.activation,
-                                      lr=config.lr, momentum=config.momentum,
-                                      batch_size=config.batch_size, epochs=config.epochs,
-                                      seed=config.seed, plan=config.plan)
-    channel = protocol.Channel(sigma=config.plan.sigma)
-    protocol.setup(data_party, label_party, channel)
+    first_epoch = 0
+    feature_mean = None if standardizer is None else standardizer.mean
+    feature_std = None if standardizer is None else standardizer.std
+    if resume:
+        if keypair is not None:
+            raise ValueError("resume takes the key pair from the data party's checkpoint; "
+                             "pass no keypair")
+        data_state, label_state = load_checkpoints(checkpoint_dir,
+                                                   allow_insecure=config.allow_insecure)
+        _check_resumable(config, sizes, data_state, label_state, checkpoint_dir)
+        first_epoch = label_state.epochs_completed
+        feature_mean, feature_std = data_state.feature_mean, data_state.feature_std
+        data_party = data_state.restore(train_set.X)
+        label_party = label_state.restore(train_set.y, epochs=config.epochs)
+        channel = protocol.Channel(sigma=config.plan.sigma)
+        protocol.resume_setup(data_party, label_party, channel)
+    else:
+        if checkpoint_dir is not None:
+            _refuse_to_overwrite(checkpoint_dir)
+        data_party = protocol.DataParty(train_set.X, plan=config.plan, key_bits=config.key_bits,
+                                        allow_insecure=config.allow_insecure, keypair=keypair,
+                                        init_seed=config.seed)
+        label_party = protocol.LabelParty(train_set.y, sizes, activation=config.activation,
+                                          lr=config.lr, momentum=config.momentum,
+                                          batch_size=config.batch_size, epochs=config.epochs,
+                                          seed=config.seed, plan=config.plan)
+        channel = protocol.Channel(sigma=config.plan.sigma)
+        protocol.setup(data_party, label_party, channel)
 
     n_batches = -(-len(train_set.y) // config.batch_size)
-    bar = _progress_bar(config.epochs * n_batches) if progress else None
+    bar = _progress_bar((config.epochs - first_epoch) * n_batches) if progress else None
     losses = []
-    for epoch in range(config.epochs):
+    for epoch in range(first_epoch, config.epochs):
         update = None
         if bar is not None:
             def update(loss, epoch=epoch):
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4f}")
                 bar.update(1)
         losses.extend(protocol.train_epoch(data_party, label_party, channel, epoch, update))
+        if checkpoint_dir is not None:
+            save_checkpoints(checkpoint_dir, data_party, label_party, epochs_completed=epoch + 1,
+                             feature_names=train_set.feature_names, feature_mean=feature_mean,
+                             feature_std=feature_std, class_names=train_set.class_names)
     if bar is not None:
         bar.close()
     encrypted_seconds = time.perf_counter() - start
@@ -154,6 +204,8 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
     metrics["leakage"] = channel.report()
     metrics["step_seconds"] = dict(channel.step_seconds)
     metrics["step_ops"] = {k: dict(v) for k, v in channel.step_ops.items()}
+    if resume:
+        metrics["resumed_after_epoch"] = first_epoch
     return Result(data_party, label_party, channel, plaintext, losses,
                   list(history["batch_loss"]), encrypted_seconds, metrics)
 
@@ -203,6 +255,229 @@ def format_report(metrics: dict) -> str:
         lines.append(f"  {row['step']:<8}{row['sender'] + ' → ' + row['receiver']:<16}"
                      f"{row['name']:<22}{row['kind']:<12}{row['count']:>6}  {row['learned']}")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints, prediction from checkpoints, and the joint export
+# ----------------------------------------------------------------------------------------------
+REVEAL_FLAG = "--i-understand-this-reveals-the-weights"
+MODEL_FORMAT = "acml-plaintext-model"
+
+
+def check_feature_range(X, plan: FixedPointPlan, *, feature_names, ids, source: str,
+                        raw=None, mean=None, std=None) -> None:
+    """Every standardised value must be finite and |x| < 2**x_int_bits, before any encryption.
+
+    The error names the row's id, the column and the bound; given the raw values and the
+    standardisation (prediction), it gives the range the raw column accepts. Checking up front
+    means a bad test row fails in a second, not after an hour of encrypted training.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    limit = 2.0 ** plan.x_int_bits
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(X) | (np.abs(X) >= limit)
+    if not bad.any():
+        return
+    row, col = map(int, np.argwhere(bad)[0])
+    where = f"{source}, id {str(ids[row])!r}, column {feature_names[col]!r}"
+    if not np.isfinite(X[row, col]):
+        raise ValueError(f"{where}: value {X[row, col]} is not finite")
+    if raw is not None and mean is not None and std is not None:
+        low, high = mean[col] - limit * std[col], mean[col] + limit * std[col]
+        raise OverflowError(f"{where}: value {raw[row, col]:g} is beyond the fixed-point range; "
+                            f"this column takes values strictly between {low:g} and {high:g} "
+                            f"(±{limit:g} standard deviations, x_int_bits={plan.x_int_bits})")
+    raise OverflowError(f"{where}: standardised value {X[row, col]:g} is beyond the fixed-point "
+                        f"range; the largest magnitude allowed is just below {limit:g} "
+                        f"(x_int_bits={plan.x_int_bits})")
+
+
+def checkpoint_paths(checkpoint_dir) -> tuple[str, str]:
+    """(data party's file, label party's file) in ``checkpoint_dir``."""
+    return tuple(os.path.join(os.fspath(checkpoint_dir), protocol.CHECKPOINT_FILES[role])
+                 for role in protocol.PARTIES)
+
+
+def save_checkpoints(checkpoint_dir, data_party, label_party, *, epochs_completed: int,
+                     feature_names=None, feature_mean=None, feature_std=None,
+                     class_names=None) -> None:
+    """Each party writes its own file, atomically. In a deployment each would do so on its own
+    machine; a crash between the two writes leaves files one epoch apart, which loading refuses."""
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    data_path, label_path = checkpoint_paths(checkpoint_dir)
+    protocol.DataPartyState.of(data_party, epochs_completed=epochs_completed,
+                               feature_names=feature_names, feature_mean=feature_mean,
+                               feature_std=feature_std).save(data_path)
+    protocol.LabelPartyState.of(label_party, epochs_completed=epochs_completed,
+                                class_names=class_names).save(label_path)
+
+
+def load_checkpoints(checkpoint_dir, *, allow_insecure: bool = False):
+    """(DataPartyState, LabelPartyState) from ``checkpoint_dir``, each validated, and checked
+    to belong together (same key, same epoch, same plans)."""
+    data_path, label_path = checkpoint_paths(checkpoint_dir)
+    data_state = protocol.DataPartyState.load(data_path, allow_insecure=allow_insecure)
+    label_state = protocol.LabelPartyState.load(label_path, allow_insecure=allow_insecure)
+    protocol.check_checkpoint_pair(data_state, label_state)
+    return data_state, label_state
+
+
+def _refuse_to_overwrite(checkpoint_dir) -> None:
+    for path in checkpoint_paths(checkpoint_dir):
+        if os.path.exists(path):
+            raise ValueError(f"{path} already exists: resume it, or train into another directory")
+
+
+def _check_resumable(config: Config, sizes, data_state, label_state, checkpoint_dir) -> None:
+    saved = label_state.training
+    asked = {"layer_sizes": list(sizes), "activation": config.activation, "lr": config.lr,
+             "momentum": config.momentum, "batch_size": config.batch_size, "seed": config.seed}
+    for key, value in asked.items():
+        if saved[key] != value:
+            raise ValueError(f"the checkpoint was trained with {key} = {saved[key]!r}, this run "
+                             f"asks for {value!r}; resume with the same settings")
+    if label_state.plan != config.plan:
+        raise ValueError(f"the checkpoint's fixed-point plan {label_state.plan.to_dict()} differs "
+                         f"from this run's {config.plan.to_dict()}")
+    key_bits = data_state.public_key.n.bit_length()
+    if key_bits != config.key_bits:
+        raise ValueError(f"the checkpoint's key has {key_bits} bits, this run asks for "
+                         f"{config.key_bits}; resume with the same key size")
+    if label_state.epochs_completed >= config.epochs:
+        raise ValueError(f"nothing to resume: {checkpoint_dir} holds {label_state.epochs_completed}"
+                         f" completed epoch(s) and this run asks for {config.epochs}")
+
+
+@dataclass
+class Prediction:
+    """What prediction from checkpoints gives the label party, row by row.
+
+    ``scores`` as the model outputs them: P(class 1) of shape (m,) for two classes, the softmax
+    (m, k) otherwise. ``confidence`` is the probability of the predicted class.
+    """
+
+    class_ids: np.ndarray
+    class_names: list
+    scores: np.ndarray
+    confidence: np.ndarray
+
+
+def predict(checkpoint_dir, X, *, feature_names=None, ids=None, source: str = "features",
+            allow_insecure: bool = False) -> Prediction:
+    """Encrypted prediction on new rows X (raw, as in the features file) from both checkpoints.
+
+    The data party standardises X with its saved mean and std, and encrypts it; the label
+    party runs step 1 with its weight share and the layers above (protocol.predict_scores).
+    Neither party's share is combined with the other's. With ``feature_names``, the columns of
+    X are matched to the training features by name (any order, none missing, none extra).
+    """
+    data_state, label_state = load_checkpoints(checkpoint_dir, allow_insecure=allow_insecure)
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[0] == 0:
+        raise ValueError(f"{source}: the rows to predict must be a non-empty table, got shape "
+                         f"{X.shape}")
+    if feature_names is not None:
+        X = _columns_in_training_order(X, list(feature_names), data_state.feature_names, source)
+    ids = np.arange(len(X)) if ids is None else np.asarray(ids)
+    standardized = data_state.standardize(X)
+    check_feature_range(standardized, data_state.plan, feature_names=data_state.feature_names,
+                        ids=ids, source=source, raw=X, mean=data_state.feature_mean,
+                        std=data_state.feature_std)
+    data_party = data_state.restore(standardized, same_features=False)
+    label_party = label_state.restore()
+    channel = protocol.Channel(sigma=data_state.plan.sigma)
+    protocol.connect_for_prediction(data_party, label_party, channel)
+    scores = protocol.predict_scores(data_party, label_party, channel, standardized)
+    class_ids = label_party.model.classes_from_scores(scores)
+    if scores.ndim == 1:
+        confidence = np.where(class_ids == 1, scores, 1.0 - scores)
+    else:
+        confidence = scores[np.arange(len(class_ids)), class_ids]
+    return Prediction(class_ids, [label_state.class_names[k] for k in class_ids], scores,
+                      confidence)
+
+
+def _columns_in_training_order(X, names: list, trained: list, source: str) -> np.ndarray:
+    missing = [name for name in trained if name not in names]
+    unexpected = [name for name in names if name not in trained]
+    if missing or unexpected:
+        raise ValueError(f"{source}: its columns are not the training features: missing "
+                         f"{missing[:5] or 'none'}, unexpected {unexpected[:5] or 'none'}")
+    if X.shape[1] != len(names):
+        raise ValueError(f"{source}: {X.shape[1]} columns for {len(names)} names")
+    return X[:, [names.index(name) for name in trained]]
+
+
+def export_model(checkpoint_dir, out, *, i_understand_this_reveals_the_weights: bool = False
+                 ) -> dict:
+    """Combine the two shares into the plaintext model W = W_B + ε_acc: the weights stop being
+    private here, by the explicit consent of both parties.
+
+    Writes ``out`` (.npz, loadable with allow_pickle=False): ``layers.0.W``, ``layers.0.b``,
+    ``layers.1.W``, ... as float64; ``standardizer.mean``/``standardizer.std`` (the data
+    party's, needed to use the model on raw rows); and ``architecture``, a JSON string (layer
+    sizes, activation, loss, feature and class names). Returns the arrays written.
+    """
+    if not i_understand_this_reveals_the_weights:
+        raise ValueError("export combines both parties' shares into the plaintext weights, "
+                         f"which then stop being private; consent with {REVEAL_FLAG}")
+    data_state, label_state = load_checkpoints(checkpoint_dir, allow_insecure=True)
+    sizes = list(label_state.layer_sizes)
+    model = nn.MLP(sizes, activation=label_state.training["activation"])
+    architecture = {"format": MODEL_FORMAT, "version": 1, "layer_sizes": sizes,
+                    "activation": model.activation, "loss": model.loss,
+                    "feature_names": data_state.feature_names,
+                    "class_names": label_state.class_names,
+                    "epochs_completed": label_state.epochs_completed}
+    arrays = {"layers.0.W": (label_state.weight_share + data_state.noise_acc).decode()}
+    arrays.update(label_state.parameters)
+    arrays["standardizer.mean"] = data_state.feature_mean
+    arrays["standardizer.std"] = data_state.feature_std
+    arrays = {name: arrays[name] for name in sorted(arrays)}
+    arrays["architecture"] = np.array(json.dumps(architecture))
+    protocol.write_atomically(out, lambda handle: np.savez(handle, **arrays))
+    return arrays
+
+
+@dataclass
+class PlainModel:
+    """An exported model: the plaintext MLP, plus the data party's standardisation."""
+
+    mlp: nn.MLP
+    feature_mean: np.ndarray
+    feature_std: np.ndarray
+    feature_names: list
+    class_names: list
+
+    def predict_scores(self, X) -> np.ndarray:
+        """Scores for raw rows, standardised as at training."""
+        X = np.asarray(X, dtype=np.float64)
+        return self.mlp.predict_scores((X - self.feature_mean) / self.feature_std)
+
+
+def load_model(path) -> PlainModel:
+    """Read an exported model (no pickle) back into an nn.MLP."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+        architecture = json.loads(str(arrays.pop("architecture")[()]))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path}: not a readable exported model ({error})") from None
+    if architecture.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path}: not an exported ACML model")
+    mlp = nn.MLP(architecture["layer_sizes"], activation=architecture["activation"],
+                 loss=architecture["loss"])
+    for name, _ in list(mlp.named_params()):
+        _, index, attribute = name.split(".")
+        layer = mlp.layers[int(index)]
+        if name not in arrays:
+            raise ValueError(f"{path}: no array {name!r} for the architecture it declares")
+        if arrays[name].shape != getattr(layer, attribute).shape:
+            raise ValueError(f"{path}: {name} has shape {arrays[name].shape}, the architecture "
+                             f"says {getattr(layer, attribute).shape}")
+        setattr(layer, attribute, np.array(arrays[name], dtype=np.float64))
+    return PlainModel(mlp, arrays["standardizer.mean"], arrays["standardizer.std"],
+                      architecture["feature_names"], architecture["class_names"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,7 +534,7 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
                         help="statistical hiding margin of every mask, in bits (default 40)")
 
 
-def datasets_from_args(args):
+def datasets_from_args(args, *, return_standardizer: bool = False):
     if args.features or args.labels:
         missing = [flag for flag, value in (("--features", args.features),
                                             ("--labels", args.labels),
@@ -275,7 +550,8 @@ def datasets_from_args(args):
         dataset = data.load_builtin(args.dataset or "german_credit")
     if not 0.0 < args.test_fraction < 1.0:
         raise UsageError(f"--test-fraction must lie in (0, 1), got {args.test_fraction}")
-    return prepare(dataset, test_fraction=args.test_fraction, seed=args.seed)
+    return prepare(dataset, test_fraction=args.test_fraction, seed=args.seed,
+                   return_standardizer=return_standardizer)
 
 
 def config_from_args(args) -> Config:
@@ -289,21 +565,58 @@ def config_from_args(args) -> Config:
 
 
 def command_train(args) -> int:
-    train_set, test_set = datasets_from_args(args)
+    if args.resume and not args.checkpoint_dir:
+        raise UsageError("--resume needs --checkpoint-dir, the directory to resume from")
+    train_set, test_set, scaler = datasets_from_args(args, return_standardizer=True)
     config = config_from_args(args)
     if args.key_bits == DEFAULT_KEY_BITS:
         print(f"note: {KEY_BITS_NOTE}", file=sys.stderr)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
-        result = train(train_set, test_set, config, progress=not args.quiet)
+        result = train(train_set, test_set, config, progress=not args.quiet,
+                       checkpoint_dir=args.checkpoint_dir, resume=args.resume,
+                       standardizer=scaler)
+    if args.resume:
+        print(f"resumed from {args.checkpoint_dir} after epoch "
+              f"{result.metrics['resumed_after_epoch']}", file=sys.stderr)
     print(result.summary())
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(result.metrics, handle, indent=2)
+        protocol.write_atomically(args.json, lambda handle: json.dump(result.metrics, handle,
+                                                                      indent=2), mode="w")
     if args.transcript:
-        with open(args.transcript, "w") as handle:
-            for line in result.channel.transcript_lines():
-                handle.write(line + "\n")
+        protocol.write_atomically(args.transcript, lambda handle: handle.writelines(
+            line + "\n" for line in result.channel.transcript_lines()), mode="w")
+    return 0
+
+
+def command_predict(args) -> int:
+    ids, X, names = data.load_features_csv(args.features, args.id_column)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
+        prediction = predict(args.checkpoint_dir, X, feature_names=names, ids=ids,
+                             source=args.features, allow_insecure=args.insecure_small_key)
+
+    def write(handle):
+        writer = csv.writer(handle)
+        writer.writerow([args.id_column, "predicted_class", "score"])
+        for row_id, name, score in zip(ids, prediction.class_names, prediction.confidence):
+            writer.writerow([row_id, name, repr(float(score))])
+
+    if args.out:
+        protocol.write_atomically(args.out, write, mode="w", newline="")
+        print(f"wrote {len(ids)} predictions to {args.out}", file=sys.stderr)
+    else:
+        write(sys.stdout)
+    return 0
+
+
+def command_export(args) -> int:
+    if not args.i_understand_this_reveals_the_weights:
+        raise UsageError("export combines both parties' shares into the plaintext weights, which "
+                         f"then stop being private; add {REVEAL_FLAG} to consent")
+    arrays = export_model(args.checkpoint_dir, args.out, i_understand_this_reveals_the_weights=True)
+    print(f"wrote {args.out}: {', '.join(name for name in arrays if name.startswith('layers.'))}"
+          " — these weights are no longer private", file=sys.stderr)
     return 0
 
 
@@ -315,7 +628,28 @@ def build_parser() -> argparse.ArgumentParser:
     train_parser.add_argument("--json", help="write the report as JSON to this path")
     train_parser.add_argument("--transcript", help="write every message as JSON lines")
     train_parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    train_parser.add_argument("--checkpoint-dir", metavar="DIR",
+                              help="after every epoch each party saves its own file in DIR")
+    train_parser.add_argument("--resume", action="store_true",
+                              help="continue the run saved in --checkpoint-dir up to --epochs")
     train_parser.set_defaults(handler=command_train)
+    predict_parser = commands.add_parser(
+        "predict", help="encrypted prediction on new rows, with both parties' checkpoints")
+    predict_parser.add_argument("--checkpoint-dir", metavar="DIR", required=True)
+    predict_parser.add_argument("--features", required=True, help="features CSV of the new rows")
+    predict_parser.add_argument("--id-column", required=True, help="id column of that CSV")
+    predict_parser.add_argument("--out", help="write id, predicted_class, score here (CSV); "
+                                              "default: stdout")
+    predict_parser.add_argument("--insecure-small-key", action="store_true",
+                                help="accept a checkpoint key under 1024 bits (NOT secure)")
+    predict_parser.set_defaults(handler=command_predict)
+    export_parser = commands.add_parser(
+        "export", help="combine both shares into a plaintext model: reveals the weights")
+    export_parser.add_argument("--checkpoint-dir", metavar="DIR", required=True)
+    export_parser.add_argument("--out", required=True, help="the model file (.npz)")
+    export_parser.add_argument(REVEAL_FLAG, action="store_true",
+                               help="both parties consent to revealing the weights")
+    export_parser.set_defaults(handler=command_export)
     return parser
 
 

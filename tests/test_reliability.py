@@ -1,0 +1,594 @@
+"""Reliability (issue #8): bad input fails in one line and writes nothing half-way; each party
+checkpoints only its own state; a resumed run is bit-identical to an uninterrupted one;
+prediction from checkpoints equals plaintext prediction; export needs explicit consent.
+Small keys (through the explicit insecure flags) and small datasets keep this file fast."""
+
+import csv
+import json
+import re
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+
+import acml
+import data
+import nn
+import paillier
+import protocol
+from paillier import EncryptedArray, Fixed
+
+KEY_BITS = 384
+CLI_SMALL_KEY = ["--key-bits", "256", "--insecure-small-key", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def keypair():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return paillier.generate_keypair(KEY_BITS, allow_insecure=True)
+
+
+def wine_subset(n_rows=100, seed=0):
+    """A raw (unstandardised) subset of wine: three classes, 13 features."""
+    dataset = data.load_builtin("wine")
+    keep = np.sort(np.random.default_rng(seed).permutation(len(dataset.y))[:n_rows])
+    return data.Dataset(dataset.X[keep], dataset.y[keep], dataset.ids[keep],
+                        dataset.feature_names, dataset.class_names, "wine")
+
+
+def config(**overrides):
+    base = dict(hidden=(3,), epochs=2, batch_size=32, lr=0.1, key_bits=KEY_BITS,
+                allow_insecure=True)
+    base.update(overrides)
+    return acml.Config(**base)
+
+
+@pytest.fixture(scope="module")
+def trained(keypair, tmp_path_factory):
+    """Two epochs on a wine subset with momentum, checkpointed after each epoch."""
+    raw = wine_subset()
+    train_set, test_set, scaler = acml.prepare(raw, test_fraction=0.25, return_standardizer=True)
+    _, raw_test = data.train_test_split(raw, test_fraction=0.25, seed=0)
+    directory = tmp_path_factory.mktemp("checkpoint")
+    result = acml.train(train_set, test_set, config(momentum=0.9), keypair=keypair,
+                        checkpoint_dir=directory, standardizer=scaler)
+    return directory, result, train_set, test_set, raw_test
+
+
+def one_line_error(capsys, argv):
+    """Run the CLI; demand exit code 2 and exactly one line on stderr; return that line."""
+    assert acml.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def copy_checkpoint(directory, tmp_path, name="copy"):
+    target = tmp_path / name
+    shutil.copytree(directory, target)
+    return target
+
+
+# ---- 1. bad input ---------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_or_inf_in_features_names_row_and_column(keypair, bad):
+    """A non-finite feature is refused before anything is encrypted, naming row and column."""
+    X = np.zeros((4, 3))
+    X[2, 1] = bad
+    with pytest.raises(ValueError, match=r"feature column 1, row 2: value .* is not finite"):
+        protocol.DataParty(X, keypair=keypair)
+
+
+def test_nan_in_a_features_csv_is_one_line_at_the_cli(tmp_path, capsys):
+    """The CSV path reports the file, line and column of a 'nan' cell, exit code 2."""
+    features = write_csv(tmp_path / "f.csv", ["id", "a", "b"],
+                         [[i, i, "nan" if i == 3 else 1.0] for i in range(8)])
+    labels = write_csv(tmp_path / "l.csv", ["id", "y"], [[i, i % 2] for i in range(8)])
+    line = one_line_error(capsys, ["train", "--features", str(features), "--labels", str(labels),
+                                   "--id-column", "id", "--label-column", "y", *CLI_SMALL_KEY])
+    assert "f.csv" in line and "line 5" in line and "'b'" in line and "not finite" in line
+
+
+@pytest.mark.parametrize("labels,needle", [
+    (np.array([0.0, 1.0, np.nan, 1.0]), "label row 2: value nan is not an integer class id"),
+    (np.array([0.0, 1.0, np.inf, 1.0]), "label row 2: value inf is not an integer class id"),
+    (np.array([0.0, 0.5, 1.0, 1.0]), "label row 1: value 0.5 is not an integer class id"),
+    (np.array([0, 1, 2, 1]), "label row 2: class 2 is outside 0..1"),
+    (np.array([0, -1, 1, 1]), "label row 1: class -1 is outside 0..1"),
+    (np.array([1, 1, 1, 1]), "single class"),
+    (np.array([[0, 1], [1, 0]]), "1-D array"),
+    (np.array(["a", "b", "a", "b"]), "integer class ids"),
+])
+def test_bad_labels_are_refused_by_the_label_party_in_one_line(labels, needle):
+    """NaN/inf, fractional, out-of-range and single-class labels, and a 2-D y: one line each,
+    before any training."""
+    with pytest.raises(ValueError) as caught:
+        protocol.LabelParty(labels, (3, 2, 1))
+    assert needle in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_single_class_labels_csv_is_one_line_at_the_cli(tmp_path, capsys):
+    features = write_csv(tmp_path / "f.csv", ["id", "a"], [[i, i] for i in range(6)])
+    labels = write_csv(tmp_path / "l.csv", ["id", "y"], [[i, "yes"] for i in range(6)])
+    line = one_line_error(capsys, ["train", "--features", str(features), "--labels", str(labels),
+                                   "--id-column", "id", "--label-column", "y", *CLI_SMALL_KEY])
+    assert "single class" in line
+
+
+def test_feature_overflow_names_the_column_and_the_bound(keypair):
+    """|x| ≥ 2**x_int_bits is an OverflowError naming the column and the largest value allowed,
+    never a wrap-around."""
+    X = np.zeros((3, 4))
+    X[1, 3] = 300.0
+    with pytest.raises(OverflowError, match=r"feature column 3, row 1: \|300\| exceeds the "
+                                            r"fixed-point bound 256 \(x_int_bits=8\)"):
+        protocol.DataParty(X, keypair=keypair)
+
+
+def test_test_row_beyond_the_fixed_point_range_fails_before_any_encryption(keypair):
+    """An out-of-range test row is reported up front, naming its id and column name — not
+    after the whole encrypted training, when prediction would first encode it."""
+    train_set, test_set = acml.prepare(wine_subset(60), test_fraction=0.25)
+    test_set.X[2, 4] = 1e4
+    paillier.reset_op_counts()
+    with pytest.raises(OverflowError) as caught:
+        acml.train(train_set, test_set, config(), keypair=keypair)
+    message = str(caught.value)
+    assert f"id '{test_set.ids[2]}'" in message and "column 'magnesium'" in message
+    assert "just below 256" in message
+    assert paillier.OP_COUNTS["encrypt"] == 0
+
+
+@pytest.mark.parametrize("make,needle", [
+    (lambda X, y: (X[:, 0], y), "non-empty 2-D array"),
+    (lambda X, y: (X, y[:-1]), "aligned rows"),
+    (lambda X, y: (X[:, :-1], y), "input width"),
+])
+def test_wrong_shapes_are_refused_in_one_line(keypair, make, needle):
+    """1-D features, a row count that differs between the parties, a feature count that is
+    not the network's input width."""
+    X, y = np.zeros((6, 3)), np.array([0, 1] * 3)
+    X, y = make(X, y)
+    with pytest.raises(ValueError) as caught:
+        data_party = protocol.DataParty(X, keypair=keypair)
+        label_party = protocol.LabelParty(y, (3, 2, 1), batch_size=4)
+        protocol.setup(data_party, label_party, protocol.Channel())
+    assert needle in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("feature_ids,label_ids,needle", [
+    ([0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4], "have no a label"),
+    ([0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5], "have no features"),
+    ([0, 1, 2, 2, 4, 5], [0, 1, 2, 3, 4, 5], "duplicate id '2'"),
+    ([0, 1, 2, 3, 4, 5], [0, 1, 1, 3, 4, 5], "duplicate id '1'"),
+])
+def test_ids_missing_on_one_side_or_duplicated_are_one_line_at_the_cli(
+        tmp_path, capsys, feature_ids, label_ids, needle):
+    features = write_csv(tmp_path / "f.csv", ["id", "a"], [[i, i * 0.5] for i in feature_ids])
+    labels = write_csv(tmp_path / "l.csv", ["id", "y"], [[i, i % 2] for i in label_ids])
+    line = one_line_error(capsys, ["train", "--features", str(features), "--labels", str(labels),
+                                   "--id-column", "id", "--label-column", "y", *CLI_SMALL_KEY])
+    assert needle in line
+
+
+@pytest.mark.parametrize("corrupt,needle", [
+    (lambda c, pk: 0, "lies outside [1, n²)"),
+    (lambda c, pk: pk.nsquare + 5, "lies outside [1, n²)"),
+    (lambda c, pk: pk.n, "is not coprime to n"),
+])
+def test_channel_refuses_a_ciphertext_out_of_range_or_not_coprime_to_n(keypair, corrupt, needle):
+    """A value that is no Paillier ciphertext never reaches a decryption: the channel names its
+    index. The same checks guard deserialisation (EncryptedArray.from_bytes)."""
+    public_key, _ = keypair
+    encrypted = public_key.encrypt(Fixed.from_ints(np.array([[1, 2], [3, 4]], dtype=object), 0))
+    ciphertexts = encrypted.ciphertexts.copy()
+    ciphertexts[1, 0] = corrupt(ciphertexts[1, 0], public_key)
+    bad = EncryptedArray(public_key, ciphertexts, 0)
+    channel = protocol.Channel()
+    channel.data_public_key = public_key
+    with pytest.raises(ValueError, match=re.escape(f"ciphertext at index (1, 0) {needle}")):
+        channel.send(0, "data", "label", "[[X]]", "ciphertext", bad)
+    assert channel.messages == []
+    payload = bytearray(encrypted.to_bytes())
+    width = (public_key.nsquare.bit_length() + 7) // 8
+    value = corrupt(0, public_key)
+    if value < 256 ** width:
+        payload[-width:] = value.to_bytes(width, "big")
+        with pytest.raises(ValueError, match=r"ciphertext at index \(1, 1\)"):
+            EncryptedArray.from_bytes(bytes(payload), public_key)
+
+
+def test_a_payload_under_another_public_key_is_refused(keypair):
+    """Ciphertexts under another key: the channel refuses them, deserialisation refuses them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        other_public, _ = paillier.generate_keypair(256, allow_insecure=True)
+    foreign = other_public.encrypt(Fixed.from_ints(np.array([1, 2], dtype=object), 0))
+    channel = protocol.Channel()
+    channel.data_public_key = keypair[0]
+    with pytest.raises(protocol.LeakageError, match="not under the data party's public key"):
+        channel.send(0, "data", "label", "[[X]]", "ciphertext", foreign)
+    with pytest.raises(ValueError, match="different public key"):
+        EncryptedArray.from_bytes(foreign.to_bytes(), keypair[0])
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--key-bits", "128", "--insecure-small-key"], "128-bit key is too small for this "
+                                                    "fixed-point plan"),
+    (["--key-bits", "64", "--insecure-small-key"], "below the hard floor"),
+])
+def test_a_key_shorter_than_allowed_is_one_line_at_the_cli(capsys, argv, needle):
+    """A key too short for the fixed-point plan (values would wrap mod n), or below the floor."""
+    line = one_line_error(capsys, ["train", "--dataset", "wine", "--hidden", "2", "--epochs", "1",
+                                   "--quiet", *argv])
+    assert needle in line
+
+
+# ---- atomic writes --------------------------------------------------------------------------
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    """write_atomically: an error mid-write keeps the previous content and leaves no stray file."""
+    path = tmp_path / "out.txt"
+    protocol.write_atomically(path, lambda handle: handle.write("old\n"), mode="w")
+
+    def fail_half_way(handle):
+        handle.write("half of the new")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        protocol.write_atomically(path, fail_half_way, mode="w")
+    assert path.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+# ---- 2. checkpoints -------------------------------------------------------------------------
+def test_each_party_file_holds_its_own_state_in_the_documented_entries(trained):
+    """data_party.npz and label_party.npz load with allow_pickle=False; big integers are
+    decimal strings; every entry is the documented one (nothing else slips in)."""
+    directory, result, train_set, *_ = trained
+    with np.load(directory / "data_party.npz", allow_pickle=False) as archive:
+        entries = {name: archive[name] for name in archive.files}
+    assert set(entries) == {"meta", "sha256", "public_key.n", "private_key.p", "private_key.q",
+                            "noise_acc", "standardizer.mean", "standardizer.std"}
+    assert entries["noise_acc"].dtype.kind == "U" and entries["noise_acc"].shape == (13, 3)
+    noise = np.array([int(v) for v in entries["noise_acc"].ravel()], dtype=object)
+    assert np.array_equal(noise, result.data_party.noise_acc.values.ravel())
+    meta = json.loads(str(entries["meta"]))
+    assert meta["role"] == "data" and meta["epochs_completed"] == 2
+    assert meta["feature_names"] == train_set.feature_names
+    with np.load(directory / "label_party.npz", allow_pickle=False) as archive:
+        entries = {name: archive[name] for name in archive.files}
+    assert set(entries) == {"meta", "sha256", "public_key.n", "weight_share", "layers.0.b",
+                            "layers.1.W", "layers.1.b", "optimizer.velocity.layers.0.b",
+                            "optimizer.velocity.layers.1.W", "optimizer.velocity.layers.1.b"}
+    share = np.array([int(v) for v in entries["weight_share"].ravel()], dtype=object)
+    assert np.array_equal(share, result.label_party.weight_share.values.ravel())
+    assert np.array_equal(entries["optimizer.velocity.layers.1.W"],
+                          result.label_party.optimizer.velocity["layers.1.W"])
+    assert json.loads(str(entries["meta"]))["class_names"] == train_set.class_names
+
+
+def test_label_party_file_cannot_reproduce_w(trained):
+    """The label party's file holds no private key, no noise_acc, no features; its weight share
+    differs from W in every entry by ε_acc, a mask σ bits wider than any W."""
+    directory, result, train_set, *_ = trained
+    with np.load(directory / "label_party.npz", allow_pickle=False) as archive:
+        entries = {name: archive[name] for name in archive.files}
+    assert not any(name.startswith(("private_key", "noise_acc", "standardizer", "features"))
+                   for name in entries)
+    meta_text = str(entries["meta"])
+    assert not any(name in meta_text for name in train_set.feature_names)
+    plan = result.data_party.plan
+    share = np.array([int(v) for v in entries["weight_share"].ravel()], dtype=object)
+    weight = (result.label_party.weight_share + result.data_party.noise_acc).values.ravel()
+    gap_bits = [abs(int(s) - int(w)).bit_length() for s, w in zip(share, weight)]
+    assert min(gap_bits) > plan.weight_bits  # the mask dwarfs every possible |W|
+    assert max(gap_bits) > plan.noise_acc_bits() - 8
+
+
+def test_data_party_file_holds_no_labels_no_share_no_top_layers(trained):
+    """The data party's file: its key pair, ε_acc, plans, standardisation — no labels, no class
+    names, no weight share, no layer parameters, no optimiser state."""
+    directory, _, train_set, *_ = trained
+    with np.load(directory / "data_party.npz", allow_pickle=False) as archive:
+        entries = {name: archive[name] for name in archive.files}
+    assert not any(name.startswith(("weight_share", "layers", "optimizer", "labels"))
+                   for name in entries)
+    meta = json.loads(str(entries["meta"]))
+    assert not {"class_names", "labels_sha256"} & set(meta)
+    meta_text = str(entries["meta"])
+    assert not any(name in meta_text for name in train_set.class_names)
+    for array in entries.values():  # no array is shaped like y
+        assert array.shape != train_set.y.shape
+
+
+def test_bottom_model_hook_refuses_to_save_rather_than_drop_state(trained):
+    """A data party with a bottom model cannot be checkpointed until its parameters are saved
+    too: the hook fails loudly instead of writing half the state."""
+    _, result, *_ = trained
+    for name in ("bottom", "bottom_model"):
+        setattr(result.data_party, name, object())
+        try:
+            with pytest.raises(NotImplementedError, match="bottom model"):
+                protocol.DataPartyState.of(result.data_party, epochs_completed=2)
+        finally:
+            delattr(result.data_party, name)
+
+
+def test_resumed_run_is_bit_identical_to_an_uninterrupted_one_at_the_cli(tmp_path, capsys):
+    """3 epochs == 2 epochs resumed for a third, with momentum: W_B + ε_acc integer for integer,
+    every top-layer array and optimiser velocity bit for bit, and the exported models equal.
+    (The keys, the shares and the masks all differ between the two runs.)"""
+    common = ["--dataset", "wine", "--hidden", "3", "--momentum", "0.9", *CLI_SMALL_KEY]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert acml.main(["train", *common, "--epochs", "3", "--checkpoint-dir", str(straight)]) == 0
+    assert acml.main(["train", *common, "--epochs", "2", "--checkpoint-dir", str(resumed)]) == 0
+    assert acml.main(["train", *common, "--epochs", "3", "--checkpoint-dir", str(resumed),
+                      "--resume"]) == 0
+    assert "resumed from" in capsys.readouterr().err
+    states = [acml.load_checkpoints(d, allow_insecure=True) for d in (straight, resumed)]
+    (data_a, label_a), (data_b, label_b) = states
+    assert data_a.public_key != data_b.public_key
+    assert not np.array_equal(label_a.weight_share.values, label_b.weight_share.values)
+    assert np.array_equal((label_a.weight_share + data_a.noise_acc).values,
+                          (label_b.weight_share + data_b.noise_acc).values)
+    assert label_a.parameters.keys() == label_b.parameters.keys()
+    for name in label_a.parameters:
+        assert np.array_equal(label_a.parameters[name], label_b.parameters[name]), name
+    assert label_a.velocity.keys() == label_b.velocity.keys() and label_a.velocity
+    for name in label_a.velocity:
+        assert np.array_equal(label_a.velocity[name], label_b.velocity[name]), name
+    assert label_a.epochs_completed == label_b.epochs_completed == 3
+    exports = []
+    for directory in (straight, resumed):
+        out = directory / "model.npz"
+        assert acml.main(["export", "--checkpoint-dir", str(directory), "--out", str(out),
+                          acml.REVEAL_FLAG]) == 0
+        with np.load(out, allow_pickle=False) as archive:
+            exports.append({name: archive[name] for name in archive.files})
+    assert exports[0].keys() == exports[1].keys()
+    for name in exports[0]:
+        assert np.array_equal(exports[0][name], exports[1][name]), name
+
+
+def test_resume_refuses_other_settings_other_data_and_a_finished_run(trained):
+    """Resuming with another lr, other rows, no epoch left, or a key pair of its own is one
+    clear line; a fresh run does not overwrite an existing checkpoint."""
+    directory, _, train_set, *_ = trained
+    cases = [
+        (dict(config=config(momentum=0.9, lr=0.2, epochs=3)), "lr = 0.1"),
+        (dict(config=config(momentum=0.9, epochs=2)), "nothing to resume"),
+        (dict(config=config(momentum=0.9, epochs=3), keypair="any"), "pass no keypair"),
+    ]
+    for options, needle in cases:
+        cfg = options.pop("config")
+        with pytest.raises(ValueError, match=needle):
+            acml.train(train_set, None, cfg, checkpoint_dir=directory, resume=True, **options)
+    other = data.Dataset(train_set.X[::-1].copy(), train_set.y[::-1].copy(),
+                         train_set.ids[::-1].copy(), train_set.feature_names,
+                         train_set.class_names, "reversed")
+    with pytest.raises(ValueError, match="not the features the data party's checkpoint"):
+        acml.train(other, None, config(momentum=0.9, epochs=3), checkpoint_dir=directory,
+                   resume=True)
+    with pytest.raises(ValueError, match="already exists"):
+        acml.train(train_set, None, config(epochs=1), checkpoint_dir=directory)
+
+
+def test_corrupted_checkpoint_files_are_one_line_errors(trained, tmp_path):
+    """A flipped byte, a truncated file, an edited value (sha256 mismatch), a newer format
+    version, and the wrong party's file each give a one-line error naming the file."""
+    directory, *_ = trained
+
+    def fails(prepare, needle, name="data_party.npz", loader=protocol.DataPartyState):
+        copy = copy_checkpoint(directory, tmp_path, f"case{len(list(tmp_path.iterdir()))}")
+        prepare(copy / name)
+        with pytest.raises(ValueError) as caught:
+            loader.load(copy / name, allow_insecure=True)
+        message = str(caught.value)
+        assert needle in message and name in message and "\n" not in message, message
+
+    def flip_byte(path):
+        raw = bytearray(path.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        path.write_bytes(bytes(raw))
+
+    def truncate(path):
+        path.write_bytes(path.read_bytes()[:100])
+
+    def rewrite(path, change):
+        with np.load(path, allow_pickle=False) as archive:
+            entries = {name: archive[name] for name in archive.files}
+        change(entries)
+        np.savez(path, **entries)
+
+    def edit_noise(entries):
+        noise = entries["noise_acc"].copy()
+        noise[0, 0] = str(int(noise[0, 0]) + 1)
+        entries["noise_acc"] = noise
+
+    def bump_version(entries):
+        meta = json.loads(str(entries["meta"]))
+        meta["version"] = 99
+        entries["meta"] = np.array(json.dumps(meta))
+
+    fails(flip_byte, "corrupted")
+    fails(truncate, "corrupted")
+    fails(lambda path: rewrite(path, edit_noise), "does not match the sha256")
+    fails(lambda path: rewrite(path, bump_version), "version 99")
+    fails(lambda path: shutil.copy(path.parent / "label_party.npz", path),
+          "is the label party's checkpoint, expected the data party's")
+    fails(lambda path: rewrite(path, lambda e: e.pop("meta")), "not an ACML checkpoint")
+
+    def drop_lr_and_rehash(entries):  # a well-formed file with a field missing
+        meta = json.loads(str(entries["meta"]))
+        del meta["training"]["lr"]
+        entries["meta"] = np.array(json.dumps(meta))
+        entries["sha256"] = np.array(protocol._content_digest(entries))
+
+    fails(lambda path: rewrite(path, drop_lr_and_rehash), "lacks ['lr']")
+    fails(lambda path: rewrite(path, drop_lr_and_rehash), "lacks ['lr']",
+          name="label_party.npz", loader=protocol.LabelPartyState)
+    fails(flip_byte, "corrupted", name="label_party.npz", loader=protocol.LabelPartyState)
+
+
+def test_mismatched_checkpoint_pair_is_refused(trained, keypair, tmp_path):
+    """Files from two runs (different keys) or from two epochs of one run do not make a W:
+    loading the pair says they do not belong together."""
+    directory, _, train_set, *_ = trained
+    other = tmp_path / "other"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
+        acml.train(train_set, None, config(epochs=1), checkpoint_dir=other)  # its own key
+    mixed = copy_checkpoint(directory, tmp_path, "mixed")
+    shutil.copy(other / "label_party.npz", mixed / "label_party.npz")
+    with pytest.raises(ValueError, match="do not belong together: the data party's key"):
+        acml.load_checkpoints(mixed, allow_insecure=True)
+    early = tmp_path / "early"
+    acml.train(train_set, None, config(epochs=1), keypair=keypair, checkpoint_dir=early)
+    skewed = copy_checkpoint(directory, tmp_path, "skewed")
+    shutil.copy(early / "label_party.npz", skewed / "label_party.npz")
+    with pytest.raises(ValueError, match="after epoch 2, the label party's after epoch 1"):
+        acml.load_checkpoints(skewed, allow_insecure=True)
+
+
+def test_a_checkpoint_key_shorter_than_allowed_needs_the_insecure_flag(trained, tmp_path,
+                                                                       capsys):
+    """Loading a checkpoint whose key is under 1024 bits is refused unless insecure keys are
+    explicitly allowed; prediction at the CLI says which flag."""
+    directory, *_ = trained
+    with pytest.raises(ValueError, match="384-bit key is under 1024 bits"):
+        acml.load_checkpoints(directory)
+    features = write_csv(tmp_path / "new.csv", ["id", "x"], [[0, 1.0]])
+    line = one_line_error(capsys, ["predict", "--checkpoint-dir", str(directory),
+                                   "--features", str(features), "--id-column", "id"])
+    assert "--insecure-small-key" in line
+
+
+def test_cli_checkpoint_misuse_is_one_line(tmp_path, capsys):
+    """--resume without a directory, and predict/export from a directory with no checkpoint."""
+    line = one_line_error(capsys, ["train", "--dataset", "wine", "--resume", *CLI_SMALL_KEY])
+    assert "--resume needs --checkpoint-dir" in line
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    features = write_csv(tmp_path / "new.csv", ["id", "x"], [[0, 1.0]])
+    line = one_line_error(capsys, ["predict", "--checkpoint-dir", str(empty), "--features",
+                                   str(features), "--id-column", "id", "--insecure-small-key"])
+    assert "data_party.npz: no such checkpoint file" in line
+    line = one_line_error(capsys, ["export", "--checkpoint-dir", str(empty), "--out",
+                                   str(tmp_path / "m.npz"), acml.REVEAL_FLAG])
+    assert "no such checkpoint file" in line
+
+
+# ---- 3. prediction --------------------------------------------------------------------------
+def test_prediction_from_checkpoints_equals_plaintext_prediction(trained):
+    """Encrypted prediction from the two files, on raw new rows, equals the same fixed-point
+    forward pass in plaintext bit for bit (W_B + ε_acc combined here, in the test only), and
+    gives the same classes as the float64 exported model."""
+    directory, _, _, test_set, raw_test = trained
+    prediction = acml.predict(directory, raw_test.X, allow_insecure=True)
+    data_state, label_state = acml.load_checkpoints(directory, allow_insecure=True)
+    weight = label_state.weight_share + data_state.noise_acc
+    plan = data_state.plan
+    z = (Fixed.encode(test_set.X, plan.x_frac_bits) @ weight).decode()
+    model = nn.MLP(label_state.layer_sizes, activation=label_state.training["activation"],
+                   first_layer_weight=False)
+    for name, value in label_state.parameters.items():
+        _, index, attribute = name.split(".")
+        setattr(model.layers[int(index)], attribute, value)
+    expected = model.scores_from_logits(model.forward_top(z + model.layers[0].b))
+    assert np.array_equal(prediction.scores, expected)
+    assert np.array_equal(prediction.class_ids, model.classes_from_scores(expected))
+    assert prediction.class_names == [label_state.class_names[k] for k in prediction.class_ids]
+    confidence = expected[np.arange(len(expected)), prediction.class_ids]
+    assert np.array_equal(prediction.confidence, confidence)
+
+
+def test_cli_predict_writes_id_class_and_score_and_matches_the_api(trained, tmp_path):
+    """`acml.py predict` reads raw rows by column name (any order), applies the data party's
+    standardisation, and writes id, predicted class name and score (round-trip floats)."""
+    directory, _, _, _, raw_test = trained
+    names = list(raw_test.feature_names)
+    order = names[::-1]
+    rows = [[f"row{i}"] + [repr(float(raw_test.X[i, names.index(n)])) for n in order]
+            for i in range(len(raw_test.y))]
+    features = write_csv(tmp_path / "new.csv", ["key", *order], rows)
+    out = tmp_path / "predictions.csv"
+    assert acml.main(["predict", "--checkpoint-dir", str(directory), "--features", str(features),
+                      "--id-column", "key", "--out", str(out), "--insecure-small-key"]) == 0
+    with open(out, newline="") as handle:
+        written = list(csv.reader(handle))
+    assert written[0] == ["key", "predicted_class", "score"]
+    expected = acml.predict(directory, raw_test.X, allow_insecure=True)
+    assert [row[0] for row in written[1:]] == [f"row{i}" for i in range(len(raw_test.y))]
+    assert [row[1] for row in written[1:]] == expected.class_names
+    assert np.array_equal([float(row[2]) for row in written[1:]], expected.confidence)
+
+
+def test_cli_predict_bad_rows_are_one_line_and_write_nothing(trained, tmp_path, capsys):
+    """A value beyond the fixed-point range names the id, the column and the raw range the
+    column accepts; a missing column and a duplicated id are one line too; --out stays absent."""
+    directory, _, _, _, raw_test = trained
+    names = list(raw_test.feature_names)
+    out = tmp_path / "predictions.csv"
+    base = ["predict", "--checkpoint-dir", str(directory), "--id-column", "id",
+            "--out", str(out), "--insecure-small-key"]
+    rows = [[i, *raw_test.X[i]] for i in range(3)]
+    rows[1][1 + names.index("proline")] = 1e9
+    huge = write_csv(tmp_path / "huge.csv", ["id", *names], rows)
+    line = one_line_error(capsys, [*base, "--features", str(huge)])
+    assert "id '1'" in line and "column 'proline'" in line and "strictly between" in line
+    missing = write_csv(tmp_path / "missing.csv", ["id", *names[:-1]],
+                        [[i, *raw_test.X[i, :-1]] for i in range(3)])
+    assert "missing ['proline']" in one_line_error(capsys, [*base, "--features", str(missing)])
+    duplicated = write_csv(tmp_path / "dup.csv", ["id", *names],
+                           [[7, *raw_test.X[0]], [7, *raw_test.X[1]]])
+    assert "duplicate id '7'" in one_line_error(capsys, [*base, "--features", str(duplicated)])
+    assert not out.exists()
+
+
+# ---- 4. joint export ------------------------------------------------------------------------
+def test_export_without_consent_is_refused_in_one_line(trained, tmp_path, capsys):
+    """Without the flag that says it reveals the weights: exit 2, one line, no file."""
+    directory, *_ = trained
+    out = tmp_path / "model.npz"
+    line = one_line_error(capsys, ["export", "--checkpoint-dir", str(directory), "--out",
+                                   str(out)])
+    assert acml.REVEAL_FLAG in line and "private" in line
+    with pytest.raises(ValueError, match="stop being private"):
+        acml.export_model(directory, out)
+    assert not out.exists()
+
+
+def test_exported_model_is_the_plaintext_model_and_loads_without_pickle(trained, tmp_path):
+    """The export holds layers.i.W/b as float64 (W = W_B + ε_acc), the standardisation and the
+    architecture as JSON; load_model rebuilds an nn.MLP that predicts the encrypted classes."""
+    directory, result, _, _, raw_test = trained
+    out = tmp_path / "model.npz"
+    acml.export_model(directory, out, i_understand_this_reveals_the_weights=True)
+    with np.load(out, allow_pickle=False) as archive:
+        entries = {name: archive[name] for name in archive.files}
+    assert set(entries) == {"layers.0.W", "layers.0.b", "layers.1.W", "layers.1.b",
+                            "standardizer.mean", "standardizer.std", "architecture"}
+    architecture = json.loads(str(entries["architecture"]))
+    assert architecture["layer_sizes"] == [13, 3, 3] and architecture["activation"] == "relu"
+    assert np.array_equal(entries["layers.0.W"], acml.joint_first_layer(result.data_party,
+                                                                        result.label_party))
+    model = acml.load_model(out)
+    encrypted = acml.predict(directory, raw_test.X, allow_insecure=True)
+    plain = model.predict_scores(raw_test.X)
+    assert np.array_equal(model.mlp.classes_from_scores(plain), encrypted.class_ids)
+    # The encrypted pass rounds X to 2**-17 (x_frac_bits = 16): on the same rounded rows the
+    # float model agrees to float64 rounding; on raw rows, to that quantisation.
+    standardized = (raw_test.X - model.feature_mean) / model.feature_std
+    rounded = Fixed.encode(standardized, protocol.FixedPointPlan().x_frac_bits).decode()
+    assert np.allclose(model.mlp.predict_scores(rounded), encrypted.scores, rtol=0, atol=1e-12)
+    assert np.allclose(plain, encrypted.scores, rtol=0, atol=1e-4)
