@@ -2,6 +2,9 @@
 
     python acml.py train                      # German credit, encrypted vs plaintext
     python acml.py train --dataset digits --hidden 16 --epochs 2 --json report.json
+    python acml.py party data --listen HOST:PORT --features F.csv --id-column id --token-file T
+    python acml.py party label --connect HOST:PORT --labels L.csv --id-column id \
+        --label-column y --token-file T --json report.json
 
 The API in three calls::
 
@@ -26,6 +29,7 @@ import time
 import warnings
 import zipfile
 from dataclasses import dataclass, field, asdict
+from pathlib import Path
 
 import numpy as np
 
@@ -33,6 +37,7 @@ import data
 import nn
 import paillier
 import protocol
+import transport
 from protocol import FixedPointPlan
 
 DEFAULT_KEY_BITS = 1024
@@ -620,6 +625,122 @@ def command_export(args) -> int:
     return 0
 
 
+def command_party(args) -> int:
+    """One party of a two-process training over TCP (transport.py); the label party reports."""
+    token = transport.read_token(args.token_file)
+    frame_cap = int(args.max_frame_mb * 2 ** 20)
+    bar = []
+
+    def progress(done, total, loss):
+        if not bar:
+            bar.append(_progress_bar(total))
+        bar[0].update(1)
+        if loss is not None:
+            bar[0].set_postfix(loss=f"{loss:.4f}")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
+        if args.role == "data":
+            ids, X, _ = data.load_features_csv(args.features, args.id_column)
+            if args.key_bits < paillier.INSECURE_KEY_BITS and not args.insecure_small_key:
+                raise UsageError(f"--key-bits {args.key_bits} is under "
+                                 f"{paillier.INSECURE_KEY_BITS} bits and not secure; add "
+                                 "--insecure-small-key for tests and demos")
+            host, port = transport.parse_address(args.listen, "--listen")
+            keypair = paillier.generate_keypair(args.key_bits,
+                                                allow_insecure=args.insecure_small_key)
+            with transport.listen(host, port) as listener:
+                print(f"data party: listening on {transport.address_of(listener)}", flush=True)
+                connection = transport.accept_peer(
+                    listener, token, timeout=args.timeout, max_frame_bytes=frame_cap,
+                    log=lambda line: print(f"data party: {line}", file=sys.stderr, flush=True))
+            run = transport.run_data_party(connection, ids, X, keypair=keypair,
+                                           plan=FixedPointPlan(sigma=args.sigma),
+                                           init_seed=args.init_seed,
+                                           progress=None if args.quiet else progress)
+        else:
+            ids, y, class_names = data.load_labels_csv(args.labels, args.id_column,
+                                                       args.label_column)
+            config = Config(hidden=args.hidden, activation=args.activation, epochs=args.epochs,
+                            batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+                            seed=args.seed, plan=FixedPointPlan(sigma=args.sigma))
+            host, port = transport.parse_address(args.connect, "--connect")
+            connection = transport.connect_peer(host, port, token, timeout=args.timeout,
+                                                max_frame_bytes=frame_cap)
+            run = transport.run_label_party(connection, ids, y, len(class_names), config,
+                                            test_fraction=args.test_fraction,
+                                            progress=None if args.quiet else progress)
+    if bar:
+        bar[0].close()
+    if args.role == "data":
+        print(run.summary())
+        return 0
+    metrics = {"dataset": Path(args.labels).stem, **run.metrics()}
+    print(transport.format_label_report(metrics))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(metrics, handle, indent=2)
+    if args.transcript:
+        with open(args.transcript, "w") as handle:
+            for line in run.channel.transcript_lines():
+                handle.write(line + "\n")
+    return 0
+
+
+def add_party_parser(commands) -> None:
+    """`party data` listens with the features and the key pair; `party label` connects with the
+    labels, chooses the network and the training plan, and writes the report."""
+    party = commands.add_parser("party", help="one of two parties training together over TCP")
+    roles = party.add_subparsers(dest="role", required=True)
+    data_role = roles.add_parser("data", help="the data party: features and the key pair; listens")
+    data_role.add_argument("--listen", required=True, metavar="HOST:PORT",
+                           help="address to listen on (port 0: any free port, printed)")
+    data_role.add_argument("--features", required=True, help="this party's features CSV")
+    data_role.add_argument("--id-column", required=True, help="id column of the features CSV")
+    data_role.add_argument("--key-bits", type=int, default=DEFAULT_KEY_BITS,
+                           help=f"Paillier modulus size (default {DEFAULT_KEY_BITS})")
+    data_role.add_argument("--insecure-small-key", action="store_true",
+                           help="allow keys under 1024 bits (tests and demos only: NOT secure)")
+    data_role.add_argument("--init-seed", type=int, default=None,
+                           help="seed of the first layer's initial weight W0, to reproduce a run; "
+                                "W0 must stay secret from the label party (default: from secrets)")
+    label_role = roles.add_parser("label", help="the label party: labels and the network; "
+                                                "connects, and writes the report")
+    label_role.add_argument("--connect", required=True, metavar="HOST:PORT",
+                            help="the data party's address")
+    label_role.add_argument("--labels", required=True, help="this party's labels CSV")
+    label_role.add_argument("--id-column", required=True, help="id column of the labels CSV")
+    label_role.add_argument("--label-column", required=True, help="label column of the labels CSV")
+    label_role.add_argument("--hidden", type=_parse_hidden, default=(8,),
+                            help="hidden widths, comma-separated; the first is the interactive layer")
+    label_role.add_argument("--activation", default="relu", choices=sorted(nn.ACTIVATIONS))
+    label_role.add_argument("--epochs", type=_positive(int), default=2)
+    label_role.add_argument("--batch-size", type=_positive(int), default=64)
+    label_role.add_argument("--lr", type=_positive(float), default=0.1)
+    label_role.add_argument("--momentum", type=float, default=0.0,
+                            help="momentum for the layers above the first (the first is plain SGD)")
+    label_role.add_argument("--seed", type=int, default=0,
+                            help="public seed of the split, the batch order and the layers above")
+    label_role.add_argument("--test-fraction", type=float, default=0.2,
+                            help="rows held out for prediction: a seeded split, not stratified "
+                                 "(the data party has no labels); 0 for none")
+    label_role.add_argument("--json", help="write the report as JSON to this path")
+    label_role.add_argument("--transcript", help="write every message as JSON lines")
+    for role in (data_role, label_role):
+        role.add_argument("--sigma", type=int, default=40,
+                          help="statistical hiding margin of every mask, in bits (default 40); "
+                               "both parties must agree")
+        role.add_argument("--token-file", help="file holding the shared secret token (default: "
+                                               "the ACML_TOKEN environment variable)")
+        role.add_argument("--timeout", type=_positive(float), default=transport.DEFAULT_TIMEOUT,
+                          help="seconds to wait for the peer: to connect, and for each message "
+                               f"(default {transport.DEFAULT_TIMEOUT:g})")
+        role.add_argument("--max-frame-mb", type=_positive(float), default=256,
+                          help="refuse larger messages (default 256)")
+        role.add_argument("--quiet", action="store_true", help="no progress bar")
+        role.set_defaults(handler=command_party)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="acml.py", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -650,6 +771,7 @@ def build_parser() -> argparse.ArgumentParser:
     export_parser.add_argument(REVEAL_FLAG, action="store_true",
                                help="both parties consent to revealing the weights")
     export_parser.set_defaults(handler=command_export)
+    add_party_parser(commands)
     return parser
 
 

@@ -13,7 +13,9 @@ The file reads top to bottom like the paper: the public fixed-point plan, the ma
 that declares and checks every message, the two parties, then step 0 (setup), steps 1–4 (and 4b),
 and prediction. Every value that crosses goes through :class:`Channel.send`, which refuses a
 message whose kind is not declared: ``ciphertext``, ``masked``, ``revealed`` (with the reason) or
-``public``.
+``public``. Payloads are passed lazily (``lambda: party.method(...)``), so that they are computed
+where their sender runs: in this process for the in-process channel, in the sender's own process
+over TCP (transport.py), where the step functions run unchanged in both processes.
 
 Exactness. Every quantity is a fixed-point integer with ONE public scale (fractional bits):
 X at ``x_frac_bits``, δ = ∂L/∂z at ``delta_frac_bits``, the learning rate η at ``lr_frac_bits``,
@@ -288,7 +290,15 @@ class Channel:
     # -- delivery -------------------------------------------------------------------------------
     def send(self, step, sender, receiver, name, kind, payload, *, reason=None,
              mask_bits=None, value_bits=None):
-        """Check, record and deliver one message; returns the payload as the receiver gets it."""
+        """Check, record and deliver one message; returns the payload as the receiver gets it.
+
+        ``payload``, ``mask_bits`` and ``value_bits`` may be given lazily, as functions of no
+        arguments: they are computed where the sender runs. Here both parties run, so always;
+        over TCP (``transport.SocketChannel``) only in the sender's process, so these step
+        functions run unchanged in both processes.
+        """
+        payload, mask_bits, value_bits = (_evaluate(value) for value in
+                                          (payload, mask_bits, value_bits))
         message = Message(step=str(step), sender=sender, receiver=receiver, name=name, kind=kind,
                           payload=payload, reason=reason, mask_bits=mask_bits,
                           value_bits=value_bits)
@@ -351,6 +361,11 @@ class Channel:
                 record["mask_bits"] = m.mask_bits
                 record["value_bits"] = m.value_bits
             yield json.dumps(record)
+
+
+def _evaluate(value):
+    """A lazy value (a function of no arguments) computed now; anything else as it is."""
+    return value() if callable(value) else value
 
 
 def _learned(m: Message) -> str:
@@ -440,6 +455,9 @@ class DataParty:
 
     # step 0
     def receive_training_plan(self, training: dict) -> None:
+        if training.get("fixed_point") != self.plan.to_dict():
+            raise ValueError(f"the label party's fixed-point plan {training.get('fixed_point')} "
+                             f"differs from the data party's {self.plan.to_dict()}")
         self.training = dict(training)
         self.lr_int = self.plan.quantize_lr(training["lr"])
         self.plan.check_key(self.public_key.n.bit_length(), training["batch_size"],
@@ -534,6 +552,15 @@ class LabelParty:
                 "lr": self.lr, "batch_size": self.batch_size, "epochs": self.epochs,
                 "seed": self.seed, "fixed_point": self.plan.to_dict()}
 
+    def check_shapes(self, shapes: dict) -> None:
+        """The data party's row and feature counts must fit the labels and the network."""
+        if shapes["n_samples"] != len(self.labels):
+            raise ValueError(f"the data party has {shapes['n_samples']} aligned rows, the label "
+                             f"party {len(self.labels)}")
+        if shapes["n_features"] != self.layer_sizes[0]:
+            raise ValueError(f"the data party has {shapes['n_features']} features, the network's "
+                             f"input width is {self.layer_sizes[0]}")
+
     def receive_weight_share(self, share: np.ndarray) -> None:
         self.weight_share = Fixed.from_ints(share, self.plan.w_frac_bits)
 
@@ -615,27 +642,22 @@ def setup(data_party: DataParty, label_party: LabelParty, channel: Channel) -> N
       change, so the encryption is cached for every epoch.
     """
     with channel.timed("0"):
-        channel.data_public_key = data_party.public_key
         label_party.public_key = channel.send(0, DATA, LABEL, "public key", "public",
-                                              data_party.public_key)
+                                              lambda: data_party.public_key)
+        channel.data_public_key = label_party.public_key
         shapes = channel.send(0, DATA, LABEL, "shapes", "public",
-                              {"n_samples": data_party.n_samples,
-                               "n_features": data_party.n_features})
-        if shapes["n_samples"] != len(label_party.labels):
-            raise ValueError(f"the data party has {shapes['n_samples']} aligned rows, the label "
-                             f"party {len(label_party.labels)}")
-        if shapes["n_features"] != label_party.layer_sizes[0]:
-            raise ValueError(f"the data party has {shapes['n_features']} features, the network's "
-                             f"input width is {label_party.layer_sizes[0]}")
+                              lambda: {"n_samples": data_party.n_samples,
+                                       "n_features": data_party.n_features})
+        label_party.check_shapes(shapes)
         data_party.receive_training_plan(channel.send(0, LABEL, DATA, "training plan", "public",
-                                                      label_party.training_plan()))
+                                                      lambda: label_party.training_plan()))
         plan = data_party.plan
         share = channel.send(0, DATA, LABEL, "W0 − ε_acc", "masked",
-                             data_party.split_initial_weight(),
+                             lambda: data_party.split_initial_weight(),
                              mask_bits=plan.noise_acc_bits(), value_bits=plan.weight_bits)
         label_party.receive_weight_share(share)
         label_party.encrypted_features = channel.send(0, DATA, LABEL, "[[X]]", "ciphertext",
-                                                      data_party.encrypt_features())
+                                                      lambda: data_party.encrypt_features())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -653,11 +675,11 @@ def step1_forward_interactive(data_party: DataParty, label_party: LabelParty,
     with channel.timed("1"):
         encrypted_rows = label_party.encrypted_features[rows]
         masked = channel.send(1, LABEL, DATA, "[[X·W_B + ε_B]]", "ciphertext",
-                              label_party.masked_product(encrypted_rows),
+                              lambda: label_party.masked_product(encrypted_rows),
                               mask_bits=wide_mask_bits(label_party.public_key),
-                              value_bits=label_party.masked_product_bits(encrypted_rows))
+                              value_bits=lambda: label_party.masked_product_bits(encrypted_rows))
         noisy = channel.send(1, DATA, LABEL, "X·W + ε_B", "revealed",
-                             data_party.add_noise_product(masked, rows),
+                             lambda: data_party.add_noise_product(masked, rows),
                              reason="the first layer's pre-activation z = X·W + b, once the "
                                     "label party removes its own mask ε_B")
         return label_party.unmask_preactivation(noisy)
@@ -698,11 +720,11 @@ def step4_backward_interactive(data_party: DataParty, label_party: LabelParty,
         plan, m = label_party.plan, len(rows)
         encrypted_rows = label_party.encrypted_features[rows]
         masked = channel.send(4, LABEL, DATA, "[[Xᵀδ + ε_B']]", "ciphertext",
-                              label_party.masked_gradient(encrypted_rows, delta),
+                              lambda: label_party.masked_gradient(encrypted_rows, delta),
                               mask_bits=wide_mask_bits(label_party.public_key),
                               value_bits=plan.gradient_bits(m))
         doubly_masked = channel.send(4, DATA, LABEL, "Xᵀδ + ε_B' + ε_A", "masked",
-                                     data_party.mask_gradient(masked, m),
+                                     lambda: data_party.mask_gradient(masked, m),
                                      mask_bits=plan.gradient_mask_bits(m),
                                      value_bits=plan.gradient_bits(m))
         label_party.update_weight_share(doubly_masked)
@@ -741,13 +763,13 @@ def predict_scores(data_party: DataParty, label_party: LabelParty, channel: Chan
     """
     with channel.timed("predict"):
         encrypted = channel.send("predict", DATA, LABEL, "[[X_new]]", "ciphertext",
-                                 data_party.encrypt_new_features(X_new))
+                                 lambda: data_party.encrypt_new_features(X_new))
         masked = channel.send("predict", LABEL, DATA, "[[X_new·W_B + ε_B]]", "ciphertext",
-                              label_party.masked_product(encrypted),
+                              lambda: label_party.masked_product(encrypted),
                               mask_bits=wide_mask_bits(label_party.public_key),
-                              value_bits=label_party.masked_product_bits(encrypted))
+                              value_bits=lambda: label_party.masked_product_bits(encrypted))
         noisy = channel.send("predict", DATA, LABEL, "X_new·W + ε_B", "revealed",
-                             data_party.add_noise_product(masked),
+                             lambda: data_party.add_noise_product(masked),
                              reason="the pre-activation z of the rows to predict")
         return label_party.scores(label_party.unmask_preactivation(noisy))
 
