@@ -28,11 +28,12 @@ import sys
 import time
 import warnings
 import zipfile
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+import checkpoint
 import data
 import nn
 import paillier
@@ -112,7 +113,7 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
     """Train encrypted (two parties) and plaintext (the twin) on the same batches, and compare.
 
     ``checkpoint_dir``: after every epoch each party saves its own file there
-    (``data_party.npz``, ``label_party.npz``; see protocol.DataPartyState/LabelPartyState).
+    (``data_party.npz``, ``label_party.npz``; see checkpoint.DataPartyState/LabelPartyState).
     ``standardizer`` — the data party's, from ``prepare(..., return_standardizer=True)`` — is
     saved with the data party, so that prediction applies it to new rows. ``resume=True``
     continues from those files up to ``config.epochs``: the same data and settings are required,
@@ -299,7 +300,7 @@ def check_feature_range(X, plan: FixedPointPlan, *, feature_names, ids, source: 
 
 def checkpoint_paths(checkpoint_dir) -> tuple[str, str]:
     """(data party's file, label party's file) in ``checkpoint_dir``."""
-    return tuple(os.path.join(os.fspath(checkpoint_dir), protocol.CHECKPOINT_FILES[role])
+    return tuple(os.path.join(os.fspath(checkpoint_dir), checkpoint.CHECKPOINT_FILES[role])
                  for role in protocol.PARTIES)
 
 
@@ -310,10 +311,10 @@ def save_checkpoints(checkpoint_dir, data_party, label_party, *, epochs_complete
     machine; a crash between the two writes leaves files one epoch apart, which loading refuses."""
     os.makedirs(checkpoint_dir, exist_ok=True)
     data_path, label_path = checkpoint_paths(checkpoint_dir)
-    protocol.DataPartyState.of(data_party, epochs_completed=epochs_completed,
+    checkpoint.DataPartyState.of(data_party, epochs_completed=epochs_completed,
                                feature_names=feature_names, feature_mean=feature_mean,
                                feature_std=feature_std).save(data_path)
-    protocol.LabelPartyState.of(label_party, epochs_completed=epochs_completed,
+    checkpoint.LabelPartyState.of(label_party, epochs_completed=epochs_completed,
                                 class_names=class_names).save(label_path)
 
 
@@ -321,9 +322,9 @@ def load_checkpoints(checkpoint_dir, *, allow_insecure: bool = False):
     """(DataPartyState, LabelPartyState) from ``checkpoint_dir``, each validated, and checked
     to belong together (same key, same epoch, same plans)."""
     data_path, label_path = checkpoint_paths(checkpoint_dir)
-    data_state = protocol.DataPartyState.load(data_path, allow_insecure=allow_insecure)
-    label_state = protocol.LabelPartyState.load(label_path, allow_insecure=allow_insecure)
-    protocol.check_checkpoint_pair(data_state, label_state)
+    data_state = checkpoint.DataPartyState.load(data_path, allow_insecure=allow_insecure)
+    label_state = checkpoint.LabelPartyState.load(label_path, allow_insecure=allow_insecure)
+    checkpoint.check_checkpoint_pair(data_state, label_state)
     return data_state, label_state
 
 
@@ -440,7 +441,7 @@ def export_model(checkpoint_dir, out, *, i_understand_this_reveals_the_weights: 
     arrays["standardizer.std"] = data_state.feature_std
     arrays = {name: arrays[name] for name in sorted(arrays)}
     arrays["architecture"] = np.array(json.dumps(architecture))
-    protocol.write_atomically(out, lambda handle: np.savez(handle, **arrays))
+    checkpoint.write_atomically(out, lambda handle: np.savez(handle, **arrays))
     return arrays
 
 
@@ -586,10 +587,10 @@ def command_train(args) -> int:
               f"{result.metrics['resumed_after_epoch']}", file=sys.stderr)
     print(result.summary())
     if args.json:
-        protocol.write_atomically(args.json, lambda handle: json.dump(result.metrics, handle,
+        checkpoint.write_atomically(args.json, lambda handle: json.dump(result.metrics, handle,
                                                                       indent=2), mode="w")
     if args.transcript:
-        protocol.write_atomically(args.transcript, lambda handle: handle.writelines(
+        checkpoint.write_atomically(args.transcript, lambda handle: handle.writelines(
             line + "\n" for line in result.channel.transcript_lines()), mode="w")
     return 0
 
@@ -608,7 +609,7 @@ def command_predict(args) -> int:
             writer.writerow([row_id, name, repr(float(score))])
 
     if args.out:
-        protocol.write_atomically(args.out, write, mode="w", newline="")
+        checkpoint.write_atomically(args.out, write, mode="w", newline="")
         print(f"wrote {len(ids)} predictions to {args.out}", file=sys.stderr)
     else:
         write(sys.stdout)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import acml
+import checkpoint
 import data
 import nn
 import paillier
@@ -238,14 +239,14 @@ def test_a_key_shorter_than_allowed_is_one_line_at_the_cli(capsys, argv, needle)
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     """write_atomically: an error mid-write keeps the previous content and leaves no stray file."""
     path = tmp_path / "out.txt"
-    protocol.write_atomically(path, lambda handle: handle.write("old\n"), mode="w")
+    checkpoint.write_atomically(path, lambda handle: handle.write("old\n"), mode="w")
 
     def fail_half_way(handle):
         handle.write("half of the new")
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        protocol.write_atomically(path, fail_half_way, mode="w")
+        checkpoint.write_atomically(path, fail_half_way, mode="w")
     assert path.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
 
@@ -319,7 +320,7 @@ def test_bottom_model_hook_refuses_to_save_rather_than_drop_state(trained):
         setattr(result.data_party, name, object())
         try:
             with pytest.raises(NotImplementedError, match="bottom model"):
-                protocol.DataPartyState.of(result.data_party, epochs_completed=2)
+                checkpoint.DataPartyState.of(result.data_party, epochs_completed=2)
         finally:
             delattr(result.data_party, name)
 
@@ -388,7 +389,7 @@ def test_corrupted_checkpoint_files_are_one_line_errors(trained, tmp_path):
     version, and the wrong party's file each give a one-line error naming the file."""
     directory, *_ = trained
 
-    def fails(prepare, needle, name="data_party.npz", loader=protocol.DataPartyState):
+    def fails(prepare, needle, name="data_party.npz", loader=checkpoint.DataPartyState):
         copy = copy_checkpoint(directory, tmp_path, f"case{len(list(tmp_path.iterdir()))}")
         prepare(copy / name)
         with pytest.raises(ValueError) as caught:
@@ -432,12 +433,12 @@ def test_corrupted_checkpoint_files_are_one_line_errors(trained, tmp_path):
         meta = json.loads(str(entries["meta"]))
         del meta["training"]["lr"]
         entries["meta"] = np.array(json.dumps(meta))
-        entries["sha256"] = np.array(protocol._content_digest(entries))
+        entries["sha256"] = np.array(checkpoint._content_digest(entries))
 
     fails(lambda path: rewrite(path, drop_lr_and_rehash), "lacks ['lr']")
     fails(lambda path: rewrite(path, drop_lr_and_rehash), "lacks ['lr']",
-          name="label_party.npz", loader=protocol.LabelPartyState)
-    fails(flip_byte, "corrupted", name="label_party.npz", loader=protocol.LabelPartyState)
+          name="label_party.npz", loader=checkpoint.LabelPartyState)
+    fails(flip_byte, "corrupted", name="label_party.npz", loader=checkpoint.LabelPartyState)
 
 
 def test_mismatched_checkpoint_pair_is_refused(trained, keypair, tmp_path):

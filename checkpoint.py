@@ -1,0 +1,494 @@
+"""Checkpoints: each party saves its own state, to its own file, without pickle.
+
+A module of its own because persistence is not the protocol: protocol.py reads like the paper,
+and this file only says how each party's state survives between runs. Each party's file holds
+that party's state and nothing of the other's; loading validates everything (format, role,
+shapes, key fingerprint, digest) and refuses what does not fit, in one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import zipfile
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+import paillier
+from paillier import Fixed, PublicKey
+from protocol import DATA, LABEL, DataParty, FixedPointPlan, LabelParty
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: each party saves its own state, to its own file, without pickle.
+#
+# File format (one .npz per party, read back with np.load(..., allow_pickle=False)):
+#   meta          0-d string: JSON — format, version, role ("data" or "label"), the public key's
+#                 fingerprint, the epochs completed, and the party's public settings
+#   big integers  string arrays of decimal digits, one string per integer, in the array's shape:
+#                 the key (public_key.n, private_key.p, private_key.q), noise_acc, weight_share
+#   floats        float64 arrays: layer parameters, optimiser velocities, standardisation
+#   sha256        0-d string: hex digest of every other entry (name, dtype, shape, bytes, in name
+#                 order). It detects corruption, not tampering: whoever can edit the file can
+#                 recompute the digest.
+# ----------------------------------------------------------------------------------------------
+
+CHECKPOINT_FORMAT = "acml-party-checkpoint"
+CHECKPOINT_VERSION = 1
+CHECKPOINT_FILES = {DATA: "data_party.npz", LABEL: "label_party.npz"}
+_DECIMAL = re.compile(r"-?[0-9]+")
+
+
+def write_atomically(path, write, mode: str = "wb", **open_options) -> None:
+    """Create ``path`` complete or not at all: ``write(handle)`` fills a temporary file in the
+    same directory, which is flushed to disk and then os.replace-d over ``path`` (atomic).
+
+    A crash or an error mid-way leaves the previous ``path`` untouched. The file gets mode 0600
+    (tempfile's default): a checkpoint can hold a private key.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    descriptor, temporary = tempfile.mkstemp(prefix=os.path.basename(path) + ".",
+                                             suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(descriptor, mode, **open_options) as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def _decimal_strings(values) -> np.ndarray:
+    array = np.asarray(values, dtype=object)
+    return np.array([str(int(v)) for v in array.ravel().tolist()], dtype=str).reshape(array.shape)
+
+
+def _integers(arrays: dict, name: str, shape: tuple, path) -> np.ndarray:
+    strings = arrays[name]
+    if strings.dtype.kind != "U" or strings.shape != tuple(shape):
+        raise ValueError(f"{path}: entry {name!r} should be decimal strings of shape "
+                         f"{tuple(shape)}, found {strings.dtype} of shape {strings.shape}")
+    values = []
+    for text in strings.ravel().tolist():
+        if not _DECIMAL.fullmatch(text):
+            raise ValueError(f"{path}: entry {name!r} holds {text[:20]!r}, not a decimal integer")
+        values.append(int(text))
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out.reshape(shape)
+
+
+def _floats(arrays: dict, name: str, shape: tuple, path) -> np.ndarray:
+    array = arrays[name]
+    if array.dtype != np.float64 or array.shape != tuple(shape):
+        raise ValueError(f"{path}: entry {name!r} should be float64 of shape {tuple(shape)}, "
+                         f"found {array.dtype} of shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{path}: entry {name!r} holds a value that is not finite")
+    return np.array(array, dtype=np.float64)
+
+
+def _content_digest(entries: dict) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(entries):
+        if name == "sha256":
+            continue
+        array = np.ascontiguousarray(entries[name])
+        header = json.dumps([name, array.dtype.str, list(array.shape)]).encode()
+        digest.update(len(header).to_bytes(8, "big") + header)
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def integers_digest(values) -> str:
+    """sha256 of an integer array (its shape and every value): names a party's own data in its
+    checkpoint, so that resuming on other features or labels is refused."""
+    array = np.asarray(values, dtype=object)
+    text = json.dumps(list(array.shape)) + ":" + ",".join(str(int(v)) for v in array.ravel())
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _party_name(role) -> str:
+    return {DATA: "the data party's", LABEL: "the label party's"}.get(role, f"a {role!r}")
+
+
+def _write_checkpoint(path, role: str, meta: dict, arrays: dict) -> None:
+    header = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "role": role, **meta}
+    entries = {"meta": np.array(json.dumps(header, sort_keys=True)), **arrays}
+    entries["sha256"] = np.array(_content_digest(entries))
+    write_atomically(path, lambda handle: np.savez_compressed(handle, **entries))
+
+
+def _read_checkpoint(path, role: str) -> tuple[dict, dict]:
+    """(meta, arrays) of a checkpoint file, after checking format, version, integrity and role."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such checkpoint file")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"{path}: corrupted or not a checkpoint ({detail})") from None
+    if "meta" not in arrays or "sha256" not in arrays:
+        raise ValueError(f"{path}: not an ACML checkpoint (no meta or sha256 entry)")
+    try:
+        meta = json.loads(str(arrays["meta"][()]))
+    except (json.JSONDecodeError, IndexError) as error:
+        raise ValueError(f"{path}: corrupted checkpoint: its meta entry is not JSON ({error})") \
+            from None
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not an ACML checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
+    if meta.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: checkpoint format version {meta.get('version')!r}; this code "
+                         f"reads version {CHECKPOINT_VERSION}")
+    if str(arrays["sha256"][()]) != _content_digest(arrays):
+        raise ValueError(f"{path}: corrupted checkpoint: its content does not match the sha256 "
+                         "stored in it")
+    if meta.get("role") != role:
+        raise ValueError(f"{path} is {_party_name(meta.get('role'))} checkpoint, expected "
+                         f"{_party_name(role)}")
+    del arrays["meta"], arrays["sha256"]
+    return meta, arrays
+
+
+def _check_entries(arrays: dict, expected: set, path) -> None:
+    missing, unexpected = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
+    if missing or unexpected:
+        raise ValueError(f"{path}: checkpoint entries do not match its role: missing "
+                         f"{missing or 'none'}, unexpected {unexpected or 'none'}")
+
+
+def _public_key_from(arrays: dict, meta: dict, path, allow_insecure: bool) -> PublicKey:
+    n = int(_integers(arrays, "public_key.n", (), path)[()])
+    try:
+        public_key = PublicKey(n)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    if public_key.fingerprint != meta.get("public_key_fingerprint"):
+        raise ValueError(f"{path}: corrupted checkpoint: its key does not match the fingerprint "
+                         "in its meta")
+    bits = n.bit_length()
+    if bits < paillier.MIN_KEY_BITS or (bits < paillier.INSECURE_KEY_BITS and not allow_insecure):
+        raise ValueError(f"{path}: its {bits}-bit key is under {paillier.INSECURE_KEY_BITS} bits "
+                         "and not secure; allow insecure keys (--insecure-small-key) only for "
+                         "tests and demos")
+    return public_key
+
+
+def _plan_from(meta: dict, path) -> FixedPointPlan:
+    try:
+        return FixedPointPlan(**meta["fixed_point"])
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{path}: corrupted checkpoint: bad fixed-point plan ({error})") from None
+
+
+def _meta_int(meta: dict, key: str, path) -> int:
+    value = meta.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{path}: corrupted checkpoint: {key!r} should be an int >= 0, "
+                         f"got {value!r}")
+    return value
+
+
+DATA_TRAINING_KEYS = ("n_hidden", "activation", "lr", "batch_size", "epochs", "seed")
+LABEL_TRAINING_KEYS = ("layer_sizes", "activation", "lr", "momentum", "batch_size", "epochs",
+                       "seed")
+
+
+def _meta_dict(meta: dict, key: str, required: tuple, path) -> dict:
+    value = meta.get(key)
+    missing = [name for name in required if not isinstance(value, dict) or name not in value]
+    if missing:
+        raise ValueError(f"{path}: corrupted checkpoint: {key!r} lacks {missing}")
+    return value
+
+
+def _bottom_model_arrays(party: "DataParty") -> dict:
+    """Hook for the data party's optional bottom model (X → α), which this branch lacks.
+
+    When it exists, return its parameters here as float64 arrays named ``bottom.<name>``, list
+    them in DataPartyState, and set them back in DataPartyState.restore (resume_setup must then
+    skip [[X]], as setup does). Until then a party that has one (as ``bottom`` or
+    ``bottom_model``) refuses to save, rather than silently dropping part of its state.
+    """
+    if any(getattr(party, name, None) is not None for name in ("bottom", "bottom_model")):
+        raise NotImplementedError("checkpointing the data party's bottom model is not "
+                                  "implemented: see protocol._bottom_model_arrays")
+    return {}
+
+
+@dataclass
+class DataPartyState:
+    """What the data party's checkpoint holds — its own state and nothing of the label party's.
+
+    The key pair, ε_acc (``noise_acc``, integers at W's scale), the fixed-point plan and the
+    training plan it received, the standardisation it fitted on its features (applied to new
+    rows before prediction), its feature names, and a sha256 of its encoded training features
+    (to refuse resuming on other rows). No labels, no weight share, no layer above the first.
+    """
+
+    keypair: tuple
+    plan: FixedPointPlan
+    training: dict
+    noise_acc: Fixed
+    epochs_completed: int
+    feature_names: list
+    feature_mean: np.ndarray
+    feature_std: np.ndarray
+    features_sha256: str
+
+    @property
+    def public_key(self) -> PublicKey:
+        return self.keypair[0]
+
+    @property
+    def n_features(self) -> int:
+        return self.noise_acc.shape[0]
+
+    @classmethod
+    def of(cls, party: DataParty, *, epochs_completed: int, feature_names=None,
+           feature_mean=None, feature_std=None) -> "DataPartyState":
+        """Snapshot a data party after ``epochs_completed`` epochs. Without a standardisation,
+        new rows are taken as they come (mean 0, std 1)."""
+        if party.noise_acc is None or party.training is None:
+            raise ValueError("the data party has no training state yet: run setup first")
+        _bottom_model_arrays(party)
+        d = party.n_features
+        names = [f"x{j}" for j in range(d)] if feature_names is None else list(feature_names)
+        mean = np.zeros(d) if feature_mean is None else np.asarray(feature_mean, np.float64)
+        std = np.ones(d) if feature_std is None else np.asarray(feature_std, np.float64)
+        if len(names) != d or mean.shape != (d,) or std.shape != (d,):
+            raise ValueError(f"feature names, mean and std must each have {d} entries")
+        return cls((party.public_key, party._private_key), party.plan, dict(party.training),
+                   Fixed.from_ints(party.noise_acc.values, party.noise_acc.scale),
+                   int(epochs_completed), [str(name) for name in names], mean.copy(), std.copy(),
+                   integers_digest(party.features.values))
+
+    def save(self, path) -> None:
+        public_key, private_key = self.keypair
+        meta = {"public_key_fingerprint": public_key.fingerprint,
+                "epochs_completed": self.epochs_completed, "fixed_point": self.plan.to_dict(),
+                "training": self.training, "noise_acc_scale": self.noise_acc.scale,
+                "feature_names": self.feature_names, "features_sha256": self.features_sha256,
+                "bottom_model": None}
+        arrays = {"public_key.n": _decimal_strings(public_key.n),
+                  "private_key.p": _decimal_strings(private_key.p),
+                  "private_key.q": _decimal_strings(private_key.q),
+                  "noise_acc": _decimal_strings(self.noise_acc.values),
+                  "standardizer.mean": self.feature_mean, "standardizer.std": self.feature_std}
+        _write_checkpoint(path, DATA, meta, arrays)
+
+    @classmethod
+    def load(cls, path, *, allow_insecure: bool = False) -> "DataPartyState":
+        """Read and validate a data party's file: one-line ValueError for anything wrong."""
+        meta, arrays = _read_checkpoint(path, DATA)
+        _check_entries(arrays, {"public_key.n", "private_key.p", "private_key.q", "noise_acc",
+                                "standardizer.mean", "standardizer.std"}, path)
+        if meta.get("bottom_model") is not None:
+            raise ValueError(f"{path}: holds a bottom model, which this version cannot restore")
+        public_key = _public_key_from(arrays, meta, path, allow_insecure)
+        p = int(_integers(arrays, "private_key.p", (), path)[()])
+        q = int(_integers(arrays, "private_key.q", (), path)[()])
+        try:
+            private_key = paillier.PrivateKey(public_key, p, q)
+        except ValueError as error:
+            raise ValueError(f"{path}: corrupted checkpoint: bad private key ({error})") from None
+        plan = _plan_from(meta, path)
+        training = _meta_dict(meta, "training", DATA_TRAINING_KEYS, path)
+        names = meta.get("feature_names")
+        if not isinstance(names, list) or not names:
+            raise ValueError(f"{path}: corrupted checkpoint: no feature names")
+        n_hidden = _meta_int(training, "n_hidden", path)
+        d = len(names)
+        noise = _integers(arrays, "noise_acc", (d, n_hidden), path)
+        std = _floats(arrays, "standardizer.std", (d,), path)
+        if np.any(std <= 0):
+            raise ValueError(f"{path}: corrupted checkpoint: a standard deviation is not positive")
+        if _meta_int(meta, "noise_acc_scale", path) != plan.w_frac_bits:
+            raise ValueError(f"{path}: noise_acc is at scale {meta['noise_acc_scale']}, the plan "
+                             f"puts W at {plan.w_frac_bits} fractional bits")
+        return cls((public_key, private_key), plan, training,
+                   Fixed.from_ints(noise, plan.w_frac_bits), _meta_int(meta, "epochs_completed",
+                                                                       path),
+                   [str(name) for name in names], _floats(arrays, "standardizer.mean", (d,), path),
+                   std, str(meta.get("features_sha256")))
+
+    def standardize(self, X) -> np.ndarray:
+        """New rows on the training features' scale: (X − mean) / std, fitted at training."""
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(f"features of shape {X.shape}: the model takes {self.n_features} "
+                             f"columns ({', '.join(self.feature_names)})")
+        return (X - self.feature_mean) / self.feature_std
+
+    def restore(self, X, *, same_features: bool = True) -> DataParty:
+        """A DataParty with this state, holding the (standardised) features X.
+
+        ``same_features`` (resuming): X must be the very training features of the checkpoint —
+        the party re-encrypts [[X]] from them. Pass False to hold new rows for prediction.
+        """
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(f"features of shape {X.shape}: the checkpoint's model takes "
+                             f"{self.n_features} columns")
+        party = DataParty(X, plan=self.plan, keypair=self.keypair)
+        if same_features and integers_digest(party.features.values) != self.features_sha256:
+            raise ValueError("these are not the features the data party's checkpoint was trained "
+                             "on (their sha256 differs): resume with the same rows and settings")
+        party.receive_training_plan(self.training)
+        party.noise_acc = Fixed.from_ints(self.noise_acc.values, self.noise_acc.scale)
+        return party
+
+
+@dataclass
+class LabelPartyState:
+    """What the label party's checkpoint holds — its own state and nothing of the data party's.
+
+    The public key, the weight share W_B = W − ε_acc (integers at W's scale), the first layer's
+    bias and every layer above (``parameters``, by nn.MLP's names), the optimiser's velocities,
+    the training config, the class names and a sha256 of its labels. No private key, no
+    noise_acc, no features: W_B differs from W by ε_acc, a mask σ bits wider than W.
+    """
+
+    public_key: PublicKey
+    plan: FixedPointPlan
+    training: dict
+    weight_share: Fixed
+    parameters: dict
+    velocity: dict
+    epochs_completed: int
+    class_names: list
+    labels_sha256: str
+
+    @property
+    def layer_sizes(self) -> tuple:
+        return tuple(self.training["layer_sizes"])
+
+    @classmethod
+    def of(cls, party: LabelParty, *, epochs_completed: int,
+           class_names=None) -> "LabelPartyState":
+        """Snapshot a label party after ``epochs_completed`` epochs."""
+        if party.weight_share is None or party.public_key is None:
+            raise ValueError("the label party has no weight share yet: run setup first")
+        sizes = party.layer_sizes
+        n_classes = 2 if sizes[-1] == 1 else sizes[-1]
+        names = [str(k) for k in range(n_classes)] if class_names is None else list(class_names)
+        if len(names) != n_classes:
+            raise ValueError(f"{len(names)} class names for {n_classes} classes")
+        training = {"layer_sizes": list(sizes), "activation": party.model.activation,
+                    "lr": party.lr, "momentum": party.optimizer.momentum,
+                    "batch_size": party.batch_size, "epochs": party.epochs, "seed": party.seed}
+        parameters = {name: np.array(value, dtype=np.float64)
+                      for name, value, _ in party.model.top_named_params()}
+        return cls(party.public_key, party.plan, training,
+                   Fixed.from_ints(party.weight_share.values, party.weight_share.scale),
+                   parameters, party.optimizer.state_dict(), int(epochs_completed),
+                   [str(name) for name in names], integers_digest(party.labels))
+
+    def save(self, path) -> None:
+        meta = {"public_key_fingerprint": self.public_key.fingerprint,
+                "epochs_completed": self.epochs_completed, "fixed_point": self.plan.to_dict(),
+                "training": self.training, "weight_share_scale": self.weight_share.scale,
+                "class_names": self.class_names, "labels_sha256": self.labels_sha256}
+        arrays = {"public_key.n": _decimal_strings(self.public_key.n),
+                  "weight_share": _decimal_strings(self.weight_share.values), **self.parameters}
+        arrays.update({f"optimizer.velocity.{name}": np.asarray(value, dtype=np.float64)
+                       for name, value in self.velocity.items()})
+        _write_checkpoint(path, LABEL, meta, arrays)
+
+    @staticmethod
+    def expected_shapes(layer_sizes) -> dict:
+        """Shapes of the label party's float parameters, by name."""
+        shapes = {"layers.0.b": (layer_sizes[1],)}
+        for index in range(1, len(layer_sizes) - 1):
+            shapes[f"layers.{index}.W"] = (layer_sizes[index], layer_sizes[index + 1])
+            shapes[f"layers.{index}.b"] = (layer_sizes[index + 1],)
+        return shapes
+
+    @classmethod
+    def load(cls, path, *, allow_insecure: bool = False) -> "LabelPartyState":
+        """Read and validate a label party's file: one-line ValueError for anything wrong."""
+        meta, arrays = _read_checkpoint(path, LABEL)
+        training = _meta_dict(meta, "training", LABEL_TRAINING_KEYS, path)
+        sizes = training["layer_sizes"]
+        if not (isinstance(sizes, list) and len(sizes) >= 2 and all(
+                isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes)):
+            raise ValueError(f"{path}: corrupted checkpoint: bad layer sizes {sizes!r}")
+        shapes = cls.expected_shapes(sizes)
+        velocity_names = {name[len("optimizer.velocity."):] for name in arrays
+                          if name.startswith("optimizer.velocity.")}
+        if not velocity_names <= set(shapes):
+            raise ValueError(f"{path}: optimiser state for unknown parameters "
+                             f"{sorted(velocity_names - set(shapes))}")
+        _check_entries(arrays, {"public_key.n", "weight_share", *shapes,
+                                *(f"optimizer.velocity.{name}" for name in velocity_names)}, path)
+        public_key = _public_key_from(arrays, meta, path, allow_insecure)
+        plan = _plan_from(meta, path)
+        if _meta_int(meta, "weight_share_scale", path) != plan.w_frac_bits:
+            raise ValueError(f"{path}: the weight share is at scale {meta['weight_share_scale']}, "
+                             f"the plan puts W at {plan.w_frac_bits} fractional bits")
+        share = _integers(arrays, "weight_share", (sizes[0], sizes[1]), path)
+        parameters = {name: _floats(arrays, name, shape, path) for name, shape in shapes.items()}
+        velocity = {name: _floats(arrays, f"optimizer.velocity.{name}", shapes[name], path)
+                    for name in sorted(velocity_names)}
+        names = meta.get("class_names")
+        n_classes = 2 if sizes[-1] == 1 else sizes[-1]
+        if not isinstance(names, list) or len(names) != n_classes:
+            raise ValueError(f"{path}: corrupted checkpoint: expected {n_classes} class names")
+        return cls(public_key, plan, training, Fixed.from_ints(share, plan.w_frac_bits),
+                   parameters, velocity, _meta_int(meta, "epochs_completed", path),
+                   [str(name) for name in names], str(meta.get("labels_sha256")))
+
+    def restore(self, y=None, *, epochs: int | None = None) -> LabelParty:
+        """A LabelParty with this state. ``y`` (resuming) must be the checkpoint's own labels;
+        None gives a party that only predicts. ``epochs`` replaces the planned epoch count."""
+        t = self.training
+        labels = np.zeros(0, dtype=np.int64) if y is None else np.asarray(y)
+        party = LabelParty(labels, t["layer_sizes"], activation=t["activation"], lr=t["lr"],
+                           momentum=t["momentum"], batch_size=t["batch_size"],
+                           epochs=t["epochs"] if epochs is None else epochs, seed=t["seed"],
+                           plan=self.plan)
+        if y is not None and integers_digest(party.labels) != self.labels_sha256:
+            raise ValueError("these are not the labels the label party's checkpoint was trained "
+                             "on (their sha256 differs): resume with the same rows and settings")
+        party.public_key = self.public_key
+        party.receive_weight_share(self.weight_share.values)
+        for name, value in self.parameters.items():
+            _, index, attribute = name.split(".")
+            setattr(party.model.layers[int(index)], attribute, value.copy())
+        party.optimizer.load_state_dict(self.velocity)
+        return party
+
+
+def check_checkpoint_pair(data_state: DataPartyState, label_state: LabelPartyState) -> None:
+    """The two files must come from one run and one moment: the same key, the same epoch, the
+    same plans, and a noise_acc shaped like the weight share. Else W_B + ε_acc is no W at all."""
+    prefix = "the two checkpoints do not belong together"
+    if data_state.public_key != label_state.public_key:
+        raise ValueError(f"{prefix}: the data party's key has fingerprint "
+                         f"{data_state.public_key.fingerprint[:12]}, the label party's "
+                         f"{label_state.public_key.fingerprint[:12]}")
+    if data_state.epochs_completed != label_state.epochs_completed:
+        raise ValueError(f"{prefix}: the data party's is after epoch "
+                         f"{data_state.epochs_completed}, the label party's after epoch "
+                         f"{label_state.epochs_completed}")
+    if data_state.plan != label_state.plan:
+        raise ValueError(f"{prefix}: their fixed-point plans differ")
+    if data_state.noise_acc.shape != label_state.weight_share.shape:
+        raise ValueError(f"{prefix}: noise_acc has shape {data_state.noise_acc.shape}, the "
+                         f"weight share {label_state.weight_share.shape}")
+    shared = {"n_hidden": label_state.layer_sizes[1], **{
+        key: label_state.training[key]
+        for key in ("activation", "lr", "batch_size", "epochs", "seed")}}
+    for key, value in shared.items():
+        if data_state.training.get(key) != value:
+            raise ValueError(f"{prefix}: the data party's training plan has {key} = "
+                             f"{data_state.training.get(key)!r}, the label party's {value!r}")
