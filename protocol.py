@@ -21,6 +21,10 @@ and W at their sum. The update ΔW = η·Xᵀδ is then an exact integer at W's 
 rescaling, so every mask cancels exactly and the true W is a deterministic function of the data,
 the initial weights and the batch order — never of the random masks.
 
+Insecure variants, for teaching: :class:`InsecureFlaws` re-creates the six known flaws of
+production implementations, each behind its own switch (off by default, loud when on); the
+channel's reporting mode lets such a run finish so that ``audit.py`` can catch and attack it.
+
 Threat model: semi-honest, non-colluding parties. Known leaks, by design: the label party learns
 z = X·W + b (the first layer's pre-activation) in step 1; with a bottom model (step 4b) the data
 party learns δ·Wᵀ, which carries label information.
@@ -166,8 +170,6 @@ class MaskSource:
     the width the message declares. The measurement is a check, not a secret: widths are public.
     """
 
-    description = "uniform integers from secrets (random.SystemRandom)"
-
     def __init__(self):
         self.generator: random.Random = random.SystemRandom()
         self.pending: list[tuple[int, int]] = []
@@ -260,8 +262,6 @@ class SeededMaskSource(MaskSource):
     """INSECURE (flaw 5): uniform masks of the right width, from ``random.Random(seed)`` with a
     16-bit seed. Mersenne Twister is not a CSPRNG, and 2**16 seeds are searched in a second."""
 
-    description = "uniform integers from random.Random seeded with a 16-bit seed (INSECURE)"
-
     def __init__(self, seed: int | None = None):
         super().__init__()
         self.seed = secrets.randbits(SEEDED_MASK_SEED_BITS) if seed is None else int(seed)
@@ -282,7 +282,6 @@ class WeakMaskSource(MaskSource):
         self.kind = kind
         if seeded:
             self.generator = random.Random(secrets.randbits(SEEDED_MASK_SEED_BITS))
-        self.description = f"weak masks: {kind} (INSECURE)"
 
     def _draw(self, shape, bits: int, scale: int) -> np.ndarray:
         size = int(np.prod(shape, dtype=np.int64))
@@ -746,9 +745,17 @@ class BottomModel:
 
 
 def make_bottom(spec, n_features: int, seed: int) -> BottomModel | None:
-    """None, a width k (ReLU), a pair (k, activation), or a BottomModel over ``n_features``."""
+    """None, a width k (ReLU), a pair (k, activation), an nn.Dense (or a pair (nn.Dense,
+    activation)) to use as it is, or a BottomModel — over ``n_features`` inputs."""
     if spec is None:
         return None
+    layer, activation = (spec, "identity") if isinstance(spec, nn.Dense) else (
+        spec if isinstance(spec, tuple) and isinstance(spec[0], nn.Dense) else (None, None))
+    if layer is not None:
+        if layer.W is None:
+            raise ValueError("the bottom model's nn.Dense layer has no weight")
+        spec = BottomModel(layer.n_in, layer.n_out, activation)
+        spec.layer = layer
     if isinstance(spec, BottomModel):
         if spec.n_features != n_features:
             raise ValueError(f"the bottom model takes {spec.n_features} features, the data "

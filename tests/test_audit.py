@@ -118,6 +118,20 @@ def test_step4b_declares_the_label_leak_and_is_not_flagged(keypair):
                                   private_key=data_party._private_key) == []
 
 
+def test_bottom_model_can_be_given_as_an_nn_layer(keypair):
+    """bottom= also takes an nn.Dense (identity activation) or (nn.Dense, activation), used as
+    it is; a layer of the wrong input width is a clear error."""
+    X, _ = rows_of("wine", 16)
+    layer = nn.Dense(X.shape[1], 3, rng=np.random.default_rng(7))
+    data_party = protocol.DataParty(X, keypair=keypair, bottom=(layer, "tanh"))
+    assert data_party.bottom.layer is layer and data_party.n_inputs == 3
+    assert np.allclose(data_party.bottom.forward(X), np.tanh(X @ layer.W + layer.b))
+    identity = protocol.DataParty(X, keypair=keypair, bottom=layer).bottom
+    assert identity.activation_name == "identity"
+    with pytest.raises(ValueError, match="takes 5 features"):
+        protocol.DataParty(X, keypair=keypair, bottom=nn.Dense(5, 3, rng=np.random.default_rng()))
+
+
 def test_cli_train_with_bottom_option(tmp_path):
     """`acml.py train --bottom K` runs steps 1–4b and matches its plaintext composite."""
     report = tmp_path / "report.json"
