@@ -60,9 +60,13 @@ class Config:
     seed: int = 0
     allow_insecure: bool = False
     plan: FixedPointPlan = field(default_factory=FixedPointPlan)
+    bottom: object = None  # None, a width k (ReLU) or (k, activation): the data party's bottom model
 
     def layer_sizes(self, n_features: int, n_classes: int) -> tuple:
+        """The network above the data: its input is X, or the bottom model's output α."""
         out = 1 if n_classes == 2 else n_classes
+        if self.bottom is not None:
+            n_features = self.bottom if isinstance(self.bottom, int) else self.bottom[0]
         return (n_features, *self.hidden, out)
 
 
@@ -150,7 +154,7 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
             _refuse_to_overwrite(checkpoint_dir)
         data_party = protocol.DataParty(train_set.X, plan=config.plan, key_bits=config.key_bits,
                                         allow_insecure=config.allow_insecure, keypair=keypair,
-                                        init_seed=config.seed)
+                                        init_seed=config.seed, bottom=config.bottom)
         label_party = protocol.LabelParty(train_set.y, sizes, activation=config.activation,
                                           lr=config.lr, momentum=config.momentum,
                                           batch_size=config.batch_size, epochs=config.epochs,
@@ -177,10 +181,15 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
     encrypted_seconds = time.perf_counter() - start
 
     plaintext = nn.MLP(sizes, activation=config.activation, seed=config.seed)
-    history = nn.train_plaintext(plaintext, train_set.X, train_set.y, epochs=config.epochs,
-                                 batch_size=config.batch_size, lr=config.plan.snap_lr(config.lr),
-                                 seed=config.seed,
-                                 momentum=config.momentum)
+    plaintext_bottom = protocol.make_bottom(config.bottom, train_set.X.shape[1], config.seed)
+    if plaintext_bottom is None:
+        history = nn.train_plaintext(plaintext, train_set.X, train_set.y, epochs=config.epochs,
+                                     batch_size=config.batch_size,
+                                     lr=config.plan.snap_lr(config.lr), seed=config.seed,
+                                     momentum=config.momentum)
+    else:
+        history = train_plaintext_composite(plaintext_bottom, plaintext, train_set.X, train_set.y,
+                                            config)
 
     metrics = {
         "dataset": train_set.name,
@@ -194,12 +203,16 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
         "seconds": encrypted_seconds,
         "final_loss": float(np.mean(losses[-n_batches:])),
         "plaintext_final_loss": float(np.mean(history["batch_loss"][-n_batches:])),
-        "max_abs_weight_diff": max_weight_diff(data_party, label_party, plaintext),
+        "max_abs_weight_diff": max_weight_diff(data_party, label_party, plaintext,
+                                               plaintext_bottom),
     }
+    if config.bottom is not None:
+        metrics["bottom_width"] = data_party.bottom.width
     if test_set is not None:
         scores = protocol.predict_scores(data_party, label_party, channel, test_set.X)
         predicted = label_party.model.classes_from_scores(scores)
-        plain_predicted = plaintext.predict(test_set.X)
+        plain_inputs = test_set.X if plaintext_bottom is None else plaintext_bottom.forward(test_set.X)
+        plain_predicted = plaintext.predict(plain_inputs)
         metrics["test_accuracy"] = float(np.mean(predicted == test_set.y))
         metrics["plaintext_test_accuracy"] = float(np.mean(plain_predicted == test_set.y))
         metrics["prediction_agreement"] = float(np.mean(predicted == plain_predicted))
@@ -216,13 +229,37 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
                   list(history["batch_loss"]), encrypted_seconds, metrics)
 
 
-def max_weight_diff(data_party, label_party, plaintext: nn.MLP) -> float:
-    """max |W − W_plain| over every weight and bias of every layer."""
+def max_weight_diff(data_party, label_party, plaintext: nn.MLP, plaintext_bottom=None) -> float:
+    """max |W − W_plain| over every weight and bias of every layer (the bottom model's too)."""
     diffs = [np.abs(joint_first_layer(data_party, label_party) - plaintext.layers[0].W).max(),
              np.abs(label_party.model.layers[0].b - plaintext.layers[0].b).max()]
     for mine, theirs in zip(label_party.model.layers[1:], plaintext.layers[1:]):
         diffs += [np.abs(mine.W - theirs.W).max(), np.abs(mine.b - theirs.b).max()]
+    if plaintext_bottom is not None:
+        mine, theirs = data_party.bottom.layer, plaintext_bottom.layer
+        diffs += [np.abs(mine.W - theirs.W).max(), np.abs(mine.b - theirs.b).max()]
     return float(max(diffs))
+
+
+def train_plaintext_composite(bottom: protocol.BottomModel, mlp: nn.MLP, X, y,
+                              config: Config) -> dict:
+    """The plaintext twin of a run with a bottom model: bottom layer + MLP, float64, the same
+    batches. Per batch: α = bottom(X), the MLP's forward and backward on α, then ∂L/∂α = δ·Wᵀ
+    with the W of the forward pass, and plain SGD on the bottom and on the first layer's W."""
+    lr = config.plan.snap_lr(config.lr)
+    optimizer = nn.SGD(lr, config.momentum)
+    first = mlp.layers[0]
+    history = {"batch_loss": []}
+    for epoch in range(config.epochs):
+        for rows in nn.minibatches(len(y), config.batch_size, seed=config.seed, epoch=epoch):
+            logits = mlp.forward(bottom.forward(X[rows]))
+            loss, dlogits = mlp.loss_and_grad(logits, y[rows])
+            input_gradient = mlp.backward(dlogits)
+            first.W -= lr * first.dW
+            optimizer.step(mlp.top_named_params())
+            bottom.backward_step(input_gradient, lr)
+            history["batch_loss"].append(loss)
+    return history
 
 
 def _progress_bar(total: int):
@@ -531,6 +568,9 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--momentum", type=float, default=0.0,
                        help="momentum for the layers above the first (the first is plain SGD)")
     model.add_argument("--seed", type=int, default=0)
+    model.add_argument("--bottom", type=_positive(int), default=None, metavar="K",
+                       help="give the data party a bottom model X → α (K wide, ReLU) under the "
+                            "interactive layer; step 4b then reveals δ·Wᵀ to it (a label leak)")
     crypto = parser.add_argument_group("encryption")
     crypto.add_argument("--key-bits", type=int, default=DEFAULT_KEY_BITS,
                         help=f"Paillier modulus size (default {DEFAULT_KEY_BITS})")
@@ -567,7 +607,7 @@ def config_from_args(args) -> Config:
     return Config(hidden=args.hidden, activation=args.activation, epochs=args.epochs,
                   batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                   key_bits=args.key_bits, seed=args.seed, allow_insecure=args.insecure_small_key,
-                  plan=FixedPointPlan(sigma=args.sigma))
+                  plan=FixedPointPlan(sigma=args.sigma), bottom=args.bottom)
 
 
 def command_train(args) -> int:
@@ -741,6 +781,25 @@ def add_party_parser(commands) -> None:
         role.add_argument("--quiet", action="store_true", help="no progress bar")
         role.set_defaults(handler=command_party)
 
+def command_audit(args) -> int:
+    import audit  # the audit pulls in every flaw's machinery: only load it when asked
+
+    key_bits = audit.DEFAULT_KEY_BITS if args.key_bits is None else args.key_bits
+    if args.key_bits is not None and key_bits < paillier.INSECURE_KEY_BITS \
+            and not args.insecure_small_key:
+        raise UsageError(f"--key-bits {key_bits} is below {paillier.INSECURE_KEY_BITS}: pass "
+                         "--insecure-small-key too (the audit's default small key needs no flag)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
+        warnings.simplefilter("ignore", protocol.InsecureFlawWarning)
+        audits = audit.run_audit(key_bits=key_bits)
+    print(audit.format_table(audits, key_bits))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump([row.to_json() for row in audits], handle, indent=2)
+    expected = all(row.caught and row.succeeds_on_flawed and row.fails_on_real for row in audits)
+    return 0 if expected else 1
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="acml.py", description=__doc__.split("\n")[0])
@@ -773,6 +832,14 @@ def build_parser() -> argparse.ArgumentParser:
                                help="both parties consent to revealing the weights")
     export_parser.set_defaults(handler=command_export)
     add_party_parser(commands)
+    audit_parser = commands.add_parser("audit", help="re-create the six known flaws of production "
+                                       "implementations; catch and attack each")
+    audit_parser.add_argument("--json", help="write the table as a JSON list to this path")
+    audit_parser.add_argument("--key-bits", type=int, default=None,
+                              help="Paillier modulus size (default: a small demo key)")
+    audit_parser.add_argument("--insecure-small-key", action="store_true",
+                              help="allow an explicit --key-bits under 1024")
+    audit_parser.set_defaults(handler=command_audit)
     return parser
 
 

@@ -23,6 +23,10 @@ and W at their sum. The update ΔW = η·Xᵀδ is then an exact integer at W's 
 rescaling, so every mask cancels exactly and the true W is a deterministic function of the data,
 the initial weights and the batch order — never of the random masks.
 
+Insecure variants, for teaching: :class:`InsecureFlaws` re-creates the six known flaws of
+production implementations, each behind its own switch (off by default, loud when on); the
+channel's reporting mode lets such a run finish so that ``audit.py`` can catch and attack it.
+
 Threat model: semi-honest, non-colluding parties. Known leaks, by design: the label party learns
 z = X·W + b (the first layer's pre-activation) in step 1; with a bottom model (step 4b) the data
 party learns δ·Wᵀ, which carries label information.
@@ -32,10 +36,12 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import secrets
 import time
+import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, fields
 
 import numpy as np
 
@@ -137,18 +143,199 @@ class FixedPointPlan:
 # ----------------------------------------------------------------------------------------------
 # Masks. Every secret comes from `secrets`, never from numpy's generator.
 # ----------------------------------------------------------------------------------------------
-def uniform_mask(shape, bits: int) -> np.ndarray:
+def uniform_mask(shape, bits: int, generator: random.Random | None = None) -> np.ndarray:
     """Integers uniform in [−2**bits, 2**bits), from ``secrets``: an object array.
 
     A value v with |v| < 2**(bits − σ) plus such a mask is statistically hidden: the masked
     distributions for any two such v differ by at most 2**−σ in statistical distance.
+    ``generator`` defaults to ``secrets``' own (random.SystemRandom, the operating system's CSPRNG).
     """
+    draw = secrets.randbits if generator is None else generator.getrandbits
     size = int(np.prod(shape, dtype=np.int64))
     offset = 1 << bits
-    flat = [secrets.randbits(bits + 1) - offset for _ in range(size)]
+    flat = [draw(bits + 1) - offset for _ in range(size)]
     out = np.empty(size, dtype=object)
     out[:] = flat
     return out.reshape(shape)
+
+
+class MaskSource:
+    """The one place a party draws its secret masks (ε_acc, ε_A, ε_B, ε_B').
+
+    ``uniform(shape, bits, scale)`` returns integers uniform in [−2**bits, 2**bits) from
+    ``generator``, which is ``random.SystemRandom`` — the generator behind ``secrets``. ``scale``
+    (the fractional bits of the value the mask hides) does not change a uniform mask; the flawed
+    sources below use it.
+
+    Every draw is also measured: ``pending`` keeps (requested bits, bits actually drawn) until the
+    party's next message, so that the channel can check the masks inside a masked message against
+    the width the message declares. The measurement is a check, not a secret: widths are public.
+    """
+
+    def __init__(self):
+        self.generator: random.Random = random.SystemRandom()
+        self.pending: list[tuple[int, int]] = []
+
+    def uniform(self, shape, bits: int, scale: int) -> np.ndarray:
+        mask = self._draw(shape, bits, scale)
+        self.pending.append((bits, bits_of(mask)))
+        return mask
+
+    def _draw(self, shape, bits: int, scale: int) -> np.ndarray:
+        return uniform_mask(shape, bits, self.generator)
+
+    def take_pending(self) -> list[tuple[int, int]]:
+        """The draws since the last call, and forget them."""
+        drawn, self.pending = self.pending, []
+        return drawn
+
+
+# ----------------------------------------------------------------------------------------------
+# INSECURE variants, for teaching only (audit.py). Each re-creates one known flaw of production
+# implementations; every one is off by default and warns (InsecureFlawWarning) when switched on.
+# ----------------------------------------------------------------------------------------------
+class InsecureFlawWarning(UserWarning):
+    """A party was built with an insecure flaw switched on: for the audit demo, never for data."""
+
+
+WEAK_MASK_KINDS = ("uniform1024", "normal")
+SEEDED_MASK_SEED_BITS = 16
+
+
+@dataclass(frozen=True)
+class InsecureFlaws:
+    """The six known flaws of production ACML implementations, each behind its own switch.
+
+    * ``no_paillier_randomness`` — the data party encrypts as c = 1 + m·n mod n², with no r^n
+      (EFLS v1): anyone with n reads m = (c − 1)/n.
+    * ``zero_initial_noise`` — ε_acc starts at 0 (FATE 1.x issue #2364, EFLS v2): on the first
+      batch the label party's share is the true W.
+    * ``weak_masks`` — "uniform1024": masks uniform in [−1024, 1024] (FATE); "normal":
+      round(N(0, 1)·2**scale), a standard normal in the hidden value's own units (EFLS v2).
+    * ``public_exponents`` — phe-style floating encoding: [[X]] (or [[α]]) travels with each
+      value's own exponent in the clear (FATE's phe encoding, EFLS v2).
+    * ``seeded_mask_rng`` — masks from ``random.Random`` seeded with a 16-bit seed: the right
+      width, but predictable (FATE draws half its masks from np.random).
+    * ``plaintext_input_gradient`` — step 4b's δ·Wᵀ reaches the data party's bottom model in
+      plaintext with nothing declared (FATE issue #2915).
+    """
+
+    no_paillier_randomness: bool = False
+    zero_initial_noise: bool = False
+    weak_masks: str | None = None
+    public_exponents: bool = False
+    seeded_mask_rng: bool = False
+    plaintext_input_gradient: bool = False
+
+    def __post_init__(self):
+        if self.weak_masks not in (None, *WEAK_MASK_KINDS):
+            raise ValueError(f"weak_masks must be None or one of {WEAK_MASK_KINDS}, "
+                             f"got {self.weak_masks!r}")
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name != "weak_masks" and not isinstance(value, bool):
+                raise TypeError(f"InsecureFlaws.{item.name} must be True or False, got {value!r}")
+
+    def enabled(self) -> tuple[str, ...]:
+        """The names of the flaws switched on."""
+        return tuple(item.name for item in fields(self) if getattr(self, item.name))
+
+    def mask_source(self) -> MaskSource:
+        """A fresh mask source with this configuration's (possibly flawed) masks."""
+        if self.weak_masks:
+            return WeakMaskSource(self.weak_masks, seeded=self.seeded_mask_rng)
+        if self.seeded_mask_rng:
+            return SeededMaskSource()
+        return MaskSource()
+
+
+SECURE = InsecureFlaws()
+
+
+def _warn_insecure(flaws: InsecureFlaws, party: str) -> None:
+    enabled = flaws.enabled()
+    if enabled:
+        warnings.warn(f"INSECURE: the {party} party runs with the flaws {', '.join(enabled)} "
+                      "switched on — a teaching demo of known attacks, never for real data",
+                      InsecureFlawWarning, stacklevel=3)
+
+
+class SeededMaskSource(MaskSource):
+    """INSECURE (flaw 5): uniform masks of the right width, from ``random.Random(seed)`` with a
+    16-bit seed. Mersenne Twister is not a CSPRNG, and 2**16 seeds are searched in a second."""
+
+    def __init__(self, seed: int | None = None):
+        super().__init__()
+        self.seed = secrets.randbits(SEEDED_MASK_SEED_BITS) if seed is None else int(seed)
+        self.generator = random.Random(self.seed)
+
+
+class WeakMaskSource(MaskSource):
+    """INSECURE (flaw 3): masks far narrower than what they hide.
+
+    "uniform1024" draws integers uniform in [−1024, 1024], whatever the width asked for;
+    "normal" draws round(N(0, 1)·2**scale), a standard normal in the units of the hidden value.
+    """
+
+    def __init__(self, kind: str, *, seeded: bool = False):
+        super().__init__()
+        if kind not in WEAK_MASK_KINDS:
+            raise ValueError(f"weak mask kind must be one of {WEAK_MASK_KINDS}, got {kind!r}")
+        self.kind = kind
+        if seeded:
+            self.generator = random.Random(secrets.randbits(SEEDED_MASK_SEED_BITS))
+
+    def _draw(self, shape, bits: int, scale: int) -> np.ndarray:
+        size = int(np.prod(shape, dtype=np.int64))
+        if self.kind == "uniform1024":
+            flat = [self.generator.randint(-1024, 1024) for _ in range(size)]
+        else:
+            flat = [int(round(self.generator.gauss(0.0, 1.0) * 2.0 ** scale))
+                    for _ in range(size)]
+        out = np.empty(size, dtype=object)
+        out[:] = flat
+        return out.reshape(shape)
+
+
+def encrypt_without_randomness(public_key: PublicKey, fixed: Fixed) -> EncryptedArray:
+    """INSECURE (flaw 1): c = (1 + m·n) mod n², Paillier with r = 1. Deterministic, and anyone
+    who knows n reads m = (c − 1)/n."""
+    n, nsquare = public_key.n, public_key.nsquare
+    residues = public_key._encode_array(fixed.values)
+    ciphertexts = np.empty(residues.size, dtype=object)
+    ciphertexts[:] = [(1 + m * n) % nsquare for m in residues.ravel().tolist()]
+    paillier.OP_COUNTS["encrypt"] += residues.size
+    return EncryptedArray(public_key, ciphertexts.reshape(fixed.shape), fixed.scale)
+
+
+PHE_LOG2_BASE = 4  # phe's EncodedNumber.BASE = 16
+FLOAT_MANTISSA_BITS = 53
+
+
+def phe_exponent(value: float) -> int:
+    """The exponent a phe-style floating encoding picks for a float when no precision is given:
+    floor((e − 53) / log2(16)), where e is the float's binary exponent (math.frexp). It pins |v|
+    to [2**(4·exp + 52), 2**(4·exp + 56)): the value's order of magnitude, in the clear."""
+    return math.floor((math.frexp(float(value))[1] - FLOAT_MANTISSA_BITS) / PHE_LOG2_BASE)
+
+
+class ExponentTaggedArray(EncryptedArray):
+    """INSECURE (flaw 4): ciphertexts that travel with one public exponent per value.
+
+    The ciphertexts still hold the plan's fixed-point integers, so training stays exact and
+    comparable; ``exponents`` are those a phe-style floating encoding sends beside each
+    ciphertext, and they carry exactly the information such an encoding leaks.
+    """
+
+    __slots__ = ("exponents",)
+
+    def __init__(self, public_key, ciphertexts, scale, exponents):
+        super().__init__(public_key, ciphertexts, scale)
+        self.exponents = np.asarray(exponents, dtype=np.int64).reshape(self.shape)
+
+    def __getitem__(self, index):
+        return ExponentTaggedArray(self.public_key, self.ciphertexts[index], self.scale,
+                                   self.exponents[index])
 
 
 def wide_mask_bits(public_key: PublicKey) -> int:
@@ -227,65 +414,169 @@ def _is_public_value(payload) -> bool:
     return False
 
 
+@dataclass
+class Finding:
+    """One leakage-check violation, recorded when the channel runs in reporting mode.
+
+    ``flaws`` names the InsecureFlaws switch(es) the evidence points at (empty for a violation
+    that matches none of them); ``message`` is the check's one-line explanation.
+    """
+
+    flaws: tuple
+    step: str
+    name: str
+    sender: str
+    receiver: str
+    message: str
+    count: int = 1
+
+
+MODES = ("raise", "report")
+MASK_WIDTH_SLACK = 16  # a uniform b-bit mask array of s values has max < 2**(b−16) w.p. 2**(−16s)
+
+
 class Channel:
     """An in-process channel between the two parties.
 
     ``send`` validates the declared kind of every message (the run-time leakage check), records
     it, and returns the payload to the receiver. A socket channel with the same ``send`` can
     replace it without protocol.py changing.
+
+    ``mode="raise"`` (the default) refuses a violating message with LeakageError. ``mode="report"``
+    records each violation in ``findings`` and delivers the message anyway: that lets an insecure
+    variant run to completion so that the audit can attack it.
+
+    Beyond the declarations, the channel checks what it can measure: that ciphertexts carry
+    Paillier randomness (c ≢ 1 mod n) and no per-value exponents; that nothing reaches the key
+    owner in plaintext, or decryptable, without a declaration; that each masked message contains a
+    fresh mask as wide as declared (measured by the sender's mask source); and, at setup, that each
+    party's mask source draws from ``secrets``.
     """
 
-    def __init__(self, sigma: int = 40):
+    def __init__(self, sigma: int = 40, *, mode: str = "raise"):
+        if mode not in MODES:
+            raise ValueError(f"channel mode must be one of {MODES}, got {mode!r}")
         self.sigma = sigma
+        self.mode = mode
         self.messages: list[Message] = []
+        self.findings: list[Finding] = []
         self.data_public_key: PublicKey | None = None
+        self.mask_sources: dict[str, MaskSource] = {}
         self.step_seconds: dict[str, float] = {}
         self.step_ops: dict[str, dict[str, int]] = {}
 
     # -- checks ---------------------------------------------------------------------------------
+    def _violation(self, m: Message, where: str, text: str, flaws=()) -> None:
+        """Raise (mode "raise") or record (mode "report") one violation."""
+        if self.mode == "raise":
+            raise LeakageError(f"{where}: {text}")
+        flaws = tuple(flaws)
+        for finding in self.findings:
+            if (finding.flaws, finding.step, finding.name) == (flaws, m.step, m.name):
+                finding.count += 1
+                return
+        self.findings.append(Finding(flaws, m.step, m.name, m.sender, m.receiver,
+                                     f"{where}: {text}"))
+
+    def register_mask_sources(self, sources: dict) -> None:
+        """Setup: remember each party's mask source, and check it draws from ``secrets``."""
+        for party, source in sources.items():
+            self.mask_sources[party] = source
+            if not isinstance(source.generator, random.SystemRandom):
+                m = Message(step="0", sender=party, receiver=_other(party), name="mask source",
+                            kind="public", payload=None)
+                self._violation(m, f"step 0 {party} party's mask source",
+                                f"masks come from {type(source.generator).__module__}."
+                                f"{type(source.generator).__name__}, a non-cryptographic, "
+                                "seedable generator, not from secrets: whoever guesses its seed "
+                                "or state predicts every mask (flaw: seeded_mask_rng)",
+                                ("seeded_mask_rng",))
+
     def _check(self, m: Message) -> None:
         where = f"step {m.step} message {m.name!r} ({m.sender} → {m.receiver})"
+        drawn = self.mask_sources[m.sender].take_pending() if m.sender in self.mask_sources else None
         if m.sender not in PARTIES or m.receiver not in PARTIES or m.sender == m.receiver:
-            raise LeakageError(f"{where}: sender and receiver must be the two parties {PARTIES}")
+            return self._violation(m, where, f"sender and receiver must be the two parties {PARTIES}")
         if m.kind not in KINDS:
-            raise LeakageError(f"{where}: undeclared kind {m.kind!r}; declare one of {KINDS}")
+            return self._violation(m, where, f"undeclared kind {m.kind!r}; declare one of {KINDS}")
         if m.kind == "ciphertext":
             self._check_ciphertext(m, where)
         elif m.kind == "masked":
             if not _is_int_array(m.payload):
-                raise LeakageError(f"{where}: a masked payload must be an integer array")
+                return self._violation(m, where, "a masked payload must be an integer array")
             self._check_mask_width(m, where)
         elif m.kind == "revealed":
             if not (isinstance(m.reason, str) and m.reason.strip()):
-                raise LeakageError(f"{where}: a revealed value needs the reason it is revealed")
+                return self._violation(m, where,
+                                       "a revealed value needs the reason it is revealed")
         elif m.kind == "public":
             if not _is_public_value(m.payload):
-                raise LeakageError(f"{where}: refusing an undeclared plaintext "
-                                   f"{type(m.payload).__name__} sent as 'public'; arrays must be "
-                                   "ciphertext, masked or revealed with a reason")
+                return self._violation(m, where, f"refusing an undeclared plaintext "
+                                       f"{type(m.payload).__name__} sent as 'public'; arrays must "
+                                       "be ciphertext, masked or revealed with a reason")
+        if m.receiver == DATA and m.kind in ("masked", "revealed") and isinstance(
+                m.payload, np.ndarray):
+            self._violation(m, where, f"a plaintext {m.payload.dtype} array reaches the data party; "
+                            "nothing derived from the labels may reach it in the clear "
+                            "(flaw: plaintext_input_gradient)", ("plaintext_input_gradient",))
+        if drawn is not None and self._declares_mask(m):
+            self._check_drawn_masks(m, where, drawn)
+
+    def _declares_mask(self, m: Message) -> bool:
+        return m.kind == "masked" or (m.kind == "ciphertext" and m.receiver == DATA
+                                      and not m.reason and m.mask_bits is not None)
+
+    def _check_drawn_masks(self, m: Message, where: str, drawn) -> None:
+        """The masks the sender drew for this message must be there, and as wide as declared."""
+        if not drawn or max(width for _, width in drawn) == 0:
+            return self._violation(m, where, "declared masked, but the sender drew no mask (or an "
+                                   "all-zero one): the value goes out unmasked, as when ε_acc "
+                                   "starts at zero (flaw: zero_initial_noise)",
+                                   ("zero_initial_noise",))
+        widest = max(width for _, width in drawn)
+        if widest + MASK_WIDTH_SLACK < m.mask_bits:
+            self._violation(m, where, f"weak mask: the mask drawn for it spans {widest} bits, "
+                            f"{m.mask_bits} declared over {m.value_bits}-bit values "
+                            "(flaw: weak_masks)", ("weak_masks",))
 
     def _check_ciphertext(self, m: Message, where: str) -> None:
         if not isinstance(m.payload, EncryptedArray):
-            raise LeakageError(f"{where}: declared ciphertext but the payload is "
-                               f"{type(m.payload).__name__}, not an EncryptedArray")
+            return self._violation(m, where, f"declared ciphertext but the payload is "
+                                   f"{type(m.payload).__name__}, not an EncryptedArray")
         if self.data_public_key is None or m.payload.public_key != self.data_public_key:
-            raise LeakageError(f"{where}: ciphertext is not under the data party's public key")
+            return self._violation(m, where,
+                                   "ciphertext is not under the data party's public key")
         check_ciphertext_values(m.payload, where)
+        n = self.data_public_key.n
+        if any(int(c) % n == 1 for c in m.payload.ciphertexts.ravel().tolist()):
+            self._violation(m, where, "a ciphertext c ≡ 1 (mod n) carries no Paillier randomness "
+                            "r^n: anyone who knows n reads m = (c − 1)/n "
+                            "(flaw: no_paillier_randomness)", ("no_paillier_randomness",))
+        if getattr(m.payload, "exponents", None) is not None:
+            self._violation(m, where, "ciphertexts travel with per-value public exponents: every "
+                            "value's order of magnitude is in the clear "
+                            "(flaw: public_exponents)", ("public_exponents",))
         if m.receiver == DATA:  # the key owner decrypts: declare what it learns
             if m.reason:
                 return
             if m.mask_bits is None or m.value_bits is None:
-                raise LeakageError(f"{where}: a ciphertext to the key owner must declare what its "
-                                   "plaintext reveals: mask_bits/value_bits, or a reason")
+                return self._violation(
+                    m, where, "a ciphertext to the key owner must declare what its plaintext "
+                    "reveals: mask_bits/value_bits, or a reason — undeclared, the data party "
+                    "decrypts it to plaintext (flaw: plaintext_input_gradient)",
+                    ("plaintext_input_gradient",))
             self._check_mask_width(m, where)
 
     def _check_mask_width(self, m: Message, where: str) -> None:
         if m.mask_bits is None or m.value_bits is None:
-            raise LeakageError(f"{where}: a masked value must declare mask_bits and value_bits")
+            return self._violation(m, where,
+                                   "a masked value must declare mask_bits and value_bits")
         if m.mask_bits < m.value_bits + self.sigma:
-            raise LeakageError(
-                f"{where}: weak mask — {m.mask_bits}-bit mask over {m.value_bits}-bit values "
-                f"leaves {m.mask_bits - m.value_bits} bits of margin, σ = {self.sigma} required")
+            self._violation(
+                m, where,
+                f"weak mask — {m.mask_bits}-bit mask over {m.value_bits}-bit values "
+                f"leaves {m.mask_bits - m.value_bits} bits of margin, σ = {self.sigma} required",
+                ("weak_masks",))
 
     # -- delivery -------------------------------------------------------------------------------
     def send(self, step, sender, receiver, name, kind, payload, *, reason=None,
@@ -367,6 +658,9 @@ def _evaluate(value):
     """A lazy value (a function of no arguments) computed now; anything else as it is."""
     return value() if callable(value) else value
 
+def _other(party: str) -> str:
+    return LABEL if party == DATA else DATA
+
 
 def _learned(m: Message) -> str:
     if m.kind == "public":
@@ -405,8 +699,11 @@ def _jsonable(payload):
     if isinstance(payload, PublicKey):
         return {"n": str(payload.n)}
     if isinstance(payload, EncryptedArray):
-        return {"scale": payload.scale,
-                "ciphertexts": [str(int(c)) for c in payload.ciphertexts.ravel()]}
+        record = {"scale": payload.scale,
+                  "ciphertexts": [str(int(c)) for c in payload.ciphertexts.ravel()]}
+        if getattr(payload, "exponents", None) is not None:  # the INSECURE flaw-4 variant
+            record["exponents"] = [int(e) for e in payload.exponents.ravel()]
+        return record
     if isinstance(payload, np.ndarray):
         if payload.dtype == object or payload.dtype.kind in "iu":
             return [str(int(v)) for v in payload.ravel()]
@@ -422,16 +719,86 @@ def _jsonable(payload):
 # The two parties. Each holds only its own state; the protocol functions below move values
 # between them, always through the channel.
 # ----------------------------------------------------------------------------------------------
+BOTTOM_SEED_STREAM = 0xB07  # the bottom layer's init stream: apart from every MLP layer's index
+
+
+class BottomModel:
+    """The data party's own layer below the interactive one: α = act(X·W + b), d → k.
+
+    α, not X, is then the interactive layer's input, so [[α]] is encrypted afresh every batch.
+    The bottom model never leaves the data party; step 4b gives it ∂L/∂α = δ·Wᵀ, and it takes a
+    plain SGD step. Its initial weights are drawn (public, reproducible) from
+    ``np.random.default_rng([seed, BOTTOM_SEED_STREAM])``, apart from the MLP's layers.
+    """
+
+    def __init__(self, n_features: int, width: int, activation: str = "relu", seed: int = 0):
+        if activation not in nn.ACTIVATIONS:
+            raise ValueError(f"unknown bottom activation {activation!r}; expected one of "
+                             f"{sorted(nn.ACTIVATIONS)}")
+        rng = np.random.default_rng([int(seed), BOTTOM_SEED_STREAM])
+        self.layer = nn.Dense(n_features, width, rng=rng,
+                              init=nn.INIT_FOR_ACTIVATION[activation])
+        self.activation_name = activation
+        self.activation = nn.ACTIVATIONS[activation]()
+
+    @property
+    def n_features(self) -> int:
+        return self.layer.n_in
+
+    @property
+    def width(self) -> int:
+        return self.layer.n_out
+
+    def forward(self, X) -> np.ndarray:
+        return self.activation.forward(self.layer.forward(X))
+
+    def backward_step(self, input_gradient, lr: float) -> None:
+        """∂L/∂α → ∂L/∂W, ∂L/∂b through the activation, then W −= η·∂L/∂W, b −= η·∂L/∂b."""
+        self.layer.backward(self.activation.backward(input_gradient))
+        self.layer.W -= lr * self.layer.dW
+        self.layer.b -= lr * self.layer.db
+
+
+def make_bottom(spec, n_features: int, seed: int) -> BottomModel | None:
+    """None, a width k (ReLU), a pair (k, activation), an nn.Dense (or a pair (nn.Dense,
+    activation)) to use as it is, or a BottomModel — over ``n_features`` inputs."""
+    if spec is None:
+        return None
+    layer, activation = (spec, "identity") if isinstance(spec, nn.Dense) else (
+        spec if isinstance(spec, tuple) and isinstance(spec[0], nn.Dense) else (None, None))
+    if layer is not None:
+        if layer.W is None:
+            raise ValueError("the bottom model's nn.Dense layer has no weight")
+        spec = BottomModel(layer.n_in, layer.n_out, activation)
+        spec.layer = layer
+    if isinstance(spec, BottomModel):
+        if spec.n_features != n_features:
+            raise ValueError(f"the bottom model takes {spec.n_features} features, the data "
+                             f"party has {n_features}")
+        return spec
+    width, activation = (spec, "relu") if isinstance(spec, (int, np.integer)) else spec
+    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
+        raise ValueError(f"the bottom model's width must be a positive integer, got {width!r}")
+    return BottomModel(n_features, int(width), activation, seed)
+
+
 class DataParty:
     """Party A: owns the features X, the Paillier key pair and noise_acc (ε_acc).
 
     ``init_seed`` seeds the first layer's initial weights W0, which only this party draws (and at
     once splits into ε_acc and the label party's share). In a deployment it is the data party's
     own secret; the simulation passes the seed of the plaintext twin so that both start equal.
+
+    ``bottom`` (optional: a width k, a pair (k, activation), or a :class:`BottomModel`) puts a
+    bottom model under the interactive layer (step 4b). ``insecure_flaws`` switches on known
+    flaws for the audit (:class:`InsecureFlaws`; warns). ``mask_source`` overrides where the masks
+    come from (default: ``secrets``, or the flawed source the flaws ask for).
     """
 
     def __init__(self, X, *, plan: FixedPointPlan | None = None, key_bits: int = 2048,
-                 allow_insecure: bool = False, keypair=None, init_seed: int | None = None):
+                 allow_insecure: bool = False, keypair=None, init_seed: int | None = None,
+                 bottom=None, insecure_flaws: InsecureFlaws = SECURE,
+                 mask_source: MaskSource | None = None):
         self.plan = plan or FixedPointPlan()
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
@@ -441,6 +808,12 @@ class DataParty:
             keypair = paillier.generate_keypair(key_bits, allow_insecure=allow_insecure)
         self.public_key, self._private_key = keypair
         self.init_seed = secrets.randbits(63) if init_seed is None else init_seed
+        self.bottom = make_bottom(bottom, X.shape[1], self.init_seed)
+        self._raw_features = X if self.bottom is not None else None
+        self._batch_inputs: Fixed | None = None
+        self.flaws = insecure_flaws
+        _warn_insecure(insecure_flaws, "data")
+        self.mask_source = mask_source or insecure_flaws.mask_source()
         self.noise_acc: Fixed | None = None
         self.training: dict | None = None
         self._prediction_features: Fixed | None = None
@@ -453,6 +826,23 @@ class DataParty:
     def n_features(self) -> int:
         return self.features.shape[1]
 
+    @property
+    def n_inputs(self) -> int:
+        """Width of the interactive layer's input: k with a bottom model, else d."""
+        return self.n_features if self.bottom is None else self.bottom.width
+
+    def _encrypt(self, fixed: Fixed, real_values=None) -> EncryptedArray:
+        """Encrypt with the CRT fast path, fresh r per value — unless an insecure flaw says not."""
+        if self.flaws.no_paillier_randomness:
+            encrypted = encrypt_without_randomness(self.public_key, fixed)
+        else:
+            encrypted = self._private_key.encrypt(fixed)
+        if self.flaws.public_exponents and real_values is not None:
+            exponents = [phe_exponent(v) for v in np.asarray(real_values).ravel().tolist()]
+            encrypted = ExponentTaggedArray(self.public_key, encrypted.ciphertexts,
+                                            encrypted.scale, np.reshape(exponents, fixed.shape))
+        return encrypted
+
     # step 0
     def receive_training_plan(self, training: dict) -> None:
         if training.get("fixed_point") != self.plan.to_dict():
@@ -461,22 +851,35 @@ class DataParty:
         self.training = dict(training)
         self.lr_int = self.plan.quantize_lr(training["lr"])
         self.plan.check_key(self.public_key.n.bit_length(), training["batch_size"],
-                            self.n_features)
+                            self.n_inputs)
 
     def split_initial_weight(self) -> np.ndarray:
         """Draw W0, keep a random ε_acc (never zero), and return the share W0 − ε_acc."""
-        sizes = (self.n_features, self.training["n_hidden"])
+        sizes = (self.n_inputs, self.training["n_hidden"])
         first = nn.init_layer(sizes, 0, self.training["activation"], self.init_seed)
         weight0 = Fixed.encode(first.W, self.plan.w_frac_bits)
         if bits_of(weight0.values) >= self.plan.weight_bits:
             raise OverflowError(f"initial weights exceed the plan's bound 2**{self.plan.weight_int_bits}")
-        noise = uniform_mask(weight0.shape, self.plan.noise_acc_bits())
+        if self.flaws.zero_initial_noise:  # INSECURE (flaw 2): the label party's share is W0
+            noise = np.zeros(weight0.shape, dtype=np.int64)
+        else:
+            noise = self.mask_source.uniform(weight0.shape, self.plan.noise_acc_bits(),
+                                             self.plan.w_frac_bits)
         self.noise_acc = Fixed.from_ints(noise, self.plan.w_frac_bits)
         return (weight0 - self.noise_acc).values
 
     def encrypt_features(self) -> EncryptedArray:
         """[[X]], fresh randomness per ciphertext, encrypted with CRT by the key owner."""
-        return self._private_key.encrypt(self.features)
+        return self._encrypt(self.features, self.features.decode())
+
+    def encrypt_batch_inputs(self, rows) -> EncryptedArray:
+        """With a bottom model: α = bottom(X[rows]), checked, encoded and freshly encrypted."""
+        alpha = self.bottom.forward(self._raw_features[rows])
+        self._batch_inputs = encode_features(alpha, self.plan, what="bottom output")
+        return self._encrypt(self._batch_inputs, alpha)
+
+    def _inputs(self, rows) -> Fixed:
+        return self.features[rows] if self.bottom is None else self._batch_inputs
 
     # step 1
     def add_noise_product(self, masked_product: EncryptedArray, rows=None) -> np.ndarray:
@@ -484,7 +887,7 @@ class DataParty:
 
         ``rows`` picks the training rows of the batch; None means the rows being predicted.
         """
-        features = self._prediction_features if rows is None else self.features[rows]
+        features = self._prediction_features if rows is None else self._inputs(rows)
         product = self._private_key.decrypt_residues(masked_product)
         own_part = (features @ self.noise_acc).values
         return mod_n(product + own_part, self.public_key.n)
@@ -493,30 +896,46 @@ class DataParty:
     def mask_gradient(self, masked_gradient: EncryptedArray, batch_size: int) -> np.ndarray:
         """Decrypt G' = Xᵀδ + ε_B', add a fresh mask ε_A, and fold η·ε_A into ε_acc."""
         gradient = self._private_key.decrypt_residues(masked_gradient)
-        mask = uniform_mask(gradient.shape, self.plan.gradient_mask_bits(batch_size))
+        mask = self.mask_source.uniform(gradient.shape, self.plan.gradient_mask_bits(batch_size),
+                                        self.plan.x_frac_bits + self.plan.delta_frac_bits)
         self.noise_acc = self.noise_acc + Fixed.from_ints(self.lr_int * mask,
                                                           self.plan.w_frac_bits)
         return mod_n(gradient + mask, self.public_key.n)
 
+    # step 4b
+    def encrypt_noise_acc(self) -> EncryptedArray:
+        """[[ε_acc]], fresh r per value: the label party needs it for δ·(W_B + ε_acc)ᵀ."""
+        return self._encrypt(self.noise_acc)
+
+    def update_bottom(self, encrypted_input_gradient: EncryptedArray) -> Fixed:
+        """Decrypt ∂L/∂α = δ·Wᵀ (exact, at scale δ + W) and take a plain SGD step on the bottom."""
+        gradient = self._private_key.decrypt(encrypted_input_gradient)
+        self.bottom.backward_step(gradient.decode(), self.plan.snap_lr(self.training["lr"]))
+        return gradient
+
     # prediction
     def encrypt_new_features(self, X_new) -> EncryptedArray:
-        """[[X_new]] for prediction: checked, encoded and freshly encrypted."""
-        self._prediction_features = encode_features(np.asarray(X_new, dtype=np.float64),
-                                                    self.plan)
-        return self._private_key.encrypt(self._prediction_features)
+        """[[X_new]] (or [[bottom(X_new)]]) for prediction: checked, encoded, freshly encrypted."""
+        X_new = np.asarray(X_new, dtype=np.float64)
+        self._prediction_features = encode_features(X_new, self.plan)
+        values = X_new
+        if self.bottom is not None:
+            values = self.bottom.forward(X_new)
+            self._prediction_features = encode_features(values, self.plan, what="bottom output")
+        return self._encrypt(self._prediction_features, values)
 
 
-def encode_features(X: np.ndarray, plan: FixedPointPlan) -> Fixed:
+def encode_features(X: np.ndarray, plan: FixedPointPlan, what: str = "feature") -> Fixed:
     """X at the plan's scale, after checking every value is finite and within the bound."""
     bad = ~np.isfinite(X)
     if bad.any():
         row, col = map(int, np.argwhere(bad)[0])
-        raise ValueError(f"feature column {col}, row {row}: value {X[row, col]} is not finite")
+        raise ValueError(f"{what} column {col}, row {row}: value {X[row, col]} is not finite")
     limit = 2.0 ** plan.x_int_bits
     over = np.abs(X) >= limit
     if over.any():
         row, col = map(int, np.argwhere(over)[0])
-        raise OverflowError(f"feature column {col}, row {row}: |{X[row, col]:g}| exceeds the "
+        raise OverflowError(f"{what} column {col}, row {row}: |{X[row, col]:g}| exceeds the "
                             f"fixed-point bound {limit:g} (x_int_bits={plan.x_int_bits}); "
                             "standardise the features or raise the bound")
     return Fixed.encode(X, plan.x_frac_bits)
@@ -530,8 +949,13 @@ class LabelParty:
     """
 
     def __init__(self, y, layer_sizes, *, activation="relu", lr=0.1, momentum=0.0,
-                 batch_size=64, epochs=1, seed=0, plan: FixedPointPlan | None = None):
+                 batch_size=64, epochs=1, seed=0, plan: FixedPointPlan | None = None,
+                 insecure_flaws: InsecureFlaws = SECURE, mask_source: MaskSource | None = None):
         self.plan = plan or FixedPointPlan()
+        self.flaws = insecure_flaws
+        _warn_insecure(insecure_flaws, "label")
+        self.mask_source = mask_source or insecure_flaws.mask_source()
+        self._batch_inputs: EncryptedArray | None = None
         self.labels = np.asarray(y)
         self.layer_sizes = tuple(int(s) for s in layer_sizes)
         check_labels(self.labels, self.layer_sizes[-1])
@@ -564,11 +988,24 @@ class LabelParty:
     def receive_weight_share(self, share: np.ndarray) -> None:
         self.weight_share = Fixed.from_ints(share, self.plan.w_frac_bits)
 
+    def receive_batch_inputs(self, encrypted_inputs: EncryptedArray) -> EncryptedArray:
+        """With a bottom model: this batch's [[α]], kept for step 4."""
+        self._batch_inputs = encrypted_inputs
+        return encrypted_inputs
+
+    def batch_inputs(self, rows) -> EncryptedArray:
+        """The interactive layer's encrypted input for this batch: [[α]], or the cached [[X]]."""
+        if self._batch_inputs is not None:
+            return self._batch_inputs
+        return self.encrypted_features[rows]
+
     # step 1
     def masked_product(self, encrypted_features: EncryptedArray) -> EncryptedArray:
         """[[U]] = [[X]]·W_B + [[ε_B]]; the fresh encryption of ε_B re-randomises the result."""
         product = encrypted_features @ self.weight_share
-        self._forward_mask = uniform_mask(product.shape, wide_mask_bits(self.public_key))
+        self._forward_mask = self.mask_source.uniform(product.shape,
+                                                      wide_mask_bits(self.public_key),
+                                                      product.scale)
         return product + self.public_key.encrypt(Fixed.from_ints(self._forward_mask, product.scale))
 
     def masked_product_bits(self, encrypted_features: EncryptedArray) -> int:
@@ -609,7 +1046,9 @@ class LabelParty:
     def masked_gradient(self, encrypted_features: EncryptedArray, delta: Fixed) -> EncryptedArray:
         """[[G']] = [[X]]ᵀ·δ + [[ε_B']]."""
         gradient = encrypted_features.T @ delta
-        self._backward_mask = uniform_mask(gradient.shape, wide_mask_bits(self.public_key))
+        self._backward_mask = self.mask_source.uniform(gradient.shape,
+                                                       wide_mask_bits(self.public_key),
+                                                       gradient.scale)
         return gradient + self.public_key.encrypt(
             Fixed.from_ints(self._backward_mask, gradient.scale))
 
@@ -620,6 +1059,16 @@ class LabelParty:
         self._backward_mask = None
         self.weight_share = self.weight_share - Fixed.from_ints(self.lr_int * gradient,
                                                                 self.plan.w_frac_bits)
+
+    # step 4b
+    def input_gradient(self, encrypted_noise_acc: EncryptedArray, delta: Fixed) -> EncryptedArray:
+        """[[δ·Wᵀ]] = δ·W_Bᵀ + δ·[[ε_acc]]ᵀ, re-randomised, at scale δ + W (exact).
+
+        Re-randomising matters: the product's randomness is a function of δ and of the r's of the
+        data party's own [[ε_acc]], so without fresh r^n the data party could test guesses of δ.
+        """
+        encrypted_part = delta @ encrypted_noise_acc.T
+        return (encrypted_part + delta @ self.weight_share.T).rerandomize()
 
     # prediction
     def scores(self, z: np.ndarray) -> np.ndarray:
@@ -639,15 +1088,21 @@ def setup(data_party: DataParty, label_party: LabelParty, channel: Channel) -> N
     * A → B ``W0 − ε_acc`` (masked): A draws W0, keeps ε_acc uniform and σ bits wider than W0 (so
       never zero), and sends the difference. B learns nothing about W0.
     * A → B ``[[X]]`` (ciphertext): every training row once, a fresh r for each value; X does not
-      change, so the encryption is cached for every epoch.
+      change, so the encryption is cached for every epoch. With a bottom model, nothing: its
+      output α changes every batch, and step 1 sends [[α]] afresh.
+
+    The channel also learns each party's mask source, to check that it draws from ``secrets``.
     """
     with channel.timed("0"):
+        channel.register_mask_sources({party: source for party, source in (
+            (DATA, getattr(data_party, "mask_source", None)),
+            (LABEL, getattr(label_party, "mask_source", None))) if source is not None})
         label_party.public_key = channel.send(0, DATA, LABEL, "public key", "public",
                                               lambda: data_party.public_key)
         channel.data_public_key = label_party.public_key
         shapes = channel.send(0, DATA, LABEL, "shapes", "public",
                               lambda: {"n_samples": data_party.n_samples,
-                                       "n_features": data_party.n_features})
+                                       "n_features": data_party.n_inputs})
         label_party.check_shapes(shapes)
         data_party.receive_training_plan(channel.send(0, LABEL, DATA, "training plan", "public",
                                                       lambda: label_party.training_plan()))
@@ -656,8 +1111,9 @@ def setup(data_party: DataParty, label_party: LabelParty, channel: Channel) -> N
                              lambda: data_party.split_initial_weight(),
                              mask_bits=plan.noise_acc_bits(), value_bits=plan.weight_bits)
         label_party.receive_weight_share(share)
-        label_party.encrypted_features = channel.send(0, DATA, LABEL, "[[X]]", "ciphertext",
-                                                      lambda: data_party.encrypt_features())
+        if data_party.bottom is None:
+            label_party.encrypted_features = channel.send(0, DATA, LABEL, "[[X]]", "ciphertext",
+                                                          lambda: data_party.encrypt_features())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -667,13 +1123,18 @@ def step1_forward_interactive(data_party: DataParty, label_party: LabelParty,
                               channel: Channel, rows: np.ndarray) -> np.ndarray:
     """Step 1: z = X·W + b reaches the label party; neither party sees the other's share.
 
+    0. With a bottom model only: A → B ``[[α]]`` (ciphertext), α = bottom(X) for this batch,
+       encrypted afresh (new r) every batch; it takes the place of [[X]] below and in step 4.
     1. B computes [[U]] = [[X]]·W_B + [[ε_B]] with a fresh ε_B, as wide as the key allows.
     2. B → A ``[[X·W_B + ε_B]]`` (ciphertext). A decrypts U and learns nothing: ε_B hides X·W_B.
     3. A → B ``V = U + X·ε_acc`` (revealed). B subtracts its own ε_B and adds b:
        z = X·W_B + X·ε_acc + b = X·W + b — revealed to B by design.
     """
     with channel.timed("1"):
-        encrypted_rows = label_party.encrypted_features[rows]
+        if data_party.bottom is not None:
+            label_party.receive_batch_inputs(channel.send(1, DATA, LABEL, "[[α]]", "ciphertext",
+                                                          lambda: data_party.encrypt_batch_inputs(rows)))
+        encrypted_rows = label_party.batch_inputs(rows)
         masked = channel.send(1, LABEL, DATA, "[[X·W_B + ε_B]]", "ciphertext",
                               lambda: label_party.masked_product(encrypted_rows),
                               mask_bits=wide_mask_bits(label_party.public_key),
@@ -718,7 +1179,7 @@ def step4_backward_interactive(data_party: DataParty, label_party: LabelParty,
     """
     with channel.timed("4"):
         plan, m = label_party.plan, len(rows)
-        encrypted_rows = label_party.encrypted_features[rows]
+        encrypted_rows = label_party.batch_inputs(rows)
         masked = channel.send(4, LABEL, DATA, "[[Xᵀδ + ε_B']]", "ciphertext",
                               lambda: label_party.masked_gradient(encrypted_rows, delta),
                               mask_bits=wide_mask_bits(label_party.public_key),
@@ -731,13 +1192,51 @@ def step4_backward_interactive(data_party: DataParty, label_party: LabelParty,
 
 
 # ----------------------------------------------------------------------------------------------
+# Step 4b — only with a bottom model: the input gradient ∂L/∂α = δ·Wᵀ to the data party.
+# ----------------------------------------------------------------------------------------------
+INPUT_GRADIENT_REASON = ("∂L/∂α = δ·Wᵀ, the bottom model's input gradient: a known leak of LABEL "
+                         "information to the data party (its rows' norms and directions separate "
+                         "the classes); measured by `python acml.py audit`")
+
+
+def step4b_input_gradient(data_party: DataParty, label_party: LabelParty, channel: Channel,
+                          delta: Fixed) -> Fixed:
+    """Step 4b: the data party gets ∂L/∂α = δ·Wᵀ and updates its bottom model by plain SGD.
+
+    1. A → B ``[[ε_acc]]`` (ciphertext, fresh r).
+    2. B computes [[δ·(W_B + ε_acc)ᵀ]] = δ·W_Bᵀ + δ·[[ε_acc]]ᵀ = [[δ·Wᵀ]], re-randomises it, and
+       sends B → A ``[[δ·Wᵀ]]`` (ciphertext, declared revealed: the label leak, by design).
+    3. A decrypts δ_int·W_intᵀ exactly (scale δ + W), decodes it, and steps its bottom model.
+
+    Run it after step 3 and BEFORE step 4's update (``train_batch`` does): W_B and ε_acc must be
+    the shares of the forward pass, so that W is the weight that computed z.
+
+    ``plaintext_input_gradient`` (INSECURE, flaw 6) sends the same ciphertext with nothing declared,
+    as FATE 1.x does (issue #2915): the data party decrypts a label-bearing plaintext that the
+    protocol never admits to.
+    """
+    with channel.timed("4b"):
+        encrypted_noise = channel.send("4b", DATA, LABEL, "[[ε_acc]]", "ciphertext",
+                                       lambda: data_party.encrypt_noise_acc())
+        # Flaw 6 (INSECURE) sends the very same ciphertext, but declares nothing about it.
+        reason = None if label_party.flaws.plaintext_input_gradient else INPUT_GRADIENT_REASON
+        received = channel.send("4b", LABEL, DATA, "[[δ·Wᵀ]]", "ciphertext",
+                                lambda: label_party.input_gradient(encrypted_noise, delta),
+                                reason=reason)
+        return data_party.update_bottom(received)
+
+
+# ----------------------------------------------------------------------------------------------
 # One mini-batch, one epoch, and prediction.
 # ----------------------------------------------------------------------------------------------
 def train_batch(data_party, label_party, channel, rows) -> float:
-    """Steps 1–4 on one mini-batch; returns the batch loss (known to the label party)."""
+    """Steps 1–4 (and 4b, with a bottom model) on one mini-batch; returns the batch loss (known
+    to the label party). 4b runs before 4: it needs the shares of W that computed z."""
     z = step1_forward_interactive(data_party, label_party, channel, rows)
     loss = step2_forward_rest(label_party, channel, z, rows)
     delta = step3_backward_rest(label_party, channel)
+    if data_party.bottom is not None:
+        step4b_input_gradient(data_party, label_party, channel, delta)
     step4_backward_interactive(data_party, label_party, channel, rows, delta)
     return loss
 

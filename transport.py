@@ -752,7 +752,8 @@ def run_data_party(connection: Connection, ids, X, *, keypair, plan=None, init_s
         scaler = data.Standardizer().fit(features[train_rows])
         data_party = protocol.DataParty(scaler.transform(features[train_rows]), plan=plan,
                                         keypair=keypair, init_seed=init_seed)
-        peer = Absent(protocol.LabelParty, plan=plan)
+        # Over TCP the label party runs no insecure flaw variant.
+        peer = Absent(protocol.LabelParty, plan=plan, flaws=protocol.SECURE)
         protocol.setup(data_party, peer, channel)
         training = data_party.training
         peer.batch_size, peer.seed = training["batch_size"], training["seed"]
@@ -797,8 +798,9 @@ def run_label_party(connection: Connection, ids, y, n_classes: int, config, *,
                                           lr=config.lr, momentum=config.momentum,
                                           batch_size=config.batch_size, epochs=config.epochs,
                                           seed=config.seed, plan=config.plan)
+        # Public facts about the data party; over TCP it has no bottom model (no step 4b).
         peer = Absent(protocol.DataParty, plan=config.plan, n_samples=len(train_rows),
-                      n_features=n_features)
+                      n_features=n_features, n_inputs=n_features, bottom=None)
         protocol.setup(peer, label_party, channel)
         n_batches = -(-len(train_rows) // config.batch_size)
         step = _report_progress(progress, config.epochs * n_batches)
