@@ -1,5 +1,8 @@
 """Shared fixtures."""
 
+import functools
+import warnings
+
 import pytest
 
 import paillier
@@ -14,3 +17,11 @@ def backend(request):
         pytest.skip(str(error))
     with switch:
         yield request.param
+
+
+@functools.lru_cache(maxsize=None)
+def insecure_keypair(bits):
+    """A small key pair for fast tests, made once per size (through the explicit insecure flag)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
+        return paillier.generate_keypair(bits, allow_insecure=True)

@@ -8,11 +8,11 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import insecure_keypair
 
 import acml
 import audit
 import nn
-import paillier
 import protocol
 from protocol import InsecureFlaws
 
@@ -21,9 +21,7 @@ KEY_BITS = 256
 
 @pytest.fixture(scope="module")
 def keypair():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return paillier.generate_keypair(KEY_BITS, allow_insecure=True)
+    return insecure_keypair(KEY_BITS)
 
 
 def rows_of(name, n_rows, seed=0):

@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import insecure_keypair
 
 import acml
 import data
@@ -19,9 +20,7 @@ KEY_BITS = 384
 
 @pytest.fixture(scope="module")
 def keypair():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return paillier.generate_keypair(KEY_BITS, allow_insecure=True)
+    return insecure_keypair(KEY_BITS)
 
 
 def small_split(name, n_rows, seed=0):

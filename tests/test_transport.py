@@ -17,6 +17,7 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import insecure_keypair
 
 import acml
 import data
@@ -33,9 +34,7 @@ TIMEOUT = 20.0
 
 @pytest.fixture(scope="module")
 def keypair():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return paillier.generate_keypair(KEY_BITS, allow_insecure=True)
+    return insecure_keypair(KEY_BITS)
 
 
 def config(**overrides):
