@@ -142,7 +142,8 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
                              "pass no keypair")
         data_state, label_state = load_checkpoints(checkpoint_dir,
                                                    allow_insecure=config.allow_insecure)
-        _check_resumable(config, sizes, data_state, label_state, checkpoint_dir)
+        _check_resumable(config, sizes, data_state, label_state, checkpoint_dir,
+                         n_features=train_set.X.shape[1])
         first_epoch = label_state.epochs_completed
         feature_mean, feature_std = data_state.feature_mean, data_state.feature_std
         data_party = data_state.restore(train_set.X)
@@ -371,7 +372,18 @@ def _refuse_to_overwrite(checkpoint_dir) -> None:
             raise ValueError(f"{path} already exists: resume it, or train into another directory")
 
 
-def _check_resumable(config: Config, sizes, data_state, label_state, checkpoint_dir) -> None:
+def _describe_bottom(bottom) -> str:
+    return "none" if bottom is None else f"{bottom.width} wide ({bottom.activation_name})"
+
+
+def _check_resumable(config: Config, sizes, data_state, label_state, checkpoint_dir, *,
+                     n_features: int) -> None:
+    asked_bottom = protocol.make_bottom(config.bottom, n_features, config.seed)
+    saved_bottom = data_state.bottom
+    if _describe_bottom(asked_bottom) != _describe_bottom(saved_bottom):
+        raise ValueError(f"the checkpoint's data party has bottom model "
+                         f"{_describe_bottom(saved_bottom)}, this run asks for "
+                         f"{_describe_bottom(asked_bottom)}; resume with the same --bottom")
     saved = label_state.training
     asked = {"layer_sizes": list(sizes), "activation": config.activation, "lr": config.lr,
              "momentum": config.momentum, "batch_size": config.batch_size, "seed": config.seed}
@@ -409,8 +421,9 @@ def predict(checkpoint_dir, X, *, feature_names=None, ids=None, source: str = "f
             allow_insecure: bool = False) -> Prediction:
     """Encrypted prediction on new rows X (raw, as in the features file) from both checkpoints.
 
-    The data party standardises X with its saved mean and std, and encrypts it; the label
-    party runs step 1 with its weight share and the layers above (protocol.predict_scores).
+    The data party standardises X with its saved mean and std, applies its bottom model if it
+    has one, and encrypts the result; the label party runs step 1 with its weight share and the
+    layers above (protocol.predict_scores).
     Neither party's share is combined with the other's. With ``feature_names``, the columns of
     X are matched to the training features by name (any order, none missing, none extra).
     """
