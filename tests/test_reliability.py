@@ -612,10 +612,11 @@ def bottom_runs(keypair, tmp_path_factory):
     return straight, resumed, straight_result, resumed_result, train_set, raw_test
 
 
-def test_bottom_model_resumed_run_is_bit_identical_to_an_uninterrupted_one(bottom_runs):
+def test_bottom_model_resumed_run_is_bit_identical_to_an_uninterrupted_one(bottom_runs,
+                                                                           tmp_path):
     """With a bottom model, 3 epochs == 2 epochs resumed for a third: W_B + ε_acc integer for
-    integer, the bottom model's W and b, every top-layer array and velocity bit for bit. The
-    resumed setup sends no [[X]]: step 1 sends [[α]] instead."""
+    integer, the bottom model's W and b, every top-layer array and velocity bit for bit, and
+    the exported models equal. The resumed setup sends no [[X]]: step 1 sends [[α]] instead."""
     straight, resumed, straight_result, resumed_result, *_ = bottom_runs
     (data_a, label_a), (data_b, label_b) = [acml.load_checkpoints(d, allow_insecure=True)
                                             for d in (straight, resumed)]
@@ -639,6 +640,15 @@ def test_bottom_model_resumed_run_is_bit_identical_to_an_uninterrupted_one(botto
     step0 = [m.name for m in resumed_result.channel.messages if m.step == "0"]
     assert step0 == ["public key", "shapes", "training plan"]
     assert "[[α]]" in {m.name for m in resumed_result.channel.messages}
+    exports = []
+    for index, directory in enumerate((straight, resumed)):
+        out = tmp_path / f"model{index}.npz"
+        acml.export_model(directory, out, i_understand_this_reveals_the_weights=True)
+        exports.append(read_entries(out))
+    assert exports[0].keys() == exports[1].keys()
+    assert {"bottom.W", "bottom.b"} <= set(exports[0])
+    for name in exports[0]:
+        assert np.array_equal(exports[0][name], exports[1][name]), name
 
 
 def test_bottom_model_is_in_the_data_party_file_as_documented(bottom_runs):
@@ -683,10 +693,12 @@ def test_label_party_file_holds_nothing_of_the_bottom_model(bottom_runs):
             assert not np.isin(array, secrets_of_bottom).any(), name
 
 
-def test_bottom_model_prediction_from_checkpoints_equals_the_plaintext_forward_pass(bottom_runs):
+def test_bottom_model_prediction_from_checkpoints_equals_the_plaintext_forward_pass(bottom_runs,
+                                                                                    tmp_path):
     """Prediction from checkpoints applies the bottom model at the data party: its scores equal
     the fixed-point forward pass (α = bottom(X) rounded, W = W_B + ε_acc combined in the test
-    only) bit for bit."""
+    only) bit for bit, and the exported model's float forward pass within quantisation, with
+    identical classes."""
     straight, _, _, _, _, raw_test = bottom_runs
     prediction = acml.predict(straight, raw_test.X, allow_insecure=True)
     data_state, label_state = acml.load_checkpoints(straight, allow_insecure=True)
@@ -701,6 +713,18 @@ def test_bottom_model_prediction_from_checkpoints_equals_the_plaintext_forward_p
         setattr(top.layers[int(index)], attribute, value)
     expected = top.scores_from_logits(top.forward_top(z + top.layers[0].b))
     assert np.array_equal(prediction.scores, expected)
+    out = tmp_path / "model.npz"
+    acml.export_model(straight, out, i_understand_this_reveals_the_weights=True)
+    model = acml.load_model(out)
+    assert model.bottom is not None and model.mlp.layer_sizes[0] == BOTTOM_WIDTH
+    architecture = json.loads(str(read_entries(out)["architecture"]))
+    assert architecture["bottom"] == {"n_features": 13, "width": 4, "activation": "relu"}
+    assert architecture["layer_sizes"] == [4, 3, 3]
+    plain = model.predict_scores(raw_test.X)
+    assert np.array_equal(model.mlp.classes_from_scores(plain), prediction.class_ids)
+    assert np.allclose(plain, prediction.scores, rtol=0, atol=1e-4)
+    rounded = Fixed.encode(model.inputs(raw_test.X), plan.x_frac_bits).decode()
+    assert np.allclose(model.mlp.predict_scores(rounded), prediction.scores, rtol=0, atol=1e-12)
 
 
 def test_corrupted_bottom_model_arrays_are_one_line_errors(bottom_runs, tmp_path, capsys):
@@ -774,9 +798,25 @@ def test_resume_without_a_bottom_model_refuses_one_in_one_line(trained):
                    checkpoint_dir=directory, resume=True)
 
 
-def test_cli_trains_resumes_and_predicts_with_a_bottom_model(tmp_path, capsys):
-    """`train --bottom K --checkpoint-dir`, then `--resume` and `predict`, all exit 0 (resuming
-    without --bottom is one line); the prediction CSV is the API's."""
+def test_exported_bottom_model_is_checked_when_loaded(bottom_runs, tmp_path):
+    """load_model refuses an export whose bottom arrays are missing or misshapen, in one line."""
+    out = tmp_path / "model.npz"
+    acml.export_model(bottom_runs[0], out, i_understand_this_reveals_the_weights=True)
+    entries = read_entries(out)
+    for change, needle in ((lambda e: e.pop("bottom.b"), "no array 'bottom.b'"),
+                           (lambda e: e.update({"bottom.W": e["bottom.W"].T.copy()}),
+                            "the architecture says float64 of (13, 4)")):
+        broken = dict(entries)
+        change(broken)
+        np.savez(tmp_path / "broken.npz", **broken)
+        with pytest.raises(ValueError, match=re.escape(needle)) as caught:
+            acml.load_model(tmp_path / "broken.npz")
+        assert "\n" not in str(caught.value)
+
+
+def test_cli_trains_resumes_predicts_and_exports_with_a_bottom_model(tmp_path, capsys):
+    """`train --bottom K --checkpoint-dir`, then `--resume`, `predict` and `export`, all exit 0;
+    the prediction CSV is the API's, and the export holds the bottom layer."""
     directory = tmp_path / "run"
     common = ["--dataset", "wine", "--hidden", "3", "--bottom", "4", *CLI_SMALL_KEY,
               "--checkpoint-dir", str(directory)]
@@ -801,3 +841,9 @@ def test_cli_trains_resumes_and_predicts_with_a_bottom_model(tmp_path, capsys):
     expected = acml.predict(directory, wine.X[::20], allow_insecure=True)
     assert [row[1] for row in written] == expected.class_names
     assert np.array_equal([float(row[2]) for row in written], expected.confidence)
+    model_path = tmp_path / "model.npz"
+    assert acml.main(["export", "--checkpoint-dir", str(directory), "--out", str(model_path),
+                      acml.REVEAL_FLAG]) == 0
+    assert "bottom.W, bottom.b, layers.0.W" in capsys.readouterr().err
+    model = acml.load_model(model_path)
+    assert np.array_equal(model.bottom.layer.W, data_state.bottom.layer.W)
