@@ -142,7 +142,8 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
                              "pass no keypair")
         data_state, label_state = load_checkpoints(checkpoint_dir,
                                                    allow_insecure=config.allow_insecure)
-        _check_resumable(config, sizes, data_state, label_state, checkpoint_dir)
+        _check_resumable(config, sizes, data_state, label_state, checkpoint_dir,
+                         n_features=train_set.X.shape[1])
         first_epoch = label_state.epochs_completed
         feature_mean, feature_std = data_state.feature_mean, data_state.feature_std
         data_party = data_state.restore(train_set.X)
@@ -371,7 +372,18 @@ def _refuse_to_overwrite(checkpoint_dir) -> None:
             raise ValueError(f"{path} already exists: resume it, or train into another directory")
 
 
-def _check_resumable(config: Config, sizes, data_state, label_state, checkpoint_dir) -> None:
+def _describe_bottom(bottom) -> str:
+    return "none" if bottom is None else f"{bottom.width} wide ({bottom.activation_name})"
+
+
+def _check_resumable(config: Config, sizes, data_state, label_state, checkpoint_dir, *,
+                     n_features: int) -> None:
+    asked_bottom = protocol.make_bottom(config.bottom, n_features, config.seed)
+    saved_bottom = data_state.bottom
+    if _describe_bottom(asked_bottom) != _describe_bottom(saved_bottom):
+        raise ValueError(f"the checkpoint's data party has bottom model "
+                         f"{_describe_bottom(saved_bottom)}, this run asks for "
+                         f"{_describe_bottom(asked_bottom)}; resume with the same --bottom")
     saved = label_state.training
     asked = {"layer_sizes": list(sizes), "activation": config.activation, "lr": config.lr,
              "momentum": config.momentum, "batch_size": config.batch_size, "seed": config.seed}
@@ -409,8 +421,9 @@ def predict(checkpoint_dir, X, *, feature_names=None, ids=None, source: str = "f
             allow_insecure: bool = False) -> Prediction:
     """Encrypted prediction on new rows X (raw, as in the features file) from both checkpoints.
 
-    The data party standardises X with its saved mean and std, and encrypts it; the label
-    party runs step 1 with its weight share and the layers above (protocol.predict_scores).
+    The data party standardises X with its saved mean and std, applies its bottom model if it
+    has one, and encrypts the result; the label party runs step 1 with its weight share and the
+    layers above (protocol.predict_scores).
     Neither party's share is combined with the other's. With ``feature_names``, the columns of
     X are matched to the training features by name (any order, none missing, none extra).
     """
@@ -458,8 +471,10 @@ def export_model(checkpoint_dir, out, *, i_understand_this_reveals_the_weights: 
 
     Writes ``out`` (.npz, loadable with allow_pickle=False): ``layers.0.W``, ``layers.0.b``,
     ``layers.1.W``, ... as float64; ``standardizer.mean``/``standardizer.std`` (the data
-    party's, needed to use the model on raw rows); and ``architecture``, a JSON string (layer
-    sizes, activation, loss, feature and class names). Returns the arrays written.
+    party's, needed to use the model on raw rows); with a bottom model, its ``bottom.W`` and
+    ``bottom.b`` (the model is then bottom, then the MLP); and ``architecture``, a JSON string
+    (layer sizes, activation, loss, feature and class names, and ``bottom``: null or its
+    n_features, width and activation). Returns the arrays written.
     """
     if not i_understand_this_reveals_the_weights:
         raise ValueError("export combines both parties' shares into the plaintext weights, "
@@ -471,8 +486,13 @@ def export_model(checkpoint_dir, out, *, i_understand_this_reveals_the_weights: 
                     "activation": model.activation, "loss": model.loss,
                     "feature_names": data_state.feature_names,
                     "class_names": label_state.class_names,
-                    "epochs_completed": label_state.epochs_completed}
+                    "epochs_completed": label_state.epochs_completed, "bottom": None}
     arrays = {"layers.0.W": (label_state.weight_share + data_state.noise_acc).decode()}
+    bottom = data_state.bottom
+    if bottom is not None:
+        architecture["bottom"] = {"n_features": bottom.n_features, "width": bottom.width,
+                                  "activation": bottom.activation_name}
+        arrays["bottom.W"], arrays["bottom.b"] = bottom.layer.W, bottom.layer.b
     arrays.update(label_state.parameters)
     arrays["standardizer.mean"] = data_state.feature_mean
     arrays["standardizer.std"] = data_state.feature_std
@@ -484,18 +504,29 @@ def export_model(checkpoint_dir, out, *, i_understand_this_reveals_the_weights: 
 
 @dataclass
 class PlainModel:
-    """An exported model: the plaintext MLP, plus the data party's standardisation."""
+    """An exported model: the plaintext MLP, plus the data party's standardisation and its
+    bottom model (None without one)."""
 
     mlp: nn.MLP
     feature_mean: np.ndarray
     feature_std: np.ndarray
     feature_names: list
     class_names: list
+    bottom: protocol.BottomModel | None = None
+
+    def inputs(self, X) -> np.ndarray:
+        """What the MLP takes for raw rows: standardised as at training, then α = bottom(X)."""
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != len(self.feature_names):
+            raise ValueError(f"features of shape {X.shape}: the model takes "
+                             f"{len(self.feature_names)} columns")
+        standardized = (X - self.feature_mean) / self.feature_std
+        return standardized if self.bottom is None else self.bottom.forward(standardized)
 
     def predict_scores(self, X) -> np.ndarray:
-        """Scores for raw rows, standardised as at training."""
-        X = np.asarray(X, dtype=np.float64)
-        return self.mlp.predict_scores((X - self.feature_mean) / self.feature_std)
+        """Scores for raw rows: standardised as at training, through the bottom model if any,
+        then the MLP."""
+        return self.mlp.predict_scores(self.inputs(X))
 
 
 def load_model(path) -> PlainModel:
@@ -520,7 +551,36 @@ def load_model(path) -> PlainModel:
                              f"says {getattr(layer, attribute).shape}")
         setattr(layer, attribute, np.array(arrays[name], dtype=np.float64))
     return PlainModel(mlp, arrays["standardizer.mean"], arrays["standardizer.std"],
-                      architecture["feature_names"], architecture["class_names"])
+                      architecture["feature_names"], architecture["class_names"],
+                      _exported_bottom(arrays, architecture, path))
+
+
+def _exported_bottom(arrays: dict, architecture: dict, path) -> protocol.BottomModel | None:
+    """The bottom model an export declares (None if it declares none), checked against its
+    arrays (shapes, float64, finite) and against the MLP's input width."""
+    spec = architecture.get("bottom")
+    if spec is None:
+        return None
+    try:
+        shapes = {"bottom.W": (int(spec["n_features"]), int(spec["width"])),
+                  "bottom.b": (int(spec["width"]),)}
+        activation = spec["activation"]
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path}: bad bottom model in its architecture ({error!r})") from None
+    if shapes["bottom.b"][0] != architecture["layer_sizes"][0]:
+        raise ValueError(f"{path}: its bottom model is {shapes['bottom.b'][0]} wide, the MLP "
+                         f"takes {architecture['layer_sizes'][0]} inputs")
+    for name, shape in shapes.items():
+        if name not in arrays:
+            raise ValueError(f"{path}: no array {name!r} for the bottom model it declares")
+        if arrays[name].shape != shape or arrays[name].dtype != np.float64:
+            raise ValueError(f"{path}: {name} is {arrays[name].dtype} of shape "
+                             f"{arrays[name].shape}, the architecture says float64 of {shape}")
+        if not np.all(np.isfinite(arrays[name])):
+            raise ValueError(f"{path}: {name} holds a value that is not finite")
+    if activation not in nn.ACTIVATIONS:
+        raise ValueError(f"{path}: unknown bottom activation {activation!r}")
+    return checkpoint.copy_bottom_model(arrays["bottom.W"], arrays["bottom.b"], activation)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -661,7 +721,8 @@ def command_export(args) -> int:
         raise UsageError("export combines both parties' shares into the plaintext weights, which "
                          f"then stop being private; add {REVEAL_FLAG} to consent")
     arrays = export_model(args.checkpoint_dir, args.out, i_understand_this_reveals_the_weights=True)
-    print(f"wrote {args.out}: {', '.join(name for name in arrays if name.startswith('layers.'))}"
+    names = [name for name in arrays if name.startswith(("bottom.", "layers."))]
+    print(f"wrote {args.out}: {', '.join(names)}"
           " — these weights are no longer private", file=sys.stderr)
     return 0
 

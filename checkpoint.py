@@ -19,9 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+import nn
 import paillier
 from paillier import Fixed, PublicKey
-from protocol import DATA, LABEL, DataParty, FixedPointPlan, LabelParty
+from protocol import DATA, LABEL, BottomModel, DataParty, FixedPointPlan, LabelParty
 
 # ----------------------------------------------------------------------------------------------
 # Checkpoints: each party saves its own state, to its own file, without pickle.
@@ -31,7 +32,8 @@ from protocol import DATA, LABEL, DataParty, FixedPointPlan, LabelParty
 #                 fingerprint, the epochs completed, and the party's public settings
 #   big integers  string arrays of decimal digits, one string per integer, in the array's shape:
 #                 the key (public_key.n, private_key.p, private_key.q), noise_acc, weight_share
-#   floats        float64 arrays: layer parameters, optimiser velocities, standardisation
+#   floats        float64 arrays: layer parameters, optimiser velocities, standardisation, and
+#                 the data party's bottom model (bottom.W, bottom.b) when it has one
 #   sha256        0-d string: hex digest of every other entry (name, dtype, shape, bytes, in name
 #                 order). It detects corruption, not tampering: whoever can edit the file can
 #                 recompute the digest.
@@ -211,18 +213,29 @@ def _meta_dict(meta: dict, key: str, required: tuple, path) -> dict:
     return value
 
 
-def _bottom_model_arrays(party: "DataParty") -> dict:
-    """Hook for the data party's optional bottom model (X → α), which this branch lacks.
+def copy_bottom_model(weight, bias, activation: str) -> BottomModel:
+    """A BottomModel holding exactly ``weight`` (d, k) and ``bias`` (k,), copied: a snapshot
+    that later training steps do not touch, and a restored model equal to the saved one bit for
+    bit. (Its constructor's random initial weights are overwritten at once.)"""
+    weight, bias = np.array(weight, dtype=np.float64), np.array(bias, dtype=np.float64)
+    model = BottomModel(weight.shape[0], weight.shape[1], activation)
+    model.layer.W, model.layer.b = weight, bias
+    return model
 
-    When it exists, return its parameters here as float64 arrays named ``bottom.<name>``, list
-    them in DataPartyState, and set them back in DataPartyState.restore (resume_setup must then
-    skip [[X]], as setup does). Until then a party that has one (as ``bottom`` or
-    ``bottom_model``) refuses to save, rather than silently dropping part of its state.
-    """
-    if any(getattr(party, name, None) is not None for name in ("bottom", "bottom_model")):
-        raise NotImplementedError("checkpointing the data party's bottom model is not "
-                                  "implemented: see protocol._bottom_model_arrays")
-    return {}
+
+def _bottom_meta(meta: dict, n_features: int, path) -> dict | None:
+    """The bottom model's public description in the data party's meta: None, or its width and
+    activation (its weights are the arrays ``bottom.W``, ``bottom.b``)."""
+    bottom = meta.get("bottom_model")
+    if bottom is None:
+        return None
+    if not isinstance(bottom, dict) or bottom.get("activation") not in nn.ACTIVATIONS:
+        raise ValueError(f"{path}: corrupted checkpoint: bad bottom model description {bottom!r}")
+    width = _meta_int(bottom, "width", path)
+    if width < 1 or _meta_int(bottom, "n_features", path) != n_features:
+        raise ValueError(f"{path}: corrupted checkpoint: a bottom model of width {width} over "
+                         f"{bottom['n_features']} features, for {n_features} feature names")
+    return bottom
 
 
 @dataclass
@@ -231,8 +244,10 @@ class DataPartyState:
 
     The key pair, ε_acc (``noise_acc``, integers at W's scale), the fixed-point plan and the
     training plan it received, the standardisation it fitted on its features (applied to new
-    rows before prediction), its feature names, and a sha256 of its encoded training features
-    (to refuse resuming on other rows). No labels, no weight share, no layer above the first.
+    rows before prediction), its feature names, a sha256 of its encoded training features
+    (to refuse resuming on other rows), and its bottom model α = act(X·W + b) if it has one —
+    then ε_acc is shaped (k, n_hidden), like the interactive layer's input α. No labels, no
+    weight share, no layer above the first.
     """
 
     keypair: tuple
@@ -244,6 +259,7 @@ class DataPartyState:
     feature_mean: np.ndarray
     feature_std: np.ndarray
     features_sha256: str
+    bottom: BottomModel | None = None
 
     @property
     def public_key(self) -> PublicKey:
@@ -251,7 +267,8 @@ class DataPartyState:
 
     @property
     def n_features(self) -> int:
-        return self.noise_acc.shape[0]
+        """Columns of the data party's features (the bottom model's input, if it has one)."""
+        return len(self.feature_names)
 
     @classmethod
     def of(cls, party: DataParty, *, epochs_completed: int, feature_names=None,
@@ -260,17 +277,19 @@ class DataPartyState:
         new rows are taken as they come (mean 0, std 1)."""
         if party.noise_acc is None or party.training is None:
             raise ValueError("the data party has no training state yet: run setup first")
-        _bottom_model_arrays(party)
         d = party.n_features
         names = [f"x{j}" for j in range(d)] if feature_names is None else list(feature_names)
         mean = np.zeros(d) if feature_mean is None else np.asarray(feature_mean, np.float64)
         std = np.ones(d) if feature_std is None else np.asarray(feature_std, np.float64)
         if len(names) != d or mean.shape != (d,) or std.shape != (d,):
             raise ValueError(f"feature names, mean and std must each have {d} entries")
+        bottom = party.bottom
+        if bottom is not None:
+            bottom = copy_bottom_model(bottom.layer.W, bottom.layer.b, bottom.activation_name)
         return cls((party.public_key, party._private_key), party.plan, dict(party.training),
                    Fixed.from_ints(party.noise_acc.values, party.noise_acc.scale),
                    int(epochs_completed), [str(name) for name in names], mean.copy(), std.copy(),
-                   integers_digest(party.features.values))
+                   integers_digest(party.features.values), bottom)
 
     def save(self, path) -> None:
         public_key, private_key = self.keypair
@@ -284,16 +303,26 @@ class DataPartyState:
                   "private_key.q": _decimal_strings(private_key.q),
                   "noise_acc": _decimal_strings(self.noise_acc.values),
                   "standardizer.mean": self.feature_mean, "standardizer.std": self.feature_std}
+        if self.bottom is not None:
+            meta["bottom_model"] = {"activation": self.bottom.activation_name,
+                                    "width": self.bottom.width,
+                                    "n_features": self.bottom.n_features}
+            arrays["bottom.W"] = np.asarray(self.bottom.layer.W, dtype=np.float64)
+            arrays["bottom.b"] = np.asarray(self.bottom.layer.b, dtype=np.float64)
         _write_checkpoint(path, DATA, meta, arrays)
 
     @classmethod
     def load(cls, path, *, allow_insecure: bool = False) -> "DataPartyState":
         """Read and validate a data party's file: one-line ValueError for anything wrong."""
         meta, arrays = _read_checkpoint(path, DATA)
+        names = meta.get("feature_names")
+        if not isinstance(names, list) or not names:
+            raise ValueError(f"{path}: corrupted checkpoint: no feature names")
+        d = len(names)
+        bottom_meta = _bottom_meta(meta, d, path)
         _check_entries(arrays, {"public_key.n", "private_key.p", "private_key.q", "noise_acc",
-                                "standardizer.mean", "standardizer.std"}, path)
-        if meta.get("bottom_model") is not None:
-            raise ValueError(f"{path}: holds a bottom model, which this version cannot restore")
+                                "standardizer.mean", "standardizer.std",
+                                *(() if bottom_meta is None else ("bottom.W", "bottom.b"))}, path)
         public_key = _public_key_from(arrays, meta, path, allow_insecure)
         p = int(_integers(arrays, "private_key.p", (), path)[()])
         q = int(_integers(arrays, "private_key.q", (), path)[()])
@@ -303,12 +332,15 @@ class DataPartyState:
             raise ValueError(f"{path}: corrupted checkpoint: bad private key ({error})") from None
         plan = _plan_from(meta, path)
         training = _meta_dict(meta, "training", DATA_TRAINING_KEYS, path)
-        names = meta.get("feature_names")
-        if not isinstance(names, list) or not names:
-            raise ValueError(f"{path}: corrupted checkpoint: no feature names")
         n_hidden = _meta_int(training, "n_hidden", path)
-        d = len(names)
-        noise = _integers(arrays, "noise_acc", (d, n_hidden), path)
+        bottom = None
+        if bottom_meta is not None:
+            width = bottom_meta["width"]
+            bottom = copy_bottom_model(_floats(arrays, "bottom.W", (d, width), path),
+                                       _floats(arrays, "bottom.b", (width,), path),
+                                       bottom_meta["activation"])
+        n_inputs = d if bottom is None else bottom.width
+        noise = _integers(arrays, "noise_acc", (n_inputs, n_hidden), path)
         std = _floats(arrays, "standardizer.std", (d,), path)
         if np.any(std <= 0):
             raise ValueError(f"{path}: corrupted checkpoint: a standard deviation is not positive")
@@ -319,7 +351,7 @@ class DataPartyState:
                    Fixed.from_ints(noise, plan.w_frac_bits), _meta_int(meta, "epochs_completed",
                                                                        path),
                    [str(name) for name in names], _floats(arrays, "standardizer.mean", (d,), path),
-                   std, str(meta.get("features_sha256")))
+                   std, str(meta.get("features_sha256")), bottom)
 
     def standardize(self, X) -> np.ndarray:
         """New rows on the training features' scale: (X − mean) / std, fitted at training."""
@@ -333,13 +365,18 @@ class DataPartyState:
         """A DataParty with this state, holding the (standardised) features X.
 
         ``same_features`` (resuming): X must be the very training features of the checkpoint —
-        the party re-encrypts [[X]] from them. Pass False to hold new rows for prediction.
+        the party re-encrypts [[X]] from them (or, with a bottom model, computes α from them
+        batch by batch). Pass False to hold new rows for prediction. The bottom model, if any, is
+        a fresh copy of the saved one.
         """
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(f"features of shape {X.shape}: the checkpoint's model takes "
                              f"{self.n_features} columns")
-        party = DataParty(X, plan=self.plan, keypair=self.keypair)
+        bottom = self.bottom
+        if bottom is not None:
+            bottom = copy_bottom_model(bottom.layer.W, bottom.layer.b, bottom.activation_name)
+        party = DataParty(X, plan=self.plan, keypair=self.keypair, bottom=bottom)
         if same_features and integers_digest(party.features.values) != self.features_sha256:
             raise ValueError("these are not the features the data party's checkpoint was trained "
                              "on (their sha256 differs): resume with the same rows and settings")

@@ -1334,6 +1334,7 @@ def resume_setup(data_party: DataParty, label_party: LabelParty, channel: Channe
     * A → B ``shapes`` (public), B → A ``training plan`` (public): A checks that only the
       number of epochs changed since its checkpoint.
     * A → B ``[[X]]`` (ciphertext): re-created from A's features, fresh randomness, same key.
+      With a bottom model, nothing: step 1 sends [[α]] afresh every batch, as after setup.
     Keep the messages in step with :func:`setup`.
     """
     with channel.timed("0"):
@@ -1342,13 +1343,8 @@ def resume_setup(data_party: DataParty, label_party: LabelParty, channel: Channe
                                      data_party.public_key), label_party.public_key)
         shapes = channel.send(0, DATA, LABEL, "shapes", "public",
                               {"n_samples": data_party.n_samples,
-                               "n_features": data_party.n_features})
-        if shapes["n_samples"] != len(label_party.labels):
-            raise ValueError(f"the data party has {shapes['n_samples']} aligned rows, the label "
-                             f"party {len(label_party.labels)}")
-        if shapes["n_features"] != label_party.layer_sizes[0]:
-            raise ValueError(f"the data party has {shapes['n_features']} features, the network's "
-                             f"input width is {label_party.layer_sizes[0]}")
+                               "n_features": data_party.n_inputs})
+        label_party.check_shapes(shapes)
         plan = channel.send(0, LABEL, DATA, "training plan", "public",
                             label_party.training_plan())
         for key in sorted(set(plan) | set(data_party.training)):
@@ -1356,8 +1352,9 @@ def resume_setup(data_party: DataParty, label_party: LabelParty, channel: Channe
                 raise ValueError(f"resume: the training plan's {key} is {plan.get(key)!r}, the "
                                  f"data party's checkpoint has {data_party.training.get(key)!r}")
         data_party.receive_training_plan(plan)
-        label_party.encrypted_features = channel.send(0, DATA, LABEL, "[[X]]", "ciphertext",
-                                                      data_party.encrypt_features())
+        if data_party.bottom is None:
+            label_party.encrypted_features = channel.send(0, DATA, LABEL, "[[X]]", "ciphertext",
+                                                          lambda: data_party.encrypt_features())
 
 
 def connect_for_prediction(data_party: DataParty, label_party: LabelParty,

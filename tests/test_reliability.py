@@ -312,19 +312,6 @@ def test_data_party_file_holds_no_labels_no_share_no_top_layers(trained):
         assert array.shape != train_set.y.shape
 
 
-def test_bottom_model_hook_refuses_to_save_rather_than_drop_state(trained):
-    """A data party with a bottom model cannot be checkpointed until its parameters are saved
-    too: the hook fails loudly instead of writing half the state."""
-    _, result, *_ = trained
-    for name in ("bottom", "bottom_model"):
-        setattr(result.data_party, name, object())
-        try:
-            with pytest.raises(NotImplementedError, match="bottom model"):
-                checkpoint.DataPartyState.of(result.data_party, epochs_completed=2)
-        finally:
-            delattr(result.data_party, name)
-
-
 def test_resumed_run_is_bit_identical_to_an_uninterrupted_one_at_the_cli(tmp_path, capsys):
     """3 epochs == 2 epochs resumed for a third, with momentum: W_B + ε_acc integer for integer,
     every top-layer array and optimiser velocity bit for bit, and the exported models equal.
@@ -593,3 +580,270 @@ def test_exported_model_is_the_plaintext_model_and_loads_without_pickle(trained,
     rounded = Fixed.encode(standardized, protocol.FixedPointPlan().x_frac_bits).decode()
     assert np.allclose(model.mlp.predict_scores(rounded), encrypted.scores, rtol=0, atol=1e-12)
     assert np.allclose(plain, encrypted.scores, rtol=0, atol=1e-4)
+
+
+# ---- 5. a data party with a bottom model ----------------------------------------------------
+BOTTOM_WIDTH = 4
+
+
+def read_entries(path):
+    with np.load(path, allow_pickle=False) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
+@pytest.fixture(scope="module")
+def bottom_runs(keypair, tmp_path_factory):
+    """With Config(bottom=4) and momentum: 3 epochs straight, and 2 epochs then resumed for a
+    third, each checkpointed; plus the raw test rows for prediction."""
+    raw = wine_subset()
+    train_set, test_set, scaler = acml.prepare(raw, test_fraction=0.25, return_standardizer=True)
+    _, raw_test = data.train_test_split(raw, test_fraction=0.25, seed=0)
+    straight = tmp_path_factory.mktemp("bottom_straight")
+    resumed = tmp_path_factory.mktemp("bottom_resumed")
+
+    def run(epochs, directory, **options):
+        return acml.train(train_set, test_set, config(bottom=BOTTOM_WIDTH, momentum=0.9,
+                                                      epochs=epochs),
+                          checkpoint_dir=directory, standardizer=scaler, **options)
+
+    straight_result = run(3, straight, keypair=keypair)
+    run(2, resumed, keypair=keypair)
+    resumed_result = run(3, resumed, resume=True)
+    return straight, resumed, straight_result, resumed_result, train_set, raw_test
+
+
+def test_bottom_model_resumed_run_is_bit_identical_to_an_uninterrupted_one(bottom_runs,
+                                                                           tmp_path):
+    """With a bottom model, 3 epochs == 2 epochs resumed for a third: W_B + ε_acc integer for
+    integer, the bottom model's W and b, every top-layer array and velocity bit for bit, and
+    the exported models equal. The resumed setup sends no [[X]]: step 1 sends [[α]] instead."""
+    straight, resumed, straight_result, resumed_result, *_ = bottom_runs
+    (data_a, label_a), (data_b, label_b) = [acml.load_checkpoints(d, allow_insecure=True)
+                                            for d in (straight, resumed)]
+    assert label_a.epochs_completed == label_b.epochs_completed == 3
+    assert not np.array_equal(label_a.weight_share.values, label_b.weight_share.values)
+    assert data_a.noise_acc.shape == (BOTTOM_WIDTH, 3)
+    assert np.array_equal((label_a.weight_share + data_a.noise_acc).values,
+                          (label_b.weight_share + data_b.noise_acc).values)
+    for state in (data_a, data_b):
+        assert state.bottom.width == BOTTOM_WIDTH and state.bottom.activation_name == "relu"
+    assert np.array_equal(data_a.bottom.layer.W, data_b.bottom.layer.W)
+    assert np.array_equal(data_a.bottom.layer.b, data_b.bottom.layer.b)
+    assert np.array_equal(data_b.bottom.layer.W, resumed_result.data_party.bottom.layer.W)
+    assert not np.array_equal(data_a.bottom.layer.b, np.zeros(BOTTOM_WIDTH))  # it did train
+    assert label_a.parameters.keys() == label_b.parameters.keys()
+    for name in label_a.parameters:
+        assert np.array_equal(label_a.parameters[name], label_b.parameters[name]), name
+    assert label_a.velocity.keys() == label_b.velocity.keys() and label_a.velocity
+    for name in label_a.velocity:
+        assert np.array_equal(label_a.velocity[name], label_b.velocity[name]), name
+    step0 = [m.name for m in resumed_result.channel.messages if m.step == "0"]
+    assert step0 == ["public key", "shapes", "training plan"]
+    assert "[[α]]" in {m.name for m in resumed_result.channel.messages}
+    exports = []
+    for index, directory in enumerate((straight, resumed)):
+        out = tmp_path / f"model{index}.npz"
+        acml.export_model(directory, out, i_understand_this_reveals_the_weights=True)
+        exports.append(read_entries(out))
+    assert exports[0].keys() == exports[1].keys()
+    assert {"bottom.W", "bottom.b"} <= set(exports[0])
+    for name in exports[0]:
+        assert np.array_equal(exports[0][name], exports[1][name]), name
+
+
+def test_bottom_model_is_in_the_data_party_file_as_documented(bottom_runs):
+    """data_party.npz gains bottom.W (d, k) and bottom.b (k,) as float64, equal to the party's
+    own bit for bit, and its width and activation in the meta; ε_acc is shaped (k, n_hidden).
+    The snapshot is a copy: training on does not change it."""
+    straight, _, result, _, train_set, _ = bottom_runs
+    entries = read_entries(straight / "data_party.npz")
+    assert set(entries) == {"meta", "sha256", "public_key.n", "private_key.p", "private_key.q",
+                            "noise_acc", "standardizer.mean", "standardizer.std", "bottom.W",
+                            "bottom.b"}
+    bottom = result.data_party.bottom
+    assert entries["bottom.W"].dtype == np.float64 and entries["bottom.W"].shape == (13, 4)
+    assert np.array_equal(entries["bottom.W"], bottom.layer.W)
+    assert np.array_equal(entries["bottom.b"], bottom.layer.b)
+    assert entries["noise_acc"].shape == (BOTTOM_WIDTH, 3)
+    meta = json.loads(str(entries["meta"]))
+    assert meta["bottom_model"] == {"activation": "relu", "width": 4, "n_features": 13}
+    state = checkpoint.DataPartyState.of(result.data_party, epochs_completed=3)
+    saved_weight = state.bottom.layer.W.copy()
+    bottom.layer.W += 1.0
+    try:
+        assert np.array_equal(state.bottom.layer.W, saved_weight)
+    finally:
+        bottom.layer.W -= 1.0
+
+
+def test_label_party_file_holds_nothing_of_the_bottom_model(bottom_runs):
+    """label_party.npz with a bottom model: the same entries as without one, no 'bottom' in its
+    meta, and none of its float arrays shaped like or holding a value of the bottom's W or b."""
+    straight, _, result, *_ = bottom_runs
+    entries = read_entries(straight / "label_party.npz")
+    assert set(entries) == {"meta", "sha256", "public_key.n", "weight_share", "layers.0.b",
+                            "layers.1.W", "layers.1.b", "optimizer.velocity.layers.0.b",
+                            "optimizer.velocity.layers.1.W", "optimizer.velocity.layers.1.b"}
+    assert "bottom" not in str(entries["meta"])
+    bottom = result.data_party.bottom.layer
+    secrets_of_bottom = np.concatenate([bottom.W.ravel(), bottom.b[bottom.b != 0]])
+    for name, array in entries.items():
+        assert array.shape not in (bottom.W.shape, bottom.b.shape), name
+        if array.dtype == np.float64:
+            assert not np.isin(array, secrets_of_bottom).any(), name
+
+
+def test_bottom_model_prediction_from_checkpoints_equals_the_plaintext_forward_pass(bottom_runs,
+                                                                                    tmp_path):
+    """Prediction from checkpoints applies the bottom model at the data party: its scores equal
+    the fixed-point forward pass (α = bottom(X) rounded, W = W_B + ε_acc combined in the test
+    only) bit for bit, and the exported model's float forward pass within quantisation, with
+    identical classes."""
+    straight, _, _, _, _, raw_test = bottom_runs
+    prediction = acml.predict(straight, raw_test.X, allow_insecure=True)
+    data_state, label_state = acml.load_checkpoints(straight, allow_insecure=True)
+    plan = data_state.plan
+    alpha = data_state.bottom.forward(data_state.standardize(raw_test.X))
+    z = (Fixed.encode(alpha, plan.x_frac_bits) @ (label_state.weight_share
+                                                  + data_state.noise_acc)).decode()
+    top = nn.MLP(label_state.layer_sizes, activation=label_state.training["activation"],
+                 first_layer_weight=False)
+    for name, value in label_state.parameters.items():
+        _, index, attribute = name.split(".")
+        setattr(top.layers[int(index)], attribute, value)
+    expected = top.scores_from_logits(top.forward_top(z + top.layers[0].b))
+    assert np.array_equal(prediction.scores, expected)
+    out = tmp_path / "model.npz"
+    acml.export_model(straight, out, i_understand_this_reveals_the_weights=True)
+    model = acml.load_model(out)
+    assert model.bottom is not None and model.mlp.layer_sizes[0] == BOTTOM_WIDTH
+    architecture = json.loads(str(read_entries(out)["architecture"]))
+    assert architecture["bottom"] == {"n_features": 13, "width": 4, "activation": "relu"}
+    assert architecture["layer_sizes"] == [4, 3, 3]
+    plain = model.predict_scores(raw_test.X)
+    assert np.array_equal(model.mlp.classes_from_scores(plain), prediction.class_ids)
+    assert np.allclose(plain, prediction.scores, rtol=0, atol=1e-4)
+    rounded = Fixed.encode(model.inputs(raw_test.X), plan.x_frac_bits).decode()
+    assert np.allclose(model.mlp.predict_scores(rounded), prediction.scores, rtol=0, atol=1e-12)
+
+
+def test_corrupted_bottom_model_arrays_are_one_line_errors(bottom_runs, tmp_path, capsys):
+    """An edited bottom.W (sha256 mismatch), and — re-hashed, as a writer with a bug would —
+    a NaN in it, a wrong shape, a wrong dtype, a missing bottom.b, or meta that denies the
+    bottom model: each one line naming the file; prediction at the CLI exits 2 in one line."""
+    straight = bottom_runs[0]
+
+    def rewrite(change, rehash=True):
+        copy = copy_checkpoint(straight, tmp_path, f"case{len(list(tmp_path.iterdir()))}")
+        path = copy / "data_party.npz"
+        entries = read_entries(path)
+        change(entries)
+        if rehash:
+            entries["sha256"] = np.array(checkpoint._content_digest(entries))
+        np.savez(path, **entries)
+        return copy, path
+
+    def fails(change, needle, rehash=True):
+        _, path = rewrite(change, rehash)
+        with pytest.raises(ValueError) as caught:
+            checkpoint.DataPartyState.load(path, allow_insecure=True)
+        message = str(caught.value)
+        assert needle in message and "data_party.npz" in message and "\n" not in message, message
+
+    def set_value(value, name="bottom.W"):
+        def change(entries):
+            array = entries[name].copy()
+            array.flat[0] = value
+            entries[name] = array
+        return change
+
+    def deny_bottom(entries):
+        meta = json.loads(str(entries["meta"]))
+        meta["bottom_model"] = None
+        entries["meta"] = np.array(json.dumps(meta))
+
+    fails(set_value(0.5), "does not match the sha256", rehash=False)
+    fails(set_value(np.nan), "'bottom.W' holds a value that is not finite")
+    fails(set_value(np.inf, "bottom.b"), "'bottom.b' holds a value that is not finite")
+    fails(lambda e: e.update({"bottom.W": e["bottom.W"][:, :3]}),
+          "'bottom.W' should be float64 of shape (13, 4)")
+    fails(lambda e: e.update({"bottom.W": e["bottom.W"].astype(np.float32)}),
+          "'bottom.W' should be float64")
+    fails(lambda e: e.pop("bottom.b"), "missing ['bottom.b']")
+    fails(deny_bottom, "unexpected ['bottom.W', 'bottom.b']")
+    copy, _ = rewrite(set_value(np.nan))
+    features = write_csv(tmp_path / "new.csv", ["id", *bottom_runs[5].feature_names],
+                         [[0, *bottom_runs[5].X[0]]])
+    line = one_line_error(capsys, ["predict", "--checkpoint-dir", str(copy), "--features",
+                                   str(features), "--id-column", "id", "--insecure-small-key"])
+    assert "bottom.W" in line and "not finite" in line
+
+
+def test_resume_with_another_bottom_model_is_refused_in_one_line(bottom_runs):
+    """A checkpoint with a bottom model resumed without one, or with another width, and a
+    checkpoint without one resumed with one: one clear line each, before any encryption."""
+    straight, _, _, _, train_set, _ = bottom_runs
+    for bottom, needle in ((None, "asks for none"), (5, "asks for 5 wide (relu)"),
+                           ((4, "tanh"), "asks for 4 wide (tanh)")):
+        with pytest.raises(ValueError, match=re.escape(needle)) as caught:
+            acml.train(train_set, None, config(bottom=bottom, momentum=0.9, epochs=4),
+                       checkpoint_dir=straight, resume=True)
+        assert "bottom model 4 wide (relu)" in str(caught.value)
+
+
+def test_resume_without_a_bottom_model_refuses_one_in_one_line(trained):
+    directory, _, train_set, *_ = trained
+    with pytest.raises(ValueError, match=r"bottom model none, this run asks for 4 wide \(relu\)"):
+        acml.train(train_set, None, config(bottom=4, momentum=0.9, epochs=3),
+                   checkpoint_dir=directory, resume=True)
+
+
+def test_exported_bottom_model_is_checked_when_loaded(bottom_runs, tmp_path):
+    """load_model refuses an export whose bottom arrays are missing or misshapen, in one line."""
+    out = tmp_path / "model.npz"
+    acml.export_model(bottom_runs[0], out, i_understand_this_reveals_the_weights=True)
+    entries = read_entries(out)
+    for change, needle in ((lambda e: e.pop("bottom.b"), "no array 'bottom.b'"),
+                           (lambda e: e.update({"bottom.W": e["bottom.W"].T.copy()}),
+                            "the architecture says float64 of (13, 4)")):
+        broken = dict(entries)
+        change(broken)
+        np.savez(tmp_path / "broken.npz", **broken)
+        with pytest.raises(ValueError, match=re.escape(needle)) as caught:
+            acml.load_model(tmp_path / "broken.npz")
+        assert "\n" not in str(caught.value)
+
+
+def test_cli_trains_resumes_predicts_and_exports_with_a_bottom_model(tmp_path, capsys):
+    """`train --bottom K --checkpoint-dir`, then `--resume`, `predict` and `export`, all exit 0;
+    the prediction CSV is the API's, and the export holds the bottom layer."""
+    directory = tmp_path / "run"
+    common = ["--dataset", "wine", "--hidden", "3", "--bottom", "4", *CLI_SMALL_KEY,
+              "--checkpoint-dir", str(directory)]
+    assert acml.main(["train", *common, "--epochs", "1"]) == 0
+    assert acml.main(["train", *common, "--epochs", "2", "--resume"]) == 0
+    assert "resumed from" in capsys.readouterr().err
+    data_state, _ = acml.load_checkpoints(directory, allow_insecure=True)
+    assert data_state.epochs_completed == 2 and data_state.bottom.width == 4
+    line = one_line_error(capsys, ["train", "--dataset", "wine", "--hidden", "3",
+                                   *CLI_SMALL_KEY, "--checkpoint-dir", str(directory),
+                                   "--epochs", "3", "--resume"])
+    assert "bottom model 4 wide (relu), this run asks for none" in line
+    wine = data.load_builtin("wine")
+    rows = [[f"r{i}", *map(repr, wine.X[i].tolist())] for i in range(0, len(wine.y), 20)]
+    features = write_csv(tmp_path / "new.csv", ["id", *wine.feature_names], rows)
+    out = tmp_path / "predictions.csv"
+    assert acml.main(["predict", "--checkpoint-dir", str(directory), "--features",
+                      str(features), "--id-column", "id", "--out", str(out),
+                      "--insecure-small-key"]) == 0
+    with open(out, newline="") as handle:
+        written = list(csv.reader(handle))[1:]
+    expected = acml.predict(directory, wine.X[::20], allow_insecure=True)
+    assert [row[1] for row in written] == expected.class_names
+    assert np.array_equal([float(row[2]) for row in written], expected.confidence)
+    model_path = tmp_path / "model.npz"
+    assert acml.main(["export", "--checkpoint-dir", str(directory), "--out", str(model_path),
+                      acml.REVEAL_FLAG]) == 0
+    assert "bottom.W, bottom.b, layers.0.W" in capsys.readouterr().err
+    model = acml.load_model(model_path)
+    assert np.array_equal(model.bottom.layer.W, data_state.bottom.layer.W)
