@@ -483,7 +483,8 @@ class Channel:
         for party, source in sources.items():
             self.mask_sources[party] = source
             if not isinstance(source.generator, random.SystemRandom):
-                m = Message(step="0", sender=party, receiver=_other(party), name="mask source",
+                m = Message(step="0", sender=party, receiver=_other(party),
+                            name=f"{party} party's mask source",
                             kind="public", payload=None)
                 self._violation(m, f"step 0 {party} party's mask source",
                                 f"masks come from {type(source.generator).__module__}."
