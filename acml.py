@@ -22,6 +22,8 @@ import json
 import sys
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, asdict
 
 import numpy as np
@@ -51,6 +53,7 @@ class Config:
     seed: int = 0
     allow_insecure: bool = False
     plan: FixedPointPlan = field(default_factory=FixedPointPlan)
+    packing: bool = True  # several values per ciphertext in steps 1 and 4 (same W either way)
 
     def layer_sizes(self, n_features: int, n_classes: int) -> tuple:
         out = 1 if n_classes == 2 else n_classes
@@ -91,8 +94,13 @@ def joint_first_layer(data_party: protocol.DataParty, label_party: protocol.Labe
 
 
 def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
-          config: Config | None = None, *, progress: bool = False, keypair=None) -> Result:
-    """Train encrypted (two parties) and plaintext (the twin) on the same batches, and compare."""
+          config: Config | None = None, *, progress: bool = False, keypair=None,
+          executor=None) -> Result:
+    """Train encrypted (two parties) and plaintext (the twin) on the same batches, and compare.
+
+    ``executor`` (any concurrent.futures.Executor, e.g. a ProcessPoolExecutor or a dask client's
+    get_executor()) runs the modular exponentiations of both parties; None runs them here.
+    """
     config = config or Config()
     sizes = config.layer_sizes(train_set.X.shape[1], train_set.n_classes)
     start = time.perf_counter()
@@ -104,7 +112,7 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
                                       batch_size=config.batch_size, epochs=config.epochs,
                                       seed=config.seed, plan=config.plan)
     channel = protocol.Channel(sigma=config.plan.sigma)
-    protocol.setup(data_party, label_party, channel)
+    protocol.setup(data_party, label_party, channel, packing=config.packing, executor=executor)
 
     n_batches = -(-len(train_set.y) // config.batch_size)
     bar = _progress_bar(config.epochs * n_batches) if progress else None
@@ -257,6 +265,10 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
                         help="allow keys under 1024 bits (tests and demos only: NOT secure)")
     crypto.add_argument("--sigma", type=int, default=40,
                         help="statistical hiding margin of every mask, in bits (default 40)")
+    crypto.add_argument("--no-packing", dest="packing", action="store_false",
+                        help="one value per ciphertext (the same weights, many times slower)")
+    crypto.add_argument("--workers", type=_positive(int), default=1,
+                        help="processes for the modular exponentiations (default 1: this one)")
 
 
 def datasets_from_args(args):
@@ -282,7 +294,7 @@ def config_from_args(args) -> Config:
     return Config(hidden=args.hidden, activation=args.activation, epochs=args.epochs,
                   batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                   key_bits=args.key_bits, seed=args.seed, allow_insecure=args.insecure_small_key,
-                  plan=FixedPointPlan(sigma=args.sigma))
+                  plan=FixedPointPlan(sigma=args.sigma), packing=args.packing)
 
 
 def command_train(args) -> int:
@@ -290,9 +302,9 @@ def command_train(args) -> int:
     config = config_from_args(args)
     if args.key_bits == DEFAULT_KEY_BITS:
         print(f"note: {KEY_BITS_NOTE}", file=sys.stderr)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), workers(args.workers) as executor:
         warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
-        result = train(train_set, test_set, config, progress=not args.quiet)
+        result = train(train_set, test_set, config, progress=not args.quiet, executor=executor)
     print(result.summary())
     if args.json:
         with open(args.json, "w") as handle:
@@ -302,6 +314,16 @@ def command_train(args) -> int:
             for line in result.channel.transcript_lines():
                 handle.write(line + "\n")
     return 0
+
+
+@contextmanager
+def workers(count: int):
+    """A process pool of ``count`` workers for the modular exponentiations (None for 1)."""
+    if count <= 1:
+        yield None
+        return
+    with ProcessPoolExecutor(count) as executor:
+        yield executor
 
 
 def build_parser() -> argparse.ArgumentParser:
