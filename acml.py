@@ -316,6 +316,13 @@ def command_train(args) -> int:
     return 0
 
 
+def command_bench(args) -> int:
+    import bench  # benchmarks are not the library: loaded only for this command
+
+    bench.run(quick=args.quick, workers=args.workers, json_path=args.json)
+    return 0
+
+
 @contextmanager
 def workers(count: int):
     """A process pool of ``count`` workers for the modular exponentiations (None for 1)."""
@@ -335,6 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
     train_parser.add_argument("--transcript", help="write every message as JSON lines")
     train_parser.add_argument("--quiet", action="store_true", help="no progress bar")
     train_parser.set_defaults(handler=command_train)
+    bench_parser = commands.add_parser("bench", help="benchmark against python-paillier")
+    bench_parser.add_argument("--quick", action="store_true",
+                              help="tiny sizes and small keys: a smoke test of the benchmark")
+    bench_parser.add_argument("--workers", type=_positive(int), default=2,
+                              help="processes for the runs on workers (default 2)")
+    bench_parser.add_argument("--json", help="write the results as JSON to this path")
+    bench_parser.set_defaults(handler=command_bench)
     return parser
 
 
