@@ -15,9 +15,10 @@ What is measured:
   our public-key path is listed too), decryption, ciphertext × constant, and the encrypted
   matmul [[X]]·W (our simple per-term path, our multi-exponentiation, and that on workers).
 * One protocol epoch on German credit (steps 1–4 over every batch; setup reported apart):
-  packed, packed on workers, unpacked, the plaintext MLP, and the same four steps written on
-  phe (unpacked, phe's float encoding; the peer below). The phe epoch runs on the first
-  ``phe_rows`` rows only and is compared per sample.
+  packed in one process and packed on workers (each the faster of two runs, alternated),
+  unpacked on workers, the plaintext MLP, and the same four steps written on phe (unpacked,
+  phe's float encoding; the peer below). The phe epoch runs on the first ``phe_rows`` rows
+  only and is compared per sample.
 * Where the packed epoch's time goes: the seconds spent inside the big-integer kernels
   (paillier._kernel_*: modular exponentiations, multi-exponentiation, CRT), against the rest.
 """
@@ -40,9 +41,11 @@ import paillier
 from paillier import Fixed
 
 FULL = dict(key_bits=(1024, 2048), epoch_key_bits=2048, repeats=20, keygen_repeats=3,
-            matmul_shape=(8, 30, 8), rows=None, batch_size=64, hidden=8, phe_rows=64)
+            matmul_shape=(8, 30, 8), rows=None, batch_size=64, hidden=8, phe_rows=64,
+            packed_rounds=2)
 QUICK = dict(key_bits=(256, 512), epoch_key_bits=512, repeats=3, keygen_repeats=1,
-             matmul_shape=(2, 6, 3), rows=40, batch_size=16, hidden=4, phe_rows=8)
+             matmul_shape=(2, 6, 3), rows=40, batch_size=16, hidden=4, phe_rows=8,
+             packed_rounds=1)
 TARGETS = {  # name: (what, the lead's target ratio); {bits}: the largest key benchmarked
     "key_owner_encrypt_vs_phe": ("key-owner encryption vs phe encrypt ({bits} bits)", 3.0),
     "matmul_vs_phe": ("encrypted matmul [[X]]·W vs phe ({bits} bits, 1 process)", 3.0),
@@ -180,6 +183,11 @@ def protocol_epoch(train_set, sizes, keypair, *, packing: bool, executor=None,
         report["slots"] = {"forward": layout.forward.to_dict(),
                            "backward": layout.backward.to_dict()}
     return report
+
+
+def _keep_fastest(epochs: dict, name: str, run: dict) -> None:
+    if name not in epochs or run["seconds"] < epochs[name]["seconds"]:
+        epochs[name] = run
 
 
 def plaintext_epoch(train_set, sizes) -> dict:
@@ -324,13 +332,18 @@ def run(*, quick: bool = False, workers: int = 2, json_path: str | None = None,
             keypair = paillier.generate_keypair(bits, allow_insecure=True)
         epochs = report["epochs"]
         kernels: dict = {}
-        out(f"one epoch, {len(train_set.y)} rows, {bits}-bit key: packed ...")
-        epochs["packed"] = protocol_epoch(train_set, sizes, keypair, packing=True,
-                                          kernel_timer=kernels)
-        if pool is not None:
-            out(f"... packed on {workers} workers ...")
-            epochs["packed_workers"] = protocol_epoch(train_set, sizes, keypair, packing=True,
-                                                      executor=pool)
+        out(f"one epoch, {len(train_set.y)} rows, {bits}-bit key: packed, with its profile ...")
+        profiled = protocol_epoch(train_set, sizes, keypair, packing=True, kernel_timer=kernels)
+        # The packed epochs are short: run them in alternation and keep each one's fastest,
+        # so that a neighbour's burst of load on a shared machine skews neither side alone.
+        for _ in range(sizes["packed_rounds"]):
+            out("... packed, 1 process ...")
+            _keep_fastest(epochs, "packed", protocol_epoch(train_set, sizes, keypair,
+                                                           packing=True))
+            if pool is not None:
+                out(f"... packed on {workers} workers ...")
+                _keep_fastest(epochs, "packed_workers", protocol_epoch(
+                    train_set, sizes, keypair, packing=True, executor=pool))
         out(f"... unpacked{f' on {workers} workers' if pool else ''} ...")
         epochs["unpacked"] = protocol_epoch(train_set, sizes, keypair, packing=False,
                                             executor=pool)
@@ -346,10 +359,10 @@ def run(*, quick: bool = False, workers: int = 2, json_path: str | None = None,
     packed = epochs["packed"]
     kernel_seconds = sum(kernels.values())
     report["profile"] = {
-        "kernel_seconds": kernels, "epoch_seconds": packed["seconds"],
-        "setup_seconds": packed["setup_seconds"],
-        "kernel_fraction": kernel_seconds / max(packed["seconds"] + packed["setup_seconds"],
-                                                1e-12),
+        "kernel_seconds": kernels, "epoch_seconds": profiled["seconds"],
+        "setup_seconds": profiled["setup_seconds"],
+        "kernel_fraction": kernel_seconds / max(profiled["seconds"]
+                                                + profiled["setup_seconds"], 1e-12),
         "note": "time inside paillier's big-integer kernels during the packed run (setup + "
                 "epoch, 1 process), over that run's setup + epoch time"}
     best = epochs.get("packed_workers", packed)
