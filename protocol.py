@@ -799,7 +799,7 @@ def setup(data_party: DataParty, label_party: LabelParty, channel: Channel, *,
                              data_party.split_initial_weight(),
                              mask_bits=plan.noise_acc_bits(), value_bits=plan.weight_bits)
         label_party.receive_weight_share(share)
-        label_party.weight_bound = 1 << plan.weight_bits  # A refused any |W0| beyond it
+        label_party.weight_bound = 1 << label_party.plan.weight_bits  # A refused any W0 beyond
         data_party.executor = label_party.executor = executor
         data_party.packing = label_party.packing = None
         if packing:
