@@ -1426,7 +1426,7 @@ def _kernel_crt_decrypt(constants, ciphertexts):
 def _spread_flat(executor, kernel, shared, columns):
     """Run kernel(*shared, *column_slices) over slices of equally long lists; concatenate."""
     count = len(columns[0]) if columns else 0
-    pieces = 1 if executor is None else 2 * _worker_count(executor)
+    pieces = 1 if executor is None else 4 * _worker_count(executor)
     if executor is not None:
         columns = [_ints(column) for column in columns]
     tasks = [(*shared, *[column[part] for column in columns]) for part in _slices(count, pieces)]
