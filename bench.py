@@ -413,8 +413,8 @@ def format_table(report: dict) -> str:
                  f"{'step 1':>9}{'step 4':>9}")
     for name, row in epochs.items():
         steps = row.get("step_seconds", {})
-        lines.append(f"  {name:<16}{row['rows']:>6}{row['seconds']:>10.2f}"
-                     f"{1e3 * row['per_sample']:>11.2f}{row.get('setup_seconds', 0.0):>9.2f}"
+        lines.append(f"  {name:<16}{row['rows']:>6}{row['seconds']:>10.3f}"
+                     f"{1e3 * row['per_sample']:>11.3f}{row.get('setup_seconds', 0.0):>9.2f}"
                      f"{steps.get('1', 0.0):>9.2f}{steps.get('4', 0.0):>9.2f}")
     lines.append("\n  operations per step (per epoch):")
     for name, row in epochs.items():
