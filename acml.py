@@ -28,6 +28,8 @@ import sys
 import time
 import warnings
 import zipfile
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +63,7 @@ class Config:
     allow_insecure: bool = False
     plan: FixedPointPlan = field(default_factory=FixedPointPlan)
     bottom: object = None  # None, a width k (ReLU) or (k, activation): the data party's bottom model
+    packing: bool = True  # several values per ciphertext in steps 1 and 4 (same W either way)
 
     def layer_sizes(self, n_features: int, n_classes: int) -> tuple:
         """The network above the data: its input is X, or the bottom model's output α."""
@@ -113,7 +116,8 @@ def joint_first_layer(data_party: protocol.DataParty, label_party: protocol.Labe
 
 def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
           config: Config | None = None, *, progress: bool = False, keypair=None,
-          checkpoint_dir=None, resume: bool = False, standardizer=None) -> Result:
+          checkpoint_dir=None, resume: bool = False, standardizer=None,
+          executor=None) -> Result:
     """Train encrypted (two parties) and plaintext (the twin) on the same batches, and compare.
 
     ``checkpoint_dir``: after every epoch each party saves its own file there
@@ -123,6 +127,9 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
     continues from those files up to ``config.epochs``: the same data and settings are required,
     the key pair comes from the data party's file, and [[X]] is encrypted afresh. ``losses``
     then covers the resumed epochs only.
+
+    ``executor`` (any concurrent.futures.Executor, e.g. a ProcessPoolExecutor or a dask client's
+    get_executor()) runs the modular exponentiations of both parties; None runs them here.
     """
     config = config or Config()
     sizes = config.layer_sizes(train_set.X.shape[1], train_set.n_classes)
@@ -149,7 +156,8 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
         data_party = data_state.restore(train_set.X)
         label_party = label_state.restore(train_set.y, epochs=config.epochs)
         channel = protocol.Channel(sigma=config.plan.sigma)
-        protocol.resume_setup(data_party, label_party, channel)
+        protocol.resume_setup(data_party, label_party, channel, packing=config.packing,
+                              executor=executor)
     else:
         if checkpoint_dir is not None:
             _refuse_to_overwrite(checkpoint_dir)
@@ -161,7 +169,8 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
                                           batch_size=config.batch_size, epochs=config.epochs,
                                           seed=config.seed, plan=config.plan)
         channel = protocol.Channel(sigma=config.plan.sigma)
-        protocol.setup(data_party, label_party, channel)
+        protocol.setup(data_party, label_party, channel, packing=config.packing,
+                       executor=executor)
 
     n_batches = -(-len(train_set.y) // config.batch_size)
     bar = _progress_bar((config.epochs - first_epoch) * n_batches) if progress else None
@@ -638,6 +647,10 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
                         help="allow keys under 1024 bits (tests and demos only: NOT secure)")
     crypto.add_argument("--sigma", type=int, default=40,
                         help="statistical hiding margin of every mask, in bits (default 40)")
+    crypto.add_argument("--no-packing", dest="packing", action="store_false",
+                        help="one value per ciphertext (the same weights, many times slower)")
+    crypto.add_argument("--workers", type=_positive(int), default=1,
+                        help="processes for the modular exponentiations (default 1: this one)")
 
 
 def datasets_from_args(args, *, return_standardizer: bool = False):
@@ -667,7 +680,8 @@ def config_from_args(args) -> Config:
     return Config(hidden=args.hidden, activation=args.activation, epochs=args.epochs,
                   batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                   key_bits=args.key_bits, seed=args.seed, allow_insecure=args.insecure_small_key,
-                  plan=FixedPointPlan(sigma=args.sigma), bottom=args.bottom)
+                  plan=FixedPointPlan(sigma=args.sigma), bottom=args.bottom,
+                  packing=args.packing)
 
 
 def command_train(args) -> int:
@@ -677,11 +691,11 @@ def command_train(args) -> int:
     config = config_from_args(args)
     if args.key_bits == DEFAULT_KEY_BITS:
         print(f"note: {KEY_BITS_NOTE}", file=sys.stderr)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), workers(args.workers) as executor:
         warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
         result = train(train_set, test_set, config, progress=not args.quiet,
                        checkpoint_dir=args.checkpoint_dir, resume=args.resume,
-                       standardizer=scaler)
+                       standardizer=scaler, executor=executor)
     if args.resume:
         print(f"resumed from {args.checkpoint_dir} after epoch "
               f"{result.metrics['resumed_after_epoch']}", file=sys.stderr)
@@ -862,6 +876,23 @@ def command_audit(args) -> int:
     return 0 if expected else 1
 
 
+def command_bench(args) -> int:
+    import bench  # benchmarks are not the library: loaded only for this command
+
+    bench.run(quick=args.quick, workers=args.workers, json_path=args.json)
+    return 0
+
+
+@contextmanager
+def workers(count: int):
+    """A process pool of ``count`` workers for the modular exponentiations (None for 1)."""
+    if count <= 1:
+        yield None
+        return
+    with ProcessPoolExecutor(count) as executor:
+        yield executor
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="acml.py", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -901,6 +932,13 @@ def build_parser() -> argparse.ArgumentParser:
     audit_parser.add_argument("--insecure-small-key", action="store_true",
                               help="allow an explicit --key-bits under 1024")
     audit_parser.set_defaults(handler=command_audit)
+    bench_parser = commands.add_parser("bench", help="benchmark against python-paillier")
+    bench_parser.add_argument("--quick", action="store_true",
+                              help="tiny sizes and small keys: a smoke test of the benchmark")
+    bench_parser.add_argument("--workers", type=_positive(int), default=2,
+                              help="processes for the runs on workers (default 2)")
+    bench_parser.add_argument("--json", help="write the results as JSON to this path")
+    bench_parser.set_defaults(handler=command_bench)
     return parser
 
 

@@ -210,7 +210,9 @@ def simulate(scenario: Scenario, flaws: InsecureFlaws = protocol.SECURE, *, keyp
                                           epochs=scenario.epochs, seed=scenario.seed,
                                           insecure_flaws=flaws)
     channel = protocol.Channel(mode="report")
-    protocol.setup(data_party, label_party, channel)
+    # Unpacked: one value per ciphertext, as in the implementations whose flaws these are, so
+    # that each attack reads its values directly (packing changes the layout, not the leaks).
+    protocol.setup(data_party, label_party, channel, packing=False)
     diary = {DATA: [], LABEL: []}
     truth = {"X": X, "y": y, "W": []}
     done = 0

@@ -404,6 +404,9 @@ class LabelPartyState:
     epochs_completed: int
     class_names: list
     labels_sha256: str
+    # The label party's proven bound on |W_int| (it grows with every update): packing checks
+    # each slot against it, so a resumed run must start from it, not from the initial bound.
+    weight_bound: int | None = None
 
     @property
     def layer_sizes(self) -> tuple:
@@ -428,10 +431,12 @@ class LabelPartyState:
         return cls(party.public_key, party.plan, training,
                    Fixed.from_ints(party.weight_share.values, party.weight_share.scale),
                    parameters, party.optimizer.state_dict(), int(epochs_completed),
-                   [str(name) for name in names], integers_digest(party.labels))
+                   [str(name) for name in names], integers_digest(party.labels),
+                   party.weight_bound)
 
     def save(self, path) -> None:
         meta = {"public_key_fingerprint": self.public_key.fingerprint,
+                "weight_bound": None if self.weight_bound is None else str(self.weight_bound),
                 "epochs_completed": self.epochs_completed, "fixed_point": self.plan.to_dict(),
                 "training": self.training, "weight_share_scale": self.weight_share.scale,
                 "class_names": self.class_names, "labels_sha256": self.labels_sha256}
@@ -482,7 +487,8 @@ class LabelPartyState:
             raise ValueError(f"{path}: corrupted checkpoint: expected {n_classes} class names")
         return cls(public_key, plan, training, Fixed.from_ints(share, plan.w_frac_bits),
                    parameters, velocity, _meta_int(meta, "epochs_completed", path),
-                   [str(name) for name in names], str(meta.get("labels_sha256")))
+                   [str(name) for name in names], str(meta.get("labels_sha256")),
+                   _weight_bound_from(meta, path))
 
     def restore(self, y=None, *, epochs: int | None = None) -> LabelParty:
         """A LabelParty with this state. ``y`` (resuming) must be the checkpoint's own labels;
@@ -502,7 +508,18 @@ class LabelPartyState:
             _, index, attribute = name.split(".")
             setattr(party.model.layers[int(index)], attribute, value.copy())
         party.optimizer.load_state_dict(self.velocity)
+        party.weight_bound = self.weight_bound
         return party
+
+
+def _weight_bound_from(meta: dict, path) -> int | None:
+    value = meta.get("weight_bound")
+    if value is None:
+        return None
+    if not (isinstance(value, str) and _DECIMAL.fullmatch(value) and not value.startswith("-")):
+        raise ValueError(f"{path}: corrupted checkpoint: weight_bound {value!r} is not a "
+                         "non-negative decimal integer")
+    return int(value)
 
 
 def check_checkpoint_pair(data_state: DataPartyState, label_state: LabelPartyState) -> None:

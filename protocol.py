@@ -796,6 +796,9 @@ class DataParty:
     come from (default: ``secrets``, or the flawed source the flaws ask for).
     """
 
+    packing: PackingLayout | None = None  # set by setup(): the public slot layout, or None
+    executor = None  # set by setup(): where the modular exponentiations run (None: here)
+
     def __init__(self, X, *, plan: FixedPointPlan | None = None, key_bits: int = 2048,
                  allow_insecure: bool = False, keypair=None, init_seed: int | None = None,
                  bottom=None, insecure_flaws: InsecureFlaws = SECURE,
@@ -833,11 +836,12 @@ class DataParty:
         return self.n_features if self.bottom is None else self.bottom.width
 
     def _encrypt(self, fixed: Fixed, real_values=None) -> EncryptedArray:
-        """Encrypt with the CRT fast path, fresh r per value — unless an insecure flaw says not."""
+        """Encrypt with the CRT fast path (on the executor, if any), fresh r per value — unless
+        an insecure flaw says not."""
         if self.flaws.no_paillier_randomness:
             encrypted = encrypt_without_randomness(self.public_key, fixed)
         else:
-            encrypted = self._private_key.encrypt(fixed)
+            encrypted = paillier.encrypt_array(self._private_key, fixed, executor=self.executor)
         if self.flaws.public_exponents and real_values is not None:
             exponents = [phe_exponent(v) for v in np.asarray(real_values).ravel().tolist()]
             encrypted = ExponentTaggedArray(self.public_key, encrypted.ciphertexts,
@@ -853,6 +857,15 @@ class DataParty:
         self.lr_int = self.plan.quantize_lr(training["lr"])
         self.plan.check_key(self.public_key.n.bit_length(), training["batch_size"],
                             self.n_inputs)
+
+    def accept_packing_layout(self, proposed: dict) -> "PackingLayout":
+        """Derive the slot layout from the same public facts; refuse any other proposal."""
+        expected = packing_layout(self.plan, self.public_key, self.training["batch_size"],
+                                  self.n_inputs, self.training["lr"])
+        if proposed != expected.to_dict():
+            raise ValueError(f"the label party proposed the packing layout {proposed}, the data "
+                             f"party derives {expected.to_dict()}")
+        return expected
 
     def split_initial_weight(self) -> np.ndarray:
         """Draw W0, keep a random ε_acc (never zero), and return the share W0 − ε_acc."""
@@ -870,8 +883,24 @@ class DataParty:
         return (weight0 - self.noise_acc).values
 
     def encrypt_features(self) -> EncryptedArray:
-        """[[X]], fresh randomness per ciphertext, encrypted with CRT by the key owner."""
-        return self._encrypt(self.features, self.features.decode())
+        """[[X]], fresh randomness per ciphertext, encrypted with CRT by the key owner.
+
+        Packed: each row's d features go k per plaintext (the backward slots), n × ⌈d/k⌉
+        ciphertexts that step 4 uses for every batch of every epoch.
+        """
+        if self.packing is None:
+            return self._encrypt(self.features, self.features.decode())
+        return self._encrypt(Fixed(self.packing.backward.pack(self.features.values, axis=1),
+                                   self.features.scale))
+
+    def encrypt_batch(self, rows) -> EncryptedArray:
+        """Packed step 1: [[X_batch]], the batch's rows k per plaintext (the forward slots),
+        ⌈m/k⌉ × d fresh ciphertexts. The batch order is public, so this reveals nothing new."""
+        return self._encrypt_rows(self.features[rows])
+
+    def _encrypt_rows(self, features: Fixed) -> EncryptedArray:
+        return self._encrypt(Fixed(self.packing.forward.pack(features.values, axis=0),
+                                   features.scale))
 
     def encrypt_batch_inputs(self, rows) -> EncryptedArray:
         """With a bottom model: α = bottom(X[rows]), checked, encoded and freshly encrypted."""
@@ -887,20 +916,33 @@ class DataParty:
         """Decrypt U = X·W_B + ε_B and add the own part: V = U + X·ε_acc (mod n).
 
         ``rows`` picks the training rows of the batch; None means the rows being predicted.
+        Packed, X·ε_acc goes into the same slots as X·W_B (slot s of group g: row g·k + s).
         """
         features = self._prediction_features if rows is None else self._inputs(rows)
-        product = self._private_key.decrypt_residues(masked_product)
+        product = paillier.decrypt_residues(self._private_key, masked_product,
+                                            executor=self.executor)
         own_part = (features @ self.noise_acc).values
+        if self.packing is not None:
+            # X·ε_acc alone spills over the slots; only the sum z = X·W has to fit them.
+            own_part = self.packing.forward.pack(own_part, axis=0, intermediate=True)
         return mod_n(product + own_part, self.public_key.n)
 
     # step 4
     def mask_gradient(self, masked_gradient: EncryptedArray, batch_size: int) -> np.ndarray:
-        """Decrypt G' = Xᵀδ + ε_B', add a fresh mask ε_A, and fold η·ε_A into ε_acc."""
-        gradient = self._private_key.decrypt_residues(masked_gradient)
-        mask = self.mask_source.uniform(gradient.shape, self.plan.gradient_mask_bits(batch_size),
+        """Decrypt G' = Xᵀδ + ε_B', add a fresh mask ε_A, and fold η·ε_A into ε_acc.
+
+        Packed, ε_A is drawn per slot (one per weight, each σ bits wider than the gradient it
+        hides) and packed into the same slots as Xᵀδ: the backward slots have room for both.
+        """
+        gradient = paillier.decrypt_residues(self._private_key, masked_gradient,
+                                             executor=self.executor)
+        mask = self.mask_source.uniform(self.noise_acc.shape,
+                                        self.plan.gradient_mask_bits(batch_size),
                                         self.plan.x_frac_bits + self.plan.delta_frac_bits)
         self.noise_acc = self.noise_acc + Fixed.from_ints(self.lr_int * mask,
                                                           self.plan.w_frac_bits)
+        if self.packing is not None:
+            mask = self.packing.backward.pack(mask, axis=0)
         return mod_n(gradient + mask, self.public_key.n)
 
     # step 4b
@@ -916,13 +958,16 @@ class DataParty:
 
     # prediction
     def encrypt_new_features(self, X_new) -> EncryptedArray:
-        """[[X_new]] (or [[bottom(X_new)]]) for prediction: checked, encoded, freshly encrypted."""
+        """[[X_new]] (or [[bottom(X_new)]]) for prediction: checked, encoded and freshly
+        encrypted (packed along the rows, as in step 1, when packing is on)."""
         X_new = np.asarray(X_new, dtype=np.float64)
         self._prediction_features = encode_features(X_new, self.plan)
         values = X_new
         if self.bottom is not None:
             values = self.bottom.forward(X_new)
             self._prediction_features = encode_features(values, self.plan, what="bottom output")
+        if self.packing is not None:
+            return self._encrypt_rows(self._prediction_features)
         return self._encrypt(self._prediction_features, values)
 
 
@@ -948,6 +993,12 @@ class LabelParty:
     ``model`` is an :class:`nn.MLP` built without the first layer's weight: the label party keeps
     the first layer's bias and every layer above, and runs them with the plaintext code.
     """
+
+    packing: PackingLayout | None = None  # set by setup(): the public slot layout, or None
+    executor = None  # set by setup(): where the modular exponentiations run (None: here)
+    # A proven bound on |W_int| (see masked_product): 2**weight_bits at setup, grown by every
+    # update. Only the label party can keep it (it alone knows δ); state to keep with W_B.
+    weight_bound: int | None = None
 
     def __init__(self, y, layer_sizes, *, activation="relu", lr=0.1, momentum=0.0,
                  batch_size=64, epochs=1, seed=0, plan: FixedPointPlan | None = None,
@@ -977,6 +1028,11 @@ class LabelParty:
                 "lr": self.lr, "batch_size": self.batch_size, "epochs": self.epochs,
                 "seed": self.seed, "fixed_point": self.plan.to_dict()}
 
+    def packing_layout(self) -> "PackingLayout":
+        """The slot layout this party proposes, from public facts only (see packing_layout)."""
+        return packing_layout(self.plan, self.public_key, self.batch_size, self.layer_sizes[0],
+                              self.lr)
+
     def check_shapes(self, shapes: dict) -> None:
         """The data party's row and feature counts must fit the labels and the network."""
         if shapes["n_samples"] != len(self.labels):
@@ -1001,25 +1057,45 @@ class LabelParty:
         return self.encrypted_features[rows]
 
     # step 1
-    def masked_product(self, encrypted_features: EncryptedArray) -> EncryptedArray:
-        """[[U]] = [[X]]·W_B + [[ε_B]]; the fresh encryption of ε_B re-randomises the result."""
-        product = encrypted_features @ self.weight_share
+    def masked_product(self, encrypted_features: EncryptedArray,
+                       n_rows: int | None = None) -> EncryptedArray:
+        """[[U]] = [[X]]·W_B + [[ε_B]]; the fresh encryption of ε_B re-randomises the result.
+
+        Packed, ``encrypted_features`` holds ``n_rows`` rows k per ciphertext and so does U.
+        Before computing, B proves that every slot of z = X·W will fit:
+        |z| ≤ d · 2**(x bits) · weight_bound < 2**(slot_bits − 1), or raises OverflowError.
+        """
+        if self.packing is not None:
+            if n_rows is None:
+                raise ValueError("packed step 1 needs n_rows, the number of packed rows")
+            self._forward_rows = n_rows
+            self.packing.check_preactivation_fits(self.layer_sizes[0], self.weight_bound)
+        product = paillier.encrypted_matmul(encrypted_features, self.weight_share,
+                                            executor=self.executor)
         self._forward_mask = self.mask_source.uniform(product.shape,
                                                       wide_mask_bits(self.public_key),
                                                       product.scale)
-        return product + self.public_key.encrypt(Fixed.from_ints(self._forward_mask, product.scale))
+        return product + paillier.encrypt_array(
+            self.public_key, Fixed.from_ints(self._forward_mask, product.scale),
+            executor=self.executor)
 
     def masked_product_bits(self, encrypted_features: EncryptedArray) -> int:
-        """Public bound on |X·W_B|: what ε_B has to hide from the data party."""
+        """Public bound on |X·W_B|: what ε_B has to hide from the data party (packed: on the
+        whole plaintext, all slots together, since ε_B is one mask over all of them)."""
         d = encrypted_features.shape[-1]
-        return (self.plan.x_int_bits + self.plan.x_frac_bits + bits_of(self.weight_share.values)
-                + math.ceil(math.log2(max(d, 2))))
+        value_bits = (self.plan.x_int_bits + self.plan.x_frac_bits
+                      + bits_of(self.weight_share.values) + math.ceil(math.log2(max(d, 2))))
+        if self.packing is not None:
+            return self.packing.forward.packed_bits(value_bits)
+        return value_bits
 
     def unmask_preactivation(self, noisy_product: np.ndarray) -> np.ndarray:
-        """z = V − ε_B + b = X·W + b, as floats."""
+        """z = V − ε_B + b = X·W + b, as floats (packed: unpacked slot by slot)."""
         z_int = decode_signed(mod_n(noisy_product - self._forward_mask, self.public_key.n),
                               self.public_key)
         self._forward_mask = None
+        if self.packing is not None:
+            z_int = self.packing.forward.unpack(z_int, self._forward_rows, axis=0)
         z = Fixed.from_ints(z_int, self.plan.z_frac_bits).decode()
         return z + self.model.layers[0].b
 
@@ -1045,21 +1121,35 @@ class LabelParty:
 
     # step 4
     def masked_gradient(self, encrypted_features: EncryptedArray, delta: Fixed) -> EncryptedArray:
-        """[[G']] = [[X]]ᵀ·δ + [[ε_B']]."""
-        gradient = encrypted_features.T @ delta
+        """[[G']] = [[X]]ᵀ·δ + [[ε_B']] (packed: k features per ciphertext, k gradients per
+        plaintext, one wide ε_B' over each whole plaintext)."""
+        gradient = paillier.encrypted_matmul(encrypted_features.T, delta, executor=self.executor)
+        self._backward_rows = delta.shape[0]
+        # |ΔW| ≤ η·Σ_r |X_rt|·|δ_rj| ≤ η · 2**(x bits) · max_j Σ_r |δ_rj|: the bound's growth.
+        column_sums = [sum(abs(int(v)) for v in column) for column in delta.values.T.tolist()]
+        self._weight_bound_growth = (self.lr_int << (self.plan.x_int_bits + self.plan.x_frac_bits)
+                                     ) * max(column_sums, default=0)
         self._backward_mask = self.mask_source.uniform(gradient.shape,
                                                        wide_mask_bits(self.public_key),
                                                        gradient.scale)
-        return gradient + self.public_key.encrypt(
-            Fixed.from_ints(self._backward_mask, gradient.scale))
+        return gradient + paillier.encrypt_array(
+            self.public_key, Fixed.from_ints(self._backward_mask, gradient.scale),
+            executor=self.executor)
 
     def update_weight_share(self, masked_gradient: np.ndarray) -> None:
         """G̃ = T − ε_B' = Xᵀδ + ε_A; W_B ← W_B − η·G̃ (exact, at W's scale)."""
         gradient = decode_signed(mod_n(masked_gradient - self._backward_mask, self.public_key.n),
                                  self.public_key)
         self._backward_mask = None
+        if self.packing is not None:
+            # Every slot holds Xᵀδ + ε_A, below 2**gradient_bits + 2**gradient_mask_bits.
+            bound = self.plan.gradient_mask_bits(self._backward_rows) + 1
+            gradient = self.packing.backward.unpack(gradient, self.layer_sizes[0], axis=0,
+                                                    value_bits=bound)
         self.weight_share = self.weight_share - Fixed.from_ints(self.lr_int * gradient,
                                                                 self.plan.w_frac_bits)
+        if self.weight_bound is not None:
+            self.weight_bound += self._weight_bound_growth
 
     # step 4b
     def input_gradient(self, encrypted_noise_acc: EncryptedArray, delta: Fixed) -> EncryptedArray:
@@ -1077,9 +1167,96 @@ class LabelParty:
 
 
 # ----------------------------------------------------------------------------------------------
+# The packing layout: public, agreed in step 0 (how slots work: paillier.Slots).
+# ----------------------------------------------------------------------------------------------
+PACKING_HEADROOM_BITS = 8  # z's slots have room for |W| up to 2**8 times the plan's bound
+SHARE_GROWTH_BITS = 20  # ε_acc gains one η·ε_A per batch: room for 2**20 batches
+
+
+@dataclass(frozen=True)
+class PackingLayout:
+    """How many fixed-point values share one Paillier plaintext in step 1 and in step 4.
+
+    ``forward`` — step 1, along the batch. A packs k rows of the batch per plaintext:
+    ``[[X_batch]]`` is ⌈m/k⌉ × d ciphertexts, and B's [[X_batch]]·W_B + [[ε_B]] is ⌈m/k⌉ × h,
+    each holding z for k rows::
+
+        [[X_batch]][g, t]  =  [[ X[g·k+k−1, t] | … | X[g·k+1, t] | X[g·k, t] ]]
+        [[U]][g, j]        =  [[ z[g·k+k−1, j] | … | z[g·k, j] ]  +  ε_B ]]   (z = X·W)
+
+    A slot only has to hold the FINAL value z = X·W_B + X·ε_acc: ε_B is one mask over the whole
+    plaintext mod n and cancels exactly, and the arithmetic is exact mod n, so the intermediate
+    X·W_B may spill over its slot freely. |z_int| ≤ d · 2**(x_int+x_frac) · |W_int|, and the
+    label party proves |W_int| ≤ weight_bound (2**weight_bits at setup, plus η·2**(x bits)·Σ|δ|
+    per update) and checks, before every step 1, that the product stays below
+    2**(slot_bits − 1) — OverflowError otherwise, never a wrap. Hence
+    ``slot_bits = x_int_bits + x_frac_bits + ⌈log2 d⌉ + weight_bits + PACKING_HEADROOM_BITS + 1``.
+
+    ``backward`` — step 4, along the features. Each row's d features go k per plaintext:
+    [[X]] is n × ⌈d/k⌉ (cached for all epochs), and [[X]]ᵀ·δ + [[ε_B']] is ⌈d/k⌉ × h, k
+    gradients each. A adds its mask ε_A slot by slot, so a slot holds Xᵀδ + ε_A, with
+    |Xᵀδ| ≤ 2**gradient_bits and |ε_A| ≤ 2**gradient_mask_bits: together below
+    2**(gradient_mask_bits + 1), hence ``slot_bits = gradient_mask_bits + 2``.
+
+    ``slots`` (k) is, in each direction, the largest count such that (a) the packed final value
+    decodes: |P| < 2**(k·slot_bits) ≤ n/3; and (b) B's wide mask still hides what A decrypts,
+    the whole packed plaintext (X·W_B in step 1, for shares up to a budget of bits; Xᵀδ in
+    step 4) with σ bits to spare — the channel re-checks (b) on every message.
+    """
+
+    forward: paillier.Slots
+    backward: paillier.Slots
+    feature_bits: int  # |X_int| ≤ 2**feature_bits
+
+    def check_preactivation_fits(self, n_features: int, weight_bound: int | None) -> None:
+        """OverflowError unless d · 2**feature_bits · weight_bound < 2**(forward slot − 1)."""
+        if weight_bound is None:
+            raise ValueError("the label party has no proven bound on |W|: run setup() first "
+                             "(or restore weight_bound together with the weight share)")
+        bound = (n_features << self.feature_bits) * weight_bound
+        if bound >= 1 << (self.forward.slot_bits - 1):
+            raise OverflowError(
+                f"step 1: the proven bound on |z| = |X·W| has {bound.bit_length()} bits and no "
+                f"longer fits the {self.forward.slot_bits}-bit packed slots; train with "
+                "packing=False, or with a larger weight_int_bits in the fixed-point plan")
+
+    def to_dict(self) -> dict:
+        return {"forward": self.forward.to_dict(), "backward": self.backward.to_dict(),
+                "feature_bits": self.feature_bits}
+
+
+def packing_layout(plan: FixedPointPlan, public_key: PublicKey, batch_size: int,
+                   n_features: int, lr: float) -> PackingLayout:
+    """The slot layout both parties derive from public values (see PackingLayout)."""
+    feature_bits = plan.x_int_bits + plan.x_frac_bits
+    log_d = (max(n_features, 1) - 1).bit_length()
+    plaintext_bits = public_key.max_int.bit_length() - 1  # 2**plaintext_bits ≤ max_int
+    spare = wide_mask_bits(public_key) - plan.sigma - 1  # room for a packed value under ε_B
+
+    # |W_B| = |W − ε_acc|: ε_acc starts below 2**noise_acc_bits and gains η·ε_A per batch.
+    share_bits = max(plan.noise_acc_bits(), plan.weight_bits + PACKING_HEADROOM_BITS,
+                     plan.quantize_lr(lr).bit_length() + plan.gradient_mask_bits(batch_size)
+                     + SHARE_GROWTH_BITS) + 1
+    forward_bits = feature_bits + log_d + plan.weight_bits + PACKING_HEADROOM_BITS + 1
+    forward_slots = min(plaintext_bits // forward_bits,
+                        (spare - (feature_bits + log_d + share_bits)) // forward_bits + 1)
+
+    backward_bits = plan.gradient_mask_bits(batch_size) + 2
+    backward_slots = min(plaintext_bits // backward_bits,
+                         (spare - plan.gradient_bits(batch_size)) // backward_bits + 1)
+    if min(forward_slots, backward_slots) < 1:
+        raise ValueError(f"a {public_key.n.bit_length()}-bit key is too small to pack this "
+                         f"fixed-point plan ({forward_bits}-bit slots in step 1, {backward_bits}-bit "
+                         "in step 4); use a larger key or packing=False")
+    return PackingLayout(paillier.Slots(forward_bits, forward_slots),
+                         paillier.Slots(backward_bits, backward_slots), feature_bits)
+
+
+# ----------------------------------------------------------------------------------------------
 # Step 0 — setup: the public key, the public training plan, the weight split, [[X]] once.
 # ----------------------------------------------------------------------------------------------
-def setup(data_party: DataParty, label_party: LabelParty, channel: Channel) -> None:
+def setup(data_party: DataParty, label_party: LabelParty, channel: Channel, *,
+          packing: bool = True, executor=None) -> None:
     """Step 0. Exchange what both parties need before the first batch.
 
     * A → B ``public key`` (public): n.
@@ -1088,16 +1265,20 @@ def setup(data_party: DataParty, label_party: LabelParty, channel: Channel) -> N
       fixed-point plan.
     * A → B ``W0 − ε_acc`` (masked): A draws W0, keeps ε_acc uniform and σ bits wider than W0 (so
       never zero), and sends the difference. B learns nothing about W0.
+    * B → A ``packing layout`` (public), when ``packing``: the slots of steps 1 and 4, which
+      A re-derives and checks (see PackingLayout).
     * A → B ``[[X]]`` (ciphertext): every training row once, a fresh r for each value; X does not
       change, so the encryption is cached for every epoch. With a bottom model, nothing: its
       output α changes every batch, and step 1 sends [[α]] afresh.
 
     The channel also learns each party's mask source, to check that it draws from ``secrets``.
+      change, so the encryption is cached for every epoch. Packed: k features per ciphertext.
+
+    ``executor`` (a concurrent.futures.Executor, or None for this process) runs both parties'
+    modular exponentiations; results are identical either way.
     """
     with channel.timed("0"):
-        channel.register_mask_sources({party: source for party, source in (
-            (DATA, getattr(data_party, "mask_source", None)),
-            (LABEL, getattr(label_party, "mask_source", None))) if source is not None})
+        register_mask_sources(channel, data_party, label_party)
         label_party.public_key = channel.send(0, DATA, LABEL, "public key", "public",
                                               lambda: data_party.public_key)
         channel.data_public_key = label_party.public_key
@@ -1112,9 +1293,46 @@ def setup(data_party: DataParty, label_party: LabelParty, channel: Channel) -> N
                              lambda: data_party.split_initial_weight(),
                              mask_bits=plan.noise_acc_bits(), value_bits=plan.weight_bits)
         label_party.receive_weight_share(share)
+        label_party.weight_bound = 1 << label_party.plan.weight_bits  # A refused any W0 beyond
+        agree_on_packing(data_party, label_party, channel,
+                         packing=packing and _packable(data_party, label_party),
+                         executor=executor)
         if data_party.bottom is None:
             label_party.encrypted_features = channel.send(0, DATA, LABEL, "[[X]]", "ciphertext",
                                                           lambda: data_party.encrypt_features())
+
+
+def _packable(data_party, label_party) -> bool:
+    """Packing needs a fixed [[X]] (no bottom model) and the real protocol: the insecure flaw
+    variants run one value per ciphertext, as in the implementations whose flaws they are."""
+    flawed = any(getattr(party, "flaws", SECURE).enabled() for party in (data_party, label_party))
+    return data_party.bottom is None and not flawed
+
+
+def register_mask_sources(channel: Channel, data_party, label_party) -> None:
+    """Tell the channel where each party present in this process draws its masks."""
+    channel.register_mask_sources({party: source for party, source in (
+        (DATA, getattr(data_party, "mask_source", None)),
+        (LABEL, getattr(label_party, "mask_source", None))) if source is not None})
+
+
+def agree_on_packing(data_party: DataParty, label_party: LabelParty, channel: Channel, *,
+                     packing: bool, executor=None) -> None:
+    """Step 0, last part: where the exponentiations run, and the packing layout.
+
+    B → A ``packing layout`` (public), when ``packing``: B proposes the slots of steps 1 and 4;
+    A derives them from the same public facts and refuses any other (see PackingLayout). Packing
+    is off with a bottom model ([[α]] changes every batch and goes one value per ciphertext) and
+    for the insecure flaw variants.
+    """
+    data_party.executor = label_party.executor = executor
+    layout = None
+    if packing:
+        proposed = channel.send(0, LABEL, DATA, "packing layout", "public",
+                                lambda: label_party.packing_layout().to_dict())
+        # Each process takes the layout from the party it runs (the other is a stand-in).
+        layout = data_party.accept_packing_layout(proposed) or label_party.packing_layout()
+    data_party.packing = label_party.packing = layout
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1135,9 +1353,13 @@ def step1_forward_interactive(data_party: DataParty, label_party: LabelParty,
         if data_party.bottom is not None:
             label_party.receive_batch_inputs(channel.send(1, DATA, LABEL, "[[α]]", "ciphertext",
                                                           lambda: data_party.encrypt_batch_inputs(rows)))
-        encrypted_rows = label_party.batch_inputs(rows)
+        if label_party.packing is None:
+            encrypted_rows = label_party.batch_inputs(rows)
+        else:  # packed along the batch: A encrypts the batch's rows, k per ciphertext
+            encrypted_rows = channel.send(1, DATA, LABEL, "[[X_batch]]", "ciphertext",
+                                          lambda: data_party.encrypt_batch(rows))
         masked = channel.send(1, LABEL, DATA, "[[X·W_B + ε_B]]", "ciphertext",
-                              lambda: label_party.masked_product(encrypted_rows),
+                              lambda: label_party.masked_product(encrypted_rows, len(rows)),
                               mask_bits=wide_mask_bits(label_party.public_key),
                               value_bits=lambda: label_party.masked_product_bits(encrypted_rows))
         noisy = channel.send(1, DATA, LABEL, "X·W + ε_B", "revealed",
@@ -1181,10 +1403,14 @@ def step4_backward_interactive(data_party: DataParty, label_party: LabelParty,
     with channel.timed("4"):
         plan, m = label_party.plan, len(rows)
         encrypted_rows = label_party.batch_inputs(rows)
+        gradient_bits = plan.gradient_bits(m)
+        if label_party.packing is not None:  # ε_B' hides all k packed gradients at once
+            gradient_bits = label_party.packing.backward.packed_bits(gradient_bits)
         masked = channel.send(4, LABEL, DATA, "[[Xᵀδ + ε_B']]", "ciphertext",
                               lambda: label_party.masked_gradient(encrypted_rows, delta),
                               mask_bits=wide_mask_bits(label_party.public_key),
-                              value_bits=plan.gradient_bits(m))
+                              value_bits=gradient_bits)
+        # Packed or not, every value B can read out of T hides one gradient under its own ε_A.
         doubly_masked = channel.send(4, DATA, LABEL, "Xᵀδ + ε_B' + ε_A", "masked",
                                      lambda: data_party.mask_gradient(masked, m),
                                      mask_bits=plan.gradient_mask_bits(m),
@@ -1258,14 +1484,17 @@ def predict_scores(data_party: DataParty, label_party: LabelParty, channel: Chan
                    X_new) -> np.ndarray:
     """Prediction: step 1 on new rows (freshly encrypted), then step 2's forward at B.
 
+    A → B ``rows to predict`` (public): their number, which the packed layout needs;
     A → B ``[[X_new]]`` (ciphertext), B → A ``[[X_new·W_B + ε_B]]`` (ciphertext, masked),
     A → B ``X_new·W + ε_B`` (revealed: z). The scores end at the label party.
     """
     with channel.timed("predict"):
+        n_rows = channel.send("predict", DATA, LABEL, "rows to predict", "public",
+                              lambda: len(X_new))
         encrypted = channel.send("predict", DATA, LABEL, "[[X_new]]", "ciphertext",
                                  lambda: data_party.encrypt_new_features(X_new))
         masked = channel.send("predict", LABEL, DATA, "[[X_new·W_B + ε_B]]", "ciphertext",
-                              lambda: label_party.masked_product(encrypted),
+                              lambda: label_party.masked_product(encrypted, n_rows),
                               mask_bits=wide_mask_bits(label_party.public_key),
                               value_bits=lambda: label_party.masked_product_bits(encrypted))
         noisy = channel.send("predict", DATA, LABEL, "X_new·W + ε_B", "revealed",
@@ -1328,7 +1557,8 @@ def _check_same_key(received: PublicKey, own: PublicKey) -> None:
                          f"({own.fingerprint[:12]})")
 
 
-def resume_setup(data_party: DataParty, label_party: LabelParty, channel: Channel) -> None:
+def resume_setup(data_party: DataParty, label_party: LabelParty, channel: Channel, *,
+                 packing: bool = True, executor=None) -> None:
     """Step 0 again, for parties restored from their checkpoints: no new weight split.
 
     * A → B ``public key`` (public): B checks it is the key its weight share lives under.
@@ -1339,6 +1569,7 @@ def resume_setup(data_party: DataParty, label_party: LabelParty, channel: Channe
     Keep the messages in step with :func:`setup`.
     """
     with channel.timed("0"):
+        register_mask_sources(channel, data_party, label_party)
         channel.data_public_key = data_party.public_key
         _check_same_key(channel.send(0, DATA, LABEL, "public key", "public",
                                      data_party.public_key), label_party.public_key)
@@ -1353,6 +1584,9 @@ def resume_setup(data_party: DataParty, label_party: LabelParty, channel: Channe
                 raise ValueError(f"resume: the training plan's {key} is {plan.get(key)!r}, the "
                                  f"data party's checkpoint has {data_party.training.get(key)!r}")
         data_party.receive_training_plan(plan)
+        agree_on_packing(data_party, label_party, channel,
+                         packing=packing and _packable(data_party, label_party),
+                         executor=executor)
         if data_party.bottom is None:
             label_party.encrypted_features = channel.send(0, DATA, LABEL, "[[X]]", "ciphertext",
                                                           lambda: data_party.encrypt_features())

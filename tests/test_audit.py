@@ -193,7 +193,7 @@ def test_every_mask_goes_through_the_party_mask_source(keypair):
     label_party = protocol.LabelParty(y, (X.shape[1], 3, 3), batch_size=16, seed=0,
                                       mask_source=label_source)
     channel = protocol.Channel()
-    protocol.setup(data_party, label_party, channel)
+    protocol.setup(data_party, label_party, channel, packing=False)  # one mask per value
     protocol.train_batch(data_party, label_party, channel, np.arange(16))
     plan, wide = data_party.plan, protocol.wide_mask_bits(keypair[0])
     assert data_source.requests == [((13, 3), plan.noise_acc_bits()),

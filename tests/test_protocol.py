@@ -202,7 +202,8 @@ def test_data_party_receives_only_public_plan_and_masked_ciphertexts(binary_run)
     _, _, _, result = binary_run
     view = result.channel.view("data")
     kinds = {(m.name, m.kind) for m in view}
-    assert kinds == {("training plan", "public"), ("[[X·W_B + ε_B]]", "ciphertext"),
+    assert kinds == {("training plan", "public"), ("packing layout", "public"),
+                     ("[[X·W_B + ε_B]]", "ciphertext"),
                      ("[[Xᵀδ + ε_B']]", "ciphertext"), ("[[X_new·W_B + ε_B]]", "ciphertext")}
     for message in view:
         if message.kind == "ciphertext":
@@ -238,8 +239,11 @@ def test_masked_gradient_is_independent_of_the_secret(keypair):
             encrypted = label_party.encrypted_features[rows]
             masked = label_party.masked_gradient(encrypted, delta)
             doubly = data_party.mask_gradient(masked, m)
-            seen.append(protocol.decode_signed(
-                protocol.mod_n(doubly - label_party._backward_mask, keypair[0].n), keypair[0]))
+            readable = protocol.decode_signed(
+                protocol.mod_n(doubly - label_party._backward_mask, keypair[0].n), keypair[0])
+            if label_party.packing is not None:  # what B reads: one value per slot
+                readable = label_party.packing.backward.unpack(readable, X.shape[1], axis=0)
+            seen.append(readable)
             label_party.update_weight_share(doubly)
         views.append(np.array([float(v) for s in seen for v in s.ravel()])
                      / 2.0 ** plan.gradient_mask_bits(m))

@@ -1,0 +1,443 @@
+"""Benchmarks: ACML's Paillier and protocol, side by side with python-paillier (``phe``).
+
+    python acml.py bench                          # 1024/2048-bit primitives, one epoch four ways
+    python acml.py bench --quick --json b.json    # tiny sizes, small keys: a smoke test
+
+Not part of the library: it measures it. Every ratio below is computed from numbers taken in the
+same run, on the same machine, under the same load, so a busy machine skews both sides together;
+nothing here asserts a timing. ``phe`` is a benchmark dependency only: it is imported in this
+file, inside the functions that use it.
+
+What is measured:
+
+* Primitives at each key size, ours against phe's public API: key generation, encryption
+  (ours at the key owner, with CRT; phe has no key-owner path, so its ``encrypt`` is the peer;
+  our public-key path is listed too), decryption, ciphertext × constant, and the encrypted
+  matmul [[X]]·W (our simple per-term path, our multi-exponentiation, and that on workers).
+* One protocol epoch on German credit (steps 1–4 over every batch; setup reported apart):
+  packed in one process and packed on workers (each the faster of two runs, alternated),
+  unpacked on workers, the plaintext MLP, and the same four steps written on phe (unpacked,
+  phe's float encoding; the peer below). The phe epoch runs on the first ``phe_rows`` rows
+  only and is compared per sample.
+* Where the packed epoch's time goes: the seconds spent inside the big-integer kernels
+  (paillier._kernel_*: modular exponentiations, multi-exponentiation, CRT), against the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+import acml
+import nn
+import paillier
+from paillier import Fixed
+
+FULL = dict(key_bits=(1024, 2048), epoch_key_bits=2048, repeats=20, keygen_repeats=3,
+            matmul_shape=(8, 30, 8), rows=None, batch_size=64, hidden=8, phe_rows=64,
+            packed_rounds=2)
+QUICK = dict(key_bits=(256, 512), epoch_key_bits=512, repeats=3, keygen_repeats=1,
+             matmul_shape=(2, 6, 3), rows=40, batch_size=16, hidden=4, phe_rows=8,
+             packed_rounds=1)
+TARGETS = {  # name: (what, the lead's target ratio); {bits}: the largest key benchmarked
+    "key_owner_encrypt_vs_phe": ("key-owner encryption vs phe encrypt ({bits} bits)", 3.0),
+    "matmul_vs_phe": ("encrypted matmul [[X]]·W vs phe ({bits} bits, 1 process)", 3.0),
+    "packed_vs_unpacked": ("packed vs unpacked, one epoch", 10.0),
+    "epoch_vs_phe_per_sample": ("protocol epoch vs the phe version, per sample", 100.0),
+    "workers_vs_one": ("N workers vs 1, packed epoch", 1.7),
+}
+
+
+def _seconds(function, repeats=1):
+    """Mean wall time of ``function()`` over ``repeats`` calls."""
+    start = time.perf_counter()
+    for _ in range(repeats):
+        function()
+    return (time.perf_counter() - start) / repeats
+
+
+def _fastest(functions: dict, rounds: int = 3) -> dict:
+    """For each named function, the least of ``rounds`` timings, taken in alternation (ours,
+    phe, ours, phe, ...) so that a burst of load on a shared machine cannot favour one side."""
+    best = {name: float("inf") for name in functions}
+    for _ in range(rounds):
+        for name, function in functions.items():
+            best[name] = min(best[name], _seconds(function))
+    return best
+
+
+def _ratio(slow, fast):
+    return slow / fast if fast > 0 else float("inf")
+
+
+# ----------------------------------------------------------------------------------------------
+# Primitives
+# ----------------------------------------------------------------------------------------------
+def primitives(bits: int, sizes: dict, executor=None) -> dict:
+    """Seconds per operation, ours and phe's, at one key size."""
+    from phe import paillier as phe_paillier
+
+    repeats = sizes["repeats"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
+        ours_keygen = _seconds(lambda: paillier.generate_keypair(bits, allow_insecure=True),
+                               sizes["keygen_repeats"])
+        public, private = paillier.generate_keypair(bits, allow_insecure=True)
+    phe_keygen = _seconds(lambda: phe_paillier.generate_paillier_keypair(n_length=bits),
+                          sizes["keygen_repeats"])
+    # phe on the SAME modulus, so both sides do arithmetic on numbers of one size.
+    phe_public = phe_paillier.PaillierPublicKey(public.n)
+    phe_private = phe_paillier.PaillierPrivateKey(phe_public, private.p, private.q)
+
+    values = [secrets.randbits(48) - (1 << 47) for _ in range(repeats)]
+    constants = [secrets.randbits(57) - (1 << 56) for _ in range(repeats)]
+    fixed = Fixed.from_ints(np.array(values, dtype=object), 0)
+    out = {"keygen": {"acml": ours_keygen, "phe": phe_keygen}}
+
+    phe_encrypted = [phe_public.encrypt(v) for v in values]
+    encrypt = _fastest({"acml": lambda: private.encrypt(fixed),
+                        "phe": lambda: [phe_public.encrypt(v) for v in values],
+                        "acml_public_key": lambda: public.encrypt(fixed)})
+    out["encrypt"] = {name: seconds / repeats for name, seconds in encrypt.items()}
+
+    encrypted = private.encrypt(fixed)
+    decrypt = _fastest({"acml": lambda: private.decrypt(encrypted),
+                        "phe": lambda: [phe_private.decrypt(c) for c in phe_encrypted]})
+    out["decrypt"] = {name: seconds / repeats for name, seconds in decrypt.items()}
+
+    ciphertexts = encrypted.ciphertexts.tolist()
+    multiply = _fastest({
+        "acml": lambda: [public.raw_mul_const(c, k) for c, k in zip(ciphertexts, constants)],
+        "phe": lambda: [c * k for c, k in zip(phe_encrypted, constants)]})
+    out["mul_const"] = {name: seconds / repeats for name, seconds in multiply.items()}
+
+    rows, inner, cols = sizes["matmul_shape"]
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(rows, inner))
+    weights = rng.normal(scale=0.3, size=(inner, cols))
+    # Ours at the protocol's scales (X at 16 fractional bits, W at 56 — about the precision phe
+    # gives a float weight); phe with its own float encoding of the same numbers.
+    encrypted_features = private.encrypt(Fixed.encode(features, 16))
+    fixed_weights = Fixed.encode(weights, 56)
+    phe_features = np.array([[phe_public.encrypt(float(v)) for v in row] for row in features],
+                            dtype=object)
+    terms = rows * inner * cols
+    functions = {
+        "acml_simple": lambda: encrypted_features @ fixed_weights,
+        "acml": lambda: paillier.encrypted_matmul(encrypted_features, fixed_weights),
+        "phe": lambda: phe_features.dot(weights)}
+    if executor is not None:
+        functions["acml_workers"] = lambda: paillier.encrypted_matmul(
+            encrypted_features, fixed_weights, executor=executor)
+    matmul = {name: seconds / terms for name, seconds in _fastest(functions).items()}
+    matmul["shape"] = [rows, inner, cols]
+    out["matmul_per_term"] = matmul
+    for row in out.values():
+        if "phe" in row:
+            row["ratio"] = _ratio(row["phe"], row["acml"])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# One epoch, four ways
+# ----------------------------------------------------------------------------------------------
+def _dataset(sizes: dict):
+    train_set, _ = acml.load_split("german_credit")
+    if sizes["rows"] is not None:
+        train_set.X, train_set.y = train_set.X[:sizes["rows"]], train_set.y[:sizes["rows"]]
+        train_set.ids = train_set.ids[:sizes["rows"]]
+    return train_set
+
+
+def _epoch_seconds(step_seconds: dict) -> float:
+    return sum(step_seconds.get(step, 0.0) for step in ("1", "2", "3", "4"))
+
+
+def protocol_epoch(train_set, sizes, keypair, *, packing: bool, executor=None,
+                   kernel_timer: dict | None = None) -> dict:
+    """One epoch of the real protocol through acml.train; times per step, ops per step."""
+    config = acml.Config(hidden=(sizes["hidden"],), epochs=1, batch_size=sizes["batch_size"],
+                         key_bits=keypair[0].n.bit_length(), allow_insecure=True,
+                         packing=packing)
+    restore = _time_kernels(kernel_timer) if kernel_timer is not None else None
+    try:
+        result = acml.train(train_set, None, config, keypair=keypair, executor=executor)
+    finally:
+        if restore is not None:
+            restore()
+    steps = dict(result.channel.step_seconds)
+    seconds = _epoch_seconds(steps)
+    report = {"rows": len(train_set.y), "seconds": seconds,
+              "per_sample": seconds / len(train_set.y), "setup_seconds": steps.get("0", 0.0),
+              "step_seconds": steps, "step_ops": {k: dict(v) for k, v in
+                                                  result.channel.step_ops.items()}}
+    if packing:
+        layout = result.label_party.packing
+        report["slots"] = {"forward": layout.forward.to_dict(),
+                           "backward": layout.backward.to_dict()}
+    return report
+
+
+def _keep_fastest(epochs: dict, name: str, run: dict) -> None:
+    if name not in epochs or run["seconds"] < epochs[name]["seconds"]:
+        epochs[name] = run
+
+
+def plaintext_epoch(train_set, sizes) -> dict:
+    sizes_ = (train_set.X.shape[1], sizes["hidden"], 1)
+    model = nn.MLP(sizes_, activation="relu", seed=0)
+    seconds = _seconds(lambda: nn.train_plaintext(model, train_set.X, train_set.y, epochs=1,
+                                                  batch_size=sizes["batch_size"], lr=0.1))
+    return {"rows": len(train_set.y), "seconds": seconds, "per_sample": seconds / len(train_set.y)}
+
+
+_KERNELS = ("_kernel_multiexp", "_kernel_crt_encrypt", "_kernel_public_encrypt",
+            "_kernel_crt_decrypt")
+
+
+def _time_kernels(totals: dict):
+    """Wrap paillier's arithmetic kernels to add their wall time into ``totals``; returns a
+    function that restores them. (In-process runs only: workers run the unwrapped ones.)"""
+    originals = {name: getattr(paillier, name) for name in _KERNELS}
+
+    def timed(name, kernel):
+        def run(*arguments):
+            start = time.perf_counter()
+            try:
+                return kernel(*arguments)
+            finally:
+                short = name.removeprefix("_kernel_")
+                totals[short] = totals.get(short, 0.0) + time.perf_counter() - start
+        return run
+
+    for name, kernel in originals.items():
+        setattr(paillier, name, timed(name, kernel))
+
+    def restore():
+        for name, kernel in originals.items():
+            setattr(paillier, name, kernel)
+    return restore
+
+
+# -- the peer: the same four steps on phe, unpacked, with phe's float encoding -----------------
+def phe_epoch(train_set, sizes, bits: int) -> dict:
+    """Steps 1–4 of the protocol over one epoch, written on python-paillier.
+
+    The cost peer, not a secure or exact protocol: floats in phe's own encoding (an exponent
+    per value), one value per ciphertext, masks as random floats (the production systems' way,
+    which the reference notes call weak); phe's encrypt re-randomises with a full r^n and has
+    no key-owner CRT path. The flow, the shapes and the number of operations are the
+    protocol's: [[X]] cached at setup; per batch m·d·h products, m·h mask encryptions and
+    decryptions in step 1; m·d·h products, d·h mask encryptions and decryptions in step 4.
+    """
+    from phe import paillier as phe_paillier
+
+    rows = min(sizes["phe_rows"], len(train_set.y))
+    X, y = train_set.X[:rows], train_set.y[:rows]
+    n_features, hidden, batch_size, lr = X.shape[1], sizes["hidden"], sizes["batch_size"], 0.1
+    public, private = phe_paillier.generate_paillier_keypair(n_length=bits)
+    system = random.SystemRandom()
+
+    def float_mask(shape, width=2.0 ** 20):
+        return np.array([system.uniform(-width, width) for _ in range(int(np.prod(shape)))]
+                        ).reshape(shape)
+
+    def encrypt(array):
+        return np.array([public.encrypt(float(v)) for v in array.ravel()],
+                        dtype=object).reshape(array.shape)
+
+    def decrypt(array):
+        return np.array([private.decrypt(c) for c in array.ravel()]).reshape(array.shape)
+
+    steps = {"0": 0.0, "1": 0.0, "2": 0.0, "3": 0.0, "4": 0.0}
+    ops = {step: {"encrypt": 0, "decrypt": 0, "mul_const": 0} for step in ("0", "1", "4")}
+    start = time.perf_counter()
+    encrypted_X = encrypt(X)  # step 0, cached
+    first = nn.init_layer((n_features, hidden, 1), 0, "relu", 0)
+    noise_acc = float_mask((n_features, hidden))
+    weight_share = first.W - noise_acc
+    top = nn.MLP((n_features, hidden, 1), activation="relu", seed=0, first_layer_weight=False)
+    optimizer = nn.SGD(lr)
+    steps["0"] += time.perf_counter() - start
+    ops["0"]["encrypt"] += X.size
+
+    for batch in nn.minibatches(rows, batch_size, seed=0, epoch=0):
+        m = len(batch)
+        mark = time.perf_counter()  # step 1
+        forward_mask = float_mask((m, hidden))
+        masked = encrypted_X[batch].dot(weight_share) + encrypt(forward_mask)
+        noisy = decrypt(masked) + X[batch] @ noise_acc
+        z = noisy - forward_mask + top.layers[0].b
+        steps["1"] += time.perf_counter() - mark
+        ops["1"]["mul_const"] += m * n_features * hidden
+        ops["1"]["encrypt"] += m * hidden
+        ops["1"]["decrypt"] += m * hidden
+
+        mark = time.perf_counter()  # step 2
+        _, dlogits = top.loss_and_grad(top.forward_top(z), y[batch])
+        steps["2"] += time.perf_counter() - mark
+        mark = time.perf_counter()  # step 3
+        delta = top.backward_top(dlogits)
+        top.layers[0].backward_bias(delta)
+        optimizer.step(top.top_named_params())
+        steps["3"] += time.perf_counter() - mark
+
+        mark = time.perf_counter()  # step 4
+        backward_mask = float_mask((n_features, hidden))
+        masked_gradient = encrypted_X[batch].T.dot(delta) + encrypt(backward_mask)
+        data_mask = float_mask((n_features, hidden))
+        doubly = decrypt(masked_gradient) + data_mask / lr
+        noise_acc = noise_acc + data_mask
+        weight_share = weight_share - lr * (doubly - backward_mask)
+        steps["4"] += time.perf_counter() - mark
+        ops["4"]["mul_const"] += m * n_features * hidden
+        ops["4"]["encrypt"] += n_features * hidden
+        ops["4"]["decrypt"] += n_features * hidden
+
+    seconds = _epoch_seconds(steps)
+    return {"rows": rows, "seconds": seconds, "per_sample": seconds / rows,
+            "setup_seconds": steps["0"], "step_seconds": steps, "step_ops": ops,
+            "note": f"phe ran on the first {rows} rows; compare per sample"}
+
+
+# ----------------------------------------------------------------------------------------------
+# The run, the table, the JSON
+# ----------------------------------------------------------------------------------------------
+def run(*, quick: bool = False, workers: int = 2, json_path: str | None = None,
+        out=print) -> dict:
+    """Run every benchmark, print the table, write the JSON if asked; return the report."""
+    sizes = QUICK if quick else FULL
+    report = {"config": {"quick": quick, "workers": workers, **{k: (list(v) if isinstance(
+                  v, tuple) else v) for k, v in sizes.items()}},
+              "machine": {"cpus": os.cpu_count(), "backend": paillier.BACKEND,
+                          "load_average_before": list(os.getloadavg())},
+              "primitives": {}, "epochs": {}}
+    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    try:
+        for bits in sizes["key_bits"]:
+            out(f"primitives at {bits} bits ...")
+            report["primitives"][str(bits)] = primitives(bits, sizes, pool)
+
+        train_set = _dataset(sizes)
+        bits = sizes["epoch_key_bits"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
+            keypair = paillier.generate_keypair(bits, allow_insecure=True)
+        epochs = report["epochs"]
+        kernels: dict = {}
+        out(f"one epoch, {len(train_set.y)} rows, {bits}-bit key: packed, with its profile ...")
+        profiled = protocol_epoch(train_set, sizes, keypair, packing=True, kernel_timer=kernels)
+        # The packed epochs are short: run them in alternation and keep each one's fastest,
+        # so that a neighbour's burst of load on a shared machine skews neither side alone.
+        for _ in range(sizes["packed_rounds"]):
+            out("... packed, 1 process ...")
+            _keep_fastest(epochs, "packed", protocol_epoch(train_set, sizes, keypair,
+                                                           packing=True))
+            if pool is not None:
+                out(f"... packed on {workers} workers ...")
+                _keep_fastest(epochs, "packed_workers", protocol_epoch(
+                    train_set, sizes, keypair, packing=True, executor=pool))
+        out(f"... unpacked{f' on {workers} workers' if pool else ''} ...")
+        epochs["unpacked"] = protocol_epoch(train_set, sizes, keypair, packing=False,
+                                            executor=pool)
+        out("... plaintext ...")
+        epochs["plaintext"] = plaintext_epoch(train_set, sizes)
+        out(f"... the phe peer on {min(sizes['phe_rows'], len(train_set.y))} rows ...")
+        epochs["phe"] = phe_epoch(train_set, sizes, bits)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    report["machine"]["load_average_after"] = list(os.getloadavg())
+
+    packed = epochs["packed"]
+    kernel_seconds = sum(kernels.values())
+    report["profile"] = {
+        "kernel_seconds": kernels, "epoch_seconds": profiled["seconds"],
+        "setup_seconds": profiled["setup_seconds"],
+        "kernel_fraction": kernel_seconds / max(profiled["seconds"]
+                                                + profiled["setup_seconds"], 1e-12),
+        "note": "time inside paillier's big-integer kernels during the packed run (setup + "
+                "epoch, 1 process), over that run's setup + epoch time"}
+    best = epochs.get("packed_workers", packed)
+    top = report["primitives"][str(sizes["key_bits"][-1])]  # the largest key
+    reached = {
+        "key_owner_encrypt_vs_phe": top["encrypt"]["ratio"],
+        "matmul_vs_phe": top["matmul_per_term"]["ratio"],
+        "packed_vs_unpacked": _ratio(epochs["unpacked"]["seconds"], best["seconds"]),
+        "epoch_vs_phe_per_sample": _ratio(epochs["phe"]["per_sample"], best["per_sample"]),
+        "workers_vs_one": _ratio(packed["seconds"], best["seconds"]),
+    }
+    largest = sizes["key_bits"][-1]
+    report["ratios"] = {name: {"what": TARGETS[name][0].format(bits=largest),
+                               "target": TARGETS[name][1],
+                               "reached": value, "met": value >= TARGETS[name][1]}
+                        for name, value in reached.items()}
+    report["ratios"]["epoch_vs_phe_per_sample_one_process"] = {
+        "what": "protocol epoch (packed, 1 process) vs the phe version, per sample",
+        "reached": _ratio(epochs["phe"]["per_sample"], packed["per_sample"])}
+    out(format_table(report))
+    if json_path:
+        with open(json_path, "w") as handle:
+            json.dump(report, handle, indent=2)
+    return report
+
+
+def format_table(report: dict) -> str:
+    lines = []
+    for bits, rows in report["primitives"].items():
+        lines.append(f"\nPaillier primitives, {bits}-bit key (ms per operation)")
+        lines.append(f"  {'operation':<26}{'acml':>10}{'phe':>10}{'phe / acml':>12}")
+        for name, label in (("keygen", "key generation"), ("encrypt", "encrypt (key owner)"),
+                            ("decrypt", "decrypt"), ("mul_const", "ciphertext × constant"),
+                            ("matmul_per_term", "[[X]]·W, per term")):
+            row = rows[name]
+            lines.append(f"  {label:<26}{1e3 * row['acml']:>10.3f}{1e3 * row['phe']:>10.3f}"
+                         f"{row['ratio']:>11.2f}×")
+        lines.append(f"  {'encrypt (public key)':<26}{1e3 * rows['encrypt']['acml_public_key']:>10.3f}")
+        lines.append(f"  {'[[X]]·W simple, per term':<26}"
+                     f"{1e3 * rows['matmul_per_term']['acml_simple']:>10.3f}")
+        if "acml_workers" in rows["matmul_per_term"]:
+            lines.append(f"  {'[[X]]·W workers, per term':<26}"
+                         f"{1e3 * rows['matmul_per_term']['acml_workers']:>10.3f}")
+    epochs = report["epochs"]
+    lines.append(f"\nOne epoch (steps 1–4), {report['config']['epoch_key_bits']}-bit key; "
+                 "seconds per step")
+    lines.append(f"  {'way':<16}{'rows':>6}{'epoch s':>10}{'ms/sample':>11}{'setup s':>9}"
+                 f"{'step 1':>9}{'step 4':>9}")
+    for name, row in epochs.items():
+        steps = row.get("step_seconds", {})
+        lines.append(f"  {name:<16}{row['rows']:>6}{row['seconds']:>10.3f}"
+                     f"{1e3 * row['per_sample']:>11.3f}{row.get('setup_seconds', 0.0):>9.2f}"
+                     f"{steps.get('1', 0.0):>9.2f}{steps.get('4', 0.0):>9.2f}")
+    lines.append("\n  operations per step (per epoch):")
+    for name, row in epochs.items():
+        for step, ops in row.get("step_ops", {}).items():
+            if ops and step in ("1", "4"):
+                text = ", ".join(f"{op} {count}" for op, count in sorted(ops.items()))
+                lines.append(f"  {name:<16} step {step}: {text}")
+    if "slots" in epochs.get("packed", {}):
+        slots = epochs["packed"]["slots"]
+        lines.append(f"  packed slots: step 1 {slots['forward']['slots']} × "
+                     f"{slots['forward']['slot_bits']} bits, step 4 "
+                     f"{slots['backward']['slots']} × {slots['backward']['slot_bits']} bits")
+    profile = report["profile"]
+    lines.append(f"\nPacked run, 1 process: {100 * profile['kernel_fraction']:.0f}% of setup + "
+                 "epoch inside the big-integer kernels:")
+    for name, seconds in sorted(profile["kernel_seconds"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {name:<16}{seconds:>8.2f} s")
+    lines.append("\nRatios (all measured in this run)")
+    for name, row in report["ratios"].items():
+        target = f"target ≥ {row['target']:g}×, {'met' if row['met'] else 'MISSED'}" \
+            if "target" in row else ""
+        lines.append(f"  {row['what']:<62}{row['reached']:>9.1f}×  {target}")
+    lines.append(f"\nload average before {report['machine']['load_average_before'][0]:.2f}, "
+                 f"after {report['machine']['load_average_after'][0]:.2f} on "
+                 f"{report['machine']['cpus']} cpus")
+    return "\n".join(lines)
