@@ -43,9 +43,9 @@ import protocol
 import transport
 from protocol import FixedPointPlan
 
-DEFAULT_KEY_BITS = 1024
-KEY_BITS_NOTE = ("1024-bit key by default: 2048 bits is the goal, but without ciphertext packing "
-                 "one epoch at 2048 bits takes several minutes on 2 cores; pass --key-bits 2048")
+DEFAULT_KEY_BITS = 2048
+KEY_BITS_NOTE = ("2048-bit key by default: with packing, German credit trains in about a minute "
+                 "on one core; --workers 2 spreads the work over two")
 
 
 @dataclass
@@ -215,6 +215,7 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
         "plaintext_final_loss": float(np.mean(history["batch_loss"][-n_batches:])),
         "max_abs_weight_diff": max_weight_diff(data_party, label_party, plaintext,
                                                plaintext_bottom),
+        "packing": label_party.packing.to_dict() if label_party.packing else None,
     }
     if config.bottom is not None:
         metrics["bottom_width"] = data_party.bottom.width
@@ -294,6 +295,10 @@ def format_report(metrics: dict) -> str:
     lines.append(f"max |W − W_plain|  {metrics['max_abs_weight_diff']:.3e} over all layers "
                  "(fixed-point quantisation)")
     lines.append(f"wall time          {metrics['seconds']:.1f} s encrypted training")
+    if metrics.get("packing"):
+        lines.append(f"packing            {metrics['packing']['forward']['slots']} rows per "
+                     f"ciphertext in step 1, {metrics['packing']['backward']['slots']} features "
+                     "per ciphertext in step 4")
     steps = metrics.get("step_seconds", {})
     if steps:
         lines.append("time per step      " + "   ".join(f"{k}: {v:.1f} s" for k, v in steps.items()))

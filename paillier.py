@@ -446,7 +446,8 @@ class PrivateKey:
     """Paillier private key: the factors p, q of the public n.
 
     Decryption and key-owner encryption use the Chinese remainder theorem: work mod p² and q²
-    (half-size numbers: decryption is roughly 3.5x, encryption 2.5x cheaper) and recombine.
+    (half-size numbers: decryption is roughly 3.5x cheaper; encryption 2.5x for a given r,
+    3.5x when the randomness is drawn directly as its CRT parts) and recombine.
     Paillier's decryption per prime:
 
         m_p = L(c^(p-1) mod p², p) · h_p mod p,   h_p = L(g^(p-1) mod p², p)^-1 mod p
