@@ -1081,10 +1081,20 @@ class LabelParty:
 
     def masked_product_bits(self, encrypted_features: EncryptedArray) -> int:
         """Public bound on |X·W_B|: what ε_B has to hide from the data party (packed: on the
-        whole plaintext, all slots together, since ε_B is one mask over all of them)."""
+        whole plaintext, all slots together, since ε_B is one mask over all of them).
+
+        From the public plan, not from W_B itself: a width measured on the share would travel
+        in the declaration and tell the data party W_B's bit length, batch after batch. The
+        label party checks here, privately, that its share is within that public bound.
+        """
+        share_bits = weight_share_bits(self.plan, self.batch_size, self.lr)
+        if bits_of(self.weight_share.values) > share_bits:
+            raise OverflowError(f"the weight share outgrew its public bound of {share_bits} bits "
+                                f"(after more than 2**{SHARE_GROWTH_BITS} batches, or |W| far "
+                                "beyond the plan's bound)")
         d = encrypted_features.shape[-1]
-        value_bits = (self.plan.x_int_bits + self.plan.x_frac_bits
-                      + bits_of(self.weight_share.values) + math.ceil(math.log2(max(d, 2))))
+        value_bits = (self.plan.x_int_bits + self.plan.x_frac_bits + share_bits
+                      + math.ceil(math.log2(max(d, 2))))
         if self.packing is not None:
             return self.packing.forward.packed_bits(value_bits)
         return value_bits
@@ -1225,6 +1235,15 @@ class PackingLayout:
                 "feature_bits": self.feature_bits}
 
 
+def weight_share_bits(plan: FixedPointPlan, batch_size: int, lr: float) -> int:
+    """Public bound on |W_B| = |W − ε_acc|, in bits: ε_acc starts below 2**noise_acc_bits and
+    gains one η·ε_A per batch (room for 2**SHARE_GROWTH_BITS batches); W stays within the
+    plan's bound times 2**PACKING_HEADROOM_BITS. The label party checks its share against it."""
+    return max(plan.noise_acc_bits(), plan.weight_bits + PACKING_HEADROOM_BITS,
+               plan.quantize_lr(lr).bit_length() + plan.gradient_mask_bits(batch_size)
+               + SHARE_GROWTH_BITS) + 1
+
+
 def packing_layout(plan: FixedPointPlan, public_key: PublicKey, batch_size: int,
                    n_features: int, lr: float) -> PackingLayout:
     """The slot layout both parties derive from public values (see PackingLayout)."""
@@ -1233,10 +1252,7 @@ def packing_layout(plan: FixedPointPlan, public_key: PublicKey, batch_size: int,
     plaintext_bits = public_key.max_int.bit_length() - 1  # 2**plaintext_bits ≤ max_int
     spare = wide_mask_bits(public_key) - plan.sigma - 1  # room for a packed value under ε_B
 
-    # |W_B| = |W − ε_acc|: ε_acc starts below 2**noise_acc_bits and gains η·ε_A per batch.
-    share_bits = max(plan.noise_acc_bits(), plan.weight_bits + PACKING_HEADROOM_BITS,
-                     plan.quantize_lr(lr).bit_length() + plan.gradient_mask_bits(batch_size)
-                     + SHARE_GROWTH_BITS) + 1
+    share_bits = weight_share_bits(plan, batch_size, lr)
     forward_bits = feature_bits + log_d + plan.weight_bits + PACKING_HEADROOM_BITS + 1
     forward_slots = min(plaintext_bits // forward_bits,
                         (spare - (feature_bits + log_d + share_bits)) // forward_bits + 1)

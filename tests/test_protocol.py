@@ -336,3 +336,14 @@ def test_cli_bad_input_is_one_line_on_stderr_with_exit_code_2(argv, needle, caps
     assert acml.main(argv + ["--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0]
+
+
+def test_declared_widths_come_from_the_public_plan_not_from_the_share(binary_run):
+    """The value width the label party declares for [[X·W_B + ε_B]] travels to the data party
+    (over TCP, in every frame header): it must be the same public bound every batch, never
+    the bit length of the current weight share."""
+    _, _, _, result = binary_run
+    declared = {m.value_bits for m in result.channel.messages if m.name == "[[X·W_B + ε_B]]"}
+    assert len(declared) == 1
+    shares = result.label_party.weight_share.values
+    assert declared.pop() > protocol.bits_of(shares)
