@@ -54,7 +54,7 @@ class Config:
 
     hidden: tuple = (8,)
     activation: str = "relu"
-    epochs: int = 2
+    epochs: int = 3
     batch_size: int = 64
     lr: float = 0.1
     momentum: float = 0.0
@@ -176,11 +176,7 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
     bar = _progress_bar((config.epochs - first_epoch) * n_batches) if progress else None
     losses = []
     for epoch in range(first_epoch, config.epochs):
-        update = None
-        if bar is not None:
-            def update(loss, epoch=epoch):
-                bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4f}")
-                bar.update(1)
+        update = None if bar is None else _bar_updater(bar, epoch)
         losses.extend(protocol.train_epoch(data_party, label_party, channel, epoch, update))
         if checkpoint_dir is not None:
             save_checkpoints(checkpoint_dir, data_party, label_party, epochs_completed=epoch + 1,
@@ -227,6 +223,11 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
         metrics["test_accuracy"] = float(np.mean(predicted == test_set.y))
         metrics["plaintext_test_accuracy"] = float(np.mean(plain_predicted == test_set.y))
         metrics["prediction_agreement"] = float(np.mean(predicted == plain_predicted))
+        if label_party.layer_sizes[-1] == 1:  # binary: accuracy hides a lot on skewed classes
+            metrics["test_auc"] = roc_auc(scores, test_set.y)
+            plain_scores = plaintext.scores_from_logits(plaintext.forward(plain_inputs))
+            metrics["plaintext_test_auc"] = roc_auc(plain_scores, test_set.y)
+            metrics["majority_class_rate"] = float(max(np.mean(test_set.y), 1 - np.mean(test_set.y)))
     totals = channel.totals()
     metrics["messages"] = sum(t["messages"] for t in totals.values())
     metrics["bytes"] = sum(t["bytes"] for t in totals.values())
@@ -273,6 +274,13 @@ def train_plaintext_composite(bottom: protocol.BottomModel, mlp: nn.MLP, X, y,
     return history
 
 
+def _bar_updater(bar, epoch: int):
+    def update(loss):
+        bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4f}")
+        bar.update(1)
+    return update
+
+
 def _progress_bar(total: int):
     from tqdm import tqdm
     return tqdm(total=total, desc="encrypted training", unit="batch", file=sys.stderr,
@@ -282,6 +290,23 @@ def _progress_bar(total: int):
 # ----------------------------------------------------------------------------------------------
 # Reports
 # ----------------------------------------------------------------------------------------------
+def roc_auc(scores, labels) -> float:
+    """Area under the ROC curve: the chance that a random positive outscores a random negative
+    (ties count half), from the ranks (Mann–Whitney U)."""
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+    positives = int(np.sum(labels == 1))
+    negatives = len(labels) - positives
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    # Runs of equal scores are contiguous once sorted; each run gets its average (1-based) rank.
+    _, first, counts = np.unique(scores[order], return_index=True, return_counts=True)
+    ranks = np.empty(len(scores))
+    ranks[order] = np.repeat(first + (counts + 1) / 2, counts)
+    return float((ranks[labels == 1].sum() - positives * (positives + 1) / 2)
+                 / (positives * negatives))
+
+
 def format_report(metrics: dict) -> str:
     lines = [f"dataset {metrics['dataset']}: {metrics['n_train']} training rows, layers "
              f"{metrics['layer_sizes']}, {metrics['key_bits']}-bit Paillier key, "
@@ -290,6 +315,10 @@ def format_report(metrics: dict) -> str:
         lines.append(f"test accuracy      encrypted {metrics['test_accuracy']:.4f}   plaintext "
                      f"{metrics['plaintext_test_accuracy']:.4f}   same prediction on "
                      f"{100 * metrics['prediction_agreement']:.1f}% of {metrics['n_test']} rows")
+    if "test_auc" in metrics:
+        lines.append(f"test ROC AUC       encrypted {metrics['test_auc']:.4f}   plaintext "
+                     f"{metrics['plaintext_test_auc']:.4f}   (always guessing the majority "
+                     f"class: accuracy {metrics['majority_class_rate']:.4f}, AUC 0.5)")
     lines.append(f"final loss         encrypted {metrics['final_loss']:.6f}   plaintext "
                  f"{metrics['plaintext_final_loss']:.6f}")
     lines.append(f"max |W − W_plain|  {metrics['max_abs_weight_diff']:.3e} over all layers "
@@ -636,7 +665,7 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--hidden", type=_parse_hidden, default=(8,),
                        help="hidden widths, comma-separated; the first is the interactive layer")
     model.add_argument("--activation", default="relu", choices=sorted(nn.ACTIVATIONS))
-    model.add_argument("--epochs", type=_positive(int), default=2)
+    model.add_argument("--epochs", type=_positive(int), default=3)
     model.add_argument("--batch-size", type=_positive(int), default=64)
     model.add_argument("--lr", type=_positive(float), default=0.1)
     model.add_argument("--momentum", type=float, default=0.0,
@@ -835,7 +864,7 @@ def add_party_parser(commands) -> None:
     label_role.add_argument("--hidden", type=_parse_hidden, default=(8,),
                             help="hidden widths, comma-separated; the first is the interactive layer")
     label_role.add_argument("--activation", default="relu", choices=sorted(nn.ACTIVATIONS))
-    label_role.add_argument("--epochs", type=_positive(int), default=2)
+    label_role.add_argument("--epochs", type=_positive(int), default=3)
     label_role.add_argument("--batch-size", type=_positive(int), default=64)
     label_role.add_argument("--lr", type=_positive(float), default=0.1)
     label_role.add_argument("--momentum", type=float, default=0.0,

@@ -499,8 +499,8 @@ def start_data_party(features, token, *extra):
 def label_args(labels, token, port, *extra):
     return cli("label", "--connect", f"127.0.0.1:{port}", "--labels", labels, "--id-column", "id",
                "--label-column", "outcome", "--token-file", token, "--hidden", "3",
-               "--batch-size", "16", "--test-fraction", "0.25", "--timeout", str(TIMEOUT),
-               "--quiet", *extra)
+               "--batch-size", "16", "--epochs", "2", "--test-fraction", "0.25",
+               "--timeout", str(TIMEOUT), "--quiet", *extra)
 
 
 def test_cli_two_processes_refuse_a_wrong_token_then_train_like_the_in_process_run(
