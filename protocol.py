@@ -1072,12 +1072,8 @@ class LabelParty:
             self.packing.check_preactivation_fits(self.layer_sizes[0], self.weight_bound)
         product = paillier.encrypted_matmul(encrypted_features, self.weight_share,
                                             executor=self.executor)
-        self._forward_mask = self.mask_source.uniform(product.shape,
-                                                      wide_mask_bits(self.public_key),
-                                                      product.scale)
-        return product + paillier.encrypt_array(
-            self.public_key, Fixed.from_ints(self._forward_mask, product.scale),
-            executor=self.executor)
+        masked, self._forward_mask = self._add_wide_mask(product)
+        return masked
 
     def masked_product_bits(self, encrypted_features: EncryptedArray) -> int:
         """Public bound on |X·W_B|: what ε_B has to hide from the data party (packed: on the
@@ -1139,12 +1135,20 @@ class LabelParty:
         column_sums = [sum(abs(int(v)) for v in column) for column in delta.values.T.tolist()]
         self._weight_bound_growth = (self.lr_int << (self.plan.x_int_bits + self.plan.x_frac_bits)
                                      ) * max(column_sums, default=0)
-        self._backward_mask = self.mask_source.uniform(gradient.shape,
-                                                       wide_mask_bits(self.public_key),
-                                                       gradient.scale)
-        return gradient + paillier.encrypt_array(
-            self.public_key, Fixed.from_ints(self._backward_mask, gradient.scale),
-            executor=self.executor)
+        masked, self._backward_mask = self._add_wide_mask(gradient)
+        return masked
+
+    def _add_wide_mask(self, encrypted: EncryptedArray):
+        """([[v + ε]], ε) for a fresh ε as wide as the key allows (hiding v from the key owner).
+
+        The fresh encryption of ε also re-randomises the sum: its ciphertexts are unlinkable to
+        the ones B computed them from.
+        """
+        mask = self.mask_source.uniform(encrypted.shape, wide_mask_bits(self.public_key),
+                                        encrypted.scale)
+        masked = encrypted + paillier.encrypt_array(
+            self.public_key, Fixed.from_ints(mask, encrypted.scale), executor=self.executor)
+        return masked, mask
 
     def update_weight_share(self, masked_gradient: np.ndarray) -> None:
         """G̃ = T − ε_B' = Xᵀδ + ε_A; W_B ← W_B − η·G̃ (exact, at W's scale)."""

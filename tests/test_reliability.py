@@ -80,6 +80,16 @@ def copy_checkpoint(directory, tmp_path, name="copy"):
     return target
 
 
+def label_forward(label_state, z):
+    """The label party's layers from its checkpoint, run in plaintext from z: (model, scores)."""
+    model = nn.MLP(label_state.layer_sizes, activation=label_state.training["activation"],
+                   first_layer_weight=False)
+    for name, value in label_state.parameters.items():
+        _, index, attribute = name.split(".")
+        setattr(model.layers[int(index)], attribute, value)
+    return model, model.scores_from_logits(model.forward_top(z + model.layers[0].b))
+
+
 # ---- 1. bad input ---------------------------------------------------------------------------
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_nan_or_inf_in_features_names_row_and_column(keypair, bad):
@@ -487,12 +497,7 @@ def test_prediction_from_checkpoints_equals_plaintext_prediction(trained):
     weight = label_state.weight_share + data_state.noise_acc
     plan = data_state.plan
     z = (Fixed.encode(test_set.X, plan.x_frac_bits) @ weight).decode()
-    model = nn.MLP(label_state.layer_sizes, activation=label_state.training["activation"],
-                   first_layer_weight=False)
-    for name, value in label_state.parameters.items():
-        _, index, attribute = name.split(".")
-        setattr(model.layers[int(index)], attribute, value)
-    expected = model.scores_from_logits(model.forward_top(z + model.layers[0].b))
+    model, expected = label_forward(label_state, z)
     assert np.array_equal(prediction.scores, expected)
     assert np.array_equal(prediction.class_ids, model.classes_from_scores(expected))
     assert prediction.class_names == [label_state.class_names[k] for k in prediction.class_ids]
@@ -706,12 +711,7 @@ def test_bottom_model_prediction_from_checkpoints_equals_the_plaintext_forward_p
     alpha = data_state.bottom.forward(data_state.standardize(raw_test.X))
     z = (Fixed.encode(alpha, plan.x_frac_bits) @ (label_state.weight_share
                                                   + data_state.noise_acc)).decode()
-    top = nn.MLP(label_state.layer_sizes, activation=label_state.training["activation"],
-                 first_layer_weight=False)
-    for name, value in label_state.parameters.items():
-        _, index, attribute = name.split(".")
-        setattr(top.layers[int(index)], attribute, value)
-    expected = top.scores_from_logits(top.forward_top(z + top.layers[0].b))
+    _, expected = label_forward(label_state, z)
     assert np.array_equal(prediction.scores, expected)
     out = tmp_path / "model.npz"
     acml.export_model(straight, out, i_understand_this_reveals_the_weights=True)
