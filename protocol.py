@@ -1288,11 +1288,11 @@ def setup(data_party: DataParty, label_party: LabelParty, channel: Channel, *,
     * B → A ``packing layout`` (public), when ``packing``: the slots of steps 1 and 4, which
       A re-derives and checks (see PackingLayout).
     * A → B ``[[X]]`` (ciphertext): every training row once, a fresh r for each value; X does not
-      change, so the encryption is cached for every epoch. With a bottom model, nothing: its
-      output α changes every batch, and step 1 sends [[α]] afresh.
+      change, so the encryption is cached for every epoch. Packed: k features per ciphertext.
+      With a bottom model, nothing: its output α changes every batch, and step 1 sends [[α]]
+      afresh.
 
     The channel also learns each party's mask source, to check that it draws from ``secrets``.
-      change, so the encryption is cached for every epoch. Packed: k features per ciphertext.
 
     ``executor`` (a concurrent.futures.Executor, or None for this process) runs both parties'
     modular exponentiations; results are identical either way.
