@@ -858,13 +858,14 @@ class DataParty:
         self.plan.check_key(self.public_key.n.bit_length(), training["batch_size"],
                             self.n_inputs)
 
-    def accept_packing_layout(self, proposed: dict) -> "PackingLayout":
+    def accept_packing_layout(self, proposed: dict | None) -> "PackingLayout | None":
         """Derive the slot layout from the same public facts; refuse any other proposal."""
-        expected = packing_layout(self.plan, self.public_key, self.training["batch_size"],
+        expected = useful_packing(self.plan, self.public_key, self.training["batch_size"],
                                   self.n_inputs, self.training["lr"])
-        if proposed != expected.to_dict():
+        derived = None if expected is None else expected.to_dict()
+        if proposed != derived:
             raise ValueError(f"the label party proposed the packing layout {proposed}, the data "
-                             f"party derives {expected.to_dict()}")
+                             f"party derives {derived}")
         return expected
 
     def split_initial_weight(self) -> np.ndarray:
@@ -1028,9 +1029,9 @@ class LabelParty:
                 "lr": self.lr, "batch_size": self.batch_size, "epochs": self.epochs,
                 "seed": self.seed, "fixed_point": self.plan.to_dict()}
 
-    def packing_layout(self) -> "PackingLayout":
-        """The slot layout this party proposes, from public facts only (see packing_layout)."""
-        return packing_layout(self.plan, self.public_key, self.batch_size, self.layer_sizes[0],
+    def packing_layout(self) -> "PackingLayout | None":
+        """The slot layout this party proposes, from public facts only (see useful_packing)."""
+        return useful_packing(self.plan, self.public_key, self.batch_size, self.layer_sizes[0],
                               self.lr)
 
     def check_shapes(self, shapes: dict) -> None:
@@ -1239,6 +1240,24 @@ class PackingLayout:
                 "feature_bits": self.feature_bits}
 
 
+def useful_packing(plan: FixedPointPlan, public_key: PublicKey, batch_size: int,
+                   n_features: int, lr: float) -> PackingLayout | None:
+    """The packing layout, where it helps: None unless both steps get at least two slots.
+
+    With one slot a step gains nothing, and step 1 would re-encrypt every batch for nothing;
+    small (insecure, test-sized) keys then simply run one value per ciphertext.
+    """
+    try:
+        layout = packing_layout(plan, public_key, batch_size, n_features, lr)
+    except ValueError:  # the key is too small to pack this plan at all
+        return None
+    return layout if min(layout.forward.slots, layout.backward.slots) >= 2 else None
+
+
+def _layout_dict(layout: PackingLayout | None) -> dict | None:
+    return None if layout is None else layout.to_dict()
+
+
 def weight_share_bits(plan: FixedPointPlan, batch_size: int, lr: float) -> int:
     """Public bound on |W_B| = |W − ε_acc|, in bits: ε_acc starts below 2**noise_acc_bits and
     gains one η·ε_A per batch (room for 2**SHARE_GROWTH_BITS batches); W stays within the
@@ -1340,16 +1359,16 @@ def agree_on_packing(data_party: DataParty, label_party: LabelParty, channel: Ch
                      packing: bool, executor=None) -> None:
     """Step 0, last part: where the exponentiations run, and the packing layout.
 
-    B → A ``packing layout`` (public), when ``packing``: B proposes the slots of steps 1 and 4;
-    A derives them from the same public facts and refuses any other (see PackingLayout). Packing
-    is off with a bottom model ([[α]] changes every batch and goes one value per ciphertext) and
+    B → A ``packing layout`` (public), when ``packing``: B proposes the slots of steps 1 and 4
+    (or none, where packing would not help: see useful_packing); A derives them from the same
+    public facts and refuses any other (see PackingLayout). Packing is off with a bottom model ([[α]] changes every batch and goes one value per ciphertext) and
     for the insecure flaw variants.
     """
     data_party.executor = label_party.executor = executor
     layout = None
     if packing:
         proposed = channel.send(0, LABEL, DATA, "packing layout", "public",
-                                lambda: label_party.packing_layout().to_dict())
+                                lambda: _layout_dict(label_party.packing_layout()))
         # Each process takes the layout from the party it runs (the other is a stand-in).
         layout = data_party.accept_packing_layout(proposed) or label_party.packing_layout()
     data_party.packing = label_party.packing = layout

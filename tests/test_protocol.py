@@ -359,3 +359,18 @@ def test_roc_auc_equals_scikit_learn_including_ties():
         scores = np.round(rng.normal(size=60), decimals)
         assert abs(acml.roc_auc(scores, labels) - roc_auc_score(labels, scores)) < 1e-12
     assert np.isnan(acml.roc_auc([0.1, 0.2], [1, 1]))
+
+
+def test_packing_runs_only_where_it_helps(keypair):
+    """Where a key leaves one slot per step (here 256 bits), both parties agree on no packing
+    and step 1 encrypts no batch afresh; with two or more slots (384 bits) they pack."""
+    train_set, _ = small_split("breast_cancer", 48)
+    small = acml.train(train_set, None, config(epochs=1), keypair=insecure_keypair(256))
+    layout = next(m for m in small.channel.messages if m.name == "packing layout")
+    assert layout.payload is None and small.label_party.packing is None
+    assert not any(m.name == "[[X_batch]]" for m in small.channel.messages)
+    packed = acml.train(train_set, None, config(epochs=1), keypair=keypair)
+    assert packed.label_party.packing.forward.slots >= 2
+    assert any(m.name == "[[X_batch]]" for m in packed.channel.messages)
+    joint = [(r.label_party.weight_share + r.data_party.noise_acc).values for r in (small, packed)]
+    assert np.array_equal(joint[0], joint[1])
