@@ -1625,7 +1625,8 @@ def resume_setup(data_party: DataParty, label_party: LabelParty, channel: Channe
         public_key = channel.send(0, DATA, LABEL, "public key", "public",
                                   lambda: data_party.public_key)
         label_party.check_resumed_key(public_key)
-        channel.data_public_key = public_key
+        # The very key B already holds; over TCP, A's stand-in for B learns it here, as in setup.
+        label_party.public_key = channel.data_public_key = public_key
         shapes = channel.send(0, DATA, LABEL, "shapes", "public",
                               lambda: {"n_samples": data_party.n_samples,
                                        "n_features": data_party.n_inputs})
