@@ -777,6 +777,8 @@ def command_export(args) -> int:
 
 def command_party(args) -> int:
     """One party of a two-process training over TCP (transport.py); the label party reports."""
+    if args.resume and not args.checkpoint_dir:
+        raise UsageError("--resume needs --checkpoint-dir, the directory to resume from")
     token = transport.read_token(args.token_file)
     frame_cap = int(args.max_frame_mb * 2 ** 20)
     bar = []
@@ -790,8 +792,6 @@ def command_party(args) -> int:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
-        if args.resume and not args.checkpoint_dir:
-            raise UsageError("--resume needs --checkpoint-dir, the directory to resume from")
         if args.role == "data":
             ids, X, feature_names = data.load_features_csv(args.features, args.id_column)
             if args.key_bits < paillier.INSECURE_KEY_BITS and not args.insecure_small_key:

@@ -749,6 +749,11 @@ def _checkpoint_path(checkpoint_dir, role: str, resume: bool):
         raise ValueError(f"nothing to resume: {path} does not exist")
     if not resume and os.path.exists(path):
         raise ValueError(f"{path} already exists: resume it, or train into another directory")
+    try:
+        os.makedirs(checkpoint_dir, exist_ok=True)  # now, not after the first epoch's work
+    except OSError as error:
+        raise ValueError(f"checkpoint directory {checkpoint_dir}: cannot create it "
+                         f"({error.strerror})") from None
     return path
 
 

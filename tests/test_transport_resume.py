@@ -149,3 +149,56 @@ def test_resuming_without_a_file_or_training_over_one_is_refused(runs, tmp_path)
                                   checkpoint_dir=tmp_path, resume=True)
     with pytest.raises(ValueError, match="already exists"):
         transport.run_data_party(None, [], np.zeros((0, 1)), checkpoint_dir=runs["data_dir"])
+
+
+def test_cli_parties_resume_from_their_own_directories_to_the_uninterrupted_weights(runs,
+                                                                                    tmp_path):
+    """`acml.py party data|label --checkpoint-dir DIR`, 2 epochs in two processes, then both
+    again with `--resume` to 3: the label party's --json report (the third epoch's losses, the
+    fingerprint of its layers) equals the uninterrupted 3-epoch run's; each directory holds only
+    its own party's file."""
+    import json
+    import subprocess
+
+    from test_transport import ROOT, environment, label_args, start_data_party, write_csvs
+
+    feature_ids, X, label_ids, y, _ = runs["parties"]
+    features, labels, token = write_csvs(tmp_path, feature_ids, X, label_ids, y)
+    data_dir, label_dir, report = tmp_path / "data_ckpt", tmp_path / "label_ckpt", tmp_path / "r"
+    for epochs, extra, data_extra in ((2, (), ("--init-seed", "0")), (3, ("--resume",), ())):
+        data_process, port = start_data_party(features, token, "--checkpoint-dir", str(data_dir),
+                                              *extra, *data_extra)
+        try:
+            label = subprocess.run(
+                label_args(labels, token, port, "--momentum", "0.5", "--epochs", str(epochs),
+                           "--checkpoint-dir", str(label_dir), "--insecure-small-key",
+                           "--json", str(report), *extra),
+                cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=TIMEOUT)
+            assert label.returncode == 0, label.stderr
+            data_out, data_err = data_process.communicate(timeout=TIMEOUT)
+        finally:
+            data_process.kill()
+        assert data_process.returncode == 0, data_err
+    assert "resumed from its checkpoint after epoch 2" in data_out
+    assert "after epoch 2" in label.stdout
+    straight = runs["straight"]["label"]
+    metrics = json.loads(report.read_text())
+    assert metrics["resumed_after_epoch"] == 2 and metrics["epochs"] == 3
+    assert metrics["batch_losses"] == straight.losses[-straight.n_batches:]
+    assert metrics["label_model_sha256"] == transport.label_model_fingerprint(
+        straight.label_party.model)
+    assert sorted(p.name for p in data_dir.iterdir()) == ["data_party.npz"]
+    assert sorted(p.name for p in label_dir.iterdir()) == ["label_party.npz"]
+
+
+@pytest.mark.parametrize("role", ["data", "label"])
+def test_cli_party_resume_without_a_directory_is_one_line(capsys, role):
+    """`party ... --resume` without --checkpoint-dir: exit 2, one line, before any connection."""
+    argv = (["party", "data", "--listen", "127.0.0.1:0", "--features", "f.csv"]
+            if role == "data" else
+            ["party", "label", "--connect", "127.0.0.1:1", "--labels", "l.csv",
+             "--label-column", "y"])
+    assert acml.main([*argv, "--id-column", "id", "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["acml.py party: error: --resume needs --checkpoint-dir, the directory to "
+                   "resume from"]
