@@ -13,7 +13,9 @@ functions run unchanged in both of them:
 * :class:`Connection` carries length-prefixed frames with size caps and deadlines, after an
   HMAC challenge–response on a shared token (:func:`accept_peer`, :func:`connect_peer`).
 * :func:`run_data_party` and :func:`run_label_party` are one training session per process:
-  align the ids, split, then ``protocol.setup``, ``train_epoch`` and ``predict_scores``.
+  align the ids, split, then ``protocol.setup``, ``train_epoch`` and ``predict_scores``. With a
+  checkpoint directory each saves its own party's file after every epoch, and resumes from it
+  through ``protocol.resume_setup``.
 
 Frame: ``b"ACML" | header length (u32) | body length (u64) | JSON header | body``, big-endian.
 The header names the message (step, sender, receiver, name, kind, declared widths or reason)
@@ -38,6 +40,7 @@ import secrets
 import socket
 import struct
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -757,6 +760,16 @@ def _checkpoint_path(checkpoint_dir, role: str, resume: bool):
     return path
 
 
+@contextmanager
+def _closed_on_error(connection):
+    """Close the connection if the block fails: that ends the peer's session at once too."""
+    try:
+        yield
+    except BaseException:
+        connection.close()
+        raise
+
+
 def run_data_party(connection: Connection, ids, X, *, keypair=None, plan=None, init_seed=None,
                    progress=None, checkpoint_dir=None, resume: bool = False,
                    feature_names=None, allow_insecure: bool = False) -> DataPartyRun:
@@ -776,17 +789,18 @@ def run_data_party(connection: Connection, ids, X, *, keypair=None, plan=None, i
     (the checkpoint's sha256 of the features must match), ``protocol.resume_setup`` checks that
     the label party resumes from the same epoch, and training goes on to the plan's epochs.
     """
-    path = _checkpoint_path(checkpoint_dir, DATA, resume)
-    state = None
-    if resume:
-        if keypair is not None or init_seed is not None:
-            raise ValueError("resume takes the key pair and ε_acc from the data party's "
-                             "checkpoint; pass no keypair and no init_seed")
-        state = checkpoint.DataPartyState.load(path, allow_insecure=allow_insecure)
-        if plan is not None and plan != state.plan:
-            raise ValueError(f"the checkpoint's fixed-point plan {state.plan.to_dict()} differs "
-                             f"from this run's {plan.to_dict()}")
-        plan = state.plan
+    with _closed_on_error(connection):
+        path = _checkpoint_path(checkpoint_dir, DATA, resume)
+        state = None
+        if resume:
+            if keypair is not None or init_seed is not None:
+                raise ValueError("resume takes the key pair and ε_acc from the data party's "
+                                 "checkpoint; pass no keypair and no init_seed")
+            state = checkpoint.DataPartyState.load(path, allow_insecure=allow_insecure)
+            if plan is not None and plan != state.plan:
+                raise ValueError(f"the checkpoint's fixed-point plan {state.plan.to_dict()} "
+                                 f"differs from this run's {plan.to_dict()}")
+            plan = state.plan
     plan = plan or protocol.FixedPointPlan()
     channel = SocketChannel(connection, DATA, sigma=plan.sigma)
     start = time.perf_counter()
@@ -871,10 +885,11 @@ def run_label_party(connection: Connection, ids, y, n_classes: int, config, *,
     are the checkpoint's but for ``config.epochs``, and goes on from the epoch it was saved
     after; ``losses`` then covers the resumed epochs only.
     """
-    path = _checkpoint_path(checkpoint_dir, LABEL, resume)
-    state = None
-    if resume:
-        state = checkpoint.LabelPartyState.load(path, allow_insecure=config.allow_insecure)
+    with _closed_on_error(connection):
+        path = _checkpoint_path(checkpoint_dir, LABEL, resume)
+        state = None
+        if resume:
+            state = checkpoint.LabelPartyState.load(path, allow_insecure=config.allow_insecure)
     channel = SocketChannel(connection, LABEL, sigma=config.plan.sigma)
     start = time.perf_counter()
     try:

@@ -141,14 +141,29 @@ def test_checkpoints_of_different_epochs_are_refused_in_one_line_on_both_sides(r
                                            allow_insecure=True).epochs_completed == 2
 
 
+class RecordedConnection:
+    """Stands in for a Connection that no message reaches: it only records being closed."""
+
+    closed = False
+
+    def close(self):
+        self.closed = True
+
+
 def test_resuming_without_a_file_or_training_over_one_is_refused(runs, tmp_path):
-    """--resume with no file of this party's is one line before any connection; a new run into
-    a directory that holds a resumable file refuses to overwrite it."""
+    """Resuming with no file of this party's is one line before any message, and closes the
+    connection (ending the peer's session); a new run into a directory that holds a resumable
+    file refuses to overwrite it."""
+    connection = RecordedConnection()
     with pytest.raises(ValueError, match="nothing to resume"):
-        transport.run_label_party(None, [], np.zeros(0), 2, config(EPOCHS),
+        transport.run_label_party(connection, [], np.zeros(0), 2, config(EPOCHS),
                                   checkpoint_dir=tmp_path, resume=True)
+    assert connection.closed
+    connection = RecordedConnection()
     with pytest.raises(ValueError, match="already exists"):
-        transport.run_data_party(None, [], np.zeros((0, 1)), checkpoint_dir=runs["data_dir"])
+        transport.run_data_party(connection, [], np.zeros((0, 1)),
+                                 checkpoint_dir=runs["data_dir"])
+    assert connection.closed
 
 
 def test_cli_parties_resume_from_their_own_directories_to_the_uninterrupted_weights(runs,
