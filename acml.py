@@ -777,6 +777,8 @@ def command_export(args) -> int:
 
 def command_party(args) -> int:
     """One party of a two-process training over TCP (transport.py); the label party reports."""
+    if args.resume and not args.checkpoint_dir:
+        raise UsageError("--resume needs --checkpoint-dir, the directory to resume from")
     token = transport.read_token(args.token_file)
     frame_cap = int(args.max_frame_mb * 2 ** 20)
     bar = []
@@ -791,14 +793,17 @@ def command_party(args) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
         if args.role == "data":
-            ids, X, _ = data.load_features_csv(args.features, args.id_column)
+            ids, X, feature_names = data.load_features_csv(args.features, args.id_column)
             if args.key_bits < paillier.INSECURE_KEY_BITS and not args.insecure_small_key:
                 raise UsageError(f"--key-bits {args.key_bits} is under "
                                  f"{paillier.INSECURE_KEY_BITS} bits and not secure; add "
                                  "--insecure-small-key for tests and demos")
+            if args.resume and args.init_seed is not None:
+                raise UsageError("--resume takes W's mask from the checkpoint; drop --init-seed")
             host, port = transport.parse_address(args.listen, "--listen")
-            keypair = paillier.generate_keypair(args.key_bits,
-                                                allow_insecure=args.insecure_small_key)
+            # Resuming, the key pair is the checkpoint's: no new one.
+            keypair = None if args.resume else paillier.generate_keypair(
+                args.key_bits, allow_insecure=args.insecure_small_key)
             with transport.listen(host, port) as listener:
                 print(f"data party: listening on {transport.address_of(listener)}", flush=True)
                 connection = transport.accept_peer(
@@ -807,19 +812,25 @@ def command_party(args) -> int:
             run = transport.run_data_party(connection, ids, X, keypair=keypair,
                                            plan=FixedPointPlan(sigma=args.sigma),
                                            init_seed=args.init_seed,
-                                           progress=None if args.quiet else progress)
+                                           progress=None if args.quiet else progress,
+                                           checkpoint_dir=args.checkpoint_dir,
+                                           resume=args.resume, feature_names=feature_names,
+                                           allow_insecure=args.insecure_small_key)
         else:
             ids, y, class_names = data.load_labels_csv(args.labels, args.id_column,
                                                        args.label_column)
             config = Config(hidden=args.hidden, activation=args.activation, epochs=args.epochs,
                             batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-                            seed=args.seed, plan=FixedPointPlan(sigma=args.sigma))
+                            seed=args.seed, plan=FixedPointPlan(sigma=args.sigma),
+                            allow_insecure=args.insecure_small_key)
             host, port = transport.parse_address(args.connect, "--connect")
             connection = transport.connect_peer(host, port, token, timeout=args.timeout,
                                                 max_frame_bytes=frame_cap)
             run = transport.run_label_party(connection, ids, y, len(class_names), config,
                                             test_fraction=args.test_fraction,
-                                            progress=None if args.quiet else progress)
+                                            progress=None if args.quiet else progress,
+                                            checkpoint_dir=args.checkpoint_dir,
+                                            resume=args.resume, class_names=class_names)
     if bar:
         bar[0].close()
     if args.role == "data":
@@ -874,6 +885,9 @@ def add_party_parser(commands) -> None:
     label_role.add_argument("--test-fraction", type=float, default=0.2,
                             help="rows held out for prediction: a seeded split, not stratified "
                                  "(the data party has no labels); 0 for none")
+    label_role.add_argument("--insecure-small-key", action="store_true",
+                            help="accept a checkpoint whose key is under 1024 bits when resuming "
+                                 "(tests and demos only: NOT secure)")
     label_role.add_argument("--json", help="write the report as JSON to this path")
     label_role.add_argument("--transcript", help="write every message as JSON lines")
     for role in (data_role, label_role):
@@ -888,6 +902,13 @@ def add_party_parser(commands) -> None:
         role.add_argument("--max-frame-mb", type=_positive(float), default=256,
                           help="refuse larger messages (default 256)")
         role.add_argument("--quiet", action="store_true", help="no progress bar")
+        role.add_argument("--checkpoint-dir", metavar="DIR",
+                          help="after every epoch, save this party's own file here (and only "
+                               "its own: each party keeps its own directory)")
+        role.add_argument("--resume", action="store_true",
+                          help="continue from this party's file in --checkpoint-dir up to the "
+                               "label party's --epochs; both parties must resume, from the "
+                               "same epoch")
         role.set_defaults(handler=command_party)
 
 def command_audit(args) -> int:

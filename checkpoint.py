@@ -382,6 +382,7 @@ class DataPartyState:
                              "on (their sha256 differs): resume with the same rows and settings")
         party.receive_training_plan(self.training)
         party.noise_acc = Fixed.from_ints(self.noise_acc.values, self.noise_acc.scale)
+        party.epochs_completed = self.epochs_completed
         return party
 
 
@@ -509,6 +510,7 @@ class LabelPartyState:
             setattr(party.model.layers[int(index)], attribute, value.copy())
         party.optimizer.load_state_dict(self.velocity)
         party.weight_bound = self.weight_bound
+        party.epochs_completed = self.epochs_completed
         return party
 
 

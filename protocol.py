@@ -798,6 +798,7 @@ class DataParty:
 
     packing: PackingLayout | None = None  # set by setup(): the public slot layout, or None
     executor = None  # set by setup(): where the modular exponentiations run (None: here)
+    epochs_completed: int | None = None  # set when restored from a checkpoint (resuming)
 
     def __init__(self, X, *, plan: FixedPointPlan | None = None, key_bits: int = 2048,
                  allow_insecure: bool = False, keypair=None, init_seed: int | None = None,
@@ -857,6 +858,23 @@ class DataParty:
         self.lr_int = self.plan.quantize_lr(training["lr"])
         self.plan.check_key(self.public_key.n.bit_length(), training["batch_size"],
                             self.n_inputs)
+
+    def resume_training_plan(self, training: dict, epochs_completed) -> None:
+        """Resuming (step 0): the label party's checkpoint must be from this party's epoch, and
+        its plan this party's checkpoint's in everything but the number of epochs."""
+        if self.epochs_completed is None or self.training is None:
+            raise ValueError("resume: this data party was not restored from a checkpoint")
+        if epochs_completed != self.epochs_completed:
+            raise ValueError(f"resume: the label party's checkpoint is after epoch "
+                             f"{epochs_completed!r}, the data party's after epoch "
+                             f"{self.epochs_completed}; resume both from the same epoch")
+        if not isinstance(training, dict):
+            raise ValueError(f"resume: the training plan is no dictionary: {training!r}")
+        for key in sorted(set(training) | set(self.training)):
+            if key != "epochs" and training.get(key) != self.training.get(key):
+                raise ValueError(f"resume: the training plan's {key} is {training.get(key)!r}, "
+                                 f"the data party's checkpoint has {self.training.get(key)!r}")
+        self.receive_training_plan(training)
 
     def accept_packing_layout(self, proposed: dict | None) -> "PackingLayout | None":
         """Derive the slot layout from the same public facts; refuse any other proposal."""
@@ -1000,6 +1018,7 @@ class LabelParty:
     # A proven bound on |W_int| (see masked_product): 2**weight_bits at setup, grown by every
     # update. Only the label party can keep it (it alone knows δ); state to keep with W_B.
     weight_bound: int | None = None
+    epochs_completed: int | None = None  # set when restored from a checkpoint (resuming)
 
     def __init__(self, y, layer_sizes, *, activation="relu", lr=0.1, momentum=0.0,
                  batch_size=64, epochs=1, seed=0, plan: FixedPointPlan | None = None,
@@ -1042,6 +1061,13 @@ class LabelParty:
         if shapes["n_features"] != self.layer_sizes[0]:
             raise ValueError(f"the data party has {shapes['n_features']} features, the network's "
                              f"input width is {self.layer_sizes[0]}")
+
+    def check_resumed_key(self, public_key: PublicKey) -> None:
+        """Resuming (step 0): the data party's key must be the one this party's share lives
+        under."""
+        if self.public_key is None:
+            raise ValueError("resume: this label party was not restored from a checkpoint")
+        _check_same_key(public_key, self.public_key)
 
     def receive_weight_share(self, share: np.ndarray) -> None:
         self.weight_share = Fixed.from_ints(share, self.plan.w_frac_bits)
@@ -1601,28 +1627,34 @@ def resume_setup(data_party: DataParty, label_party: LabelParty, channel: Channe
     """Step 0 again, for parties restored from their checkpoints: no new weight split.
 
     * A → B ``public key`` (public): B checks it is the key its weight share lives under.
-    * A → B ``shapes`` (public), B → A ``training plan`` (public): A checks that only the
-      number of epochs changed since its checkpoint.
+    * A → B ``shapes`` (public), B → A ``training plan`` (public).
+    * B → A ``epochs completed`` (public): the epoch B's checkpoint was saved after. A checks it
+      is its own checkpoint's, and that only the number of epochs changed in the plan: else
+      W_B + ε_acc would be no W at all.
+    * B → A ``packing layout`` (public), when ``packing``, as in :func:`setup`.
     * A → B ``[[X]]`` (ciphertext): re-created from A's features, fresh randomness, same key.
       With a bottom model, nothing: step 1 sends [[α]] afresh every batch, as after setup.
-    Keep the messages in step with :func:`setup`.
+
+    Each check runs in the party that owns what it compares (``DataParty.resume_training_plan``,
+    ``LabelParty.check_resumed_key``), so that the same function runs over TCP, where the other
+    party is a stand-in. Keep the messages in step with :func:`setup`.
     """
     with channel.timed("0"):
         register_mask_sources(channel, data_party, label_party)
-        channel.data_public_key = data_party.public_key
-        _check_same_key(channel.send(0, DATA, LABEL, "public key", "public",
-                                     data_party.public_key), label_party.public_key)
+        public_key = channel.send(0, DATA, LABEL, "public key", "public",
+                                  lambda: data_party.public_key)
+        label_party.check_resumed_key(public_key)
+        # The very key B already holds; over TCP, A's stand-in for B learns it here, as in setup.
+        label_party.public_key = channel.data_public_key = public_key
         shapes = channel.send(0, DATA, LABEL, "shapes", "public",
-                              {"n_samples": data_party.n_samples,
-                               "n_features": data_party.n_inputs})
+                              lambda: {"n_samples": data_party.n_samples,
+                                       "n_features": data_party.n_inputs})
         label_party.check_shapes(shapes)
         plan = channel.send(0, LABEL, DATA, "training plan", "public",
-                            label_party.training_plan())
-        for key in sorted(set(plan) | set(data_party.training)):
-            if key != "epochs" and plan.get(key) != data_party.training.get(key):
-                raise ValueError(f"resume: the training plan's {key} is {plan.get(key)!r}, the "
-                                 f"data party's checkpoint has {data_party.training.get(key)!r}")
-        data_party.receive_training_plan(plan)
+                            lambda: label_party.training_plan())
+        epochs_completed = channel.send(0, LABEL, DATA, "epochs completed", "public",
+                                        lambda: label_party.epochs_completed)
+        data_party.resume_training_plan(plan, epochs_completed)
         agree_on_packing(data_party, label_party, channel,
                          packing=packing and _packable(data_party, label_party),
                          executor=executor)

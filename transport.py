@@ -13,7 +13,9 @@ functions run unchanged in both of them:
 * :class:`Connection` carries length-prefixed frames with size caps and deadlines, after an
   HMAC challenge–response on a shared token (:func:`accept_peer`, :func:`connect_peer`).
 * :func:`run_data_party` and :func:`run_label_party` are one training session per process:
-  align the ids, split, then ``protocol.setup``, ``train_epoch`` and ``predict_scores``.
+  align the ids, split, then ``protocol.setup``, ``train_epoch`` and ``predict_scores``. With a
+  checkpoint directory each saves its own party's file after every epoch, and resumes from it
+  through ``protocol.resume_setup``.
 
 Frame: ``b"ACML" | header length (u32) | body length (u64) | JSON header | body``, big-endian.
 The header names the message (step, sender, receiver, name, kind, declared widths or reason)
@@ -38,10 +40,12 @@ import secrets
 import socket
 import struct
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
+import checkpoint
 import data
 import protocol
 from paillier import EncryptedArray, PublicKey
@@ -622,6 +626,7 @@ class DataPartyRun:
     n_train: int
     n_test: int
     seconds: float
+    resumed_after_epoch: int = 0  # the epoch its checkpoint was saved after; 0 for a new run
 
     def summary(self) -> str:
         training, plan = self.data_party.training, self.data_party.plan
@@ -638,6 +643,8 @@ class DataPartyRun:
                  f"({connection.bytes_sent / 1e6:.2f} MB) sent, {connection.frames_received} "
                  f"({connection.bytes_received / 1e6:.2f} MB) received",
                  "", "what the data party received, and what it learns:"]
+        if self.resumed_after_epoch:
+            lines.insert(2, f"resumed from its checkpoint after epoch {self.resumed_after_epoch}")
         return "\n".join(lines + leakage_lines(row for row in self.channel.report()
                                                if row["receiver"] == DATA))
 
@@ -654,6 +661,7 @@ class LabelPartyRun:
     test_labels: np.ndarray
     test_predictions: np.ndarray | None
     seconds: float
+    resumed_after_epoch: int = 0  # the epoch its checkpoint was saved after; 0 for a new run
 
     def metrics(self) -> dict:
         party, totals, connection = self.label_party, self.channel.totals(), self.channel.connection
@@ -681,6 +689,8 @@ class LabelPartyRun:
             "step_seconds": dict(self.channel.step_seconds),
             "step_ops": {k: dict(v) for k, v in self.channel.step_ops.items()},
         }
+        if self.resumed_after_epoch:
+            out["resumed_after_epoch"] = self.resumed_after_epoch
         if self.test_predictions is not None:
             out["test_accuracy"] = float(np.mean(self.test_predictions == self.test_labels))
         return out
@@ -711,6 +721,9 @@ def format_label_report(metrics: dict) -> str:
              f"party; layers {metrics['layer_sizes']}, the data party's "
              f"{metrics['key_bits']}-bit Paillier key, {metrics['epochs']} epochs of batches of "
              f"{metrics['batch_size']}"]
+    if metrics.get("resumed_after_epoch"):
+        lines.append(f"resumed            from the checkpoints after epoch "
+                     f"{metrics['resumed_after_epoch']}")
     if "test_accuracy" in metrics:
         lines.append(f"test accuracy      {metrics['test_accuracy']:.4f} on {metrics['n_test']} rows")
     lines.append(f"final loss         {metrics['final_loss']:.6f} (mean over the last epoch)")
@@ -727,8 +740,39 @@ def format_label_report(metrics: dict) -> str:
     return "\n".join(lines + leakage_lines(metrics["leakage"]))
 
 
-def run_data_party(connection: Connection, ids, X, *, keypair, plan=None, init_seed=None,
-                   progress=None) -> DataPartyRun:
+def _checkpoint_path(checkpoint_dir, role: str, resume: bool):
+    """This party's own file in ``checkpoint_dir``: it must exist to resume, and not otherwise
+    (a new run never overwrites a run that could still be resumed). None without a directory."""
+    if checkpoint_dir is None:
+        if resume:
+            raise ValueError("resume needs the checkpoint directory to resume from")
+        return None
+    path = os.path.join(os.fspath(checkpoint_dir), checkpoint.CHECKPOINT_FILES[role])
+    if resume and not os.path.exists(path):
+        raise ValueError(f"nothing to resume: {path} does not exist")
+    if not resume and os.path.exists(path):
+        raise ValueError(f"{path} already exists: resume it, or train into another directory")
+    try:
+        os.makedirs(checkpoint_dir, exist_ok=True)  # now, not after the first epoch's work
+    except OSError as error:
+        raise ValueError(f"checkpoint directory {checkpoint_dir}: cannot create it "
+                         f"({error.strerror})") from None
+    return path
+
+
+@contextmanager
+def _closed_on_error(connection):
+    """Close the connection if the block fails: that ends the peer's session at once too."""
+    try:
+        yield
+    except BaseException:
+        connection.close()
+        raise
+
+
+def run_data_party(connection: Connection, ids, X, *, keypair=None, plan=None, init_seed=None,
+                   progress=None, checkpoint_dir=None, resume: bool = False,
+                   feature_names=None, allow_insecure: bool = False) -> DataPartyRun:
     """The data party's whole session over an authenticated connection.
 
     Align on the common ids, split (seeded, public), standardise its own features on the
@@ -737,7 +781,26 @@ def run_data_party(connection: Connection, ids, X, *, keypair, plan=None, init_s
     label party (None draws it from ``secrets``): anyone who knows W0 reads X off the first z.
     ``progress(done, total, None)`` is called after each batch. The connection is closed on
     return or error, which ends the peer's session too.
+
+    ``checkpoint_dir``: after every epoch this party saves its own file there
+    (``data_party.npz``: checkpoint.DataPartyState), and only its own. ``resume=True`` loads
+    it instead of ``keypair`` and ``init_seed``: the key pair, ε_acc and the standardisation
+    fitted before. The ids, the split and the public seed give the very same training rows
+    (the checkpoint's sha256 of the features must match), ``protocol.resume_setup`` checks that
+    the label party resumes from the same epoch, and training goes on to the plan's epochs.
     """
+    with _closed_on_error(connection):
+        path = _checkpoint_path(checkpoint_dir, DATA, resume)
+        state = None
+        if resume:
+            if keypair is not None or init_seed is not None:
+                raise ValueError("resume takes the key pair and ε_acc from the data party's "
+                                 "checkpoint; pass no keypair and no init_seed")
+            state = checkpoint.DataPartyState.load(path, allow_insecure=allow_insecure)
+            if plan is not None and plan != state.plan:
+                raise ValueError(f"the checkpoint's fixed-point plan {state.plan.to_dict()} "
+                                 f"differs from this run's {plan.to_dict()}")
+            plan = state.plan
     plan = plan or protocol.FixedPointPlan()
     channel = SocketChannel(connection, DATA, sigma=plan.sigma)
     start = time.perf_counter()
@@ -746,21 +809,39 @@ def run_data_party(connection: Connection, ids, X, *, keypair, plan=None, init_s
         keys = _id_strings(ids)
         if X.ndim != 2 or X.shape[0] != len(keys):
             raise ValueError(f"features of shape {X.shape} for {len(keys)} ids")
+        if state is not None and X.shape[1] != state.n_features:
+            raise ValueError(f"features with {X.shape[1]} columns; the checkpoint's model takes "
+                             f"{state.n_features} ({', '.join(state.feature_names)})")
         rows, test_fraction, seed, n_label_ids = _align_as_data(channel, keys, X.shape[1])
         train_rows, test_rows = split_rows(len(rows), test_fraction, seed)
         features = X[rows]
-        scaler = data.Standardizer().fit(features[train_rows])
-        data_party = protocol.DataParty(scaler.transform(features[train_rows]), plan=plan,
-                                        keypair=keypair, init_seed=init_seed)
-        # Over TCP the label party runs no insecure flaw variant.
+        # Peer stand-in: over TCP the label party runs no insecure flaw variant.
         peer = Absent(protocol.LabelParty, plan=plan, flaws=protocol.SECURE)
-        protocol.setup(data_party, peer, channel)
+        if state is None:
+            scaler = data.Standardizer().fit(features[train_rows])
+            data_party = protocol.DataParty(scaler.transform(features[train_rows]), plan=plan,
+                                            keypair=keypair, init_seed=init_seed)
+            protocol.setup(data_party, peer, channel)
+            first_epoch = 0
+        else:
+            # The standardisation fitted before, not refitted: the rows must encode exactly
+            # as they did, which restore() checks against the checkpoint's sha256.
+            scaler = data.Standardizer()
+            scaler.mean, scaler.std = state.feature_mean, state.feature_std
+            data_party = state.restore(scaler.transform(features[train_rows]))
+            protocol.resume_setup(data_party, peer, channel)
+            first_epoch = state.epochs_completed
         training = data_party.training
         peer.batch_size, peer.seed = training["batch_size"], training["seed"]
-        total = training["epochs"] * -(-len(train_rows) // training["batch_size"])
+        total = (training["epochs"] - first_epoch) * -(-len(train_rows) // training["batch_size"])
         step = _report_progress(progress, total)
-        for epoch in range(training["epochs"]):
+        for epoch in range(first_epoch, training["epochs"]):
             protocol.train_epoch(data_party, peer, channel, epoch, step)
+            if path is not None:
+                checkpoint.DataPartyState.of(data_party, epochs_completed=epoch + 1,
+                                             feature_names=feature_names,
+                                             feature_mean=scaler.mean,
+                                             feature_std=scaler.std).save(path)
         if len(test_rows):
             protocol.predict_scores(data_party, peer, channel,
                                     scaler.transform(features[test_rows]))
@@ -768,18 +849,47 @@ def run_data_party(connection: Connection, ids, X, *, keypair, plan=None, init_s
     finally:
         connection.close()
     return DataPartyRun(data_party, channel, len(keys), n_label_ids, len(train_rows),
-                        len(test_rows), time.perf_counter() - start)
+                        len(test_rows), time.perf_counter() - start, first_epoch)
+
+
+def _check_label_resumable(state, config, sizes) -> None:
+    """The label party's own settings must be its checkpoint's, but for the epoch count."""
+    asked = {"layer_sizes": list(sizes), "activation": config.activation, "lr": config.lr,
+             "momentum": config.momentum, "batch_size": config.batch_size, "seed": config.seed}
+    for key, value in asked.items():
+        if state.training[key] != value:
+            raise ValueError(f"the checkpoint was trained with {key} = {state.training[key]!r}, "
+                             f"this run asks for {value!r}; resume with the same settings")
+    if state.plan != config.plan:
+        raise ValueError(f"the checkpoint's fixed-point plan {state.plan.to_dict()} differs "
+                         f"from this run's {config.plan.to_dict()}")
+    if state.epochs_completed >= config.epochs:
+        raise ValueError(f"nothing to resume: the label party's checkpoint holds "
+                         f"{state.epochs_completed} completed epoch(s) and this run asks for "
+                         f"{config.epochs}")
 
 
 def run_label_party(connection: Connection, ids, y, n_classes: int, config, *,
-                    test_fraction: float = 0.2, progress=None) -> LabelPartyRun:
+                    test_fraction: float = 0.2, progress=None, checkpoint_dir=None,
+                    resume: bool = False, class_names=None) -> LabelPartyRun:
     """The label party's whole session over an authenticated connection.
 
     ``config`` is an ``acml.Config`` (hidden widths, activation, lr, momentum, batch size,
     epochs, seed, fixed-point plan); its key size is the data party's business and unused here.
     Sends its ids and the split (public), builds the network on the common, training rows,
     then ``protocol.setup``, the epochs, and prediction on the test rows.
+
+    ``checkpoint_dir``: after every epoch this party saves its own file there
+    (``label_party.npz``: checkpoint.LabelPartyState), and only its own. ``resume=True`` loads
+    it (a key under 1024 bits needs ``config.allow_insecure``), checks that this run's settings
+    are the checkpoint's but for ``config.epochs``, and goes on from the epoch it was saved
+    after; ``losses`` then covers the resumed epochs only.
     """
+    with _closed_on_error(connection):
+        path = _checkpoint_path(checkpoint_dir, LABEL, resume)
+        state = None
+        if resume:
+            state = checkpoint.LabelPartyState.load(path, allow_insecure=config.allow_insecure)
     channel = SocketChannel(connection, LABEL, sigma=config.plan.sigma)
     start = time.perf_counter()
     try:
@@ -788,25 +898,39 @@ def run_label_party(connection: Connection, ids, y, n_classes: int, config, *,
         if y.shape != (len(keys),):
             raise ValueError(f"labels of shape {y.shape} for {len(keys)} ids")
         check_split(test_fraction, config.seed)  # before any id leaves
+        if state is not None:  # before any id leaves; the feature count is re-checked below
+            _check_label_resumable(state, config,
+                                   config.layer_sizes(state.layer_sizes[0], n_classes))
         rows, n_features = _align_as_label(channel, keys, test_fraction, config.seed)
         train_rows, test_rows = split_rows(len(rows), test_fraction, config.seed)
         labels = y[rows]
         if len(np.unique(labels[train_rows])) < 2:
             raise data.DataError("the training rows shared with the data party hold one class")
         sizes = config.layer_sizes(n_features, n_classes)
-        label_party = protocol.LabelParty(labels[train_rows], sizes, activation=config.activation,
-                                          lr=config.lr, momentum=config.momentum,
-                                          batch_size=config.batch_size, epochs=config.epochs,
-                                          seed=config.seed, plan=config.plan)
         # Public facts about the data party; over TCP it has no bottom model (no step 4b).
         peer = Absent(protocol.DataParty, plan=config.plan, n_samples=len(train_rows),
                       n_features=n_features, n_inputs=n_features, bottom=None)
-        protocol.setup(peer, label_party, channel)
+        if state is None:
+            label_party = protocol.LabelParty(labels[train_rows], sizes,
+                                              activation=config.activation, lr=config.lr,
+                                              momentum=config.momentum,
+                                              batch_size=config.batch_size, epochs=config.epochs,
+                                              seed=config.seed, plan=config.plan)
+            protocol.setup(peer, label_party, channel)
+            first_epoch = 0
+        else:
+            _check_label_resumable(state, config, sizes)
+            label_party = state.restore(labels[train_rows], epochs=config.epochs)
+            protocol.resume_setup(peer, label_party, channel)
+            first_epoch = state.epochs_completed
         n_batches = -(-len(train_rows) // config.batch_size)
-        step = _report_progress(progress, config.epochs * n_batches)
+        step = _report_progress(progress, (config.epochs - first_epoch) * n_batches)
         losses = []
-        for epoch in range(config.epochs):
+        for epoch in range(first_epoch, config.epochs):
             losses.extend(protocol.train_epoch(peer, label_party, channel, epoch, step))
+            if path is not None:
+                checkpoint.LabelPartyState.of(label_party, epochs_completed=epoch + 1,
+                                              class_names=class_names).save(path)
         predictions = None
         if len(test_rows):
             scores = protocol.predict_scores(peer, label_party, channel, None)
@@ -815,4 +939,4 @@ def run_label_party(connection: Connection, ids, y, n_classes: int, config, *,
     finally:
         connection.close()
     return LabelPartyRun(label_party, channel, losses, n_batches, len(rows), labels[test_rows],
-                         predictions, time.perf_counter() - start)
+                         predictions, time.perf_counter() - start, first_epoch)

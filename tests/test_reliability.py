@@ -643,7 +643,7 @@ def test_bottom_model_resumed_run_is_bit_identical_to_an_uninterrupted_one(botto
     for name in label_a.velocity:
         assert np.array_equal(label_a.velocity[name], label_b.velocity[name]), name
     step0 = [m.name for m in resumed_result.channel.messages if m.step == "0"]
-    assert step0 == ["public key", "shapes", "training plan"]
+    assert step0 == ["public key", "shapes", "training plan", "epochs completed"]
     assert "[[α]]" in {m.name for m in resumed_result.channel.messages}
     exports = []
     for index, directory in enumerate((straight, resumed)):

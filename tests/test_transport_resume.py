@@ -1,0 +1,219 @@
+"""Resuming over TCP: each party saves and loads only its own checkpoint, in its own directory,
+and a run interrupted after an epoch goes on to the very weights of an uninterrupted one.
+
+Loopback only, small keys through the explicit insecure flag, every wait bounded.
+"""
+
+import shutil
+import threading
+
+import numpy as np
+import pytest
+from conftest import insecure_keypair
+
+import acml
+import checkpoint
+import transport
+from test_transport import KEY_BITS, TIMEOUT, TOKEN, two_party_data
+
+EPOCHS = 3
+
+
+def config(epochs):
+    return acml.Config(hidden=(3,), epochs=epochs, batch_size=16, lr=0.1, momentum=0.5,
+                       key_bits=KEY_BITS, allow_insecure=True)
+
+
+def run_pair(feature_ids, X, label_ids, y, class_names, cfg, *, data_options, label_options):
+    """Both parties in two threads over a loopback socket; errors are returned, not raised."""
+    listener = transport.listen("127.0.0.1", 0)
+    port = listener.getsockname()[1]
+    out = {}
+
+    def data_side():
+        try:
+            connection = transport.accept_peer(listener, TOKEN, timeout=TIMEOUT)
+            out["data"] = transport.run_data_party(connection, feature_ids, X, plan=cfg.plan,
+                                                   allow_insecure=True, **data_options)
+        except Exception as error:  # reported to the test
+            out["data_error"] = error
+        finally:
+            listener.close()
+
+    thread = threading.Thread(target=data_side, daemon=True)
+    thread.start()
+    try:
+        connection = transport.connect_peer("127.0.0.1", port, TOKEN, timeout=TIMEOUT)
+        out["label"] = transport.run_label_party(connection, label_ids, y, len(class_names), cfg,
+                                                 test_fraction=0.25, class_names=class_names,
+                                                 **label_options)
+    except Exception as error:
+        out["label_error"] = error
+    thread.join(TIMEOUT)
+    assert not thread.is_alive(), "the data party's thread did not end"
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """3 epochs straight; 2 epochs saved then resumed for a third (each party in its own
+    directory); a 1-epoch run under the same key, and a copy of the label file after epoch 2."""
+    keypair = insecure_keypair(KEY_BITS)
+    parties = two_party_data("breast_cancer")
+    fresh = dict(keypair=keypair, init_seed=0)
+    straight = run_pair(*parties, config(EPOCHS), data_options=fresh, label_options={})
+    data_dir, label_dir = tmp_path_factory.mktemp("data_dir"), tmp_path_factory.mktemp("label")
+    first = run_pair(*parties, config(2), data_options=dict(fresh, checkpoint_dir=data_dir),
+                     label_options=dict(checkpoint_dir=label_dir))
+    label_after_two = tmp_path_factory.mktemp("label_after_two")
+    shutil.copy(label_dir / "label_party.npz", label_after_two / "label_party.npz")
+    resumed = run_pair(*parties, config(EPOCHS),
+                       data_options=dict(checkpoint_dir=data_dir, resume=True),
+                       label_options=dict(checkpoint_dir=label_dir, resume=True))
+    data_after_one = tmp_path_factory.mktemp("data_after_one")
+    run_pair(*parties, config(1), data_options=dict(fresh, checkpoint_dir=data_after_one),
+             label_options=dict(checkpoint_dir=tmp_path_factory.mktemp("unused")))
+    for out in (straight, first, resumed):
+        assert "data_error" not in out and "label_error" not in out, out
+    return dict(parties=parties, straight=straight, first=first, resumed=resumed,
+                data_dir=data_dir, label_dir=label_dir, data_after_one=data_after_one,
+                label_after_two=label_after_two)
+
+
+def test_resumed_over_tcp_equals_an_uninterrupted_run_bit_for_bit(runs):
+    """2 epochs over a socket, saved, then resumed over a socket for a third == 3 epochs straight:
+    W_B + ε_acc integer for integer, every layer of the label party, the third epoch's losses,
+    the test predictions, and each party's final checkpoint."""
+    straight, resumed = runs["straight"], runs["resumed"]
+    joint = lambda out: (out["label"].label_party.weight_share  # noqa: E731
+                         + out["data"].data_party.noise_acc)
+    assert joint(resumed).scale == joint(straight).scale
+    assert np.array_equal(joint(resumed).values, joint(straight).values)
+    for mine, theirs in zip(resumed["label"].label_party.model.layers,
+                            straight["label"].label_party.model.layers):
+        assert np.array_equal(mine.b, theirs.b)
+        if mine.W is not None:
+            assert np.array_equal(mine.W, theirs.W)
+    n_batches = straight["label"].n_batches
+    assert len(resumed["label"].losses) == n_batches
+    assert resumed["label"].losses == straight["label"].losses[-n_batches:]
+    assert runs["first"]["label"].losses == straight["label"].losses[:2 * n_batches]
+    assert np.array_equal(resumed["label"].test_predictions, straight["label"].test_predictions)
+    assert resumed["label"].resumed_after_epoch == resumed["data"].resumed_after_epoch == 2
+    assert resumed["label"].metrics()["resumed_after_epoch"] == 2
+    step0 = [m.name for m in resumed["label"].channel.messages if m.step == "0"]
+    assert step0 == ["public key", "shapes", "training plan", "epochs completed",
+                     "packing layout", "[[X]]"]
+
+
+def test_each_party_saves_only_its_own_file_in_its_own_directory(runs):
+    """The data party's directory holds data_party.npz alone, the label party's label_party.npz
+    alone; the two together are a consistent pair after epoch 3, under the data party's key."""
+    data_dir, label_dir = runs["data_dir"], runs["label_dir"]
+    assert sorted(p.name for p in data_dir.iterdir()) == ["data_party.npz"]
+    assert sorted(p.name for p in label_dir.iterdir()) == ["label_party.npz"]
+    data_state = checkpoint.DataPartyState.load(data_dir / "data_party.npz", allow_insecure=True)
+    label_state = checkpoint.LabelPartyState.load(label_dir / "label_party.npz",
+                                                  allow_insecure=True)
+    checkpoint.check_checkpoint_pair(data_state, label_state)
+    assert data_state.epochs_completed == label_state.epochs_completed == EPOCHS
+    resumed = runs["resumed"]
+    assert np.array_equal(data_state.noise_acc.values, resumed["data"].data_party.noise_acc.values)
+    assert np.array_equal(label_state.weight_share.values,
+                          resumed["label"].label_party.weight_share.values)
+
+
+def test_checkpoints_of_different_epochs_are_refused_in_one_line_on_both_sides(runs):
+    """The label party's file after epoch 2 against the data party's after epoch 1 (same key):
+    the data party refuses, naming both epochs; the label party ends with one line too."""
+    out = run_pair(*runs["parties"], config(EPOCHS),
+                   data_options=dict(checkpoint_dir=runs["data_after_one"], resume=True),
+                   label_options=dict(checkpoint_dir=runs["label_after_two"], resume=True))
+    assert "data" not in out and "label" not in out
+    data_line, label_line = str(out["data_error"]), str(out["label_error"])
+    assert "\n" not in data_line and "\n" not in label_line
+    assert "after epoch 2" in data_line and "after epoch 1" in data_line
+    assert isinstance(out["label_error"], transport.TransportError)
+    # Nothing was trained, so nothing was saved: both files are still the ones they were.
+    assert checkpoint.DataPartyState.load(runs["data_after_one"] / "data_party.npz",
+                                          allow_insecure=True).epochs_completed == 1
+    assert checkpoint.LabelPartyState.load(runs["label_after_two"] / "label_party.npz",
+                                           allow_insecure=True).epochs_completed == 2
+
+
+class RecordedConnection:
+    """Stands in for a Connection that no message reaches: it only records being closed."""
+
+    closed = False
+
+    def close(self):
+        self.closed = True
+
+
+def test_resuming_without_a_file_or_training_over_one_is_refused(runs, tmp_path):
+    """Resuming with no file of this party's is one line before any message, and closes the
+    connection (ending the peer's session); a new run into a directory that holds a resumable
+    file refuses to overwrite it."""
+    connection = RecordedConnection()
+    with pytest.raises(ValueError, match="nothing to resume"):
+        transport.run_label_party(connection, [], np.zeros(0), 2, config(EPOCHS),
+                                  checkpoint_dir=tmp_path, resume=True)
+    assert connection.closed
+    connection = RecordedConnection()
+    with pytest.raises(ValueError, match="already exists"):
+        transport.run_data_party(connection, [], np.zeros((0, 1)),
+                                 checkpoint_dir=runs["data_dir"])
+    assert connection.closed
+
+
+def test_cli_parties_resume_from_their_own_directories_to_the_uninterrupted_weights(runs,
+                                                                                    tmp_path):
+    """`acml.py party data|label --checkpoint-dir DIR`, 2 epochs in two processes, then both
+    again with `--resume` to 3: the label party's --json report (the third epoch's losses, the
+    fingerprint of its layers) equals the uninterrupted 3-epoch run's; each directory holds only
+    its own party's file."""
+    import json
+    import subprocess
+
+    from test_transport import ROOT, environment, label_args, start_data_party, write_csvs
+
+    feature_ids, X, label_ids, y, _ = runs["parties"]
+    features, labels, token = write_csvs(tmp_path, feature_ids, X, label_ids, y)
+    data_dir, label_dir, report = tmp_path / "data_ckpt", tmp_path / "label_ckpt", tmp_path / "r"
+    for epochs, extra, data_extra in ((2, (), ("--init-seed", "0")), (3, ("--resume",), ())):
+        data_process, port = start_data_party(features, token, "--checkpoint-dir", str(data_dir),
+                                              *extra, *data_extra)
+        try:
+            label = subprocess.run(
+                label_args(labels, token, port, "--momentum", "0.5", "--epochs", str(epochs),
+                           "--checkpoint-dir", str(label_dir), "--insecure-small-key",
+                           "--json", str(report), *extra),
+                cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=TIMEOUT)
+            assert label.returncode == 0, label.stderr
+            data_out, data_err = data_process.communicate(timeout=TIMEOUT)
+        finally:
+            data_process.kill()
+        assert data_process.returncode == 0, data_err
+    assert "resumed from its checkpoint after epoch 2" in data_out
+    assert "after epoch 2" in label.stdout
+    straight = runs["straight"]["label"]
+    metrics = json.loads(report.read_text())
+    assert metrics["resumed_after_epoch"] == 2 and metrics["epochs"] == 3
+    assert metrics["batch_losses"] == straight.losses[-straight.n_batches:]
+    assert metrics["label_model_sha256"] == transport.label_model_fingerprint(
+        straight.label_party.model)
+    assert sorted(p.name for p in data_dir.iterdir()) == ["data_party.npz"]
+    assert sorted(p.name for p in label_dir.iterdir()) == ["label_party.npz"]
+
+
+@pytest.mark.parametrize("role", ["data", "label"])
+def test_cli_party_resume_without_a_directory_is_one_line(capsys, role):
+    """`party ... --resume` without --checkpoint-dir: exit 2, one line, before any connection."""
+    argv = (["party", "data", "--listen", "127.0.0.1:0", "--features", "f.csv"]
+            if role == "data" else
+            ["party", "label", "--connect", "127.0.0.1:1", "--labels", "l.csv",
+             "--label-column", "y"])
+    assert acml.main([*argv, "--id-column", "id", "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["acml.py party: error: --resume needs --checkpoint-dir, the directory to "
+                   "resume from"]
