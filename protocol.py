@@ -1359,12 +1359,17 @@ def setup(data_party: DataParty, label_party: LabelParty, channel: Channel, *,
                              mask_bits=plan.noise_acc_bits(), value_bits=plan.weight_bits)
         label_party.receive_weight_share(share)
         label_party.weight_bound = 1 << label_party.plan.weight_bits  # A refused any W0 beyond
-        agree_on_packing(data_party, label_party, channel,
-                         packing=packing and _packable(data_party, label_party),
-                         executor=executor)
-        if data_party.bottom is None:
-            label_party.encrypted_features = channel.send(0, DATA, LABEL, "[[X]]", "ciphertext",
-                                                          lambda: data_party.encrypt_features())
+        _pack_and_send_features(data_party, label_party, channel, packing, executor)
+
+
+def _pack_and_send_features(data_party, label_party, channel, packing, executor) -> None:
+    """The end of step 0, at setup and at resume: agree on packing, then A → B [[X]] (none
+    with a bottom model: step 1 sends [[α]] every batch)."""
+    agree_on_packing(data_party, label_party, channel,
+                     packing=packing and _packable(data_party, label_party), executor=executor)
+    if data_party.bottom is None:
+        label_party.encrypted_features = channel.send(0, DATA, LABEL, "[[X]]", "ciphertext",
+                                                      lambda: data_party.encrypt_features())
 
 
 def _packable(data_party, label_party) -> bool:
@@ -1655,12 +1660,7 @@ def resume_setup(data_party: DataParty, label_party: LabelParty, channel: Channe
         epochs_completed = channel.send(0, LABEL, DATA, "epochs completed", "public",
                                         lambda: label_party.epochs_completed)
         data_party.resume_training_plan(plan, epochs_completed)
-        agree_on_packing(data_party, label_party, channel,
-                         packing=packing and _packable(data_party, label_party),
-                         executor=executor)
-        if data_party.bottom is None:
-            label_party.encrypted_features = channel.send(0, DATA, LABEL, "[[X]]", "ciphertext",
-                                                          lambda: data_party.encrypt_features())
+        _pack_and_send_features(data_party, label_party, channel, packing, executor)
 
 
 def connect_for_prediction(data_party: DataParty, label_party: LabelParty,

@@ -80,6 +80,16 @@ def copy_checkpoint(directory, tmp_path, name="copy"):
     return target
 
 
+def assert_same_layers_and_optimiser(label_a, label_b):
+    """Two label-party checkpoints hold bit-identical layers and momentum (non-empty)."""
+    assert label_a.parameters.keys() == label_b.parameters.keys()
+    for name in label_a.parameters:
+        assert np.array_equal(label_a.parameters[name], label_b.parameters[name]), name
+    assert label_a.velocity.keys() == label_b.velocity.keys() and label_a.velocity
+    for name in label_a.velocity:
+        assert np.array_equal(label_a.velocity[name], label_b.velocity[name]), name
+
+
 def label_forward(label_state, z):
     """The label party's layers from its checkpoint, run in plaintext from z: (model, scores)."""
     model = nn.MLP(label_state.layer_sizes, activation=label_state.training["activation"],
@@ -339,12 +349,7 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one_at_the_cli(tmp_pat
     assert not np.array_equal(label_a.weight_share.values, label_b.weight_share.values)
     assert np.array_equal((label_a.weight_share + data_a.noise_acc).values,
                           (label_b.weight_share + data_b.noise_acc).values)
-    assert label_a.parameters.keys() == label_b.parameters.keys()
-    for name in label_a.parameters:
-        assert np.array_equal(label_a.parameters[name], label_b.parameters[name]), name
-    assert label_a.velocity.keys() == label_b.velocity.keys() and label_a.velocity
-    for name in label_a.velocity:
-        assert np.array_equal(label_a.velocity[name], label_b.velocity[name]), name
+    assert_same_layers_and_optimiser(label_a, label_b)
     assert label_a.epochs_completed == label_b.epochs_completed == 3
     exports = []
     for directory in (straight, resumed):
@@ -636,12 +641,7 @@ def test_bottom_model_resumed_run_is_bit_identical_to_an_uninterrupted_one(botto
     assert np.array_equal(data_a.bottom.layer.b, data_b.bottom.layer.b)
     assert np.array_equal(data_b.bottom.layer.W, resumed_result.data_party.bottom.layer.W)
     assert not np.array_equal(data_a.bottom.layer.b, np.zeros(BOTTOM_WIDTH))  # it did train
-    assert label_a.parameters.keys() == label_b.parameters.keys()
-    for name in label_a.parameters:
-        assert np.array_equal(label_a.parameters[name], label_b.parameters[name]), name
-    assert label_a.velocity.keys() == label_b.velocity.keys() and label_a.velocity
-    for name in label_a.velocity:
-        assert np.array_equal(label_a.velocity[name], label_b.velocity[name]), name
+    assert_same_layers_and_optimiser(label_a, label_b)
     step0 = [m.name for m in resumed_result.channel.messages if m.step == "0"]
     assert step0 == ["public key", "shapes", "training plan", "epochs completed"]
     assert "[[α]]" in {m.name for m in resumed_result.channel.messages}

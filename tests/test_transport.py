@@ -76,8 +76,14 @@ def reference_run(keypair, feature_ids, X, label_ids, y, class_names, cfg, test_
 
 
 def run_pair(keypair, feature_ids, X, label_ids, y, n_classes, cfg, *, test_fraction=0.25,
-             label_token=TOKEN, data_progress=None, label_progress=None, refusals=None):
-    """Both parties in two threads of this process, over a real loopback socket."""
+             label_token=TOKEN, data_progress=None, label_progress=None, refusals=None,
+             data_options=(), label_options=()):
+    """Both parties in two threads of this process, over a real loopback socket; errors are
+    returned in the result, not raised. ``keypair`` None: the data party brings its own (from
+    a checkpoint, say); ``data_options``/``label_options`` go to run_data_party/run_label_party."""
+    data_options = dict(data_options)
+    if keypair is not None:
+        data_options = dict(keypair=keypair, init_seed=cfg.seed, **data_options)
     listener = transport.listen("127.0.0.1", 0)
     port = listener.getsockname()[1]
     out = {}
@@ -86,9 +92,8 @@ def run_pair(keypair, feature_ids, X, label_ids, y, n_classes, cfg, *, test_frac
         try:
             connection = transport.accept_peer(listener, TOKEN, timeout=TIMEOUT,
                                                log=None if refusals is None else refusals.append)
-            out["data"] = transport.run_data_party(connection, feature_ids, X, keypair=keypair,
-                                                   plan=cfg.plan, init_seed=cfg.seed,
-                                                   progress=data_progress)
+            out["data"] = transport.run_data_party(connection, feature_ids, X, plan=cfg.plan,
+                                                   progress=data_progress, **data_options)
         except Exception as error:  # reported to the test below
             out["data_error"] = error
         finally:
@@ -100,7 +105,7 @@ def run_pair(keypair, feature_ids, X, label_ids, y, n_classes, cfg, *, test_frac
         connection = transport.connect_peer("127.0.0.1", port, label_token, timeout=TIMEOUT)
         out["label"] = transport.run_label_party(connection, label_ids, y, n_classes, cfg,
                                                  test_fraction=test_fraction,
-                                                 progress=label_progress)
+                                                 progress=label_progress, **dict(label_options))
     except Exception as error:
         out["label_error"] = error
     thread.join(TIMEOUT)

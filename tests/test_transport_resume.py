@@ -5,7 +5,6 @@ Loopback only, small keys through the explicit insecure flag, every wait bounded
 """
 
 import shutil
-import threading
 
 import numpy as np
 import pytest
@@ -14,7 +13,8 @@ from conftest import insecure_keypair
 import acml
 import checkpoint
 import transport
-from test_transport import KEY_BITS, TIMEOUT, TOKEN, two_party_data
+import test_transport
+from test_transport import KEY_BITS, TIMEOUT, two_party_data
 
 EPOCHS = 3
 
@@ -26,32 +26,9 @@ def config(epochs):
 
 def run_pair(feature_ids, X, label_ids, y, class_names, cfg, *, data_options, label_options):
     """Both parties in two threads over a loopback socket; errors are returned, not raised."""
-    listener = transport.listen("127.0.0.1", 0)
-    port = listener.getsockname()[1]
-    out = {}
-
-    def data_side():
-        try:
-            connection = transport.accept_peer(listener, TOKEN, timeout=TIMEOUT)
-            out["data"] = transport.run_data_party(connection, feature_ids, X, plan=cfg.plan,
-                                                   allow_insecure=True, **data_options)
-        except Exception as error:  # reported to the test
-            out["data_error"] = error
-        finally:
-            listener.close()
-
-    thread = threading.Thread(target=data_side, daemon=True)
-    thread.start()
-    try:
-        connection = transport.connect_peer("127.0.0.1", port, TOKEN, timeout=TIMEOUT)
-        out["label"] = transport.run_label_party(connection, label_ids, y, len(class_names), cfg,
-                                                 test_fraction=0.25, class_names=class_names,
-                                                 **label_options)
-    except Exception as error:
-        out["label_error"] = error
-    thread.join(TIMEOUT)
-    assert not thread.is_alive(), "the data party's thread did not end"
-    return out
+    return test_transport.run_pair(None, feature_ids, X, label_ids, y, len(class_names), cfg,
+                                   data_options=dict(allow_insecure=True, **data_options),
+                                   label_options=dict(class_names=class_names, **label_options))
 
 
 @pytest.fixture(scope="module")
