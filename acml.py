@@ -63,6 +63,10 @@ class Config:
     allow_insecure: bool = False
     plan: FixedPointPlan = field(default_factory=FixedPointPlan)
     bottom: object = None  # None, a width k (ReLU) or (k, activation): the data party's bottom model
+    # The data party's own seed for W0 (and its bottom model). None: drawn from `secrets`, as it
+    # must be in a deployment — the label party must never be able to compute W0. An int only
+    # to reproduce a run exactly (the tests do).
+    init_seed: int | None = None
     packing: bool = True  # several values per ciphertext in steps 1 and 4 (same W either way)
 
     def layer_sizes(self, n_features: int, n_classes: int) -> tuple:
@@ -163,7 +167,7 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
             _refuse_to_overwrite(checkpoint_dir)
         data_party = protocol.DataParty(train_set.X, plan=config.plan, key_bits=config.key_bits,
                                         allow_insecure=config.allow_insecure, keypair=keypair,
-                                        init_seed=config.seed, bottom=config.bottom)
+                                        init_seed=config.init_seed, bottom=config.bottom)
         label_party = protocol.LabelParty(train_set.y, sizes, activation=config.activation,
                                           lr=config.lr, momentum=config.momentum,
                                           batch_size=config.batch_size, epochs=config.epochs,
@@ -186,8 +190,13 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
         bar.close()
     encrypted_seconds = time.perf_counter() - start
 
+    # The twin starts where the two parties started: the layers above from the public seed, the
+    # first layer (and any bottom model) from the data party's own init seed, which only this
+    # omniscient simulation can read — the label party never learns W0.
     plaintext = nn.MLP(sizes, activation=config.activation, seed=config.seed)
-    plaintext_bottom = protocol.make_bottom(config.bottom, train_set.X.shape[1], config.seed)
+    plaintext.layers[0].W = nn.init_layer(sizes, 0, config.activation, data_party.init_seed).W
+    plaintext_bottom = protocol.make_bottom(config.bottom, train_set.X.shape[1],
+                                            data_party.init_seed)
     if plaintext_bottom is None:
         history = nn.train_plaintext(plaintext, train_set.X, train_set.y, epochs=config.epochs,
                                      batch_size=config.batch_size,
@@ -670,7 +679,11 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--lr", type=_positive(float), default=0.1)
     model.add_argument("--momentum", type=float, default=0.0,
                        help="momentum for the layers above the first (the first is plain SGD)")
-    model.add_argument("--seed", type=int, default=0)
+    model.add_argument("--seed", type=int, default=0,
+                       help="public seed: the split, the batch order and the layers above")
+    model.add_argument("--init-seed", type=int, default=None,
+                       help="the data party's own seed for W0, only to reproduce a run "
+                            "(default: from secrets; the label party must never know W0)")
     model.add_argument("--bottom", type=_positive(int), default=None, metavar="K",
                        help="give the data party a bottom model X → α (K wide, ReLU) under the "
                             "interactive layer; step 4b then reveals δ·Wᵀ to it (a label leak)")
@@ -715,6 +728,7 @@ def config_from_args(args) -> Config:
                   batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                   key_bits=args.key_bits, seed=args.seed, allow_insecure=args.insecure_small_key,
                   plan=FixedPointPlan(sigma=args.sigma), bottom=args.bottom,
+                  init_seed=args.init_seed,
                   packing=args.packing)
 
 

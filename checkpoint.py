@@ -260,6 +260,9 @@ class DataPartyState:
     feature_std: np.ndarray
     features_sha256: str
     bottom: BottomModel | None = None
+    # The seed A drew W0 (and its bottom model) from: A's own secret, kept so that a resumed
+    # simulation can still rebuild its plaintext twin from the same start.
+    init_seed: int | None = None
 
     @property
     def public_key(self) -> PublicKey:
@@ -289,7 +292,7 @@ class DataPartyState:
         return cls((party.public_key, party._private_key), party.plan, dict(party.training),
                    Fixed.from_ints(party.noise_acc.values, party.noise_acc.scale),
                    int(epochs_completed), [str(name) for name in names], mean.copy(), std.copy(),
-                   integers_digest(party.features.values), bottom)
+                   integers_digest(party.features.values), bottom, party.init_seed)
 
     def save(self, path) -> None:
         public_key, private_key = self.keypair
@@ -297,7 +300,8 @@ class DataPartyState:
                 "epochs_completed": self.epochs_completed, "fixed_point": self.plan.to_dict(),
                 "training": self.training, "noise_acc_scale": self.noise_acc.scale,
                 "feature_names": self.feature_names, "features_sha256": self.features_sha256,
-                "bottom_model": None}
+                "bottom_model": None,
+                "init_seed": None if self.init_seed is None else str(self.init_seed)}
         arrays = {"public_key.n": _decimal_strings(public_key.n),
                   "private_key.p": _decimal_strings(private_key.p),
                   "private_key.q": _decimal_strings(private_key.q),
@@ -351,7 +355,7 @@ class DataPartyState:
                    Fixed.from_ints(noise, plan.w_frac_bits), _meta_int(meta, "epochs_completed",
                                                                        path),
                    [str(name) for name in names], _floats(arrays, "standardizer.mean", (d,), path),
-                   std, str(meta.get("features_sha256")), bottom)
+                   std, str(meta.get("features_sha256")), bottom, _init_seed_from(meta, path))
 
     def standardize(self, X) -> np.ndarray:
         """New rows on the training features' scale: (X − mean) / std, fitted at training."""
@@ -376,7 +380,8 @@ class DataPartyState:
         bottom = self.bottom
         if bottom is not None:
             bottom = copy_bottom_model(bottom.layer.W, bottom.layer.b, bottom.activation_name)
-        party = DataParty(X, plan=self.plan, keypair=self.keypair, bottom=bottom)
+        party = DataParty(X, plan=self.plan, keypair=self.keypair, bottom=bottom,
+                          init_seed=self.init_seed)
         if same_features and integers_digest(party.features.values) != self.features_sha256:
             raise ValueError("these are not the features the data party's checkpoint was trained "
                              "on (their sha256 differs): resume with the same rows and settings")
@@ -512,6 +517,16 @@ class LabelPartyState:
         party.weight_bound = self.weight_bound
         party.epochs_completed = self.epochs_completed
         return party
+
+
+def _init_seed_from(meta: dict, path) -> int | None:
+    value = meta.get("init_seed")
+    if value is None:
+        return None
+    if not (isinstance(value, str) and _DECIMAL.fullmatch(value) and not value.startswith("-")):
+        raise ValueError(f"{path}: corrupted checkpoint: init_seed {value!r} is not a "
+                         "non-negative decimal integer")
+    return int(value)
 
 
 def _weight_bound_from(meta: dict, path) -> int | None:

@@ -34,7 +34,7 @@ def small_split(name, n_rows, seed=0):
 
 def config(**overrides):
     base = dict(hidden=(4,), epochs=2, batch_size=16, lr=0.1, key_bits=KEY_BITS,
-                allow_insecure=True)
+                allow_insecure=True, init_seed=0)  # W0's seed: the data party's own
     base.update(overrides)
     return acml.Config(**base)
 
@@ -374,3 +374,22 @@ def test_packing_runs_only_where_it_helps(keypair):
     assert any(m.name == "[[X_batch]]" for m in packed.channel.messages)
     joint = [(r.label_party.weight_share + r.data_party.noise_acc).values for r in (small, packed)]
     assert np.array_equal(joint[0], joint[1])
+
+
+def test_label_party_cannot_compute_w0_from_the_public_seed(keypair):
+    """Flaw 2's mechanism, closed by default: W0 comes from the data party's own secret seed,
+    not from the public seed the label party knows, so the first share W0 − ε_acc stays masked.
+    (acml.train's default draws it from `secrets`; the tests fix it only to reproduce runs.)"""
+    assert acml.Config().init_seed is None
+    train_set, _ = small_split("breast_cancer", 48)
+    sizes = (train_set.X.shape[1], 4, 1)
+    starts = []
+    for _ in range(2):
+        data_party = protocol.DataParty(train_set.X, keypair=keypair)  # init_seed: secrets
+        label_party = protocol.LabelParty(train_set.y, sizes, seed=0)
+        protocol.setup(data_party, label_party, protocol.Channel())
+        starts.append((label_party.weight_share + data_party.noise_acc).values)
+    public_guess = Fixed.encode(nn.init_layer(sizes, 0, "relu", 0).W,
+                                protocol.FixedPointPlan().w_frac_bits).values
+    assert not np.array_equal(starts[0], public_guess)
+    assert not np.array_equal(starts[0], starts[1])

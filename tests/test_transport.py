@@ -39,7 +39,7 @@ def keypair():
 
 def config(**overrides):
     base = dict(hidden=(3,), epochs=2, batch_size=16, lr=0.1, key_bits=KEY_BITS,
-                allow_insecure=True)
+                allow_insecure=True, init_seed=0)  # W0's seed: the data party's own
     base.update(overrides)
     return acml.Config(**base)
 

@@ -21,7 +21,7 @@ EPOCHS = 3
 
 def config(epochs):
     return acml.Config(hidden=(3,), epochs=epochs, batch_size=16, lr=0.1, momentum=0.5,
-                       key_bits=KEY_BITS, allow_insecure=True)
+                       key_bits=KEY_BITS, allow_insecure=True, init_seed=0)
 
 
 def run_pair(feature_ids, X, label_ids, y, class_names, cfg, *, data_options, label_options):
