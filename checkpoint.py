@@ -355,7 +355,7 @@ class DataPartyState:
                    Fixed.from_ints(noise, plan.w_frac_bits), _meta_int(meta, "epochs_completed",
                                                                        path),
                    [str(name) for name in names], _floats(arrays, "standardizer.mean", (d,), path),
-                   std, str(meta.get("features_sha256")), bottom, _init_seed_from(meta, path))
+                   std, str(meta.get("features_sha256")), bottom, _optional_big_int(meta, "init_seed", path))
 
     def standardize(self, X) -> np.ndarray:
         """New rows on the training features' scale: (X − mean) / std, fitted at training."""
@@ -494,7 +494,7 @@ class LabelPartyState:
         return cls(public_key, plan, training, Fixed.from_ints(share, plan.w_frac_bits),
                    parameters, velocity, _meta_int(meta, "epochs_completed", path),
                    [str(name) for name in names], str(meta.get("labels_sha256")),
-                   _weight_bound_from(meta, path))
+                   _optional_big_int(meta, "weight_bound", path))
 
     def restore(self, y=None, *, epochs: int | None = None) -> LabelParty:
         """A LabelParty with this state. ``y`` (resuming) must be the checkpoint's own labels;
@@ -519,22 +519,13 @@ class LabelPartyState:
         return party
 
 
-def _init_seed_from(meta: dict, path) -> int | None:
-    value = meta.get("init_seed")
+def _optional_big_int(meta: dict, key: str, path) -> int | None:
+    """A meta entry that is absent (None) or a non-negative integer as a decimal string."""
+    value = meta.get(key)
     if value is None:
         return None
     if not (isinstance(value, str) and _DECIMAL.fullmatch(value) and not value.startswith("-")):
-        raise ValueError(f"{path}: corrupted checkpoint: init_seed {value!r} is not a "
-                         "non-negative decimal integer")
-    return int(value)
-
-
-def _weight_bound_from(meta: dict, path) -> int | None:
-    value = meta.get("weight_bound")
-    if value is None:
-        return None
-    if not (isinstance(value, str) and _DECIMAL.fullmatch(value) and not value.startswith("-")):
-        raise ValueError(f"{path}: corrupted checkpoint: weight_bound {value!r} is not a "
+        raise ValueError(f"{path}: corrupted checkpoint: {key} {value!r} is not a "
                          "non-negative decimal integer")
     return int(value)
 
