@@ -19,10 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+import data
 import nn
 import paillier
 from paillier import Fixed, PublicKey
-from protocol import DATA, LABEL, BottomModel, DataParty, FixedPointPlan, LabelParty
+from channel import DATA, LABEL
+from parties import BottomModel, DataParty, LabelParty, Restored
+from plan import FixedPointPlan, check_features
 
 # ----------------------------------------------------------------------------------------------
 # Checkpoints: each party saves its own state, to its own file, without pickle.
@@ -200,7 +203,8 @@ def _meta_int(meta: dict, key: str, path) -> int:
     return value
 
 
-DATA_TRAINING_KEYS = ("n_hidden", "activation", "lr", "batch_size", "epochs", "seed")
+DATA_TRAINING_KEYS = ("n_hidden", "activation", "lr", "batch_size", "epochs", "seed",
+                      "fixed_point", "epochs_completed", "insecure_flaws")
 LABEL_TRAINING_KEYS = ("layer_sizes", "activation", "lr", "momentum", "batch_size", "epochs",
                        "seed")
 
@@ -211,16 +215,6 @@ def _meta_dict(meta: dict, key: str, required: tuple, path) -> dict:
     if missing:
         raise ValueError(f"{path}: corrupted checkpoint: {key!r} lacks {missing}")
     return value
-
-
-def copy_bottom_model(weight, bias, activation: str) -> BottomModel:
-    """A BottomModel holding exactly ``weight`` (d, k) and ``bias`` (k,), copied: a snapshot
-    that later training steps do not touch, and a restored model equal to the saved one bit for
-    bit. (Its constructor's random initial weights are overwritten at once.)"""
-    weight, bias = np.array(weight, dtype=np.float64), np.array(bias, dtype=np.float64)
-    model = BottomModel(weight.shape[0], weight.shape[1], activation)
-    model.layer.W, model.layer.b = weight, bias
-    return model
 
 
 def _bottom_meta(meta: dict, n_features: int, path) -> dict | None:
@@ -278,7 +272,7 @@ class DataPartyState:
            feature_mean=None, feature_std=None) -> "DataPartyState":
         """Snapshot a data party after ``epochs_completed`` epochs. Without a standardisation,
         new rows are taken as they come (mean 0, std 1)."""
-        if party.noise_acc is None or party.training is None:
+        if party.noise_acc is None or party.training is None or party.public is None:
             raise ValueError("the data party has no training state yet: run setup first")
         d = party.n_features
         names = [f"x{j}" for j in range(d)] if feature_names is None else list(feature_names)
@@ -288,8 +282,8 @@ class DataPartyState:
             raise ValueError(f"feature names, mean and std must each have {d} entries")
         bottom = party.bottom
         if bottom is not None:
-            bottom = copy_bottom_model(bottom.layer.W, bottom.layer.b, bottom.activation_name)
-        return cls((party.public_key, party._private_key), party.plan, dict(party.training),
+            bottom = bottom.copy()
+        return cls((party.public_key, party._private_key), party.plan, party.training.to_dict(),
                    Fixed.from_ints(party.noise_acc.values, party.noise_acc.scale),
                    int(epochs_completed), [str(name) for name in names], mean.copy(), std.copy(),
                    integers_digest(party.features.values), bottom, party.init_seed)
@@ -340,9 +334,9 @@ class DataPartyState:
         bottom = None
         if bottom_meta is not None:
             width = bottom_meta["width"]
-            bottom = copy_bottom_model(_floats(arrays, "bottom.W", (d, width), path),
-                                       _floats(arrays, "bottom.b", (width,), path),
-                                       bottom_meta["activation"])
+            bottom = BottomModel.from_weights(_floats(arrays, "bottom.W", (d, width), path),
+                                              _floats(arrays, "bottom.b", (width,), path),
+                                              bottom_meta["activation"])
         n_inputs = d if bottom is None else bottom.width
         noise = _integers(arrays, "noise_acc", (n_inputs, n_hidden), path)
         std = _floats(arrays, "standardizer.std", (d,), path)
@@ -357,6 +351,12 @@ class DataPartyState:
                    [str(name) for name in names], _floats(arrays, "standardizer.mean", (d,), path),
                    std, str(meta.get("features_sha256")), bottom, _optional_big_int(meta, "init_seed", path))
 
+    def standardizer(self) -> data.Standardizer:
+        """The standardisation fitted at training, to apply to the same rows or new ones."""
+        scaler = data.Standardizer()
+        scaler.mean, scaler.std = self.feature_mean.copy(), self.feature_std.copy()
+        return scaler
+
     def standardize(self, X) -> np.ndarray:
         """New rows on the training features' scale: (X − mean) / std, fitted at training."""
         X = np.asarray(X, dtype=np.float64)
@@ -365,7 +365,43 @@ class DataPartyState:
                              f"columns ({', '.join(self.feature_names)})")
         return (X - self.feature_mean) / self.feature_std
 
-    def restore(self, X, *, same_features: bool = True) -> DataParty:
+    def rows_to_predict(self, X, *, feature_names=None, ids=None,
+                        source: str = "features") -> np.ndarray:
+        """Raw new rows → standardised as at training, columns matched by name if given, every
+        value checked against the fixed-point range (naming the id, column and raw range)."""
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[0] == 0:
+            raise ValueError(f"{source}: the rows to predict must be a non-empty table, got "
+                             f"shape {X.shape}")
+        if feature_names is not None:
+            names = list(feature_names)
+            missing = [name for name in self.feature_names if name not in names]
+            unexpected = [name for name in names if name not in self.feature_names]
+            if missing or unexpected:
+                raise ValueError(f"{source}: its columns are not the training features: missing "
+                                 f"{missing[:5] or 'none'}, unexpected {unexpected[:5] or 'none'}")
+            if X.shape[1] != len(names):
+                raise ValueError(f"{source}: {X.shape[1]} columns for {len(names)} names")
+            X = X[:, [names.index(name) for name in self.feature_names]]
+        ids = np.arange(len(X)) if ids is None else np.asarray(ids)
+        standardized = self.standardize(X)
+        check_features(standardized, self.plan, what=source, names=self.feature_names, ids=ids,
+                       raw=X, mean=self.feature_mean, std=self.feature_std)
+        return standardized
+
+    def check_resumable(self, asked_bottom: BottomModel | None, key_bits: int) -> None:
+        """This run must ask for the checkpoint's bottom model and key size."""
+        def describe(bottom):
+            return "none" if bottom is None else bottom.describe()
+        if describe(asked_bottom) != describe(self.bottom):
+            raise ValueError(f"the checkpoint's data party has bottom model "
+                             f"{describe(self.bottom)}, this run asks for {describe(asked_bottom)}"
+                             "; resume with the same --bottom")
+        if self.public_key.n.bit_length() != key_bits:
+            raise ValueError(f"the checkpoint's key has {self.public_key.n.bit_length()} bits, "
+                             f"this run asks for {key_bits}; resume with the same key size")
+
+    def restore(self, X, *, same_features: bool = True, executor=None) -> DataParty:
         """A DataParty with this state, holding the (standardised) features X.
 
         ``same_features`` (resuming): X must be the very training features of the checkpoint —
@@ -377,17 +413,14 @@ class DataPartyState:
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(f"features of shape {X.shape}: the checkpoint's model takes "
                              f"{self.n_features} columns")
-        bottom = self.bottom
-        if bottom is not None:
-            bottom = copy_bottom_model(bottom.layer.W, bottom.layer.b, bottom.activation_name)
+        bottom = None if self.bottom is None else self.bottom.copy()
+        restored = Restored(Fixed.from_ints(self.noise_acc.values, self.noise_acc.scale),
+                            dict(self.training), self.epochs_completed)
         party = DataParty(X, plan=self.plan, keypair=self.keypair, bottom=bottom,
-                          init_seed=self.init_seed)
+                          init_seed=self.init_seed, executor=executor, restored=restored)
         if same_features and integers_digest(party.features.values) != self.features_sha256:
             raise ValueError("these are not the features the data party's checkpoint was trained "
                              "on (their sha256 differs): resume with the same rows and settings")
-        party.receive_training_plan(self.training)
-        party.noise_acc = Fixed.from_ints(self.noise_acc.values, self.noise_acc.scale)
-        party.epochs_completed = self.epochs_completed
         return party
 
 
@@ -422,7 +455,7 @@ class LabelPartyState:
     def of(cls, party: LabelParty, *, epochs_completed: int,
            class_names=None) -> "LabelPartyState":
         """Snapshot a label party after ``epochs_completed`` epochs."""
-        if party.weight_share is None or party.public_key is None:
+        if party.weight_share is None or party.public is None:
             raise ValueError("the label party has no weight share yet: run setup first")
         sizes = party.layer_sizes
         n_classes = 2 if sizes[-1] == 1 else sizes[-1]
@@ -451,6 +484,19 @@ class LabelPartyState:
         arrays.update({f"optimizer.velocity.{name}": np.asarray(value, dtype=np.float64)
                        for name, value in self.velocity.items()})
         _write_checkpoint(path, LABEL, meta, arrays)
+
+    def check_resumable(self, asked: dict, epochs: int) -> None:
+        """This run's own settings (``acml.Config.label_settings``) must be the checkpoint's,
+        all but the epoch count, which must be larger than the epochs completed."""
+        saved = {**self.training, "fixed_point": self.plan.to_dict()}
+        for key, value in asked.items():
+            if saved.get(key) != value:
+                raise ValueError(f"the checkpoint was trained with {key} = {saved.get(key)!r}, "
+                                 f"this run asks for {value!r}; resume with the same settings")
+        if self.epochs_completed >= epochs:
+            raise ValueError(f"nothing to resume: the label party's checkpoint holds "
+                             f"{self.epochs_completed} completed epoch(s) and this run asks for "
+                             f"{epochs}")
 
     @staticmethod
     def expected_shapes(layer_sizes) -> dict:
@@ -496,26 +542,24 @@ class LabelPartyState:
                    [str(name) for name in names], str(meta.get("labels_sha256")),
                    _optional_big_int(meta, "weight_bound", path))
 
-    def restore(self, y=None, *, epochs: int | None = None) -> LabelParty:
+    def restore(self, y=None, *, epochs: int | None = None, executor=None,
+                packing: bool = True) -> LabelParty:
         """A LabelParty with this state. ``y`` (resuming) must be the checkpoint's own labels;
         None gives a party that only predicts. ``epochs`` replaces the planned epoch count."""
         t = self.training
         labels = np.zeros(0, dtype=np.int64) if y is None else np.asarray(y)
+        restored = Restored(Fixed.from_ints(self.weight_share.values, self.weight_share.scale),
+                            dict(t), self.epochs_completed, self.weight_bound,
+                            {name: value.copy() for name, value in self.parameters.items()},
+                            {name: value.copy() for name, value in self.velocity.items()})
         party = LabelParty(labels, t["layer_sizes"], activation=t["activation"], lr=t["lr"],
                            momentum=t["momentum"], batch_size=t["batch_size"],
                            epochs=t["epochs"] if epochs is None else epochs, seed=t["seed"],
-                           plan=self.plan)
+                           plan=self.plan, executor=executor, packing=packing,
+                           public_key=self.public_key, restored=restored)
         if y is not None and integers_digest(party.labels) != self.labels_sha256:
             raise ValueError("these are not the labels the label party's checkpoint was trained "
                              "on (their sha256 differs): resume with the same rows and settings")
-        party.public_key = self.public_key
-        party.receive_weight_share(self.weight_share.values)
-        for name, value in self.parameters.items():
-            _, index, attribute = name.split(".")
-            setattr(party.model.layers[int(index)], attribute, value.copy())
-        party.optimizer.load_state_dict(self.velocity)
-        party.weight_bound = self.weight_bound
-        party.epochs_completed = self.epochs_completed
         return party
 
 
@@ -554,3 +598,50 @@ def check_checkpoint_pair(data_state: DataPartyState, label_state: LabelPartySta
         if data_state.training.get(key) != value:
             raise ValueError(f"{prefix}: the data party's training plan has {key} = "
                              f"{data_state.training.get(key)!r}, the label party's {value!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# A run's directory: each party's own file
+# ----------------------------------------------------------------------------------------------
+def party_path(checkpoint_dir, role: str) -> str:
+    return os.path.join(os.fspath(checkpoint_dir), CHECKPOINT_FILES[role])
+
+
+def refuse_to_overwrite(checkpoint_dir, roles=(DATA, LABEL)) -> None:
+    """A new run never overwrites a run that could still be resumed."""
+    for role in roles:
+        path = party_path(checkpoint_dir, role)
+        if os.path.exists(path):
+            raise ValueError(f"{path} already exists: resume it, or train into another directory")
+
+
+def saver(checkpoint_dir, *, data_party=None, label_party=None, feature_names=None,
+          feature_mean=None, feature_std=None, class_names=None):
+    """``after_epoch`` for protocol.train: each party present in this process saves its own
+    file in ``checkpoint_dir``, atomically. (In one process the two writes are separate, as on
+    two machines.)"""
+    try:
+        os.makedirs(checkpoint_dir, exist_ok=True)  # now, not after the first epoch's work
+    except OSError as error:
+        raise ValueError(f"checkpoint directory {checkpoint_dir}: cannot create it "
+                         f"({error.strerror})") from None
+
+    def save(epochs_completed: int) -> None:
+        if data_party is not None:
+            DataPartyState.of(data_party, epochs_completed=epochs_completed,
+                              feature_names=feature_names, feature_mean=feature_mean,
+                              feature_std=feature_std).save(party_path(checkpoint_dir, DATA))
+        if label_party is not None:
+            LabelPartyState.of(label_party, epochs_completed=epochs_completed,
+                               class_names=class_names).save(party_path(checkpoint_dir, LABEL))
+    return save
+
+
+def load_pair(checkpoint_dir, *, allow_insecure: bool = False):
+    """(DataPartyState, LabelPartyState) from ``checkpoint_dir``, each validated, and checked
+    to belong together (same key, same epoch, same plans)."""
+    data_state = DataPartyState.load(party_path(checkpoint_dir, DATA), allow_insecure=allow_insecure)
+    label_state = LabelPartyState.load(party_path(checkpoint_dir, LABEL),
+                                       allow_insecure=allow_insecure)
+    check_checkpoint_pair(data_state, label_state)
+    return data_state, label_state

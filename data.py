@@ -70,7 +70,7 @@ class Dataset:
         return self.X.shape[0]
 
 
-def _take(dataset: Dataset, rows: np.ndarray, suffix: str) -> Dataset:
+def take(dataset: Dataset, rows: np.ndarray, suffix: str) -> Dataset:
     return Dataset(dataset.X[rows], dataset.y[rows], dataset.ids[rows], list(dataset.feature_names),
                    list(dataset.class_names), f"{dataset.name}{suffix}")
 
@@ -343,7 +343,7 @@ def train_test_split(dataset: Dataset, *, test_fraction: float = 0.2, seed: int 
     if is_test.all() or not is_test.any():
         raise DataError(f"{dataset.name}: {len(dataset.y)} rows are too few to split with "
                         f"test_fraction={test_fraction}")
-    return _take(dataset, np.flatnonzero(~is_test), "[train]"), _take(dataset, np.flatnonzero(is_test), "[test]")
+    return take(dataset, np.flatnonzero(~is_test), "[train]"), take(dataset, np.flatnonzero(is_test), "[test]")
 
 
 class Standardizer:
@@ -373,3 +373,44 @@ class Standardizer:
         if X.ndim != 2 or X.shape[1] != self.mean.shape[0]:
             raise ValueError(f"expected an array with {self.mean.shape[0]} columns, got shape {X.shape}")
         return (X - self.mean) / self.std
+
+
+# --------------------------------------------------------------------------------------------
+# The two-party CSV setting: both parties align and split from public facts alone
+# --------------------------------------------------------------------------------------------
+def common_rows(own_ids, other_ids) -> tuple[list[str], np.ndarray]:
+    """(the ids both parties hold, sorted as text; the rows of ``own_ids`` holding them, in
+    that order). Each party computes it alone once the ids are exchanged, so that row i at the
+    data party and row i at the label party are the same example."""
+    keys = [str(value) for value in own_ids]
+    if len(set(keys)) != len(keys):
+        seen = set()
+        duplicate = next(key for key in keys if key in seen or seen.add(key))
+        raise DataError(f"duplicate id {duplicate!r}; each row needs its own id")
+    common = sorted(set(keys) & {str(value) for value in other_ids})
+    position = {key: row for row, key in enumerate(keys)}
+    return common, np.array([position[key] for key in common], dtype=np.int64)
+
+
+def check_split(test_fraction, seed) -> None:
+    """The public split parameters: a fraction in [0, 1) and a non-negative integer seed."""
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) \
+            or not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test fraction must lie in [0, 1), got {test_fraction!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+
+
+def split_rows(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, test rows) of n aligned rows: a seeded permutation, NOT stratified.
+
+    Both parties compute it alone from public (n, test_fraction, seed). A stratified split would
+    need the labels, which the data party must not see.
+    """
+    check_split(test_fraction, seed)
+    n_test = int(round(test_fraction * n))
+    if n - n_test < 1:
+        raise DataError(f"{n} aligned rows are too few to split with test fraction "
+                        f"{test_fraction}")
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_test:]), np.sort(order[:n_test])

@@ -1,0 +1,662 @@
+"""The two parties. Each holds only its own state, sets all of it in ``__init__``, and changes it
+only through its own methods, which protocol.py calls through the channel (``make``/``take``).
+
+* :class:`DataParty` (A): the features X, the Paillier key pair, ε_acc (``noise_acc``), and an
+  optional :class:`BottomModel` under the interactive layer.
+* :class:`LabelParty` (B): the labels y, A's public key, the weight share W_B = W − ε_acc, the
+  first layer's bias and every layer above (an :class:`nn.MLP` without the first weight).
+
+A party restored from its checkpoint is built by ``DataParty.restored`` / ``LabelParty.restored``
+(checkpoint.py), never by writing into it from outside.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+import numpy as np
+
+import nn
+import paillier
+from channel import MaskSource, bits_of
+from flaws import SECURE, ExponentTaggedArray, InsecureFlaws, encrypt_without_randomness, \
+    phe_exponent, warn_insecure
+from paillier import EncryptedArray, Fixed, PublicKey
+from plan import (SHARE_GROWTH_BITS, FixedPointPlan, Public, TrainingPlan, encode_features,
+                  useful_packing, weight_share_bits)
+
+INIT_SEED_BITS = 128  # the data party's secret seed of W0: beyond any search
+BOTTOM_SEED_STREAM = 0xB07  # the bottom layer's init stream: apart from every MLP layer's index
+MAX_PREDICTION_ROWS = 1 << 20  # the most rows the label party accepts in one prediction
+
+
+def mod_n(values, n: int) -> np.ndarray:
+    """Reduce an object array of ints into [0, n)."""
+    return np.asarray(values, dtype=object) % n
+
+
+def decode_signed(values, public_key: PublicKey) -> np.ndarray:
+    """Residues mod n back to signed ints; OverflowError if any lies in the middle third."""
+    return np.vectorize(lambda v: int(public_key.decode_residue(int(v))), otypes=[object])(
+        np.asarray(values, dtype=object))
+
+
+class BottomModel:
+    """The data party's own layer below the interactive one: α = act(X·W + b), d → k.
+
+    α, not X, is then the interactive layer's input, so [[α]] is encrypted afresh every batch.
+    The bottom model never leaves the data party; step 4b gives it ∂L/∂α = δ·Wᵀ, and it takes a
+    plain SGD step. Its initial weights come from ``np.random.default_rng([seed,
+    BOTTOM_SEED_STREAM])`` with the data party's secret init seed: weights, never a mask.
+    """
+
+    def __init__(self, n_features: int, width: int, activation: str = "relu", seed: int = 0,
+                 *, layer: nn.Dense | None = None):
+        if activation not in nn.ACTIVATIONS:
+            raise ValueError(f"unknown bottom activation {activation!r}; expected one of "
+                             f"{sorted(nn.ACTIVATIONS)}")
+        if layer is None:
+            rng = np.random.default_rng([int(seed), BOTTOM_SEED_STREAM])
+            layer = nn.Dense(n_features, width, rng=rng, init=nn.INIT_FOR_ACTIVATION[activation])
+        self.layer = layer
+        self.activation_name = activation
+        self.activation = nn.ACTIVATIONS[activation]()
+
+    @classmethod
+    def from_weights(cls, W, b, activation: str) -> "BottomModel":
+        """A bottom model with these weights (copied): a restored or exported one."""
+        W, b = np.array(W, dtype=np.float64), np.array(b, dtype=np.float64)
+        layer = nn.Dense(W.shape[0], W.shape[1], rng=np.random.default_rng(0))
+        layer.W, layer.b = W, b
+        return cls(W.shape[0], W.shape[1], activation, layer=layer)
+
+    def copy(self) -> "BottomModel":
+        return BottomModel.from_weights(self.layer.W, self.layer.b, self.activation_name)
+
+    @property
+    def n_features(self) -> int:
+        return self.layer.n_in
+
+    @property
+    def width(self) -> int:
+        return self.layer.n_out
+
+    def describe(self) -> str:
+        return f"{self.width} wide ({self.activation_name})"
+
+    def forward(self, X) -> np.ndarray:
+        return self.activation.forward(self.layer.forward(X))
+
+    def backward_step(self, input_gradient, lr: float) -> None:
+        """∂L/∂α → ∂L/∂W, ∂L/∂b through the activation, then W −= η·∂L/∂W, b −= η·∂L/∂b."""
+        self.layer.backward(self.activation.backward(input_gradient))
+        self.layer.W -= lr * self.layer.dW
+        self.layer.b -= lr * self.layer.db
+
+
+def make_bottom(spec, n_features: int, seed: int) -> BottomModel | None:
+    """None, a width k (ReLU), a pair (k, activation), an nn.Dense (or a pair (nn.Dense,
+    activation)) to use as it is, or a BottomModel — over ``n_features`` inputs."""
+    if spec is None:
+        return None
+    if isinstance(spec, nn.Dense):
+        spec = (spec, "identity")
+    if isinstance(spec, tuple) and isinstance(spec[0], nn.Dense):
+        layer, activation = spec
+        if layer.W is None:
+            raise ValueError("the bottom model's nn.Dense layer has no weight")
+        spec = BottomModel(layer.n_in, layer.n_out, activation, layer=layer)
+    if isinstance(spec, BottomModel):
+        if spec.n_features != n_features:
+            raise ValueError(f"the bottom model takes {spec.n_features} features, the data "
+                             f"party has {n_features}")
+        return spec
+    width, activation = (spec, "relu") if isinstance(spec, (int, np.integer)) else spec
+    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
+        raise ValueError(f"the bottom model's width must be a positive integer, got {width!r}")
+    return BottomModel(n_features, int(width), activation, seed)
+
+
+@dataclass(frozen=True)
+class Restored:
+    """What a party's checkpoint gives back to it (checkpoint.py): its share of the first
+    layer, the training plan it trained under, and the epochs it completed."""
+
+    share: Fixed  # ε_acc at the data party, W_B at the label party
+    training: dict
+    epochs_completed: int
+    weight_bound: int | None = None  # the label party's proven bound on |W_int|
+    parameters: dict | None = None  # the label party's bias and layers above, by nn's names
+    velocity: dict | None = None  # and its optimiser's momentum
+
+
+def check_start(start: str, restored: Restored | None, party: str) -> None:
+    if (start == "new") != (restored is None):
+        state = "restored from a checkpoint" if restored else "not restored from a checkpoint"
+        raise ValueError(f"setup {start!r}: the {party} party is {state}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Party A
+# ----------------------------------------------------------------------------------------------
+class DataParty:
+    """Party A: owns the features X, the Paillier key pair and noise_acc (ε_acc).
+
+    ``init_seed`` seeds the first layer's initial weights W0 (and the bottom model), which only
+    this party draws and at once splits into ε_acc and the label party's share: its own secret,
+    128 bits from ``secrets`` unless given (the tests give it, to compare with a plaintext twin).
+
+    ``bottom`` (a width k, a pair (k, activation), or a :class:`BottomModel`) puts a bottom
+    model under the interactive layer (step 4b). ``insecure_flaws`` switches on known flaws for
+    the audit (flaws.py; warns). ``executor`` (any concurrent.futures.Executor) runs its modular
+    exponentiations; its CRT kernels then receive p and q, so use only machines it trusts.
+    ``restored`` is its checkpoint's state (checkpoint.py), when resuming or predicting.
+    """
+
+    def __init__(self, X, *, plan: FixedPointPlan | None = None, key_bits: int = 2048,
+                 allow_insecure: bool = False, keypair=None, init_seed: int | None = None,
+                 bottom=None, insecure_flaws: InsecureFlaws = SECURE,
+                 mask_source: MaskSource | None = None, executor=None,
+                 restored: Restored | None = None):
+        self.plan = plan or FixedPointPlan()
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] == 0 or (X.shape[0] == 0 and restored is None):
+            raise ValueError(f"features must be a non-empty 2-D array, got shape {X.shape}")
+        self.features = encode_features(X, self.plan)
+        if keypair is None:
+            keypair = paillier.generate_keypair(key_bits, allow_insecure=allow_insecure)
+        self.public_key, self._private_key = keypair
+        self.init_seed = secrets.randbits(INIT_SEED_BITS) if init_seed is None else init_seed
+        self.bottom = make_bottom(bottom, X.shape[1], self.init_seed)
+        self._raw_features = X if self.bottom is not None else None
+        self.flaws = insecure_flaws
+        warn_insecure(insecure_flaws, "data")
+        self.mask_source = mask_source or insecure_flaws.mask_source()
+        self.executor = executor
+        self.restored = restored
+        self.noise_acc: Fixed | None = None if restored is None else restored.share
+        self.epochs_completed = 0 if restored is None else restored.epochs_completed
+        self.training: TrainingPlan | None = None
+        self.lr_int: int | None = None
+        self.public: Public | None = None
+        self._batch_inputs: Fixed | None = None  # the interactive layer's input of this batch
+        self._batch_values = None  # its real values (only the public-exponent flaw reads them)
+        self._product: np.ndarray | None = None  # U = X·W_B + ε_B, decrypted
+        self._gradient: np.ndarray | None = None  # G' = Xᵀδ + ε_B', decrypted
+        self._rows_to_predict: np.ndarray | None = None
+
+    @property
+    def n_samples(self) -> int:
+        return self.features.shape[0]
+
+    @property
+    def n_features(self) -> int:
+        return self.features.shape[1]
+
+    @property
+    def n_inputs(self) -> int:
+        """Width of the interactive layer's input: k with a bottom model, else d."""
+        return self.n_features if self.bottom is None else self.bottom.width
+
+    def _encrypt(self, fixed: Fixed, real_values=None) -> EncryptedArray:
+        """Encrypt with the CRT fast path, a fresh r per value — unless a flaw says not."""
+        if self.flaws.no_paillier_randomness:
+            encrypted = encrypt_without_randomness(self.public_key, fixed)
+        else:
+            encrypted = paillier.encrypt_array(self._private_key, fixed, executor=self.executor)
+        if self.flaws.public_exponents and real_values is not None:
+            exponents = [phe_exponent(v) for v in np.asarray(real_values).ravel().tolist()]
+            encrypted = ExponentTaggedArray(self.public_key, encrypted.ciphertexts,
+                                            encrypted.scale, np.reshape(exponents, fixed.shape))
+        return encrypted
+
+    def _encrypt_inputs(self, inputs: Fixed, values) -> EncryptedArray:
+        """This batch's interactive-layer input, kept for the own part of step 1, encrypted
+        (packed along the rows, k per ciphertext, when the layout packs)."""
+        self._batch_inputs, self._batch_values = inputs, values
+        if self.public.packing is None:
+            return self._encrypt(inputs, values)
+        return self._encrypt(Fixed(self.public.packing.forward.pack(inputs.values, axis=0),
+                                   inputs.scale))
+
+    # step 0 -------------------------------------------------------------------------------
+    def shapes(self, start: str) -> dict:
+        n_samples = len(self._rows_to_predict) if start == "predict" else self.n_samples
+        return {"start": start, "n_samples": n_samples, "n_inputs": self.n_inputs,
+                "bottom": self.bottom is not None, "insecure_flaws": list(self.flaws.enabled())}
+
+    def accept_training_plan(self, payload, start: str) -> None:
+        """Check the label party's plan against this party's own: the same fixed-point plan, a
+        key large enough, and, restored, the very plan of the checkpoint but for the epochs."""
+        check_start(start, self.restored, "data")
+        training = TrainingPlan.from_dict(payload)
+        if training.fixed_point != self.plan:
+            raise ValueError(f"the label party's fixed-point plan {training.fixed_point.to_dict()}"
+                             f" differs from the data party's {self.plan.to_dict()}")
+        if self.restored is not None:
+            if training.epochs_completed != self.epochs_completed:
+                raise ValueError(f"the label party's checkpoint is after epoch "
+                                 f"{training.epochs_completed}, the data party's after epoch "
+                                 f"{self.epochs_completed}; restore both from the same epoch")
+            mine = self.restored.training
+            for key, value in training.to_dict().items():
+                if key not in ("epochs", "epochs_completed") and mine.get(key) != value:
+                    raise ValueError(f"the training plan's {key} is {value!r}, the data party's "
+                                     f"checkpoint has {mine.get(key)!r}")
+        elif training.epochs_completed != 0:
+            raise ValueError(f"a new run, but the label party's plan says "
+                             f"{training.epochs_completed} epochs completed")
+        self.plan.check_key(self.public_key.n.bit_length(), training.batch_size, self.n_inputs)
+        self.training, self.lr_int = training, self.plan.quantize_lr(training.lr)
+
+    def split_initial_weight(self) -> np.ndarray:
+        """Draw W0, keep a random ε_acc (never zero), and return the share W0 − ε_acc."""
+        sizes = (self.n_inputs, self.training.n_hidden)
+        first = nn.init_layer(sizes, 0, self.training.activation, self.init_seed)
+        weight0 = Fixed.encode(first.W, self.plan.w_frac_bits)
+        if bits_of(weight0.values) >= self.plan.weight_bits:
+            raise OverflowError(f"initial weights exceed the plan's bound "
+                                f"2**{self.plan.weight_int_bits}")
+        if self.flaws.zero_initial_noise:  # INSECURE (flaw 2): the label party's share is W0
+            noise = np.zeros(weight0.shape, dtype=np.int64)
+        else:
+            noise = self.mask_source.uniform(weight0.shape, self.plan.noise_acc_bits(),
+                                             self.plan.w_frac_bits)
+        self.noise_acc = Fixed.from_ints(noise, self.plan.w_frac_bits)
+        return (weight0 - self.noise_acc).values
+
+    def check_packing(self, public: Public, proposed) -> None:
+        """The label party's layout must be none, or the one these public facts give."""
+        derived = public.derive_packing()
+        if proposed is not None and (derived is None or proposed != derived.to_dict()):
+            raise ValueError(f"the label party proposed the packing layout {proposed}, the data "
+                             f"party derives {None if derived is None else derived.to_dict()}")
+
+    def begin(self, public: Public) -> None:
+        """The end of step 0: the public facts of the session, which every step reads."""
+        self.public = public
+
+    def encrypt_features(self) -> EncryptedArray:
+        """[[X]], fresh randomness per ciphertext, encrypted with CRT by the key owner; packed,
+        each row's d features k per plaintext (the backward slots), n × ⌈d/k⌉ ciphertexts."""
+        if self.public.packing is None:
+            return self._encrypt(self.features, self.features.decode())
+        return self._encrypt(Fixed(self.public.packing.backward.pack(self.features.values, axis=1),
+                                   self.features.scale))
+
+    # step 1 -------------------------------------------------------------------------------
+    def select_rows(self, rows) -> None:
+        """Unpacked, without a bottom model: this batch's rows of X, as in step 0's [[X]]."""
+        self._batch_inputs = self.features[rows]
+
+    def encrypt_rows(self, rows) -> EncryptedArray:
+        """Packed step 1: [[X_batch]], ⌈m/k⌉ × d fresh ciphertexts (the public batch order
+        makes this reveal nothing new)."""
+        return self._encrypt_inputs(self.features[rows], None)
+
+    def encrypt_bottom_output(self, rows) -> EncryptedArray:
+        """With a bottom model: α = bottom(X[rows]), checked, encoded and freshly encrypted."""
+        alpha = self.bottom.forward(self._raw_features[rows])
+        return self._encrypt_inputs(encode_features(alpha, self.plan, what="bottom output"),
+                                    alpha)
+
+    def decrypt_masked_product(self, masked_product: EncryptedArray) -> None:
+        """U = X·W_B + ε_B: ε_B hides X·W_B from this party."""
+        self._product = paillier.decrypt_residues(self._private_key, masked_product,
+                                                  executor=self.executor)
+
+    def add_own_part(self) -> np.ndarray:
+        """V = U + X·ε_acc (mod n). Packed, X·ε_acc goes into the same slots as X·W_B."""
+        own_part = (self._batch_inputs @ self.noise_acc).values
+        if self.public.packing is not None:
+            # X·ε_acc alone spills over the slots; only the sum z = X·W has to fit them.
+            own_part = self.public.packing.forward.pack(own_part, axis=0, intermediate=True)
+        product, self._product = self._product, None
+        return mod_n(product + own_part, self.public_key.n)
+
+    # step 4b ------------------------------------------------------------------------------
+    def encrypt_noise_acc(self) -> EncryptedArray:
+        """[[ε_acc]], fresh r per value: the label party needs it for δ·(W_B + ε_acc)ᵀ."""
+        return self._encrypt(self.noise_acc)
+
+    def update_bottom(self, encrypted_input_gradient: EncryptedArray) -> None:
+        """Decrypt ∂L/∂α = δ·Wᵀ (exact, at scale δ + W) and take a plain SGD step on the bottom."""
+        gradient = self._private_key.decrypt(encrypted_input_gradient)
+        self.bottom.backward_step(gradient.decode(), self.plan.snap_lr(self.training.lr))
+
+    # step 4 -------------------------------------------------------------------------------
+    def decrypt_masked_gradient(self, masked_gradient: EncryptedArray) -> None:
+        """G' = Xᵀδ + ε_B': ε_B' hides Xᵀδ from this party."""
+        self._gradient = paillier.decrypt_residues(self._private_key, masked_gradient,
+                                                   executor=self.executor)
+
+    def mask_gradient(self, batch_size: int) -> np.ndarray:
+        """Add a fresh mask ε_A to G' and fold η·ε_A into ε_acc. Packed, ε_A is drawn per slot
+        (one per weight, σ bits wider than the gradient it hides) into the same slots."""
+        mask = self.mask_source.uniform(self.noise_acc.shape,
+                                        self.plan.gradient_mask_bits(batch_size),
+                                        self.plan.x_frac_bits + self.plan.delta_frac_bits)
+        self.noise_acc = self.noise_acc + Fixed.from_ints(self.lr_int * mask,
+                                                          self.plan.w_frac_bits)
+        if self.public.packing is not None:
+            mask = self.public.packing.backward.pack(mask, axis=0)
+        gradient, self._gradient = self._gradient, None
+        return mod_n(gradient + mask, self.public_key.n)
+
+    def finish_epoch(self, epochs_completed: int) -> None:
+        self.epochs_completed = epochs_completed
+
+    # prediction ---------------------------------------------------------------------------
+    def set_rows_to_predict(self, X_new) -> None:
+        """The new rows (standardised like the training rows) that the next prediction
+        encrypts. Checked now, before any encryption."""
+        X_new = np.asarray(X_new, dtype=np.float64)
+        if X_new.ndim != 2 or X_new.shape[0] == 0 or X_new.shape[1] != self.n_features:
+            raise ValueError(f"rows to predict of shape {X_new.shape}: the model takes "
+                             f"{self.n_features} columns")
+        encode_features(X_new, self.plan)
+        self._rows_to_predict = X_new
+
+    def prediction_count(self) -> int:
+        return len(self._rows_to_predict)
+
+    def encrypt_rows_to_predict(self) -> EncryptedArray:
+        """[[X_new]] (or [[bottom(X_new)]]), packed along the rows as in step 1."""
+        values = self._rows_to_predict
+        if self.bottom is not None:
+            values = self.bottom.forward(values)
+            return self._encrypt_inputs(encode_features(values, self.plan, what="bottom output"),
+                                        values)
+        return self._encrypt_inputs(encode_features(values, self.plan), values)
+
+
+# ----------------------------------------------------------------------------------------------
+# Party B
+# ----------------------------------------------------------------------------------------------
+def check_labels(labels: np.ndarray, n_outputs: int) -> None:
+    """y must be 1-D class ids 0..k−1 (k = 2 for a single output unit), finite, integer-valued,
+    with at least two classes present. An empty y is allowed: a label party that only predicts.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be a 1-D array of class ids, got shape {labels.shape}")
+    if labels.size == 0:
+        return
+    if labels.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(labels) | (labels != np.round(labels)))
+        if bad.size:
+            row = int(bad[0])
+            raise ValueError(f"label row {row}: value {labels[row]} is not an integer class id")
+    elif labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype}")
+    n_classes = 2 if n_outputs == 1 else n_outputs
+    outside = np.flatnonzero((labels < 0) | (labels >= n_classes))
+    if outside.size:
+        row = int(outside[0])
+        raise ValueError(f"label row {row}: class {labels[row]} is outside 0..{n_classes - 1} "
+                         f"(the network has {n_outputs} output unit(s))")
+    classes = np.unique(labels)
+    if classes.size < 2:
+        raise ValueError(f"the labels hold a single class ({classes[0]}); training needs at "
+                         "least two")
+
+
+@dataclass
+class Prediction:
+    """What prediction from checkpoints gives the label party, row by row.
+
+    ``scores`` as the model outputs them: P(class 1) of shape (m,) for two classes, the softmax
+    (m, k) otherwise. ``confidence`` is the probability of the predicted class; ``classes`` the
+    name of every class, in class-id order.
+    """
+
+    class_ids: np.ndarray
+    class_names: list
+    scores: np.ndarray
+    confidence: np.ndarray
+    classes: list
+
+
+
+class LabelParty:
+    """Party B: owns the labels y, the weight share W_B = W − ε_acc, and the layers above.
+
+    ``model`` is an :class:`nn.MLP` built without the first layer's weight: the label party keeps
+    the first layer's bias and every layer above, and runs them with the plaintext code.
+    ``packing`` lets it propose packed slots in step 0 (where they help). ``restored`` is its
+    checkpoint's state (checkpoint.py); ``losses`` and ``predictions`` are what it ends with.
+    """
+
+    def __init__(self, y, layer_sizes, *, activation="relu", lr=0.1, momentum=0.0,
+                 batch_size=64, epochs=1, seed=0, plan: FixedPointPlan | None = None,
+                 insecure_flaws: InsecureFlaws = SECURE, mask_source: MaskSource | None = None,
+                 executor=None, packing: bool = True, public_key: PublicKey | None = None,
+                 restored: Restored | None = None):
+        self.plan = plan or FixedPointPlan()
+        self.flaws = insecure_flaws
+        warn_insecure(insecure_flaws, "label")
+        self.mask_source = mask_source or insecure_flaws.mask_source()
+        self.executor = executor
+        self.packing = packing
+        self.labels = np.asarray(y)
+        self.layer_sizes = tuple(int(s) for s in layer_sizes)
+        check_labels(self.labels, self.layer_sizes[-1])
+        self.model = nn.MLP(self.layer_sizes, activation=activation, seed=seed,
+                            first_layer_weight=False)
+        self.optimizer = nn.SGD(self.plan.snap_lr(lr), momentum=momentum)
+        if restored is not None:
+            for name, value in restored.parameters.items():
+                _, index, attribute = name.split(".")
+                setattr(self.model.layers[int(index)], attribute, np.array(value, np.float64))
+            self.optimizer.load_state_dict(restored.velocity)
+        self.lr, self.batch_size, self.epochs, self.seed = lr, batch_size, epochs, seed
+        self.lr_int = self.plan.quantize_lr(lr)
+        self.restored = restored
+        if (public_key is None) != (restored is None):
+            raise ValueError("a restored label party needs the public key its share is under")
+        self.public_key = public_key
+        self.weight_share: Fixed | None = None if restored is None else restored.share
+        # A proven bound on |W_int|: 2**weight_bits at setup, grown by every update. Only the
+        # label party can keep it (it alone knows δ); packing checks every slot of z against it.
+        self.weight_bound: int | None = None if restored is None else restored.weight_bound
+        self.epochs_completed = 0 if restored is None else restored.epochs_completed
+        self.public: Public | None = None
+        self.encrypted_features: EncryptedArray | None = None
+        self.losses: list[float] = []
+        self.predictions: np.ndarray | None = None  # scores of the last prediction
+        self.preactivation: np.ndarray | None = None  # z of the last step 1 (its own view)
+        self._batch_inputs: EncryptedArray | None = None
+        self._forward_mask = self._backward_mask = None
+        self._dlogits = self._delta = None
+        self._weight_bound_growth = 0
+        self._encrypted_noise_acc: EncryptedArray | None = None
+        self._expected_predictions = 0
+
+    # step 0 -------------------------------------------------------------------------------
+    def accept_public_key(self, public_key: PublicKey, start: str) -> None:
+        check_start(start, self.restored, "label")
+        if self.public_key is not None and public_key != self.public_key:
+            raise ValueError(f"the data party's public key (fingerprint "
+                             f"{public_key.fingerprint[:12]}) is not the key the label party's "
+                             f"weight share was made under ({self.public_key.fingerprint[:12]})")
+        self.public_key = public_key
+
+    def check_shapes(self, shapes, start: str) -> None:
+        """The data party's counts must fit the labels and the network, and its start ours."""
+        if not isinstance(shapes, dict) or set(shapes) != {"start", "n_samples", "n_inputs",
+                                                           "bottom", "insecure_flaws"}:
+            raise ValueError(f"the data party's shapes are malformed: {shapes!r}")
+        if shapes["start"] != start:
+            raise ValueError(f"the data party starts {shapes['start']!r}, the label party "
+                             f"{start!r}")
+        for key in ("n_samples", "n_inputs"):
+            value = shapes[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"the data party declares {key} = {value!r}")
+        if not isinstance(shapes["bottom"], bool) or not isinstance(shapes["insecure_flaws"], list):
+            raise ValueError(f"the data party's shapes are malformed: {shapes!r}")
+        if start != "predict" and shapes["n_samples"] != len(self.labels):
+            raise ValueError(f"the data party has {shapes['n_samples']} aligned rows, the label "
+                             f"party {len(self.labels)}")
+        if shapes["n_inputs"] != self.layer_sizes[0]:
+            raise ValueError(f"the data party's interactive layer takes {shapes['n_inputs']} "
+                             f"inputs, the network's input width is {self.layer_sizes[0]}")
+
+    def training_plan(self) -> TrainingPlan:
+        """Hyper-parameters the data party needs: all public."""
+        return TrainingPlan(self.layer_sizes[1], self.model.activation, self.lr, self.batch_size,
+                            self.epochs, self.seed, self.plan, self.epochs_completed,
+                            self.flaws.enabled())
+
+    def accept_weight_share(self, share: np.ndarray) -> None:
+        self.weight_share = Fixed.from_ints(share, self.plan.w_frac_bits)
+        self.weight_bound = 1 << self.plan.weight_bits  # A refused any W0 beyond
+
+    def propose_packing(self, public: Public) -> dict | None:
+        """The slot layout from public facts only (plan.useful_packing), or none."""
+        layout = public.derive_packing() if self.packing else None
+        return None if layout is None else layout.to_dict()
+
+    def begin(self, public: Public) -> None:
+        """The end of step 0: the public facts of the session, which every step reads."""
+        self.public = public
+
+    def keep_encrypted_features(self, encrypted: EncryptedArray) -> None:
+        self.encrypted_features = encrypted
+
+    # step 1 -------------------------------------------------------------------------------
+    def keep_batch_inputs(self, encrypted: EncryptedArray) -> None:
+        """This batch's [[X_batch]], [[α]] or [[X_new]]: the interactive layer's input."""
+        self._batch_inputs = encrypted
+
+    def select_rows(self, rows) -> None:
+        """Unpacked, without a bottom model: this batch's rows of step 0's [[X]]."""
+        self._batch_inputs = self.encrypted_features[rows]
+
+    def masked_product(self, n_rows: int) -> EncryptedArray:
+        """[[U]] = [[X]]·W_B + [[ε_B]]; the fresh encryption of ε_B re-randomises the result.
+
+        First, privately: W_B must be within the public bound the declared width assumes, and,
+        packed, every slot of z = X·W must fit: |z| ≤ d · 2**(x bits) · weight_bound, else
+        OverflowError (never a wrap-around).
+        """
+        share_bits = weight_share_bits(self.plan, self.batch_size, self.lr)
+        if bits_of(self.weight_share.values) > share_bits:
+            raise OverflowError(f"the weight share outgrew its public bound of {share_bits} bits "
+                                f"(after more than 2**{SHARE_GROWTH_BITS} batches, or |W| far "
+                                "beyond the plan's bound)")
+        if self.public.packing is not None:
+            self.public.packing.check_preactivation_fits(self.layer_sizes[0], self.weight_bound)
+        product = paillier.encrypted_matmul(self._batch_inputs, self.weight_share,
+                                            executor=self.executor)
+        masked, self._forward_mask = self._add_wide_mask(product)
+        return masked
+
+    def unmask_preactivation(self, noisy: np.ndarray, n_rows: int) -> None:
+        """z = V − ε_B + b = X·W + b, as floats (packed: unpacked slot by slot)."""
+        z_int = decode_signed(mod_n(noisy - self._forward_mask, self.public_key.n),
+                              self.public_key)
+        self._forward_mask = None
+        if self.public.packing is not None:
+            z_int = self.public.packing.forward.unpack(z_int, n_rows, axis=0)
+        z = Fixed.from_ints(z_int, self.plan.z_frac_bits).decode()
+        self.preactivation = z + self.model.layers[0].b
+
+    # steps 2 and 3 ------------------------------------------------------------------------
+    def forward_rest(self, rows) -> None:
+        logits = self.model.forward_top(self.preactivation)
+        loss, self._dlogits = self.model.loss_and_grad(logits, self.labels[rows])
+        self.losses.append(float(loss))
+
+    def backward_rest(self) -> None:
+        """δ = ∂L/∂z; update the bias and the layers above; keep δ at its fixed-point scale."""
+        delta = self.model.backward_top(self._dlogits)
+        self._dlogits = None
+        self.model.layers[0].backward_bias(delta)
+        self.optimizer.step(self.model.top_named_params())
+        limit = 2.0 ** self.plan.delta_int_bits
+        if not np.all(np.isfinite(delta)) or np.abs(delta).max() >= limit:
+            raise OverflowError(f"step 3: |δ| = {np.abs(delta).max():g} exceeds the fixed-point "
+                                f"bound {limit:g} (delta_int_bits={self.plan.delta_int_bits}); "
+                                "lower the learning rate or raise the bound")
+        self._delta = Fixed.encode(delta, self.plan.delta_frac_bits)
+
+    # step 4b ------------------------------------------------------------------------------
+    def keep_encrypted_noise_acc(self, encrypted: EncryptedArray) -> None:
+        self._encrypted_noise_acc = encrypted
+
+    def input_gradient(self) -> EncryptedArray:
+        """[[δ·Wᵀ]] = δ·W_Bᵀ + δ·[[ε_acc]]ᵀ, re-randomised, at scale δ + W (exact).
+
+        Re-randomising matters: the product's randomness is a function of δ and of the r's of
+        the data party's own [[ε_acc]], so without fresh r^n it could test guesses of δ.
+        """
+        encrypted_part = self._delta @ self._encrypted_noise_acc.T
+        self._encrypted_noise_acc = None
+        return (encrypted_part + self._delta @ self.weight_share.T).rerandomize()
+
+    # step 4 -------------------------------------------------------------------------------
+    def masked_gradient(self, rows) -> EncryptedArray:
+        """[[G']] = [[X]]ᵀ·δ + [[ε_B']] (packed: k features per ciphertext, k gradients per
+        plaintext, one wide ε_B' over each whole plaintext). [[X]] is step 0's, at the batch's
+        rows; with a bottom model, this batch's [[α]]."""
+        inputs = (self._batch_inputs if self.encrypted_features is None
+                  else self.encrypted_features[rows])
+        gradient = paillier.encrypted_matmul(inputs.T, self._delta, executor=self.executor)
+        # |ΔW| ≤ η·Σ_r |X_rt|·|δ_rj| ≤ η · 2**(x bits) · max_j Σ_r |δ_rj|: the bound's growth.
+        column_sums = [sum(abs(int(v)) for v in column) for column in self._delta.values.T.tolist()]
+        self._weight_bound_growth = (self.lr_int << (self.plan.x_int_bits + self.plan.x_frac_bits)
+                                     ) * max(column_sums, default=0)
+        masked, self._backward_mask = self._add_wide_mask(gradient)
+        return masked
+
+    def _add_wide_mask(self, encrypted: EncryptedArray):
+        """([[v + ε]], ε) for a fresh ε as wide as the key allows (hiding v from the key owner).
+        The fresh encryption of ε also re-randomises the sum."""
+        mask = self.mask_source.uniform(encrypted.shape, self.public.mask_bits, encrypted.scale)
+        masked = encrypted + paillier.encrypt_array(
+            self.public_key, Fixed.from_ints(mask, encrypted.scale), executor=self.executor)
+        return masked, mask
+
+    def update_weight_share(self, masked: np.ndarray, batch_size: int) -> None:
+        """G̃ = T − ε_B' = Xᵀδ + ε_A; W_B ← W_B − η·G̃ (exact, at W's scale)."""
+        gradient = decode_signed(mod_n(masked - self._backward_mask, self.public_key.n),
+                                 self.public_key)
+        self._backward_mask = self._delta = None
+        if self.public.packing is not None:
+            # Every slot holds Xᵀδ + ε_A, below 2**gradient_bits + 2**gradient_mask_bits.
+            bound = self.plan.gradient_mask_bits(batch_size) + 1
+            gradient = self.public.packing.backward.unpack(gradient, self.layer_sizes[0], axis=0,
+                                                           value_bits=bound)
+        self.weight_share = self.weight_share - Fixed.from_ints(self.lr_int * gradient,
+                                                                self.plan.w_frac_bits)
+        self.weight_bound += self._weight_bound_growth
+
+    def finish_epoch(self, epochs_completed: int) -> None:
+        self.epochs_completed = epochs_completed
+
+    # prediction ---------------------------------------------------------------------------
+    def expect_prediction(self, count) -> None:
+        if isinstance(count, bool) or not isinstance(count, int) or not (
+                1 <= count <= MAX_PREDICTION_ROWS):
+            raise ValueError(f"the data party asks to predict {count!r} rows; the label party "
+                             f"accepts 1..{MAX_PREDICTION_ROWS} at once")
+        self._expected_predictions = count
+
+    def predict_from_preactivation(self) -> None:
+        self.predictions = self.model.scores_from_logits(self.model.forward_top(self.preactivation))
+
+    def classes(self) -> np.ndarray:
+        """The predicted class of each row of the last prediction."""
+        return self.model.classes_from_scores(self.predictions)
+
+    def prediction(self, class_names: list) -> Prediction:
+        """The last prediction, with its class names."""
+        scores, class_ids = self.predictions, self.classes()
+        if scores.ndim == 1:
+            confidence = np.where(class_ids == 1, scores, 1.0 - scores)
+        else:
+            confidence = scores[np.arange(len(class_ids)), class_ids]
+        return Prediction(class_ids, [class_names[k] for k in class_ids], scores, confidence,
+                          list(class_names))

@@ -1,0 +1,434 @@
+"""The public plan of a run: fixed-point scales and bounds, the packing layout, and the facts
+both parties hold after step 0.
+
+Nothing here is secret. Both parties derive every width and every layout from these values
+alone, so that a declared width can be checked by the receiver as well as by the sender, and so
+that a width never depends on a secret (a width measured on W_B would tell the key owner
+W_B's bit length, batch after batch).
+
+Exactness. Every quantity is a fixed-point integer with ONE public scale (fractional bits):
+X at ``x_frac_bits``, δ = ∂L/∂z at ``delta_frac_bits``, the learning rate η at ``lr_frac_bits``,
+and W at their sum. The update ΔW = η·Xᵀδ is then an exact integer at W's scale and never needs
+rescaling, so every mask cancels exactly and the true W is a deterministic function of the data,
+the initial weights and the batch order — never of the random masks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+import nn
+import paillier
+from paillier import Fixed, PublicKey
+
+
+@dataclass(frozen=True)
+class FixedPointPlan:
+    """Scales and bounds of every quantity, all public.
+
+    ``*_frac_bits`` are the scales: a real value v is carried as round(v · 2**frac_bits).
+    ``*_int_bits`` are public magnitude bounds (|X| < 2**x_int_bits, and so on); they size the
+    masks, and each party checks the bound of what it owns at run time — an input beyond its bound
+    is an error, never a silent wrap-around.
+
+    The weight W is carried at ``w_frac_bits = lr + x + delta`` fractional bits, so that
+    η_int · X_intᵀ · δ_int is already at W's scale: the update is exact, with no rescaling.
+
+    Caveat: nobody holds W, so nobody can check |W| < 2**weight_int_bits at run time. The bound
+    only sizes the statistical mask ε_acc (a larger W is still computed exactly, it is just hidden
+    with less than σ bits of margin); z's bound is checked where z is revealed.
+    """
+
+    x_frac_bits: int = 16
+    delta_frac_bits: int = 24
+    lr_frac_bits: int = 16
+    x_int_bits: int = 8
+    delta_int_bits: int = 4
+    weight_int_bits: int = 8
+    sigma: int = 40
+
+    @property
+    def w_frac_bits(self) -> int:
+        return self.lr_frac_bits + self.x_frac_bits + self.delta_frac_bits
+
+    @property
+    def z_frac_bits(self) -> int:
+        return self.x_frac_bits + self.w_frac_bits
+
+    @property
+    def weight_bits(self) -> int:
+        """|W_int| < 2**weight_bits."""
+        return self.weight_int_bits + self.w_frac_bits
+
+    def gradient_bits(self, batch_size: int) -> int:
+        """|X_intᵀ·δ_int| < 2**gradient_bits for a batch of ``batch_size`` rows."""
+        return (self.x_int_bits + self.x_frac_bits + self.delta_int_bits + self.delta_frac_bits
+                + max(1, math.ceil(math.log2(max(batch_size, 2)))))
+
+    def noise_acc_bits(self) -> int:
+        """Width of ε_acc at the start: σ bits wider than any W it hides."""
+        return self.weight_bits + self.sigma
+
+    def gradient_mask_bits(self, batch_size: int) -> int:
+        """Width of the data party's step-4 mask ε_A: σ bits wider than Xᵀδ."""
+        return self.gradient_bits(batch_size) + self.sigma
+
+    def quantize_lr(self, lr: float) -> int:
+        lr_int = int(Fixed.encode(np.array([lr]), self.lr_frac_bits).values[0])
+        if lr_int <= 0:
+            raise ValueError(f"learning rate {lr} rounds to 0 at {self.lr_frac_bits} fractional bits")
+        return lr_int
+
+    def snap_lr(self, lr: float) -> float:
+        """The learning rate both parties actually use: η rounded to the plan's grid.
+
+        The first layer's update needs η as an integer; snapping it once, up front, lets every
+        layer (and the plaintext twin) use the very same η, so η adds no quantisation error.
+        """
+        return self.quantize_lr(lr) / 2 ** self.lr_frac_bits
+
+    def check_key(self, key_bits: int, batch_size: int, n_features: int) -> None:
+        """Refuse a key too small for the values it must carry without wrapping mod n."""
+        z_bits = (self.x_int_bits + self.x_frac_bits + self.weight_bits
+                  + math.ceil(math.log2(max(n_features, 2))))
+        need = max(z_bits, self.gradient_mask_bits(batch_size) + 1) + 2 + self.sigma
+        if key_bits < need:
+            raise ValueError(f"a {key_bits}-bit key is too small for this fixed-point plan: "
+                             f"values need {need} bits (z: {z_bits}, masked gradient: "
+                             f"{self.gradient_mask_bits(batch_size) + 1}) plus headroom")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, payload) -> "FixedPointPlan":
+        """A plan from its dictionary, every field an integer in a sane range (ValueError)."""
+        if not isinstance(payload, dict) or set(payload) != {f.name for f in fields(cls)}:
+            raise ValueError(f"a fixed-point plan needs exactly the fields "
+                             f"{[f.name for f in fields(cls)]}, got {payload!r}")
+        for name, value in payload.items():
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 256:
+                raise ValueError(f"the fixed-point plan's {name} must be an integer in 1..256, "
+                                 f"got {value!r}")
+        return cls(**payload)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def check_features(X, plan: FixedPointPlan, *, what: str = "features", names=None, ids=None,
+                   raw=None, mean=None, std=None) -> None:
+    """Every (standardised) value must be finite and |x| < 2**x_int_bits, before any encryption.
+
+    The error names the row (its id, given ``ids``), the column (by name, given ``names``) and the
+    bound; given the raw values and the standardisation (prediction), the range the raw column
+    accepts. Checking up front means a bad test row fails in a second, not after an hour of
+    encrypted training.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    limit = 2.0 ** plan.x_int_bits
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(X) | (np.abs(X) >= limit)
+    if not bad.any():
+        return
+    row, col = map(int, np.argwhere(bad)[0])
+    where = (f"{what}, {'row' if ids is None else 'id'} {row if ids is None else str(ids[row])!r}"
+             f", column {col if names is None else names[col]!r}")
+    if not np.isfinite(X[row, col]):
+        raise ValueError(f"{where}: value {X[row, col]} is not finite")
+    if raw is not None and mean is not None and std is not None:
+        low, high = mean[col] - limit * std[col], mean[col] + limit * std[col]
+        raise OverflowError(f"{where}: value {raw[row, col]:g} is beyond the fixed-point range; "
+                            f"this column takes values strictly between {low:g} and {high:g} "
+                            f"(±{limit:g} standard deviations, x_int_bits={plan.x_int_bits})")
+    raise OverflowError(f"{where}: value {X[row, col]:g} exceeds the fixed-point bound "
+                        f"{limit:g} (x_int_bits={plan.x_int_bits}); standardise the features "
+                        "or raise the bound")
+
+
+def encode_features(X, plan: FixedPointPlan, what: str = "features") -> Fixed:
+    """X at the plan's scale, after :func:`check_features`."""
+    check_features(X, plan, what=what)
+    return Fixed.encode(np.asarray(X, dtype=np.float64), plan.x_frac_bits)
+
+
+def wide_mask_bits(public_key: PublicKey) -> int:
+    """The widest signed mask that still encodes under the key: 2**bits < n/3."""
+    return public_key.max_int.bit_length() - 2
+
+
+PACKING_HEADROOM_BITS = 8  # z's slots have room for |W| up to 2**8 times the plan's bound
+SHARE_GROWTH_BITS = 20  # ε_acc gains one η·ε_A per batch: room for 2**20 batches
+
+
+@dataclass(frozen=True)
+class PackingLayout:
+    """How many fixed-point values share one Paillier plaintext in step 1 and in step 4.
+
+    ``forward`` — step 1, along the batch. A packs k rows of the batch per plaintext:
+    ``[[X_batch]]`` is ⌈m/k⌉ × d ciphertexts, and B's [[X_batch]]·W_B + [[ε_B]] is ⌈m/k⌉ × h,
+    each holding z for k rows::
+
+        [[X_batch]][g, t]  =  [[ X[g·k+k−1, t] | … | X[g·k+1, t] | X[g·k, t] ]]
+        [[U]][g, j]        =  [[ z[g·k+k−1, j] | … | z[g·k, j] ]  +  ε_B ]]   (z = X·W)
+
+    A slot only has to hold the FINAL value z = X·W_B + X·ε_acc: ε_B is one mask over the whole
+    plaintext mod n and cancels exactly, and the arithmetic is exact mod n, so the intermediate
+    X·W_B may spill over its slot freely. |z_int| ≤ d · 2**(x_int+x_frac) · |W_int|, and the
+    label party proves |W_int| ≤ weight_bound (2**weight_bits at setup, plus η·2**(x bits)·Σ|δ|
+    per update) and checks, before every step 1, that the product stays below
+    2**(slot_bits − 1) — OverflowError otherwise, never a wrap. Hence
+    ``slot_bits = x_int_bits + x_frac_bits + ⌈log2 d⌉ + weight_bits + PACKING_HEADROOM_BITS + 1``.
+
+    ``backward`` — step 4, along the features. Each row's d features go k per plaintext:
+    [[X]] is n × ⌈d/k⌉ (cached for all epochs), and [[X]]ᵀ·δ + [[ε_B']] is ⌈d/k⌉ × h, k
+    gradients each. A adds its mask ε_A slot by slot, so a slot holds Xᵀδ + ε_A, with
+    |Xᵀδ| ≤ 2**gradient_bits and |ε_A| ≤ 2**gradient_mask_bits: together below
+    2**(gradient_mask_bits + 1), hence ``slot_bits = gradient_mask_bits + 2``.
+
+    ``slots`` (k) is, in each direction, the largest count such that (a) the packed final value
+    decodes: |P| < 2**(k·slot_bits) ≤ n/3; and (b) B's wide mask still hides what A decrypts,
+    the whole packed plaintext (X·W_B in step 1, for shares up to a budget of bits; Xᵀδ in
+    step 4) with σ bits to spare — the channel re-checks (b) on every message.
+    """
+
+    forward: paillier.Slots
+    backward: paillier.Slots
+    feature_bits: int  # |X_int| ≤ 2**feature_bits
+
+    def check_preactivation_fits(self, n_features: int, weight_bound: int | None) -> None:
+        """OverflowError unless d · 2**feature_bits · weight_bound < 2**(forward slot − 1)."""
+        if weight_bound is None:
+            raise ValueError("the label party has no proven bound on |W|: run setup() first "
+                             "(or restore weight_bound together with the weight share)")
+        bound = (n_features << self.feature_bits) * weight_bound
+        if bound >= 1 << (self.forward.slot_bits - 1):
+            raise OverflowError(
+                f"step 1: the proven bound on |z| = |X·W| has {bound.bit_length()} bits and no "
+                f"longer fits the {self.forward.slot_bits}-bit packed slots; train with "
+                "packing=False, or with a larger weight_int_bits in the fixed-point plan")
+
+    def to_dict(self) -> dict:
+        return {"forward": self.forward.to_dict(), "backward": self.backward.to_dict(),
+                "feature_bits": self.feature_bits}
+
+
+def useful_packing(plan: FixedPointPlan, public_key: PublicKey, batch_size: int,
+                   n_features: int, lr: float) -> PackingLayout | None:
+    """The packing layout, where it helps: None unless both steps get at least two slots.
+
+    With one slot a step gains nothing, and step 1 would re-encrypt every batch for nothing;
+    small (insecure, test-sized) keys then simply run one value per ciphertext.
+    """
+    try:
+        layout = packing_layout(plan, public_key, batch_size, n_features, lr)
+    except ValueError:  # the key is too small to pack this plan at all
+        return None
+    return layout if min(layout.forward.slots, layout.backward.slots) >= 2 else None
+
+
+def weight_share_bits(plan: FixedPointPlan, batch_size: int, lr: float) -> int:
+    """Public bound on |W_B| = |W − ε_acc|, in bits: ε_acc starts below 2**noise_acc_bits and
+    gains one η·ε_A per batch (room for 2**SHARE_GROWTH_BITS batches); W stays within the
+    plan's bound times 2**PACKING_HEADROOM_BITS. The label party checks its share against it."""
+    return max(plan.noise_acc_bits(), plan.weight_bits + PACKING_HEADROOM_BITS,
+               plan.quantize_lr(lr).bit_length() + plan.gradient_mask_bits(batch_size)
+               + SHARE_GROWTH_BITS) + 1
+
+
+def packing_layout(plan: FixedPointPlan, public_key: PublicKey, batch_size: int,
+                   n_features: int, lr: float) -> PackingLayout:
+    """The slot layout both parties derive from public values (see PackingLayout)."""
+    feature_bits = plan.x_int_bits + plan.x_frac_bits
+    log_d = (max(n_features, 1) - 1).bit_length()
+    plaintext_bits = public_key.max_int.bit_length() - 1  # 2**plaintext_bits ≤ max_int
+    spare = wide_mask_bits(public_key) - plan.sigma - 1  # room for a packed value under ε_B
+
+    share_bits = weight_share_bits(plan, batch_size, lr)
+    forward_bits = feature_bits + log_d + plan.weight_bits + PACKING_HEADROOM_BITS + 1
+    forward_slots = min(plaintext_bits // forward_bits,
+                        (spare - (feature_bits + log_d + share_bits)) // forward_bits + 1)
+
+    backward_bits = plan.gradient_mask_bits(batch_size) + 2
+    backward_slots = min(plaintext_bits // backward_bits,
+                         (spare - plan.gradient_bits(batch_size)) // backward_bits + 1)
+    if min(forward_slots, backward_slots) < 1:
+        raise ValueError(f"a {public_key.n.bit_length()}-bit key is too small to pack this "
+                         f"fixed-point plan ({forward_bits}-bit slots in step 1, {backward_bits}-bit "
+                         "in step 4); use a larger key or packing=False")
+    return PackingLayout(paillier.Slots(forward_bits, forward_slots),
+                         paillier.Slots(backward_bits, backward_slots), feature_bits)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+# ----------------------------------------------------------------------------------------------
+# The training plan (B → A in step 0) and the public facts of a session
+# ----------------------------------------------------------------------------------------------
+MAX_HIDDEN = 4096  # resource caps on what a peer may ask for: far above any model here
+MAX_BATCH_SIZE = 1 << 20
+MAX_EPOCHS = 100_000
+MAX_LR = 16.0
+SEED_LIMIT = 1 << 63
+
+
+def _check_int(value, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+        raise ValueError(f"the training plan's {name} must be an integer in {low}..{high}, "
+                         f"got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """The hyper-parameters the label party chooses and the data party needs: all public.
+
+    ``epochs_completed`` is 0 for a new run and the epoch both checkpoints were saved after when
+    resuming. ``insecure_flaws`` names the label party's INSECURE teaching switches (flaws.py):
+    they change what its messages declare, so the data party must know them too.
+    """
+
+    n_hidden: int
+    activation: str
+    lr: float
+    batch_size: int
+    epochs: int
+    seed: int
+    fixed_point: FixedPointPlan
+    epochs_completed: int = 0
+    insecure_flaws: tuple = ()
+
+    def to_dict(self) -> dict:
+        out = {item.name: getattr(self, item.name) for item in fields(self)}
+        out["fixed_point"] = self.fixed_point.to_dict()
+        out["insecure_flaws"] = list(self.insecure_flaws)
+        return out
+
+    @classmethod
+    def from_dict(cls, payload) -> "TrainingPlan":
+        """Validate every field of a received plan (type, range, resource cap): ValueError."""
+        if not isinstance(payload, dict):
+            raise ValueError(f"the training plan must be a JSON object, got {type(payload).__name__}")
+        expected = {item.name for item in fields(cls)}
+        missing, unknown = expected - set(payload), set(payload) - expected
+        if missing or unknown:
+            raise ValueError(f"the training plan lacks {sorted(missing) or 'nothing'} and has "
+                             f"unknown fields {sorted(unknown) or 'none'}")
+        lr = payload["lr"]
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (
+                math.isfinite(lr) and 0 < lr <= MAX_LR):
+            raise ValueError(f"the training plan's lr must be a number in (0, {MAX_LR:g}], "
+                             f"got {lr!r}")
+        if payload["activation"] not in nn.ACTIVATIONS:
+            raise ValueError(f"the training plan's activation {payload['activation']!r} is not "
+                             f"one of {sorted(nn.ACTIVATIONS)}")
+        flaws = payload["insecure_flaws"]
+        if not isinstance(flaws, (list, tuple)) or not all(isinstance(f, str) for f in flaws):
+            raise ValueError(f"the training plan's insecure_flaws must be a list of names, "
+                             f"got {flaws!r}")
+        return cls(n_hidden=_check_int(payload["n_hidden"], "n_hidden", 1, MAX_HIDDEN),
+                   activation=payload["activation"], lr=float(lr),
+                   batch_size=_check_int(payload["batch_size"], "batch_size", 1, MAX_BATCH_SIZE),
+                   epochs=_check_int(payload["epochs"], "epochs", 1, MAX_EPOCHS),
+                   seed=_check_int(payload["seed"], "seed", 0, SEED_LIMIT - 1),
+                   fixed_point=FixedPointPlan.from_dict(payload["fixed_point"]),
+                   epochs_completed=_check_int(payload["epochs_completed"], "epochs_completed",
+                                               0, MAX_EPOCHS),
+                   insecure_flaws=tuple(flaws))
+
+
+@dataclass(frozen=True)
+class Public:
+    """What both parties know after step 0, the same in both processes: the public key, the
+    data party's shapes, the training plan and the packing layout.
+
+    The script (protocol.py) reads nothing else, so it runs unchanged whether both parties live
+    in this process or each in its own. Every declared width and shape is a function of these.
+    """
+
+    public_key: PublicKey
+    n_samples: int
+    n_inputs: int  # the interactive layer's input width: d, or k with a bottom model
+    bottom: bool  # the data party has a bottom model, so step 4b runs
+    data_flaws: tuple
+    training: TrainingPlan
+    packing: PackingLayout | None = None
+
+    @property
+    def plan(self) -> FixedPointPlan:
+        return self.training.fixed_point
+
+    @property
+    def n_hidden(self) -> int:
+        return self.training.n_hidden
+
+    @property
+    def mask_bits(self) -> int:
+        """Width of the label party's masks ε_B, ε_B': as wide as the key allows."""
+        return wide_mask_bits(self.public_key)
+
+    def flawed(self, name: str) -> bool:
+        """An INSECURE switch of either party (flaws.py) is on."""
+        return name in self.data_flaws or name in self.training.insecure_flaws
+
+    def batches(self, epoch: int) -> list[np.ndarray]:
+        """The batch order of ``epoch``, from the public seed: both parties derive it alone."""
+        return nn.minibatches(self.n_samples, self.training.batch_size,
+                              seed=self.training.seed, epoch=epoch)
+
+    def packable(self) -> bool:
+        """Packing needs a fixed [[X]] (no bottom model) and the real protocol: the insecure
+        variants run one value per ciphertext, as the systems whose flaws they are."""
+        return not self.bottom and not self.data_flaws and not self.training.insecure_flaws
+
+    def derive_packing(self) -> PackingLayout | None:
+        """The layout both parties derive from the facts above (None where it would not help)."""
+        if not self.packable():
+            return None
+        return useful_packing(self.plan, self.public_key, self.training.batch_size,
+                              self.n_inputs, self.training.lr)
+
+    # -- the shapes and widths each message declares ------------------------------------------
+    def rows_shape(self, m: int) -> tuple:
+        """[[X_batch]] (or [[X_new]]): m rows, packed k per ciphertext along the batch."""
+        groups = m if self.packing is None else self.packing.forward.groups(m)
+        return (groups, self.n_inputs)
+
+    def product_shape(self, m: int) -> tuple:
+        groups = m if self.packing is None else self.packing.forward.groups(m)
+        return (groups, self.n_hidden)
+
+    def features_shape(self) -> tuple:
+        """[[X]] of step 0: every row, packed k features per ciphertext."""
+        width = self.n_inputs if self.packing is None else self.packing.backward.groups(
+            self.n_inputs)
+        return (self.n_samples, width)
+
+    def gradient_shape(self) -> tuple:
+        width = self.n_inputs if self.packing is None else self.packing.backward.groups(
+            self.n_inputs)
+        return (width, self.n_hidden)
+
+    def weight_shape(self) -> tuple:
+        return (self.n_inputs, self.n_hidden)
+
+    def product_bits(self) -> int:
+        """Public bound on |X·W_B|, what ε_B hides from the key owner (packed: the whole
+        plaintext, all slots at once). From the plan, never from W_B itself."""
+        share_bits = weight_share_bits(self.plan, self.training.batch_size, self.training.lr)
+        value_bits = (self.plan.x_int_bits + self.plan.x_frac_bits + share_bits
+                      + math.ceil(math.log2(max(self.n_inputs, 2))))
+        if self.packing is not None:
+            return self.packing.forward.packed_bits(value_bits)
+        return value_bits
+
+    def masked_gradient_bits(self, m: int) -> int:
+        """Public bound on |Xᵀδ| under ε_B' (packed: all k gradients of a plaintext)."""
+        bits = self.plan.gradient_bits(m)
+        if self.packing is not None:
+            bits = self.packing.backward.packed_bits(bits)
+        return bits
