@@ -3,7 +3,7 @@
     python acml.py audit                   # the table: flaw, caught by, attack on flawed vs real
     python acml.py audit --json audit.json
 
-For each flaw of :class:`protocol.InsecureFlaws` the audit
+For each flaw of :class:`flaws.InsecureFlaws` the audit
 
 1. runs the protocol with that one flaw switched on and the channel in reporting mode
    (``Channel(mode="report")``), so that the flawed run completes;
@@ -34,8 +34,11 @@ import data
 import nn
 import paillier
 import protocol
-from paillier import EncryptedArray
-from protocol import DATA, LABEL, Finding, InsecureFlaws, Message
+from channel import DATA, LABEL, MASK_WIDTH_SLACK, Channel, Finding, Message, uniform_mask
+from flaws import (FLOAT_MANTISSA_BITS, PHE_LOG2_BASE, SECURE, SEEDED_MASK_SEED_BITS,
+                   InsecureFlaws, InsecureFlawWarning)
+from paillier import EncryptedArray, Fixed
+from parties import DataParty, LabelParty
 
 DEFAULT_KEY_BITS = 256
 
@@ -116,7 +119,7 @@ def audit_transcript(messages: list[Message], public_key: paillier.PublicKey, *,
             seen = _centred_bits(payload, n)
         elif m.kind == "ciphertext" and m.receiver == DATA and private_key is not None:
             seen = _centred_bits(private_key.decrypt_residues(payload), n)
-        if seen is not None and seen + protocol.MASK_WIDTH_SLACK < m.mask_bits:
+        if seen is not None and seen + MASK_WIDTH_SLACK < m.mask_bits:
             suspects = ("zero_initial_noise", "weak_masks") if m.step == "0" else ("weak_masks",)
             cause = ("ε_acc starts at zero or is drawn weak (flaw: zero_initial_noise or "
                      "weak_masks)" if m.step == "0" else "a weak mask (flaw: weak_masks)")
@@ -160,9 +163,9 @@ class PartyView:
 class Run:
     scenario: Scenario
     flaws: InsecureFlaws
-    data_party: protocol.DataParty
-    label_party: protocol.LabelParty
-    channel: protocol.Channel
+    data_party: DataParty
+    label_party: LabelParty
+    channel: Channel
     diary: dict
     truth: dict  # ground truth for scoring: never read by an attack
     scaler: data.Standardizer
@@ -190,12 +193,12 @@ def load_rows(scenario: Scenario):
     return scaler.transform(dataset.X[keep]), dataset.y[keep], scaler
 
 
-def simulate(scenario: Scenario, flaws: InsecureFlaws = protocol.SECURE, *, keypair) -> Run:
+def simulate(scenario: Scenario, flaws: InsecureFlaws = SECURE, *, keypair) -> Run:
     """Run the protocol on ``scenario`` with ``flaws`` and the channel in reporting mode.
 
-    The loop is ``protocol.train_batch`` spelt out, so that each party can note its own state
-    before every batch (what a curious party would keep): the data party ε_acc, the label party
-    its share W_B, its bias and z. The simulation also records the true W (``truth``).
+    ``protocol.train_epoch`` runs it, with each party noting its own state before every batch
+    (what a curious party would keep): the data party ε_acc, the label party its share W_B, its
+    bias and, after the batch's step 1, z. The simulation also records the true W (``truth``).
     """
     X, y, scaler = load_rows(scenario)
     n_classes = int(y.max()) + 1
@@ -203,36 +206,41 @@ def simulate(scenario: Scenario, flaws: InsecureFlaws = protocol.SECURE, *, keyp
         scenario.bottom if isinstance(scenario.bottom, int) else scenario.bottom[0])
     sizes = (inputs, *scenario.hidden, 1 if n_classes == 2 else n_classes)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", protocol.InsecureFlawWarning)
-        data_party = protocol.DataParty(X, keypair=keypair, init_seed=scenario.seed,
-                                        bottom=scenario.bottom, insecure_flaws=flaws)
-        label_party = protocol.LabelParty(y, sizes, lr=scenario.lr, batch_size=scenario.batch_size,
-                                          epochs=scenario.epochs, seed=scenario.seed,
-                                          insecure_flaws=flaws)
-    channel = protocol.Channel(mode="report")
-    # Unpacked: one value per ciphertext, as in the implementations whose flaws these are, so
-    # that each attack reads its values directly (packing changes the layout, not the leaks).
-    protocol.setup(data_party, label_party, channel, packing=False)
+        warnings.simplefilter("ignore", InsecureFlawWarning)
+        data_party = DataParty(X, keypair=keypair, init_seed=scenario.seed,
+                               bottom=scenario.bottom, insecure_flaws=flaws)
+        # Unpacked: one value per ciphertext, as in the implementations whose flaws these are,
+        # so that each attack reads its values directly (packing changes the layout, not the
+        # leaks).
+        label_party = LabelParty(y, sizes, lr=scenario.lr, batch_size=scenario.batch_size,
+                                 epochs=scenario.epochs, seed=scenario.seed,
+                                 insecure_flaws=flaws, packing=False)
+    channel = Channel(data_party=data_party, label_party=label_party, mode="report",
+                      keep_payloads=True)
+    public = protocol.setup(channel)
     diary = {DATA: [], LABEL: []}
     truth = {"X": X, "y": y, "W": []}
-    done = 0
-    for epoch in range(scenario.epochs):
-        for rows in nn.minibatches(len(y), scenario.batch_size, seed=scenario.seed, epoch=epoch):
-            if scenario.max_batches is not None and done == scenario.max_batches:
-                break
-            diary[DATA].append({"rows": rows, "noise_acc": data_party.noise_acc.values.copy()})
-            diary[LABEL].append({"rows": rows,
-                                 "weight_share": label_party.weight_share.values.copy(),
-                                 "bias": label_party.model.layers[0].b.copy()})
-            truth["W"].append((label_party.weight_share + data_party.noise_acc).decode())
-            z = protocol.step1_forward_interactive(data_party, label_party, channel, rows)
-            diary[LABEL][-1]["z"] = z
-            protocol.step2_forward_rest(label_party, channel, z, rows)
-            delta = protocol.step3_backward_rest(label_party, channel)
-            if data_party.bottom is not None:
-                protocol.step4b_input_gradient(data_party, label_party, channel, delta)
-            protocol.step4_backward_interactive(data_party, label_party, channel, rows, delta)
-            done += 1
+
+    class Done(Exception):
+        pass
+
+    def before_batch(rows):
+        if scenario.max_batches is not None and len(diary[DATA]) == scenario.max_batches:
+            raise Done
+        diary[DATA].append({"rows": rows, "noise_acc": data_party.noise_acc.values.copy()})
+        diary[LABEL].append({"rows": rows, "weight_share": label_party.weight_share.values.copy(),
+                             "bias": label_party.model.layers[0].b.copy()})
+        truth["W"].append((label_party.weight_share + data_party.noise_acc).decode())
+
+    def after_batch(rows):
+        diary[LABEL][-1]["z"] = label_party.preactivation
+
+    try:
+        for epoch in range(scenario.epochs):
+            protocol.train_epoch(channel, public, epoch, before_batch=before_batch,
+                                 after_batch=after_batch)
+    except Done:
+        pass
     return Run(scenario, flaws, data_party, label_party, channel, diary, truth, scaler)
 
 
@@ -319,7 +327,7 @@ def attack_invert_first_layer(view: PartyView) -> tuple[np.ndarray, np.ndarray]:
     same algebra returns ≈ 0. Returns (the batch's row indices, the rows recovered).
     """
     first = view.diary[0]
-    share = protocol.Fixed.from_ints(first["weight_share"], view.own.plan.w_frac_bits).decode()
+    share = Fixed.from_ints(first["weight_share"], view.own.plan.w_frac_bits).decode()
     return first["rows"], (first["z"] - first["bias"]) @ np.linalg.pinv(share)
 
 
@@ -330,7 +338,7 @@ def _data_party_products(view: PartyView, unmask) -> list[tuple[np.ndarray, np.n
     for message, entry in zip(view.received("[[X·W_B + ε_B]]"), view.diary):
         features = own.features[entry["rows"]]
         residues = unmask(message)
-        own_part = (features @ protocol.Fixed.from_ints(entry["noise_acc"],
+        own_part = (features @ Fixed.from_ints(entry["noise_acc"],
                                                         own.plan.w_frac_bits)).values
         product = [[_centred((int(r) + int(o)) % n, n) / 2.0 ** message.payload.scale
                     for r, o in zip(row_r, row_o)]
@@ -363,7 +371,7 @@ def attack_weak_masks(view: PartyView) -> np.ndarray:
         view, lambda m: own._private_key.decrypt_residues(m.payload)), own.plan)
 
 
-def find_mask_seed(view: PartyView, seed_bits: int = protocol.SEEDED_MASK_SEED_BITS):
+def find_mask_seed(view: PartyView, seed_bits: int = SEEDED_MASK_SEED_BITS):
     """Flaw 5's first move, by the data party: search the label party's mask seed.
 
     The first masked ciphertext from B decrypts to v + ε with |v| < 2**value_bits (declared) and
@@ -394,19 +402,19 @@ def attack_seeded_masks(view: PartyView) -> tuple[list[np.ndarray], int | None]:
     own = view.own
     seed = find_mask_seed(view)
     if seed is None:
-        return [np.zeros((own.n_inputs, own.training["n_hidden"]))] * len(view.diary), None
+        return [np.zeros((own.n_inputs, own.training.n_hidden))] * len(view.diary), None
     generator, n = random.Random(seed), own.public_key.n
     unmasked = {}
     for message in view.messages:
         if message.kind == "ciphertext" and message.mask_bits is not None:
-            masks = protocol.uniform_mask(message.payload.shape, message.mask_bits, generator)
+            masks = uniform_mask(message.payload.shape, message.mask_bits, generator)
             residues = own._private_key.decrypt_residues(message.payload)
             unmasked[id(message)] = np.asarray((residues - masks) % n, dtype=object)
     pairs = _data_party_products(view, lambda m: unmasked[id(m)])
     return [_fit_weight([pair], own.plan) for pair in pairs], seed
 
 
-LOG2_MAGNITUDE_OFFSET = protocol.FLOAT_MANTISSA_BITS + 1  # |v| ∈ [2**(4e+52), 2**(4e+56))
+LOG2_MAGNITUDE_OFFSET = FLOAT_MANTISSA_BITS + 1  # |v| ∈ [2**(4e+52), 2**(4e+56))
 
 
 def attack_exponent_magnitudes(view: PartyView) -> np.ndarray:
@@ -419,7 +427,7 @@ def attack_exponent_magnitudes(view: PartyView) -> np.ndarray:
     encrypted = view.received("[[X]]")[0].payload
     exponents = getattr(encrypted, "exponents", None)
     if exponents is not None:
-        return protocol.PHE_LOG2_BASE * exponents.astype(float) + LOG2_MAGNITUDE_OFFSET
+        return PHE_LOG2_BASE * exponents.astype(float) + LOG2_MAGNITUDE_OFFSET
     return np.array([[math.log2(int(c)) for c in row] for row in encrypted.ciphertexts.tolist()])
 
 
@@ -595,7 +603,7 @@ class Auditor:
             values = run.truth["X"]
             nonzero = values != 0
             truth = np.log2(np.abs(values[nonzero]))
-            inside = np.abs(estimate[nonzero] - truth) <= protocol.PHE_LOG2_BASE / 2
+            inside = np.abs(estimate[nonzero] - truth) <= PHE_LOG2_BASE / 2
             return AttackOutcome("rank correlation (Spearman) of estimated and true log2|x| over "
                                  "X's nonzero values", rank_correlation(estimate[nonzero], truth),
                                  {"values": int(nonzero.sum()),

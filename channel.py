@@ -307,7 +307,8 @@ class Channel:
         payload = None
         if sender in self.local:
             payload = make(self.local[sender])
-            drawn = self.local[sender].mask_source.take_pending()
+            source = self.local[sender].mask_source
+            drawn = None if source is None else source.take_pending()
             self._check_payload(message, payload, drawn)
             self._transmit(message, payload)
         if receiver in self.local:
