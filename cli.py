@@ -334,7 +334,6 @@ def add_party_parser(commands) -> None:
                                  "(the data party has no labels); 0 for none")
     label_role.add_argument("--no-packing", dest="packing", action="store_false",
                             help="one value per ciphertext (the same weights, many times slower)")
-    label_role.add_argument("--json", help="write the report as JSON to this path")
     label_role.add_argument("--out", help="with --predict: write id, predicted_class and the "
                                           "probability of each class here (CSV; default stdout)")
     for role in (data_role, label_role):
@@ -348,6 +347,7 @@ def add_party_parser(commands) -> None:
                           help="processes for this party's modular exponentiations (default 1)")
         role.add_argument("--transcript", help="write every message this party sends or "
                                                "receives as JSON lines")
+        role.add_argument("--json", help="write this party's report as JSON to this path")
         role.add_argument("--token-file", help="file holding the shared secret token (default: "
                                                "the ACML_TOKEN environment variable)")
         role.add_argument("--timeout", type=_positive(float), default=wire.DEFAULT_TIMEOUT,
