@@ -120,10 +120,15 @@ def datasets_from_args(args):
                         return_standardizer=True, stratified=not args.features)
 
 
+def check_key_bits(bits: int, insecure: bool) -> None:
+    """The key-size policy at the command line: under 1024 bits only with the insecure flag."""
+    if bits < paillier.INSECURE_KEY_BITS and not insecure:
+        raise UsageError(f"--key-bits {bits} is under {paillier.INSECURE_KEY_BITS} bits and not "
+                         "secure; add --insecure-small-key for tests and demos")
+
+
 def config_from_args(args) -> Config:
-    if args.key_bits < paillier.INSECURE_KEY_BITS and not args.insecure_small_key:
-        raise UsageError(f"--key-bits {args.key_bits} is under {paillier.INSECURE_KEY_BITS} bits "
-                         "and not secure; add --insecure-small-key for tests and demos")
+    check_key_bits(args.key_bits, args.insecure_small_key)
     return Config(hidden=args.hidden, activation=args.activation, epochs=args.epochs,
                   batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                   key_bits=args.key_bits, seed=args.seed, allow_insecure=args.insecure_small_key,
@@ -254,9 +259,7 @@ def _data_party(args, token, frame_cap, executor, progress, transcript):
     if args.predict:
         keypair = None
     else:
-        if args.key_bits < paillier.INSECURE_KEY_BITS and not args.insecure_small_key:
-            raise UsageError(f"--key-bits {args.key_bits} is under {paillier.INSECURE_KEY_BITS} "
-                             "bits and not secure; add --insecure-small-key for tests and demos")
+        check_key_bits(args.key_bits, args.insecure_small_key)
         if args.resume and args.init_seed is not None:
             raise UsageError("--resume takes W's mask from the checkpoint; drop --init-seed")
         # Resuming, the key pair is the checkpoint's: no new one.
@@ -373,10 +376,8 @@ def command_audit(args) -> int:
     import audit  # the audit pulls in every flaw's machinery: only load it when asked
 
     key_bits = audit.DEFAULT_KEY_BITS if args.key_bits is None else args.key_bits
-    if args.key_bits is not None and key_bits < paillier.INSECURE_KEY_BITS \
-            and not args.insecure_small_key:
-        raise UsageError(f"--key-bits {key_bits} is below {paillier.INSECURE_KEY_BITS}: pass "
-                         "--insecure-small-key too (the audit's default small key needs no flag)")
+    if args.key_bits is not None:  # the audit's default small key needs no flag
+        check_key_bits(key_bits, args.insecure_small_key)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
         warnings.simplefilter("ignore", InsecureFlawWarning)
@@ -424,8 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict_parser.add_argument("--checkpoint-dir", metavar="DIR", required=True)
     predict_parser.add_argument("--features", required=True, help="features CSV of the new rows")
     predict_parser.add_argument("--id-column", required=True, help="id column of that CSV")
-    predict_parser.add_argument("--out", help="write id, predicted_class, score here (CSV); "
-                                              "default: stdout")
+    predict_parser.add_argument("--out", help="write id, predicted_class and the probability of "
+                                              "each class here (CSV); default: stdout")
     predict_parser.add_argument("--insecure-small-key", action="store_true",
                                 help="accept a checkpoint key under 1024 bits (NOT secure)")
     predict_parser.set_defaults(handler=command_predict)
