@@ -171,7 +171,7 @@ def test_test_row_beyond_the_fixed_point_range_fails_before_any_encryption(keypa
         acml.train(train_set, test_set, config(), keypair=keypair)
     message = str(caught.value)
     assert f"id '{test_set.ids[2]}'" in message and "column 'magnesium'" in message
-    assert "just below 256" in message
+    assert "exceeds the fixed-point bound 256" in message and "\n" not in message
     assert paillier.OP_COUNTS["encrypt"] == 0
 
 
@@ -534,9 +534,22 @@ def test_prediction_from_checkpoints_equals_plaintext_prediction(trained):
     assert np.array_equal(prediction.confidence, confidence)
 
 
-def test_cli_predict_writes_id_class_and_score_and_matches_the_api(trained, tmp_path):
+def read_predictions(path):
+    """(header, rows) of a prediction CSV."""
+    with open(path, newline="") as handle:
+        written = list(csv.reader(handle))
+    return written[0], written[1:]
+
+
+def probabilities_of(rows):
+    """The p_<class> columns of prediction rows, as floats (m, k)."""
+    return np.array([[float(value) for value in row[2:]] for row in rows])
+
+
+def test_cli_predict_writes_id_class_and_probabilities_and_matches_the_api(trained, tmp_path):
     """`acml.py predict` reads raw rows by column name (any order), applies the data party's
-    standardisation, and writes id, predicted class name and score (round-trip floats)."""
+    standardisation, and writes id, predicted class name and the probability of every class
+    (round-trip floats): the predicted class's is the API's confidence."""
     directory, _, _, _, raw_test = trained
     names = list(raw_test.feature_names)
     order = names[::-1]
@@ -546,13 +559,15 @@ def test_cli_predict_writes_id_class_and_score_and_matches_the_api(trained, tmp_
     out = tmp_path / "predictions.csv"
     assert acml.main(["predict", "--checkpoint-dir", str(directory), "--features", str(features),
                       "--id-column", "key", "--out", str(out), "--insecure-small-key"]) == 0
-    with open(out, newline="") as handle:
-        written = list(csv.reader(handle))
-    assert written[0] == ["key", "predicted_class", "score"]
+    header, written = read_predictions(out)
     expected = acml.predict(directory, raw_test.X, allow_insecure=True)
-    assert [row[0] for row in written[1:]] == [f"row{i}" for i in range(len(raw_test.y))]
-    assert [row[1] for row in written[1:]] == expected.class_names
-    assert np.array_equal([float(row[2]) for row in written[1:]], expected.confidence)
+    assert header == ["key", "predicted_class", *(f"p_{name}" for name in expected.classes)]
+    assert [row[0] for row in written] == [f"row{i}" for i in range(len(raw_test.y))]
+    assert [row[1] for row in written] == expected.class_names
+    probabilities = probabilities_of(written)
+    assert np.array_equal(probabilities, expected.scores)  # three classes: the softmax itself
+    assert np.array_equal(probabilities[np.arange(len(written)), expected.class_ids],
+                          expected.confidence)
 
 
 def test_cli_predict_bad_rows_are_one_line_and_write_nothing(trained, tmp_path, capsys):
@@ -667,7 +682,10 @@ def test_bottom_model_resumed_run_is_bit_identical_to_an_uninterrupted_one(botto
     assert not np.array_equal(data_a.bottom.layer.b, np.zeros(BOTTOM_WIDTH))  # it did train
     assert_same_layers_and_optimiser(label_a, label_b)
     step0 = [m.name for m in resumed_result.channel.messages if m.step == "0"]
-    assert step0 == ["public key", "shapes", "training plan", "epochs completed"]
+    # The epochs completed travel in the training plan, which the data party checks against
+    # its own checkpoint; no new weight split, no [[X]].
+    assert step0 == ["public key", "shapes", "training plan", "packing layout"]
+    assert resumed_result.metrics["resumed_after_epoch"] == 2
     assert "[[α]]" in {m.name for m in resumed_result.channel.messages}
     exports = []
     for index, directory in enumerate((straight, resumed)):
@@ -860,11 +878,14 @@ def test_cli_trains_resumes_predicts_and_exports_with_a_bottom_model(tmp_path, c
     assert acml.main(["predict", "--checkpoint-dir", str(directory), "--features",
                       str(features), "--id-column", "id", "--out", str(out),
                       "--insecure-small-key"]) == 0
-    with open(out, newline="") as handle:
-        written = list(csv.reader(handle))[1:]
+    header, written = read_predictions(out)
     expected = acml.predict(directory, wine.X[::20], allow_insecure=True)
+    assert header == ["id", "predicted_class", *(f"p_{name}" for name in wine.class_names)]
     assert [row[1] for row in written] == expected.class_names
-    assert np.array_equal([float(row[2]) for row in written], expected.confidence)
+    probabilities = probabilities_of(written)
+    assert np.array_equal(probabilities, expected.scores)
+    assert np.array_equal(probabilities[np.arange(len(written)), expected.class_ids],
+                          expected.confidence)
     model_path = tmp_path / "model.npz"
     assert acml.main(["export", "--checkpoint-dir", str(directory), "--out", str(model_path),
                       acml.REVEAL_FLAG]) == 0
