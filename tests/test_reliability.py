@@ -570,6 +570,68 @@ def test_cli_predict_writes_id_class_and_probabilities_and_matches_the_api(train
                           expected.confidence)
 
 
+def assert_one_probability_per_class(header, rows, id_column, class_names):
+    """A prediction CSV: id, predicted_class, then p_<name> for every class in class-id order;
+    each row's probabilities lie in [0, 1], sum to 1, and the predicted class is the likeliest."""
+    assert header == [id_column, "predicted_class", *(f"p_{name}" for name in class_names)]
+    assert rows and all(len(row) == len(header) for row in rows)
+    probabilities = probabilities_of(rows)
+    assert probabilities.shape == (len(rows), len(class_names))
+    assert np.all((probabilities >= 0) & (probabilities <= 1))
+    assert np.allclose(probabilities.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    likeliest = [class_names[k] for k in probabilities.argmax(axis=1)]
+    assert [row[1] for row in rows] == likeliest
+    return probabilities
+
+
+def test_cli_predict_writes_one_named_probability_per_class_summing_to_one(trained, tmp_path):
+    """Three classes: one p_<class name> column each, in class order; every row sums to 1."""
+    directory, _, train_set, _, raw_test = trained
+    names = list(raw_test.feature_names)
+    features = write_csv(tmp_path / "new.csv", ["id", *names],
+                         [[f"r{i}", *map(repr, raw_test.X[i].tolist())]
+                          for i in range(len(raw_test.y))])
+    out = tmp_path / "predictions.csv"
+    assert acml.main(["predict", "--checkpoint-dir", str(directory), "--features",
+                      str(features), "--id-column", "id", "--out", str(out),
+                      "--insecure-small-key"]) == 0
+    header, rows = read_predictions(out)
+    assert len(train_set.class_names) == 3
+    assert_one_probability_per_class(header, rows, "id", train_set.class_names)
+
+
+def test_cli_predict_binary_writes_both_named_probabilities(tmp_path, capsys):
+    """Two classes named in the labels CSV (one output unit): still one column per class,
+    p_<no> = 1 − p_<yes>, each row summing to 1, and the API's scores are P(second class)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3))
+    y = np.where(X[:, 0] + 0.5 * X[:, 1] > 0, "yes", "no")
+    features = write_csv(tmp_path / "f.csv", ["id", "a", "b", "c"],
+                         [[f"k{i}", *map(repr, X[i].tolist())] for i in range(len(X))])
+    labels = write_csv(tmp_path / "l.csv", ["id", "outcome"],
+                       [[f"k{i}", y[i]] for i in range(len(X))])
+    directory = tmp_path / "run"
+    assert acml.main(["train", "--features", str(features), "--labels", str(labels),
+                      "--id-column", "id", "--label-column", "outcome", "--hidden", "2",
+                      "--epochs", "1", "--batch-size", "16", "--init-seed", "0",
+                      "--checkpoint-dir", str(directory), *CLI_SMALL_KEY]) == 0
+    capsys.readouterr()
+    _, label_state = checkpoint.load_pair(directory, allow_insecure=True)
+    assert label_state.class_names == ["no", "yes"] and label_state.layer_sizes[-1] == 1
+    out = tmp_path / "predictions.csv"
+    assert acml.main(["predict", "--checkpoint-dir", str(directory), "--features",
+                      str(features), "--id-column", "id", "--out", str(out),
+                      "--insecure-small-key"]) == 0
+    header, rows = read_predictions(out)
+    probabilities = assert_one_probability_per_class(header, rows, "id", ["no", "yes"])
+    assert [row[0] for row in rows] == [f"k{i}" for i in range(len(X))]
+    expected = acml.predict(directory, X, feature_names=["a", "b", "c"], allow_insecure=True)
+    assert expected.scores.ndim == 1
+    assert np.array_equal(probabilities[:, 1], expected.scores)
+    assert np.array_equal(probabilities[:, 0], 1.0 - expected.scores)
+    assert [row[1] for row in rows] == expected.class_names
+
+
 def test_cli_predict_bad_rows_are_one_line_and_write_nothing(trained, tmp_path, capsys):
     """A value beyond the fixed-point range names the id, the column and the raw range the
     column accepts; a missing column and a duplicated id are one line too; --out stays absent."""
