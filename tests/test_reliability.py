@@ -294,6 +294,28 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
 
 
+def test_cli_transcript_is_written_whole_or_not_at_all(tmp_path, capsys):
+    """`train --transcript` streams into a temporary file renamed at the end: a run that fails
+    leaves no transcript and no temporary (here step 0 fails at the training plan, after the
+    public key and the shapes were streamed); a run that succeeds leaves one JSON line per
+    message, the public key first."""
+    common = ["train", "--dataset", "wine", "--hidden", "2", "--epochs", "1", "--quiet"]
+    failed = tmp_path / "failed.jsonl"
+    line = one_line_error(capsys, [*common, "--key-bits", "128", "--insecure-small-key",
+                                   "--transcript", str(failed)])
+    assert "too small" in line
+    assert list(tmp_path.iterdir()) == []
+    done = tmp_path / "done.jsonl"
+    assert acml.main([*common, *CLI_SMALL_KEY, "--transcript", str(done)]) == 0
+    capsys.readouterr()
+    assert [p.name for p in tmp_path.iterdir()] == ["done.jsonl"]
+    records = [json.loads(text) for text in done.read_text().splitlines()]
+    assert records[0]["name"] == "public key" and records[0]["step"] == "0"
+    assert all({"step", "sender", "receiver", "name", "kind", "payload"} <= set(r)
+               for r in records)
+    assert {r["kind"] for r in records} >= {"public", "ciphertext", "masked", "revealed"}
+
+
 # ---- 2. checkpoints -------------------------------------------------------------------------
 def test_each_party_file_holds_its_own_state_in_the_documented_entries(trained):
     """data_party.npz and label_party.npz load with allow_pickle=False; big integers are
