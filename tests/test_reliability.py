@@ -17,8 +17,11 @@ import checkpoint
 import data
 import nn
 import paillier
+import parties
 import protocol
+from channel import CIPHERTEXT, DATA, LABEL, Channel, LeakageError
 from paillier import EncryptedArray, Fixed
+from plan import FixedPointPlan
 
 KEY_BITS = 384
 CLI_SMALL_KEY = ["--key-bits", "256", "--insecure-small-key", "--quiet"]
@@ -106,8 +109,10 @@ def test_nan_or_inf_in_features_names_row_and_column(keypair, bad):
     """A non-finite feature is refused before anything is encrypted, naming row and column."""
     X = np.zeros((4, 3))
     X[2, 1] = bad
-    with pytest.raises(ValueError, match=r"feature column 1, row 2: value .* is not finite"):
-        protocol.DataParty(X, keypair=keypair)
+    paillier.reset_op_counts()
+    with pytest.raises(ValueError, match=r"^features, row 2, column 1: value .* is not finite$"):
+        parties.DataParty(X, keypair=keypair)
+    assert paillier.OP_COUNTS["encrypt"] == 0
 
 
 def test_nan_in_a_features_csv_is_one_line_at_the_cli(tmp_path, capsys):
@@ -134,7 +139,7 @@ def test_bad_labels_are_refused_by_the_label_party_in_one_line(labels, needle):
     """NaN/inf, fractional, out-of-range and single-class labels, and a 2-D y: one line each,
     before any training."""
     with pytest.raises(ValueError) as caught:
-        protocol.LabelParty(labels, (3, 2, 1))
+        parties.LabelParty(labels, (3, 2, 1))
     assert needle in str(caught.value) and "\n" not in str(caught.value)
 
 
@@ -151,9 +156,9 @@ def test_feature_overflow_names_the_column_and_the_bound(keypair):
     never a wrap-around."""
     X = np.zeros((3, 4))
     X[1, 3] = 300.0
-    with pytest.raises(OverflowError, match=r"feature column 3, row 1: \|300\| exceeds the "
-                                            r"fixed-point bound 256 \(x_int_bits=8\)"):
-        protocol.DataParty(X, keypair=keypair)
+    with pytest.raises(OverflowError, match=r"^features, row 1, column 3: value 300 exceeds "
+                                            r"the fixed-point bound 256 \(x_int_bits=8\)"):
+        parties.DataParty(X, keypair=keypair)
 
 
 def test_test_row_beyond_the_fixed_point_range_fails_before_any_encryption(keypair):
@@ -166,7 +171,7 @@ def test_test_row_beyond_the_fixed_point_range_fails_before_any_encryption(keypa
         acml.train(train_set, test_set, config(), keypair=keypair)
     message = str(caught.value)
     assert f"id '{test_set.ids[2]}'" in message and "column 'magnesium'" in message
-    assert "just below 256" in message
+    assert "exceeds the fixed-point bound 256" in message and "\n" not in message
     assert paillier.OP_COUNTS["encrypt"] == 0
 
 
@@ -181,9 +186,9 @@ def test_wrong_shapes_are_refused_in_one_line(keypair, make, needle):
     X, y = np.zeros((6, 3)), np.array([0, 1] * 3)
     X, y = make(X, y)
     with pytest.raises(ValueError) as caught:
-        data_party = protocol.DataParty(X, keypair=keypair)
-        label_party = protocol.LabelParty(y, (3, 2, 1), batch_size=4)
-        protocol.setup(data_party, label_party, protocol.Channel())
+        data_party = parties.DataParty(X, keypair=keypair)
+        label_party = parties.LabelParty(y, (3, 2, 1), batch_size=4)
+        protocol.setup(Channel(data_party=data_party, label_party=label_party))
     assert needle in str(caught.value) and "\n" not in str(caught.value)
 
 
@@ -202,6 +207,25 @@ def test_ids_missing_on_one_side_or_duplicated_are_one_line_at_the_cli(
     assert needle in line
 
 
+class StubParty:
+    """A party with no state of its own: only the channel's checks are under test."""
+
+    mask_source = None
+
+
+def channel_under(public_key):
+    """A channel between two stub parties, as after step 0 announced ``public_key``; and the
+    list of payloads the receiver took."""
+    channel = Channel(data_party=StubParty(), label_party=StubParty())
+    channel.public_key = public_key
+    return channel, []
+
+
+def send_ciphertext(channel, payload, received):
+    channel.send(0, DATA, LABEL, "[[X]]", CIPHERTEXT, make=lambda party: payload,
+                 take=lambda party, value: received.append(value), shape=payload.shape)
+
+
 @pytest.mark.parametrize("corrupt,needle", [
     (lambda c, pk: 0, "lies outside [1, n²)"),
     (lambda c, pk: pk.nsquare + 5, "lies outside [1, n²)"),
@@ -215,11 +239,10 @@ def test_channel_refuses_a_ciphertext_out_of_range_or_not_coprime_to_n(keypair, 
     ciphertexts = encrypted.ciphertexts.copy()
     ciphertexts[1, 0] = corrupt(ciphertexts[1, 0], public_key)
     bad = EncryptedArray(public_key, ciphertexts, 0)
-    channel = protocol.Channel()
-    channel.data_public_key = public_key
+    channel, received = channel_under(public_key)
     with pytest.raises(ValueError, match=re.escape(f"ciphertext at index (1, 0) {needle}")):
-        channel.send(0, "data", "label", "[[X]]", "ciphertext", bad)
-    assert channel.messages == []
+        send_ciphertext(channel, bad, received)
+    assert channel.messages == [] and received == []
     payload = bytearray(encrypted.to_bytes())
     width = (public_key.nsquare.bit_length() + 7) // 8
     value = corrupt(0, public_key)
@@ -235,10 +258,10 @@ def test_a_payload_under_another_public_key_is_refused(keypair):
         warnings.simplefilter("ignore")
         other_public, _ = paillier.generate_keypair(256, allow_insecure=True)
     foreign = other_public.encrypt(Fixed.from_ints(np.array([1, 2], dtype=object), 0))
-    channel = protocol.Channel()
-    channel.data_public_key = keypair[0]
-    with pytest.raises(protocol.LeakageError, match="not under the data party's public key"):
-        channel.send(0, "data", "label", "[[X]]", "ciphertext", foreign)
+    channel, received = channel_under(keypair[0])
+    with pytest.raises(LeakageError, match="not under the data party's public key"):
+        send_ciphertext(channel, foreign, received)
+    assert channel.messages == [] and received == []
     with pytest.raises(ValueError, match="different public key"):
         EncryptedArray.from_bytes(foreign.to_bytes(), keypair[0])
 
@@ -269,6 +292,28 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         checkpoint.write_atomically(path, fail_half_way, mode="w")
     assert path.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_cli_transcript_is_written_whole_or_not_at_all(tmp_path, capsys):
+    """`train --transcript` streams into a temporary file renamed at the end: a run that fails
+    leaves no transcript and no temporary (here step 0 fails at the training plan, after the
+    public key and the shapes were streamed); a run that succeeds leaves one JSON line per
+    message, the public key first."""
+    common = ["train", "--dataset", "wine", "--hidden", "2", "--epochs", "1", "--quiet"]
+    failed = tmp_path / "failed.jsonl"
+    line = one_line_error(capsys, [*common, "--key-bits", "128", "--insecure-small-key",
+                                   "--transcript", str(failed)])
+    assert "too small" in line
+    assert list(tmp_path.iterdir()) == []
+    done = tmp_path / "done.jsonl"
+    assert acml.main([*common, *CLI_SMALL_KEY, "--transcript", str(done)]) == 0
+    capsys.readouterr()
+    assert [p.name for p in tmp_path.iterdir()] == ["done.jsonl"]
+    records = [json.loads(text) for text in done.read_text().splitlines()]
+    assert records[0]["name"] == "public key" and records[0]["step"] == "0"
+    assert all({"step", "sender", "receiver", "name", "kind", "payload"} <= set(r)
+               for r in records)
+    assert {r["kind"] for r in records} >= {"public", "ciphertext", "masked", "revealed"}
 
 
 # ---- 2. checkpoints -------------------------------------------------------------------------
@@ -344,7 +389,7 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one_at_the_cli(tmp_pat
     assert acml.main(["train", *common, "--epochs", "3", "--checkpoint-dir", str(resumed),
                       "--resume"]) == 0
     assert "resumed from" in capsys.readouterr().err
-    states = [acml.load_checkpoints(d, allow_insecure=True) for d in (straight, resumed)]
+    states = [checkpoint.load_pair(d, allow_insecure=True) for d in (straight, resumed)]
     (data_a, label_a), (data_b, label_b) = states
     assert data_a.public_key != data_b.public_key
     assert not np.array_equal(label_a.weight_share.values, label_b.weight_share.values)
@@ -455,13 +500,13 @@ def test_mismatched_checkpoint_pair_is_refused(trained, keypair, tmp_path):
     mixed = copy_checkpoint(directory, tmp_path, "mixed")
     shutil.copy(other / "label_party.npz", mixed / "label_party.npz")
     with pytest.raises(ValueError, match="do not belong together: the data party's key"):
-        acml.load_checkpoints(mixed, allow_insecure=True)
+        checkpoint.load_pair(mixed, allow_insecure=True)
     early = tmp_path / "early"
     acml.train(train_set, None, config(epochs=1), keypair=keypair, checkpoint_dir=early)
     skewed = copy_checkpoint(directory, tmp_path, "skewed")
     shutil.copy(early / "label_party.npz", skewed / "label_party.npz")
     with pytest.raises(ValueError, match="after epoch 2, the label party's after epoch 1"):
-        acml.load_checkpoints(skewed, allow_insecure=True)
+        checkpoint.load_pair(skewed, allow_insecure=True)
 
 
 def test_a_checkpoint_key_shorter_than_allowed_needs_the_insecure_flag(trained, tmp_path,
@@ -470,7 +515,7 @@ def test_a_checkpoint_key_shorter_than_allowed_needs_the_insecure_flag(trained, 
     explicitly allowed; prediction at the CLI says which flag."""
     directory, *_ = trained
     with pytest.raises(ValueError, match="384-bit key is under 1024 bits"):
-        acml.load_checkpoints(directory)
+        checkpoint.load_pair(directory)
     features = write_csv(tmp_path / "new.csv", ["id", "x"], [[0, 1.0]])
     line = one_line_error(capsys, ["predict", "--checkpoint-dir", str(directory),
                                    "--features", str(features), "--id-column", "id"])
@@ -499,7 +544,7 @@ def test_prediction_from_checkpoints_equals_plaintext_prediction(trained):
     gives the same classes as the float64 exported model."""
     directory, _, _, test_set, raw_test = trained
     prediction = acml.predict(directory, raw_test.X, allow_insecure=True)
-    data_state, label_state = acml.load_checkpoints(directory, allow_insecure=True)
+    data_state, label_state = checkpoint.load_pair(directory, allow_insecure=True)
     weight = label_state.weight_share + data_state.noise_acc
     plan = data_state.plan
     z = (Fixed.encode(test_set.X, plan.x_frac_bits) @ weight).decode()
@@ -511,9 +556,22 @@ def test_prediction_from_checkpoints_equals_plaintext_prediction(trained):
     assert np.array_equal(prediction.confidence, confidence)
 
 
-def test_cli_predict_writes_id_class_and_score_and_matches_the_api(trained, tmp_path):
+def read_predictions(path):
+    """(header, rows) of a prediction CSV."""
+    with open(path, newline="") as handle:
+        written = list(csv.reader(handle))
+    return written[0], written[1:]
+
+
+def probabilities_of(rows):
+    """The p_<class> columns of prediction rows, as floats (m, k)."""
+    return np.array([[float(value) for value in row[2:]] for row in rows])
+
+
+def test_cli_predict_writes_id_class_and_probabilities_and_matches_the_api(trained, tmp_path):
     """`acml.py predict` reads raw rows by column name (any order), applies the data party's
-    standardisation, and writes id, predicted class name and score (round-trip floats)."""
+    standardisation, and writes id, predicted class name and the probability of every class
+    (round-trip floats): the predicted class's is the API's confidence."""
     directory, _, _, _, raw_test = trained
     names = list(raw_test.feature_names)
     order = names[::-1]
@@ -523,13 +581,77 @@ def test_cli_predict_writes_id_class_and_score_and_matches_the_api(trained, tmp_
     out = tmp_path / "predictions.csv"
     assert acml.main(["predict", "--checkpoint-dir", str(directory), "--features", str(features),
                       "--id-column", "key", "--out", str(out), "--insecure-small-key"]) == 0
-    with open(out, newline="") as handle:
-        written = list(csv.reader(handle))
-    assert written[0] == ["key", "predicted_class", "score"]
+    header, written = read_predictions(out)
     expected = acml.predict(directory, raw_test.X, allow_insecure=True)
-    assert [row[0] for row in written[1:]] == [f"row{i}" for i in range(len(raw_test.y))]
-    assert [row[1] for row in written[1:]] == expected.class_names
-    assert np.array_equal([float(row[2]) for row in written[1:]], expected.confidence)
+    assert header == ["key", "predicted_class", *(f"p_{name}" for name in expected.classes)]
+    assert [row[0] for row in written] == [f"row{i}" for i in range(len(raw_test.y))]
+    assert [row[1] for row in written] == expected.class_names
+    probabilities = probabilities_of(written)
+    assert np.array_equal(probabilities, expected.scores)  # three classes: the softmax itself
+    assert np.array_equal(probabilities[np.arange(len(written)), expected.class_ids],
+                          expected.confidence)
+
+
+def assert_one_probability_per_class(header, rows, id_column, class_names):
+    """A prediction CSV: id, predicted_class, then p_<name> for every class in class-id order;
+    each row's probabilities lie in [0, 1], sum to 1, and the predicted class is the likeliest."""
+    assert header == [id_column, "predicted_class", *(f"p_{name}" for name in class_names)]
+    assert rows and all(len(row) == len(header) for row in rows)
+    probabilities = probabilities_of(rows)
+    assert probabilities.shape == (len(rows), len(class_names))
+    assert np.all((probabilities >= 0) & (probabilities <= 1))
+    assert np.allclose(probabilities.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    likeliest = [class_names[k] for k in probabilities.argmax(axis=1)]
+    assert [row[1] for row in rows] == likeliest
+    return probabilities
+
+
+def test_cli_predict_writes_one_named_probability_per_class_summing_to_one(trained, tmp_path):
+    """Three classes: one p_<class name> column each, in class order; every row sums to 1."""
+    directory, _, train_set, _, raw_test = trained
+    names = list(raw_test.feature_names)
+    features = write_csv(tmp_path / "new.csv", ["id", *names],
+                         [[f"r{i}", *map(repr, raw_test.X[i].tolist())]
+                          for i in range(len(raw_test.y))])
+    out = tmp_path / "predictions.csv"
+    assert acml.main(["predict", "--checkpoint-dir", str(directory), "--features",
+                      str(features), "--id-column", "id", "--out", str(out),
+                      "--insecure-small-key"]) == 0
+    header, rows = read_predictions(out)
+    assert len(train_set.class_names) == 3
+    assert_one_probability_per_class(header, rows, "id", train_set.class_names)
+
+
+def test_cli_predict_binary_writes_both_named_probabilities(tmp_path, capsys):
+    """Two classes named in the labels CSV (one output unit): still one column per class,
+    p_<no> = 1 − p_<yes>, each row summing to 1, and the API's scores are P(second class)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3))
+    y = np.where(X[:, 0] + 0.5 * X[:, 1] > 0, "yes", "no")
+    features = write_csv(tmp_path / "f.csv", ["id", "a", "b", "c"],
+                         [[f"k{i}", *map(repr, X[i].tolist())] for i in range(len(X))])
+    labels = write_csv(tmp_path / "l.csv", ["id", "outcome"],
+                       [[f"k{i}", y[i]] for i in range(len(X))])
+    directory = tmp_path / "run"
+    assert acml.main(["train", "--features", str(features), "--labels", str(labels),
+                      "--id-column", "id", "--label-column", "outcome", "--hidden", "2",
+                      "--epochs", "1", "--batch-size", "16", "--init-seed", "0",
+                      "--checkpoint-dir", str(directory), *CLI_SMALL_KEY]) == 0
+    capsys.readouterr()
+    _, label_state = checkpoint.load_pair(directory, allow_insecure=True)
+    assert label_state.class_names == ["no", "yes"] and label_state.layer_sizes[-1] == 1
+    out = tmp_path / "predictions.csv"
+    assert acml.main(["predict", "--checkpoint-dir", str(directory), "--features",
+                      str(features), "--id-column", "id", "--out", str(out),
+                      "--insecure-small-key"]) == 0
+    header, rows = read_predictions(out)
+    probabilities = assert_one_probability_per_class(header, rows, "id", ["no", "yes"])
+    assert [row[0] for row in rows] == [f"k{i}" for i in range(len(X))]
+    expected = acml.predict(directory, X, feature_names=["a", "b", "c"], allow_insecure=True)
+    assert expected.scores.ndim == 1
+    assert np.array_equal(probabilities[:, 1], expected.scores)
+    assert np.array_equal(probabilities[:, 0], 1.0 - expected.scores)
+    assert [row[1] for row in rows] == expected.class_names
 
 
 def test_cli_predict_bad_rows_are_one_line_and_write_nothing(trained, tmp_path, capsys):
@@ -588,7 +710,7 @@ def test_exported_model_is_the_plaintext_model_and_loads_without_pickle(trained,
     # The encrypted pass rounds X to 2**-17 (x_frac_bits = 16): on the same rounded rows the
     # float model agrees to float64 rounding; on raw rows, to that quantisation.
     standardized = (raw_test.X - model.feature_mean) / model.feature_std
-    rounded = Fixed.encode(standardized, protocol.FixedPointPlan().x_frac_bits).decode()
+    rounded = Fixed.encode(standardized, FixedPointPlan().x_frac_bits).decode()
     assert np.allclose(model.mlp.predict_scores(rounded), encrypted.scores, rtol=0, atol=1e-12)
     assert np.allclose(plain, encrypted.scores, rtol=0, atol=1e-4)
 
@@ -629,7 +751,7 @@ def test_bottom_model_resumed_run_is_bit_identical_to_an_uninterrupted_one(botto
     integer, the bottom model's W and b, every top-layer array and velocity bit for bit, and
     the exported models equal. The resumed setup sends no [[X]]: step 1 sends [[α]] instead."""
     straight, resumed, straight_result, resumed_result, *_ = bottom_runs
-    (data_a, label_a), (data_b, label_b) = [acml.load_checkpoints(d, allow_insecure=True)
+    (data_a, label_a), (data_b, label_b) = [checkpoint.load_pair(d, allow_insecure=True)
                                             for d in (straight, resumed)]
     assert label_a.epochs_completed == label_b.epochs_completed == 3
     assert not np.array_equal(label_a.weight_share.values, label_b.weight_share.values)
@@ -644,7 +766,10 @@ def test_bottom_model_resumed_run_is_bit_identical_to_an_uninterrupted_one(botto
     assert not np.array_equal(data_a.bottom.layer.b, np.zeros(BOTTOM_WIDTH))  # it did train
     assert_same_layers_and_optimiser(label_a, label_b)
     step0 = [m.name for m in resumed_result.channel.messages if m.step == "0"]
-    assert step0 == ["public key", "shapes", "training plan", "epochs completed"]
+    # The epochs completed travel in the training plan, which the data party checks against
+    # its own checkpoint; no new weight split, no [[X]].
+    assert step0 == ["public key", "shapes", "training plan", "packing layout"]
+    assert resumed_result.metrics["resumed_after_epoch"] == 2
     assert "[[α]]" in {m.name for m in resumed_result.channel.messages}
     exports = []
     for index, directory in enumerate((straight, resumed)):
@@ -707,7 +832,7 @@ def test_bottom_model_prediction_from_checkpoints_equals_the_plaintext_forward_p
     identical classes."""
     straight, _, _, _, _, raw_test = bottom_runs
     prediction = acml.predict(straight, raw_test.X, allow_insecure=True)
-    data_state, label_state = acml.load_checkpoints(straight, allow_insecure=True)
+    data_state, label_state = checkpoint.load_pair(straight, allow_insecure=True)
     plan = data_state.plan
     alpha = data_state.bottom.forward(data_state.standardize(raw_test.X))
     z = (Fixed.encode(alpha, plan.x_frac_bits) @ (label_state.weight_share
@@ -824,7 +949,7 @@ def test_cli_trains_resumes_predicts_and_exports_with_a_bottom_model(tmp_path, c
     assert acml.main(["train", *common, "--epochs", "1"]) == 0
     assert acml.main(["train", *common, "--epochs", "2", "--resume"]) == 0
     assert "resumed from" in capsys.readouterr().err
-    data_state, _ = acml.load_checkpoints(directory, allow_insecure=True)
+    data_state, _ = checkpoint.load_pair(directory, allow_insecure=True)
     assert data_state.epochs_completed == 2 and data_state.bottom.width == 4
     line = one_line_error(capsys, ["train", "--dataset", "wine", "--hidden", "3",
                                    *CLI_SMALL_KEY, "--checkpoint-dir", str(directory),
@@ -837,11 +962,14 @@ def test_cli_trains_resumes_predicts_and_exports_with_a_bottom_model(tmp_path, c
     assert acml.main(["predict", "--checkpoint-dir", str(directory), "--features",
                       str(features), "--id-column", "id", "--out", str(out),
                       "--insecure-small-key"]) == 0
-    with open(out, newline="") as handle:
-        written = list(csv.reader(handle))[1:]
+    header, written = read_predictions(out)
     expected = acml.predict(directory, wine.X[::20], allow_insecure=True)
+    assert header == ["id", "predicted_class", *(f"p_{name}" for name in wine.class_names)]
     assert [row[1] for row in written] == expected.class_names
-    assert np.array_equal([float(row[2]) for row in written], expected.confidence)
+    probabilities = probabilities_of(written)
+    assert np.array_equal(probabilities, expected.scores)
+    assert np.array_equal(probabilities[np.arange(len(written)), expected.class_ids],
+                          expected.confidence)
     model_path = tmp_path / "model.npz"
     assert acml.main(["export", "--checkpoint-dir", str(directory), "--out", str(model_path),
                       acml.REVEAL_FLAG]) == 0
