@@ -406,6 +406,16 @@ def gram_attack(view: LabelPartyView, *, method: str = "auto", allow_underdeterm
     return result
 
 
+def project_gram(G_estimate, rank: int) -> np.ndarray:
+    """The nearest (Frobenius) positive semidefinite matrix of rank ≤ ``rank`` to Ĝ: a denoiser
+    the label party can apply since it knows d (its share W_B has d rows) and X·Xᵀ ⪰ 0."""
+    G = np.asarray(G_estimate, dtype=np.float64)
+    values, vectors = np.linalg.eigh((G + G.T) / 2)
+    top = np.argsort(values)[::-1][:int(rank)]
+    kept = np.clip(values[top], 0.0, None)
+    return (vectors[:, top] * kept) @ vectors[:, top].T
+
+
 def complete_from_known_rows(G_estimate, known_rows, X_known, *, n_features: int | None = None):
     """X (n, d) from G ≈ X·Xᵀ and a few rows of X the label party already knows.
 
@@ -615,3 +625,153 @@ def train_and_record(X, y, layer_sizes, *, epochs: int, batch_size: int, lr: flo
                 layer.b -= lr * layer.db
             losses.append(loss)
     return Recording(mlp, bottom, label_view, data_view, losses)
+
+
+# ----------------------------------------------------------------------------------------------
+# Measurements for the notebook / audit: rows of plain dicts.
+# ----------------------------------------------------------------------------------------------
+
+
+def load_rows(name: str = "breast_cancer", n: int = 48, *, seed: int = 0, n_test: int = 0,
+              features: int | None = None):
+    """A seeded subset of a built-in dataset (data.load_builtin), standardised on its training
+    rows: (X_train (n, d), y_train, X_test (n_test, d), y_test). ``features`` keeps the first d
+    columns only (to vary d)."""
+    dataset = data.load_builtin(name)
+    if n + n_test > len(dataset.y):
+        raise ValueError(f"{name} has {len(dataset.y)} rows, asked for {n} + {n_test}")
+    order = np.random.default_rng([int(seed), 0x1EA4]).permutation(len(dataset.y))
+    columns = slice(None) if features is None else slice(0, int(features))
+    train, test = order[:n], order[n:n + n_test]
+    scaler = data.Standardizer().fit(dataset.X[train][:, columns])
+    return (scaler.transform(dataset.X[train][:, columns]), dataset.y[train],
+            scaler.transform(dataset.X[test][:, columns]), dataset.y[test])
+
+
+def _completion_r2(G, X, known_rows: int, seed: int) -> float:
+    if known_rows <= 0 or known_rows >= X.shape[0]:
+        return float("nan")
+    known = np.random.default_rng([int(seed), 0x0C0]).permutation(X.shape[0])[:known_rows]
+    unknown = np.setdiff1d(np.arange(X.shape[0]), known)
+    estimate = complete_from_known_rows(G, known, X[known])
+    return r_squared(estimate[unknown], X[unknown])
+
+
+GRAM_DEFAULTS = dict(dataset="breast_cancer", n=48, hidden=8, epochs=8, batch_size=16, lr=0.1,
+                     known_rows=None, features=None, noise_scale=0.0, seed=0)
+
+
+def run_gram_condition(**condition) -> dict:
+    """Train, record B's view, attack it; one row {condition…, determined, relative_error, r2,…}.
+
+    Keys (defaults in GRAM_DEFAULTS): dataset, n, hidden (h), epochs (E), batch_size, lr,
+    features (d; None = all), known_rows (default d + 2), noise_scale (σ of the mitigation),
+    seed. relative_error is ||Ĝ − X·Xᵀ||_F / ||X·Xᵀ||_F; r2 is R² of the completed X over the
+    rows B did not know (NaN when the view is underdetermined: no estimate is claimed).
+    """
+    unknown_keys = set(condition) - set(GRAM_DEFAULTS)
+    if unknown_keys:
+        raise ValueError(f"unknown condition keys {sorted(unknown_keys)}")
+    c = {**GRAM_DEFAULTS, **condition}
+    X, y, _, _ = load_rows(c["dataset"], c["n"], seed=c["seed"], features=c["features"])
+    d = X.shape[1]
+    known_rows = d + 2 if c["known_rows"] is None else int(c["known_rows"])
+    recording = train_and_record(X, y, [d, c["hidden"], 1], epochs=c["epochs"],
+                                 batch_size=c["batch_size"], lr=c["lr"], seed=c["seed"],
+                                 init_seed=c["seed"] + 1, noise_scale=c["noise_scale"],
+                                 noise_seed=c["seed"] + 2)
+    result = gram_attack(recording.label_view, allow_underdetermined=True)
+    truth = X @ X.T
+    projected = project_gram(result.G, d)
+    return {**c, "d": d, "known_rows": known_rows, "n_equations": result.n_equations,
+            "n_unknowns": result.n_unknowns, "determined": result.determined,
+            "reason": result.reason, "condition": result.condition, "method": result.method,
+            "relative_error": relative_error(result.G, truth) if result.determined else float("nan"),
+            "relative_error_projected": relative_error(projected, truth) if result.determined
+            else float("nan"),
+            "r2": _completion_r2(result.G, X, known_rows, c["seed"]) if result.determined
+            else float("nan"),
+            "residual": result.residual, "seconds": result.seconds}
+
+
+def gram_attack_curve(conditions, **common) -> list[dict]:
+    """:func:`run_gram_condition` over a list of conditions (dicts), with ``common`` keys
+    shared by all: e.g. ``gram_attack_curve([{"epochs": e} for e in range(2, 10)], n=48)``."""
+    return [run_gram_condition(**{**common, **condition}) for condition in conditions]
+
+
+def label_attack_measurement(*, dataset: str = "breast_cancer", n: int = 256, bottom_width: int = 8,
+                             hidden: int = 4, epochs: int = 2, batch_size: int = 32,
+                             lr: float = 0.1, seed: int = 0) -> dict:
+    """Train bottom layer + MLP in plaintext, give the data party δ·Wᵀ per step, attack.
+    Returns the direction and norm scores' separation AUC (max(AUC, 1 − AUC)), and the
+    direction AUC oriented by 4 known labels."""
+    X, y, _, _ = load_rows(dataset, n, seed=seed)
+    recording = train_and_record(X, y, [bottom_width, hidden, 1], epochs=epochs,
+                                 batch_size=batch_size, lr=lr, seed=seed, init_seed=seed + 1,
+                                 bottom_width=bottom_width)
+    view = recording.data_view
+    known = {int(row): int(y[row]) for row in np.concatenate(
+        [np.flatnonzero(y == 0)[:2], np.flatnonzero(y == 1)[:2]])}
+    return {"dataset": dataset, "n": n, "bottom_width": bottom_width, "hidden": hidden,
+            "epochs": epochs, "batch_size": batch_size,
+            "direction_auc": separation_auc(y, label_attack(view)),
+            "norm_auc": separation_auc(y, label_attack(view, method="norm")),
+            "oriented_auc_4_known": auc(y, label_attack(view, known_labels=known))}
+
+
+def _test_metrics(recording: Recording, X_test, y_test) -> tuple[float, float]:
+    scores = recording.predict_scores(X_test)
+    accuracy = float(np.mean((scores >= 0.5).astype(np.int64) == y_test))
+    return accuracy, auc(y_test, scores)
+
+
+def privacy_utility_curve(noise_scales, *, dataset: str = "breast_cancer", n: int = 64,
+                          n_test: int = 200, hidden: int = 8, epochs: int = 12,
+                          batch_size: int = 16, lr: float = 0.1, known_rows: int | None = None,
+                          seed: int = 0, noise_seeds=(0,)) -> list[dict]:
+    """For each σ: train with the mitigation (noise N = η·σ·ξ on every first-layer step, seeded),
+    attack B's view (Gram relative error, completion R²), and measure the trained model on
+    held-out rows (accuracy, AUC). ``noise_seeds``: several seeds are averaged.
+
+    ``relative_error_projected`` scores :func:`project_gram` (rank d, PSD) of the estimate; the
+    attack "fails" (``attack_fails``) only when both errors exceed ATTACK_FAILS_ABOVE.
+    ``noise_to_gradient`` is E||N||_F / mean ||η·X_Bᵀδ||_F over the unmitigated run's steps:
+    the noise's size against the updates it hides.
+    """
+    X, y, X_test, y_test = load_rows(dataset, n, seed=seed, n_test=n_test)
+    d = X.shape[1]
+    known_rows = d + 2 if known_rows is None else int(known_rows)
+    truth = X @ X.T
+    base = train_and_record(X, y, [d, hidden, 1], epochs=epochs, batch_size=batch_size, lr=lr,
+                            seed=seed, init_seed=seed + 1)
+    step_norm = float(np.mean([np.linalg.norm(lr * X[s.rows].T @ s.delta)
+                               for s in base.label_view.steps]))
+    rows = []
+    for scale in noise_scales:
+        samples = []
+        for noise_seed in noise_seeds:
+            recording = base if scale == 0 else train_and_record(
+                X, y, [d, hidden, 1], epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                init_seed=seed + 1, noise_scale=scale, noise_seed=noise_seed)
+            result = gram_attack(recording.label_view, allow_underdetermined=True)
+            accuracy, test_auc = _test_metrics(recording, X_test, y_test)
+            samples.append((relative_error(result.G, truth),
+                            relative_error(project_gram(result.G, d), truth),
+                            _completion_r2(result.G, X, known_rows, seed), accuracy, test_auc,
+                            result.determined))
+        values = np.array([sample[:5] for sample in samples])
+        rows.append({"noise_scale": float(scale),
+                     "noise_to_gradient": float(lr * scale * np.sqrt(d * hidden) / step_norm),
+                     "relative_error": float(values[:, 0].mean()),
+                     "relative_error_projected": float(values[:, 1].mean()),
+                     "r2": float(values[:, 2].mean()),
+                     "test_accuracy": float(values[:, 3].mean()),
+                     "test_auc": float(values[:, 4].mean()),
+                     "determined": all(sample[5] for sample in samples),
+                     "attack_fails": bool(min(values[:, 0].mean(), values[:, 1].mean())
+                                          > ATTACK_FAILS_ABOVE)})
+    return rows
+
+
+ATTACK_FAILS_ABOVE = 0.5  # relative error of X·Xᵀ above which the Gram attack counts as failed
