@@ -330,14 +330,14 @@ def _solve_cholesky(equations: GramEquations, rcond: float, refinements: int = 3
         else:
             try:
                 factor = linalg.cho_factor(H, lower=True, overwrite_a=True, check_finite=False)
-            except np.linalg.LinAlgError:
-                return np.zeros_like(rhs), 0, np.inf, None
+            except np.linalg.LinAlgError:  # singular normal equations
+                return np.zeros_like(rhs), None, np.inf, None
             pivots = np.abs(np.diag(factor[0]))
             condition = float(pivots.max() / pivots.min()) if pivots.min() > 0 else np.inf
 
             def solve(b):
                 return linalg.cho_solve(factor, b, check_finite=False)
-            rank = equations.n_unknowns if condition < 1.0 / rcond else None
+            rank = None  # unknown: only the condition estimate decides
         solution = solve(rhs / scale) / scale
         for _ in range(refinements):
             solution = solution + solve(_normal_residual(equations, solution) / scale) / scale
@@ -351,7 +351,7 @@ def _fit_residual(equations: GramEquations, G: np.ndarray) -> float:
     return float(np.sqrt(misfit / total)) if total > 0 else float("nan")
 
 
-SVD_LIMIT = 5_000_000  # design-matrix entries above which "auto" switches from SVD to Cholesky
+SVD_LIMIT = 1_000_000  # design-matrix entries above which "auto" switches from SVD to Cholesky
 
 
 def gram_attack(view: LabelPartyView, *, method: str = "auto", allow_underdetermined: bool = False,
@@ -391,9 +391,14 @@ def gram_attack(view: LabelPartyView, *, method: str = "auto", allow_underdeterm
     else:
         solve = _solve_dense if method == "svd" else _solve_cholesky
         solution, rank, condition, _ = solve(equations, rcond)
-        if not reasons and (rank is None or rank < n_unknowns):
-            reasons.append(f"numerically rank-deficient (rank {rank}, condition "
-                           f"{condition:.3g}, cut-off 1/rcond = {1 / rcond:.3g})")
+        if rank is not None and rank < n_unknowns:
+            reasons.append(f"numerically rank-deficient (rank {rank} < {n_unknowns}, "
+                           f"cut-off rcond = {rcond:g})")
+        elif rank is None and not condition < 1.0 / rcond:
+            reasons.append("numerically rank-deficient (singular normal equations: Cholesky "
+                           "failed)" if condition == np.inf else
+                           f"numerically rank-deficient (condition estimate {condition:.3g} "
+                           f"> 1/rcond = {1 / rcond:.3g})")
     G = np.zeros((n, n))
     upper = np.triu_indices(n)
     G[upper] = solution
@@ -542,8 +547,8 @@ def update_noise(shape, noise_scale: float, lr: float, rng: np.random.Generator,
     noise = float(lr) * float(noise_scale) * rng.standard_normal(shape)
     if frac_bits is None:
         return noise
-    out = np.empty(noise.shape, dtype=object)
-    out[...] = [int(round(value * 2.0 ** frac_bits)) for value in noise.ravel()]
+    out = np.empty(noise.size, dtype=object)
+    out[:] = [int(round(value * 2.0 ** frac_bits)) for value in noise.ravel()]
     return out.reshape(noise.shape)
 
 
