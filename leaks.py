@@ -360,6 +360,10 @@ def gram_attack(view: LabelPartyView, *, method: str = "auto", allow_underdeterm
 
     Unknowns: the n(n+1)/2 upper-triangle entries of G (symmetry halves them); equations: h per
     pair of consecutive appearances of a row, n·h·(E − 1) for E epochs of a per-epoch shuffle.
+    The count is necessary, not sufficient: with one sigmoid output, δ_j = e_j·(w_top ⊙ act'(z_j)),
+    so the h equations of an interval are independent only through the ReLU patterns (and the
+    drift of w_top). Measured: h = 2 with n = 64 stays rank-deficient even at E = 40 (4992
+    equations for 2080 unknowns); the numerical rank check reports it.
     ``method``: ``"svd"`` (SVD least squares on the column-equilibrated design: exact rank and
     condition number, O(M·N²) for M equations and N unknowns), ``"cholesky"`` (normal equations
     assembled from the row blocks, Cholesky and iterative refinement: O(N³/3), for n up to a
