@@ -1,0 +1,222 @@
+"""Tests for leaks.py: the two by-design leaks are real (the attacks work from one party's own
+view), the attack says so when its view cannot determine the answer, and the mitigation's noise
+defeats the Gram attack while the update stays exact."""
+
+import numpy as np
+import pytest
+
+import leaks
+import nn
+
+N_ROWS, HIDDEN, EPOCHS = 48, 8, 8  # n·h·(E−1) = 2688 ≥ n(n+1)/2 = 1176 equations
+
+
+@pytest.fixture(scope="module")
+def rows():
+    X, y, _, _ = leaks.load_rows("breast_cancer", N_ROWS, seed=0)
+    return X, y
+
+
+def record(X, y, epochs=EPOCHS, **kwargs):
+    return leaks.train_and_record(X, y, [X.shape[1], HIDDEN, 1], epochs=epochs, batch_size=16,
+                                  lr=0.1, seed=0, init_seed=1, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def unmitigated(rows):
+    X, y = rows
+    return record(X, y)
+
+
+# ---- leak 1: the Gram matrix ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["svd", "cholesky"])
+def test_gram_attack_recovers_XXt_from_the_label_partys_view_of_an_unmitigated_run(
+        rows, unmitigated, method):
+    """Protects the claim that z across epochs reveals X·Xᵀ to B (leak 1), with both solvers."""
+    X, _ = rows
+    result = leaks.gram_attack(unmitigated.label_view, method=method)
+    assert result.determined and result.n_equations == N_ROWS * HIDDEN * (EPOCHS - 1)
+    assert result.n_unknowns == N_ROWS * (N_ROWS + 1) // 2
+    assert leaks.relative_error(result.G, X @ X.T) < 1e-6
+    assert result.residual < 1e-8
+
+
+def test_gram_attack_reads_only_the_label_partys_arrays(rows, unmitigated):
+    """Protects the interface: the attack works from plain arrays (rows, z, b, δ, η), e.g. a
+    transcript, and gives the same answer as from the recorded view."""
+    X, _ = rows
+    steps = unmitigated.label_view.steps
+    view = leaks.LabelPartyView.from_arrays(
+        N_ROWS, [s.rows.tolist() for s in steps], [s.z for s in steps], [s.bias for s in steps],
+        [s.delta for s in steps], 0.1)
+    assert leaks.relative_error(leaks.gram_attack(view, method="cholesky").G, X @ X.T) < 1e-6
+
+
+def test_too_few_epochs_is_reported_as_underdetermined_not_silently_wrong(rows):
+    """Protects against a silently wrong estimate: with n·h·(E−1) < n(n+1)/2 (E = 4 here) the
+    attack raises Underdetermined with the counts, or flags the result when asked to return it."""
+    X, y = rows
+    view = record(X, y, epochs=4).label_view
+    with pytest.raises(leaks.Underdetermined, match="1152 equations for 1176 unknowns") as raised:
+        leaks.gram_attack(view)
+    assert not raised.value.result.determined
+    result = leaks.gram_attack(view, allow_underdetermined=True)
+    assert not result.determined and result.n_equations < result.n_unknowns
+
+
+@pytest.mark.parametrize("method", ["svd", "cholesky"])
+def test_enough_equations_but_dependent_ones_are_reported_as_rank_deficient(rows, method):
+    """Protects the numerical rank check: duplicating every hidden unit doubles the equations
+    (2304 ≥ 1176) but adds no information; counting alone would call it determined."""
+    X, y = rows
+    view = record(X, y, epochs=4).label_view
+    doubled = leaks.LabelPartyView(view.n_rows, [
+        leaks.LabelStep(s.rows, np.hstack([s.z, s.z]), np.concatenate([s.bias, s.bias]),
+                        np.hstack([s.delta, s.delta]), s.lr) for s in view.steps])
+    result = leaks.gram_attack(doubled, method=method, allow_underdetermined=True)
+    assert result.n_equations >= result.n_unknowns
+    assert not result.determined and "rank-deficient" in result.reason
+
+
+def test_gram_attack_curve_reports_underdetermined_then_success_as_epochs_grow():
+    """Protects the curve the notebook/audit reads: success as a function of epochs. Counting
+    (n·h·(E−1) ≥ n(n+1)/2, E ≥ 5 for n = 48, h = 8) is necessary, not sufficient: with this
+    seed E = 5 is one rank short, and the curve says so instead of reporting an error."""
+    curve = leaks.gram_attack_curve([{"epochs": e} for e in (4, 5, 6, 8)], n=N_ROWS,
+                                    hidden=HIDDEN)
+    assert [row["determined"] for row in curve] == [False, False, True, True]
+    assert "1152 equations for 1176 unknowns" in curve[0]["reason"]
+    assert "rank-deficient" in curve[1]["reason"] and curve[1]["n_equations"] > 1176
+    assert all(np.isnan(row["relative_error"]) and np.isnan(row["r2"]) for row in curve[:2])
+    assert all(row["relative_error"] < 1e-6 and row["r2"] > 0.99 for row in curve[2:])
+
+
+# ---- completion: X from G and a few known rows ----------------------------------------------------
+
+
+def test_known_rows_complete_X_from_the_attacked_gram_matrix(rows, unmitigated):
+    """Protects the step from G to X: with d + 2 rows B already knows, Procrustes fixes the
+    rotation and the other rows come out with R² > 0.99."""
+    X, _ = rows
+    G = leaks.gram_attack(unmitigated.label_view).G
+    known = np.arange(X.shape[1] + 2)
+    estimate = leaks.complete_from_known_rows(G, known, X[known])
+    assert leaks.r_squared(estimate[len(known):], X[len(known):]) > 0.99
+
+
+def test_completion_is_exact_up_to_rotation_and_needs_d_known_rows():
+    """Protects the documented limit: G fixes X only up to rotation, so fewer than d known rows
+    leave directions unknown (poor R²) while d rows recover X exactly."""
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((40, 6))
+    rotated = X @ np.linalg.qr(rng.standard_normal((6, 6)))[0]
+    G = rotated @ rotated.T  # the same G
+    full = leaks.complete_from_known_rows(G, np.arange(6), X[:6])
+    assert leaks.r_squared(full, X) > 1 - 1e-10
+    few = leaks.complete_from_known_rows(G, np.arange(2), X[:2])
+    assert leaks.r_squared(few[6:], X[6:]) < 0.9
+
+
+# ---- leak 2: labels from δ·Wᵀ --------------------------------------------------------------------
+
+
+def test_label_attack_on_step_4b_input_gradients_reaches_auc_above_0_9():
+    """Protects the claim that step 4b's δ·Wᵀ gives A the labels (leak 2): a bottom layer + MLP
+    trained in plaintext; the direction score separates the classes with AUC > 0.9, and four
+    known labels orient it."""
+    row = leaks.label_attack_measurement(n=256, bottom_width=8, hidden=4, epochs=2, batch_size=32)
+    assert row["direction_auc"] > 0.9
+    assert row["oriented_auc_4_known"] > 0.9
+
+
+def test_label_attack_reads_only_rows_and_input_gradients():
+    """Protects the interface: scores from plain (rows, δ·Wᵀ) arrays, NaN for unseen rows."""
+    rng = np.random.default_rng(0)
+    direction = rng.standard_normal(5)
+    labels = np.array([0, 1, 0, 1, 1, 0])
+    signs = np.where(labels[:4] == 1, -1.0, 1.0)
+    gradients = signs[:, None] * direction * rng.uniform(0.5, 2.0, (4, 1))
+    view = leaks.DataPartyView(6, [np.arange(4)], [gradients])
+    scores = leaks.label_attack(view, known_labels={0: 0, 1: 1})
+    assert np.isnan(scores[4:]).all()
+    assert leaks.auc(labels[:4], scores[:4]) == 1.0
+
+
+def test_auc_matches_the_mann_whitney_definition_with_ties():
+    """Protects the metric: AUC = P(positive > negative) + ½ P(tie)."""
+    labels = np.array([0, 0, 1, 1, 1])
+    scores = np.array([0.1, 0.5, 0.5, 0.9, 0.2])
+    pairs = [(p, q) for p in scores[labels == 1] for q in scores[labels == 0]]
+    expected = np.mean([1.0 if p > q else 0.5 if p == q else 0.0 for p, q in pairs])
+    assert leaks.auc(labels, scores) == pytest.approx(expected)
+
+
+# ---- mitigation ---------------------------------------------------------------------------------
+
+
+def test_mitigation_noise_makes_the_gram_attack_fail(rows):
+    """Protects the mitigation: noise σ = 0.01 (≈ half the size of a step's update) on W's
+    trajectory leaves B's system determined but its answer wrong — relative error > 0.5 for the
+    raw estimate and for its rank-d PSD projection."""
+    X, y = rows
+    result = leaks.gram_attack(record(X, y, noise_scale=0.01).label_view)
+    assert result.determined
+    assert leaks.relative_error(result.G, X @ X.T) > leaks.ATTACK_FAILS_ABOVE
+    assert leaks.relative_error(leaks.project_gram(result.G, X.shape[1]), X @ X.T) > 0.5
+
+
+def test_recorder_trains_exactly_like_nn_train_plaintext_without_noise(rows):
+    """Protects the trajectories' realism: recording the views changes nothing in training."""
+    X, y = rows
+    reference = nn.MLP([X.shape[1], HIDDEN, 1], seed=1)
+    nn.train_plaintext(reference, X, y, epochs=3, batch_size=16, lr=0.1, seed=0)
+    recorded = record(X, y, epochs=3).mlp
+    for (name, a), (_, b) in zip(reference.named_params(), recorded.named_params()):
+        assert np.array_equal(a, b), name
+
+
+def test_noisy_update_is_seeded_and_is_plain_sgd_plus_the_noise(rows):
+    """Protects reproducibility (same noise seed, same run) and the update's definition."""
+    X, y = rows
+    first = record(X, y, epochs=1, noise_scale=0.01, noise_seed=3).mlp.layers[0].W
+    again = record(X, y, epochs=1, noise_scale=0.01, noise_seed=3).mlp.layers[0].W
+    other = record(X, y, epochs=1, noise_scale=0.01, noise_seed=4).mlp.layers[0].W
+    assert np.array_equal(first, again) and not np.array_equal(first, other)
+    rng = np.random.default_rng(0)
+    W, Xb, delta, noise = (rng.standard_normal(s) for s in ((3, 2), (4, 3), (4, 2), (3, 2)))
+    assert np.allclose(leaks.mitigated_first_layer_update(W, Xb, delta, 0.5, noise),
+                       W - 0.5 * Xb.T @ delta + noise, rtol=0, atol=1e-15)
+
+
+def test_fixed_point_mitigation_is_exact_and_moves_W_by_the_noise_through_noise_acc():
+    """Protects exactness: in integers at W's scale, W_B + (ε_acc + N) is exactly the noisy
+    step of W = W_B + ε_acc, with Python ints far beyond 64 bits."""
+    rng = np.random.default_rng(1)
+    frac = 56
+    noise = leaks.update_noise((3, 2), 0.01, 0.1, np.random.default_rng(2), frac_bits=frac)
+    assert all(isinstance(v, int) for v in noise.ravel())
+    weight_share = np.array([[int(v) << 90 for v in row] for row in rng.integers(-9, 9, (3, 2))],
+                            dtype=object)
+    noise_acc = np.array([[int(v) << 100 for v in row] for row in rng.integers(-9, 9, (3, 2))],
+                         dtype=object)
+    X_int = np.array(rng.integers(-2 ** 20, 2 ** 20, (4, 3)), dtype=object)
+    delta_int = np.array(rng.integers(-2 ** 28, 2 ** 28, (4, 2)), dtype=object)
+    lr_int = 6554
+    W = weight_share + noise_acc
+    stepped_acc = noise_acc - lr_int * X_int.T.dot(delta_int)  # the protocol's own update
+    assert np.array_equal(weight_share + leaks.fold_noise_into_noise_acc(stepped_acc, noise),
+                          leaks.mitigated_first_layer_update_int(W, X_int, delta_int, lr_int, noise))
+
+
+def test_privacy_utility_curve_reports_where_the_attack_fails_and_what_it_costs():
+    """Protects the curve's contract: σ = 0 is the successful attack, σ = 0.01 a failed one,
+    each row with the held-out accuracy and AUC it costs."""
+    curve = leaks.privacy_utility_curve([0.0, 0.01], n=N_ROWS, n_test=100, hidden=HIDDEN,
+                                        epochs=EPOCHS)
+    clean, noisy = curve
+    assert not clean["attack_fails"] and clean["relative_error"] < 1e-6 and clean["r2"] > 0.99
+    assert noisy["attack_fails"] and noisy["relative_error"] > 0.5
+    for row in curve:
+        assert 0.5 < row["test_accuracy"] <= 1.0 and 0.5 < row["test_auc"] <= 1.0
