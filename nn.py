@@ -478,3 +478,135 @@ def train_plaintext(mlp: MLP, X, y, *, epochs: int, batch_size: int, lr: float, 
                 callback(epoch, batch_index, loss)
         history["epoch_loss"].append(weighted_loss / X.shape[0])
     return history
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics: the project's one AUC and one classification report (labels first, like sklearn)
+# --------------------------------------------------------------------------------------------
+
+
+def _metric_labels(labels, what: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"{what} must be a 1-D array of class ids, got shape {labels.shape}")
+    if labels.dtype.kind == "b":
+        labels = labels.astype(np.int64)
+    if labels.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            whole = np.isfinite(labels) & (labels == np.round(labels))
+        if not whole.all():
+            raise ValueError(f"{what}: {labels[~whole][0]} at position "
+                             f"{int(np.flatnonzero(~whole)[0])} is not a class id")
+    elif labels.dtype.kind not in "iu":
+        raise ValueError(f"{what} must be integer class ids, got dtype {labels.dtype}")
+    labels = labels.astype(np.int64)
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"{what}: class id {int(labels.min())} is negative")
+    return labels
+
+
+def roc_auc(labels, scores) -> float:
+    """Area under the ROC curve for binary labels (1 = positive) and real scores (higher = more
+    positive): the chance that a random positive scores above a random negative, ties counted
+    half. Computed from ranks (Mann–Whitney U): with average ranks r (1-based, tied scores
+    share the mean of their ranks), n1 positives and n0 negatives,
+
+        AUC = (sum of the positives' ranks - n1 (n1 + 1) / 2) / (n1 n0).
+
+    Returns nan when one class is absent (the curve is undefined). Labels must be 0/1 and
+    scores finite, with one score per label.
+    """
+    labels = _metric_labels(labels, "labels")
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != labels.shape:
+        raise ValueError(f"scores have shape {scores.shape} but labels have shape {labels.shape}")
+    if labels.size and labels.max() > 1:
+        raise ValueError(f"roc_auc needs binary labels 0/1, found class {int(labels.max())}")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError(f"score {scores[~np.isfinite(scores)][0]} at position "
+                         f"{int(np.flatnonzero(~np.isfinite(scores))[0])} is not finite")
+    positives = int(labels.sum())
+    negatives = labels.size - positives
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    # Runs of equal scores are contiguous once sorted; each run gets its average (1-based) rank.
+    _, first, counts = np.unique(scores[order], return_index=True, return_counts=True)
+    ranks = np.empty(labels.size)
+    ranks[order] = np.repeat(first + (counts + 1) / 2, counts)
+    return float((ranks[labels == 1].sum() - positives * (positives + 1) / 2)
+                 / (positives * negatives))
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    """numerator / denominator, and 0.0 when the denominator is 0 (as scikit-learn's
+    zero_division=0: a class never predicted has precision 0, never nan)."""
+    return float(numerator / denominator) if denominator else 0.0
+
+
+def classification_report(labels, predicted, scores=None, n_classes: int | None = None) -> dict:
+    """Test-set metrics for class ids ``labels`` (true) and ``predicted``, both 0..n_classes-1.
+
+    ``n_classes`` defaults to 1 + the largest id seen (at least 2). Returns a JSON-ready dict:
+
+    * ``n``, ``n_classes``; ``accuracy`` = fraction predicted right;
+    * ``majority_class`` and ``majority_baseline``: the most common class in ``labels`` and its
+      rate, i.e. the accuracy of always predicting it (the floor a model must beat);
+    * ``confusion``: nested lists, ``confusion[t][p]`` = rows of true class t predicted p;
+    * ``per_class``: for each class k, precision = TP/(TP+FP), recall = TP/(TP+FN),
+      f1 = 2PR/(P+R) = 2TP/(2TP+FP+FN), support = rows of true class k (0.0 where a denominator is 0);
+    * ``precision``, ``recall``, ``f1`` with ``average`` saying which: for 2 classes those of
+      the positive class 1; otherwise the macro average (unweighted mean over all
+      ``n_classes`` classes, absent ones included);
+    * ``auc``: ``roc_auc(labels, scores)`` for 2 classes when ``scores`` (the positive class's
+      probability, shape (n,), or (n, 2) class probabilities) is given; otherwise None.
+    """
+    labels = _metric_labels(labels, "labels")
+    predicted = _metric_labels(predicted, "predicted")
+    if predicted.shape != labels.shape:
+        raise ValueError(f"predicted has shape {predicted.shape} but labels have shape {labels.shape}")
+    if labels.size == 0:
+        raise ValueError("classification_report needs at least one example")
+    largest = int(max(labels.max(), predicted.max()))
+    if n_classes is None:
+        n_classes = max(2, largest + 1)
+    if isinstance(n_classes, bool) or int(n_classes) != n_classes or n_classes < 2:
+        raise ValueError(f"n_classes must be an integer >= 2, got {n_classes!r}")
+    n_classes = int(n_classes)
+    if largest >= n_classes:
+        raise ValueError(f"class id {largest} is outside 0..{n_classes - 1} (n_classes={n_classes})")
+    confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    true_positive = np.diag(confusion)
+    per_class = []
+    for k in range(n_classes):
+        precision = _ratio(true_positive[k], confusion[:, k].sum())
+        recall = _ratio(true_positive[k], confusion[k, :].sum())
+        # f1 = 2PR/(P+R) = 2TP/(2TP+FP+FN), computed in counts so no rounding enters
+        errors = confusion[:, k].sum() + confusion[k, :].sum() - 2 * true_positive[k]
+        per_class.append({"class": k, "precision": precision, "recall": recall,
+                          "f1": _ratio(2 * true_positive[k], 2 * true_positive[k] + errors),
+                          "support": int(confusion[k, :].sum())})
+    counts = np.bincount(labels, minlength=n_classes)
+    report = {
+        "n": int(labels.size),
+        "n_classes": n_classes,
+        "accuracy": float(true_positive.sum() / labels.size),
+        "majority_class": int(counts.argmax()),
+        "majority_baseline": float(counts.max() / labels.size),
+        "confusion": confusion.tolist(),
+        "per_class": per_class,
+        "auc": None,
+    }
+    if n_classes == 2:
+        report.update(average="positive class 1", **{key: per_class[1][key]
+                                                      for key in ("precision", "recall", "f1")})
+        if scores is not None:
+            scores = np.asarray(scores, dtype=np.float64)
+            if scores.ndim == 2 and scores.shape[1] == 2:
+                scores = scores[:, 1]
+            report["auc"] = roc_auc(labels, scores)
+    else:
+        report.update(average="macro", **{key: float(np.mean([c[key] for c in per_class]))
+                                          for key in ("precision", "recall", "f1")})
+    return report
