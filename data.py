@@ -260,7 +260,8 @@ def load_features_csv(path, id_column: str, *, exclude_columns=()) -> tuple[np.n
     """The data party's file: (ids, X (n, d) float64, feature_names).
 
     Every column except the id column (and any in ``exclude_columns``) is a feature and must
-    hold a finite number in every row.
+    hold a plain decimal number in every row, finite and with |value| <= FEATURE_LIMIT (1e15).
+    An error names the file, the line, the row's id, the column and the text of the value.
     """
     header, rows, lines = _read_table(path)
     ids = _ids(header, rows, lines, path, id_column)
