@@ -11,6 +11,22 @@ agree on row order with ``align``; ``load_csv_pair`` does all three in one proce
 
 Bad input raises ``DataError`` with one line naming the file, the 1-based line number in the
 file (the header is line 1) and the column. Nothing is silently dropped, filled or coerced.
+
+What is refused, and why (each has a test in tests/test_data.py):
+
+* files: missing, not UTF-8 / not gzip, empty, header only, a duplicate or empty header name,
+  a row with more or fewer fields than the header, a header that looks ``;``- or tab-separated;
+* ids: an empty id, the same id twice (ids are text: "007" and "7" differ);
+* features: an empty cell, text that is not a plain decimal number (``1_000`` and non-ASCII
+  digits, which Python's ``float`` would accept, are refused too), NaN/inf, and any
+  ``|value| > FEATURE_LIMIT`` (1e15, see there);
+* labels: an empty cell, NaN/inf, a missing-value marker (``NA``, ``N/A``, ``null``, ``?``),
+  numbers mixed with text in one column, two texts differing only in letter case, a single
+  class, more than ``max_classes`` classes (a continuous column given as the label).
+
+Labels are compared by value: if every label is a number, "1", "1.0", "+1" and "1e0" are one
+class (named "1"); otherwise labels are text compared exactly (after trimming spaces).
+A UTF-8 byte-order mark at the start of a file is ignored; blank lines are skipped.
 """
 
 from __future__ import annotations
@@ -19,6 +35,7 @@ import csv
 import gzip
 import importlib.util
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +44,57 @@ import numpy as np
 
 class DataError(ValueError):
     """A dataset file or array is malformed; the message says where and what."""
+
+
+# The largest feature magnitude accepted anywhere in this module (CSV loaders, Dataset,
+# Standardizer). Real features (money, counts, measurements) are far smaller; a value beyond it
+# is almost always a unit or parsing error (an id, a timestamp in nanoseconds, 1e300 typed for
+# "huge"). Below it, standardising is exact enough and cannot overflow: squares stay below 1e30,
+# so a column's sum of squared deviations is finite for any row count float64 can index, and
+# integers up to 1e15 < 2**53 are still exact in float64.
+FEATURE_LIMIT = 1e15
+
+# A plain decimal number: optional sign, digits with an optional point, optional exponent.
+_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)
+
+# Label cells that mean "missing" in common exports (R, pandas, SQL, spreadsheets); compared
+# without letter case. A float-parsable NaN or inf is refused as well.
+MISSING_LABEL_MARKERS = ("na", "n/a", "nan", "null", "?")
+
+
+def describe_classes(class_names, counts=None) -> str:
+    """One report line for a label set: ``"2 classes: 0, 1"``; with ``counts`` (examples per
+    class, in class order) ``"2 classes: bad (300), good (700)"``. More than 12 classes are
+    shown as the first 12 and "...". The caller adds what it will train ("— training softmax")."""
+    names = [str(name) for name in class_names]
+    if counts is not None:
+        counts = [int(count) for count in counts]
+        if len(counts) != len(names):
+            raise ValueError(f"{len(counts)} counts for {len(names)} classes")
+        names = [f"{name} ({count})" for name, count in zip(names, counts)]
+    shown = names if len(names) <= 12 else names[:12] + ["..."]
+    word = "class" if len(names) == 1 else "classes"
+    return f"{len(names)} {word}: {', '.join(shown)}"
+
+
+def _feature_bound_error(value: float) -> str | None:
+    """Why a parsed feature value is refused, or None if it is fine."""
+    if not math.isfinite(value):
+        return "is not finite"
+    if abs(value) > FEATURE_LIMIT:
+        return (f"has magnitude above the supported limit {FEATURE_LIMIT:g} "
+                f"(data.FEATURE_LIMIT; rescale the column, e.g. to thousands)")
+    return None
+
+
+def _first_bad_feature(X: np.ndarray):
+    """(row, column, reason) of the first value that is not finite or beyond FEATURE_LIMIT."""
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(X) | (np.abs(X) > FEATURE_LIMIT)
+    if not bad.any():
+        return None
+    row, col = (int(i) for i in np.argwhere(bad)[0])
+    return row, col, _feature_bound_error(float(X[row, col]))
 
 
 @dataclass
@@ -42,7 +110,7 @@ class Dataset:
 
     def __post_init__(self):
         self.X = np.asarray(self.X, dtype=np.float64)
-        self.y = np.asarray(self.y, dtype=np.int64)
+        self.y = _as_class_ids(self.y, self.name)
         self.ids = np.asarray(self.ids)
         self.feature_names = [str(name) for name in self.feature_names]
         self.class_names = [str(name) for name in self.class_names]
@@ -55,12 +123,23 @@ class Dataset:
         if len(self.feature_names) != self.X.shape[1]:
             raise DataError(f"{self.name}: {len(self.feature_names)} feature names for "
                             f"{self.X.shape[1]} columns")
-        if not np.all(np.isfinite(self.X)):
-            row, col = np.argwhere(~np.isfinite(self.X))[0]
-            raise DataError(f"{self.name}: non-finite value in row {row}, "
-                            f"column {self.feature_names[col]!r}")
+        bad = _first_bad_feature(self.X)
+        if bad is not None:
+            row, col, reason = bad
+            kind = "non-finite value" if reason == "is not finite" else "value"
+            row_id = self.ids.tolist()[row]  # a plain Python value, for a readable message
+            raise DataError(f"{self.name}: {kind} {float(self.X[row, col])!r} in row {row} "
+                            f"(id {row_id!r}), column {self.feature_names[col]!r} {reason}")
         if n and (self.y.min() < 0 or self.y.max() >= len(self.class_names)):
             raise DataError(f"{self.name}: labels must be class ids 0..{len(self.class_names) - 1}")
+        if len(set(self.class_names)) != len(self.class_names):
+            duplicate = next(c for i, c in enumerate(self.class_names) if c in self.class_names[:i])
+            raise DataError(f"{self.name}: class name {duplicate!r} appears twice in class_names")
+        seen_ids: dict = {}
+        for row, key in enumerate(self.ids.tolist()):  # tolist: plain Python values
+            if key in seen_ids:
+                raise DataError(f"{self.name}: duplicate id {key!r} in rows {seen_ids[key]} and {row}")
+            seen_ids[key] = row
 
     @property
     def n_classes(self) -> int:
@@ -68,6 +147,24 @@ class Dataset:
 
     def __len__(self) -> int:
         return self.X.shape[0]
+
+
+def _as_class_ids(y, name: str) -> np.ndarray:
+    """y as int64 class ids; a float array must hold whole finite numbers (0.5 is not
+    truncated to 0, NaN is not cast to a garbage integer)."""
+    y = np.asarray(y)
+    if y.dtype.kind == "b":
+        return y.astype(np.int64)
+    if y.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(y) | (y != np.round(y))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{name}: label {float(y[row])!r} in row {row} is not a whole-number class id")
+    elif y.dtype.kind not in "iu":
+        raise DataError(f"{name}: labels must be integer class ids 0..k-1, got dtype {y.dtype} "
+                        "(text labels: use load_labels_csv, which numbers them)")
+    return y.astype(np.int64)
 
 
 def take(dataset: Dataset, rows: np.ndarray, suffix: str) -> Dataset:
@@ -121,8 +218,14 @@ def _read_table(path) -> tuple[list[str], list[list[str]], list[int]]:
 
 def _column(header: list[str], name: str, path, role: str) -> int:
     if name not in header:
+        hint = ""
+        if len(header) == 1:
+            for separator, word in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")):
+                if separator in header[0]:
+                    hint = f"; the header is one field holding {word}: save the file comma-separated"
+                    break
         raise DataError(f"{path}: no {role} column {name!r} in the header "
-                        f"(columns: {', '.join(header)})")
+                        f"(columns: {', '.join(header)}){hint}")
     return header.index(name)
 
 
@@ -139,11 +242,26 @@ def _ids(header, rows, lines, path, id_column) -> np.ndarray:
     return np.array([row[column] for row in rows], dtype=object)
 
 
+def _parse_feature(text: str, path, line: int, column: str, row_id) -> float:
+    where = f"{path}, line {line} (id {row_id!r}), column {column!r}"
+    try:
+        value = float(text)
+    except ValueError:
+        raise DataError(f"{where}: not a number: {text!r}") from None
+    reason = _feature_bound_error(value)
+    if reason is not None:
+        raise DataError(f"{where}: value {text!r} {reason}")
+    if not _DECIMAL.fullmatch(text):  # float() also takes "1_000" and non-ASCII digits
+        raise DataError(f"{where}: not a plain decimal number: {text!r}")
+    return value
+
+
 def load_features_csv(path, id_column: str, *, exclude_columns=()) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The data party's file: (ids, X (n, d) float64, feature_names).
 
     Every column except the id column (and any in ``exclude_columns``) is a feature and must
-    hold a finite number in every row.
+    hold a plain decimal number in every row, finite and with |value| <= FEATURE_LIMIT (1e15).
+    An error names the file, the line, the row's id, the column and the text of the value.
     """
     header, rows, lines = _read_table(path)
     ids = _ids(header, rows, lines, path, id_column)
@@ -157,32 +275,37 @@ def load_features_csv(path, id_column: str, *, exclude_columns=()) -> tuple[np.n
     for row_index, (row, line) in enumerate(zip(rows, lines)):
         for out_index, column in enumerate(feature_columns):
             text = row[column]
-            where = f"{path}, line {line}, column {header[column]!r}"
             if text == "":
-                raise DataError(f"{where}: empty cell")
-            try:
-                value = float(text)
-            except ValueError:
-                raise DataError(f"{where}: not a number: {text!r}") from None
-            if not math.isfinite(value):
-                raise DataError(f"{where}: value {text!r} is not finite")
-            X[row_index, out_index] = value
+                raise DataError(f"{path}, line {line}, column {header[column]!r}: empty cell")
+            X[row_index, out_index] = _parse_feature(text, path, line, header[column], ids[row_index])
     return ids, X, [header[column] for column in feature_columns]
 
 
-def _label_sort_key(values: list[str]):
-    try:
-        numbers = {value: float(value) for value in values}
-    except ValueError:
+def _label_number(text: str):
+    """The label's numeric value (int when whole, so 1 == 1.0 as dict keys), or None for text."""
+    if not _DECIMAL.fullmatch(text):
         return None
-    return lambda value: numbers[value]
+    value = float(text)
+    if math.isinf(value):
+        return None  # an overflowing exponent such as 1e999; refused by the caller
+    if value == int(value):
+        # exact for integer texts of any length; "1.0", "1e0" and "-0" land on the same int
+        return int(text) if re.fullmatch(r"[+-]?\d+", text) else int(value)
+    return value
 
 
-def load_labels_csv(path, id_column: str, label_column: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def load_labels_csv(path, id_column: str, label_column: str, *,
+                    max_classes: int = 100) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The label party's file: (ids, y (n,) int64 class ids, class_names).
 
-    Class ids number the distinct label values in sorted order (numerically if every value is a
-    number, e.g. "2" before "10", otherwise as text); ``class_names[k]`` is the text of class k.
+    Labels are compared by value. If every label is a number, labels with the same numeric
+    value are one class ("1", "1.0", "+1", "1e0"), named by the value ("1", or "0.5" for a
+    fraction), and class ids follow numeric order ("2" before "10"). Otherwise every label is
+    text, compared exactly, and class ids follow sorted text order. ``class_names[k]`` names
+    class k (``describe_classes(class_names)`` gives a report line). Refused, each naming the
+    line, id and column: an empty cell, NaN/inf, a missing-value marker (MISSING_LABEL_MARKERS),
+    numbers mixed with text, two texts differing only in letter case, and then a single class
+    or more than ``max_classes`` classes (a continuous column given as the label).
     Other columns of the file are ignored.
     """
     header, rows, lines = _read_table(path)
@@ -190,21 +313,54 @@ def load_labels_csv(path, id_column: str, label_column: str) -> tuple[np.ndarray
     column = _column(header, label_column, path, "label")
     if column == header.index(id_column):
         raise DataError(f"{path}: the id column and the label column are both {label_column!r}")
-    values = []
-    for row, line in zip(rows, lines):
-        if row[column] == "":
-            raise DataError(f"{path}, line {line}, column {label_column!r}: empty cell")
-        values.append(row[column])
-    distinct = sorted(set(values))
-    numeric_key = _label_sort_key(distinct)
-    if numeric_key is not None:
-        distinct.sort(key=numeric_key)
+    values, numbers = [], []
+    first_number = first_text = None  # (line, id, text) of the first numeric / textual label
+    for row_id, row, line in zip(ids, rows, lines):
+        text = row[column]
+        where = f"{path}, line {line} (id {row_id!r}), column {label_column!r}"
+        if text == "":
+            raise DataError(f"{where}: empty cell")
+        bare = text.lower().lstrip("+-")
+        if bare in MISSING_LABEL_MARKERS or bare in ("inf", "infinity"):
+            raise DataError(f"{where}: label {text!r} is a missing or non-finite value; "
+                            f"give every row a class or remove the row")
+        number = _label_number(text)
+        if number is None and _DECIMAL.fullmatch(text):
+            raise DataError(f"{where}: label {text!r} is not a finite number")
+        if number is None:
+            first_text = first_text or (line, row_id, text)
+        else:
+            first_number = first_number or (line, row_id, text)
+        values.append(text)
+        numbers.append(number)
+    if first_number and first_text:
+        raise DataError(f"{path}, column {label_column!r}: labels mix numbers ({first_number[2]!r} "
+                        f"on line {first_number[0]}) and text ({first_text[2]!r} on line "
+                        f"{first_text[0]}); use one kind for every row")
+    if first_number:
+        keys = numbers
+        distinct = sorted(set(keys))
+        class_names = [str(key) if isinstance(key, int) else repr(key) for key in distinct]
+    else:
+        keys = values
+        distinct = sorted(set(keys))
+        by_case: dict[str, str] = {}
+        for value in distinct:
+            other = by_case.setdefault(value.casefold(), value)
+            if other != value:
+                raise DataError(f"{path}, column {label_column!r}: labels {other!r} and {value!r} "
+                                f"differ only in letter case; make them the same class or rename one")
+        class_names = list(distinct)
     if len(distinct) < 2:
         raise DataError(f"{path}: label column {label_column!r} has a single class "
-                        f"{distinct[0]!r}; need at least two")
-    class_id = {value: index for index, value in enumerate(distinct)}
-    y = np.array([class_id[value] for value in values], dtype=np.int64)
-    return ids, y, distinct
+                        f"{class_names[0]!r}; need at least two")
+    if len(distinct) > max_classes:
+        raise DataError(f"{path}: label column {label_column!r} has {len(distinct)} distinct "
+                        f"values in {len(rows)} rows, more than max_classes={max_classes}; is it "
+                        f"a class label (not a continuous value or an id)?")
+    class_id = {key: index for index, key in enumerate(distinct)}
+    y = np.array([class_id[key] for key in keys], dtype=np.int64)
+    return ids, y, class_names
 
 
 def align(feature_ids, label_ids, *, allow_unmatched: bool = False,
@@ -262,6 +418,10 @@ def load_csv_pair(features_csv, labels_csv, *, id_column: str, label_column: str
     y = y[label_rows]
     if len(np.unique(y)) < 2:
         raise DataError(f"{labels_csv}: after joining on {id_column!r} only one class remains")
+    absent = [name for k, name in enumerate(class_names) if not np.any(y == k)]
+    if absent:  # the model would get an output for a class it never sees
+        raise DataError(f"{labels_csv}: after joining on {id_column!r} class {absent[0]!r} has "
+                        f"no rows left (all its ids lack features); drop those rows from the labels file")
     return Dataset(X[feature_rows], y, feature_ids[feature_rows], feature_names, class_names,
                    name=Path(features_csv).stem)
 
@@ -348,31 +508,78 @@ def train_test_split(dataset: Dataset, *, test_fraction: float = 0.2, seed: int 
 
 class Standardizer:
     """x -> (x - mean) / std per column, with mean and std fitted on the training split only
-    (fitting on test data would leak it). A constant column gets std 1, so it maps to 0
-    instead of dividing by zero."""
+    (fitting on test data would leak it).
+
+    Constant columns: a column whose training values are all equal (max == min, tested
+    exactly) gets std 1 instead of 0, so it maps to exactly 0 on the training data and no
+    division by zero happens; a later value v different from the constant c maps to v - c
+    (shifted, not rescaled). ``constant_columns`` (a bool mask, set by ``fit``) lists them, for
+    a caller to report: such a column carries no information for training.
+
+    Refused with a one-line DataError naming the row, the column and the value: NaN/inf, any
+    |value| > FEATURE_LIMIT, and a result that is not representable (e.g. dividing by a
+    subnormal std overflows). No numpy RuntimeWarning escapes: the arithmetic runs under
+    ``np.errstate`` and its result is checked. ``feature_names`` (optional) names the columns
+    in the messages; otherwise they are named by index.
+    """
 
     def __init__(self):
         self.mean: np.ndarray | None = None
         self.std: np.ndarray | None = None
+        self.constant_columns: np.ndarray | None = None
 
-    def fit(self, X) -> "Standardizer":
+    @staticmethod
+    def _check(X, what: str, feature_names) -> None:
+        bad = _first_bad_feature(X)
+        if bad is not None:
+            row, col, reason = bad
+            name = repr(feature_names[col]) if feature_names is not None else str(col)
+            raise DataError(f"Standardizer.{what}: value {float(X[row, col])!r} in row {row}, "
+                            f"column {name} {reason}")
+
+    def fit(self, X, *, feature_names=None) -> "Standardizer":
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[0] == 0:
             raise ValueError(f"fit needs a non-empty 2-D array, got shape {X.shape}")
-        self.mean = X.mean(axis=0)
+        self._check(X, "fit", feature_names)
+        # Below FEATURE_LIMIT neither can overflow; the errstate and the check are a guard.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            mean = X.mean(axis=0)
+            std = X.std(axis=0)
+            # Deviations below ~1e-154 have squares that underflow (1e-300 and 3e-300 would
+            # get std 0): for such columns, compute std = s * std(X / s) with s = max |X - mean|.
+            spread = np.abs(X - mean).max(axis=0)
+            tiny = (spread > 0) & (spread < 1e-100)
+            if tiny.any():
+                std[tiny] = spread[tiny] * ((X[:, tiny] - mean[tiny]) / spread[tiny]).std(axis=0)
+        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std))):
+            col = int(np.flatnonzero(~(np.isfinite(mean) & np.isfinite(std)))[0])
+            name = repr(feature_names[col]) if feature_names is not None else str(col)
+            raise DataError(f"Standardizer.fit: column {name} overflows when standardised "
+                            f"(mean {mean[col]:g}, std {std[col]:g})")
         # Test constancy exactly (max == min): a constant column's computed std can be a
         # rounding-sized positive number, which would blow rounding noise up to O(1) values.
         constant = X.max(axis=0) == X.min(axis=0)
-        self.std = np.where(constant, 1.0, X.std(axis=0))
+        self.mean, self.std, self.constant_columns = mean, np.where(constant, 1.0, std), constant
         return self
 
-    def transform(self, X) -> np.ndarray:
+    def transform(self, X, *, feature_names=None) -> np.ndarray:
         if self.mean is None:
             raise ValueError("Standardizer.transform called before fit")
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self.mean.shape[0]:
             raise ValueError(f"expected an array with {self.mean.shape[0]} columns, got shape {X.shape}")
-        return (X - self.mean) / self.std
+        self._check(X, "transform", feature_names)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            out = (X - self.mean) / self.std
+        if not np.all(np.isfinite(out)):
+            row, col = (int(i) for i in np.argwhere(~np.isfinite(out))[0])
+            name = repr(feature_names[col]) if feature_names is not None else str(col)
+            raise DataError(f"Standardizer.transform: value {float(X[row, col])!r} in row {row}, column "
+                            f"{name} is not representable after standardising (the column's "
+                            f"std is {self.std[col]:g})")
+        return out
+
 
 
 # --------------------------------------------------------------------------------------------

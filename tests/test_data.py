@@ -281,3 +281,211 @@ def test_dataset_rejects_inconsistent_arrays():
         data.Dataset(np.zeros((2, 1)), np.array([0, 1]), np.arange(2), ["x", "y"], ["a", "b"])
     with pytest.raises(DataError, match="non-finite"):
         data.Dataset(np.array([[np.nan], [0.0]]), np.array([0, 1]), np.arange(2), ["x"], ["a", "b"])
+
+
+# ---- labels are parsed by value -------------------------------------------------------------
+
+
+def test_numeric_labels_written_differently_are_one_class(tmp_path):
+    """"1", "1.0", " 1 ", "+1", "1e0" are the same number, so the same class (was: 4 classes)."""
+    path = write(tmp_path, "l.csv", "id,y\na,0\nb,1\nc,0.0\nd,1.0\ne, 1 \nf,+1\ng,1e0\nh,-0\n")
+    ids, y, class_names = data.load_labels_csv(path, "id", "y")
+    assert class_names == ["0", "1"]
+    np.testing.assert_array_equal(y, [0, 1, 0, 1, 1, 1, 1, 0])
+    assert data.describe_classes(class_names) == "2 classes: 0, 1"
+
+
+def test_fractional_numeric_labels_keep_numeric_order_and_value_names(tmp_path):
+    path = write(tmp_path, "l.csv", "id,y\na,2\nb,0.5\nc,10\nd,0.50\n")
+    _, y, class_names = data.load_labels_csv(path, "id", "y")
+    assert class_names == ["0.5", "2", "10"]
+    np.testing.assert_array_equal(y, [1, 0, 2, 0])
+
+
+def test_long_integer_labels_are_compared_exactly_not_through_float(tmp_path):
+    """2**53 and 2**53 + 1 are equal as floats but are different labels."""
+    path = write(tmp_path, "l.csv", f"id,y\na,{2**53}\nb,{2**53 + 1}\n")
+    assert data.load_labels_csv(path, "id", "y")[2] == [str(2**53), str(2**53 + 1)]
+
+
+def test_three_classes_are_reported_as_three(tmp_path):
+    path = write(tmp_path, "l.csv", "id,y\na,low\nb,high\nc,mid\nd,low\n")
+    _, y, class_names = data.load_labels_csv(path, "id", "y")
+    assert class_names == ["high", "low", "mid"]
+    assert data.describe_classes(class_names) == "3 classes: high, low, mid"
+    assert data.describe_classes(class_names, np.bincount(y)) == "3 classes: high (1), low (2), mid (1)"
+
+
+def test_describe_classes_shortens_long_lists():
+    line = data.describe_classes([str(k) for k in range(20)])
+    assert line.startswith("20 classes: 0, 1,") and line.endswith("10, 11, ...")
+
+
+@pytest.mark.parametrize("value", ["NaN", "nan", "-nan", "inf", "-Infinity", "NA", "N/A", "null", "?"])
+def test_missing_or_non_finite_label_names_line_id_and_column(tmp_path, value):
+    """A NaN label used to become an extra class; now it is refused, naming the row."""
+    path = write(tmp_path, "l.csv", f"id,y\na,0\nb,1\nc,{value}\n")
+    raises_one_line(["l.csv", "line 4", "id 'c'", "column 'y'", repr(value), "missing or non-finite"],
+                    data.load_labels_csv, path, "id", "y")
+
+
+def test_overflowing_numeric_label_is_refused(tmp_path):
+    path = write(tmp_path, "l.csv", "id,y\na,0\nb,1\nc,1e999\n")
+    raises_one_line(["line 4", "id 'c'", "'1e999'", "not a finite number"],
+                    data.load_labels_csv, path, "id", "y")
+
+
+def test_labels_mixing_numbers_and_text_are_refused(tmp_path):
+    path = write(tmp_path, "l.csv", "id,y\na,0\nb,1\nc,yes\n")
+    raises_one_line(["column 'y'", "mix numbers", "'0' on line 2", "'yes' on line 4"],
+                    data.load_labels_csv, path, "id", "y")
+
+
+def test_text_labels_differing_only_in_case_are_refused(tmp_path):
+    path = write(tmp_path, "l.csv", "id,y\na,yes\nb,no\nc,Yes\n")
+    raises_one_line(["column 'y'", "'Yes' and 'yes'", "letter case"], data.load_labels_csv, path, "id", "y")
+
+
+def test_a_continuous_column_given_as_label_is_refused(tmp_path):
+    path = write(tmp_path, "l.csv", "id,y\n" + "".join(f"r{i},{i * 0.37:.2f}\n" for i in range(150)))
+    raises_one_line(["150 distinct values in 150 rows", "max_classes=100"],
+                    data.load_labels_csv, path, "id", "y")
+    _, _, names = data.load_labels_csv(path, "id", "y", max_classes=200)
+    assert len(names) == 150
+
+
+def test_a_class_left_without_rows_after_the_join_is_refused(tmp_path):
+    """With allow_unmatched the model would get an output unit for a class it never sees."""
+    features = write(tmp_path, "f.csv", "id,x\na,1\nb,2\nc,3\n")
+    labels = write(tmp_path, "l.csv", "id,y\na,0\nb,1\nc,1\nz,2\n")
+    raises_one_line(["l.csv", "class '2' has no rows left"], data.load_csv_pair, features, labels,
+                    id_column="id", label_column="y", allow_unmatched=True)
+
+
+# ---- absurd feature values ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["1e300", "-2e15", "1e16"])
+def test_feature_beyond_the_documented_limit_names_id_column_and_value(tmp_path, value):
+    """1e300 used to make the column's std inf, the column silently 0, and a RuntimeWarning leak."""
+    path = write(tmp_path, "f.csv", f"id,age,income\na,30,1.5\nb,31,{value}\n")
+    raises_one_line(["f.csv", "line 3", "id 'b'", "column 'income'", repr(value), "1e+15"],
+                    data.load_features_csv, path, "id")
+
+
+def test_feature_at_the_limit_is_accepted(tmp_path):
+    path = write(tmp_path, "f.csv", "id,x\na,1e15\nb,-1e15\n")
+    np.testing.assert_array_equal(data.load_features_csv(path, "id")[1][:, 0], [1e15, -1e15])
+    assert data.FEATURE_LIMIT == 1e15
+
+
+@pytest.mark.parametrize("value", ["1_000", "\u0661\u0662", "0x10", "1,5"])
+def test_feature_text_python_float_would_misread_is_refused(tmp_path, value):
+    """float() accepts "1_000" and Arabic-Indic digits; a CSV number must be plain decimal."""
+    path = write(tmp_path, "f.csv", f'id,x\na,1\nb,"{value}"\n')
+    raises_one_line(["line 3", "id 'b'", "column 'x'", repr(value)], data.load_features_csv, path, "id")
+
+
+def test_standardizer_refuses_absurd_values_without_leaking_runtime_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any numpy RuntimeWarning fails the test
+        for bad, fragment in ((1e300, "1e+300"), (np.inf, "not finite"), (np.nan, "not finite")):
+            X = np.array([[1.0, 2.0], [3.0, bad], [5.0, 6.0]])
+            with pytest.raises(DataError, match="row 1, column 'b'") as caught:
+                data.Standardizer().fit(X, feature_names=["a", "b"])
+            assert fragment in str(caught.value)
+        scaler = data.Standardizer().fit(np.array([[1.0], [3.0]]))
+        with pytest.raises(DataError, match="transform: value 1e\\+300 in row 0, column 0"):
+            scaler.transform(np.array([[1e300]]))
+
+
+def test_standardizer_transform_refuses_an_unrepresentable_result():
+    """A std set from outside (e.g. a checkpoint) that is subnormal would overflow to inf."""
+    scaler = data.Standardizer()
+    scaler.mean, scaler.std = np.array([0.0]), np.array([1e-310])
+    raises_one_line(["transform", "row 0, column 0", "not representable"], scaler.transform,
+                    np.array([[1.0]]))
+
+
+def test_standardizer_tiny_valued_column_keeps_its_spread():
+    """Values 1e-300 and 3e-300 differ, but their squared deviations underflow to 0: the std
+    must still be 1e-300 (not 0, which would divide by zero)."""
+    scaler = data.Standardizer().fit(np.array([[1e-300], [3e-300]]))
+    assert scaler.std[0] == pytest.approx(1e-300) and not scaler.constant_columns[0]
+    np.testing.assert_allclose(scaler.transform(np.array([[1e-300], [3e-300]]))[:, 0], [-1, 1])
+
+
+def test_constant_column_maps_to_zero_and_later_values_are_shifted_not_scaled():
+    scaler = data.Standardizer().fit(np.array([[1.0, 7.0], [3.0, 7.0]]))
+    np.testing.assert_array_equal(scaler.constant_columns, [False, True])
+    assert scaler.std[1] == 1.0
+    np.testing.assert_array_equal(scaler.transform(np.array([[1.0, 7.0], [2.0, 9.5]]))[:, 1], [0.0, 2.5])
+
+
+def test_dataset_refuses_fractional_or_nan_labels_duplicate_ids_and_huge_values():
+    X = np.zeros((2, 1))
+    with pytest.raises(DataError, match="label 0.5 in row 0 is not a whole-number class id"):
+        data.Dataset(X, np.array([0.5, 1.0]), np.arange(2), ["x"], ["a", "b"])
+    with pytest.raises(DataError, match="label nan in row 1"):
+        data.Dataset(X, np.array([0.0, np.nan]), np.arange(2), ["x"], ["a", "b"])
+    with pytest.raises(DataError, match="duplicate id 3 in rows 0 and 1"):
+        data.Dataset(X, np.array([0, 1]), np.array([3, 3]), ["x"], ["a", "b"])
+    with pytest.raises(DataError, match="value 1e\\+16 in row 0 \\(id 'p'\\), column 'x'"):
+        data.Dataset(np.array([[1e16], [0.0]]), np.array([0, 1]), np.array(["p", "q"]), ["x"], ["a", "b"])
+    with pytest.raises(DataError, match="class name 'a' appears twice"):
+        data.Dataset(X, np.array([0, 1]), np.arange(2), ["x"], ["a", "a"])
+    np.testing.assert_array_equal(
+        data.Dataset(X, np.array([0.0, 1.0]), np.arange(2), ["x"], ["a", "b"]).y, [0, 1])
+
+
+# ---- other file-level paths -----------------------------------------------------------------
+
+
+def test_byte_order_mark_is_ignored_so_the_id_column_is_found(tmp_path):
+    path = tmp_path / "f.csv"
+    path.write_bytes("id,x\na,1\nb,2\n".encode("utf-8-sig"))
+    ids, X, names = data.load_features_csv(path, "id")
+    assert list(ids) == ["a", "b"] and names == ["x"]
+
+
+@pytest.mark.parametrize("separator, word", [(";", "semicolons"), ("\t", "tabs")])
+def test_semicolon_or_tab_separated_file_gets_a_hint(tmp_path, separator, word):
+    path = write(tmp_path, "f.csv", separator.join(["id", "x"]) + "\na" + separator + "1\n")
+    raises_one_line(["no id column 'id'", word, "comma-separated"], data.load_features_csv, path, "id")
+
+
+def test_non_utf8_file_and_fake_gzip_are_data_errors(tmp_path):
+    latin = tmp_path / "f.csv"
+    latin.write_bytes("id,x\n\xe9,1\n".encode("latin-1"))
+    raises_one_line(["f.csv", "cannot read as CSV"], data.load_features_csv, latin, "id")
+    fake = write(tmp_path, "g.csv.gz", "id,x\na,1\n")
+    raises_one_line(["g.csv.gz", "cannot read as CSV"], data.load_features_csv, fake, "id")
+
+
+def test_header_only_file_with_blank_lines_and_blank_only_file(tmp_path):
+    raises_one_line("no data rows", data.load_features_csv, write(tmp_path, "a.csv", "id,x\n\n\n"), "id")
+    raises_one_line("empty", data.load_features_csv, write(tmp_path, "b.csv", "\n\n"), "id")
+
+
+def test_duplicate_and_empty_header_names(tmp_path):
+    raises_one_line(["column 'x' appears twice"], data.load_features_csv,
+                    write(tmp_path, "a.csv", "id,x,x\na,1,2\n"), "id")
+    raises_one_line(["header field 2 is empty"], data.load_features_csv,
+                    write(tmp_path, "b.csv", "id,,x\na,1,2\n"), "id")
+
+
+def test_ids_equal_after_trimming_spaces_are_duplicates(tmp_path):
+    path = write(tmp_path, "f.csv", "id,x\na,1\n a ,2\n")
+    raises_one_line(["duplicate id 'a'", "lines 2 and 3"], data.load_features_csv, path, "id")
+
+
+def test_dmba_german_credit_has_no_warning_and_two_classes():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dataset = data.load_builtin("german_credit")
+    assert data.describe_classes(dataset.class_names, np.bincount(dataset.y)) == \
+        "2 classes: bad (300), good (700)"
