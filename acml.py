@@ -244,9 +244,9 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
         metrics["prediction_agreement"] = float(np.mean(predicted == plain_predicted))
         metrics["predictions_differing"] = int(np.sum(predicted != plain_predicted))
         if label_party.layer_sizes[-1] == 1:  # binary: accuracy hides a lot on skewed classes
-            metrics["test_auc"] = roc_auc(scores, test_set.y)
+            metrics["test_auc"] = nn.roc_auc(test_set.y, scores)
             plain_scores = plaintext.scores_from_logits(plaintext.forward(plain_inputs))
-            metrics["plaintext_test_auc"] = roc_auc(plain_scores, test_set.y)
+            metrics["plaintext_test_auc"] = nn.roc_auc(test_set.y, plain_scores)
             metrics["majority_class_rate"] = float(max(np.mean(test_set.y), 1 - np.mean(test_set.y)))
     metrics.update(channel.metrics())
     if resume:
@@ -309,23 +309,6 @@ def progress_bar(total: int, label_party: LabelParty | None = None):
 # ----------------------------------------------------------------------------------------------
 # Reports
 # ----------------------------------------------------------------------------------------------
-def roc_auc(scores, labels) -> float:
-    """Area under the ROC curve: the chance that a random positive outscores a random negative
-    (ties count half), from the ranks (Mann–Whitney U)."""
-    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
-    positives = int(np.sum(labels == 1))
-    negatives = len(labels) - positives
-    if positives == 0 or negatives == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    # Runs of equal scores are contiguous once sorted; each run gets its average (1-based) rank.
-    _, first, counts = np.unique(scores[order], return_index=True, return_counts=True)
-    ranks = np.empty(len(scores))
-    ranks[order] = np.repeat(first + (counts + 1) / 2, counts)
-    return float((ranks[labels == 1].sum() - positives * (positives + 1) / 2)
-                 / (positives * negatives))
-
-
 def format_report(metrics: dict) -> str:
     lines = [f"dataset {metrics['dataset']}: {metrics['n_train']} training rows, layers "
              f"{metrics['layer_sizes']}, {metrics['key_bits']}-bit Paillier key, "

@@ -34,6 +34,7 @@ import data
 import nn
 import paillier
 import protocol
+from leaks import separation_auc
 from channel import DATA, LABEL, MASK_WIDTH_SLACK, Channel, Finding, Message, uniform_mask
 from flaws import (FLOAT_MANTISSA_BITS, PHE_LOG2_BASE, SECURE, SEEDED_MASK_SEED_BITS,
                    InsecureFlaws, InsecureFlawWarning)
@@ -252,23 +253,6 @@ def r_squared(estimate, truth) -> float:
     estimate, truth = np.asarray(estimate, float), np.asarray(truth, float)
     total = np.sum((truth - truth.mean()) ** 2)
     return float(1.0 - np.sum((estimate - truth) ** 2) / total)
-
-
-def auc(labels, scores) -> float:
-    """Area under the ROC curve: P(score of a positive > score of a negative), ties half."""
-    labels, scores = np.asarray(labels), np.asarray(scores, float)
-    positive, negative = scores[labels == 1], scores[labels == 0]
-    if len(positive) == 0 or len(negative) == 0:
-        raise ValueError("AUC needs both classes")
-    greater = (positive[:, None] > negative[None, :]).sum()
-    ties = (positive[:, None] == negative[None, :]).sum()
-    return float((greater + 0.5 * ties) / (len(positive) * len(negative)))
-
-
-def separation_auc(labels, scores) -> float:
-    """max(AUC, 1 − AUC): how well the scores split the classes, whichever way round."""
-    value = auc(labels, scores)
-    return max(value, 1.0 - value)
 
 
 def _ranks(values) -> np.ndarray:

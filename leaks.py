@@ -142,22 +142,6 @@ def r_squared(estimate, truth) -> float:
     return float(1.0 - np.sum((np.asarray(estimate, dtype=np.float64) - truth) ** 2) / total)
 
 
-def auc(labels, scores) -> float:
-    """Area under the ROC curve: P(a positive outscores a negative), ties counted half."""
-    labels = np.asarray(labels).reshape(-1)
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    positive, negative = scores[labels == 1], scores[labels != 1]
-    if positive.size == 0 or negative.size == 0:
-        raise ValueError("AUC needs examples of both classes")
-    order = np.argsort(scores, kind="stable")
-    ranks = np.empty(scores.size)
-    ranks[order] = np.arange(1, scores.size + 1)
-    _, inverse = np.unique(scores, return_inverse=True)  # average the ranks of ties
-    ranks = (np.bincount(inverse, ranks) / np.bincount(inverse))[inverse]
-    u = ranks[labels == 1].sum() - positive.size * (positive.size + 1) / 2
-    return float(u / (positive.size * negative.size))
-
-
 # ----------------------------------------------------------------------------------------------
 # Leak 1: the Gram matrix X·Xᵀ from z across epochs (the label party).
 # ----------------------------------------------------------------------------------------------
@@ -501,7 +485,7 @@ def label_attack(view: DataPartyView, *, method: str = "direction", known_labels
 
 def separation_auc(labels, scores) -> float:
     """max(AUC, 1 − AUC): how well the scores split the classes, whichever way round."""
-    value = auc(labels, scores)
+    value = nn.roc_auc(labels, scores)
     return max(value, 1.0 - value)
 
 
@@ -726,13 +710,13 @@ def label_attack_measurement(*, dataset: str = "breast_cancer", n: int = 256, bo
             "epochs": epochs, "batch_size": batch_size,
             "direction_auc": separation_auc(y, label_attack(view)),
             "norm_auc": separation_auc(y, label_attack(view, method="norm")),
-            "oriented_auc_4_known": auc(y, label_attack(view, known_labels=known))}
+            "oriented_auc_4_known": nn.roc_auc(y, label_attack(view, known_labels=known))}
 
 
 def _test_metrics(recording: Recording, X_test, y_test) -> tuple[float, float]:
     scores = recording.predict_scores(X_test)
     accuracy = float(np.mean((scores >= 0.5).astype(np.int64) == y_test))
-    return accuracy, auc(y_test, scores)
+    return accuracy, nn.roc_auc(y_test, scores)
 
 
 def privacy_utility_curve(noise_scales, *, dataset: str = "breast_cancer", n: int = 64,
