@@ -179,7 +179,7 @@ def protocol_epoch(train_set, sizes, keypair, *, packing: bool, executor=None,
               "step_seconds": steps, "step_ops": {k: dict(v) for k, v in
                                                   result.channel.step_ops.items()}}
     if packing:
-        layout = result.label_party.packing
+        layout = result.label_party.public.packing
         report["slots"] = {"forward": layout.forward.to_dict(),
                            "backward": layout.backward.to_dict()}
     return report
