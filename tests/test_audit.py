@@ -4,6 +4,7 @@ fails on the real protocol. Small keys (through the explicit insecure flag) keep
 
 import json
 import random
+import types
 import warnings
 
 import numpy as np
@@ -14,7 +15,10 @@ import acml
 import audit
 import nn
 import protocol
-from protocol import InsecureFlaws
+from channel import Channel, LeakageError, MaskSource
+from flaws import SECURE, InsecureFlaws, InsecureFlawWarning
+from parties import BottomModel, DataParty, LabelParty
+from plan import wide_mask_bits
 
 KEY_BITS = 256
 
@@ -29,17 +33,24 @@ def rows_of(name, n_rows, seed=0):
                                           seed=seed))[:2]
 
 
-def parties(X, y, keypair, *, hidden=4, batch_size=16, bottom=None, flaws=protocol.SECURE,
-            mode="raise"):
+def make_parties(X, y, keypair, *, hidden=4, batch_size=16, bottom=None, flaws=SECURE,
+                 packing=True, **sources):
     out = 1 if y.max() == 1 else int(y.max()) + 1
     sizes = (X.shape[1] if bottom is None else bottom[0], hidden, out)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", protocol.InsecureFlawWarning)
-        data_party = protocol.DataParty(X, keypair=keypair, init_seed=0, bottom=bottom,
-                                        insecure_flaws=flaws)
-        label_party = protocol.LabelParty(y, sizes, batch_size=batch_size, seed=0,
-                                          insecure_flaws=flaws)
-    channel = protocol.Channel(mode=mode)
+        warnings.simplefilter("ignore", InsecureFlawWarning)
+        data_party = DataParty(X, keypair=keypair, init_seed=0, bottom=bottom,
+                               insecure_flaws=flaws, mask_source=sources.get("data_source"))
+        label_party = LabelParty(y, sizes, batch_size=batch_size, seed=0, insecure_flaws=flaws,
+                                 packing=packing, mask_source=sources.get("label_source"))
+    return data_party, label_party
+
+
+def parties(X, y, keypair, *, mode="raise", **options):
+    """Both parties and the checked channel between them (every payload kept)."""
+    data_party, label_party = make_parties(X, y, keypair, **options)
+    channel = Channel(data_party=data_party, label_party=label_party, mode=mode,
+                      keep_payloads=True)
     return data_party, label_party, channel
 
 
@@ -51,19 +62,28 @@ def test_step4b_input_gradient_is_exactly_delta_times_w_transpose(keypair):
     i.e. the plaintext δ·Wᵀ within the quantisation of δ; [[α]] is encrypted afresh every batch."""
     X, y = rows_of("breast_cancer", 32)
     data_party, label_party, channel = parties(X, y, keypair, bottom=(6, "relu"))
-    protocol.setup(data_party, label_party, channel)
+    public = protocol.setup(channel)
     rows = np.arange(16)
     for _ in range(2):  # the same rows twice: α's ciphertexts must differ (fresh r, no cache)
         weight = label_party.weight_share + data_party.noise_acc  # diagnostic: nobody holds W
-        z = protocol.step1_forward_interactive(data_party, label_party, channel, rows)
-        protocol.step2_forward_rest(label_party, channel, z, rows)
-        delta = protocol.step3_backward_rest(label_party, channel)
-        gradient = protocol.step4b_input_gradient(data_party, label_party, channel, delta)
+        protocol.step1_forward_interactive(channel, public, rows)
+        protocol.step2_forward_rest(channel, rows)
+        protocol.step3_backward_rest(channel)
+        delta = label_party._delta  # δ at its fixed-point scale: the label party's own
+        bottom_before = data_party.bottom.layer.W.copy()
+        protocol.step4b_input_gradient(channel, public, len(rows))
+        sent = channel.messages[-1]
+        assert sent.name == "[[δ·Wᵀ]]"
+        gradient = data_party._private_key.decrypt(sent.payload)  # what the data party reads
         assert gradient.scale == delta.scale + weight.scale
         assert np.array_equal(gradient.values, (delta @ weight.T).values)
         plain = delta.decode() @ weight.decode().T
         assert np.abs(gradient.decode() - plain).max() < 1e-12
-        protocol.step4_backward_interactive(data_party, label_party, channel, rows, delta)
+        assert not np.array_equal(data_party.bottom.layer.W, bottom_before)  # it stepped
+        # 4b leaves the shares of the forward pass untouched for step 4
+        assert np.array_equal((label_party.weight_share + data_party.noise_acc).values,
+                              weight.values)
+        protocol.step4_backward_interactive(channel, public, rows)
     first, second = (m.payload for m in channel.view("label") if m.name == "[[α]]")
     assert not set(map(int, first.ciphertexts.ravel())) & set(map(int, second.ciphertexts.ravel()))
     assert not any(m.name == "[[X]]" for m in channel.messages)
@@ -82,7 +102,7 @@ def test_bottom_model_run_matches_a_plaintext_composite_within_quantisation(keyp
     assert result.metrics["bottom_width"] == 5
 
     reference = nn.MLP((train_set.X.shape[1], 5, 4, 1), seed=0)
-    bottom0 = protocol.BottomModel(train_set.X.shape[1], 5, "relu", seed=0)
+    bottom0 = BottomModel(train_set.X.shape[1], 5, "relu", seed=0)
     top0 = nn.MLP((5, 4, 1), seed=0)
     reference.layers[0].W[...], reference.layers[0].b[...] = bottom0.layer.W, bottom0.layer.b
     for mine, theirs in zip(reference.layers[1:], top0.layers):
@@ -106,8 +126,7 @@ def test_step4b_declares_the_label_leak_and_is_not_flagged(keypair):
     every check (strict channel, transcript audit) with no finding."""
     X, y = rows_of("breast_cancer", 32)
     data_party, label_party, channel = parties(X, y, keypair, bottom=(4, "tanh"))
-    protocol.setup(data_party, label_party, channel)
-    protocol.train_epoch(data_party, label_party, channel, 0)
+    protocol.train_epoch(channel, protocol.setup(channel), 0)
     row = next(r for r in channel.report() if r["name"] == "[[δ·Wᵀ]]")
     assert (row["kind"], row["sender"], row["receiver"], row["count"]) == (
         "ciphertext", "label", "data", 2)
@@ -121,13 +140,13 @@ def test_bottom_model_can_be_given_as_an_nn_layer(keypair):
     it is; a layer of the wrong input width is a clear error."""
     X, _ = rows_of("wine", 16)
     layer = nn.Dense(X.shape[1], 3, rng=np.random.default_rng(7))
-    data_party = protocol.DataParty(X, keypair=keypair, bottom=(layer, "tanh"))
+    data_party = DataParty(X, keypair=keypair, bottom=(layer, "tanh"))
     assert data_party.bottom.layer is layer and data_party.n_inputs == 3
     assert np.allclose(data_party.bottom.forward(X), np.tanh(X @ layer.W + layer.b))
-    identity = protocol.DataParty(X, keypair=keypair, bottom=layer).bottom
+    identity = DataParty(X, keypair=keypair, bottom=layer).bottom
     assert identity.activation_name == "identity"
     with pytest.raises(ValueError, match="takes 5 features"):
-        protocol.DataParty(X, keypair=keypair, bottom=nn.Dense(5, 3, rng=np.random.default_rng()))
+        DataParty(X, keypair=keypair, bottom=nn.Dense(5, 3, rng=np.random.default_rng()))
 
 
 def test_cli_train_with_bottom_option(tmp_path):
@@ -161,14 +180,14 @@ def test_flaw_switches_are_off_by_default_and_loud_when_on(keypair):
     X, y = rows_of("wine", 16)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        default = protocol.DataParty(X, keypair=keypair)
-    assert default.flaws == protocol.SECURE
+        default = DataParty(X, keypair=keypair)
+    assert default.flaws == SECURE
     assert isinstance(default.mask_source.generator, random.SystemRandom)
     for name in audit.FLAW_NAMES:
         flaws = InsecureFlaws(**{name: "normal" if name == "weak_masks" else True})
         assert flaws.enabled() == (name,)
-        with pytest.warns(protocol.InsecureFlawWarning, match=f"INSECURE.*{name}"):
-            protocol.LabelParty(y, (X.shape[1], 2, 3), insecure_flaws=flaws)
+        with pytest.warns(InsecureFlawWarning, match=f"INSECURE.*{name}"):
+            LabelParty(y, (X.shape[1], 2, 3), insecure_flaws=flaws)
     with pytest.raises(ValueError, match="weak_masks"):
         InsecureFlaws(weak_masks="tiny")
     with pytest.raises(TypeError, match="zero_initial_noise"):
@@ -178,7 +197,7 @@ def test_flaw_switches_are_off_by_default_and_loud_when_on(keypair):
 def test_every_mask_goes_through_the_party_mask_source(keypair):
     """The mask hook: a party built with its own MaskSource draws ε_acc, ε_A (data) and ε_B,
     ε_B' (label) from it, each as wide as the plan asks."""
-    class CountingSource(protocol.MaskSource):
+    class CountingSource(MaskSource):
         def __init__(self):
             super().__init__()
             self.requests = []
@@ -189,13 +208,14 @@ def test_every_mask_goes_through_the_party_mask_source(keypair):
 
     X, y = rows_of("wine", 16)
     data_source, label_source = CountingSource(), CountingSource()
-    data_party = protocol.DataParty(X, keypair=keypair, init_seed=0, mask_source=data_source)
-    label_party = protocol.LabelParty(y, (X.shape[1], 3, 3), batch_size=16, seed=0,
-                                      mask_source=label_source)
-    channel = protocol.Channel()
-    protocol.setup(data_party, label_party, channel, packing=False)  # one mask per value
-    protocol.train_batch(data_party, label_party, channel, np.arange(16))
-    plan, wide = data_party.plan, protocol.wide_mask_bits(keypair[0])
+    data_party = DataParty(X, keypair=keypair, init_seed=0, mask_source=data_source)
+    label_party = LabelParty(y, (X.shape[1], 3, 3), batch_size=16, seed=0,
+                             mask_source=label_source, packing=False)  # one mask per value
+    channel = Channel(data_party=data_party, label_party=label_party)
+    public = protocol.setup(channel)
+    assert public.packing is None
+    protocol.train_batch(channel, public, np.arange(16))
+    plan, wide = data_party.plan, wide_mask_bits(keypair[0])
     assert data_source.requests == [((13, 3), plan.noise_acc_bits()),
                                     ((13, 3), plan.gradient_mask_bits(16))]
     assert label_source.requests == [((16, 3), wide), ((13, 3), wide)]
@@ -205,12 +225,12 @@ def test_every_mask_goes_through_the_party_mask_source(keypair):
     ("no_paillier_randomness", True), ("zero_initial_noise", True), ("weak_masks", "uniform1024"),
     ("public_exponents", True), ("seeded_mask_rng", True)])
 def test_strict_channel_refuses_each_flawed_variant(keypair, flaw, switch):
-    """In its default mode the channel stops a flawed run at setup with a LeakageError that
-    names the flaw (flaw 6 has its own test, below)."""
+    """In its default mode the channel stops a flawed run — as it opens (a party's mask source)
+    or at setup — with a LeakageError that names the flaw (flaw 6 has its own test, below)."""
     X, y = rows_of("wine", 16)
-    data_party, label_party, channel = parties(X, y, keypair, flaws=InsecureFlaws(**{flaw: switch}))
-    with pytest.raises(protocol.LeakageError, match=f"flaw: {flaw}"):
-        protocol.setup(data_party, label_party, channel)
+    data_party, label_party = make_parties(X, y, keypair, flaws=InsecureFlaws(**{flaw: switch}))
+    with pytest.raises(LeakageError, match=f"flaw: {flaw}"):
+        protocol.setup(Channel(data_party=data_party, label_party=label_party))
 
 
 def test_strict_channel_refuses_an_undeclared_input_gradient(keypair):
@@ -218,21 +238,27 @@ def test_strict_channel_refuses_an_undeclared_input_gradient(keypair):
     X, y = rows_of("wine", 16)
     data_party, label_party, channel = parties(
         X, y, keypair, bottom=(3, "relu"), flaws=InsecureFlaws(plaintext_input_gradient=True))
-    protocol.setup(data_party, label_party, channel)
-    with pytest.raises(protocol.LeakageError, match="flaw: plaintext_input_gradient"):
-        protocol.train_batch(data_party, label_party, channel, np.arange(16))
+    public = protocol.setup(channel)
+    with pytest.raises(LeakageError, match="flaw: plaintext_input_gradient"):
+        protocol.train_batch(channel, public, np.arange(16))
 
 
 def test_reporting_channel_records_findings_and_delivers():
-    """mode="report" collects each violation once (with a count) instead of raising."""
-    channel = protocol.Channel(mode="report")
+    """mode="report" collects each violation once (with a count) instead of raising, and still
+    delivers the message to the receiver."""
+    stubs = {party: types.SimpleNamespace(mask_source=MaskSource()) for party in ("data", "label")}
+    channel = Channel(data_party=stubs["data"], label_party=stubs["label"], mode="report")
+    delivered = []
     for _ in range(3):
-        assert channel.send(1, "label", "data", "gradient", "revealed", np.ones(2),
-                            reason="test") is not None
+        channel.send(1, "label", "data", "gradient", "revealed", make=lambda party: np.ones(2),
+                     take=lambda party, value: delivered.append((party, value)), reason="test")
+    assert len(delivered) == 3
+    assert all(party is stubs["data"] and np.array_equal(value, np.ones(2))
+               for party, value in delivered)
     assert len(channel.findings) == 1 and channel.findings[0].count == 3
     assert channel.findings[0].flaws == ("plaintext_input_gradient",)
     with pytest.raises(ValueError, match="mode"):
-        protocol.Channel(mode="quiet")
+        Channel(data_party=stubs["data"], mode="quiet")
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,8 @@
 randomness and workers give the same integers as the simple paths, and every packed slot is
 proven to fit before it is read."""
 
+import io
+import json
 import math
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -15,8 +17,13 @@ import acml
 import data
 import nn
 import paillier
+import plan as plan_module
 import protocol
+from channel import Channel, uniform_mask
 from paillier import Fixed, Slots
+from parties import DataParty, LabelParty
+from plan import (PACKING_HEADROOM_BITS, FixedPointPlan, PackingLayout, packing_layout,
+                  wide_mask_bits)
 
 KEY_BITS = 384
 
@@ -114,7 +121,7 @@ def test_packed_ciphertexts_compute_every_slot_at_once_with_spilling_intermediat
     rng = np.random.default_rng(3)
     X = rng.integers(-2 ** 10, 2 ** 10, size=(5, 4)).astype(object)
     W = rng.integers(-2 ** 8, 2 ** 8, size=(4, 3)).astype(object)
-    noise = protocol.uniform_mask(W.shape, 100)
+    noise = uniform_mask(W.shape, 100)
     layout = Slots(30, 3)
     encrypted = private_key.encrypt(Fixed(layout.pack(X, axis=0), 0))
     product = paillier.encrypted_matmul(encrypted, Fixed.from_ints(W - noise, 0))
@@ -192,16 +199,21 @@ def test_two_workers_compute_the_same_integers_as_this_process(keypair, two_work
 # -- the protocol, packed --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def packed_and_unpacked(keypair):
+    """A packed and an unpacked run, and the packed run's transcript (its payloads, as JSON)."""
     train_set, test_set = small_split(120)
-    return [acml.train(train_set, test_set, config(packing=packing), keypair=keypair)
-            for packing in (True, False)]
+    transcript = io.StringIO()
+    packed = acml.train(train_set, test_set, config(packing=True), keypair=keypair,
+                        transcript=transcript)
+    unpacked = acml.train(train_set, test_set, config(packing=False), keypair=keypair)
+    return packed, unpacked, [json.loads(line) for line in transcript.getvalue().splitlines()]
 
 
 def test_training_with_and_without_packing_gives_bit_identical_weights(packed_and_unpacked):
     """The layout never touches the true W: W_B + ε_acc is the same integers, the layers above
     the same floats, the predictions the same, packed or not."""
-    packed, unpacked = packed_and_unpacked
-    assert packed.label_party.packing is not None and unpacked.label_party.packing is None
+    packed, unpacked, _ = packed_and_unpacked
+    assert packed.label_party.public.packing is not None
+    assert unpacked.label_party.public.packing is None
     assert_same_model(packed, unpacked)
     assert packed.metrics["test_accuracy"] == unpacked.metrics["test_accuracy"]
 
@@ -210,8 +222,8 @@ def test_packing_divides_the_exponentiations_of_steps_1_and_4_by_the_slot_count(
         packed_and_unpacked):
     """Step 4 needs n·⌈d/k⌉·h ciphertext powers instead of n·d·h, step 1 ⌈m/k⌉·d·h per batch
     instead of m·d·h; and far fewer values travel."""
-    packed, unpacked = packed_and_unpacked
-    layout = packed.label_party.packing
+    packed, unpacked, _ = packed_and_unpacked
+    layout = packed.label_party.public.packing
     n, d = packed.data_party.n_samples, packed.data_party.n_features
     h, epochs = packed.label_party.layer_sizes[1], packed.metrics["epochs"]
     batches = [len(rows) for rows in nn.minibatches(n, 16, seed=0, epoch=0)]
@@ -226,8 +238,8 @@ def test_packing_divides_the_exponentiations_of_steps_1_and_4_by_the_slot_count(
 def test_packed_messages_declare_masks_over_what_the_receiver_can_read(packed_and_unpacked):
     """To the key owner, B's mask covers the WHOLE packed plaintext (k slots) with σ to spare;
     to B, A's ε_A hides each slot's gradient by σ bits; the layout itself is public."""
-    packed, _ = packed_and_unpacked
-    channel, layout = packed.channel, packed.label_party.packing
+    packed, _, transcript = packed_and_unpacked
+    channel, layout = packed.channel, packed.label_party.public.packing
     plan = packed.data_party.plan
     to_data = [m for m in channel.view("data") if m.kind == "ciphertext"]
     assert to_data
@@ -239,7 +251,10 @@ def test_packed_messages_declare_masks_over_what_the_receiver_can_read(packed_an
     assert doubly.mask_bits >= doubly.value_bits + channel.sigma
     assert layout.backward.slot_bits >= plan.gradient_mask_bits(16) + 2
     layout_message = next(m for m in channel.view("data") if m.name == "packing layout")
-    assert layout_message.kind == "public" and layout_message.payload == layout.to_dict()
+    assert layout_message.kind == "public"
+    sent = next(line for line in transcript if line["name"] == "packing layout")
+    assert sent["payload"] == layout.to_dict()
+    assert packed.data_party.public.packing == layout  # the data party derived the same
 
 
 @pytest.mark.parametrize("bits", [384, 512, 1024, 2048])
@@ -248,14 +263,14 @@ def test_layout_slots_fit_their_proven_bounds_and_the_key(bits):
     mask + 2); the slot counts keep the packed value below n/3 and under B's wide mask with σ
     bits to spare. 2048-bit keys pack 19 rows and 20 features per plaintext."""
     public_key = paillier.PublicKey(_fake_modulus(bits))
-    plan, d, batch = protocol.FixedPointPlan(), 30, 64
-    layout = protocol.packing_layout(plan, public_key, batch, d, 0.1)
+    plan, d, batch = FixedPointPlan(), 30, 64
+    layout = packing_layout(plan, public_key, batch, d, 0.1)
     x_bits = plan.x_int_bits + plan.x_frac_bits
     assert layout.forward.slot_bits == (x_bits + 5 + plan.weight_bits
-                                        + protocol.PACKING_HEADROOM_BITS + 1)
+                                        + PACKING_HEADROOM_BITS + 1)
     assert layout.backward.slot_bits == plan.gradient_mask_bits(batch) + 2
     max_int_bits = public_key.max_int.bit_length()
-    wide = protocol.wide_mask_bits(public_key)
+    wide = wide_mask_bits(public_key)
     for slots, value_bits in ((layout.forward, None), (layout.backward, plan.gradient_bits(batch))):
         assert slots.packed_bits(slots.slot_bits - 1) < max_int_bits
         if value_bits is not None:
@@ -275,15 +290,19 @@ def test_step_1_refuses_when_the_proven_weight_bound_outgrows_the_slots(keypair)
     """If B can no longer prove |z| fits a slot, step 1 raises OverflowError before computing
     anything, rather than let a slot wrap into its neighbour."""
     train_set, _ = small_split(32)
-    data_party = protocol.DataParty(train_set.X, keypair=keypair, init_seed=0)
-    label_party = protocol.LabelParty(train_set.y, (train_set.X.shape[1], 3, 1), batch_size=16)
-    channel = protocol.Channel()
-    protocol.setup(data_party, label_party, channel)
+    data_party = DataParty(train_set.X, keypair=keypair, init_seed=0)
+    label_party = LabelParty(train_set.y, (train_set.X.shape[1], 3, 1), batch_size=16)
+    channel = Channel(data_party=data_party, label_party=label_party)
+    public = protocol.setup(channel)
+    assert public.packing is not None
     rows = np.arange(16)
-    protocol.step1_forward_interactive(data_party, label_party, channel, rows)  # fits
-    label_party.weight_bound <<= protocol.PACKING_HEADROOM_BITS + 1
+    protocol.step1_forward_interactive(channel, public, rows)  # fits
+    label_party.weight_bound <<= PACKING_HEADROOM_BITS + 1
+    sent = len(channel.messages)
     with pytest.raises(OverflowError, match="no longer fits"):
-        protocol.step1_forward_interactive(data_party, label_party, channel, rows)
+        protocol.step1_forward_interactive(channel, public, rows)
+    # refused before anything was computed for the data party: no [[X·W_B + ε_B]] went out
+    assert [m.name for m in channel.messages[sent:]] == ["[[X_batch]]"]
 
 
 def test_label_party_weight_bound_grows_by_its_formula_and_bounds_w(keypair):
@@ -291,21 +310,23 @@ def test_label_party_weight_bound_grows_by_its_formula_and_bounds_w(keypair):
     compute) and stays above the true |W_int| — here with |W| pushed beyond the plan's bound
     (unpacked, so that the slot check does not stop the run first)."""
     train_set, _ = small_split(48)
-    plan = protocol.FixedPointPlan(weight_int_bits=1)  # |W0| < 2: W soon outgrows it
-    data_party = protocol.DataParty(train_set.X, plan=plan, keypair=keypair, init_seed=0)
-    label_party = protocol.LabelParty(train_set.y, (train_set.X.shape[1], 3, 1), lr=3.0,
-                                      batch_size=12, plan=plan)
-    channel = protocol.Channel()
-    protocol.setup(data_party, label_party, channel, packing=False)
+    plan = FixedPointPlan(weight_int_bits=1)  # |W0| < 2: W soon outgrows it
+    data_party = DataParty(train_set.X, plan=plan, keypair=keypair, init_seed=0)
+    label_party = LabelParty(train_set.y, (train_set.X.shape[1], 3, 1), lr=3.0,
+                             batch_size=12, plan=plan, packing=False)
+    channel = Channel(data_party=data_party, label_party=label_party)
+    public = protocol.setup(channel)
+    assert public.packing is None
     bound = 1 << plan.weight_bits
     assert label_party.weight_bound == bound
     x_bits = plan.x_int_bits + plan.x_frac_bits
     for epoch in range(3):
-        for rows in nn.minibatches(len(train_set.y), 12, seed=0, epoch=epoch):
-            z = protocol.step1_forward_interactive(data_party, label_party, channel, rows)
-            protocol.step2_forward_rest(label_party, channel, z, rows)
-            delta = protocol.step3_backward_rest(label_party, channel)
-            protocol.step4_backward_interactive(data_party, label_party, channel, rows, delta)
+        for rows in public.batches(epoch):
+            protocol.step1_forward_interactive(channel, public, rows)
+            protocol.step2_forward_rest(channel, rows)
+            protocol.step3_backward_rest(channel)
+            delta = label_party._delta  # δ at its fixed-point scale, which step 4 consumes
+            protocol.step4_backward_interactive(channel, public, rows)
             bound += (label_party.lr_int << x_bits) * max(
                 sum(abs(int(v)) for v in column) for column in delta.values.T)
             assert label_party.weight_bound == bound
@@ -317,23 +338,23 @@ def test_label_party_weight_bound_grows_by_its_formula_and_bounds_w(keypair):
 def test_data_party_refuses_a_packing_layout_it_does_not_derive(keypair, monkeypatch):
     """The layout is public and checked: A re-derives it and refuses one that differs."""
     train_set, _ = small_split(32)
-    real = protocol.packing_layout
+    real = plan_module.packing_layout
     calls = []
 
     def proposes_more_slots(*arguments):
         layout = real(*arguments)
         calls.append(layout)
         if len(calls) == 1:  # the label party's proposal
-            return protocol.PackingLayout(Slots(layout.forward.slot_bits,
-                                                layout.forward.slots + 1),
-                                          layout.backward, layout.feature_bits)
+            return PackingLayout(Slots(layout.forward.slot_bits, layout.forward.slots + 1),
+                                 layout.backward, layout.feature_bits)
         return layout
 
-    monkeypatch.setattr(protocol, "packing_layout", proposes_more_slots)
-    data_party = protocol.DataParty(train_set.X, keypair=keypair, init_seed=0)
-    label_party = protocol.LabelParty(train_set.y, (train_set.X.shape[1], 3, 1), batch_size=16)
+    monkeypatch.setattr(plan_module, "packing_layout", proposes_more_slots)
+    data_party = DataParty(train_set.X, keypair=keypair, init_seed=0)
+    label_party = LabelParty(train_set.y, (train_set.X.shape[1], 3, 1), batch_size=16)
     with pytest.raises(ValueError, match="packing layout"):
-        protocol.setup(data_party, label_party, protocol.Channel())
+        protocol.setup(Channel(data_party=data_party, label_party=label_party))
+    assert len(calls) == 2  # the label party proposed, the data party derived and refused
 
 
 def test_two_workers_train_exactly_like_one_process(keypair, two_workers):

@@ -1,7 +1,9 @@
 """The protocol's mission: encrypted training equals plaintext training, and leaks only what it
 declares. Small keys (through the explicit insecure flag) keep the suite fast."""
 
+import io
 import json
+import types
 import warnings
 
 import numpy as np
@@ -13,7 +15,10 @@ import data
 import nn
 import paillier
 import protocol
+from channel import Channel, LeakageError, MaskSource, bits_of
 from paillier import Fixed
+from parties import DataParty, LabelParty
+from plan import FixedPointPlan
 
 KEY_BITS = 384
 
@@ -64,17 +69,37 @@ def fixed_point_reference(train_set, cfg):
             yield weight, top
 
 
+def parties_and_channel(train_set, cfg, keypair, **channel_options):
+    """Both parties of ``cfg`` in this process and the checked channel between them, after
+    step 0: (data party, label party, channel, public facts)."""
+    sizes = cfg.layer_sizes(train_set.X.shape[1], train_set.n_classes)
+    data_party = DataParty(train_set.X, plan=cfg.plan, keypair=keypair, init_seed=cfg.init_seed)
+    label_party = LabelParty(train_set.y, sizes, activation=cfg.activation, lr=cfg.lr,
+                             batch_size=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed,
+                             plan=cfg.plan, packing=cfg.packing)
+    channel = Channel(data_party=data_party, label_party=label_party, sigma=cfg.plan.sigma,
+                      **channel_options)
+    return data_party, label_party, channel, protocol.setup(channel)
+
+
+def transcript_lines(handle):
+    return [json.loads(line) for line in handle.getvalue().splitlines()]
+
+
 @pytest.fixture(scope="module")
 def binary_run(keypair):
+    """One binary run through acml.train, and its transcript (every payload, as JSON)."""
     train_set, test_set = small_split("breast_cancer", 120)
     cfg = config()
-    return train_set, test_set, cfg, acml.train(train_set, test_set, cfg, keypair=keypair)
+    transcript = io.StringIO()
+    result = acml.train(train_set, test_set, cfg, keypair=keypair, transcript=transcript)
+    return train_set, test_set, cfg, result, transcript_lines(transcript)
 
 
 def test_encrypted_first_layer_is_bit_identical_to_the_fixed_point_reference(binary_run):
     """Exactness: W_B + ε_acc equals the unencrypted fixed-point run integer for integer, and
     the layers above are bit-identical floats — encryption and masks change nothing."""
-    train_set, _, cfg, result = binary_run
+    train_set, _, cfg, result, _ = binary_run
     *_, (weight, top) = fixed_point_reference(train_set, cfg)
     joint = result.label_party.weight_share + result.data_party.noise_acc
     assert joint.scale == weight.scale
@@ -103,8 +128,8 @@ def test_weight_difference_is_quantisation_and_shrinks_with_more_fractional_bits
     """The gap to the float64 twin comes from the fixed-point scales: 8 more fractional bits
     for X and δ shrink it by orders of magnitude (it is not a bug hiding behind a tolerance)."""
     train_set, test_set = small_split("breast_cancer", 80)
-    coarse = protocol.FixedPointPlan(x_frac_bits=8, delta_frac_bits=12)
-    fine = protocol.FixedPointPlan(x_frac_bits=16, delta_frac_bits=20)
+    coarse = FixedPointPlan(x_frac_bits=8, delta_frac_bits=12)
+    fine = FixedPointPlan(x_frac_bits=16, delta_frac_bits=20)
     gaps = [acml.train(train_set, None, config(epochs=1, plan=plan),
                        keypair=keypair).metrics["max_abs_weight_diff"] for plan in (coarse, fine)]
     assert gaps[0] > 0
@@ -112,16 +137,13 @@ def test_weight_difference_is_quantisation_and_shrinks_with_more_fractional_bits
 
 
 def test_invariant_weight_share_plus_noise_acc_equals_w_after_every_step(keypair):
-    """W_B + ε_acc == W holds exactly after steps 1, 2, 3 (unchanged) and after step 4 (the
-    SGD update), batch after batch, against the unencrypted fixed-point reference."""
+    """W_B + ε_acc == W holds exactly after step 0 (W0), after steps 1, 2 and 3 (unchanged) and
+    after step 4 (the SGD update), batch after batch, against the unencrypted fixed-point
+    reference: each step function of protocol.py is run alone and observed before and after."""
     train_set, _ = small_split("breast_cancer", 64)
     cfg = config(epochs=1)
     sizes = cfg.layer_sizes(train_set.X.shape[1], train_set.n_classes)
-    data_party = protocol.DataParty(train_set.X, plan=cfg.plan, keypair=keypair, init_seed=0)
-    label_party = protocol.LabelParty(train_set.y, sizes, lr=cfg.lr, batch_size=cfg.batch_size,
-                                      epochs=1, seed=0, plan=cfg.plan)
-    channel = protocol.Channel()
-    protocol.setup(data_party, label_party, channel)
+    data_party, label_party, channel, public = parties_and_channel(train_set, cfg, keypair)
 
     def joint():
         return (label_party.weight_share + data_party.noise_acc).values
@@ -129,17 +151,23 @@ def test_invariant_weight_share_plus_noise_acc_equals_w_after_every_step(keypair
     reference = fixed_point_reference(train_set, cfg)
     previous = Fixed.encode(nn.init_layer(sizes, 0, "relu", 0).W, cfg.plan.w_frac_bits).values
     assert np.array_equal(joint(), previous)
-    for rows in nn.minibatches(len(train_set.y), cfg.batch_size, seed=0, epoch=0):
-        z = protocol.step1_forward_interactive(data_party, label_party, channel, rows)
-        assert np.array_equal(joint(), previous)
-        protocol.step2_forward_rest(label_party, channel, z, rows)
-        delta = protocol.step3_backward_rest(label_party, channel)
-        assert np.array_equal(joint(), previous)
-        protocol.step4_backward_interactive(data_party, label_party, channel, rows, delta)
+    batches = public.batches(0)
+    assert [list(r) for r in batches] == [
+        list(r) for r in nn.minibatches(len(train_set.y), cfg.batch_size, seed=0, epoch=0)]
+    for rows in batches:
+        assert np.array_equal(joint(), previous)  # before step 1
+        protocol.step1_forward_interactive(channel, public, rows)
+        assert np.array_equal(joint(), previous)  # after step 1
+        protocol.step2_forward_rest(channel, rows)
+        assert np.array_equal(joint(), previous)  # after step 2
+        protocol.step3_backward_rest(channel)
+        assert np.array_equal(joint(), previous)  # after step 3, before step 4
+        protocol.step4_backward_interactive(channel, public, rows)
         expected, _ = next(reference)
-        assert np.array_equal(joint(), expected.values)
+        assert np.array_equal(joint(), expected.values)  # after step 4: W − η·Xᵀδ
         assert not np.array_equal(joint(), previous)
         previous = expected.values
+    assert len(label_party.losses) == len(batches)
 
 
 def test_true_weight_is_deterministic_while_the_shares_are_random(keypair):
@@ -158,11 +186,13 @@ def test_true_weight_is_deterministic_while_the_shares_are_random(keypair):
 def test_noise_acc_starts_random_and_wide_never_zero(keypair):
     """ε_acc starts uniform and σ bits wider than W: the label party's first share is not W."""
     train_set, _ = small_split("breast_cancer", 32)
-    result = acml.train(train_set, None, config(epochs=1), keypair=keypair)
-    first_share = next(m for m in result.channel.view("label") if m.name == "W0 − ε_acc")
-    plan = result.data_party.plan
-    assert protocol.bits_of(first_share.payload) >= plan.noise_acc_bits() - 8
-    assert all(int(v) != 0 for v in result.data_party.noise_acc.values.ravel())
+    data_party, _, channel, _ = parties_and_channel(train_set, config(epochs=1), keypair,
+                                                    keep_payloads=True)
+    first_share = next(m for m in channel.view("label") if m.name == "W0 − ε_acc")
+    plan = data_party.plan
+    assert first_share.payload is not None
+    assert bits_of(first_share.payload) >= plan.noise_acc_bits() - 8
+    assert all(int(v) != 0 for v in data_party.noise_acc.values.ravel())
 
 
 def _all_integers_in(payload):
@@ -182,13 +212,16 @@ def test_label_party_view_holds_no_plaintext_feature_canary(keypair):
     canaries = [3.14159265, -2.71828182, 1.41421356]
     for row, value in enumerate(canaries):
         train_set.X[row, row] = value
-    result = acml.train(train_set, None, config(epochs=1), keypair=keypair)
+    data_party, _, channel, public = parties_and_channel(train_set, config(epochs=1), keypair,
+                                                         keep_payloads=True)
+    protocol.train(channel, public)
     n = keypair[0].n
-    plan = result.data_party.plan
+    plan = data_party.plan
     encoded = {int(Fixed.encode(np.array([v]), plan.x_frac_bits).values[0]) for v in canaries}
     forbidden = encoded | {e % n for e in encoded}
-    view = result.channel.view("label")
+    view = channel.view("label")
     assert view, "the label party received nothing"
+    assert all(m.payload is not None for m in view), "the channel kept no payload to inspect"
     for message in view:
         integers = set(_all_integers_in(message.payload))
         assert not integers & forbidden, f"canary found in {message.name}"
@@ -198,53 +231,53 @@ def test_label_party_view_holds_no_plaintext_feature_canary(keypair):
 
 def test_data_party_receives_only_public_plan_and_masked_ciphertexts(binary_run):
     """Nothing derived from y reaches the data party except under a σ-wide mask: its view is
-    the public training plan plus ciphertexts whose plaintexts it declares masked."""
-    _, _, _, result = binary_run
+    the public training plan plus ciphertexts whose plaintexts it declares masked (prediction's
+    step 1 sends the same [[X·W_B + ε_B]], at step "predict")."""
+    _, _, _, result, lines = binary_run
     view = result.channel.view("data")
-    kinds = {(m.name, m.kind) for m in view}
-    assert kinds == {("training plan", "public"), ("packing layout", "public"),
-                     ("[[X·W_B + ε_B]]", "ciphertext"),
-                     ("[[Xᵀδ + ε_B']]", "ciphertext"), ("[[X_new·W_B + ε_B]]", "ciphertext")}
+    kinds = {(m.step, m.name, m.kind) for m in view}
+    assert kinds == {("0", "training plan", "public"), ("0", "packing layout", "public"),
+                     ("1", "[[X·W_B + ε_B]]", "ciphertext"),
+                     ("4", "[[Xᵀδ + ε_B']]", "ciphertext"),
+                     ("predict", "[[X·W_B + ε_B]]", "ciphertext")}
     for message in view:
         if message.kind == "ciphertext":
             assert message.reason is None
             assert message.mask_bits >= message.value_bits + result.channel.sigma
-    plan = view[0].payload
+    plan = next(line for line in lines if line["name"] == "training plan")["payload"]
     assert set(plan) == {"n_hidden", "activation", "lr", "batch_size", "epochs", "seed",
-                         "fixed_point"}
+                         "fixed_point", "epochs_completed", "insecure_flaws"}
+    assert plan["epochs_completed"] == 0 and plan["insecure_flaws"] == []
 
 
 def test_masked_gradient_is_independent_of_the_secret(keypair):
     """Two unrelated secrets X give statistically indistinguishable masked gradients at
-    the label party (Kolmogorov–Smirnov, and the means within a few standard errors)."""
+    the label party (Kolmogorov–Smirnov, and the means within a few standard errors). What the
+    label party reads, G̃ = Xᵀδ + ε_A (one value per weight, packed or not), is exactly its
+    share's change over step 4 divided by η."""
     from scipy.stats import ks_2samp
 
     train_set, _ = small_split("breast_cancer", 64)
     m = len(train_set.y)
-    plan = protocol.FixedPointPlan()
+    plan = FixedPointPlan()
+    cfg = config(batch_size=m, epochs=8, plan=plan)
     views = []
     other_secret = np.random.default_rng(1).normal(scale=4.0, size=train_set.X.shape)
     for X in (train_set.X, other_secret):
-        data_party = protocol.DataParty(X, plan=plan, keypair=keypair, init_seed=0)
-        label_party = protocol.LabelParty(train_set.y, (X.shape[1], 4, 1), batch_size=m,
-                                          seed=0, plan=plan)
-        channel = protocol.Channel()
-        protocol.setup(data_party, label_party, channel)
+        secret = data.Dataset(X, train_set.y, train_set.ids, train_set.feature_names,
+                              train_set.class_names, "secret")
+        _, label_party, channel, public = parties_and_channel(secret, cfg, keypair)
         seen = []
         for _ in range(8):
             rows = np.arange(m)
-            z = protocol.step1_forward_interactive(data_party, label_party, channel, rows)
-            protocol.step2_forward_rest(label_party, channel, z, rows)
-            delta = protocol.step3_backward_rest(label_party, channel)
-            encrypted = label_party.encrypted_features[rows]
-            masked = label_party.masked_gradient(encrypted, delta)
-            doubly = data_party.mask_gradient(masked, m)
-            readable = protocol.decode_signed(
-                protocol.mod_n(doubly - label_party._backward_mask, keypair[0].n), keypair[0])
-            if label_party.packing is not None:  # what B reads: one value per slot
-                readable = label_party.packing.backward.unpack(readable, X.shape[1], axis=0)
-            seen.append(readable)
-            label_party.update_weight_share(doubly)
+            protocol.step1_forward_interactive(channel, public, rows)
+            protocol.step2_forward_rest(channel, rows)
+            protocol.step3_backward_rest(channel)
+            before = label_party.weight_share.values.copy()
+            protocol.step4_backward_interactive(channel, public, rows)
+            change = before - label_party.weight_share.values
+            assert all(int(v) % label_party.lr_int == 0 for v in change.ravel())
+            seen.append(change // label_party.lr_int)
         views.append(np.array([float(v) for s in seen for v in s.ravel()])
                      / 2.0 ** plan.gradient_mask_bits(m))
     assert ks_2samp(views[0], views[1]).pvalue > 1e-3
@@ -252,50 +285,73 @@ def test_masked_gradient_is_independent_of_the_secret(keypair):
     assert abs(views[0].mean() - views[1].mean()) < 5 * standard_error
 
 
+def stub_parties():
+    """Two stand-in parties: the channel needs only their mask sources (from `secrets`)."""
+    return (types.SimpleNamespace(mask_source=MaskSource()),
+            types.SimpleNamespace(mask_source=MaskSource()))
+
+
 def test_channel_refuses_undeclared_plaintext_and_weak_masks(keypair):
     """The run-time leakage check: arrays cannot pass as 'public', unknown kinds are refused,
     a mask narrower than value + σ is refused, ciphertexts must be under the data party's key
     and must declare what the key owner learns."""
-    channel = protocol.Channel(sigma=40)
-    channel.data_public_key = keypair[0]
-    with pytest.raises(protocol.LeakageError, match="undeclared plaintext"):
-        channel.send(1, "data", "label", "X", "public", np.ones((2, 2)))
-    with pytest.raises(protocol.LeakageError, match="undeclared kind"):
-        channel.send(1, "data", "label", "X", "plaintext", np.ones((2, 2)))
-    with pytest.raises(protocol.LeakageError, match="weak mask"):
-        channel.send(4, "data", "label", "T", "masked", np.array([1, 2], dtype=object),
-                     mask_bits=60, value_bits=30)
-    with pytest.raises(protocol.LeakageError, match="reason"):
-        channel.send(1, "data", "label", "z", "revealed", np.ones(2))
+    data_stub, label_stub = stub_parties()
+    channel = Channel(data_party=data_stub, label_party=label_stub, sigma=40)
+    received = []
+
+    def send(step, sender, receiver, name, kind, payload, **declared):
+        return channel.send(step, sender, receiver, name, kind, make=lambda party: payload,
+                            take=lambda party, value: received.append(value), **declared)
+
+    send(0, "data", "label", "public key", "public", keypair[0])
+    assert channel.public_key == keypair[0]
+    with pytest.raises(LeakageError, match="undeclared plaintext"):
+        send(1, "data", "label", "X", "public", np.ones((2, 2)))
+    with pytest.raises(LeakageError, match="undeclared kind"):
+        send(1, "data", "label", "X", "plaintext", np.ones((2, 2)))
+    with pytest.raises(LeakageError, match="weak mask"):
+        send(4, "data", "label", "T", "masked", np.array([1, 2], dtype=object),
+             mask_bits=60, value_bits=30)
+    with pytest.raises(LeakageError, match="reason"):
+        send(1, "data", "label", "z", "revealed", np.ones(2))
     encrypted = keypair[0].encrypt(Fixed.from_ints(np.array([1, 2], dtype=object), 0))
-    with pytest.raises(protocol.LeakageError, match="declare what"):
-        channel.send(1, "label", "data", "[[U]]", "ciphertext", encrypted)
+    with pytest.raises(LeakageError, match="declare what"):
+        send(1, "label", "data", "[[U]]", "ciphertext", encrypted)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         other_public, _ = paillier.generate_keypair(KEY_BITS, allow_insecure=True)
     foreign = other_public.encrypt(Fixed.from_ints(np.array([1], dtype=object), 0))
-    with pytest.raises(protocol.LeakageError, match="data party's public key"):
-        channel.send(0, "data", "label", "[[X]]", "ciphertext", foreign)
-    assert channel.messages == []
-    # the declared forms pass
-    channel.send(4, "data", "label", "T", "masked", np.array([1, 2], dtype=object),
-                 mask_bits=70, value_bits=30)
-    channel.send(0, "label", "data", "plan", "public", {"lr": 0.1})
-    assert len(channel.messages) == 2
+    with pytest.raises(LeakageError, match="data party's public key"):
+        send(0, "data", "label", "[[X]]", "ciphertext", foreign)
+    with pytest.raises(LeakageError, match="drew no mask"):  # declared masked, but unmasked
+        send(4, "data", "label", "T", "masked", np.array([1, 2], dtype=object),
+             mask_bits=70, value_bits=30)
+    assert [m.name for m in channel.messages] == ["public key"]
+    assert received == [keypair[0]]
+    # the declared forms pass: a 70-bit mask really drawn over 30-bit values, a public dict
+    channel.send(4, "data", "label", "T", "masked",
+                 make=lambda party: party.mask_source.uniform((2,), 70, 0) + np.array(
+                     [1, 2], dtype=object),
+                 take=lambda party, value: received.append(value), shape=(2,), mask_bits=70,
+                 value_bits=30)
+    assert send(0, "label", "data", "plan", "public", {"lr": 0.1}) == {"lr": 0.1}
+    assert len(channel.messages) == 3 and len(received) == 3
 
 
 def test_leakage_report_counts_messages_and_bytes_per_step(binary_run):
     """The report lists each message type once per step with its count and bytes, and the
     totals add up to the channel's record."""
-    _, _, cfg, result = binary_run
+    _, _, cfg, result, _ = binary_run
     report = result.channel.report()
     assert sum(row["count"] for row in report) == len(result.channel.messages)
     n_batches = -(-len(binary_run[0].y) // cfg.batch_size) * cfg.epochs
-    by_name = {row["name"]: row for row in report}
-    assert by_name["[[X·W_B + ε_B]]"]["count"] == n_batches
-    assert by_name["Xᵀδ + ε_B' + ε_A"]["count"] == n_batches
-    assert by_name["[[X]]"]["count"] == 1
-    assert "revealed by design" in by_name["X·W + ε_B"]["learned"]
+    assert len({(row["step"], row["name"]) for row in report}) == len(report)
+    by_step = {(row["step"], row["name"]): row for row in report}
+    assert by_step["1", "[[X·W_B + ε_B]]"]["count"] == n_batches
+    assert by_step["4", "Xᵀδ + ε_B' + ε_A"]["count"] == n_batches
+    assert by_step["0", "[[X]]"]["count"] == 1
+    assert by_step["predict", "[[X·W_B + ε_B]]"]["count"] == 1  # one prediction, its own row
+    assert "revealed by design" in by_step["1", "X·W + ε_B"]["learned"]
     totals = result.channel.totals()
     assert sum(t["bytes"] for t in totals.values()) == sum(row["bytes"] for row in report)
 
@@ -316,8 +372,10 @@ def test_cli_train_writes_json_report_and_transcript(tmp_path, capsys):
     lines = [json.loads(line) for line in transcript.read_text().splitlines()]
     assert len(lines) == metrics["messages"]
     for line in lines:
-        assert {"step", "sender", "receiver", "name", "kind", "shape", "payload"} <= set(line)
+        assert {"step", "sender", "receiver", "name", "kind", "payload"} <= set(line)
         assert line["sender"] in ("data", "label") and line["receiver"] in ("data", "label")
+        # every array message declares its shape; public ones carry none (and omit it)
+        assert ("shape" in line) == (line["kind"] != "public"), line["name"]
     public_key = next(line for line in lines if line["name"] == "public key")
     assert int(public_key["payload"]["n"]).bit_length() == 256
     ciphertexts = next(line for line in lines if line["name"] == "[[X]]")
@@ -342,11 +400,11 @@ def test_declared_widths_come_from_the_public_plan_not_from_the_share(binary_run
     """The value width the label party declares for [[X·W_B + ε_B]] travels to the data party
     (over TCP, in every frame header): it must be the same public bound every batch, never
     the bit length of the current weight share."""
-    _, _, _, result = binary_run
+    _, _, _, result, _ = binary_run
     declared = {m.value_bits for m in result.channel.messages if m.name == "[[X·W_B + ε_B]]"}
     assert len(declared) == 1
     shares = result.label_party.weight_share.values
-    assert declared.pop() > protocol.bits_of(shares)
+    assert declared.pop() > bits_of(shares)
 
 
 def test_roc_auc_equals_scikit_learn_including_ties():
@@ -365,12 +423,18 @@ def test_packing_runs_only_where_it_helps(keypair):
     """Where a key leaves one slot per step (here 256 bits), both parties agree on no packing
     and step 1 encrypts no batch afresh; with two or more slots (384 bits) they pack."""
     train_set, _ = small_split("breast_cancer", 48)
-    small = acml.train(train_set, None, config(epochs=1), keypair=insecure_keypair(256))
-    layout = next(m for m in small.channel.messages if m.name == "packing layout")
-    assert layout.payload is None and small.label_party.packing is None
+    transcript = io.StringIO()
+    small = acml.train(train_set, None, config(epochs=1), keypair=insecure_keypair(256),
+                       transcript=transcript)
+    layout = next(line for line in transcript_lines(transcript)
+                  if line["name"] == "packing layout")
+    assert "payload" in layout and layout["payload"] is None
+    assert small.label_party.packing  # it would pack; the key leaves no room
+    assert small.label_party.public.packing is None and small.metrics["packing"] is None
     assert not any(m.name == "[[X_batch]]" for m in small.channel.messages)
     packed = acml.train(train_set, None, config(epochs=1), keypair=keypair)
-    assert packed.label_party.packing.forward.slots >= 2
+    assert packed.label_party.public.packing.forward.slots >= 2
+    assert packed.data_party.public.packing == packed.label_party.public.packing
     assert any(m.name == "[[X_batch]]" for m in packed.channel.messages)
     joint = [(r.label_party.weight_share + r.data_party.noise_acc).values for r in (small, packed)]
     assert np.array_equal(joint[0], joint[1])
@@ -385,11 +449,11 @@ def test_label_party_cannot_compute_w0_from_the_public_seed(keypair):
     sizes = (train_set.X.shape[1], 4, 1)
     starts = []
     for _ in range(2):
-        data_party = protocol.DataParty(train_set.X, keypair=keypair)  # init_seed: secrets
-        label_party = protocol.LabelParty(train_set.y, sizes, seed=0)
-        protocol.setup(data_party, label_party, protocol.Channel())
+        data_party = DataParty(train_set.X, keypair=keypair)  # init_seed: secrets
+        label_party = LabelParty(train_set.y, sizes, seed=0)
+        protocol.setup(Channel(data_party=data_party, label_party=label_party))
         starts.append((label_party.weight_share + data_party.noise_acc).values)
     public_guess = Fixed.encode(nn.init_layer(sizes, 0, "relu", 0).W,
-                                protocol.FixedPointPlan().w_frac_bits).values
+                                FixedPointPlan().w_frac_bits).values
     assert not np.array_equal(starts[0], public_guess)
     assert not np.array_equal(starts[0], starts[1])
