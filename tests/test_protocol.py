@@ -407,18 +407,6 @@ def test_declared_widths_come_from_the_public_plan_not_from_the_share(binary_run
     assert declared.pop() > bits_of(shares)
 
 
-def test_roc_auc_equals_scikit_learn_including_ties():
-    """The report's AUC (Mann–Whitney with average ranks for ties) equals scikit-learn's."""
-    from sklearn.metrics import roc_auc_score
-
-    rng = np.random.default_rng(0)
-    for decimals in (0, 1, 3):
-        labels = rng.integers(0, 2, 60)
-        scores = np.round(rng.normal(size=60), decimals)
-        assert abs(acml.roc_auc(scores, labels) - roc_auc_score(labels, scores)) < 1e-12
-    assert np.isnan(acml.roc_auc([0.1, 0.2], [1, 1]))
-
-
 def test_packing_runs_only_where_it_helps(keypair):
     """Where a key leaves one slot per step (here 256 bits), both parties agree on no packing
     and step 1 encrypts no batch afresh; with two or more slots (384 bits) they pack."""
