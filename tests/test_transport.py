@@ -368,8 +368,8 @@ def test_a_frame_that_is_not_the_next_expected_message_is_refused():
                         take=_nothing, reason="z")
     data_side.send(4, "data", "label", "T", "masked", make=lambda _: values, take=_nothing,
                    mask_bits=141, value_bits=90)
-    with pytest.raises(wire.TransportError, match="widths 141/90 where the protocol expects "
-                                                  "step 4 message 'T'"):
+    with pytest.raises(wire.TransportError, match="widths 141/90\\) where the protocol "
+                                                  "expects step 4 message 'T'"):
         label_side.send(4, "data", "label", "T", "masked", make=_nothing, take=_nothing,
                         mask_bits=140, value_bits=90)
     with pytest.raises(LeakageError, match="sender and receiver must be the two parties"):
@@ -584,7 +584,7 @@ def test_cli_two_processes_refuse_a_wrong_token_then_train_like_the_in_process_r
         data_process.kill()
     assert data_process.returncode == 0, data_err
     assert "refused a connection from 127.0.0.1" in data_err and "wrong token" in data_err
-    assert "training plan from the label party" in data_out
+    assert "training plan: 3 units (relu) in the first layer" in data_out  # the label party's
 
     reference, _ = reference_run(keypair, feature_ids, X, label_ids, y, class_names, config(),
                                  0.25)
