@@ -31,7 +31,7 @@ from paillier import Fixed
 from plan import FixedPointPlan
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-KEY_BITS = 256
+KEY_BITS = 512
 TOKEN = b"a-shared-test-token-of-32-bytes!"
 TIMEOUT = 20.0
 
