@@ -112,8 +112,11 @@ def prepare(dataset: data.Dataset, *, test_fraction: float = 0.2, seed: int = 0,
         train_set, test_set = data.train_test_split(dataset, test_fraction=test_fraction,
                                                     seed=seed)
     else:
+        # the two parties' row order first: the ids sorted as text (data.common_rows)
+        keys = [str(value) for value in dataset.ids]
+        order = np.array(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
         train_rows, test_rows = data.split_rows(len(dataset.y), test_fraction, seed)
-        train_set, test_set = (data.take(dataset, rows, suffix)
+        train_set, test_set = (data.take(dataset, order[rows], suffix)
                                for rows, suffix in ((train_rows, "[train]"), (test_rows, "[test]")))
     scaler = data.Standardizer().fit(train_set.X)
     train_set.X = scaler.transform(train_set.X)

@@ -246,7 +246,7 @@ def command_party(args) -> int:
         print(session.summary(), file=sys.stderr)
         return 0
     print(run.summary())
-    if args.json:
+    if getattr(args, "json", None):  # only `party label` writes the report
         metrics = run.metrics()
         checkpoint.write_atomically(args.json, lambda handle: json.dump(metrics, handle,
                                                                       indent=2), mode="w")

@@ -4,6 +4,7 @@ Loopback only (127.0.0.1, free ports), small keys through the explicit insecure 
 wait bounded (threads joined, subprocesses with timeouts), so nothing can hang the suite.
 """
 
+import io
 import json
 import os
 import pathlib
@@ -24,10 +25,13 @@ import data
 import paillier
 import protocol
 import transport
+import wire
+from channel import Channel, LeakageError
 from paillier import Fixed
+from plan import FixedPointPlan
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-KEY_BITS = 256
+KEY_BITS = 512
 TOKEN = b"a-shared-test-token-of-32-bytes!"
 TIMEOUT = 20.0
 
@@ -84,13 +88,13 @@ def run_pair(keypair, feature_ids, X, label_ids, y, n_classes, cfg, *, test_frac
     data_options = dict(data_options)
     if keypair is not None:
         data_options = dict(keypair=keypair, init_seed=cfg.seed, **data_options)
-    listener = transport.listen("127.0.0.1", 0)
+    listener = wire.listen("127.0.0.1", 0)
     port = listener.getsockname()[1]
     out = {}
 
     def data_side():
         try:
-            connection = transport.accept_peer(listener, TOKEN, timeout=TIMEOUT,
+            connection = wire.accept_peer(listener, TOKEN, timeout=TIMEOUT,
                                                log=None if refusals is None else refusals.append)
             out["data"] = transport.run_data_party(connection, feature_ids, X, plan=cfg.plan,
                                                    progress=data_progress, **data_options)
@@ -102,7 +106,7 @@ def run_pair(keypair, feature_ids, X, label_ids, y, n_classes, cfg, *, test_frac
     thread = threading.Thread(target=data_side, daemon=True)
     thread.start()
     try:
-        connection = transport.connect_peer("127.0.0.1", port, label_token, timeout=TIMEOUT)
+        connection = wire.connect_peer("127.0.0.1", port, label_token, timeout=TIMEOUT)
         out["label"] = transport.run_label_party(connection, label_ids, y, n_classes, cfg,
                                                  test_fraction=test_fraction,
                                                  progress=label_progress, **dict(label_options))
@@ -125,22 +129,24 @@ def test_two_parties_over_a_socket_equal_the_in_process_run_bit_for_bit(keypair,
     cfg = config()
     reference, test_set = reference_run(keypair, feature_ids, X, label_ids, y, class_names, cfg,
                                         0.25)
-    out = run_pair(keypair, feature_ids, X, label_ids, y, len(class_names), cfg)
+    data_transcript, label_transcript = io.StringIO(), io.StringIO()
+    out = run_pair(keypair, feature_ids, X, label_ids, y, len(class_names), cfg,
+                   data_options=dict(transcript=data_transcript),
+                   label_options=dict(transcript=label_transcript))
     assert "data_error" not in out and "label_error" not in out, out
     data_run, label_run = out["data"], out["label"]
+    label_party, data_party = label_run.party, data_run.party
 
-    joint = label_run.label_party.weight_share + data_run.data_party.noise_acc
+    joint = label_party.weight_share + data_party.noise_acc
     expected = reference.label_party.weight_share + reference.data_party.noise_acc
     assert joint.scale == expected.scale and np.array_equal(joint.values, expected.values)
-    for mine, theirs in zip(label_run.label_party.model.layers, reference.label_party.model.layers):
+    for mine, theirs in zip(label_party.model.layers, reference.label_party.model.layers):
         assert np.array_equal(mine.b, theirs.b)
         if mine.W is not None:
             assert np.array_equal(mine.W, theirs.W)
-    assert label_run.losses == reference.losses
-    reference_scores = protocol.predict_scores(reference.data_party, reference.label_party,
-                                               reference.channel, test_set.X)
-    assert np.array_equal(label_run.test_predictions,
-                          reference.label_party.model.classes_from_scores(reference_scores))
+    assert label_party.losses == reference.losses
+    assert np.array_equal(label_party.predictions, reference.label_party.predictions)
+    assert np.array_equal(label_party.classes(), reference.label_party.classes())
     assert np.array_equal(label_run.test_labels, test_set.y)
     assert label_run.metrics()["test_accuracy"] == reference.metrics["test_accuracy"]
 
@@ -150,42 +156,38 @@ def test_two_parties_over_a_socket_equal_the_in_process_run_bit_for_bit(keypair,
     data_side, label_side = data_run.channel.messages, label_run.channel.messages
     assert names(data_side) == names(label_side)
     assert [m[0] for m in names(label_side)[:2]] == ["align", "align"]
-    # the protocol itself is unchanged: the in-process run, plus its second prediction above
-    prediction_messages = sum(m.step == "predict" for m in label_side)
-    assert names(label_side)[2:] == names(reference.channel.messages)[:-prediction_messages]
+    # the protocol itself is unchanged: the in-process run's messages, after the alignment
+    assert names(label_side)[2:] == names(reference.channel.messages)
     for sent, received in zip(data_side, label_side):
         assert sent.nbytes == received.nbytes and sent.shape == received.shape
-        if isinstance(sent.payload, paillier.EncryptedArray):
-            assert sent.payload.scale == received.payload.scale
-            assert [int(c) for c in sent.payload.ciphertexts.ravel()] == \
-                   [int(c) for c in received.payload.ciphertexts.ravel()]
-        elif isinstance(sent.payload, np.ndarray):
-            assert np.array_equal(sent.payload, received.payload)
-        elif not isinstance(sent.payload, paillier.PublicKey):
-            assert sent.payload == received.payload
-    assert (label_run.label_party.public_key == data_run.data_party.public_key)
+        assert sent.declaration() == received.declaration()
+    # every payload, as each side recorded it (ciphertexts as decimal integers, floats exactly)
+    sent_lines = data_transcript.getvalue().splitlines()
+    assert len(sent_lines) == len(data_side)
+    assert sent_lines == label_transcript.getvalue().splitlines()
+    assert label_party.public_key == data_party.public_key
 
 
 def test_parties_with_different_fixed_point_plans_refuse_to_train(keypair):
     """Each party enforces its own σ: the data party refuses a training plan whose fixed-point
     plan is not its own, and the label party learns the session ended, in one line each."""
     feature_ids, X, label_ids, y, class_names = two_party_data(n_rows=40)
-    listener = transport.listen("127.0.0.1", 0)
+    listener = wire.listen("127.0.0.1", 0)
     out = {}
 
     def data_side():
         try:
-            connection = transport.accept_peer(listener, TOKEN, timeout=TIMEOUT)
+            connection = wire.accept_peer(listener, TOKEN, timeout=TIMEOUT)
             transport.run_data_party(connection, feature_ids, X, keypair=keypair,
-                                     plan=protocol.FixedPointPlan(sigma=48))
+                                     plan=FixedPointPlan(sigma=48))
         except Exception as error:
             out["data"] = error
 
     thread = threading.Thread(target=data_side, daemon=True)
     thread.start()
-    connection = transport.connect_peer("127.0.0.1", listener.getsockname()[1], TOKEN,
+    connection = wire.connect_peer("127.0.0.1", listener.getsockname()[1], TOKEN,
                                         timeout=TIMEOUT)
-    with pytest.raises(transport.TransportError, match="closed the connection .* step 0"):
+    with pytest.raises(wire.TransportError, match="closed the connection .* step 0"):
         transport.run_label_party(connection, label_ids, y, len(class_names), config())
     thread.join(TIMEOUT)
     listener.close()
@@ -193,40 +195,54 @@ def test_parties_with_different_fixed_point_plans_refuse_to_train(keypair):
     assert "'sigma': 40" in str(out["data"]) and "'sigma': 48" in str(out["data"])
 
 
+class Stub:
+    """A party for channel-level tests: it draws no masks."""
+
+    mask_source = None
+
+
 def test_each_side_evaluates_only_the_payloads_it_sends():
     """Laziness is what lets one step function run in both processes: the receiver never calls
-    the sender's thunk (it would compute with state it does not have); the in-process channel
-    calls every thunk, and plain values still pass as before."""
+    the sender's ``make`` (it would compute with state it does not have) and the sender never
+    calls the receiver's ``take``; the in-process channel calls both, and returns public values."""
     left, right = socket.socketpair()
-    sender = transport.SocketChannel(transport.Connection(left, timeout=5), "data")
-    receiver = transport.SocketChannel(transport.Connection(right, timeout=5), "label")
+    sender = transport.SocketChannel(wire.Connection(left, timeout=5), "data", Stub())
+    receiver = transport.SocketChannel(wire.Connection(right, timeout=5), "label", Stub())
 
-    def must_not_run():
-        raise AssertionError("the receiver evaluated the sender's payload")
+    def must_not_run(*_):
+        raise AssertionError("a side evaluated the other side's thunk")
 
     values = np.array([-(2 ** 70), -1, 0, 1, 2 ** 90], dtype=object)
-    sender.send(4, "data", "label", "T", "masked", lambda: values, mask_bits=lambda: 140,
-                value_bits=90)
-    got = receiver.send(4, "data", "label", "T", "masked", must_not_run, mask_bits=must_not_run,
-                        value_bits=90)
-    assert list(got) == list(values) and receiver.messages[0].mask_bits == 140
-    in_process = protocol.Channel()
-    assert in_process.send(0, "label", "data", "plan", "public", lambda: {"lr": 0.1}) == {"lr": 0.1}
-    assert in_process.send(0, "label", "data", "plan", "public", {"lr": 0.2}) == {"lr": 0.2}
+    taken = []
+    assert sender.send(4, "data", "label", "T", "masked", make=lambda party: values,
+                       take=must_not_run, mask_bits=140, value_bits=90) is None
+    assert receiver.send(4, "data", "label", "T", "masked", make=must_not_run,
+                         take=lambda party, got: taken.append(got), mask_bits=140,
+                         value_bits=90) is None  # only public payloads are returned
+    assert list(taken[0]) == list(values) and receiver.messages[0].mask_bits == 140
+    both = []
+    in_process = Channel(data_party=Stub(), label_party=Stub())
+    assert in_process.send(0, "label", "data", "plan", "public", make=lambda party: {"lr": 0.1},
+                           take=lambda party, plan: both.append(plan)) == {"lr": 0.1}
+    assert both == [{"lr": 0.1}]
     left.close(), right.close()
 
 
-def test_absent_party_runs_nothing_and_knows_only_public_attributes():
-    """The stand-in's methods return None (the real call runs in the other process); an
-    attribute it was not given is an error naming it, never a silent None."""
-    absent = transport.Absent(protocol.LabelParty, batch_size=16)
-    assert absent.masked_product("anything") is None
-    assert absent.update_weight_share(np.ones(2)) is None
-    assert absent.batch_size == 16
-    with pytest.raises(AttributeError, match="'weight_share' is not known here"):
-        absent.weight_share
-    with pytest.raises(AttributeError, match="'n_samples'"):
-        transport.Absent(protocol.DataParty).n_samples  # a property of the real class
+def test_each_process_holds_only_its_own_party_and_runs_only_its_work():
+    """What replaced the stand-in for the absent party: a socket channel holds its own party
+    alone, ``at`` the other party runs nothing here, and a message between two parties of which
+    neither lives here is refused rather than silently skipped."""
+    left, right = socket.socketpair()
+    here = Stub()
+    channel = transport.SocketChannel(wire.Connection(left, timeout=5), "data", here)
+    assert set(channel.local) == {"data"} and channel.local["data"] is here
+    ran = []
+    channel.at("label", lambda party: ran.append("label"))
+    channel.at("data", lambda party: ran.append(party))
+    assert ran == [here]
+    with pytest.raises(ValueError, match="at least one party"):
+        Channel()
+    left.close(), right.close()
 
 
 @pytest.mark.parametrize("payload", [
@@ -237,8 +253,8 @@ def test_absent_party_runs_nothing_and_knows_only_public_attributes():
 def test_payloads_round_trip_the_wire_exactly(payload):
     """Signed big integers (at every byte boundary), float64 bits and public JSON come back
     exactly as they were sent."""
-    header, body = transport.encode_payload(payload)
-    got = transport.decode_payload(header, body, None, "test")
+    header, body = wire.encode_payload(payload)
+    got = wire.decode_payload(header, body, None, "test")
     if isinstance(payload, np.ndarray):
         assert got.shape == payload.shape
         assert [repr(v) for v in got.ravel()] == [repr(v) for v in payload.ravel()]
@@ -250,17 +266,17 @@ def test_ciphertexts_and_the_public_key_round_trip_the_wire(keypair):
     """[[values]] and n survive encoding; ciphertexts are checked against the declared key."""
     public_key = keypair[0]
     encrypted = public_key.encrypt(Fixed.from_ints(np.array([[1, -2], [3, 4]], dtype=object), 5))
-    header, body = transport.encode_payload(encrypted)
-    got = transport.decode_payload(header, body, public_key, "test")
+    header, body = wire.encode_payload(encrypted)
+    got = wire.decode_payload(header, body, public_key, "test")
     assert got.scale == 5 and np.array_equal(keypair[1].decrypt(got).values, [[1, -2], [3, 4]])
-    header, body = transport.encode_payload(public_key)
-    assert transport.decode_payload(header, body, None, "test") == public_key
+    header, body = wire.encode_payload(public_key)
+    assert wire.decode_payload(header, body, None, "test") == public_key
 
 
 # ----------------------------------------------------------------------------------------------
 # Malformed and unexpected frames
 # ----------------------------------------------------------------------------------------------
-PREFIX, MAGIC = transport.PREFIX, transport.MAGIC
+PREFIX, MAGIC = wire.PREFIX, wire.MAGIC
 
 
 @pytest.mark.parametrize("raw,needle", [
@@ -278,12 +294,12 @@ def test_malformed_frames_are_refused_with_a_one_line_error(raw, needle):
     """Wrong magic, bad JSON, a header that is no object, oversize (refused before the body is
     read), a frame cut short: each is a one-line TransportError at the receiver, no crash."""
     left, right = socket.socketpair()
-    receiver = transport.Connection(left, timeout=5, max_frame_bytes=1 << 20)
+    receiver = wire.Connection(left, timeout=5, max_frame_bytes=1 << 20)
     right.sendall(raw)
     if "exceed" not in needle:
         right.close()  # an oversize frame is refused at once, without waiting for its body
     start = time.monotonic()
-    with pytest.raises(transport.TransportError, match=needle) as info:
+    with pytest.raises(wire.TransportError, match=needle) as info:
         receiver.receive_frame("a test frame")
     assert time.monotonic() - start < 2
     assert "\n" not in str(info.value)
@@ -304,8 +320,8 @@ def test_malformed_frames_are_refused_with_a_one_line_error(raw, needle):
 def test_malformed_payloads_are_refused(header, body, needle):
     """A body that disagrees with its declared layout, or an unknown (e.g. pickle) layout, is
     refused; nothing is ever unpickled."""
-    with pytest.raises(transport.TransportError, match=needle):
-        transport.decode_payload(header, body, None, "test")
+    with pytest.raises(wire.TransportError, match=needle):
+        wire.decode_payload(header, body, None, "test")
 
 
 def test_ciphertexts_under_another_key_or_out_of_range_are_refused(keypair):
@@ -315,57 +331,88 @@ def test_ciphertexts_under_another_key_or_out_of_range_are_refused(keypair):
         warnings.simplefilter("ignore")
         other, _ = paillier.generate_keypair(KEY_BITS, allow_insecure=True)
     foreign = other.encrypt(Fixed.from_ints(np.array([1], dtype=object), 0))
-    header, body = transport.encode_payload(foreign)
-    with pytest.raises(transport.TransportError, match="different public key"):
-        transport.decode_payload(header, body, public_key, "test")
+    header, body = wire.encode_payload(foreign)
+    with pytest.raises(wire.TransportError, match="different public key"):
+        wire.decode_payload(header, body, public_key, "test")
     genuine = public_key.encrypt(Fixed.from_ints(np.array([1], dtype=object), 0))
-    header, body = transport.encode_payload(genuine)
+    header, body = wire.encode_payload(genuine)
     width = (public_key.nsquare.bit_length() + 7) // 8
     zero = body[:len(body) - width] + b"\0" * width  # ciphertext 0 is no ciphertext
-    with pytest.raises(transport.TransportError, match="outside"):
-        transport.decode_payload(header, zero, public_key, "test")
-    with pytest.raises(transport.TransportError, match="frame says shape"):
-        transport.decode_payload({**header, "shape": [2]}, body, public_key, "test")
+    with pytest.raises(wire.TransportError, match="outside"):
+        wire.decode_payload(header, zero, public_key, "test")
+    with pytest.raises(wire.TransportError, match="frame says shape"):
+        wire.decode_payload({**header, "shape": [2]}, body, public_key, "test")
 
 
 def _channel_pair():
     left, right = socket.socketpair()
-    return (transport.SocketChannel(transport.Connection(left, timeout=5), "data"),
-            transport.SocketChannel(transport.Connection(right, timeout=5), "label"))
+    return (transport.SocketChannel(wire.Connection(left, timeout=5), "data", Stub()),
+            transport.SocketChannel(wire.Connection(right, timeout=5), "label", Stub()))
+
+
+def _nothing(*_):
+    return None
 
 
 def test_a_frame_that_is_not_the_next_expected_message_is_refused():
     """Step, name, kind and sender must be what the protocol expects next: a well-formed frame
-    carrying the wrong message is refused, and so is a declared width other than expected."""
+    carrying the wrong message is refused, and so is a declared width other than expected (both
+    sides compute every declaration from public facts, so any difference is refused)."""
     data_side, label_side = _channel_pair()
     values = np.array([5, 6], dtype=object)
-    data_side.send(4, "data", "label", "T", "masked", values, mask_bits=140, value_bits=90)
-    with pytest.raises(transport.TransportError, match="where the protocol expects step 1"):
-        label_side.send(1, "data", "label", "X·W + ε_B", "revealed", None, reason="z")
-    data_side.send(4, "data", "label", "T", "masked", values, mask_bits=141, value_bits=90)
-    with pytest.raises(protocol.LeakageError, match="declares mask_bits=141"):
-        label_side.send(4, "data", "label", "T", "masked", None, mask_bits=140, value_bits=90)
-    with pytest.raises(protocol.LeakageError, match="neither sends nor receives"):
-        label_side.send(4, "data", "data", "T", "masked", None)
+    data_side.send(4, "data", "label", "T", "masked", make=lambda _: values, take=_nothing,
+                   mask_bits=140, value_bits=90)
+    with pytest.raises(wire.TransportError, match="step 4 message 'T' .* where the protocol "
+                                                  "expects step 1"):
+        label_side.send(1, "data", "label", "X·W + ε_B", "revealed", make=_nothing,
+                        take=_nothing, reason="z")
+    data_side.send(4, "data", "label", "T", "masked", make=lambda _: values, take=_nothing,
+                   mask_bits=141, value_bits=90)
+    with pytest.raises(wire.TransportError, match="widths 141/90\\) where the protocol "
+                                                  "expects step 4 message 'T'"):
+        label_side.send(4, "data", "label", "T", "masked", make=_nothing, take=_nothing,
+                        mask_bits=140, value_bits=90)
+    with pytest.raises(LeakageError, match="sender and receiver must be the two parties"):
+        label_side.send(4, "data", "data", "T", "masked", make=_nothing, take=_nothing)
+
+
+def _send_raw(channel, declaration, payload):
+    """A peer that skips its own checks: the frame goes out exactly as given."""
+    layout, body = wire.encode_payload(payload)
+    full = {"reason": None, "mask_bits": None, "value_bits": None, "shape": None, **declaration}
+    channel.connection.send_frame({"type": "message", "declaration": full, "layout": layout},
+                                  body)
 
 
 def test_the_receiver_runs_the_in_process_leakage_checks_on_what_the_sender_declared():
-    """A peer that skips its own checks and declares a weak mask, or passes an array off as
-    public, is stopped at the receiver by the same checks as in process."""
+    """A peer that skips its own checks and declares a weak mask, passes an array off as public,
+    sends floats as masked or a payload of another shape is stopped at the receiver by the same
+    checks as in process."""
     data_side, label_side = _channel_pair()
-    header, body = transport.encode_payload(np.array([1, 2], dtype=object))
-    header.update(type="message", step="4", sender="data", receiver="label", name="T",
-                  kind="masked", reason=None, mask_bits=60, value_bits=30)
-    data_side.connection.send_frame(header, body)
-    with pytest.raises(protocol.LeakageError, match="weak mask"):
-        label_side.send(4, "data", "label", "T", "masked", None, mask_bits=lambda: None,
-                        value_bits=lambda: None)
-    header, body = transport.encode_payload(np.ones(3))
-    header.update(type="message", step="0", sender="data", receiver="label", name="shapes",
-                  kind="public", reason=None, mask_bits=None, value_bits=None)
-    data_side.connection.send_frame(header, body)
-    with pytest.raises(protocol.LeakageError, match="undeclared plaintext"):
-        label_side.send(0, "data", "label", "shapes", "public", None)
+    weak = {"step": "4", "sender": "data", "receiver": "label", "name": "T", "kind": "masked",
+            "mask_bits": 60, "value_bits": 30}
+    _send_raw(data_side, weak, np.array([1, 2], dtype=object))
+    with pytest.raises(LeakageError, match="weak mask"):
+        label_side.send(4, "data", "label", "T", "masked", make=_nothing, take=_nothing,
+                        mask_bits=60, value_bits=30)
+
+    data_side, label_side = _channel_pair()
+    _send_raw(data_side, {"step": "0", "sender": "data", "receiver": "label", "name": "shapes",
+                          "kind": "public"}, np.ones(3))
+    with pytest.raises(LeakageError, match="undeclared plaintext"):
+        label_side.send(0, "data", "label", "shapes", "public", make=_nothing, take=_nothing)
+
+    masked = {"step": "4", "sender": "data", "receiver": "label", "name": "T", "kind": "masked",
+              "mask_bits": 140, "value_bits": 90}
+    _send_raw(data_side, masked, np.array([0.5, 1.5]))
+    with pytest.raises(LeakageError, match="a masked payload must be an integer array"):
+        label_side.send(4, "data", "label", "T", "masked", make=_nothing, take=_nothing,
+                        mask_bits=140, value_bits=90)
+    _send_raw(data_side, {**masked, "shape": [3]}, np.array([1, 2], dtype=object))
+    with pytest.raises(LeakageError, match=r"a payload of shape \(2,\) where the protocol "
+                                           r"expects \(3,\)"):
+        label_side.send(4, "data", "label", "T", "masked", make=_nothing, take=_nothing,
+                        shape=(3,), mask_bits=140, value_bits=90)
 
 
 def test_a_silent_or_trickling_peer_times_out_with_a_clear_error():
@@ -374,8 +421,8 @@ def test_a_silent_or_trickling_peer_times_out_with_a_clear_error():
         left, right = socket.socketpair()
         right.sendall(prefix)
         start = time.monotonic()
-        with pytest.raises(transport.TransportError, match=r"the data party did not deliver step 1 .* within 0.3 s"):
-            transport.Connection(left, timeout=0.3, peer="the data party").receive_frame(
+        with pytest.raises(wire.TransportError, match=r"the data party did not deliver step 1 .* within 0.3 s"):
+            wire.Connection(left, timeout=0.3, peer="the data party").receive_frame(
                 "step 1 message 'X·W + ε_B'")
         assert time.monotonic() - start < 2
         left.close(), right.close()
@@ -386,7 +433,7 @@ def test_a_silent_or_trickling_peer_times_out_with_a_clear_error():
 # ----------------------------------------------------------------------------------------------
 def _serve(listener, token, results, log):
     try:
-        results.append(transport.accept_peer(listener, token, timeout=TIMEOUT, log=log.append))
+        results.append(wire.accept_peer(listener, token, timeout=TIMEOUT, log=log.append))
     except Exception as error:
         results.append(error)
 
@@ -394,27 +441,27 @@ def _serve(listener, token, results, log):
 def test_a_wrong_token_is_refused_and_the_data_party_keeps_waiting_for_the_right_one():
     """Wrong token: the label party is told 'refused' and gets nothing else; the data party logs
     the refusal and still accepts the next, authentic connection."""
-    listener = transport.listen("127.0.0.1", 0)
+    listener = wire.listen("127.0.0.1", 0)
     port, results, log = listener.getsockname()[1], [], []
     thread = threading.Thread(target=_serve, args=(listener, TOKEN, results, log), daemon=True)
     thread.start()
-    with pytest.raises(transport.AuthenticationError, match="refused this connection: wrong token"):
-        transport.connect_peer("127.0.0.1", port, b"not-the-shared-token-at-all", timeout=5)
+    with pytest.raises(wire.AuthenticationError, match="refused this connection: wrong token"):
+        wire.connect_peer("127.0.0.1", port, b"not-the-shared-token-at-all", timeout=5)
     # a raw client sees exactly: the hello, then the refusal, then the end of the connection
     # (a proof that is not even ASCII is just as wrong, and must not crash the data party)
     for proof in ("00" * 32, "é" * 64):
-        raw = transport.Connection(socket.create_connection(("127.0.0.1", port)), timeout=5)
+        raw = wire.Connection(socket.create_connection(("127.0.0.1", port)), timeout=5)
         hello, _ = raw.receive_frame()
-        raw.send_frame({"type": "hello", "version": transport.VERSION, "role": "label",
+        raw.send_frame({"type": "hello", "version": wire.VERSION, "role": "label",
                         "nonce": "00" * 32, "proof": proof})
         assert raw.receive_frame()[0] == {"type": "refused", "reason": "wrong token"}
-        with pytest.raises(transport.TransportError, match="closed the connection"):
+        with pytest.raises(wire.TransportError, match="closed the connection"):
             raw.receive_frame()
         raw.close()
-    good = transport.connect_peer("127.0.0.1", port, TOKEN, timeout=5)
+    good = wire.connect_peer("127.0.0.1", port, TOKEN, timeout=5)
     thread.join(TIMEOUT)
     listener.close()
-    assert isinstance(results[0], transport.Connection)
+    assert isinstance(results[0], wire.Connection)
     assert len(log) == 3 and all("wrong token" in line for line in log)
     results[0].close(), good.close()
 
@@ -423,13 +470,13 @@ def test_a_wrong_token_is_refused_and_the_data_party_keeps_waiting_for_the_right
 def test_the_label_party_refuses_a_data_party_that_cannot_prove_the_token(forge):
     """Both directions are authenticated: a server without the token cannot answer the label
     party's challenge, not even by reflecting the label party's own proof back at it."""
-    listener = transport.listen("127.0.0.1", 0)
+    listener = wire.listen("127.0.0.1", 0)
     port = listener.getsockname()[1]
 
     def impostor():
         sock, _ = listener.accept()
-        connection = transport.Connection(sock, timeout=5)
-        connection.send_frame({"type": "hello", "version": transport.VERSION, "role": "data",
+        connection = wire.Connection(sock, timeout=5)
+        connection.send_frame({"type": "hello", "version": wire.VERSION, "role": "data",
                                "nonce": os.urandom(32).hex()})
         hello, _ = connection.receive_frame()
         proof = hello["proof"] if forge == "reflect" else "ab" * 32
@@ -439,8 +486,8 @@ def test_the_label_party_refuses_a_data_party_that_cannot_prove_the_token(forge)
 
     thread = threading.Thread(target=impostor, daemon=True)
     thread.start()
-    with pytest.raises(transport.AuthenticationError, match="did not prove the shared token"):
-        transport.connect_peer("127.0.0.1", port, TOKEN, timeout=5)
+    with pytest.raises(wire.AuthenticationError, match="did not prove the shared token"):
+        wire.connect_peer("127.0.0.1", port, TOKEN, timeout=5)
     thread.join(TIMEOUT)
     listener.close()
 
@@ -449,14 +496,14 @@ def test_the_token_comes_from_a_file_or_the_environment_and_must_be_long(tmp_pat
     """--token-file wins (whitespace stripped), else ACML_TOKEN; missing or short is an error."""
     path = tmp_path / "token"
     path.write_text("  " + TOKEN.decode() + "\n")
-    assert transport.read_token(str(path), environ={"ACML_TOKEN": "x" * 40}) == TOKEN
-    assert transport.read_token(None, environ={"ACML_TOKEN": "y" * 40}) == b"y" * 40
+    assert wire.read_token(str(path), environ={"ACML_TOKEN": "x" * 40}) == TOKEN
+    assert wire.read_token(None, environ={"ACML_TOKEN": "y" * 40}) == b"y" * 40
     with pytest.raises(ValueError, match="--token-file PATH or set ACML_TOKEN"):
-        transport.read_token(None, environ={})
+        wire.read_token(None, environ={})
     with pytest.raises(ValueError, match="fewer than 16"):
-        transport.read_token(None, environ={"ACML_TOKEN": "short"})
+        wire.read_token(None, environ={"ACML_TOKEN": "short"})
     with pytest.raises(ValueError, match="cannot read"):
-        transport.read_token(str(tmp_path / "missing"), environ={})
+        wire.read_token(str(tmp_path / "missing"), environ={})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -537,7 +584,7 @@ def test_cli_two_processes_refuse_a_wrong_token_then_train_like_the_in_process_r
         data_process.kill()
     assert data_process.returncode == 0, data_err
     assert "refused a connection from 127.0.0.1" in data_err and "wrong token" in data_err
-    assert "training plan from the label party" in data_out
+    assert "training plan: 3 units (relu) in the first layer" in data_out  # the label party's
 
     reference, _ = reference_run(keypair, feature_ids, X, label_ids, y, class_names, config(),
                                  0.25)
@@ -550,7 +597,7 @@ def test_cli_two_processes_refuse_a_wrong_token_then_train_like_the_in_process_r
     lines = [json.loads(line) for line in transcript.read_text().splitlines()]
     assert len(lines) == metrics["messages"]
     assert {line["name"] for line in lines if line["step"] == "align"} == {"ids and split",
-                                                                            "common ids"}
+                                                                            "ids"}
     assert "test accuracy" in label.stdout
 
 
@@ -562,15 +609,15 @@ def test_a_killed_data_party_ends_the_label_party_cleanly_mid_epoch(tmp_path):
     data_process, port = start_data_party(features, token)
     killed_at = []
 
-    def kill_after_first_batch(done, total, loss):
+    def kill_after_first_batch(done):
         if done == 1:
             data_process.kill()
             data_process.wait(TIMEOUT)
             killed_at.append(time.monotonic())
 
     try:
-        connection = transport.connect_peer("127.0.0.1", port, TOKEN, timeout=TIMEOUT)
-        with pytest.raises(transport.TransportError, match=r"the data party (closed|broke) the "
+        connection = wire.connect_peer("127.0.0.1", port, TOKEN, timeout=TIMEOUT)
+        with pytest.raises(wire.TransportError, match=r"the data party (closed|broke) the "
                                                            r"connection.* step 1") as info:
             transport.run_label_party(connection, label_ids, y, len(class_names), config(),
                                       progress=kill_after_first_batch)
@@ -587,16 +634,16 @@ def test_the_label_party_cli_exits_2_with_one_line_when_the_data_party_disconnec
     and a single line on stderr naming what it was waiting for — no traceback, no hang."""
     feature_ids, X, label_ids, y, _ = two_party_data()
     _, labels, token = write_csvs(tmp_path, feature_ids, X, label_ids, y)
-    listener = transport.listen("127.0.0.1", 0)
+    listener = wire.listen("127.0.0.1", 0)
     label_process = subprocess.Popen(label_args(labels, token, listener.getsockname()[1]),
                                      cwd=ROOT, env=environment(), stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
 
-    def stop_after_first_batch(done, total, loss):
+    def stop_after_first_batch(done):
         raise KeyboardInterrupt("the data party goes away")
 
     try:
-        connection = transport.accept_peer(listener, TOKEN, timeout=TIMEOUT)
+        connection = wire.accept_peer(listener, TOKEN, timeout=TIMEOUT)
         with pytest.raises(KeyboardInterrupt):
             transport.run_data_party(connection, feature_ids, X, keypair=keypair,
                                      progress=stop_after_first_batch)
@@ -620,7 +667,7 @@ def test_the_data_party_cli_refuses_strangers_and_exits_2_on_a_malformed_frame(t
     features, _, token = write_csvs(tmp_path, feature_ids, X, label_ids, y)
     data_process, port = start_data_party(features, token)
     try:
-        stranger = transport.Connection(socket.create_connection(("127.0.0.1", port)), timeout=5)
+        stranger = wire.Connection(socket.create_connection(("127.0.0.1", port)), timeout=5)
         assert stranger.receive_frame()[0]["type"] == "hello"
         stranger.sock.sendall(PREFIX.pack(MAGIC, 2, 1 << 30) + b"{}")
         try:  # refused: closed (FIN, or RST over the unread bytes) without a word about the data
@@ -628,7 +675,7 @@ def test_the_data_party_cli_refuses_strangers_and_exits_2_on_a_malformed_frame(t
         except ConnectionResetError:
             pass
         stranger.close()
-        connection = transport.connect_peer("127.0.0.1", port, TOKEN, timeout=TIMEOUT)
+        connection = wire.connect_peer("127.0.0.1", port, TOKEN, timeout=TIMEOUT)
         connection.sock.sendall(PREFIX.pack(MAGIC, 9, 0) + b"not json!")
         _, err = data_process.communicate(timeout=TIMEOUT)
         connection.close()

@@ -13,6 +13,7 @@ from conftest import insecure_keypair
 import acml
 import checkpoint
 import transport
+import wire
 import test_transport
 from test_transport import KEY_BITS, TIMEOUT, two_party_data
 
@@ -29,6 +30,10 @@ def run_pair(feature_ids, X, label_ids, y, class_names, cfg, *, data_options, la
     return test_transport.run_pair(None, feature_ids, X, label_ids, y, len(class_names), cfg,
                                    data_options=dict(allow_insecure=True, **data_options),
                                    label_options=dict(class_names=class_names, **label_options))
+
+
+def batches_per_epoch(session):
+    return -(-session.n_train // session.public.training.batch_size)
 
 
 @pytest.fixture(scope="module")
@@ -62,25 +67,27 @@ def test_resumed_over_tcp_equals_an_uninterrupted_run_bit_for_bit(runs):
     W_B + ε_acc integer for integer, every layer of the label party, the third epoch's losses,
     the test predictions, and each party's final checkpoint."""
     straight, resumed = runs["straight"], runs["resumed"]
-    joint = lambda out: (out["label"].label_party.weight_share  # noqa: E731
-                         + out["data"].data_party.noise_acc)
+    joint = lambda out: (out["label"].party.weight_share  # noqa: E731
+                         + out["data"].party.noise_acc)
     assert joint(resumed).scale == joint(straight).scale
     assert np.array_equal(joint(resumed).values, joint(straight).values)
-    for mine, theirs in zip(resumed["label"].label_party.model.layers,
-                            straight["label"].label_party.model.layers):
+    for mine, theirs in zip(resumed["label"].party.model.layers,
+                            straight["label"].party.model.layers):
         assert np.array_equal(mine.b, theirs.b)
         if mine.W is not None:
             assert np.array_equal(mine.W, theirs.W)
-    n_batches = straight["label"].n_batches
-    assert len(resumed["label"].losses) == n_batches
-    assert resumed["label"].losses == straight["label"].losses[-n_batches:]
-    assert runs["first"]["label"].losses == straight["label"].losses[:2 * n_batches]
-    assert np.array_equal(resumed["label"].test_predictions, straight["label"].test_predictions)
+    n_batches = batches_per_epoch(straight["label"])
+    assert len(resumed["label"].party.losses) == n_batches
+    assert resumed["label"].party.losses == straight["label"].party.losses[-n_batches:]
+    assert runs["first"]["label"].party.losses == straight["label"].party.losses[:2 * n_batches]
+    assert np.array_equal(resumed["label"].party.predictions, straight["label"].party.predictions)
+    assert np.array_equal(resumed["label"].party.classes(), straight["label"].party.classes())
     assert resumed["label"].resumed_after_epoch == resumed["data"].resumed_after_epoch == 2
     assert resumed["label"].metrics()["resumed_after_epoch"] == 2
     step0 = [m.name for m in resumed["label"].channel.messages if m.step == "0"]
-    assert step0 == ["public key", "shapes", "training plan", "epochs completed",
-                     "packing layout", "[[X]]"]
+    # resumed: no new weight split, and the epochs completed travel in the training plan
+    assert step0 == ["public key", "shapes", "training plan", "packing layout", "[[X]]"]
+    assert resumed["label"].public.training.epochs_completed == 2
 
 
 def test_each_party_saves_only_its_own_file_in_its_own_directory(runs):
@@ -95,9 +102,9 @@ def test_each_party_saves_only_its_own_file_in_its_own_directory(runs):
     checkpoint.check_checkpoint_pair(data_state, label_state)
     assert data_state.epochs_completed == label_state.epochs_completed == EPOCHS
     resumed = runs["resumed"]
-    assert np.array_equal(data_state.noise_acc.values, resumed["data"].data_party.noise_acc.values)
+    assert np.array_equal(data_state.noise_acc.values, resumed["data"].party.noise_acc.values)
     assert np.array_equal(label_state.weight_share.values,
-                          resumed["label"].label_party.weight_share.values)
+                          resumed["label"].party.weight_share.values)
 
 
 def test_checkpoints_of_different_epochs_are_refused_in_one_line_on_both_sides(runs):
@@ -110,7 +117,7 @@ def test_checkpoints_of_different_epochs_are_refused_in_one_line_on_both_sides(r
     data_line, label_line = str(out["data_error"]), str(out["label_error"])
     assert "\n" not in data_line and "\n" not in label_line
     assert "after epoch 2" in data_line and "after epoch 1" in data_line
-    assert isinstance(out["label_error"], transport.TransportError)
+    assert isinstance(out["label_error"], wire.TransportError)
     # Nothing was trained, so nothing was saved: both files are still the ones they were.
     assert checkpoint.DataPartyState.load(runs["data_after_one"] / "data_party.npz",
                                           allow_insecure=True).epochs_completed == 1
@@ -171,14 +178,14 @@ def test_cli_parties_resume_from_their_own_directories_to_the_uninterrupted_weig
         finally:
             data_process.kill()
         assert data_process.returncode == 0, data_err
-    assert "resumed from its checkpoint after epoch 2" in data_out
+    assert "resumed            from the checkpoints after epoch 2" in data_out
     assert "after epoch 2" in label.stdout
     straight = runs["straight"]["label"]
     metrics = json.loads(report.read_text())
-    assert metrics["resumed_after_epoch"] == 2 and metrics["epochs"] == 3
-    assert metrics["batch_losses"] == straight.losses[-straight.n_batches:]
+    assert metrics["resumed_after_epoch"] == 2 and metrics["training"]["epochs"] == 3
+    assert metrics["batch_losses"] == straight.party.losses[-batches_per_epoch(straight):]
     assert metrics["label_model_sha256"] == transport.label_model_fingerprint(
-        straight.label_party.model)
+        straight.party.model)
     assert sorted(p.name for p in data_dir.iterdir()) == ["data_party.npz"]
     assert sorted(p.name for p in label_dir.iterdir()) == ["label_party.npz"]
 

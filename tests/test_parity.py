@@ -1,0 +1,381 @@
+"""Parity: the one script (protocol.py) gives the same model in one process and in two.
+
+Every test names the property it protects. The in-process reference is ``acml.train`` on the
+rows the two parties align on (the common ids sorted as text, data.common_rows), split as they
+split them (data.split_rows, unstratified) and standardised on the training rows
+(``acml.prepare(..., stratified=False)``). Loopback only, 512-bit keys through the explicit
+insecure flag, tiny data, every wait bounded.
+"""
+
+import io
+import json
+import shutil
+import subprocess
+import threading
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from conftest import insecure_keypair
+
+import acml
+import checkpoint
+import data
+import nn
+import transport
+import wire
+from channel import DATA, LeakageError
+from flaws import InsecureFlaws, InsecureFlawWarning
+from paillier import Fixed
+from test_transport import (ROOT, TIMEOUT, TOKEN, cli, environment, label_args, run_pair,
+                            start_data_party, two_party_data, write_csvs)
+
+KEY_BITS = 512
+TEST_FRACTION = 0.25
+N_ROWS = 50  # 40 common ids: 30 training rows (2 batches of 16), 10 test rows
+
+
+@pytest.fixture(scope="module")
+def keypair():
+    return insecure_keypair(KEY_BITS)
+
+
+@pytest.fixture(scope="module")
+def parties():
+    return two_party_data("breast_cancer", n_rows=N_ROWS)
+
+
+def config(**overrides):
+    base = dict(hidden=(3,), epochs=2, batch_size=16, lr=0.1, momentum=0.5, key_bits=KEY_BITS,
+                allow_insecure=True, init_seed=0)
+    base.update(overrides)
+    return acml.Config(**base)
+
+
+def in_process(keypair, parties, cfg, checkpoint_dir=None):
+    """acml.train on the rows as the two parties align, split and standardise them."""
+    feature_ids, X, label_ids, y, class_names = parties
+    common, feature_rows = data.common_rows(feature_ids, label_ids)
+    _, label_rows = data.common_rows(label_ids, feature_ids)
+    names = [f"x{j}" for j in range(X.shape[1])]
+    dataset = data.Dataset(X[feature_rows], y[label_rows], np.array(common, dtype=object), names,
+                           class_names, "parity")
+    train_set, test_set, scaler = acml.prepare(dataset, test_fraction=TEST_FRACTION,
+                                               seed=cfg.seed, return_standardizer=True,
+                                               stratified=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return acml.train(train_set, test_set, cfg, keypair=keypair, standardizer=scaler,
+                          checkpoint_dir=checkpoint_dir)
+
+
+def over_tcp(keypair, parties, cfg, *, data_options=(), label_options=()):
+    feature_ids, X, label_ids, y, class_names = parties
+    names = [f"x{j}" for j in range(X.shape[1])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = run_pair(keypair, feature_ids, X, label_ids, y, len(class_names), cfg,
+                       test_fraction=TEST_FRACTION,
+                       data_options=dict(feature_names=names, **dict(data_options)),
+                       label_options=dict(class_names=class_names, **dict(label_options)))
+    assert "data_error" not in out and "label_error" not in out, out
+    return out["data"].party, out["label"].party
+
+
+def assert_same_weights(data_party, label_party, reference):
+    """W_B + ε_acc integer for integer, the bottom model's W and b, every layer of the label
+    party, its losses and its test scores: all bit for bit."""
+    joint = label_party.weight_share + data_party.noise_acc
+    expected = reference.label_party.weight_share + reference.data_party.noise_acc
+    assert joint.scale == expected.scale and np.array_equal(joint.values, expected.values)
+    assert (data_party.bottom is None) == (reference.data_party.bottom is None)
+    if data_party.bottom is not None:
+        assert np.array_equal(data_party.bottom.layer.W, reference.data_party.bottom.layer.W)
+        assert np.array_equal(data_party.bottom.layer.b, reference.data_party.bottom.layer.b)
+    assert len(label_party.model.layers) == len(reference.label_party.model.layers)
+    for mine, theirs in zip(label_party.model.layers, reference.label_party.model.layers):
+        assert np.array_equal(mine.b, theirs.b)
+        if mine.W is not None:
+            assert np.array_equal(mine.W, theirs.W)
+    assert label_party.losses == reference.losses
+    assert np.array_equal(label_party.predictions, reference.label_party.predictions)
+
+
+# ----------------------------------------------------------------------------------------------
+# A bottom model over TCP, and prediction from each party's own checkpoint
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bottom_runs(keypair, parties, tmp_path_factory):
+    cfg = config(bottom=3)
+    reference_dir = tmp_path_factory.mktemp("reference")
+    reference = in_process(keypair, parties, cfg, checkpoint_dir=reference_dir)
+    data_dir, label_dir = tmp_path_factory.mktemp("data_own"), tmp_path_factory.mktemp("label_own")
+    data_party, label_party = over_tcp(keypair, parties, cfg,
+                                       data_options=dict(bottom=3, checkpoint_dir=data_dir),
+                                       label_options=dict(checkpoint_dir=label_dir))
+    return dict(reference=reference, reference_dir=reference_dir, data_party=data_party,
+                label_party=label_party, data_dir=data_dir, label_dir=label_dir)
+
+
+def test_bottom_model_over_tcp_equals_the_in_process_run_bit_for_bit(bottom_runs):
+    """Property: with a bottom model (bottom=3, so step 4b runs over the wire), the two-process
+    session trains the very weights of acml.train — W_B + ε_acc, the bottom model's W and b and
+    the label party's layers — given the same rows, key pair, init_seed, seeds and batch plan."""
+    assert bottom_runs["data_party"].bottom.width == 3
+    assert_same_weights(bottom_runs["data_party"], bottom_runs["label_party"],
+                        bottom_runs["reference"])
+    steps = {m.step for m in bottom_runs["reference"].channel.messages}
+    assert "4b" in steps
+
+
+def predict_over_tcp(data_dir, label_dir, ids, X, names):
+    """predict_as_data and predict_as_label, each from its own directory, over loopback."""
+    listener = wire.listen("127.0.0.1", 0)
+    out = {}
+
+    def data_side():
+        try:
+            connection = wire.accept_peer(listener, TOKEN, timeout=TIMEOUT)
+            out["data"] = transport.predict_as_data(connection, ids, X, data_dir,
+                                                    feature_names=names, allow_insecure=True)
+        except Exception as error:
+            out["data_error"] = error
+        finally:
+            listener.close()
+
+    thread = threading.Thread(target=data_side, daemon=True)
+    thread.start()
+    try:
+        connection = wire.connect_peer("127.0.0.1", listener.getsockname()[1], TOKEN,
+                                       timeout=TIMEOUT)
+        out["label"] = transport.predict_as_label(connection, label_dir, allow_insecure=True)
+    except Exception as error:
+        out["label_error"] = error
+    thread.join(TIMEOUT)
+    assert not thread.is_alive(), "the data party's thread did not end"
+    assert "data_error" not in out and "label_error" not in out, out
+    return out["label"]
+
+
+def test_two_process_prediction_equals_in_process_prediction_on_both_checkpoints(
+        bottom_runs, parties, tmp_path):
+    """Property: predicting new rows with each party holding only its own checkpoint
+    (predict_as_data / predict_as_label) gives the scores of acml.predict on both checkpoints
+    together, bit for bit, and of the in-process run's own checkpoints too; the label party
+    learns the rows' ids in the data party's order."""
+    feature_ids, X, _, _, class_names = parties
+    names = [f"x{j}" for j in range(X.shape[1])]
+    new_ids, new_X = feature_ids[:12], X[:12]
+    _, ids, prediction = predict_over_tcp(bottom_runs["data_dir"], bottom_runs["label_dir"],
+                                          new_ids, new_X, names)
+    assert ids == [str(key) for key in new_ids]
+    both = tmp_path / "both"
+    both.mkdir()
+    shutil.copy(checkpoint.party_path(bottom_runs["data_dir"], "data"), both)
+    shutil.copy(checkpoint.party_path(bottom_runs["label_dir"], "label"), both)
+    for directory in (both, bottom_runs["reference_dir"]):
+        expected = acml.predict(directory, new_X, feature_names=names, allow_insecure=True)
+        assert prediction.scores.dtype == expected.scores.dtype
+        assert np.array_equal(prediction.scores, expected.scores)
+        assert np.array_equal(prediction.class_ids, expected.class_ids)
+        assert list(prediction.class_names) == list(expected.class_names)
+    assert prediction.classes == list(class_names)
+
+
+# ----------------------------------------------------------------------------------------------
+# Workers on each side
+# ----------------------------------------------------------------------------------------------
+def _warm(pool, n):
+    """Start every worker before the parties' threads do (no fork while a thread computes)."""
+    for future in [pool.submit(time.sleep, 0.2) for _ in range(n)]:
+        future.result(timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize("pool", ["process", "thread"])
+def test_workers_over_tcp_equal_the_in_process_run_bit_for_bit(keypair, parties, pool):
+    """Property: with a pool of 2 workers on each side (processes: the real thing; threads too),
+    the modular exponentiations run elsewhere and the weights still equal the in-process run's
+    (one process, no workers) bit for bit."""
+    cfg = config()
+    reference = in_process(keypair, parties, cfg)
+    make = ProcessPoolExecutor if pool == "process" else ThreadPoolExecutor
+    with make(2) as data_pool, make(2) as label_pool:
+        if pool == "process":
+            _warm(data_pool, 2), _warm(label_pool, 2)
+        data_party, label_party = over_tcp(keypair, parties, cfg,
+                                           data_options=dict(executor=data_pool),
+                                           label_options=dict(executor=label_pool))
+    assert data_party.executor is data_pool and label_party.executor is label_pool
+    assert_same_weights(data_party, label_party, reference)
+
+
+# ----------------------------------------------------------------------------------------------
+# The command line: `train` in one process, `party data` + `party label` in two
+# ----------------------------------------------------------------------------------------------
+def run(args, timeout=3 * TIMEOUT):
+    done = subprocess.run(args, cwd=ROOT, env=environment(), capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def data_party_process(features, token, *extra):
+    return start_data_party(features, token, "--key-bits", str(KEY_BITS), *extra)
+
+
+def finish(process):
+    try:
+        out, err = process.communicate(timeout=TIMEOUT)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    return out
+
+
+def test_cli_train_and_the_two_process_cli_pair_train_and_predict_bit_identically(
+        parties, tmp_path):
+    """Property: `acml.py train --features F --labels L` (one process) and `acml.py party data`
+    + `party label` (two processes) on the same CSVs and seeds train bit-identical weights
+    (the data party's ε_acc + the label party's W_B, the label party's parameters, its model
+    fingerprint and test accuracy), and `acml.py predict` on the first run's checkpoints writes
+    the very bytes that `party data --predict` + `party label --predict` write."""
+    feature_ids, X, label_ids, y, _ = parties
+    # `train` refuses ids without a partner, so both files hold the common ids, each in its
+    # own party's order
+    shared = set(feature_ids) & set(label_ids)
+    in_features = [row for row, key in enumerate(feature_ids) if key in shared]
+    in_labels = [row for row, key in enumerate(label_ids) if key in shared]
+    feature_ids = [feature_ids[row] for row in in_features]
+    features, labels, token = write_csvs(tmp_path, feature_ids, X[in_features],
+                                         [label_ids[row] for row in in_labels], y[in_labels])
+    common = ("--hidden", "3", "--batch-size", "16", "--epochs", "2", "--momentum", "0.5",
+              "--test-fraction", str(TEST_FRACTION), "--quiet", "--insecure-small-key")
+    one_dir, one_report = tmp_path / "one", tmp_path / "one.json"
+    run([str(arg) for arg in cli()[:2]] + [
+        "train", "--features", features, "--labels", labels, "--id-column", "id",
+        "--label-column", "outcome", "--init-seed", "0", "--key-bits", str(KEY_BITS),
+        "--checkpoint-dir", str(one_dir), "--json", str(one_report), *common])
+
+    data_dir, label_dir, report = tmp_path / "data_own", tmp_path / "label_own", tmp_path / "r"
+    data_process, port = data_party_process(features, token, "--init-seed", "0",
+                                            "--checkpoint-dir", str(data_dir))
+    try:
+        run(label_args(labels, token, port, *common, "--checkpoint-dir", str(label_dir),
+                       "--json", str(report)))
+    finally:
+        finish(data_process)
+
+    one_data, one_label = checkpoint.load_pair(one_dir, allow_insecure=True)
+    two_data = checkpoint.DataPartyState.load(checkpoint.party_path(data_dir, "data"),
+                                              allow_insecure=True)
+    two_label = checkpoint.LabelPartyState.load(checkpoint.party_path(label_dir, "label"),
+                                                allow_insecure=True)
+    one_w, two_w = (one_label.weight_share + one_data.noise_acc,
+                    two_label.weight_share + two_data.noise_acc)
+    assert one_w.scale == two_w.scale and np.array_equal(one_w.values, two_w.values)
+    assert sorted(one_label.parameters) == sorted(two_label.parameters)
+    for name, value in one_label.parameters.items():
+        assert np.array_equal(value, two_label.parameters[name]), name
+    assert np.array_equal(one_data.feature_mean, two_data.feature_mean)
+    assert np.array_equal(one_data.feature_std, two_data.feature_std)
+    one_metrics, two_metrics = json.loads(one_report.read_text()), json.loads(report.read_text())
+    assert two_metrics["label_model_sha256"] == transport.label_model_fingerprint(
+        one_label.restore().model)
+    assert two_metrics["test_accuracy"] == one_metrics["test_accuracy"]
+    assert two_metrics["n_train"] == one_metrics["n_train"]
+    assert two_metrics["final_loss"] == one_metrics["final_loss"]
+
+    one_out, two_out = tmp_path / "one.csv", tmp_path / "two.csv"
+    run([str(arg) for arg in cli()[:2]] + [
+        "predict", "--checkpoint-dir", str(one_dir), "--features", features, "--id-column", "id",
+        "--out", str(one_out), "--insecure-small-key"])
+    data_process, port = data_party_process(features, token, "--predict", "--checkpoint-dir",
+                                            str(data_dir))
+    try:
+        run(cli("label", "--connect", f"127.0.0.1:{port}", "--token-file", token, "--predict",
+                "--checkpoint-dir", str(label_dir), "--out", str(two_out),
+                "--insecure-small-key", "--timeout", str(TIMEOUT), "--quiet"))
+    finally:
+        finish(data_process)
+    assert one_out.read_bytes() == two_out.read_bytes()
+    assert len(one_out.read_text().splitlines()) == len(feature_ids) + 1
+
+
+# ----------------------------------------------------------------------------------------------
+# An INSECURE flaw over two processes: the channel catches it
+# ----------------------------------------------------------------------------------------------
+class SilencedDataSide(transport.SocketChannel):
+    """A data party that runs its checks in reporting mode — a peer that skips them, as far as
+    the label party can tell: its violations are recorded in ``findings`` and sent anyway."""
+
+    def __init__(self, connection, role, party, **options):
+        super().__init__(connection, role, party, **options)
+        if role == DATA:
+            self.mode = "report"
+
+
+def flawed_pair(keypair, parties, flaws, label_options=()):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureFlawWarning)
+        feature_ids, X, label_ids, y, class_names = parties
+        return run_pair(keypair, feature_ids, X, label_ids, y, len(class_names), config(),
+                        test_fraction=TEST_FRACTION,
+                        data_options=dict(insecure_flaws=flaws), label_options=label_options)
+
+
+def test_zero_initial_noise_over_two_processes_is_refused_by_the_data_partys_channel(
+        keypair, parties):
+    """Property: the flaw zero_initial_noise (ε_acc = 0, so W0 − ε_acc is W0 itself) is caught
+    at step 0 by the sender's channel, which measures the mask it drew, before the label party
+    sees W0: the data party ends with the LeakageError naming the flaw, the label party with one
+    line naming the message it waited for — and nothing was trained."""
+    out = flawed_pair(keypair, parties, InsecureFlaws(zero_initial_noise=True))
+    assert "data" not in out and "label" not in out
+    assert isinstance(out["data_error"], LeakageError)
+    assert "zero_initial_noise" in str(out["data_error"])
+    assert "step 0 message 'W0 − ε_acc'" in str(out["data_error"])
+    label_line = str(out["label_error"])
+    assert isinstance(out["label_error"], wire.TransportError)
+    assert "closed the connection" in label_line and "step 0 message 'W0 − ε_acc'" in label_line
+    assert "\n" not in label_line
+
+
+def test_zero_initial_noise_in_reporting_mode_runs_over_two_processes_and_is_recorded(
+        keypair, parties, monkeypatch):
+    """Property: with the data party's channel in reporting mode, the flawed run goes on to the
+    end over TCP, the finding names zero_initial_noise once (step 0), and the leak is real: the
+    label party's first share was W0 itself (ε_acc started at 0, and only step 4 moved it)."""
+    monkeypatch.setattr(transport, "SocketChannel", SilencedDataSide)
+    received = io.StringIO()
+    out = flawed_pair(keypair, parties, InsecureFlaws(zero_initial_noise=True),
+                      label_options=dict(transcript=received))
+    assert "data_error" not in out and "label_error" not in out, out
+    findings = out["data"].channel.findings
+    assert [(f.flaws, f.step, f.name) for f in findings] == [
+        (("zero_initial_noise",), "0", "W0 − ε_acc")]
+    assert out["label"].channel.findings == [] and out["label"].channel.mode == "raise"
+    assert out["label"].public.data_flaws == ("zero_initial_noise",)
+    public = out["label"].public
+    w0 = nn.init_layer((public.n_inputs, public.n_hidden), 0, "relu", 0).W
+    share = next(json.loads(line) for line in received.getvalue().splitlines()
+                 if json.loads(line)["name"] == "W0 − ε_acc")
+    assert [int(v) for v in share["payload"]] == [
+        int(v) for v in Fixed.encode(w0, public.plan.w_frac_bits).values.ravel()]
+
+
+def test_a_data_party_that_skips_its_checks_is_caught_by_the_label_partys_channel(
+        keypair, parties, monkeypatch):
+    """Property: the receiver's checks do not rely on the sender's. The flaw
+    no_paillier_randomness (c = 1 + m·n, no r^n) from a data party whose own channel only
+    reports is refused by the label party's channel at the first ciphertext ([[X]], step 0)
+    with the LeakageError naming the flaw; the data party learns the session ended."""
+    monkeypatch.setattr(transport, "SocketChannel", SilencedDataSide)
+    out = flawed_pair(keypair, parties, InsecureFlaws(no_paillier_randomness=True))
+    assert "label" not in out
+    error = out["label_error"]
+    assert isinstance(error, LeakageError), out
+    assert "no_paillier_randomness" in str(error) and "step 0 message '[[X]]'" in str(error)
+    assert "\n" not in str(error)
+    assert isinstance(out.get("data_error"), wire.TransportError), out
