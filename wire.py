@@ -382,7 +382,7 @@ class Connection:
         tags = None
         if self._receive_key is not None:
             tags = _Tags(self._receive_key, self._receive_direction, prefix)
-            self._check_tag(tags.tag(b"prefix"), self._read(TAG_BYTES, deadline, what, True), "prefix", what)
+            self._check_tag(tags, "prefix", deadline, what)
         if sequence != due:
             raise TransportError(f"refused {what}: {self.peer}'s frame is number {sequence}, "
                                  f"number {due} is due (a replayed, reordered or dropped frame)")
@@ -393,22 +393,24 @@ class Connection:
         raw = self._read(header_length, deadline, what, True)
         if tags is not None:
             tags.add(raw)
-            self._check_tag(tags.tag(b"header"), self._read(TAG_BYTES, deadline, what, True), "header", what)
+            self._check_tag(tags, "header", deadline, what)
         header = _parse_header(raw, self.peer, what)
         if expect is not None:
             expect(header)
         body = self._read(body_length, deadline, what, True)
         if tags is not None:
             tags.add(body)
-            self._check_tag(tags.tag(b"frame"), self._read(TAG_BYTES, deadline, what, True), "frame", what)
+            self._check_tag(tags, "frame", deadline, what)
         self._received_sequence += 1
         self.bytes_received += PREFIX.size + header_length + body_length
         self.bytes_received += 3 * TAG_BYTES if tags is not None else 0
         self.frames_received += 1
         return header, body
 
-    def _check_tag(self, expected: bytes, received: bytes, part: str, what: str) -> None:
-        if not hmac.compare_digest(expected, received):
+    def _check_tag(self, tags: _Tags, part: str, deadline: float, what: str) -> None:
+        """Read the tag of ``part`` and compare it with ours, in constant time."""
+        received = self._read(TAG_BYTES, deadline, what, True)
+        if not hmac.compare_digest(tags.tag(part.encode()), received):
             raise TransportError(f"refused {what}: the {part} tag of {self.peer}'s frame "
                                  f"{self._received_sequence} does not verify (altered, "
                                  "truncated or forged on the way)")
