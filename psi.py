@@ -50,7 +50,8 @@ try:
 except ImportError:  # pure Python: the same results, slower
     gmpy2 = None
 
-# RFC 3526 §3, the 2048-bit MODP group: p = 2^2048 − 2^1984 − 1 + 2^64·(⌊2^1918·π⌋ + 124476)
+# RFC 3526 §3, the 2048-bit MODP group:
+# p = 2^2048 − 2^1984 − 1 + 2^64·(⌊2^1918·π⌋ + 124476)
 P = int(
     "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74"
     "020BBEA63B139B22514A08798E3404DDEF9519B3CD3A431B302B0A6DF25F1437"
@@ -74,12 +75,6 @@ class PSIError(ValueError):
 # ----------------------------------------------------------------------------------------------
 # The group
 # ----------------------------------------------------------------------------------------------
-def _powmod(base: int, exponent: int) -> int:
-    if gmpy2 is not None:
-        return int(gmpy2.powmod(base, exponent, P))
-    return pow(base, exponent, P)
-
-
 def jacobi(a: int, n: int) -> int:
     """The Jacobi symbol (a/n) for odd n > 0: for a prime n, 1 exactly on the quadratic
     residues (the elements of G when n = P), −1 on the non-residues, 0 on multiples of n."""
@@ -120,7 +115,10 @@ def secret_exponent(bits: int = EXPONENT_BITS) -> int:
 
 def blind(elements, exponent: int) -> list[int]:
     """Each element raised to the exponent, mod P, in the same order."""
-    return [_powmod(x, exponent) for x in elements]
+    if gmpy2 is not None:
+        exponent, modulus = gmpy2.mpz(exponent), gmpy2.mpz(P)
+        return [int(gmpy2.powmod(x, exponent, modulus)) for x in elements]
+    return [pow(x, exponent, P) for x in elements]
 
 
 def check_message(values, what: str, *, count: int | None = None) -> list[int]:

@@ -157,3 +157,10 @@ def test_cost_per_side_stays_near_two_exponentiations_per_id():
     seconds = time.perf_counter() - started
     assert len(label.rows) == 100
     assert seconds < 30  # about 0.5 s with gmpy2; a generous bound for slow CI machines
+
+
+def test_the_pure_python_fallback_gives_the_same_alignment(monkeypatch):
+    monkeypatch.setattr(psi, "gmpy2", None)
+    label_ids, data_ids = ["a", "b", "c", "d"], ["d", "c", "x"]
+    label, data, _ = run(label_ids, data_ids)
+    check_aligned(label_ids, data_ids, label, data)
