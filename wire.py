@@ -43,7 +43,7 @@ nothing of it is used. A connection that refused a frame refuses everything afte
 Limits: ``timeout`` bounds the wait for each frame of the session (the peer's computing and the
 transfer); ``handshake_timeout`` bounds the whole set-up of one connection. The data party
 authenticates connections in parallel, so idle or hostile connections never delay the real
-label party by more than nothing: each of them only ever costs itself its own handshake limit.
+label party: each of them holds up only itself, and for its own handshake limit at most.
 
 The token must be random. Anyone who records a handshake (or plays the data party to the
 label party once) holds nonces and a proof computed from the token: with them, candidate tokens
