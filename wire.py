@@ -1,15 +1,61 @@
-"""The wire: length-prefixed frames over one TCP connection, after a token handshake.
+"""The wire: authenticated frames between the two parties over one TCP connection.
 
-Frame: ``b"ACML" | header length (u32) | body length (u64) | JSON header | body``, big-endian.
-The header names the message (step, sender, receiver, name, kind, declared widths or reason)
-and the body's layout (dtype, shape); the body is raw bytes: fixed-width big-endian integers,
-float64, a serialised :class:`paillier.EncryptedArray`, or JSON for public values. Nothing is
-ever unpickled.
+protocol.py says what crosses and checks every declaration; this module only carries bytes
+between two processes, and refuses anything that did not come, intact and in order, from the
+peer that proved the shared token.
 
-Caveats. Ids are exchanged as public values (as in the paper's vertical setting; private set
-intersection would be the production answer). The token authenticates the start of the
-connection only; the frames are neither encrypted nor authenticated, and masked values are not
-ciphertexts: deploy over TLS or an SSH tunnel.
+Connection set-up (:func:`accept_peer` at the data party, :func:`connect_peer` at the label
+party):
+
+1. optional mutual TLS 1.3 (:class:`TLSConfig`): each side checks the other's certificate
+   against the CA;
+2. a challenge–response on the shared token, in three small, body-less frames::
+
+       data  → label   hello    {version, role "data",  nonce_D}
+       label → data    hello    {version, role "label", nonce_L, proof_L}
+       data  → label   welcome  {proof_D}            (or "refused")
+
+   with ``PRK = HKDF-Extract(salt = nonce_D ‖ nonce_L, key = token)`` and each proof
+   ``HKDF-Expand(PRK, version ‖ role ‖ " proof")``. The role is inside the proof, so a proof
+   cannot be reflected back at its sender; both nonces are fresh (``secrets``), so a recorded
+   proof is worthless in another session;
+3. two session keys from the same PRK, one per direction:
+   ``HKDF-Expand(PRK, version ‖ " data->label key")`` and ``"... label->data key"``.
+
+Frames, every one of them, handshake included (all integers big-endian)::
+
+    prefix      b"ACML" | sequence number u64 | header length u32 | body length u64   (24 bytes)
+    [prefix tag]                                                                      (32 bytes)
+    header      JSON object, UTF-8
+    [header tag]                                                                      (32 bytes)
+    body        raw bytes
+    [frame tag]                                                                       (32 bytes)
+
+The tags (after the handshake only) are HMAC-SHA256 under the sender's direction key, each over
+the direction label, everything of the frame before it, and the tag's own name: the prefix tag
+makes the lengths trustworthy before anything else is read, the header tag lets the receiver
+judge the header (``expect``) before it reads the body, and the frame tag covers the whole
+frame. Each direction numbers its frames 0, 1, 2, ... (the handshake's frames included); the
+receiver knows which number is due, so a replayed, reordered or dropped frame is refused at its
+prefix, and an altered one at its first tag: at once, with one line naming the frame, and
+nothing of it is used. A connection that refused a frame refuses everything after it.
+
+Limits: ``timeout`` bounds the wait for each frame of the session (the peer's computing and the
+transfer); ``handshake_timeout`` bounds the whole set-up of one connection. The data party
+authenticates connections in parallel, so idle or hostile connections never delay the real
+label party: each of them holds up only itself, and for its own handshake limit at most.
+
+The token must be random. Anyone who records a handshake (or plays the data party to the
+label party once) holds nonces and a proof computed from the token: with them, candidate tokens
+can be tested offline, as fast as HMAC runs. A random token of 32 bytes or more makes that
+hopeless; a password does not. Make one with::
+
+    python -c "import secrets; print(secrets.token_hex(32))"
+
+Payloads (:func:`encode_payload`, :func:`decode_payload`) are raw bytes: fixed-width big-endian
+integers, float64, a serialised :class:`paillier.EncryptedArray`, or JSON for public values.
+Nothing is ever unpickled. Without TLS the frames are authenticated but not encrypted: masked
+values and public messages can be read by anyone on the path.
 """
 
 from __future__ import annotations
@@ -19,64 +65,115 @@ import hmac
 import json
 import math
 import os
+import queue
 import secrets
 import socket
+import ssl
 import struct
+import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
 from paillier import EncryptedArray, PublicKey
-from channel import DATA, LABEL, is_int_array
 
-VERSION = "acml-tcp-1"
+VERSION = "acml-tcp-2"
 MAGIC = b"ACML"
-PREFIX = struct.Struct(">4sIQ")  # magic, header length, body length
+PREFIX = struct.Struct(">4sQIQ")  # magic, sequence number, header length, body length
+TAG_BYTES = hashlib.sha256().digest_size
+NONCE_BYTES = 32
+DATA, LABEL = "data", "label"  # the two roles; the same strings as protocol.DATA and LABEL
+
 MAX_HEADER_BYTES = 64 * 1024
 MAX_FRAME_BYTES = 256 * 1024 * 1024  # default cap on a frame's body; larger frames are refused
 HANDSHAKE_HEADER_BYTES = 1024  # before the token is proven, only tiny, body-less frames pass
-HANDSHAKE_SECONDS = 10.0
-MIN_TOKEN_BYTES = 16
+HANDSHAKE_SECONDS = 10.0  # default handshake_timeout
 DEFAULT_TIMEOUT = 300.0
+MAX_PENDING_HANDSHAKES = 32  # connections authenticated at once; more are closed on arrival
+RETRY_SECONDS = 0.2  # connect_peer's pause between attempts
+TICK_SECONDS = 0.05  # accept_peer's polling interval
+
+# How the limits are named in messages: the command-line flags that set them.
+TIMEOUT_NAME = "--timeout"
+HANDSHAKE_TIMEOUT_NAME = "--handshake-timeout"
+
+MIN_TOKEN_BYTES = 32
+MIN_HEX_TOKEN_DIGITS = 64  # a hex token carries 4 bits per character: 64 digits = 32 bytes
+MIN_TOKEN_SYMBOLS = 8  # distinct characters: refuses "aaaa…" and "0000…" outright
+
+MAX_DIMENSIONS = 32  # of an array on the wire (numpy's own limit is 64)
+MAX_ELEMENTS = 1 << 26  # of any array on the wire
+MAX_INT_ELEMENTS = 1 << 21  # Python ints built from one frame (each costs ~40 bytes + width)
 MAX_INT_WIDTH = 1 << 16  # bytes per integer on the wire: far above any key size in use
+MAX_PUBLIC_KEY_BYTES = 64 * 1024
 
 
 class TransportError(ConnectionError):
-    """The wire failed: a timeout, a disconnect, a malformed or unexpected frame. One line."""
+    """The wire failed: a timeout, a disconnect, a malformed, forged or unexpected frame."""
 
 
 class AuthenticationError(TransportError):
-    """The peer did not prove the shared token, or refused ours."""
+    """The peer did not prove the shared token (or its TLS certificate), or refused ours."""
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
 
 
 # ----------------------------------------------------------------------------------------------
 # The shared token and addresses
 # ----------------------------------------------------------------------------------------------
+def check_token(token: bytes, source: str = "the token") -> bytes:
+    """The token, if it looks random enough; ValueError naming ``source`` otherwise.
+
+    A token is text (UTF-8): at least 32 bytes long, and if it is written in hex digits only,
+    at least 64 of them, because hex text carries half a byte of entropy per character.
+    """
+    make = 'make one with: python -c "import secrets; print(secrets.token_hex(32))"'
+    if not isinstance(token, (bytes, bytearray)):
+        raise ValueError(f"{source} must be bytes, got {type(token).__name__}")
+    token = bytes(token)
+    try:
+        text = token.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{source} is not UTF-8 text; {make}") from None
+    if len(token) < MIN_TOKEN_BYTES:
+        raise ValueError(f"{source} holds {len(token)} bytes, fewer than {MIN_TOKEN_BYTES}; {make}")
+    if all(c in "0123456789abcdefABCDEF" for c in text) and len(text) < MIN_HEX_TOKEN_DIGITS:
+        raise ValueError(f"{source} holds {len(text)} hex digits ({len(text) // 2} bytes of "
+                         f"entropy), fewer than {MIN_HEX_TOKEN_DIGITS}; {make}")
+    if len(set(text)) < MIN_TOKEN_SYMBOLS:
+        raise ValueError(f"{source} uses only {len(set(text))} distinct characters: it is not "
+                         f"random; {make}")
+    return token
+
+
 def read_token(token_file=None, environ=None) -> bytes:
-    """The shared secret: the file's content without surrounding whitespace, else $ACML_TOKEN."""
+    """The shared secret: the file's text without surrounding whitespace, else $ACML_TOKEN.
+
+    See :func:`check_token` for what is accepted, and the module docstring for why it must be
+    random: a recorded handshake lets anyone test guesses of the token offline.
+    """
     environ = os.environ if environ is None else environ
     if token_file:
         try:
             with open(token_file, "rb") as handle:
                 token = handle.read().strip()
         except OSError as error:
-            raise ValueError(f"--token-file {token_file}: cannot read it ({error.strerror})") from None
-        source = f"token file {token_file}"
+            raise ValueError(f"--token-file {token_file}: cannot read it "
+                             f"({error.strerror or type(error).__name__})") from None
+        source = f"the token file {token_file}"
     elif environ.get("ACML_TOKEN"):
-        token, source = environ["ACML_TOKEN"].strip().encode(), "ACML_TOKEN"
+        token, source = environ["ACML_TOKEN"].strip().encode("utf-8"), "ACML_TOKEN"
     else:
         raise ValueError("no shared token: pass --token-file PATH or set ACML_TOKEN")
-    if len(token) < MIN_TOKEN_BYTES:
-        raise ValueError(f"the {source} holds {len(token)} bytes, fewer than {MIN_TOKEN_BYTES}; "
-                         "make one with: python -c \"import secrets; print(secrets.token_hex(32))\"")
-    return token
+    return check_token(token, source)
 
 
 def parse_address(text: str, flag: str) -> tuple[str, int]:
     """'HOST:PORT' (or '[v6 host]:PORT') -> (host, port)."""
-    host, colon, port = text.rpartition(":")
+    host, colon, port = str(text).rpartition(":")
     host = host.strip("[]")
     if not colon or not host or not port.isdigit() or int(port) > 65535:
         raise ValueError(f"{flag} takes HOST:PORT with a port in 0..65535, got {text!r}")
@@ -84,13 +181,112 @@ def parse_address(text: str, flag: str) -> tuple[str, int]:
 
 
 # ----------------------------------------------------------------------------------------------
+# Keys: HKDF-SHA256 (RFC 5869) from the token and both nonces
+# ----------------------------------------------------------------------------------------------
+def hkdf_extract(salt: bytes, key_material: bytes) -> bytes:
+    """RFC 5869 HKDF-Extract with SHA-256: a pseudorandom key from the input key material."""
+    return hmac.new(salt, key_material, hashlib.sha256).digest()
+
+
+def hkdf_expand(prk: bytes, info: bytes, length: int = 32) -> bytes:
+    """RFC 5869 HKDF-Expand with SHA-256: ``length`` bytes bound to ``info``."""
+    if not 0 < length <= 255 * TAG_BYTES:
+        raise ValueError(f"HKDF-Expand length must lie in 1..{255 * TAG_BYTES}, got {length}")
+    output, block, counter = b"", b"", 1
+    while len(output) < length:
+        block = hmac.new(prk, block + info + bytes([counter]), hashlib.sha256).digest()
+        output, counter = output + block, counter + 1
+    return output[:length]
+
+
+def _session_secret(token: bytes, data_nonce: bytes, label_nonce: bytes) -> bytes:
+    return hkdf_extract(data_nonce + label_nonce, token)
+
+
+def _proof(prk: bytes, role: str) -> bytes:
+    return hkdf_expand(prk, f"{VERSION} {role} proof".encode())
+
+
+def _direction(sender: str) -> bytes:
+    """The direction label, inside both the key derivation and every tag."""
+    receiver = LABEL if sender == DATA else DATA
+    return f"{VERSION} {sender}->{receiver}".encode()
+
+
+def _frame_key(prk: bytes, sender: str) -> bytes:
+    return hkdf_expand(prk, _direction(sender) + b" key")
+
+
+class _Tags:
+    """The three tags of one frame: each an HMAC over the direction, the frame so far, its name."""
+
+    def __init__(self, key: bytes, direction: bytes, prefix: bytes):
+        self._mac = hmac.new(key, direction, hashlib.sha256)
+        self._mac.update(prefix)
+
+    def add(self, data) -> None:
+        self._mac.update(data)
+
+    def tag(self, name: bytes) -> bytes:
+        mac = self._mac.copy()
+        mac.update(name)
+        return mac.digest()
+
+
+# ----------------------------------------------------------------------------------------------
+# TLS
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TLSConfig:
+    """Paths (PEM) to this party's certificate and key, and the CA that signed the peer's.
+
+    Both parties use mutual TLS 1.3: each verifies the other's certificate with ``ca``. The
+    label party also checks that the data party's certificate names the host it connects to
+    (an IP address or DNS name in its subjectAltName), or ``server_name`` if given.
+    """
+
+    cert: str
+    key: str
+    ca: str
+    server_name: str | None = None
+
+
+def tls_context(config: TLSConfig, *, server: bool) -> ssl.SSLContext:
+    """An SSLContext for one side: TLS 1.3 or later, the peer's certificate required."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.check_hostname = not server
+    for what, load in (("certificate or key", lambda: context.load_cert_chain(config.cert,
+                                                                              config.key)),
+                       ("CA", lambda: context.load_verify_locations(cafile=config.ca))):
+        try:
+            load()
+        except (OSError, ssl.SSLError) as error:
+            files = f"{config.cert}, {config.key}" if what != "CA" else config.ca
+            raise ValueError(f"TLS {what} ({files}): cannot load it "
+                             f"({_one_line(getattr(error, 'strerror', None) or error)})") from None
+    return context
+
+
+def _as_context(tls, *, server: bool) -> ssl.SSLContext | None:
+    if tls is None or isinstance(tls, ssl.SSLContext):
+        return tls
+    if isinstance(tls, TLSConfig):
+        return tls_context(tls, server=server)
+    raise TypeError(f"tls must be a TLSConfig, an ssl.SSLContext or None, not "
+                    f"{type(tls).__name__}")
+
+
+# ----------------------------------------------------------------------------------------------
 # Frames
 # ----------------------------------------------------------------------------------------------
 class Connection:
-    """One TCP connection that carries frames, each under a deadline and within size caps.
+    """One TCP (or TLS) connection that carries numbered, authenticated frames.
 
-    ``timeout`` bounds the wait for each whole frame: the peer's computing and the transfer.
-    A frame whose declared header or body exceeds its cap is refused before it is read.
+    ``timeout`` bounds the wait for each whole frame. A frame whose declared header or body
+    exceeds its cap is refused before it is read. Counters: ``bytes_sent``, ``bytes_received``,
+    ``frames_sent``, ``frames_received`` (all frames, handshake included, tags included).
     """
 
     def __init__(self, sock: socket.socket, *, timeout: float = DEFAULT_TIMEOUT,
@@ -101,74 +297,176 @@ class Connection:
         self.max_frame_bytes = int(max_frame_bytes)
         self.peer = peer
         self.bytes_sent = self.bytes_received = self.frames_sent = self.frames_received = 0
+        self._sent_sequence = self._received_sequence = 0
+        self._send_key = self._receive_key = None  # set once the handshake has succeeded
+        self._send_direction = self._receive_direction = b""
+        self._deadline = None  # the handshake's own deadline, while it runs
+        self._limit_name = TIMEOUT_NAME
+        self._failed = None  # why this connection refused a frame; it then refuses everything
 
-    def send_frame(self, header: dict, body: bytes = b"", *, what: str = "a frame") -> None:
+    @property
+    def authenticated(self) -> bool:
+        return self._receive_key is not None
+
+    def _start_session(self, prk: bytes, role: str) -> None:
+        other = LABEL if role == DATA else DATA
+        self._send_key, self._send_direction = _frame_key(prk, role), _direction(role)
+        self._receive_key, self._receive_direction = _frame_key(prk, other), _direction(other)
+
+    # -- sending ---------------------------------------------------------------------------------
+    def send_frame(self, header: dict, body=b"", *, what: str = "a frame") -> None:
+        """Write one frame: prefix, header and body, with their tags once authenticated."""
+        self._refuse_if_failed(what)
         encoded = json.dumps(header, allow_nan=False).encode("utf-8")
-        if len(encoded) > self.max_header_bytes or len(body) > self.max_frame_bytes:
-            raise TransportError(f"refusing to send {what}: {len(encoded)} header and {len(body)} "
-                                 f"body bytes exceed the caps of {self.max_header_bytes} and "
-                                 f"{self.max_frame_bytes} (raise --max-frame-mb)")
-        self.sock.settimeout(self.timeout)
+        if not isinstance(body, bytes):
+            body = memoryview(body).cast("B")
+        body_length = len(body)
+        if len(encoded) > self.max_header_bytes or body_length > self.max_frame_bytes:
+            raise TransportError(f"refusing to send {what}: {len(encoded)} header and "
+                                 f"{body_length} body bytes exceed the caps of "
+                                 f"{self.max_header_bytes} and {self.max_frame_bytes} "
+                                 "(raise --max-frame-mb)")
+        prefix = PREFIX.pack(MAGIC, self._sent_sequence, len(encoded), body_length)
+        if self._send_key is None:
+            parts = [prefix, encoded, body]
+        else:
+            tags = _Tags(self._send_key, self._send_direction, prefix)
+            prefix_tag = tags.tag(b"prefix")
+            tags.add(encoded)
+            header_tag = tags.tag(b"header")
+            tags.add(body)
+            parts = [prefix, prefix_tag, encoded, header_tag, body, tags.tag(b"frame")]
+        deadline = time.monotonic() + self.timeout
         try:
-            self.sock.sendall(PREFIX.pack(MAGIC, len(encoded), len(body)) + encoded)
-            if body:
-                self.sock.sendall(body)
+            for part in parts:
+                if len(part):
+                    self.sock.settimeout(self._remaining(deadline))
+                    self.sock.sendall(part)
         except socket.timeout:
+            self._failed = f"sending {what} timed out"
             raise TransportError(f"sending {what} to {self.peer} took longer than "
-                                 f"{self.timeout:g} s (--timeout)") from None
+                                 f"{self._limit_text()}") from None
         except OSError as error:
-            raise TransportError(f"{self.peer} closed the connection while this side sent {what} "
-                                 f"({type(error).__name__})") from None
-        self.bytes_sent += PREFIX.size + len(encoded) + len(body)
+            self._failed = f"sending {what} failed"
+            raise self._error_type(error)(f"{self.peer} closed the connection while this side "
+                                          f"sent {what} ({self._describe(error)})") from None
+        self._sent_sequence += 1
+        self.bytes_sent += PREFIX.size + len(encoded) + body_length
+        self.bytes_sent += 3 * TAG_BYTES if self._send_key is not None else 0
         self.frames_sent += 1
 
-    def receive_frame(self, what: str = "a frame") -> tuple[dict, bytes]:
-        """(header, body) of the next frame; TransportError if it is late, malformed or too big."""
+    # -- receiving -------------------------------------------------------------------------------
+    def receive_frame(self, what: str = "a frame", *, expect=None) -> tuple[dict, bytes]:
+        """(header, body) of the next frame, refused unless it is the one due and intact.
+
+        ``expect(header)``, if given, runs as soon as the header is read (and, after the
+        handshake, authenticated), before the body is read: it raises to refuse the frame, for
+        instance because its declared shape or size is not what the protocol expects next.
+        The body is returned only after the frame tag verifies.
+        """
+        self._refuse_if_failed(what)
+        try:
+            return self._receive(what, expect)
+        except BaseException as error:
+            self._failed = f"it refused {what}: {_one_line(error)}"
+            raise
+
+    def _receive(self, what, expect):
         deadline = time.monotonic() + self.timeout
-        magic, header_length, body_length = PREFIX.unpack(self._read(PREFIX.size, deadline, what))
+        prefix = self._read(PREFIX.size, deadline, what)
+        magic, sequence, header_length, body_length = PREFIX.unpack(prefix)
         if magic != MAGIC:
             raise TransportError(f"{self.peer} sent something that is not an ACML frame "
                                  f"(it starts {magic!r}) while this side waited for {what}")
+        due = self._received_sequence
+        tags = None
+        if self._receive_key is not None:
+            tags = _Tags(self._receive_key, self._receive_direction, prefix)
+            self._check_tag(tags, "prefix", deadline, what)
+        if sequence != due:
+            raise TransportError(f"refused {what}: {self.peer}'s frame is number {sequence}, "
+                                 f"number {due} is due (a replayed, reordered or dropped frame)")
         if header_length > self.max_header_bytes or body_length > self.max_frame_bytes:
             raise TransportError(f"refusing a frame from {self.peer} while waiting for {what}: "
                                  f"{header_length} header and {body_length} body bytes exceed the "
                                  f"caps of {self.max_header_bytes} and {self.max_frame_bytes}")
-        raw = self._read(header_length, deadline, what, started=True)
-        try:
-            header = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            raise TransportError(f"{self.peer} sent a frame whose header is not JSON while this "
-                                 f"side waited for {what}") from None
-        if not isinstance(header, dict):
-            raise TransportError(f"{self.peer} sent a frame whose header is not a JSON object "
-                                 f"while this side waited for {what}")
-        body = self._read(body_length, deadline, what, started=True)
+        raw = self._read(header_length, deadline, what, True)
+        if tags is not None:
+            tags.add(raw)
+            self._check_tag(tags, "header", deadline, what)
+        header = _parse_header(raw, self.peer, what)
+        if expect is not None:
+            expect(header)
+        body = self._read(body_length, deadline, what, True)
+        if tags is not None:
+            tags.add(body)
+            self._check_tag(tags, "frame", deadline, what)
+        self._received_sequence += 1
         self.bytes_received += PREFIX.size + header_length + body_length
+        self.bytes_received += 3 * TAG_BYTES if tags is not None else 0
         self.frames_received += 1
         return header, body
+
+    def _check_tag(self, tags: _Tags, part: str, deadline: float, what: str) -> None:
+        """Read the tag of ``part`` and compare it with ours, in constant time."""
+        received = self._read(TAG_BYTES, deadline, what, True)
+        if not hmac.compare_digest(tags.tag(part.encode()), received):
+            raise TransportError(f"refused {what}: the {part} tag of {self.peer}'s frame "
+                                 f"{self._received_sequence} does not verify (altered, "
+                                 "truncated or forged on the way)")
 
     def _read(self, count: int, deadline: float, what: str, started: bool = False) -> bytes:
         buffer = bytearray(count)
         view, got = memoryview(buffer), 0
         while got < count:
-            remaining = deadline - time.monotonic()
             try:
-                if remaining <= 0:
-                    raise socket.timeout
-                self.sock.settimeout(remaining)
+                self.sock.settimeout(self._remaining(deadline))
                 received = self.sock.recv_into(view[got:], min(count - got, 1 << 20))
             except socket.timeout:
                 raise TransportError(f"{self.peer} did not deliver {what} within "
-                                     f"{self.timeout:g} s (--timeout)") from None
+                                     f"{self._limit_text()}") from None
             except OSError as error:
-                raise TransportError(f"{self.peer} broke the connection while this side waited "
-                                     f"for {what} ({type(error).__name__})") from None
+                raise self._error_type(error)(f"{self.peer} broke the connection while this "
+                                              f"side waited for {what} "
+                                              f"({self._describe(error)})") from None
             if received == 0:
                 middle = " in the middle of a frame" if started or got else ""
                 raise TransportError(f"{self.peer} closed the connection{middle} while this side "
-                                     f"waited for {what} (its own output says why)")
+                                     f"waited for {what}")
             got += received
         return bytes(buffer)
+
+    # -- limits and errors -----------------------------------------------------------------------
+    def _remaining(self, deadline: float) -> float:
+        """Seconds left before ``deadline`` (or the handshake's own, if sooner); else timeout."""
+        if self._deadline is not None:
+            deadline = min(deadline, self._deadline)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout
+        return remaining
+
+    def _limit_text(self) -> str:
+        if self._deadline is not None:
+            return f"the handshake limit of {self._handshake_seconds:g} s ({self._limit_name})"
+        return f"{self.timeout:g} s ({self._limit_name})"
+
+    def _error_type(self, error):
+        """A TLS failure before authentication is the peer refusing us: not worth a retry."""
+        if isinstance(error, ssl.SSLError) and not self.authenticated:
+            return AuthenticationError
+        return TransportError
+
+    @staticmethod
+    def _describe(error) -> str:
+        if isinstance(error, ssl.SSLError):
+            return f"TLS: {_one_line(error.reason or error)}"
+        return type(error).__name__
+
+    def _refuse_if_failed(self, what):
+        if self._failed is not None:
+            raise TransportError(f"cannot carry {what}: the connection to {self.peer} already "
+                                 f"failed ({self._failed})")
 
     def close(self) -> None:
         try:
@@ -182,85 +480,114 @@ def _refuse_constant(name):
     raise ValueError(f"{name} is not JSON")
 
 
-# ----------------------------------------------------------------------------------------------
-# Authentication: HMAC challenge–response in both directions, before any data moves
-# ----------------------------------------------------------------------------------------------
-def _proof(token: bytes, role: str, their_nonce: bytes, my_nonce: bytes) -> str:
-    """HMAC-SHA256 over the version, the prover's role and both nonces (the challenger's first).
-
-    The role is inside the MAC, so a proof cannot be reflected back at its sender; fresh nonces
-    from ``secrets`` on both sides, so a recorded proof cannot be replayed.
-    """
-    message = b"|".join([VERSION.encode(), role.encode(), their_nonce, my_nonce])
-    return hmac.new(token, message, hashlib.sha256).hexdigest()
-
-
-def _same_proof(proof, expected: str) -> bool:
-    """Constant-time comparison; a proof that is no string (or not ASCII) simply fails."""
-    return isinstance(proof, str) and hmac.compare_digest(proof.encode("utf-8"),
-                                                          expected.encode("utf-8"))
-
-
-def _nonce_of(frame: dict) -> bytes:
+def _parse_header(raw: bytes, peer: str, what: str) -> dict:
     try:
-        nonce = bytes.fromhex(frame.get("nonce", ""))
-    except (TypeError, ValueError):
+        header = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise TransportError(f"{peer} sent a frame whose header is not JSON while this side "
+                             f"waited for {what}") from None
+    if not isinstance(header, dict):
+        raise TransportError(f"{peer} sent a frame whose header is not a JSON object while "
+                             f"this side waited for {what}")
+    return header
+
+
+# ----------------------------------------------------------------------------------------------
+# The handshake: optional TLS, then the challenge–response on the token, then session keys
+# ----------------------------------------------------------------------------------------------
+def _nonce_of(frame: dict) -> bytes:
+    nonce = frame.get("nonce")
+    try:
+        nonce = bytes.fromhex(nonce) if isinstance(nonce, str) else b""
+    except ValueError:
         nonce = b""
-    if len(nonce) != 32:
-        raise AuthenticationError("the peer's hello carries no valid 32-byte nonce")
+    if len(nonce) != NONCE_BYTES:
+        raise AuthenticationError(f"the peer's hello carries no valid {NONCE_BYTES}-byte nonce")
     return nonce
+
+
+def _same_proof(proof, expected: bytes) -> bool:
+    """Constant-time comparison; a proof that is no hex string simply fails."""
+    try:
+        given = bytes.fromhex(proof) if isinstance(proof, str) else b""
+    except ValueError:
+        given = b""
+    return hmac.compare_digest(given, expected)
 
 
 def _check_hello(frame: dict, role: str) -> None:
     if frame.get("type") != "hello" or frame.get("role") != role:
         raise AuthenticationError(f"the peer is not an ACML {role} party (no {role} hello)")
     if frame.get("version") != VERSION:
-        raise AuthenticationError(f"the peer speaks {frame.get('version')!r}, this side {VERSION!r}")
+        raise AuthenticationError(f"the peer speaks {_one_line(frame.get('version'))[:40]!r}, "
+                                  f"this side {VERSION!r}")
 
 
 def _prove_as_data(connection: Connection, token: bytes) -> None:
     """The listening side: challenge, check the label party's proof, then prove itself."""
-    nonce = secrets.token_bytes(32)
-    connection.send_frame({"type": "hello", "version": VERSION, "role": DATA, "nonce": nonce.hex()},
-                          what="the hello")
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    connection.send_frame({"type": "hello", "version": VERSION, "role": DATA,
+                           "nonce": nonce.hex()}, what="the hello")
     hello, _ = connection.receive_frame("the label party's proof of the token")
     _check_hello(hello, LABEL)
-    their_nonce = _nonce_of(hello)
-    if not _same_proof(hello.get("proof"), _proof(token, LABEL, nonce, their_nonce)):
+    prk = _session_secret(token, nonce, _nonce_of(hello))
+    if not _same_proof(hello.get("proof"), _proof(prk, LABEL)):
         connection.send_frame({"type": "refused", "reason": "wrong token"}, what="the refusal")
         raise AuthenticationError("the peer did not prove the shared token (wrong token)")
-    connection.send_frame({"type": "welcome", "proof": _proof(token, DATA, their_nonce, nonce)},
+    connection.send_frame({"type": "welcome", "proof": _proof(prk, DATA).hex()},
                           what="the proof of the token")
+    connection._start_session(prk, DATA)
 
 
 def _prove_as_label(connection: Connection, token: bytes) -> None:
     """The connecting side: answer the challenge, then check the data party's own proof."""
     hello, _ = connection.receive_frame("the data party's hello")
     _check_hello(hello, DATA)
-    their_nonce, nonce = _nonce_of(hello), secrets.token_bytes(32)
-    connection.send_frame({"type": "hello", "version": VERSION, "role": LABEL, "nonce": nonce.hex(),
-                           "proof": _proof(token, LABEL, their_nonce, nonce)}, what="the proof")
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    prk = _session_secret(token, _nonce_of(hello), nonce)
+    connection.send_frame({"type": "hello", "version": VERSION, "role": LABEL,
+                           "nonce": nonce.hex(), "proof": _proof(prk, LABEL).hex()},
+                          what="the proof of the token")
     answer, _ = connection.receive_frame("the data party's answer to the proof")
     if answer.get("type") == "refused":
         raise AuthenticationError("the data party refused this connection: wrong token")
-    if answer.get("type") != "welcome" or not _same_proof(answer.get("proof"),
-                                                          _proof(token, DATA, nonce, their_nonce)):
+    if answer.get("type") != "welcome" or not _same_proof(answer.get("proof"), _proof(prk, DATA)):
         raise AuthenticationError("the data party did not prove the shared token; refusing it")
+    connection._start_session(prk, LABEL)
 
 
-def _handshake(connection: Connection, prove, token: bytes, timeout: float) -> None:
-    """Run ``prove`` under tight caps, then open the connection up to its configured limits."""
-    limits = (connection.timeout, connection.max_header_bytes, connection.max_frame_bytes)
-    connection.timeout = min(timeout, HANDSHAKE_SECONDS)
+def _handshake(connection: Connection, prove, token: bytes, seconds: float, context, *,
+               server_side: bool, server_hostname=None) -> Connection:
+    """TLS (if a context is given) and ``prove``, all within ``seconds``, under tight caps;
+    then the connection opens up to its configured limits. Returns the (maybe wrapped) one."""
+    limits = (connection.max_header_bytes, connection.max_frame_bytes)
     connection.max_header_bytes, connection.max_frame_bytes = HANDSHAKE_HEADER_BYTES, 0
+    connection._deadline = time.monotonic() + seconds
+    connection._handshake_seconds, connection._limit_name = seconds, HANDSHAKE_TIMEOUT_NAME
+    if context is not None:
+        try:
+            connection.sock.settimeout(seconds)
+            connection.sock = context.wrap_socket(connection.sock, server_side=server_side,
+                                                  server_hostname=server_hostname)
+        except socket.timeout:
+            raise TransportError(f"the TLS handshake with {connection.peer} took longer than "
+                                 f"{connection._limit_text()}") from None
+        except ssl.SSLError as error:
+            raise AuthenticationError(f"the TLS handshake with {connection.peer} failed "
+                                      f"({_one_line(error.reason or error)})") from None
+        except OSError as error:
+            raise TransportError(f"{connection.peer} broke the connection during the TLS "
+                                 f"handshake ({type(error).__name__})") from None
     prove(connection, token)
-    connection.timeout, connection.max_header_bytes, connection.max_frame_bytes = limits
+    connection.max_header_bytes, connection.max_frame_bytes = limits
+    connection._deadline, connection._limit_name = None, TIMEOUT_NAME
+    return connection
 
 
 def listen(host: str, port: int) -> socket.socket:
     """A listening socket on (host, port); port 0 picks a free one (see ``address_of``)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=4)
+    return socket.create_server((host, port), family=family, backlog=64)
 
 
 def address_of(listener: socket.socket) -> str:
@@ -269,67 +596,149 @@ def address_of(listener: socket.socket) -> str:
 
 
 def accept_peer(listener: socket.socket, token: bytes, *, timeout: float = DEFAULT_TIMEOUT,
-                max_frame_bytes: int = MAX_FRAME_BYTES, log=None) -> Connection:
+                handshake_timeout: float = HANDSHAKE_SECONDS,
+                max_frame_bytes: int = MAX_FRAME_BYTES, log=None, tls=None) -> Connection:
     """Wait up to ``timeout`` s for a label party that proves the token; return its connection.
 
-    A connection that fails the handshake is refused, logged and closed, and the wait goes on:
-    a stranger knocking does not end the session.
+    Every incoming connection is authenticated in its own thread, within ``handshake_timeout``
+    s; the first one that proves the token wins, and the others are closed. A connection that
+    fails is refused, logged (``log(line)``, from this thread) and closed, and the wait goes
+    on: strangers knocking, or idling, neither end the session nor delay the real peer. At most
+    MAX_PENDING_HANDSHAKES connections are authenticated at once; more are closed on arrival.
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TransportError(f"no label party proved the token within {timeout:g} s "
-                                 "(--timeout)")
-        listener.settimeout(remaining)
-        try:
-            sock, address = listener.accept()
-        except socket.timeout:
-            continue
-        where = f"{address[0]}:{address[1]}"
+    token = check_token(token)
+    context = _as_context(tls, server=True)
+    results = queue.Queue()
+    pending, lock, finished = set(), threading.Lock(), threading.Event()
+
+    def authenticate(sock, where):
         connection = Connection(sock, timeout=timeout, max_frame_bytes=max_frame_bytes,
                                 peer=f"the peer at {where}")
+        with lock:
+            if finished.is_set():
+                connection.close()
+                return
+            pending.add(connection)
         try:
-            _handshake(connection, _prove_as_data, token, timeout)
-        except TransportError as error:
+            outcome = (_handshake(connection, _prove_as_data, token, handshake_timeout, context,
+                                  server_side=True), where, None)
+        except Exception as error:  # noqa: BLE001 — one refused stranger must not end the wait
             connection.close()
-            if log is not None:
-                log(f"refused a connection from {where}: {error}")
-            continue
-        connection.peer = "the label party"
-        return connection
+            outcome = (None, where, error)
+        with lock:
+            pending.discard(connection)
+            if finished.is_set():  # another connection won, or the wait is over
+                connection.close()
+                return
+            results.put(outcome)
+
+    def close_pending():
+        with lock:
+            finished.set()
+            for other in pending:
+                other.close()
+            while not results.empty():  # proved in the last instant: too late
+                late = results.get()[0]
+                if late is not None:
+                    late.close()
+
+    deadline = time.monotonic() + timeout
+    previous_timeout = listener.gettimeout()
+    try:
+        while True:
+            while not results.empty():
+                connection, where, error = results.get()
+                if connection is not None:
+                    connection.peer = "the label party"
+                    return connection
+                if log is not None:
+                    log(f"refused a connection from {where}: {_one_line(error)}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TransportError(f"no label party proved the token within {timeout:g} s "
+                                     f"({TIMEOUT_NAME})")
+            listener.settimeout(min(remaining, TICK_SECONDS))
+            try:
+                sock, address = listener.accept()
+            except socket.timeout:
+                continue
+            except OSError as error:  # e.g. out of file descriptors: wait, then try again
+                if log is not None:
+                    log(f"accepting a connection failed ({type(error).__name__})")
+                time.sleep(TICK_SECONDS)
+                continue
+            where = f"{address[0]}:{address[1]}"
+            with lock:
+                crowded = len(pending) >= MAX_PENDING_HANDSHAKES
+            if crowded:
+                sock.close()
+                if log is not None:
+                    log(f"refused a connection from {where}: {MAX_PENDING_HANDSHAKES} handshakes "
+                        "already under way")
+                continue
+            threading.Thread(target=authenticate, args=(sock, where), daemon=True,
+                             name=f"acml-handshake-{where}").start()
+    finally:
+        close_pending()
+        listener.settimeout(previous_timeout)
 
 
 def connect_peer(host: str, port: int, token: bytes, *, timeout: float = DEFAULT_TIMEOUT,
-                 max_frame_bytes: int = MAX_FRAME_BYTES) -> Connection:
-    """Connect to the data party (retrying while it is not listening yet) and authenticate."""
+                 handshake_timeout: float = HANDSHAKE_SECONDS,
+                 max_frame_bytes: int = MAX_FRAME_BYTES, tls=None) -> Connection:
+    """Connect to the data party and authenticate, retrying for up to ``timeout`` s.
+
+    A refused connection (the data party is not listening yet), or one reset or closed during
+    the handshake, is tried again; a wrong token or a refused certificate is not.
+    """
+    token = check_token(token)
+    context = _as_context(tls, server=False)
+    server_name = (tls.server_name if isinstance(tls, TLSConfig) else None) or host
     deadline = time.monotonic() + timeout
+    reason = "no attempt finished"
     while True:
         remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TransportError(f"could not connect to {host}:{port} within {timeout:g} s "
+                                 f"({TIMEOUT_NAME}): {reason}")
         try:
-            sock = socket.create_connection((host, port), timeout=max(remaining, 0.01))
-            break
+            sock = socket.create_connection((host, port), timeout=remaining)
         except ConnectionRefusedError:
-            if remaining <= 0.2:
-                raise TransportError(f"could not connect to {host}:{port} within {timeout:g} s: "
-                                     "connection refused (is the data party listening?)") from None
-            time.sleep(0.2)
+            reason = "connection refused (is the data party listening?)"
+            time.sleep(min(RETRY_SECONDS, max(remaining, 0)))
+            continue
+        except socket.timeout:
+            reason = "the connection attempt timed out"
+            continue
         except OSError as error:
             raise TransportError(f"could not connect to {host}:{port}: "
                                  f"{error.strerror or type(error).__name__}") from None
-    connection = Connection(sock, timeout=timeout, max_frame_bytes=max_frame_bytes,
-                            peer="the data party")
-    try:
-        _handshake(connection, _prove_as_label, token, timeout)
-    except TransportError:
-        connection.close()
-        raise
-    return connection
+        connection = Connection(sock, timeout=timeout, max_frame_bytes=max_frame_bytes,
+                                peer="the data party")
+        try:
+            return _handshake(connection, _prove_as_label, token,
+                              min(handshake_timeout, remaining), context, server_side=False,
+                              server_hostname=server_name if context is not None else None)
+        except AuthenticationError:
+            connection.close()
+            raise
+        except TransportError as error:
+            connection.close()
+            reason = _one_line(error)
+            time.sleep(min(RETRY_SECONDS, max(deadline - time.monotonic(), 0)))
 
 
 # ----------------------------------------------------------------------------------------------
 # Payloads: what the body of a message frame holds
 # ----------------------------------------------------------------------------------------------
+def _is_int_array(payload) -> bool:
+    if payload.dtype.kind in "iu":
+        return True
+    return payload.dtype == object and all(
+        isinstance(v, int) and not isinstance(v, bool) or type(v).__name__ == "mpz"
+        for v in payload.ravel())
+
+
 def encode_payload(payload) -> tuple[dict, bytes]:
     """(layout header, body bytes) for one payload; the channel has already checked its kind."""
     if isinstance(payload, PublicKey):
@@ -340,7 +749,7 @@ def encode_payload(payload) -> tuple[dict, bytes]:
         if payload.dtype.kind == "f":
             body = np.ascontiguousarray(payload, dtype=">f8").tobytes()
             return {"dtype": "float64", "shape": list(payload.shape)}, body
-        if is_int_array(payload):
+        if _is_int_array(payload):
             integers = [int(v) for v in payload.ravel()]
             # (bits + 8) // 8 bytes hold the magnitude and the sign bit in two's complement
             width = (max((abs(v).bit_length() for v in integers), default=0) + 8) // 8
@@ -353,47 +762,105 @@ def encode_payload(payload) -> tuple[dict, bytes]:
         raise TypeError(f"cannot carry a {type(payload).__name__} over the wire") from None
 
 
-def decode_payload(header: dict, body: bytes, public_key: PublicKey | None, where: str):
-    """The payload a frame carries, validated against its declared layout (TransportError)."""
-    dtype, shape = header.get("dtype"), header.get("shape")
-    if not isinstance(shape, list) or not all(
-            isinstance(size, int) and not isinstance(size, bool) and size >= 0 for size in shape):
-        raise TransportError(f"{where}: the frame's shape {shape!r} is not a list of sizes")
+def _is_size(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _checked_shape(shape, expected_shape, where: str) -> tuple[tuple, int]:
+    """(shape, element count), refused unless sane and as expected; nothing is allocated."""
+    if not isinstance(shape, list) or len(shape) > MAX_DIMENSIONS or not all(
+            _is_size(size) and 0 <= size <= MAX_ELEMENTS for size in shape):
+        raise TransportError(f"{where}: the frame's shape {_one_line(shape)[:80]} is not a list "
+                             f"of at most {MAX_DIMENSIONS} sizes in 0..{MAX_ELEMENTS}")
     count = math.prod(shape)
+    if count > MAX_ELEMENTS:
+        raise TransportError(f"{where}: the frame's shape {shape} holds {count} elements, more "
+                             f"than the cap of {MAX_ELEMENTS}")
+    if expected_shape is not None:
+        expected = list(expected_shape)
+        if len(expected) != len(shape) or any(
+                want is not None and want != got for want, got in zip(expected, shape)):
+            shown = ["any" if want is None else want for want in expected]
+            raise TransportError(f"{where}: the frame declares shape {shape}, the protocol "
+                                 f"expects {shown}")
+    return tuple(shape), count
+
+
+def check_layout(header: dict, where: str, *, expected_shape=None,
+                 max_int_elements: int = MAX_INT_ELEMENTS) -> None:
+    """Refuse a payload's declared layout (dtype, shape, width) before its body is read.
+
+    Usable as (part of) ``Connection.receive_frame``'s ``expect``; :func:`decode_payload`
+    runs it again on the body it is given.
+    """
+    dtype = header.get("dtype")
+    if dtype not in ("json", "paillier-public-key", "paillier-ciphertext", "float64", "int"):
+        raise TransportError(f"{where}: unknown payload dtype {_one_line(dtype)[:40]!r}")
+    shape, count = _checked_shape(header.get("shape"), expected_shape, where)
+    if dtype in ("json", "paillier-public-key") and shape != ():
+        raise TransportError(f"{where}: a {dtype} payload has shape [], not {list(shape)}")
+    if dtype == "int":
+        width = header.get("width")
+        if not _is_size(width) or not 1 <= width <= MAX_INT_WIDTH:
+            raise TransportError(f"{where}: integer width {_one_line(width)[:40]} is not in "
+                                 f"1..{MAX_INT_WIDTH}")
+        if count > max_int_elements:
+            raise TransportError(f"{where}: {count} integers in one frame, more than the cap "
+                                 f"of {max_int_elements}")
+
+
+def decode_payload(header: dict, body: bytes, public_key: PublicKey | None, where: str, *,
+                   expected_shape=None, max_int_elements: int = MAX_INT_ELEMENTS):
+    """The payload a frame carries, validated against its declared layout (TransportError).
+
+    ``expected_shape`` (a list of sizes, None for "any size") is checked, with the element
+    count, the integer width and the body length, before a single value is decoded.
+    """
+    check_layout(header, where, expected_shape=expected_shape, max_int_elements=max_int_elements)
+    dtype = header["dtype"]
+    shape, count = _checked_shape(header["shape"], None, where)
+    try:
+        return _decode(dtype, header, shape, count, body, public_key, where)
+    except TransportError:
+        raise
+    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as error:
+        raise TransportError(f"{where}: the {dtype} payload does not decode "
+                             f"({_one_line(error)[:200]})") from None
+
+
+def _decode(dtype, header, shape, count, body, public_key, where):
     if dtype == "json":
         try:
-            return json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)
+            return json.loads(bytes(body).decode("utf-8"), parse_constant=_refuse_constant)
         except (UnicodeDecodeError, ValueError, RecursionError):
             raise TransportError(f"{where}: the body is not JSON") from None
     if dtype == "paillier-public-key":
-        try:
-            return PublicKey.from_json(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as error:
-            raise TransportError(f"{where}: not a public key ({error})") from None
+        if len(body) > MAX_PUBLIC_KEY_BYTES:
+            raise TransportError(f"{where}: {len(body)} bytes for a public key, more than "
+                                 f"{MAX_PUBLIC_KEY_BYTES}")
+        return PublicKey.from_json(bytes(body).decode("utf-8"))
     if dtype == "paillier-ciphertext":
         if public_key is None:
             raise TransportError(f"{where}: a ciphertext before the data party's public key")
-        try:
-            array = EncryptedArray.from_bytes(body, public_key)
-        except ValueError as error:
-            raise TransportError(f"{where}: {error}") from None
-        if list(array.shape) != shape:
-            raise TransportError(f"{where}: the frame says shape {shape}, the ciphertexts "
+        width = (public_key.nsquare.bit_length() + 7) // 8
+        if len(body) < count * width:
+            raise TransportError(f"{where}: {len(body)} bytes cannot hold {count} ciphertexts of "
+                                 f"{width} bytes each")
+        array = EncryptedArray.from_bytes(body, public_key)
+        if tuple(array.shape) != shape:
+            raise TransportError(f"{where}: the frame says shape {list(shape)}, the ciphertexts "
                                  f"{list(array.shape)}")
         return array
     if dtype == "float64":
         if len(body) != 8 * count:
             raise TransportError(f"{where}: {len(body)} bytes for {count} float64 values")
         return np.frombuffer(body, dtype=">f8").astype(np.float64).reshape(shape)
-    if dtype == "int":
-        width = header.get("width")
-        if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= MAX_INT_WIDTH:
-            raise TransportError(f"{where}: integer width {width!r} is not in 1..{MAX_INT_WIDTH}")
-        if len(body) != width * count:
-            raise TransportError(f"{where}: {len(body)} bytes for {count} integers of {width} "
-                                 "bytes each")
-        values = np.empty(count, dtype=object)
-        values[:] = [int.from_bytes(body[i * width:(i + 1) * width], "big", signed=True)
-                     for i in range(count)]
-        return values.reshape(shape)
-    raise TransportError(f"{where}: unknown payload dtype {dtype!r}")
+    width = header["width"]  # dtype "int"
+    if len(body) != width * count:
+        raise TransportError(f"{where}: {len(body)} bytes for {count} integers of {width} "
+                             "bytes each")
+    view = memoryview(body).cast("B")
+    values = np.empty(count, dtype=object)
+    values[:] = [int.from_bytes(view[i * width:(i + 1) * width], "big", signed=True)
+                 for i in range(count)]
+    return values.reshape(shape)
