@@ -20,7 +20,7 @@ What is measured:
   phe's float encoding; the peer below). The phe epoch runs on the first ``phe_rows`` rows
   only and is compared per sample.
 * Where the packed epoch's time goes: the seconds spent inside the big-integer kernels
-  (paillier._kernel_*: modular exponentiations, multi-exponentiation, CRT), against the rest.
+  (kernels._kernel_*: modular exponentiations, multi-exponentiation, CRT), against the rest.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ import numpy as np
 
 import acml
 import nn
+import kernels
 import paillier
-from paillier import Fixed
+from fixed import Fixed
 
 FULL = dict(key_bits=(1024, 2048), epoch_key_bits=2048, repeats=20, keygen_repeats=3,
             matmul_shape=(8, 30, 8), rows=None, batch_size=64, hidden=8, phe_rows=64,
@@ -131,10 +132,10 @@ def primitives(bits: int, sizes: dict, executor=None) -> dict:
     terms = rows * inner * cols
     functions = {
         "acml_simple": lambda: encrypted_features @ fixed_weights,
-        "acml": lambda: paillier.encrypted_matmul(encrypted_features, fixed_weights),
+        "acml": lambda: kernels.encrypted_matmul(encrypted_features, fixed_weights),
         "phe": lambda: phe_features.dot(weights)}
     if executor is not None:
-        functions["acml_workers"] = lambda: paillier.encrypted_matmul(
+        functions["acml_workers"] = lambda: kernels.encrypted_matmul(
             encrypted_features, fixed_weights, executor=executor)
     matmul = {name: seconds / terms for name, seconds in _fastest(functions).items()}
     matmul["shape"] = [rows, inner, cols]

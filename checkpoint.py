@@ -21,7 +21,8 @@ import numpy as np
 
 import nn
 import paillier
-from paillier import Fixed, PublicKey
+from fixed import Fixed
+from paillier import PublicKey
 from protocol import DATA, LABEL, BottomModel, DataParty, FixedPointPlan, LabelParty
 
 # ----------------------------------------------------------------------------------------------

@@ -39,11 +39,12 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from fixed import Fixed, as_object_array, check_scale, elementwise, object_array
+
 __all__ = [
-    "BACKEND", "use_backend", "mpz", "powmod", "invert", "is_probable_prime",
+    "BACKEND", "use_backend", "current_backend", "mpz", "powmod", "invert", "is_probable_prime",
     "InsecureKeyWarning", "generate_keypair", "PublicKey", "PrivateKey", "L", "decrypt_textbook",
-    "Fixed", "EncryptedArray", "OP_COUNTS", "reset_op_counts",
-    "Slots", "encrypted_matmul", "encrypt_array", "decrypt_residues",
+    "EncryptedArray", "OP_COUNTS", "reset_op_counts",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -127,6 +128,11 @@ class use_backend:
     def __exit__(self, *exc_info):
         _set_backend(self.previous)
         return False
+
+
+def current_backend():
+    """The backend in use (a namespace: name, mpz, powmod, invert, gcd, is_prime)."""
+    return _backend
 
 
 def mpz(value):
@@ -409,7 +415,7 @@ class PublicKey:
             for m in residues.ravel().tolist()
         ]
         OP_COUNTS["encrypt"] += len(ciphertexts)
-        return EncryptedArray(self, _object_array(ciphertexts, fixed.shape), fixed.scale)
+        return EncryptedArray(self, object_array(ciphertexts, fixed.shape), fixed.scale)
 
     # -- identity and serialisation ---------------------------------------------------------------
 
@@ -553,7 +559,7 @@ class PrivateKey:
             for m in residues.ravel().tolist()
         ]
         OP_COUNTS["encrypt"] += len(ciphertexts)
-        return EncryptedArray(public_key, _object_array(ciphertexts, fixed.shape), fixed.scale)
+        return EncryptedArray(public_key, object_array(ciphertexts, fixed.shape), fixed.scale)
 
     def _check_owner(self, encrypted):
         if not isinstance(encrypted, EncryptedArray):
@@ -572,7 +578,7 @@ class PrivateKey:
             int(self._crt_decrypt(c, constants)) for c in encrypted.ciphertexts.ravel().tolist()
         ]
         OP_COUNTS["decrypt"] += len(residues)
-        return _object_array(residues, encrypted.shape)
+        return object_array(residues, encrypted.shape)
 
     def decrypt(self, encrypted):
         """Decrypt to a Fixed array at the array's scale.
@@ -589,7 +595,7 @@ class PrivateKey:
             except OverflowError as error:
                 index = tuple(map(int, np.unravel_index(flat_index, residues.shape)))
                 raise OverflowError(f"at index {index}: {error}") from None
-        return Fixed(_object_array(values, residues.shape), encrypted.scale)
+        return Fixed(object_array(values, residues.shape), encrypted.scale)
 
     def __repr__(self):
         return f"PrivateKey(<for {self.public_key!r}>)"  # never print p or q
@@ -604,214 +610,6 @@ def decrypt_textbook(private_key, c):
     lam = math.lcm(private_key.p - 1, private_key.q - 1)
     mu = invert(L(powmod(public_key.g, lam, nsquare), n), n)
     return int(L(powmod(c, lam, nsquare), n) * mu % n)
-
-
-# ---------------------------------------------------------------------------------------------
-# Exact fixed point
-# ---------------------------------------------------------------------------------------------
-
-
-def _object_array(items, shape):
-    """A numpy object array of the given shape holding exactly these Python objects."""
-    array = np.empty(len(items), dtype=object)
-    array[:] = items
-    return array.reshape(shape)
-
-
-def _as_object_array(result):
-    """numpy returns a bare element where an array was indexed or reduced to a scalar."""
-    if isinstance(result, np.ndarray):
-        return result
-    array = np.empty((), dtype=object)
-    array[()] = result
-    return array
-
-
-def _check_scale(scale):
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Integral) or scale < 0:
-        raise ValueError(f"scale must be an integer >= 0 (fractional bits), got {scale!r}")
-    return int(scale)
-
-
-def _round_half_even_shift(numerator, denominator, scale):
-    """round(numerator · 2^scale / denominator) with ties to even, exactly."""
-    quotient, remainder = divmod(numerator << scale, denominator)
-    if 2 * remainder > denominator or (2 * remainder == denominator and quotient & 1):
-        quotient += 1
-    return quotient
-
-
-class Fixed:
-    """An exact fixed-point array: element value = values[i] / 2**scale.
-
-    `values` is a numpy object array of Python ints, `scale` the number of fractional bits,
-    ONE for the whole array.  Arithmetic is exact integer arithmetic: + and - need equal scales;
-    * and @ add the scales (a product of two 2^-s quantities is a 2^-(s1+s2) quantity); rescale
-    changes the scale with rounding.
-
-    Why one public scale rather than a floating exponent per value: an exponent travels in the
-    clear next to each ciphertext, so a per-value exponent leaks every value's magnitude.  A
-    single scale per quantity is public information about the protocol, not about the data.
-    """
-
-    __slots__ = ("values", "scale")
-    __hash__ = None  # equality is by value; the array is mutable
-
-    def __init__(self, values, scale):
-        """Wrap an object array of Python ints; use Fixed.encode or Fixed.from_ints to build one."""
-        if not (isinstance(values, np.ndarray) and values.dtype == object):
-            raise TypeError("Fixed(values, scale) takes an object ndarray; use Fixed.from_ints")
-        self.values = values
-        self.scale = _check_scale(scale)
-
-    @classmethod
-    def encode(cls, x, scale):
-        """Round real numbers to the nearest multiple of 2^-scale (ties to even), exactly.
-
-        x · 2^scale is exact in binary floating point (only the exponent changes), so rounding
-        it is the correctly rounded fixed-point value; huge products fall back to the exact
-        rational form of the float.  NaN and ±inf raise ValueError naming the index and value.
-        """
-        scale = _check_scale(scale)
-        original = np.asarray(x)
-        x = original.astype(np.float64)
-        if original.dtype.kind in "iuO":  # integers beyond 2**53 would round silently
-            for flat_index, (exact, approximate) in enumerate(
-                    zip(original.ravel().tolist(), x.ravel().tolist())):
-                if exact != approximate:
-                    index = tuple(map(int, np.unravel_index(flat_index, x.shape)))
-                    raise ValueError(f"x at index {index} = {exact!r} is not exactly a float64; "
-                                     "use Fixed.from_ints for big integers")
-        finite = np.isfinite(x)
-        if not finite.all():
-            index = np.unravel_index(int(np.flatnonzero(~finite)[0]), x.shape)
-            where = f"x[{', '.join(str(int(i)) for i in index)}]" if index else "x"
-            raise ValueError(f"cannot encode {where} = {x[index]}: not a finite number")
-        with np.errstate(over="ignore"):
-            scaled = np.rint(np.ldexp(x, scale))  # rint rounds half to even
-        values = [
-            int(rounded) if math.isfinite(rounded)
-            else _round_half_even_shift(*float(original).as_integer_ratio(), scale)
-            for rounded, original in zip(scaled.ravel().tolist(), x.ravel().tolist())
-        ]
-        return cls(_object_array(values, x.shape), scale)
-
-    @classmethod
-    def from_ints(cls, values, scale):
-        """Fixed from integers already scaled by 2**scale (ints, numpy ints or mpz)."""
-        array = np.asarray(values, dtype=object)
-        items = []
-        for flat_index, value in enumerate(array.ravel().tolist()):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                index = tuple(map(int, np.unravel_index(flat_index, array.shape)))
-                raise TypeError(f"values[{index}] = {value!r} is not an integer")
-            items.append(int(value))
-        return cls(_object_array(items, array.shape), scale)
-
-    def decode(self):
-        """float64 array value / 2**scale, correctly rounded (Python int true division)."""
-        denominator = 1 << self.scale
-        floats = [value / denominator for value in self.values.ravel().tolist()]
-        return np.array(floats, dtype=np.float64).reshape(self.shape)
-
-    def rescale(self, scale):
-        """The same numbers at another scale: exact when raising it, round half to even when
-        lowering it (e.g. to bring a product's scale s1+s2 back to s)."""
-        scale = _check_scale(scale)
-        if scale >= self.scale:
-            shift = scale - self.scale
-            return Fixed(_elementwise(lambda value: value << shift, self.values), scale)
-        denominator = 1 << (self.scale - scale)
-        return Fixed(
-            _elementwise(lambda value: _round_half_even_shift(value, denominator, 0), self.values),
-            scale,
-        )
-
-    @property
-    def shape(self):
-        return self.values.shape
-
-    @property
-    def ndim(self):
-        return self.values.ndim
-
-    @property
-    def T(self):
-        return Fixed(self.values.T, self.scale)
-
-    def __getitem__(self, index):
-        return Fixed(_as_object_array(self.values[index]), self.scale)
-
-    def __neg__(self):
-        return Fixed(_as_object_array(-self.values), self.scale)
-
-    def _same_scale(self, other, operation):
-        if self.scale != other.scale:
-            raise ValueError(
-                f"cannot {operation} fixed-point arrays of scales {self.scale} and {other.scale}; "
-                "rescale one first"
-            )
-
-    def __add__(self, other):
-        if not isinstance(other, Fixed):
-            return NotImplemented
-        self._same_scale(other, "add")
-        return Fixed(_as_object_array(self.values + other.values), self.scale)
-
-    def __sub__(self, other):
-        if not isinstance(other, Fixed):
-            return NotImplemented
-        self._same_scale(other, "subtract")
-        return Fixed(_as_object_array(self.values - other.values), self.scale)
-
-    def __mul__(self, other):
-        """Elementwise product with broadcasting; the scale is the sum of the two scales."""
-        if not isinstance(other, Fixed):
-            return NotImplemented
-        return Fixed(_as_object_array(self.values * other.values), self.scale + other.scale)
-
-    def __matmul__(self, other):
-        """Matrix product (exact integer matmul); the scale is the sum of the two scales."""
-        if not isinstance(other, Fixed):
-            return NotImplemented
-        product = np.matmul(self.values, other.values)
-        return Fixed(_as_object_array(product), self.scale + other.scale)
-
-    def sum(self, axis=None):
-        """Exact sum over an axis (or everything), same scale."""
-        return Fixed(_as_object_array(self.values.sum(axis=axis)), self.scale)
-
-    def max_abs_bits(self):
-        """Bit length of the largest |value| (0 for an empty or all-zero array)."""
-        return max((abs(value).bit_length() for value in self.values.ravel().tolist()), default=0)
-
-    def equals(self, other):
-        """True when other is a Fixed with the same scale, shape and integers."""
-        return (
-            isinstance(other, Fixed)
-            and self.scale == other.scale
-            and self.shape == other.shape
-            and all(mine == theirs for mine, theirs in
-                    zip(self.values.ravel().tolist(), other.values.ravel().tolist()))
-        )
-
-    def __eq__(self, other):
-        if not isinstance(other, Fixed):
-            return NotImplemented
-        return self.equals(other)
-
-    def __repr__(self):
-        return f"Fixed({self.values.tolist()!r}, scale={self.scale})"
-
-
-# ---------------------------------------------------------------------------------------------
-# Encrypted arrays
-# ---------------------------------------------------------------------------------------------
-
-
-def _elementwise(function, *arrays):
-    """Apply a Python function elementwise with numpy broadcasting -> object ndarray."""
-    return _as_object_array(np.frompyfunc(function, len(arrays), 1)(*arrays))
 
 
 _FORMAT = "acml-paillier-array-v1"
@@ -835,8 +633,8 @@ class EncryptedArray:
         if not isinstance(public_key, PublicKey):
             raise TypeError(f"public_key must be a PublicKey, got {type(public_key).__name__}")
         self.public_key = public_key
-        self.ciphertexts = _as_object_array(np.asarray(ciphertexts, dtype=object))
-        self.scale = _check_scale(scale)
+        self.ciphertexts = as_object_array(np.asarray(ciphertexts, dtype=object))
+        self.scale = check_scale(scale)
 
     def _new(self, ciphertexts, scale=None):
         return EncryptedArray(self.public_key, ciphertexts, self.scale if scale is None else scale)
@@ -857,7 +655,7 @@ class EncryptedArray:
         return self._new(self.ciphertexts.transpose(*axes))
 
     def __getitem__(self, index):
-        return self._new(_as_object_array(self.ciphertexts[index]))
+        return self._new(as_object_array(self.ciphertexts[index]))
 
     def _check_same_key(self, other):
         if other.public_key != self.public_key:
@@ -881,12 +679,12 @@ class EncryptedArray:
         if isinstance(other, EncryptedArray):
             self._check_same_key(other)
             self._check_same_scale(other, "add")
-            result = _elementwise(lambda c1, c2: c1 * c2 % nsquare,
+            result = elementwise(lambda c1, c2: c1 * c2 % nsquare,
                                   self.ciphertexts, other.ciphertexts)
         elif isinstance(other, Fixed):
             self._check_same_scale(other, "add")
             residues = self.public_key._encode_array(other.values)
-            result = _elementwise(lambda c, m: c * (1 + m * n) % nsquare,
+            result = elementwise(lambda c, m: c * (1 + m * n) % nsquare,
                                   self.ciphertexts, residues)
         else:
             return NotImplemented
@@ -899,7 +697,7 @@ class EncryptedArray:
         """E(-a) = E(a)^-1 mod n² (one inverse per element)."""
         backend, _, nsquare = self.public_key._moduli()
         inverse = backend.invert
-        result = _elementwise(lambda c: inverse(c, nsquare), self.ciphertexts)
+        result = elementwise(lambda c: inverse(c, nsquare), self.ciphertexts)
         OP_COUNTS["mul_const"] += result.size
         return self._new(result)
 
@@ -923,12 +721,12 @@ class EncryptedArray:
             return NotImplemented
         backend, _, nsquare = self.public_key._moduli()
         powmod_, inverse = backend.powmod, backend.invert
-        exponents = _elementwise(backend.mpz, other.values)
+        exponents = elementwise(backend.mpz, other.values)
 
         def times(c, k):
             return powmod_(inverse(c, nsquare), -k, nsquare) if k < 0 else powmod_(c, k, nsquare)
 
-        result = _elementwise(times, self.ciphertexts, exponents)
+        result = elementwise(times, self.ciphertexts, exponents)
         OP_COUNTS["mul_const"] += result.size
         return self._new(result, self.scale + other.scale)
 
@@ -985,7 +783,7 @@ class EncryptedArray:
         backend, _, nsquare = self.public_key._moduli()
         multiply = np.frompyfunc(lambda c1, c2: c1 * c2 % nsquare, 2, 1)
         ciphertexts = self.ciphertexts.reshape(-1) if axis is None else self.ciphertexts
-        result = _as_object_array(multiply.reduce(ciphertexts, axis=0 if axis is None else axis,
+        result = as_object_array(multiply.reduce(ciphertexts, axis=0 if axis is None else axis,
                                                   initial=backend.mpz(1)))
         OP_COUNTS["add"] += self.ciphertexts.size - result.size
         return self._new(result)
@@ -994,7 +792,7 @@ class EncryptedArray:
         """Multiply every ciphertext by a fresh r^n: same plaintexts, unlinkable ciphertexts."""
         backend, n, nsquare = self.public_key._moduli()
         powmod_, random_r = backend.powmod, self.public_key.random_r
-        result = _elementwise(lambda c: c * powmod_(random_r(), n, nsquare) % nsquare,
+        result = elementwise(lambda c: c * powmod_(random_r(), n, nsquare) % nsquare,
                               self.ciphertexts)
         OP_COUNTS["rerandomize"] += result.size
         return self._new(result)
@@ -1106,368 +904,4 @@ def _checked_ciphertexts(integers, shape, public_key):
         except ValueError as error:
             index = tuple(map(int, np.unravel_index(flat_index, shape)))
             raise ValueError(f"ciphertext at index {index}: {error}") from None
-    return _object_array([_backend.mpz(c) for c in integers], shape)
-
-
-# ---------------------------------------------------------------------------------------------
-# Fast paths: packing, multi-exponentiation, and workers
-# ---------------------------------------------------------------------------------------------
-
-
-class Slots:
-    """Several signed integers in ONE Paillier plaintext, in slots of `slot_bits` bits each.
-
-    A group of up to `slots` values v_0, v_1, ..., v_(k-1) is packed into one integer
-
-        P = v_0 + v_1·2^B + v_2·2^(2B) + ... + v_(k-1)·2^((k-1)B),      B = slot_bits
-
-    which is then encoded mod n like any signed value.  Pictured, most significant slot left:
-
-        bit:  (k-1)B            ...      2B               B                0
-              | slot k-1: v_(k-1) | ... | slot 1: v_1     | slot 0: v_0      |
-                                          ^ a negative v_0 borrows 1 from here
-
-    Why it works: packing is linear, so everything Paillier computes on a packed plaintext
-    acts on every slot at once.  E(P)^w = E(Σ_s (w·v_s)·2^(sB)); the product of E(P_t)^(w_t)
-    over t holds Σ_t w_t·v_(s,t) in slot s; adding E(Q) adds the slots of Q.  One modular
-    exponentiation thus does the work of k.  All of it is exact integer arithmetic mod n, so
-    what a slot holds is decided only by the FINAL integer: intermediate values may overflow
-    their slots freely as long as the final one does not (masks added to the whole plaintext
-    mod n cancel exactly and never touch the slots).
-
-    Signed values need no offset: unpacking reads balanced digits from the least significant
-    slot up, digit = the remainder of the running value mod 2^B taken in [-2^(B-1), 2^(B-1)),
-    and subtracts it (a borrow from the slot above when the digit is negative).  If every
-    |v_s| < 2^(B-1), the balanced base-2^B expansion of P is unique, so the digits ARE the v_s.
-
-    The caveat is the bound: a value with |v_s| >= 2^(B-1) corrupts its neighbour, silently,
-    as far as the digits can tell.  So callers must prove the bound of every final slot value
-    beforehand and size B from it (`unpack` also refuses digits above a declared bound, and any
-    bits left above the last slot, with OverflowError).  The whole P obeys |P| < 2^packed_bits.
-    """
-
-    __slots__ = ("slot_bits", "slots")
-
-    def __init__(self, slot_bits, slots):
-        self.slot_bits = _as_int(slot_bits, "slot_bits")
-        self.slots = _as_int(slots, "slots")
-        if self.slot_bits < 2 or self.slots < 1:
-            raise ValueError(f"need slot_bits >= 2 and slots >= 1, got {slot_bits}, {slots}")
-
-    def packed_bits(self, value_bits, slots=None):
-        """|P| < 2^packed_bits when every |v_s| < 2^value_bits (value_bits <= slot_bits)."""
-        used = self.slots if slots is None else slots
-        # Σ_s |v_s|·2^(sB) < 2^value_bits · 2^((k-1)B) · (1 + 2^-B + 2^-2B + ...) < 2^(...+1).
-        return (used - 1) * self.slot_bits + value_bits + 1
-
-    def groups(self, count):
-        """How many packed integers `count` values need."""
-        return -(-count // self.slots)
-
-    def pack(self, values, axis=0, intermediate=False):
-        """Pack an integer array along `axis`, `slots` consecutive entries per integer.
-
-        The result has groups(count) entries along that axis (the last group may be short).
-        OverflowError if some |value| >= 2^(slot_bits-1), which would not unpack -- unless
-        `intermediate`: a term that is only ever read back as part of a sum (the map is linear,
-        so only the final slots must fit; the caller proves that bound instead).
-        """
-        values = np.moveaxis(np.asarray(values, dtype=object), axis, 0)
-        count, limit = values.shape[0], 1 << (self.slot_bits - 1)
-        flat = values.reshape(count, -1).tolist()
-        packed = []
-        for group in range(self.groups(count)):
-            rows = flat[group * self.slots:(group + 1) * self.slots]
-            totals = [0] * len(rows[0]) if rows else []
-            for slot, row in enumerate(rows):
-                shift = slot * self.slot_bits
-                for column, value in enumerate(row):
-                    value = int(value)
-                    if not (intermediate or -limit < value < limit):
-                        raise OverflowError(
-                            f"value {_describe(value)} at position {group * self.slots + slot} "
-                            f"does not fit a signed {self.slot_bits}-bit slot")
-                    totals[column] += value << shift
-            packed.append(totals)
-        out = _object_array([v for row in packed for v in row],
-                            (len(packed),) + values.shape[1:])
-        return np.moveaxis(out, 0, axis)
-
-    def unpack(self, packed, count, axis=0, value_bits=None):
-        """Inverse of pack: `count` signed values along `axis` from the packed integers.
-
-        OverflowError if a digit reaches 2^value_bits (the caller's proven bound; default
-        slot_bits - 1), or if bits remain above a group's last used slot.
-        """
-        packed = np.moveaxis(np.asarray(packed, dtype=object), axis, 0)
-        if packed.shape[0] != self.groups(count):
-            raise ValueError(f"{count} values need {self.groups(count)} packed integers, "
-                             f"got {packed.shape[0]}")
-        bits = self.slot_bits - 1 if value_bits is None else value_bits
-        if bits > self.slot_bits - 1:
-            raise ValueError(f"{bits}-bit values cannot be read from {self.slot_bits}-bit slots")
-        width, half, limit = 1 << self.slot_bits, 1 << (self.slot_bits - 1), 1 << bits
-        flat = packed.reshape(packed.shape[0], -1).tolist()
-        out = []
-        for group, row in enumerate(flat):
-            used = min(self.slots, count - group * self.slots)
-            digits = [[] for _ in range(used)]
-            for column, total in enumerate(row):
-                total = int(total)
-                for slot in range(used):
-                    digit = (total + half) % width - half
-                    if not -limit < digit < limit:
-                        raise OverflowError(
-                            f"slot {slot} of packed integer {group}, column {column}: "
-                            f"the digit {_describe(digit)} reaches the proven bound 2^{bits}")
-                    digits[slot].append(digit)
-                    total = (total - digit) >> self.slot_bits
-                if total:
-                    raise OverflowError(f"packed integer {group}, column {column} has bits "
-                                        f"above its {used} slots of {self.slot_bits} bits")
-            out.extend(digits)
-        result = _object_array([v for row in out for v in row], (count,) + packed.shape[1:])
-        return np.moveaxis(result, 0, axis)
-
-    def to_dict(self):
-        return {"slot_bits": self.slot_bits, "slots": self.slots}
-
-    def __eq__(self, other):
-        return (isinstance(other, Slots) and self.slot_bits == other.slot_bits
-                and self.slots == other.slots)
-
-    def __repr__(self):
-        return f"Slots(slot_bits={self.slot_bits}, slots={self.slots})"
-
-
-# -- where the heavy arithmetic runs ------------------------------------------------------------
-#
-# The kernels below take and return plain Python ints (and lists of them), never library
-# objects, so any concurrent.futures.Executor can run them in other processes or on other
-# machines: a ProcessPoolExecutor, or a dask.distributed client's get_executor().  All
-# randomness is drawn by the caller, in this process, so a kernel is a deterministic function
-# of its arguments and results are identical however the work is spread.  Caveat: the key
-# owner's kernels receive p and q; give them only executors on machines the key owner trusts.
-
-
-def _worker_count(executor):
-    return getattr(executor, "_max_workers", None) or os.cpu_count() or 1
-
-
-def _slices(count, pieces):
-    """range(count) cut into at most `pieces` contiguous, near-equal, non-empty slices."""
-    pieces = max(1, min(count, pieces))
-    bounds = [count * piece // pieces for piece in range(pieces + 1)]
-    return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
-
-
-def _run(executor, kernel, tasks):
-    """[kernel(*task) for task in tasks], in order: here if executor is None, else on it."""
-    if executor is None:
-        return [kernel(*task) for task in tasks]
-    futures = [executor.submit(kernel, *task) for task in tasks]
-    return [future.result() for future in futures]
-
-
-def _ints(items):
-    return [int(item) for item in items]
-
-
-def _best_window(exponent_bits, columns):
-    """Window width w minimising the multiplications of a fixed-window multi-exponentiation:
-    per term, ceil(bits/w)·(1 - 2^-w) table look-ups, plus a table of 2^w - 2 products per
-    base shared by `columns` outputs."""
-    def cost(w):
-        return -(-exponent_bits // w) * (1 - 2.0 ** -w) + ((1 << w) - 2) / max(columns, 1)
-    return min(range(1, 9), key=cost)
-
-
-def _kernel_multiexp(modulus, base_rows, exponent_columns, window):
-    """out[i][j] = Π_t base_rows[i][t] ^ exponent_columns[j][t] mod modulus, as ints.
-
-    Straus' interleaved fixed-window method: for each output, ONE chain of squarings is shared
-    by all its terms; each base gets a table of its powers 0 .. 2^w - 1, built once and shared
-    by every output of its row.  Negative exponents go into a second accumulator, inverted once
-    at the end (the same group element as the simple path: results are bit-identical).
-    """
-    mpz = _backend.mpz
-    modulus, one = mpz(modulus), mpz(1)
-    mask, size = (1 << window) - 1, 1 << window
-    longest = max((abs(int(e)).bit_length() for column in exponent_columns for e in column),
-                  default=0)
-    windows = -(-longest // window)
-    # Per output column: for each window position (most significant first) the (term, digit)
-    # pairs to multiply in, separately for the positive and the negative exponents.
-    schedules = []
-    for column in exponent_columns:
-        positive = [[] for _ in range(windows)]
-        negative = [[] for _ in range(windows)]
-        for term, exponent in enumerate(column):
-            exponent = int(exponent)
-            target = negative if exponent < 0 else positive
-            exponent, position = abs(exponent), windows - 1
-            while exponent:
-                digit = exponent & mask
-                if digit:
-                    target[position].append((term, digit))
-                exponent >>= window
-                position -= 1
-        schedules.append((positive, negative))
-    used_terms = {term for positive, negative in schedules for schedule in (positive, negative)
-                  for pairs in schedule for term, _ in pairs}
-
-    out = []
-    for row in base_rows:
-        tables = {}
-        for term in used_terms:
-            base = mpz(row[term])
-            table = [one, base]
-            for _ in range(2, size):
-                table.append(table[-1] * base % modulus)
-            tables[term] = table
-        results = []
-        for positive, negative in schedules:
-            accumulators = []
-            for schedule in (positive, negative):
-                accumulator, started = one, False
-                for pairs in schedule:
-                    if started:
-                        for _ in range(window):
-                            accumulator = accumulator * accumulator % modulus
-                    for term, digit in pairs:
-                        accumulator = accumulator * tables[term][digit] % modulus
-                        started = True
-                accumulators.append(accumulator)
-            result, negatives = accumulators
-            if negatives != one:
-                result = result * _backend.invert(negatives, modulus) % modulus
-            results.append(int(result))
-        out.append(results)
-    return out
-
-
-def encrypted_matmul(encrypted, weights, *, executor=None, window=None):
-    """[[A]] @ W by multi-exponentiation: the same ciphertexts as `encrypted @ weights`, faster.
-
-    out[i, j] = Π_t E(A[i, t])^W[t, j] mod n².  The simple path (EncryptedArray.__matmul__)
-    pays one full modular exponentiation per term; here the terms of an output share their
-    squarings, and each ciphertext's window table serves all h outputs of its row.  With an
-    executor, blocks of outputs run as separate tasks (integers in, integers out).
-    """
-    if not isinstance(encrypted, EncryptedArray) or not isinstance(weights, Fixed):
-        raise TypeError("encrypted_matmul takes an EncryptedArray and a Fixed")
-    if encrypted.ndim != 2 or weights.ndim != 2 or encrypted.shape[1] != weights.shape[0]:
-        raise ValueError(f"encrypted matmul needs (m, k) @ (k, h), got {encrypted.shape} @ "
-                         f"{weights.shape}")
-    rows, inner, cols = encrypted.shape[0], encrypted.shape[1], weights.shape[1]
-    nsquare = encrypted.public_key.nsquare
-    columns = [_ints(column) for column in weights.values.T.tolist()]
-    base_rows = encrypted.ciphertexts.tolist()
-    if executor is None:
-        blocks = [(slice(0, rows), slice(0, cols))]
-    else:
-        # Enough blocks to keep every worker busy; split the columns only when there are
-        # fewer rows than blocks (each split rebuilds that row's tables).
-        wanted = 2 * _worker_count(executor)
-        row_slices = _slices(rows, wanted)
-        col_slices = _slices(cols, -(-wanted // max(len(row_slices), 1)))
-        blocks = [(r, c) for r in row_slices for c in col_slices]
-        base_rows = [_ints(row) for row in base_rows]
-    longest = max((abs(e).bit_length() for column in columns for e in column), default=0)
-    tasks = [(nsquare, base_rows[r], columns[c],
-              window or _best_window(longest, c.stop - c.start)) for r, c in blocks]
-    out = np.empty((rows, cols), dtype=object)
-    if rows and cols:
-        for (r, c), block in zip(blocks, _run(executor, _kernel_multiexp, tasks)):
-            out[r, c] = _object_array([_backend.mpz(v) for line in block for v in line],
-                                      (r.stop - r.start, c.stop - c.start))
-    OP_COUNTS["mul_const"] += rows * cols * inner
-    OP_COUNTS["add"] += rows * cols * max(inner - 1, 0)
-    return EncryptedArray(encrypted.public_key, out, encrypted.scale + weights.scale)
-
-
-def _kernel_public_encrypt(n, residues, randomness):
-    """(1 + m·n)·r^n mod n² for each (m, r): the textbook encryption, as ints."""
-    mpz, powmod_ = _backend.mpz, _backend.powmod
-    n = mpz(n)
-    nsquare = n * n
-    return [int((1 + mpz(m) * n) * powmod_(mpz(r), n, nsquare) % nsquare)
-            for m, r in zip(residues, randomness)]
-
-
-def _crt_namespace(constants):
-    names = ("n", "p", "q", "psquare", "qsquare", "hp", "hq", "q_inverse_mod_p",
-             "qsquare_inverse_mod_psquare")
-    k = SimpleNamespace(**{name: _backend.mpz(value) for name, value in zip(names, constants)})
-    k.powmod = _backend.powmod
-    return k
-
-
-def _crt_constants(private_key):
-    k = private_key._constants()
-    return _ints([k.n, k.p, k.q, k.psquare, k.qsquare, k.hp, k.hq, k.q_inverse_mod_p,
-                  k.qsquare_inverse_mod_psquare])
-
-
-def _kernel_crt_encrypt(constants, residues, parts_p, parts_q):
-    """The key owner's CRT encryption from the randomness' CRT parts, as ints."""
-    k = _crt_namespace(constants)
-    mpz = _backend.mpz
-    return [int(PrivateKey._crt_encrypt_parts(mpz(m), mpz(s_p), mpz(s_q), k))
-            for m, s_p, s_q in zip(residues, parts_p, parts_q)]
-
-
-def _kernel_crt_decrypt(constants, ciphertexts):
-    """The key owner's CRT decryption to residues in [0, n), as ints."""
-    k = _crt_namespace(constants)
-    mpz = _backend.mpz
-    return [int(PrivateKey._crt_decrypt(mpz(c), k)) for c in ciphertexts]
-
-
-def _spread_flat(executor, kernel, shared, columns):
-    """Run kernel(*shared, *column_slices) over slices of equally long lists; concatenate."""
-    count = len(columns[0]) if columns else 0
-    pieces = 1 if executor is None else 4 * _worker_count(executor)
-    if executor is not None:
-        columns = [_ints(column) for column in columns]
-    tasks = [(*shared, *[column[part] for column in columns]) for part in _slices(count, pieces)]
-    return [value for chunk in _run(executor, kernel, tasks) for value in chunk]
-
-
-def encrypt_array(key, fixed, *, executor=None):
-    """Encrypt a Fixed array with fresh randomness for every element, optionally on workers.
-
-    `key` is a PrivateKey (the key owner's CRT path, randomness drawn as its CRT parts) or a
-    PublicKey (the textbook path).  The randomness is drawn here; the exponentiations run
-    in this process or on `executor`.  Same distribution as key.encrypt(fixed).
-    """
-    if not isinstance(fixed, Fixed):
-        raise TypeError(f"encrypt_array expects a Fixed array, got {type(fixed).__name__}")
-    if isinstance(key, PrivateKey):
-        public_key = key.public_key
-        residues = public_key._encode_array(fixed.values).ravel().tolist()
-        parts = [key.random_crt_parts() for _ in residues]
-        flat = _spread_flat(executor, _kernel_crt_encrypt, (_crt_constants(key),),
-                            [residues, [s_p for s_p, _ in parts], [s_q for _, s_q in parts]])
-    elif isinstance(key, PublicKey):
-        public_key = key
-        residues = public_key._encode_array(fixed.values).ravel().tolist()
-        randomness = [public_key.random_r() for _ in residues]
-        flat = _spread_flat(executor, _kernel_public_encrypt, (public_key.n,),
-                            [residues, randomness])
-    else:
-        raise TypeError(f"key must be a PublicKey or PrivateKey, got {type(key).__name__}")
-    OP_COUNTS["encrypt"] += len(flat)
-    return EncryptedArray(public_key, _object_array([_backend.mpz(c) for c in flat],
-                                                    fixed.shape), fixed.scale)
-
-
-def decrypt_residues(private_key, encrypted, *, executor=None):
-    """private_key.decrypt_residues(encrypted), optionally spread over an executor."""
-    if not isinstance(private_key, PrivateKey):
-        raise TypeError(f"expected a PrivateKey, got {type(private_key).__name__}")
-    private_key._check_owner(encrypted)
-    flat = _spread_flat(executor, _kernel_crt_decrypt, (_crt_constants(private_key),),
-                        [encrypted.ciphertexts.ravel().tolist()])
-    OP_COUNTS["decrypt"] += len(flat)
-    return _object_array([int(m) for m in flat], encrypted.shape)
+    return object_array([_backend.mpz(c) for c in integers], shape)

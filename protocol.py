@@ -45,9 +45,11 @@ from dataclasses import dataclass, asdict, fields
 
 import numpy as np
 
+import kernels
 import nn
 import paillier
-from paillier import EncryptedArray, Fixed, PublicKey
+from fixed import Fixed
+from paillier import EncryptedArray, PublicKey
 
 DATA, LABEL = "data", "label"
 PARTIES = (DATA, LABEL)
@@ -842,7 +844,7 @@ class DataParty:
         if self.flaws.no_paillier_randomness:
             encrypted = encrypt_without_randomness(self.public_key, fixed)
         else:
-            encrypted = paillier.encrypt_array(self._private_key, fixed, executor=self.executor)
+            encrypted = kernels.encrypt_array(self._private_key, fixed, executor=self.executor)
         if self.flaws.public_exponents and real_values is not None:
             exponents = [phe_exponent(v) for v in np.asarray(real_values).ravel().tolist()]
             encrypted = ExponentTaggedArray(self.public_key, encrypted.ciphertexts,
@@ -938,7 +940,7 @@ class DataParty:
         Packed, X·ε_acc goes into the same slots as X·W_B (slot s of group g: row g·k + s).
         """
         features = self._prediction_features if rows is None else self._inputs(rows)
-        product = paillier.decrypt_residues(self._private_key, masked_product,
+        product = kernels.decrypt_residues(self._private_key, masked_product,
                                             executor=self.executor)
         own_part = (features @ self.noise_acc).values
         if self.packing is not None:
@@ -953,7 +955,7 @@ class DataParty:
         Packed, ε_A is drawn per slot (one per weight, each σ bits wider than the gradient it
         hides) and packed into the same slots as Xᵀδ: the backward slots have room for both.
         """
-        gradient = paillier.decrypt_residues(self._private_key, masked_gradient,
+        gradient = kernels.decrypt_residues(self._private_key, masked_gradient,
                                              executor=self.executor)
         mask = self.mask_source.uniform(self.noise_acc.shape,
                                         self.plan.gradient_mask_bits(batch_size),
@@ -1097,7 +1099,7 @@ class LabelParty:
                 raise ValueError("packed step 1 needs n_rows, the number of packed rows")
             self._forward_rows = n_rows
             self.packing.check_preactivation_fits(self.layer_sizes[0], self.weight_bound)
-        product = paillier.encrypted_matmul(encrypted_features, self.weight_share,
+        product = kernels.encrypted_matmul(encrypted_features, self.weight_share,
                                             executor=self.executor)
         masked, self._forward_mask = self._add_wide_mask(product)
         return masked
@@ -1156,7 +1158,7 @@ class LabelParty:
     def masked_gradient(self, encrypted_features: EncryptedArray, delta: Fixed) -> EncryptedArray:
         """[[G']] = [[X]]ᵀ·δ + [[ε_B']] (packed: k features per ciphertext, k gradients per
         plaintext, one wide ε_B' over each whole plaintext)."""
-        gradient = paillier.encrypted_matmul(encrypted_features.T, delta, executor=self.executor)
+        gradient = kernels.encrypted_matmul(encrypted_features.T, delta, executor=self.executor)
         self._backward_rows = delta.shape[0]
         # |ΔW| ≤ η·Σ_r |X_rt|·|δ_rj| ≤ η · 2**(x bits) · max_j Σ_r |δ_rj|: the bound's growth.
         column_sums = [sum(abs(int(v)) for v in column) for column in delta.values.T.tolist()]
@@ -1173,7 +1175,7 @@ class LabelParty:
         """
         mask = self.mask_source.uniform(encrypted.shape, wide_mask_bits(self.public_key),
                                         encrypted.scale)
-        masked = encrypted + paillier.encrypt_array(
+        masked = encrypted + kernels.encrypt_array(
             self.public_key, Fixed.from_ints(mask, encrypted.scale), executor=self.executor)
         return masked, mask
 
@@ -1208,7 +1210,7 @@ class LabelParty:
 
 
 # ----------------------------------------------------------------------------------------------
-# The packing layout: public, agreed in step 0 (how slots work: paillier.Slots).
+# The packing layout: public, agreed in step 0 (how slots work: kernels.Slots).
 # ----------------------------------------------------------------------------------------------
 PACKING_HEADROOM_BITS = 8  # z's slots have room for |W| up to 2**8 times the plan's bound
 SHARE_GROWTH_BITS = 20  # ε_acc gains one η·ε_A per batch: room for 2**20 batches
@@ -1245,8 +1247,8 @@ class PackingLayout:
     step 4) with σ bits to spare — the channel re-checks (b) on every message.
     """
 
-    forward: paillier.Slots
-    backward: paillier.Slots
+    forward: kernels.Slots
+    backward: kernels.Slots
     feature_bits: int  # |X_int| ≤ 2**feature_bits
 
     def check_preactivation_fits(self, n_features: int, weight_bound: int | None) -> None:
@@ -1313,8 +1315,8 @@ def packing_layout(plan: FixedPointPlan, public_key: PublicKey, batch_size: int,
         raise ValueError(f"a {public_key.n.bit_length()}-bit key is too small to pack this "
                          f"fixed-point plan ({forward_bits}-bit slots in step 1, {backward_bits}-bit "
                          "in step 4); use a larger key or packing=False")
-    return PackingLayout(paillier.Slots(forward_bits, forward_slots),
-                         paillier.Slots(backward_bits, backward_slots), feature_bits)
+    return PackingLayout(kernels.Slots(forward_bits, forward_slots),
+                         kernels.Slots(backward_bits, backward_slots), feature_bits)
 
 
 # ----------------------------------------------------------------------------------------------

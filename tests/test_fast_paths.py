@@ -14,9 +14,11 @@ from hypothesis import strategies as st
 import acml
 import data
 import nn
+import kernels
 import paillier
 import protocol
-from paillier import Fixed, Slots
+from fixed import Fixed
+from kernels import Slots
 
 KEY_BITS = 384
 
@@ -117,7 +119,7 @@ def test_packed_ciphertexts_compute_every_slot_at_once_with_spilling_intermediat
     noise = protocol.uniform_mask(W.shape, 100)
     layout = Slots(30, 3)
     encrypted = private_key.encrypt(Fixed(layout.pack(X, axis=0), 0))
-    product = paillier.encrypted_matmul(encrypted, Fixed.from_ints(W - noise, 0))
+    product = kernels.encrypted_matmul(encrypted, Fixed.from_ints(W - noise, 0))
     total = (private_key.decrypt_residues(product)
              + layout.pack(np.matmul(X, noise), axis=0, intermediate=True)) % public_key.n
     decoded = np.vectorize(public_key.decode_residue, otypes=[object])(total)
@@ -140,7 +142,7 @@ def test_multiexp_matmul_gives_the_very_ciphertexts_of_the_simple_path(backend, 
     weights[2, 1] = -(1 << 120) + 12345
     fixed = Fixed(weights, 7)
     simple = encrypted @ fixed
-    fast = paillier.encrypted_matmul(encrypted, fixed, window=window)
+    fast = kernels.encrypted_matmul(encrypted, fixed, window=window)
     assert fast.scale == simple.scale
     assert all(int(a) == int(b) for a, b in zip(fast.ciphertexts.ravel(),
                                                 simple.ciphertexts.ravel()))
@@ -179,11 +181,11 @@ def test_two_workers_compute_the_same_integers_as_this_process(keypair, two_work
     for executor in (None, two_workers):
         monkeypatch.setattr(private_key, "random_crt_parts", replay("parts"))
         monkeypatch.setattr(public_key, "random_r", replay("r"))
-        owner = paillier.encrypt_array(private_key, values, executor=executor)
-        textbook = paillier.encrypt_array(public_key, values, executor=executor)
-        product = paillier.encrypted_matmul(owner, weights, executor=executor)
+        owner = kernels.encrypt_array(private_key, values, executor=executor)
+        textbook = kernels.encrypt_array(public_key, values, executor=executor)
+        product = kernels.encrypted_matmul(owner, weights, executor=executor)
         results.append([owner.ciphertexts, textbook.ciphertexts, product.ciphertexts,
-                        paillier.decrypt_residues(private_key, product, executor=executor)])
+                        kernels.decrypt_residues(private_key, product, executor=executor)])
         assert private_key.decrypt(owner) == values and private_key.decrypt(textbook) == values
     for serial, parallel in zip(*results):
         assert [int(v) for v in serial.ravel()] == [int(v) for v in parallel.ravel()]

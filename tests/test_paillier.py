@@ -24,8 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import paillier
+from fixed import Fixed
 from paillier import (
-    EncryptedArray, Fixed, InsecureKeyWarning, PrivateKey, PublicKey, decrypt_textbook,
+    EncryptedArray, InsecureKeyWarning, PrivateKey, PublicKey, decrypt_textbook,
     generate_keypair, use_backend,
 )
 
@@ -676,11 +677,11 @@ def test_everything_works_when_gmpy2_is_not_installed():
     code = """
 import sys, warnings
 sys.modules["gmpy2"] = None  # makes `import gmpy2` raise ImportError
-import paillier
+import fixed, paillier
 warnings.simplefilter("ignore")
 public_key, private_key = paillier.generate_keypair(256, allow_insecure=True)
-plain = paillier.Fixed.from_ints([[3, -4]], 2)
-product = private_key.decrypt(public_key.encrypt(plain) @ paillier.Fixed.from_ints([[5], [6]], 1))
+plain = fixed.Fixed.from_ints([[3, -4]], 2)
+product = private_key.decrypt(public_key.encrypt(plain) @ fixed.Fixed.from_ints([[5], [6]], 1))
 try:
     paillier.use_backend("gmpy2")
 except ValueError as error:

@@ -13,7 +13,7 @@ import data
 import nn
 import paillier
 import protocol
-from paillier import Fixed
+from fixed import Fixed
 
 KEY_BITS = 384
 

@@ -18,7 +18,8 @@ import data
 import nn
 import paillier
 import protocol
-from paillier import EncryptedArray, Fixed
+from fixed import Fixed
+from paillier import EncryptedArray
 
 KEY_BITS = 384
 CLI_SMALL_KEY = ["--key-bits", "256", "--insecure-small-key", "--quiet"]

@@ -24,7 +24,7 @@ import data
 import paillier
 import protocol
 import transport
-from paillier import Fixed
+from fixed import Fixed
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 KEY_BITS = 256
