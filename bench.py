@@ -204,9 +204,9 @@ _KERNELS = ("_kernel_multiexp", "_kernel_crt_encrypt", "_kernel_public_encrypt",
 
 
 def _time_kernels(totals: dict):
-    """Wrap paillier's arithmetic kernels to add their wall time into ``totals``; returns a
+    """Wrap the kernels._kernel_* functions to add their wall time into ``totals``; returns a
     function that restores them. (In-process runs only: workers run the unwrapped ones.)"""
-    originals = {name: getattr(paillier, name) for name in _KERNELS}
+    originals = {name: getattr(kernels, name) for name in _KERNELS}
 
     def timed(name, kernel):
         def run(*arguments):
@@ -219,11 +219,11 @@ def _time_kernels(totals: dict):
         return run
 
     for name, kernel in originals.items():
-        setattr(paillier, name, timed(name, kernel))
+        setattr(kernels, name, timed(name, kernel))
 
     def restore():
         for name, kernel in originals.items():
-            setattr(paillier, name, kernel)
+            setattr(kernels, name, kernel)
     return restore
 
 
@@ -332,9 +332,9 @@ def run(*, quick: bool = False, workers: int = 2, json_path: str | None = None,
             warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
             keypair = paillier.generate_keypair(bits, allow_insecure=True)
         epochs = report["epochs"]
-        kernels: dict = {}
+        kernel_totals: dict = {}
         out(f"one epoch, {len(train_set.y)} rows, {bits}-bit key: packed, with its profile ...")
-        profiled = protocol_epoch(train_set, sizes, keypair, packing=True, kernel_timer=kernels)
+        profiled = protocol_epoch(train_set, sizes, keypair, packing=True, kernel_timer=kernel_totals)
         # The packed epochs are short: run them in alternation and keep each one's fastest,
         # so that a neighbour's burst of load on a shared machine skews neither side alone.
         for _ in range(sizes["packed_rounds"]):
@@ -358,13 +358,13 @@ def run(*, quick: bool = False, workers: int = 2, json_path: str | None = None,
     report["machine"]["load_average_after"] = list(os.getloadavg())
 
     packed = epochs["packed"]
-    kernel_seconds = sum(kernels.values())
+    kernel_seconds = sum(kernel_totals.values())
     report["profile"] = {
-        "kernel_seconds": kernels, "epoch_seconds": profiled["seconds"],
+        "kernel_seconds": kernel_totals, "epoch_seconds": profiled["seconds"],
         "setup_seconds": profiled["setup_seconds"],
         "kernel_fraction": kernel_seconds / max(profiled["seconds"]
                                                 + profiled["setup_seconds"], 1e-12),
-        "note": "time inside paillier's big-integer kernels during the packed run (setup + "
+        "note": "time inside the big-integer kernels during the packed run (setup + "
                 "epoch, 1 process), over that run's setup + epoch time"}
     best = epochs.get("packed_workers", packed)
     top = report["primitives"][str(sizes["key_bits"][-1])]  # the largest key

@@ -20,9 +20,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
-import paillier
+from backend import as_int, current_backend, describe_int, mpz
 from fixed import Fixed, object_array
-from paillier import OP_COUNTS, EncryptedArray, PrivateKey, PublicKey, _as_int, _describe
+from paillier import OP_COUNTS, EncryptedArray, PrivateKey, PublicKey
 
 __all__ = [
     "Slots", "encrypted_matmul", "encrypt_array", "decrypt_residues",
@@ -69,8 +69,8 @@ class Slots:
     __slots__ = ("slot_bits", "slots")
 
     def __init__(self, slot_bits, slots):
-        self.slot_bits = _as_int(slot_bits, "slot_bits")
-        self.slots = _as_int(slots, "slots")
+        self.slot_bits = as_int(slot_bits, "slot_bits")
+        self.slots = as_int(slots, "slots")
         if self.slot_bits < 2 or self.slots < 1:
             raise ValueError(f"need slot_bits >= 2 and slots >= 1, got {slot_bits}, {slots}")
 
@@ -105,7 +105,7 @@ class Slots:
                     value = int(value)
                     if not (intermediate or -limit < value < limit):
                         raise OverflowError(
-                            f"value {_describe(value)} at position {group * self.slots + slot} "
+                            f"value {describe_int(value)} at position {group * self.slots + slot} "
                             f"does not fit a signed {self.slot_bits}-bit slot")
                     totals[column] += value << shift
             packed.append(totals)
@@ -139,7 +139,7 @@ class Slots:
                     if not -limit < digit < limit:
                         raise OverflowError(
                             f"slot {slot} of packed integer {group}, column {column}: "
-                            f"the digit {_describe(digit)} reaches the proven bound 2^{bits}")
+                            f"the digit {describe_int(digit)} reaches the proven bound 2^{bits}")
                     digits[slot].append(digit)
                     total = (total - digit) >> self.slot_bits
                 if total:
@@ -210,7 +210,7 @@ def _kernel_multiexp(modulus, base_rows, exponent_columns, window):
     by every output of its row.  Negative exponents go into a second accumulator, inverted once
     at the end (the same group element as the simple path: results are bit-identical).
     """
-    backend = paillier.current_backend()
+    backend = current_backend()
     mpz = backend.mpz
     modulus, one = mpz(modulus), mpz(1)
     mask, size = (1 << window) - 1, 1 << window
@@ -300,7 +300,7 @@ def encrypted_matmul(encrypted, weights, *, executor=None, window=None):
     out = np.empty((rows, cols), dtype=object)
     if rows and cols:
         for (r, c), block in zip(blocks, _run(executor, _kernel_multiexp, tasks)):
-            out[r, c] = object_array([paillier.mpz(v) for line in block for v in line],
+            out[r, c] = object_array([mpz(v) for line in block for v in line],
                                       (r.stop - r.start, c.stop - c.start))
     OP_COUNTS["mul_const"] += rows * cols * inner
     OP_COUNTS["add"] += rows * cols * max(inner - 1, 0)
@@ -309,7 +309,7 @@ def encrypted_matmul(encrypted, weights, *, executor=None, window=None):
 
 def _kernel_public_encrypt(n, residues, randomness):
     """(1 + m·n)·r^n mod n² for each (m, r): the textbook encryption, as ints."""
-    backend = paillier.current_backend()
+    backend = current_backend()
     mpz, powmod_ = backend.mpz, backend.powmod
     n = mpz(n)
     nsquare = n * n
@@ -320,7 +320,7 @@ def _kernel_public_encrypt(n, residues, randomness):
 def _crt_namespace(constants):
     names = ("n", "p", "q", "psquare", "qsquare", "hp", "hq", "q_inverse_mod_p",
              "qsquare_inverse_mod_psquare")
-    backend = paillier.current_backend()
+    backend = current_backend()
     k = SimpleNamespace(**{name: backend.mpz(value) for name, value in zip(names, constants)})
     k.powmod = backend.powmod
     return k
@@ -335,7 +335,6 @@ def _crt_constants(private_key):
 def _kernel_crt_encrypt(constants, residues, parts_p, parts_q):
     """The key owner's CRT encryption from the randomness' CRT parts, as ints."""
     k = _crt_namespace(constants)
-    mpz = paillier.mpz
     return [int(PrivateKey._crt_encrypt_parts(mpz(m), mpz(s_p), mpz(s_q), k))
             for m, s_p, s_q in zip(residues, parts_p, parts_q)]
 
@@ -343,7 +342,6 @@ def _kernel_crt_encrypt(constants, residues, parts_p, parts_q):
 def _kernel_crt_decrypt(constants, ciphertexts):
     """The key owner's CRT decryption to residues in [0, n), as ints."""
     k = _crt_namespace(constants)
-    mpz = paillier.mpz
     return [int(PrivateKey._crt_decrypt(mpz(c), k)) for c in ciphertexts]
 
 
@@ -381,7 +379,7 @@ def encrypt_array(key, fixed, *, executor=None):
     else:
         raise TypeError(f"key must be a PublicKey or PrivateKey, got {type(key).__name__}")
     OP_COUNTS["encrypt"] += len(flat)
-    return EncryptedArray(public_key, object_array([paillier.mpz(c) for c in flat],
+    return EncryptedArray(public_key, object_array([mpz(c) for c in flat],
                                                     fixed.shape), fixed.scale)
 
 
