@@ -12,7 +12,8 @@ import numbers
 
 import numpy as np
 
-__all__ = ["Fixed", "object_array", "as_object_array", "elementwise", "max_abs_bits"]
+__all__ = ["Fixed", "object_array", "as_object_array", "elementwise", "map_values", "max_abs_bits",
+           "check_scale"]
 
 
 def object_array(items, shape):
@@ -39,6 +40,19 @@ def as_object_array(result):
 def elementwise(function, *arrays):
     """Apply a Python function elementwise with numpy broadcasting -> object ndarray."""
     return as_object_array(np.frompyfunc(function, len(arrays), 1)(*arrays))
+
+
+def map_values(function, values):
+    """function over every element of an object array, same shape; an OverflowError it raises
+    is re-raised naming the element's index."""
+    out = []
+    for flat_index, value in enumerate(values.ravel().tolist()):
+        try:
+            out.append(function(value))
+        except OverflowError as error:
+            index = tuple(map(int, np.unravel_index(flat_index, values.shape)))
+            raise OverflowError(f"at index {index}: {error}") from None
+    return object_array(out, values.shape)
 
 
 def max_abs_bits(values):

@@ -52,7 +52,7 @@ from backend import (
     FixedBaseTable, as_int, current_backend, describe_int, hash_to_unit, invert,
     is_probable_prime, mpz, powmod, prime_pair_problem, random_prime, use_backend,
 )
-from fixed import Fixed, as_object_array, check_scale, elementwise, object_array
+from fixed import Fixed, as_object_array, check_scale, elementwise, map_values, object_array
 from wire import int_from_text, int_to_text
 
 
@@ -163,18 +163,6 @@ def _randomness_kind(randomness):
     return kind
 
 
-def _each(function, values):
-    """function over an object array, same shape; an OverflowError names the element's index."""
-    out = []
-    for flat_index, value in enumerate(values.ravel().tolist()):
-        try:
-            out.append(function(value))
-        except OverflowError as error:
-            index = tuple(map(int, np.unravel_index(flat_index, values.shape)))
-            raise OverflowError(f"at index {index}: {error}") from None
-    return object_array(out, values.shape)
-
-
 class PublicKey:
     """Paillier public key (n, g = n + 1).
 
@@ -194,18 +182,15 @@ class PublicKey:
     def __init__(self, n):
         n = as_int(n, "n")
         if n < 3 or n % 2 == 0:
-            raise ValueError(f"n must be odd (a product of two odd primes), got {describe_int(n)}")
+            raise ValueError(f"n must be odd (a product of two odd primes), got "
+                             f"{describe_int(n)}")
         if n.bit_length() < MIN_KEY_BITS:
             raise ValueError(f"n has {n.bit_length()} bits, below the hard floor of "
                              f"{MIN_KEY_BITS} bits")
         if math.isqrt(n) ** 2 == n:
             raise ValueError("n is a perfect square (p = q), so it is no Paillier modulus")
-        self.n = n
-        self.nsquare = n * n
-        self.g = n + 1
-        self.max_int = (n - 1) // 3
-        self._typed = {}
-        self._djn_base = None
+        self.n, self.nsquare, self.g, self.max_int = n, n * n, n + 1, (n - 1) // 3
+        self._typed, self._djn_base = {}, None  # per-backend constants; h_s, made on first use
 
     def check_policy(self, *, allow_insecure):
         """ValueError unless this key's size passes check_key_size; returns the key.
@@ -280,6 +265,12 @@ class PublicKey:
             self._typed[("djn", backend.name)] = table
         return table.power(alpha)
 
+    def _rho(self, r, randomness):
+        """r^n mod n² for a given r, else a fresh randomizer(randomness)."""
+        if r is None:
+            return self.randomizer(randomness)
+        return powmod(self._check_r(r), self.n, self.nsquare)
+
     def randomizer(self, randomness=None):
         """A fresh randomizer ρ, an n-th residue mod n², so that (1 + m·n)·ρ encrypts m.
 
@@ -297,10 +288,7 @@ class PublicKey:
         """c = (1 + m·n) · ρ mod n² for a residue m in [0, n): ρ = r^n for a given r, else a
         fresh randomizer(randomness)."""
         m = self._check_plaintext_residue(m)
-        backend, n, nsquare = self._moduli()
-        rho = (self.randomizer(randomness) if r is None
-               else backend.powmod(self._check_r(r), n, nsquare))
-        return (1 + m * n) * rho % nsquare
+        return (1 + m * self.n) * self._rho(r, randomness) % self.nsquare
 
     def raw_add(self, c1, c2):
         """E(a) · E(b) mod n² = E(a + b mod n)."""
@@ -326,10 +314,7 @@ class PublicKey:
 
     def raw_rerandomize(self, c, r=None, *, randomness=None):
         """E(a) · ρ mod n²: the same plaintext under fresh randomness (unlinkable to c)."""
-        backend, n, nsquare = self._moduli()
-        rho = (self.randomizer(randomness) if r is None
-               else backend.powmod(self._check_r(r), n, nsquare))
-        return c * rho % nsquare
+        return c * self._rho(r, randomness) % self.nsquare
 
     def check_ciphertext(self, c):
         """Raise ValueError unless c is an integer in [1, n²) with gcd(c, n) = 1."""
@@ -367,7 +352,7 @@ class PublicKey:
 
     def _encode_array(self, values):
         """encode_residue over an object array, naming the index of an overflowing element."""
-        return _each(self.encode_residue, values)
+        return map_values(self.encode_residue, values)
 
     # -- arrays -----------------------------------------------------------------------------------
 
@@ -447,9 +432,8 @@ class PrivateKey:
         backend = current_backend()
         constants = self._typed.get(backend.name)
         if constants is None:
-            p, q, n = self.p, self.q, self.public_key.n
+            p, q, n, g = self.p, self.q, self.public_key.n, self.public_key.g
             psquare, qsquare = p * p, q * q
-            g = self.public_key.g
             exact = {
                 "n": n, "p": p, "q": q, "psquare": psquare, "qsquare": qsquare,
                 "hp": pow(L(pow(g, p - 1, psquare), p), -1, p),
@@ -520,11 +504,9 @@ class PrivateKey:
             raise TypeError(f"encrypt expects a Fixed array, got {type(fixed).__name__}")
         public_key = self.public_key
         residues = public_key._encode_array(fixed.values)
-        constants, random_parts = self._constants(), self.random_crt_parts
-        ciphertexts = [
-            self._crt_encrypt_parts(m, *random_parts(), constants)
-            for m in residues.ravel().tolist()
-        ]
+        constants = self._constants()
+        ciphertexts = [self._crt_encrypt_parts(m, *self.random_crt_parts(), constants)
+                       for m in residues.ravel().tolist()]
         OP_COUNTS["encrypt"] += len(ciphertexts)
         return EncryptedArray(public_key, object_array(ciphertexts, fixed.shape), fixed.scale)
 
@@ -541,9 +523,8 @@ class PrivateKey:
         """
         self._check_owner(encrypted)
         constants = self._constants()
-        residues = [
-            int(self._crt_decrypt(c, constants)) for c in encrypted.ciphertexts.ravel().tolist()
-        ]
+        residues = [int(self._crt_decrypt(c, constants))
+                    for c in encrypted.ciphertexts.ravel().tolist()]
         OP_COUNTS["decrypt"] += len(residues)
         return object_array(residues, encrypted.shape)
 
@@ -553,7 +534,7 @@ class PrivateKey:
         OverflowError (naming the index and the bound max_int) if a residue lies in the overflow
         band, i.e. the homomorphic arithmetic exceeded |value| <= max_int.
         """
-        values = _each(self.public_key.decode_residue, self.decrypt_residues(encrypted))
+        values = map_values(self.public_key.decode_residue, self.decrypt_residues(encrypted))
         return Fixed(values, encrypted.scale)
 
     def __repr__(self):
@@ -589,9 +570,7 @@ class EncryptedArray:
 
     def __init__(self, public_key, ciphertexts, scale):
         """Wrap ciphertexts as they are (trusted: use from_bytes/from_json for untrusted input)."""
-        if not isinstance(public_key, PublicKey):
-            raise TypeError(f"public_key must be a PublicKey, got {type(public_key).__name__}")
-        self.public_key = public_key
+        self.public_key = _key(public_key)
         self.ciphertexts = as_object_array(np.asarray(ciphertexts, dtype=object))
         self.scale = check_scale(scale)
 
@@ -639,12 +618,12 @@ class EncryptedArray:
             self._check_same_key(other)
             self._check_same_scale(other, "add")
             result = elementwise(lambda c1, c2: c1 * c2 % nsquare,
-                                  self.ciphertexts, other.ciphertexts)
+                                 self.ciphertexts, other.ciphertexts)
         elif isinstance(other, Fixed):
             self._check_same_scale(other, "add")
             residues = self.public_key._encode_array(other.values)
             result = elementwise(lambda c, m: c * (1 + m * n) % nsquare,
-                                  self.ciphertexts, residues)
+                                 self.ciphertexts, residues)
         else:
             return NotImplemented
         OP_COUNTS["add"] += result.size
@@ -661,9 +640,7 @@ class EncryptedArray:
         return self._new(result)
 
     def __sub__(self, other):
-        if isinstance(other, Fixed):
-            return self + (-other)
-        if isinstance(other, EncryptedArray):
+        if isinstance(other, (Fixed, EncryptedArray)):
             return self + (-other)
         return NotImplemented
 
@@ -678,14 +655,7 @@ class EncryptedArray:
         """Elementwise E(a)^k = E(k·a) with broadcasting; k < 0 via one inverse.  Scales add."""
         if not isinstance(other, Fixed):
             return NotImplemented
-        backend, _, nsquare = self.public_key._moduli()
-        powmod_, inverse = backend.powmod, backend.invert
-        exponents = elementwise(backend.mpz, other.values)
-
-        def times(c, k):
-            return powmod_(inverse(c, nsquare), -k, nsquare) if k < 0 else powmod_(c, k, nsquare)
-
-        result = elementwise(times, self.ciphertexts, exponents)
+        result = elementwise(self.public_key.raw_mul_const, self.ciphertexts, other.values)
         OP_COUNTS["mul_const"] += result.size
         return self._new(result, self.scale + other.scale)
 
