@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 __all__ = [
     "use_backend", "current_backend", "mpz", "powmod", "invert", "is_probable_prime",
-    "random_prime", "min_prime_distance", "prime_pair_problem", "hash_to_unit", "as_int",
+    "random_prime", "FixedBaseTable", "fixed_base_table", "min_prime_distance", "prime_pair_problem", "hash_to_unit", "as_int",
     "describe_int",
 ]
 
@@ -259,3 +259,18 @@ class FixedBaseTable:
                 result = result * row[digit] % modulus
             exponent >>= self.window
         return result
+
+
+_TABLES = {}  # (backend, base, modulus, exponent_bits) -> FixedBaseTable, most recent last
+_KEPT_TABLES = 3  # each is megabytes at 2048 bits
+
+
+def fixed_base_table(base, modulus, exponent_bits):
+    """The FixedBaseTable for (base, modulus, exponent_bits) on the current backend, built on
+    first use and kept (the few most recently used) for the life of the process."""
+    key = (current_backend().name, int(base), int(modulus), int(exponent_bits))
+    table = _TABLES.pop(key, None) or FixedBaseTable(base, modulus, exponent_bits)
+    _TABLES[key] = table
+    while len(_TABLES) > _KEPT_TABLES:
+        del _TABLES[next(iter(_TABLES))]
+    return table

@@ -199,7 +199,7 @@ def plaintext_epoch(train_set, sizes) -> dict:
     return {"rows": len(train_set.y), "seconds": seconds, "per_sample": seconds / len(train_set.y)}
 
 
-_KERNELS = ("_kernel_multiexp", "_kernel_crt_encrypt", "_kernel_public_encrypt",
+_KERNELS = ("_kernel_multiexp", "_kernel_crt_encrypt", "_kernel_randomizers",
             "_kernel_crt_decrypt")
 
 

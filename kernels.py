@@ -15,18 +15,20 @@ only faster; each docstring names that twin, and tests/test_kernels.py checks th
 
 import collections
 import os
+import threading
 import time
 from types import SimpleNamespace
 
 import numpy as np
 
-from backend import as_int, current_backend, describe_int, mpz
+import paillier
+from backend import as_int, current_backend, describe_int, fixed_base_table, mpz
 from fixed import Fixed, object_array
 from paillier import OP_COUNTS, EncryptedArray, PrivateKey, PublicKey
 
 __all__ = [
-    "Slots", "encrypted_matmul", "encrypt_array", "decrypt_residues",
-    "worker_count", "SizedExecutor", "dask_executor",
+    "Slots", "encrypted_matmul", "encrypt_array", "decrypt_residues", "rerandomize",
+    "randomizers", "RandomizerPool", "worker_count", "SizedExecutor", "dask_executor",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -170,8 +172,63 @@ class Slots:
 # owner's kernels receive p and q; give them only executors on machines the key owner trusts.
 
 
-def _worker_count(executor):
-    return getattr(executor, "_max_workers", None) or os.cpu_count() or 1
+def worker_count(executor, workers=None):
+    """How many tasks `executor` runs at once, to cut work into enough pieces.
+
+    In order: an explicit `workers`; 1 without an executor; the executor's own `workers`
+    attribute (SizedExecutor, dask_executor); the standard library pools' `_max_workers`;
+    else os.cpu_count().  (A dask.distributed executor has neither attribute: wrap it with
+    dask_executor(client), or pass workers=, or every call gets a handful of tasks.)
+    """
+    if workers is not None:
+        workers = as_int(workers, "workers")
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        return workers
+    if executor is None:
+        return 1
+    for attribute in ("workers", "_max_workers"):
+        count = getattr(executor, attribute, None)
+        if isinstance(count, int) and count >= 1:
+            return count
+    return os.cpu_count() or 1
+
+
+class SizedExecutor:
+    """An executor that says how many workers stand behind it: `workers`, read by worker_count.
+
+    Wraps any concurrent.futures-style executor (submit, map, shutdown), passing calls through.
+    """
+
+    def __init__(self, executor, workers):
+        self.executor, self.workers = executor, worker_count(None, workers)
+
+    def submit(self, function, *args, **kwargs):
+        return self.executor.submit(function, *args, **kwargs)
+
+    def map(self, function, *iterables, **kwargs):
+        return self.executor.map(function, *iterables, **kwargs)
+
+    def shutdown(self, *args, **kwargs):
+        return self.executor.shutdown(*args, **kwargs)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.shutdown()
+        return False
+
+    def __repr__(self):
+        return f"SizedExecutor({self.executor!r}, workers={self.workers})"
+
+
+def dask_executor(client):
+    """client.get_executor() for a dask.distributed Client, sized by its worker threads:
+    sum(nthreads) over client.scheduler_info()["workers"] (at least one per worker)."""
+    workers = client.scheduler_info()["workers"].values()
+    threads = sum(max(int(info.get("nthreads", 1)), 1) for info in workers)
+    return SizedExecutor(client.get_executor(), max(threads, 1))
 
 
 def _slices(count, pieces):
@@ -267,7 +324,7 @@ def _kernel_multiexp(modulus, base_rows, exponent_columns, window):
     return out
 
 
-def encrypted_matmul(encrypted, weights, *, executor=None, window=None):
+def encrypted_matmul(encrypted, weights, *, executor=None, window=None, workers=None):
     """[[A]] @ W by multi-exponentiation: the same ciphertexts as `encrypted @ weights`, faster.
 
     out[i, j] = Π_t E(A[i, t])^W[t, j] mod n².  The simple path (EncryptedArray.__matmul__)
@@ -289,7 +346,7 @@ def encrypted_matmul(encrypted, weights, *, executor=None, window=None):
     else:
         # Enough blocks to keep every worker busy; split the columns only when there are
         # fewer rows than blocks (each split rebuilds that row's tables).
-        wanted = 2 * _worker_count(executor)
+        wanted = 2 * worker_count(executor, workers)
         row_slices = _slices(rows, wanted)
         col_slices = _slices(cols, -(-wanted // max(len(row_slices), 1)))
         blocks = [(r, c) for r in row_slices for c in col_slices]
@@ -305,16 +362,6 @@ def encrypted_matmul(encrypted, weights, *, executor=None, window=None):
     OP_COUNTS["mul_const"] += rows * cols * inner
     OP_COUNTS["add"] += rows * cols * max(inner - 1, 0)
     return EncryptedArray(encrypted.public_key, out, encrypted.scale + weights.scale)
-
-
-def _kernel_public_encrypt(n, residues, randomness):
-    """(1 + m·n)·r^n mod n² for each (m, r): the textbook encryption, as ints."""
-    backend = current_backend()
-    mpz, powmod_ = backend.mpz, backend.powmod
-    n = mpz(n)
-    nsquare = n * n
-    return [int((1 + mpz(m) * n) * powmod_(mpz(r), n, nsquare) % nsquare)
-            for m, r in zip(residues, randomness)]
 
 
 def _crt_namespace(constants):
@@ -345,51 +392,166 @@ def _kernel_crt_decrypt(constants, ciphertexts):
     return [int(PrivateKey._crt_decrypt(mpz(c), k)) for c in ciphertexts]
 
 
-def _spread_flat(executor, kernel, shared, columns):
+def _spread_flat(executor, workers, kernel, shared, columns):
     """Run kernel(*shared, *column_slices) over slices of equally long lists; concatenate."""
     count = len(columns[0]) if columns else 0
-    pieces = 1 if executor is None else 4 * _worker_count(executor)
+    pieces = 1 if executor is None else 4 * worker_count(executor, workers)
     if executor is not None:
         columns = [_ints(column) for column in columns]
     tasks = [(*shared, *[column[part] for column in columns]) for part in _slices(count, pieces)]
     return [value for chunk in _run(executor, kernel, tasks) for value in chunk]
 
 
-def encrypt_array(key, fixed, *, executor=None):
+def _kernel_randomizers(n, djn_base, exponent_bits, drawn):
+    """Randomizers as ints, from secrets drawn by the caller: r^n mod n² for each r (djn_base
+    None: textbook), else h_s^α mod n² for each α, from the process' FixedBaseTable for h_s
+    (built once per process).  Twin: PublicKey.randomizer."""
+    backend = current_backend()
+    if djn_base is None:
+        n, nsquare = backend.mpz(n), backend.mpz(n * n)
+        return [int(backend.powmod(backend.mpz(r), n, nsquare)) for r in drawn]
+    table = fixed_base_table(djn_base, n * n, exponent_bits)
+    return [int(table.power(alpha)) for alpha in drawn]
+
+
+def randomizers(public_key, count, *, randomness=None, executor=None, workers=None):
+    """`count` fresh randomizers, as public_key.randomizer(randomness) draws them.
+
+    The secrets (r or α) are drawn here from `secrets`; the exponentiations (DJN: look-ups in
+    a FixedBaseTable, one per process) run here or on `executor`.  The same values either way
+    for the same secrets.
+    """
+    kind = paillier._randomness_kind(randomness)
+    if kind == "djn":
+        drawn = [public_key.random_djn_exponent() for _ in range(count)]
+        shared = (public_key.n, public_key.djn_base, public_key.djn_exponent_bits)
+    else:
+        drawn = [public_key.random_r() for _ in range(count)]
+        shared = (public_key.n, None, None)
+    return [mpz(rho) for rho in
+            _spread_flat(executor, workers, _kernel_randomizers, shared, [drawn])]
+
+
+class RandomizerPool:
+    """Randomizers computed ahead of need (offline), each handed out exactly once (online).
+
+    fill(count) computes `count` fresh randomizers -- before the data exists, on `executor` if
+    given -- and adds the time to offline_seconds.  take(count) removes and returns that many,
+    oldest first; a shortfall is computed on the spot (counted in `shortfall`, timed in
+    online_seconds).  With a pool, encrypting m is (1 + m·n)·ρ mod n² and rerandomizing c is
+    c·ρ mod n²: one multiplication online.  A randomizer must never serve twice (two
+    ciphertexts sharing ρ reveal the difference of their plaintexts' encodings to anyone
+    who divides them), so take() forgets what it hands out.  Thread-safe.
+    """
+
+    def __init__(self, public_key, *, randomness=None, executor=None, workers=None):
+        if not isinstance(public_key, PublicKey):
+            raise TypeError(f"public_key must be a PublicKey, got {type(public_key).__name__}")
+        self.public_key, self.randomness = public_key, paillier._randomness_kind(randomness)
+        self.executor, self.workers = executor, workers
+        self.offline_seconds = self.online_seconds = 0.0
+        self.shortfall = 0
+        self._ready, self._lock = collections.deque(), threading.Lock()
+
+    def _make(self, count):
+        return randomizers(self.public_key, count, randomness=self.randomness,
+                           executor=self.executor, workers=self.workers)
+
+    def fill(self, count):
+        """Precompute `count` more randomizers (offline work); returns the pool."""
+        start = time.perf_counter()
+        made = self._make(as_int(count, "count"))
+        with self._lock:
+            self._ready.extend(made)
+            self.offline_seconds += time.perf_counter() - start
+        return self
+
+    def take(self, count):
+        """A list of `count` randomizers, each removed from the pool for good."""
+        count = as_int(count, "count")
+        with self._lock:
+            taken = [self._ready.popleft() for _ in range(min(count, len(self._ready)))]
+        missing = count - len(taken)
+        if missing:
+            start = time.perf_counter()
+            taken += self._make(missing)
+            with self._lock:
+                self.shortfall += missing
+                self.online_seconds += time.perf_counter() - start
+        return taken
+
+    def __len__(self):
+        return len(self._ready)
+
+    def __repr__(self):
+        return (f"RandomizerPool({self.randomness}, {len(self)} ready, "
+                f"offline {self.offline_seconds:.3f} s)")
+
+
+def _randomizers_for(public_key, count, randomness, executor, workers, pool):
+    if pool is None:
+        return randomizers(public_key, count, randomness=randomness, executor=executor,
+                           workers=workers)
+    if pool.public_key != public_key:
+        raise ValueError("the randomizer pool belongs to a different public key")
+    if randomness is not None and paillier._randomness_kind(randomness) != pool.randomness:
+        raise ValueError(f"the pool holds {pool.randomness} randomizers, not {randomness}")
+    return pool.take(count)
+
+
+def encrypt_array(key, fixed, *, executor=None, workers=None, randomness=None, pool=None):
     """Encrypt a Fixed array with fresh randomness for every element, optionally on workers.
 
-    `key` is a PrivateKey (the key owner's CRT path, randomness drawn as its CRT parts) or a
-    PublicKey (the textbook path).  The randomness is drawn here; the exponentiations run
-    in this process or on `executor`.  Same distribution as key.encrypt(fixed).
+    PrivateKey: the key owner's CRT path, uniform r drawn as its CRT parts (no extra
+    assumption; `randomness` must be None or "textbook"); twin PrivateKey.encrypt.
+    PublicKey: (1 + m·n)·ρ mod n² with ρ from randomizers(randomness) or from `pool`; twin
+    PublicKey.encrypt.  The secrets are drawn here; the exponentiations run in this process or
+    on `executor`.  Same distribution as the twin.
     """
     if not isinstance(fixed, Fixed):
         raise TypeError(f"encrypt_array expects a Fixed array, got {type(fixed).__name__}")
     if isinstance(key, PrivateKey):
+        if randomness not in (None, "textbook") or pool is not None:
+            raise ValueError("the key owner's CRT encryption draws uniform r itself: "
+                             "randomness and pool apply to PublicKey encryption")
         public_key = key.public_key
         residues = public_key._encode_array(fixed.values).ravel().tolist()
         parts = [key.random_crt_parts() for _ in residues]
-        flat = _spread_flat(executor, _kernel_crt_encrypt, (_crt_constants(key),),
+        flat = _spread_flat(executor, workers, _kernel_crt_encrypt, (_crt_constants(key),),
                             [residues, [s_p for s_p, _ in parts], [s_q for _, s_q in parts]])
+        flat = [mpz(c) for c in flat]
     elif isinstance(key, PublicKey):
         public_key = key
         residues = public_key._encode_array(fixed.values).ravel().tolist()
-        randomness = [public_key.random_r() for _ in residues]
-        flat = _spread_flat(executor, _kernel_public_encrypt, (public_key.n,),
-                            [residues, randomness])
+        rhos = _randomizers_for(public_key, len(residues), randomness, executor, workers, pool)
+        _, n, nsquare = public_key._moduli()
+        flat = [(1 + m * n) * rho % nsquare for m, rho in zip(residues, rhos)]
     else:
         raise TypeError(f"key must be a PublicKey or PrivateKey, got {type(key).__name__}")
     OP_COUNTS["encrypt"] += len(flat)
-    return EncryptedArray(public_key, object_array([mpz(c) for c in flat],
-                                                    fixed.shape), fixed.scale)
+    return EncryptedArray(public_key, object_array(flat, fixed.shape), fixed.scale)
 
 
-def decrypt_residues(private_key, encrypted, *, executor=None):
-    """private_key.decrypt_residues(encrypted), optionally spread over an executor."""
+def rerandomize(encrypted, *, executor=None, workers=None, randomness=None, pool=None):
+    """encrypted.rerandomize(randomness) (the twin), with randomizers from randomizers() or
+    `pool`: each ciphertext times a fresh ρ mod n²."""
+    if not isinstance(encrypted, EncryptedArray):
+        raise TypeError(f"expected an EncryptedArray, got {type(encrypted).__name__}")
+    public_key = encrypted.public_key
+    flat = encrypted.ciphertexts.ravel().tolist()
+    rhos = _randomizers_for(public_key, len(flat), randomness, executor, workers, pool)
+    nsquare = public_key._moduli()[2]
+    OP_COUNTS["rerandomize"] += len(flat)
+    return encrypted._new(object_array([c * rho % nsquare for c, rho in zip(flat, rhos)],
+                                       encrypted.shape))
+
+
+def decrypt_residues(private_key, encrypted, *, executor=None, workers=None):
+    """private_key.decrypt_residues(encrypted) (the twin), optionally spread over an executor."""
     if not isinstance(private_key, PrivateKey):
         raise TypeError(f"expected a PrivateKey, got {type(private_key).__name__}")
     private_key._check_owner(encrypted)
-    flat = _spread_flat(executor, _kernel_crt_decrypt, (_crt_constants(private_key),),
+    flat = _spread_flat(executor, workers, _kernel_crt_decrypt, (_crt_constants(private_key),),
                         [encrypted.ciphertexts.ravel().tolist()])
     OP_COUNTS["decrypt"] += len(flat)
     return object_array([int(m) for m in flat], encrypted.shape)
-

@@ -49,7 +49,7 @@ import numpy as np
 
 import wire
 from backend import (
-    FixedBaseTable, as_int, current_backend, describe_int, hash_to_unit, invert,
+    as_int, current_backend, describe_int, fixed_base_table, hash_to_unit, invert,
     is_probable_prime, mpz, powmod, prime_pair_problem, random_prime, use_backend,
 )
 from fixed import Fixed, as_object_array, check_scale, elementwise, map_values, object_array
@@ -258,11 +258,7 @@ class PublicKey:
 
     def djn_randomizer(self, alpha):
         """h_s^α mod n² = powmod(h_s, α, n²), from a FixedBaseTable built once per key."""
-        backend = current_backend()
-        table = self._typed.get(("djn", backend.name))
-        if table is None:
-            table = FixedBaseTable(self.djn_base, self.nsquare, self.djn_exponent_bits)
-            self._typed[("djn", backend.name)] = table
+        table = fixed_base_table(self.djn_base, self.nsquare, self.djn_exponent_bits)
         return table.power(alpha)
 
     def _rho(self, r, randomness):

@@ -164,14 +164,16 @@ def test_crt_parts_encrypt_exactly_like_the_textbook_with_the_matching_r(backend
 
 def test_two_workers_compute_the_same_integers_as_this_process(keypair, two_workers,
                                                               monkeypatch):
-    """With the randomness fixed, encryption (key owner and public key), decryption and the
-    matmul give identical integers in this process and on a 2-process executor."""
+    """With the randomness fixed, encryption (key owner, public key with textbook and DJN
+    randomness), decryption and the matmul give identical integers in this process and on a
+    2-process executor."""
     public_key, private_key = keypair
     rng = np.random.default_rng(7)
     values = Fixed.from_ints(rng.integers(-10 ** 6, 10 ** 6, size=(5, 3)).astype(object), 2)
     weights = Fixed.from_ints(rng.integers(-2 ** 50, 2 ** 50, size=(3, 4)).astype(object), 0)
     draws = {"parts": [private_key.random_crt_parts() for _ in range(15)],
-             "r": [public_key.random_r() for _ in range(15)]}
+             "r": [public_key.random_r() for _ in range(15)],
+             "alpha": [public_key.random_djn_exponent() for _ in range(15)]}
 
     def replay(name):
         items = iter(draws[name])
@@ -181,12 +183,17 @@ def test_two_workers_compute_the_same_integers_as_this_process(keypair, two_work
     for executor in (None, two_workers):
         monkeypatch.setattr(private_key, "random_crt_parts", replay("parts"))
         monkeypatch.setattr(public_key, "random_r", replay("r"))
+        monkeypatch.setattr(public_key, "random_djn_exponent", replay("alpha"))
         owner = kernels.encrypt_array(private_key, values, executor=executor)
-        textbook = kernels.encrypt_array(public_key, values, executor=executor)
+        textbook = kernels.encrypt_array(public_key, values, executor=executor,
+                                         randomness="textbook")
+        djn = kernels.encrypt_array(public_key, values, executor=executor, randomness="djn")
         product = kernels.encrypted_matmul(owner, weights, executor=executor)
-        results.append([owner.ciphertexts, textbook.ciphertexts, product.ciphertexts,
+        results.append([owner.ciphertexts, textbook.ciphertexts, djn.ciphertexts,
+                        product.ciphertexts,
                         kernels.decrypt_residues(private_key, product, executor=executor)])
-        assert private_key.decrypt(owner) == values and private_key.decrypt(textbook) == values
+        for encrypted in (owner, textbook, djn):
+            assert private_key.decrypt(encrypted) == values
     for serial, parallel in zip(*results):
         assert [int(v) for v in serial.ravel()] == [int(v) for v in parallel.ravel()]
 
