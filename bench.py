@@ -36,8 +36,9 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 import acml
-import nn
+import backend
 import kernels
+import nn
 import paillier
 from fixed import Fixed
 
@@ -140,9 +141,30 @@ def primitives(bits: int, sizes: dict, executor=None) -> dict:
     matmul = {name: seconds / terms for name, seconds in _fastest(functions).items()}
     matmul["shape"] = [rows, inner, cols]
     out["matmul_per_term"] = matmul
+    out["randomizer"] = randomizers(public, repeats)
     for row in out.values():
         if "phe" in row:
             row["ratio"] = _ratio(row["phe"], row["acml"])
+    return out
+
+
+def randomizers(public, repeats: int) -> dict:
+    """Seconds per fresh randomizer at one key: textbook r^n mod n² against DJN's h_s^α from
+    the fixed-base table (ratio = textbook / djn), the table's one-off build, and a
+    RandomizerPool's offline fill against its online use (one multiplication per element)."""
+    table_build = _seconds(lambda: backend.FixedBaseTable(public.djn_base, public.nsquare,
+                                                          public.djn_exponent_bits))
+    public.djn_randomizer(1)  # this key's table, built outside the timings below
+    each = _fastest({kind: lambda kind=kind: [public.randomizer(kind) for _ in range(repeats)]
+                     for kind in ("textbook", "djn")})
+    out = {kind: seconds / repeats for kind, seconds in each.items()}
+    out["ratio"] = _ratio(out["textbook"], out["djn"])
+    out["table_build"] = table_build
+    fixed = Fixed.from_ints(np.arange(repeats, dtype=object) - repeats // 2, 0)
+    pool = kernels.RandomizerPool(public).fill(repeats)
+    online = _seconds(lambda: kernels.encrypt_array(public, fixed, pool=pool))
+    out["pool_offline"] = pool.offline_seconds / repeats
+    out["pool_online"] = online / repeats
     return out
 
 
@@ -407,6 +429,13 @@ def format_table(report: dict) -> str:
         if "acml_workers" in rows["matmul_per_term"]:
             lines.append(f"  {'[[X]]·W workers, per term':<26}"
                          f"{1e3 * rows['matmul_per_term']['acml_workers']:>10.3f}")
+        randomizer = rows["randomizer"]
+        lines.append(f"  {'randomizer r^n':<26}{1e3 * randomizer['textbook']:>10.3f}")
+        lines.append(f"  {'randomizer DJN h_s^α':<26}{1e3 * randomizer['djn']:>10.3f}"
+                     f"{'':>10}{randomizer['ratio']:>11.2f}×  (r^n / DJN; table built once in "
+                     f"{1e3 * randomizer['table_build']:.0f} ms)")
+        lines.append(f"  {'pool: offline, online':<26}{1e3 * randomizer['pool_offline']:>10.3f}"
+                     f"{1e3 * randomizer['pool_online']:>10.3f}  (per encryption)")
     epochs = report["epochs"]
     lines.append(f"\nOne epoch (steps 1–4), {report['config']['epoch_key_bits']}-bit key; "
                  "seconds per step")
