@@ -386,6 +386,23 @@ def _kernel_crt_encrypt(constants, residues, parts_p, parts_q):
             for m, s_p, s_q in zip(residues, parts_p, parts_q)]
 
 
+def _kernel_crt_djn_encrypt(constants, djn_base, exponent_bits, residues, alphas):
+    """The key owner's DJN encryption (1 + m·n)·h_s^α mod n², computed mod p² and mod q² from
+    two half-size fixed-base tables (h_s mod p², h_s mod q²; built once per process) and
+    recombined by CRT.  Bit-identical to the public-key DJN ciphertext for the same α."""
+    k = _crt_namespace(constants)
+    table_p = fixed_base_table(djn_base % k.psquare, k.psquare, exponent_bits)
+    table_q = fixed_base_table(djn_base % k.qsquare, k.qsquare, exponent_bits)
+    out = []
+    for m, alpha in zip(residues, alphas):
+        g_to_m = 1 + mpz(m) * k.n
+        c_p = g_to_m * table_p.power(alpha) % k.psquare
+        c_q = g_to_m * table_q.power(alpha) % k.qsquare
+        out.append(int(c_q + k.qsquare * ((c_p - c_q) * k.qsquare_inverse_mod_psquare
+                                          % k.psquare)))
+    return out
+
+
 def _kernel_crt_decrypt(constants, ciphertexts):
     """The key owner's CRT decryption to residues in [0, n), as ints."""
     k = _crt_namespace(constants)
@@ -502,8 +519,10 @@ def _randomizers_for(public_key, count, randomness, executor, workers, pool):
 def encrypt_array(key, fixed, *, executor=None, workers=None, randomness=None, pool=None):
     """Encrypt a Fixed array with fresh randomness for every element, optionally on workers.
 
-    PrivateKey: the key owner's CRT path, uniform r drawn as its CRT parts (no extra
-    assumption; `randomness` must be None or "textbook"); twin PrivateKey.encrypt.
+    PrivateKey: the key owner's CRT path.  By default (randomness None or "textbook") uniform
+    r drawn as its CRT parts, no extra assumption, twin PrivateKey.encrypt; randomness="djn"
+    uses h_s^α mod p² and mod q² from two half-size tables (about 10x cheaper at 2048 bits;
+    the same ciphertext as PublicKey DJN for the same α, its twin).
     PublicKey: (1 + m·n)·ρ mod n² with ρ from randomizers(randomness) or from `pool`; twin
     PublicKey.encrypt.  The secrets are drawn here; the exponentiations run in this process or
     on `executor`.  Same distribution as the twin.
@@ -511,15 +530,20 @@ def encrypt_array(key, fixed, *, executor=None, workers=None, randomness=None, p
     if not isinstance(fixed, Fixed):
         raise TypeError(f"encrypt_array expects a Fixed array, got {type(fixed).__name__}")
     if isinstance(key, PrivateKey):
-        if randomness not in (None, "textbook") or pool is not None:
-            raise ValueError("the key owner's CRT encryption draws uniform r itself: "
-                             "randomness and pool apply to PublicKey encryption")
+        if pool is not None:
+            raise ValueError("the key owner's CRT encryption draws its own randomness: "
+                             "pools serve PublicKey encryption")
         public_key = key.public_key
         residues = public_key._encode_array(fixed.values).ravel().tolist()
-        parts = [key.random_crt_parts() for _ in residues]
-        flat = _spread_flat(executor, workers, _kernel_crt_encrypt, (_crt_constants(key),),
-                            [residues, [s_p for s_p, _ in parts], [s_q for _, s_q in parts]])
-        flat = [mpz(c) for c in flat]
+        if randomness is None or paillier._randomness_kind(randomness) == "textbook":
+            parts = [key.random_crt_parts() for _ in residues]
+            columns = [residues, [s_p for s_p, _ in parts], [s_q for _, s_q in parts]]
+            kernel, shared = _kernel_crt_encrypt, (_crt_constants(key),)
+        else:
+            columns = [residues, [public_key.random_djn_exponent() for _ in residues]]
+            kernel = _kernel_crt_djn_encrypt
+            shared = (_crt_constants(key), public_key.djn_base, public_key.djn_exponent_bits)
+        flat = [mpz(c) for c in _spread_flat(executor, workers, kernel, shared, columns)]
     elif isinstance(key, PublicKey):
         public_key = key
         residues = public_key._encode_array(fixed.values).ravel().tolist()

@@ -115,12 +115,30 @@ def test_both_randomness_kinds_decrypt_identically(arithmetic, keypair, randomne
 
 
 def test_randomness_must_be_named_correctly(keypair):
-    """Only "djn" and "textbook"; the key owner's CRT path refuses DJN and pools."""
+    """Only "djn" and "textbook"; the key owner's CRT path takes no pool."""
     public_key, private_key = keypair
     with pytest.raises(ValueError, match="randomness must be one of"):
         public_key.randomizer("fast")
+    pool = kernels.RandomizerPool(public_key).fill(1)
     with pytest.raises(ValueError, match="key owner"):
-        kernels.encrypt_array(private_key, sample_fixed(), randomness="djn")
+        kernels.encrypt_array(private_key, sample_fixed(), pool=pool)
+
+
+def test_key_owner_djn_equals_public_key_djn_for_the_same_alpha(keypair, monkeypatch):
+    """The key owner's DJN path (tables mod p² and q², CRT) gives bit-for-bit the public-key
+    DJN ciphertexts for the same α, in this process and on an executor; it decrypts right."""
+    public_key, private_key = keypair
+    plain = sample_fixed()
+    draws = [public_key.random_djn_exponent() for _ in range(plain.values.size)]
+    results = []
+    for key, executor in ((public_key, None), (private_key, None),
+                          (private_key, InlineExecutor(workers=4))):
+        replay = iter(draws)
+        monkeypatch.setattr(public_key, "random_djn_exponent", lambda: next(replay))
+        encrypted = kernels.encrypt_array(key, plain, executor=executor, randomness="djn")
+        results.append([int(c) for c in encrypted.ciphertexts.ravel()])
+        assert private_key.decrypt(encrypted) == plain
+    assert results[0] == results[1] == results[2]
 
 
 def test_fixed_base_table_equals_powmod_for_random_exponents(arithmetic):
