@@ -13,6 +13,7 @@ import math
 import numbers
 import os
 import secrets
+import threading
 from types import SimpleNamespace
 
 __all__ = [
@@ -263,14 +264,19 @@ class FixedBaseTable:
 
 _TABLES = {}  # (backend, base, modulus, exponent_bits) -> FixedBaseTable, most recent last
 _KEPT_TABLES = 3  # each is megabytes at 2048 bits
+_TABLES_LOCK = threading.Lock()  # the parties may run in two threads of one process
 
 
 def fixed_base_table(base, modulus, exponent_bits):
     """The FixedBaseTable for (base, modulus, exponent_bits) on the current backend, built on
     first use and kept (the few most recently used) for the life of the process."""
     key = (current_backend().name, int(base), int(modulus), int(exponent_bits))
-    table = _TABLES.pop(key, None) or FixedBaseTable(base, modulus, exponent_bits)
-    _TABLES[key] = table
-    while len(_TABLES) > _KEPT_TABLES:
-        del _TABLES[next(iter(_TABLES))]
+    with _TABLES_LOCK:
+        table = _TABLES.pop(key, None)
+    if table is None:  # built outside the lock: two threads may both build, harmlessly
+        table = FixedBaseTable(base, modulus, exponent_bits)
+    with _TABLES_LOCK:
+        _TABLES[key] = table
+        while len(_TABLES) > _KEPT_TABLES:
+            del _TABLES[next(iter(_TABLES))]
     return table

@@ -1,16 +1,21 @@
 """The fast paths: packing, multi-exponentiation, workers and precomputed randomness.
 
 Every function here computes exactly what a simple, readable function in paillier.py computes,
-only faster; each docstring names that twin, and tests/test_kernels.py checks they agree
-(bit-identical ciphertexts for the same randomness, the same decryptions otherwise).
+only faster; each docstring names that twin, and tests/test_fast_paths.py and
+tests/test_kernels.py check they agree (bit-identical ciphertexts for the same randomness, the
+same decryptions otherwise).
 
     Slots              several signed values per plaintext (packing; pure integer algebra)
     encrypted_matmul   = EncryptedArray.__matmul__, by Straus multi-exponentiation
     encrypt_array      = PublicKey.encrypt / PrivateKey.encrypt, optionally on an executor
     decrypt_residues   = PrivateKey.decrypt_residues, optionally on an executor
-    rerandomize        = EncryptedArray.rerandomize, with a fixed-base table for DJN
-    FixedBaseTable     = powmod(base, e, modulus) for one fixed base, by table look-ups
+    rerandomize        = EncryptedArray.rerandomize, optionally on an executor or from a pool
+    randomizers        = PublicKey.randomizer, many at once, optionally on an executor
     RandomizerPool     randomizers computed ahead of need (offline), taken once each (online)
+    worker_count       how many pieces to cut work into (SizedExecutor, dask_executor)
+
+DJN randomizers come from backend.FixedBaseTable (twin: powmod), one table per key and
+process; the key owner may use two half-size tables, mod p² and mod q² (encrypt_array).
 """
 
 import collections
@@ -438,7 +443,7 @@ def randomizers(public_key, count, *, randomness=None, executor=None, workers=No
     a FixedBaseTable, one per process) run here or on `executor`.  The same values either way
     for the same secrets.
     """
-    kind = paillier._randomness_kind(randomness)
+    kind = paillier.randomness_kind(randomness)
     if kind == "djn":
         drawn = [public_key.random_djn_exponent() for _ in range(count)]
         shared = (public_key.n, public_key.djn_base, public_key.djn_exponent_bits)
@@ -464,7 +469,7 @@ class RandomizerPool:
     def __init__(self, public_key, *, randomness=None, executor=None, workers=None):
         if not isinstance(public_key, PublicKey):
             raise TypeError(f"public_key must be a PublicKey, got {type(public_key).__name__}")
-        self.public_key, self.randomness = public_key, paillier._randomness_kind(randomness)
+        self.public_key, self.randomness = public_key, paillier.randomness_kind(randomness)
         self.executor, self.workers = executor, workers
         self.offline_seconds = self.online_seconds = 0.0
         self.shortfall = 0
@@ -511,7 +516,7 @@ def _randomizers_for(public_key, count, randomness, executor, workers, pool):
                            workers=workers)
     if pool.public_key != public_key:
         raise ValueError("the randomizer pool belongs to a different public key")
-    if randomness is not None and paillier._randomness_kind(randomness) != pool.randomness:
+    if randomness is not None and paillier.randomness_kind(randomness) != pool.randomness:
         raise ValueError(f"the pool holds {pool.randomness} randomizers, not {randomness}")
     return pool.take(count)
 
@@ -535,7 +540,7 @@ def encrypt_array(key, fixed, *, executor=None, workers=None, randomness=None, p
                              "pools serve PublicKey encryption")
         public_key = key.public_key
         residues = public_key._encode_array(fixed.values).ravel().tolist()
-        if randomness is None or paillier._randomness_kind(randomness) == "textbook":
+        if randomness is None or paillier.randomness_kind(randomness) == "textbook":
             parts = [key.random_crt_parts() for _ in residues]
             columns = [residues, [s_p for s_p, _ in parts], [s_q for _, s_q in parts]]
             kernel, shared = _kernel_crt_encrypt, (_crt_constants(key),)

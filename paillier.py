@@ -28,7 +28,8 @@ This ADDS an assumption: that h_s^α with a short α is indistinguishable from a
 residue (the short-exponent / subgroup-indistinguishability assumption DJN state; HEU, Intel
 IPCL and ABY rely on it too).  It buys a half-length exponent of a fixed base, which
 backend.FixedBaseTable turns into ~n_bits/14 multiplications: >10x cheaper than r^n.
-Decryption is unchanged.  The key owner's CRT encryption keeps uniform r (no new assumption).
+Decryption is unchanged.  The key owner's CRT encryption keeps uniform r by default (no new
+assumption; kernels.encrypt_array(private_key, ..., randomness="djn") opts in).
 
 Ciphertexts are plain integers, compatible with python-paillier (`phe`) given the same p and q.
 Arithmetic runs on gmpy2 or pure Python ints (module backend; `use_backend("python")`).
@@ -156,7 +157,8 @@ RANDOMNESS_KINDS = ("djn", "textbook")
 DEFAULT_RANDOMNESS = "djn"  # see the module docstring for the assumption it adds
 
 
-def _randomness_kind(randomness):
+def randomness_kind(randomness):
+    """The randomness kind asked for ("djn", "textbook"; None: DEFAULT_RANDOMNESS)."""
     kind = DEFAULT_RANDOMNESS if randomness is None else randomness
     if kind not in RANDOMNESS_KINDS:
         raise ValueError(f"randomness must be one of {RANDOMNESS_KINDS}, got {randomness!r}")
@@ -274,7 +276,7 @@ class PublicKey:
         djn_exponent_bits (a half-length exponent of a fixed base: ~10x cheaper at 2048 bits).
         """
         backend, n, nsquare = self._moduli()
-        if _randomness_kind(randomness) == "textbook":
+        if randomness_kind(randomness) == "textbook":
             return backend.powmod(self.random_r(), n, nsquare)
         return self.djn_randomizer(self.random_djn_exponent())
 
@@ -357,7 +359,7 @@ class PublicKey:
         if not isinstance(fixed, Fixed):
             raise TypeError(f"encrypt expects a Fixed array, got {type(fixed).__name__}")
         residues = self._encode_array(fixed.values)
-        kind = _randomness_kind(randomness)
+        kind = randomness_kind(randomness)
         _, n, nsquare = self._moduli()
         ciphertexts = [(1 + m * n) * self.randomizer(kind) % nsquare
                        for m in residues.ravel().tolist()]
@@ -706,7 +708,7 @@ class EncryptedArray:
         """Multiply every ciphertext by a fresh randomizer(randomness): same plaintexts,
         unlinkable ciphertexts.  (kernels.rerandomize: the same, with precomputed tables.)"""
         public_key = self.public_key
-        nsquare, kind = public_key.nsquare, _randomness_kind(randomness)
+        nsquare, kind = public_key.nsquare, randomness_kind(randomness)
         result = elementwise(lambda c: c * public_key.randomizer(kind) % nsquare,
                              self.ciphertexts)
         OP_COUNTS["rerandomize"] += result.size
