@@ -117,7 +117,7 @@ class Slots:
                     totals[column] += value << shift
             packed.append(totals)
         out = object_array([v for row in packed for v in row],
-                            (len(packed),) + values.shape[1:])
+                           (len(packed),) + values.shape[1:])
         return np.moveaxis(out, 0, axis)
 
     def unpack(self, packed, count, axis=0, value_bits=None):
@@ -363,7 +363,7 @@ def encrypted_matmul(encrypted, weights, *, executor=None, window=None, workers=
     if rows and cols:
         for (r, c), block in zip(blocks, _run(executor, _kernel_multiexp, tasks)):
             out[r, c] = object_array([mpz(v) for line in block for v in line],
-                                      (r.stop - r.start, c.stop - c.start))
+                                     (r.stop - r.start, c.stop - c.start))
     OP_COUNTS["mul_const"] += rows * cols * inner
     OP_COUNTS["add"] += rows * cols * max(inner - 1, 0)
     return EncryptedArray(encrypted.public_key, out, encrypted.scale + weights.scale)

@@ -122,7 +122,7 @@ def generate_keypair(n_length=2048, *, allow_insecure=False):
 
     p and q are random primes of n_length/2 bits each with their top two bits set, so
     p·q >= (1.5·2^(n_length/2 - 1))² > 2^(n_length - 1): n has exactly n_length bits.  A pair
-    is redrawn until PrivateKey would accept it (see _factor_problem: distinct, gcd(n, φ(n)) = 1,
+    is redrawn until PrivateKey would accept it (prime_pair_problem: distinct, gcd(n, φ(n)) = 1,
     |p - q| >= 2^(n_length/2 - 100)).
 
     Policy (check_key_size): n_length < 1024 raises ValueError unless allow_insecure=True (for
@@ -700,7 +700,7 @@ class EncryptedArray:
         multiply = np.frompyfunc(lambda c1, c2: c1 * c2 % nsquare, 2, 1)
         ciphertexts = self.ciphertexts.reshape(-1) if axis is None else self.ciphertexts
         result = as_object_array(multiply.reduce(ciphertexts, axis=0 if axis is None else axis,
-                                                  initial=backend.mpz(1)))
+                                                 initial=backend.mpz(1)))
         OP_COUNTS["add"] += self.ciphertexts.size - result.size
         return self._new(result)
 

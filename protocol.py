@@ -941,7 +941,7 @@ class DataParty:
         """
         features = self._prediction_features if rows is None else self._inputs(rows)
         product = kernels.decrypt_residues(self._private_key, masked_product,
-                                            executor=self.executor)
+                                           executor=self.executor)
         own_part = (features @ self.noise_acc).values
         if self.packing is not None:
             # X·ε_acc alone spills over the slots; only the sum z = X·W has to fit them.
@@ -956,7 +956,7 @@ class DataParty:
         hides) and packed into the same slots as Xᵀδ: the backward slots have room for both.
         """
         gradient = kernels.decrypt_residues(self._private_key, masked_gradient,
-                                             executor=self.executor)
+                                            executor=self.executor)
         mask = self.mask_source.uniform(self.noise_acc.shape,
                                         self.plan.gradient_mask_bits(batch_size),
                                         self.plan.x_frac_bits + self.plan.delta_frac_bits)
@@ -1100,7 +1100,7 @@ class LabelParty:
             self._forward_rows = n_rows
             self.packing.check_preactivation_fits(self.layer_sizes[0], self.weight_bound)
         product = kernels.encrypted_matmul(encrypted_features, self.weight_share,
-                                            executor=self.executor)
+                                           executor=self.executor)
         masked, self._forward_mask = self._add_wide_mask(product)
         return masked
 
