@@ -38,7 +38,8 @@ from leaks import separation_auc
 from channel import DATA, LABEL, MASK_WIDTH_SLACK, Channel, Finding, Message, uniform_mask
 from flaws import (FLOAT_MANTISSA_BITS, PHE_LOG2_BASE, SECURE, SEEDED_MASK_SEED_BITS,
                    InsecureFlaws, InsecureFlawWarning)
-from paillier import EncryptedArray, Fixed
+from fixed import Fixed
+from paillier import EncryptedArray
 from parties import DataParty, LabelParty
 
 DEFAULT_KEY_BITS = 256

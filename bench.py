@@ -20,7 +20,7 @@ What is measured:
   phe's float encoding; the peer below). The phe epoch runs on the first ``phe_rows`` rows
   only and is compared per sample.
 * Where the packed epoch's time goes: the seconds spent inside the big-integer kernels
-  (paillier._kernel_*: modular exponentiations, multi-exponentiation, CRT), against the rest.
+  (kernels._kernel_*: modular exponentiations, multi-exponentiation, CRT), against the rest.
 """
 
 from __future__ import annotations
@@ -36,9 +36,11 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 import acml
+import backend
+import kernels
 import nn
 import paillier
-from paillier import Fixed
+from fixed import Fixed
 
 FULL = dict(key_bits=(1024, 2048), epoch_key_bits=2048, repeats=20, keygen_repeats=3,
             matmul_shape=(8, 30, 8), rows=None, batch_size=64, hidden=8, phe_rows=64,
@@ -131,17 +133,38 @@ def primitives(bits: int, sizes: dict, executor=None) -> dict:
     terms = rows * inner * cols
     functions = {
         "acml_simple": lambda: encrypted_features @ fixed_weights,
-        "acml": lambda: paillier.encrypted_matmul(encrypted_features, fixed_weights),
+        "acml": lambda: kernels.encrypted_matmul(encrypted_features, fixed_weights),
         "phe": lambda: phe_features.dot(weights)}
     if executor is not None:
-        functions["acml_workers"] = lambda: paillier.encrypted_matmul(
+        functions["acml_workers"] = lambda: kernels.encrypted_matmul(
             encrypted_features, fixed_weights, executor=executor)
     matmul = {name: seconds / terms for name, seconds in _fastest(functions).items()}
     matmul["shape"] = [rows, inner, cols]
     out["matmul_per_term"] = matmul
+    out["randomizer"] = randomizers(public, repeats)
     for row in out.values():
         if "phe" in row:
             row["ratio"] = _ratio(row["phe"], row["acml"])
+    return out
+
+
+def randomizers(public, repeats: int) -> dict:
+    """Seconds per fresh randomizer at one key: textbook r^n mod n² against DJN's h_s^α from
+    the fixed-base table (ratio = textbook / djn), the table's one-off build, and a
+    RandomizerPool's offline fill against its online use (one multiplication per element)."""
+    table_build = _seconds(lambda: backend.FixedBaseTable(public.djn_base, public.nsquare,
+                                                          public.djn_exponent_bits))
+    public.djn_randomizer(1)  # this key's table, built outside the timings below
+    each = _fastest({kind: lambda kind=kind: [public.randomizer(kind) for _ in range(repeats)]
+                     for kind in ("textbook", "djn")})
+    out = {kind: seconds / repeats for kind, seconds in each.items()}
+    out["ratio"] = _ratio(out["textbook"], out["djn"])
+    out["table_build"] = table_build
+    fixed = Fixed.from_ints(np.arange(repeats, dtype=object) - repeats // 2, 0)
+    pool = kernels.RandomizerPool(public).fill(repeats)
+    online = _seconds(lambda: kernels.encrypt_array(public, fixed, pool=pool))
+    out["pool_offline"] = pool.offline_seconds / repeats
+    out["pool_online"] = online / repeats
     return out
 
 
@@ -198,14 +221,14 @@ def plaintext_epoch(train_set, sizes) -> dict:
     return {"rows": len(train_set.y), "seconds": seconds, "per_sample": seconds / len(train_set.y)}
 
 
-_KERNELS = ("_kernel_multiexp", "_kernel_crt_encrypt", "_kernel_public_encrypt",
+_KERNELS = ("_kernel_multiexp", "_kernel_crt_encrypt", "_kernel_randomizers",
             "_kernel_crt_decrypt")
 
 
 def _time_kernels(totals: dict):
-    """Wrap paillier's arithmetic kernels to add their wall time into ``totals``; returns a
+    """Wrap the kernels._kernel_* functions to add their wall time into ``totals``; returns a
     function that restores them. (In-process runs only: workers run the unwrapped ones.)"""
-    originals = {name: getattr(paillier, name) for name in _KERNELS}
+    originals = {name: getattr(kernels, name) for name in _KERNELS}
 
     def timed(name, kernel):
         def run(*arguments):
@@ -218,11 +241,11 @@ def _time_kernels(totals: dict):
         return run
 
     for name, kernel in originals.items():
-        setattr(paillier, name, timed(name, kernel))
+        setattr(kernels, name, timed(name, kernel))
 
     def restore():
         for name, kernel in originals.items():
-            setattr(paillier, name, kernel)
+            setattr(kernels, name, kernel)
     return restore
 
 
@@ -331,9 +354,9 @@ def run(*, quick: bool = False, workers: int = 2, json_path: str | None = None,
             warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
             keypair = paillier.generate_keypair(bits, allow_insecure=True)
         epochs = report["epochs"]
-        kernels: dict = {}
+        kernel_totals: dict = {}
         out(f"one epoch, {len(train_set.y)} rows, {bits}-bit key: packed, with its profile ...")
-        profiled = protocol_epoch(train_set, sizes, keypair, packing=True, kernel_timer=kernels)
+        profiled = protocol_epoch(train_set, sizes, keypair, packing=True, kernel_timer=kernel_totals)
         # The packed epochs are short: run them in alternation and keep each one's fastest,
         # so that a neighbour's burst of load on a shared machine skews neither side alone.
         for _ in range(sizes["packed_rounds"]):
@@ -357,13 +380,13 @@ def run(*, quick: bool = False, workers: int = 2, json_path: str | None = None,
     report["machine"]["load_average_after"] = list(os.getloadavg())
 
     packed = epochs["packed"]
-    kernel_seconds = sum(kernels.values())
+    kernel_seconds = sum(kernel_totals.values())
     report["profile"] = {
-        "kernel_seconds": kernels, "epoch_seconds": profiled["seconds"],
+        "kernel_seconds": kernel_totals, "epoch_seconds": profiled["seconds"],
         "setup_seconds": profiled["setup_seconds"],
         "kernel_fraction": kernel_seconds / max(profiled["seconds"]
                                                 + profiled["setup_seconds"], 1e-12),
-        "note": "time inside paillier's big-integer kernels during the packed run (setup + "
+        "note": "time inside the big-integer kernels during the packed run (setup + "
                 "epoch, 1 process), over that run's setup + epoch time"}
     best = epochs.get("packed_workers", packed)
     top = report["primitives"][str(sizes["key_bits"][-1])]  # the largest key
@@ -406,6 +429,13 @@ def format_table(report: dict) -> str:
         if "acml_workers" in rows["matmul_per_term"]:
             lines.append(f"  {'[[X]]·W workers, per term':<26}"
                          f"{1e3 * rows['matmul_per_term']['acml_workers']:>10.3f}")
+        randomizer = rows["randomizer"]
+        lines.append(f"  {'randomizer r^n':<26}{1e3 * randomizer['textbook']:>10.3f}")
+        lines.append(f"  {'randomizer DJN h_s^α':<26}{1e3 * randomizer['djn']:>10.3f}"
+                     f"{'':>10}{randomizer['ratio']:>11.2f}×  (r^n / DJN; table built once in "
+                     f"{1e3 * randomizer['table_build']:.0f} ms)")
+        lines.append(f"  {'pool: offline, online':<26}{1e3 * randomizer['pool_offline']:>10.3f}"
+                     f"{1e3 * randomizer['pool_online']:>10.3f}  (per encryption)")
     epochs = report["epochs"]
     lines.append(f"\nOne epoch (steps 1–4), {report['config']['epoch_key_bits']}-bit key; "
                  "seconds per step")

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import paillier
+from fixed import max_abs_bits, object_array
 from paillier import EncryptedArray, PublicKey
 
 DATA, LABEL = "data", "label"
@@ -91,7 +92,7 @@ class MaskSource:
 
     def uniform(self, shape, bits: int, scale: int) -> np.ndarray:
         mask = self._draw(shape, bits, scale)
-        self.pending.append((bits, bits_of(mask)))
+        self.pending.append((bits, max_abs_bits(mask)))
         return mask
 
     def _draw(self, shape, bits: int, scale: int) -> np.ndarray:
@@ -101,19 +102,6 @@ class MaskSource:
         """The draws since the last call, and forget them."""
         drawn, self.pending = self.pending, []
         return drawn
-
-
-def object_array(items, shape) -> np.ndarray:
-    """Python ints (or mpz) in a numpy object array of ``shape``."""
-    out = np.empty(len(items), dtype=object)
-    out[:] = items
-    return out.reshape(shape)
-
-
-def bits_of(values) -> int:
-    """Bit length of the largest |value| in an integer (object) array."""
-    arr = np.asarray(values, dtype=object).ravel()
-    return max((abs(int(v)).bit_length() for v in arr), default=0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,19 +192,6 @@ def is_public_value(payload) -> bool:
     return False
 
 
-def check_ciphertext_values(encrypted: EncryptedArray, where: str) -> None:
-    """Every ciphertext must lie in [1, n²) and be coprime to n: anything else is no Paillier
-    ciphertext, and the key owner's CRT decryption would turn it into a meaningless residue
-    without complaint. One gcd per ciphertext costs a few percent of what making it did."""
-    n, nsquare = encrypted.public_key.n, encrypted.public_key.nsquare
-    for flat_index, c in enumerate(encrypted.ciphertexts.ravel().tolist()):
-        if not 0 < c < nsquare or math.gcd(c, n) != 1:
-            index = tuple(map(int, np.unravel_index(flat_index, encrypted.shape)))
-            problem = "lies outside [1, n²)" if not 0 < c < nsquare else "is not coprime to n"
-            raise ValueError(f"{where}: ciphertext at index {index} {problem}, so it is no "
-                             "Paillier ciphertext")
-
-
 def shape_of(payload) -> tuple | None:
     if isinstance(payload, (EncryptedArray, np.ndarray)):
         return tuple(payload.shape)
@@ -232,7 +207,7 @@ def nbytes_of(payload, public_key) -> int:
     if isinstance(payload, np.ndarray):
         if payload.dtype == object:
             width = ((public_key.n.bit_length() + 7) // 8) if public_key else max(
-                (bits_of(payload) + 8) // 8, 1)
+                (max_abs_bits(payload) + 8) // 8, 1)
             return width * payload.size
         return payload.nbytes
     return len(json.dumps(jsonable(payload)))
@@ -445,7 +420,7 @@ class Channel:
                                f"{type(payload).__name__}, not an EncryptedArray")
         if self.public_key is None or payload.public_key != self.public_key:
             raise LeakageError(f"{m.where}: ciphertext is not under the data party's public key")
-        check_ciphertext_values(payload, m.where)
+        paillier.check_ciphertexts(payload, payload.public_key, m.where)
         n = self.public_key.n
         if any(int(c) % n == 1 for c in payload.ciphertexts.ravel().tolist()):
             self._violation(m, "a ciphertext c ≡ 1 (mod n) carries no Paillier randomness r^n: "

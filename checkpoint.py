@@ -22,7 +22,8 @@ import numpy as np
 import data
 import nn
 import paillier
-from paillier import Fixed, PublicKey
+from fixed import Fixed
+from paillier import PublicKey
 from channel import DATA, LABEL
 from parties import BottomModel, DataParty, LabelParty, Restored
 from plan import FixedPointPlan, check_features
@@ -180,12 +181,10 @@ def _public_key_from(arrays: dict, meta: dict, path, allow_insecure: bool) -> Pu
     if public_key.fingerprint != meta.get("public_key_fingerprint"):
         raise ValueError(f"{path}: corrupted checkpoint: its key does not match the fingerprint "
                          "in its meta")
-    bits = n.bit_length()
-    if bits < paillier.MIN_KEY_BITS or (bits < paillier.INSECURE_KEY_BITS and not allow_insecure):
-        raise ValueError(f"{path}: its {bits}-bit key is under {paillier.INSECURE_KEY_BITS} bits "
-                         "and not secure; allow insecure keys (--insecure-small-key) only for "
-                         "tests and demos")
-    return public_key
+    try:
+        return public_key.check_policy(allow_insecure=allow_insecure)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
 def _plan_from(meta: dict, path) -> FixedPointPlan:
@@ -325,7 +324,7 @@ class DataPartyState:
         p = int(_integers(arrays, "private_key.p", (), path)[()])
         q = int(_integers(arrays, "private_key.q", (), path)[()])
         try:
-            private_key = paillier.PrivateKey(public_key, p, q)
+            private_key = paillier.PrivateKey(public_key, p, q, allow_insecure=allow_insecure)
         except ValueError as error:
             raise ValueError(f"{path}: corrupted checkpoint: bad private key ({error})") from None
         plan = _plan_from(meta, path)

@@ -16,8 +16,10 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 import paillier
-from channel import MaskSource, object_array
-from paillier import EncryptedArray, Fixed, PublicKey
+from channel import MaskSource
+from fixed import object_array
+from fixed import Fixed
+from paillier import EncryptedArray, PublicKey
 
 
 class InsecureFlawWarning(UserWarning):

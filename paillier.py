@@ -19,12 +19,22 @@ quantity (class Fixed).  The key owner decrypts, and may encrypt, with the Chine
 theorem, working mod p² and q² instead of n²; the textbook formulas above are kept beside it
 (decrypt_textbook) so tests can check one against the other.
 
-Ciphertexts are plain integers, compatible with python-paillier (`phe`) given the same p and q.
+Randomness: any n-th residue ρ mod n² can stand where r^n stands.  randomness="textbook" uses
+ρ = r^n, r uniform in Z*_n (Paillier's scheme, resting on the decisional composite residuosity
+assumption, DCRA).  randomness="djn" (Damgård-Jurik-Nielsen, s = 1; the default) uses
+ρ = h_s^α with one fixed h_s = (-x²)^n mod n² per key, x hashed from n (so the label party,
+holding only the public key, needs to trust nobody's choice), and α uniform of n_bits/2 bits.
+This ADDS an assumption: that h_s^α with a short α is indistinguishable from a uniform n-th
+residue (the short-exponent / subgroup-indistinguishability assumption DJN state; HEU, Intel
+IPCL and ABY rely on it too).  It buys a half-length exponent of a fixed base, which
+backend.FixedBaseTable turns into ~n_bits/14 multiplications: >10x cheaper than r^n.
+Decryption is unchanged.  The key owner's CRT encryption keeps uniform r by default (no new
+assumption; kernels.encrypt_array(private_key, ..., randomness="djn") opts in).
 
-Arithmetic runs on one of two backends: gmpy2 (fast; used when importable and the environment
-variable ACML_PURE_PYTHON is not "1") or pure Python ints.  `use_backend("python")` switches at
-run time.  Caveats: this is an educational reference, not audited cryptography; Python big-int
-arithmetic is not constant time, so it leaks timing to anyone who can measure it.
+Ciphertexts are plain integers, compatible with python-paillier (`phe`) given the same p and q.
+Arithmetic runs on gmpy2 or pure Python ints (module backend; `use_backend("python")`).
+Caveats: this is an educational reference, not audited cryptography; Python big-int arithmetic
+is not constant time, so it leaks timing to anyone who can measure it.
 """
 
 import collections
@@ -32,125 +42,33 @@ import hashlib
 import json
 import math
 import numbers
-import os
 import secrets
 import warnings
 from types import SimpleNamespace
 
 import numpy as np
 
+import encoding
+from backend import (
+    as_int, current_backend, describe_int, fixed_base_table, hash_to_unit, invert,
+    is_probable_prime, mpz, powmod, prime_pair_problem, random_prime, use_backend,
+)
+from fixed import Fixed, as_object_array, check_scale, elementwise, map_values, object_array
+from encoding import int_from_text, int_to_text
+
+
+def __getattr__(name):
+    """paillier.BACKEND: the name of the arithmetic backend in use, read live (use_backend)."""
+    if name == "BACKEND":
+        return current_backend().name
+    raise AttributeError(f"module 'paillier' has no attribute {name!r}")
+
+
 __all__ = [
-    "BACKEND", "use_backend", "mpz", "powmod", "invert", "is_probable_prime",
+    "BACKEND", "use_backend", "current_backend", "mpz", "powmod", "invert", "is_probable_prime",
     "InsecureKeyWarning", "generate_keypair", "PublicKey", "PrivateKey", "L", "decrypt_textbook",
-    "Fixed", "EncryptedArray", "OP_COUNTS", "reset_op_counts",
-    "Slots", "encrypted_matmul", "encrypt_array", "decrypt_residues",
+    "EncryptedArray", "OP_COUNTS", "reset_op_counts",
 ]
-
-# ---------------------------------------------------------------------------------------------
-# Backend: the same four number-theory primitives, from gmpy2 or from Python's int.
-# ---------------------------------------------------------------------------------------------
-
-
-def _python_backend():
-    def is_prime(candidate):
-        import sympy  # imported lazily: only key generation and key loading need it
-
-        return sympy.isprime(int(candidate))  # Baillie-PSW: no known pseudoprime
-
-    return SimpleNamespace(
-        name="python", mpz=int, powmod=pow, invert=lambda a, m: pow(a, -1, m),
-        gcd=math.gcd, is_prime=is_prime, not_invertible=ValueError,
-    )
-
-
-def _gmpy2_backend():
-    import gmpy2
-
-    return SimpleNamespace(
-        name="gmpy2", mpz=gmpy2.mpz, powmod=gmpy2.powmod, invert=gmpy2.invert,
-        # GMP runs Baillie-PSW plus (reps - 24) Miller-Rabin rounds with random bases.
-        gcd=gmpy2.gcd, is_prime=lambda candidate: gmpy2.is_prime(candidate, 64),
-        not_invertible=ZeroDivisionError,
-    )
-
-
-_BACKENDS = {"python": _python_backend()}
-
-
-def _load_backend(name):
-    if name not in ("python", "gmpy2"):
-        raise ValueError(f"unknown backend {name!r}: choose 'gmpy2' or 'python'")
-    if name not in _BACKENDS:
-        try:
-            _BACKENDS[name] = _gmpy2_backend()
-        except ImportError as error:
-            raise ValueError("backend 'gmpy2' is unavailable: gmpy2 is not installed") from error
-    return _BACKENDS[name]
-
-
-def _default_backend_name():
-    if os.environ.get("ACML_PURE_PYTHON") == "1":
-        return "python"
-    try:
-        _load_backend("gmpy2")
-        return "gmpy2"
-    except ValueError:
-        return "python"
-
-
-_backend = _load_backend(_default_backend_name())
-BACKEND = _backend.name  # read it as paillier.BACKEND: use_backend rebinds the module attribute
-
-
-def _set_backend(name):
-    global _backend, BACKEND
-    _backend = _load_backend(name)
-    BACKEND = _backend.name
-
-
-class use_backend:
-    """Switch the arithmetic backend to "gmpy2" or "python".
-
-    `use_backend("python")` switches for good; `with use_backend("python"): ...` switches back to
-    the previous backend on exit.  The choice is global to the process (not thread-local).
-    Numbers made under one backend stay valid under the other: gmpy2's mpz and int interoperate.
-    """
-
-    def __init__(self, name):
-        self.previous = BACKEND
-        _set_backend(name)
-        self.name = BACKEND
-
-    def __enter__(self):
-        return self.name
-
-    def __exit__(self, *exc_info):
-        _set_backend(self.previous)
-        return False
-
-
-def mpz(value):
-    """`value` as the current backend's integer type (gmpy2.mpz or int)."""
-    return _backend.mpz(value)
-
-
-def powmod(base, exponent, modulus):
-    """base^exponent mod modulus on the current backend (a negative exponent inverts first)."""
-    return _backend.powmod(base, exponent, modulus)
-
-
-def invert(value, modulus):
-    """value^-1 mod modulus; ValueError when gcd(value, modulus) != 1."""
-    try:
-        return _backend.invert(value, modulus)
-    except _backend.not_invertible:
-        raise ValueError(f"{value} has no inverse modulo {modulus}") from None
-
-
-def is_probable_prime(candidate):
-    """Strong probabilistic primality test (Baillie-PSW, plus Miller-Rabin rounds on gmpy2)."""
-    return bool(_backend.is_prime(candidate))
-
 
 # ---------------------------------------------------------------------------------------------
 # Operation counter, for cost accounting in the protocol and benchmarks.
@@ -170,13 +88,28 @@ def reset_op_counts():
 # Keys
 # ---------------------------------------------------------------------------------------------
 
-MIN_KEY_BITS = 128  # below this even a test key is meaningless: the flag cannot go lower
-INSECURE_KEY_BITS = 1024  # below this generate_keypair refuses unless allow_insecure=True
+MIN_KEY_BITS = 128  # below this even a test key is meaningless: no flag goes lower
+INSECURE_KEY_BITS = 1024  # below this keys are refused unless allow_insecure=True
 RECOMMENDED_KEY_BITS = 2048  # below this generate_keypair warns
+INSECURE_FLAG = "--insecure-small-key"  # the command-line spelling of allow_insecure=True
 
 
 class InsecureKeyWarning(UserWarning):
     """A Paillier modulus shorter than 2048 bits was generated: fine for tests, not for data."""
+
+
+def check_key_size(bits, *, allow_insecure):
+    """The key-size policy, in one place: ValueError unless a `bits`-bit modulus is allowed.
+
+    Under MIN_KEY_BITS always refused; under INSECURE_KEY_BITS refused unless allow_insecure
+    (tests and demos only: the command line spells it --insecure-small-key).
+    """
+    if bits < MIN_KEY_BITS:
+        raise ValueError(f"a {bits}-bit key is below the hard floor of {MIN_KEY_BITS} bits")
+    if bits < INSECURE_KEY_BITS and not allow_insecure:
+        raise ValueError(f"a {bits}-bit key is under {INSECURE_KEY_BITS} bits and not secure; "
+                         f"allow insecure keys (allow_insecure=True, {INSECURE_FLAG}) only for "
+                         "tests and demos")
 
 
 def L(u, n):
@@ -184,102 +117,96 @@ def L(u, n):
     return (u - 1) // n
 
 
-_SMALL_PRIMES_PRODUCT = math.prod(
-    candidate for candidate in range(3, 2000, 2)
-    if all(candidate % divisor for divisor in range(3, math.isqrt(candidate) + 1, 2))
-)
-
-
-def _random_prime(bits):
-    """A uniform random prime with exactly `bits` bits, the top two set, from `secrets`."""
-    top_two_bits = 0b11 << (bits - 2)
-    while True:
-        candidate = secrets.randbits(bits) | top_two_bits | 1
-        # One gcd rejects most composites before the expensive test.
-        if math.gcd(candidate, _SMALL_PRIMES_PRODUCT) == 1 and is_probable_prime(candidate):
-            return candidate
-
-
 def generate_keypair(n_length=2048, *, allow_insecure=False):
     """Generate (PublicKey, PrivateKey) with a modulus n of exactly `n_length` bits.
 
     p and q are random primes of n_length/2 bits each with their top two bits set, so
-    p·q >= (1.5·2^(n_length/2 - 1))² > 2^(n_length - 1): n has exactly n_length bits.  We also
-    require p != q, gcd(n, (p-1)(q-1)) = 1 (Paillier's condition, automatic for equal sizes) and
-    |p - q| > 2^(n_length/2 - 100) (the FIPS 186 distance, so Fermat factoring cannot work).
+    p·q >= (1.5·2^(n_length/2 - 1))² > 2^(n_length - 1): n has exactly n_length bits.  A pair
+    is redrawn until PrivateKey would accept it (prime_pair_problem: distinct, gcd(n, φ(n)) = 1,
+    |p - q| >= 2^(n_length/2 - 100)).
 
-    Policy: n_length < 2048 emits InsecureKeyWarning; n_length < 1024 raises ValueError unless
-    allow_insecure=True (for tests); n_length < 128 or odd always raises.
+    Policy (check_key_size): n_length < 1024 raises ValueError unless allow_insecure=True (for
+    tests); n_length < 128 always raises; so does an odd n_length; < 2048 emits
+    InsecureKeyWarning.
     """
     if isinstance(n_length, bool) or not isinstance(n_length, numbers.Integral):
         raise TypeError(f"n_length must be an int, got {type(n_length).__name__}")
     n_length = int(n_length)
-    if n_length < MIN_KEY_BITS:
-        raise ValueError(f"n_length={n_length} is below the hard floor of {MIN_KEY_BITS} bits")
+    try:
+        check_key_size(n_length, allow_insecure=allow_insecure)
+    except ValueError as error:
+        raise ValueError(f"n_length={n_length}: {error}") from None
     if n_length % 2:
         raise ValueError(f"n_length={n_length} must be even (p and q have equal size)")
-    if n_length < INSECURE_KEY_BITS and not allow_insecure:
-        raise ValueError(
-            f"n_length={n_length} is insecure (< {INSECURE_KEY_BITS} bits); "
-            "pass allow_insecure=True only for tests"
-        )
     if n_length < RECOMMENDED_KEY_BITS:
         warnings.warn(
             f"a {n_length}-bit Paillier modulus is not secure; use >= {RECOMMENDED_KEY_BITS} bits",
             InsecureKeyWarning, stacklevel=2,
         )
     half = n_length // 2
-    min_distance = 1 << max(half - 100, 0)
     while True:
-        p, q = _random_prime(half), _random_prime(half)
-        n = p * q
-        if abs(p - q) > min_distance and math.gcd(n, (p - 1) * (q - 1)) == 1:
+        p, q = random_prime(half), random_prime(half)
+        if prime_pair_problem(p, q) is None:
             break
-    assert n.bit_length() == n_length
-    public_key = PublicKey(n)
-    return public_key, PrivateKey(public_key, p, q)
+    assert (p * q).bit_length() == n_length
+    public_key = PublicKey(p * q)
+    return public_key, PrivateKey(public_key, p, q, allow_insecure=allow_insecure)
 
 
-def _as_int(value, what):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{what} must be an integer, got {type(value).__name__} {value!r}")
-    return int(value)
+RANDOMNESS_KINDS = ("djn", "textbook")
+DEFAULT_RANDOMNESS = "djn"  # see the module docstring for the assumption it adds
 
 
-def _describe(value):
-    """A readable rendering of a possibly huge integer for error messages."""
-    return str(value) if abs(value) < 10**30 else f"a {abs(value).bit_length()}-bit number"
+def randomness_kind(randomness):
+    """The randomness kind asked for ("djn", "textbook"; None: DEFAULT_RANDOMNESS)."""
+    kind = DEFAULT_RANDOMNESS if randomness is None else randomness
+    if kind not in RANDOMNESS_KINDS:
+        raise ValueError(f"randomness must be one of {RANDOMNESS_KINDS}, got {randomness!r}")
+    return kind
 
 
 class PublicKey:
     """Paillier public key (n, g = n + 1).
 
-    Attributes: n, nsquare = n², g = n + 1, max_int = (n - 1) // 3.
+    Attributes: n, nsquare = n², g = n + 1, max_int = (n - 1) // 3, djn_base (h_s).
 
     max_int is the overflow bound of the signed encoding: an integer v with |v| <= max_int is
     stored as the residue v mod n, so positives fill [0, max_int], negatives [n - max_int, n),
     and the middle band (max_int, n - max_int), about n/3 wide, never holds a valid encoding.
     A result that lands there after homomorphic arithmetic is reported as OverflowError; a
     result that overflows by more than that band wraps silently, so keep |results| <= max_int
-    (Fixed.max_abs_bits helps budget the bits).
+    (fixed.max_abs_bits helps budget the bits).
+
+    Construction refuses what can be no Paillier modulus (even, a perfect square, shorter than
+    MIN_KEY_BITS); whether a key is long enough to use is the caller's policy: check_policy.
     """
 
     def __init__(self, n):
-        n = _as_int(n, "n")
+        n = as_int(n, "n")
         if n < 3 or n % 2 == 0:
-            raise ValueError(f"n must be an odd integer >= 3 (a product of two odd primes), "
-                             f"got {n}")
-        self.n = n
-        self.nsquare = n * n
-        self.g = n + 1
-        self.max_int = (n - 1) // 3
-        self._typed = {}
+            raise ValueError(f"n must be odd (a product of two odd primes), got "
+                             f"{describe_int(n)}")
+        if n.bit_length() < MIN_KEY_BITS:
+            raise ValueError(f"n has {n.bit_length()} bits, below the hard floor of "
+                             f"{MIN_KEY_BITS} bits")
+        if math.isqrt(n) ** 2 == n:
+            raise ValueError("n is a perfect square (p = q), so it is no Paillier modulus")
+        self.n, self.nsquare, self.g, self.max_int = n, n * n, n + 1, (n - 1) // 3
+        self._typed, self._djn_base = {}, None  # per-backend constants; h_s, made on first use
+
+    def check_policy(self, *, allow_insecure):
+        """ValueError unless this key's size passes check_key_size; returns the key.
+
+        A party handed a public key (the label party, over the wire) calls this before use.
+        """
+        check_key_size(self.n.bit_length(), allow_insecure=allow_insecure)
+        return self
 
     # -- helpers --------------------------------------------------------------------------------
 
     def _moduli(self):
         """(backend, n, n²) with n and n² already in the backend's integer type (cached)."""
-        backend = _backend
+        backend = current_backend()
         typed = self._typed.get(backend.name)
         if typed is None:
             typed = self._typed[backend.name] = (backend.mpz(self.n), backend.mpz(self.nsquare))
@@ -291,32 +218,75 @@ class PublicKey:
         return hashlib.sha256(self.n.to_bytes((self.n.bit_length() + 7) // 8, "big")).hexdigest()
 
     def _check_plaintext_residue(self, m, what="plaintext"):
-        m = _as_int(m, what)
+        m = as_int(m, what)
         if not 0 <= m < self.n:
-            raise ValueError(f"{what} must be a residue in [0, n), got {_describe(m)}")
+            raise ValueError(f"{what} must be a residue in [0, n), got {describe_int(m)}")
         return m
 
     def _check_r(self, r):
-        r = _as_int(r, "r")
+        r = as_int(r, "r")
         if not 0 < r < self.n or math.gcd(r, self.n) != 1:
             raise ValueError("r must lie in Z*_n: 0 < r < n and gcd(r, n) = 1")
         return r
 
-    # -- the algebra ----------------------------------------------------------------------------
+    # -- randomness -----------------------------------------------------------------------------
 
     def random_r(self):
-        """A uniform element of Z*_n from `secrets` (the encryption randomness)."""
+        """A uniform element of Z*_n from `secrets` (the textbook encryption randomness)."""
         while True:
             r = secrets.randbelow(self.n)
             if r > 0 and math.gcd(r, self.n) == 1:
-                return _backend.mpz(r)
+                return mpz(r)
 
-    def raw_encrypt(self, m, r=None):
-        """c = (1 + m·n) · r^n mod n² for a residue m in [0, n); fresh r from secrets if None."""
-        m = self._check_plaintext_residue(m)
-        r = self.random_r() if r is None else self._check_r(r)
+    @property
+    def djn_base(self):
+        """DJN's fixed base h_s = (-x²)^n mod n², x = hash_to_unit(n): an n-th residue."""
+        if self._djn_base is None:
+            x = hash_to_unit(self.n, b"acml-djn-x")
+            self._djn_base = int(powmod((-x * x) % self.n, self.n, self.nsquare))
+        return self._djn_base
+
+    @property
+    def djn_exponent_bits(self):
+        """α's length: half of n's bits (rounded up), as HEU, Intel IPCL and ABY choose."""
+        return (self.n.bit_length() + 1) // 2
+
+    def random_djn_exponent(self):
+        """α uniform in [1, 2^djn_exponent_bits) from `secrets`."""
+        while True:
+            alpha = secrets.randbits(self.djn_exponent_bits)
+            if alpha:
+                return alpha
+
+    def djn_randomizer(self, alpha):
+        """h_s^α mod n² = powmod(h_s, α, n²), from a FixedBaseTable built once per key."""
+        table = fixed_base_table(self.djn_base, self.nsquare, self.djn_exponent_bits)
+        return table.power(alpha)
+
+    def _rho(self, r, randomness):
+        """r^n mod n² for a given r, else a fresh randomizer(randomness)."""
+        if r is None:
+            return self.randomizer(randomness)
+        return powmod(self._check_r(r), self.n, self.nsquare)
+
+    def randomizer(self, randomness=None):
+        """A fresh randomizer ρ, an n-th residue mod n², so that (1 + m·n)·ρ encrypts m.
+
+        "textbook": ρ = r^n mod n², r uniform in Z*_n.  "djn": ρ = h_s^α mod n², α uniform of
+        djn_exponent_bits (a half-length exponent of a fixed base: ~10x cheaper at 2048 bits).
+        """
         backend, n, nsquare = self._moduli()
-        return (1 + m * n) * backend.powmod(r, n, nsquare) % nsquare
+        if randomness_kind(randomness) == "textbook":
+            return backend.powmod(self.random_r(), n, nsquare)
+        return self.djn_randomizer(self.random_djn_exponent())
+
+    # -- the algebra ----------------------------------------------------------------------------
+
+    def raw_encrypt(self, m, r=None, *, randomness=None):
+        """c = (1 + m·n) · ρ mod n² for a residue m in [0, n): ρ = r^n for a given r, else a
+        fresh randomizer(randomness)."""
+        m = self._check_plaintext_residue(m)
+        return (1 + m * self.n) * self._rho(r, randomness) % self.nsquare
 
     def raw_add(self, c1, c2):
         """E(a) · E(b) mod n² = E(a + b mod n)."""
@@ -334,34 +304,28 @@ class PublicKey:
 
         k < 0 uses (E(a)^-1)^|k|: one modular inverse, never the n-sized exponent k mod n.
         """
-        k = _as_int(k, "k")
+        k = as_int(k, "k")
         backend, _, nsquare = self._moduli()
         if k < 0:
             return backend.powmod(backend.invert(c, nsquare), -k, nsquare)
         return backend.powmod(c, k, nsquare)
 
-    def raw_rerandomize(self, c, r=None):
-        """E(a) · r^n mod n²: the same plaintext under fresh randomness (unlinkable to c)."""
-        r = self.random_r() if r is None else self._check_r(r)
-        backend, n, nsquare = self._moduli()
-        return c * backend.powmod(r, n, nsquare) % nsquare
+    def raw_rerandomize(self, c, r=None, *, randomness=None):
+        """E(a) · ρ mod n²: the same plaintext under fresh randomness (unlinkable to c)."""
+        return c * self._rho(r, randomness) % self.nsquare
 
     def check_ciphertext(self, c):
         """Raise ValueError unless c is an integer in [1, n²) with gcd(c, n) = 1."""
-        c = _as_int(c, "ciphertext")
-        if not 1 <= c < self.nsquare:
-            raise ValueError(f"ciphertext {_describe(c)} lies outside [1, n²)")
-        if math.gcd(c, self.n) != 1:
-            raise ValueError("ciphertext is not coprime to n, so it is no Paillier ciphertext")
+        check_ciphertexts(as_object_array(as_int(c, "ciphertext")), self)
 
     # -- signed integers as residues --------------------------------------------------------------
 
     def encode_residue(self, v):
         """Signed integer v -> residue v mod n; OverflowError if |v| > max_int = (n - 1) // 3."""
-        v = _as_int(v, "value")
+        v = as_int(v, "value")
         if abs(v) > self.max_int:
             raise OverflowError(
-                f"|value| = {_describe(abs(v))} exceeds max_int = (n - 1) // 3 "
+                f"|value| = {describe_int(abs(v))} exceeds max_int = (n - 1) // 3 "
                 f"({self.max_int.bit_length()} bits), the largest encodable magnitude"
             )
         return v % self.n
@@ -372,9 +336,9 @@ class PublicKey:
         x <= max_int gives x; x >= n - max_int gives x - n; anything in between (the middle
         band max_int < x < n - max_int) can only come from overflow and raises OverflowError.
         """
-        x = _as_int(x, "residue")
+        x = as_int(x, "residue")
         if not 0 <= x < self.n:
-            raise ValueError(f"residue must lie in [0, n), got {_describe(x)}")
+            raise ValueError(f"residue must lie in [0, n), got {describe_int(x)}")
         if x <= self.max_int:
             return x
         if x >= self.n - self.max_int:
@@ -386,47 +350,38 @@ class PublicKey:
 
     def _encode_array(self, values):
         """encode_residue over an object array, naming the index of an overflowing element."""
-        residues = []
-        for flat_index, value in enumerate(values.ravel().tolist()):
-            try:
-                residues.append(self.encode_residue(value))
-            except OverflowError as error:
-                index = np.unravel_index(flat_index, values.shape)
-                raise OverflowError(f"at index {tuple(map(int, index))}: {error}") from None
-        return np.array(residues, dtype=object).reshape(values.shape)
+        return map_values(self.encode_residue, values)
 
     # -- arrays -----------------------------------------------------------------------------------
 
-    def encrypt(self, fixed):
-        """Encrypt a Fixed array element by element (textbook: one r^n mod n² each, fresh r)."""
+    def encrypt(self, fixed, *, randomness=None):
+        """Encrypt a Fixed array element by element, a fresh randomizer(randomness) each."""
         if not isinstance(fixed, Fixed):
             raise TypeError(f"encrypt expects a Fixed array, got {type(fixed).__name__}")
         residues = self._encode_array(fixed.values)
-        backend, n, nsquare = self._moduli()
-        powmod_, random_r = backend.powmod, self.random_r
-        ciphertexts = [
-            (1 + m * n) * powmod_(random_r(), n, nsquare) % nsquare
-            for m in residues.ravel().tolist()
-        ]
+        kind = randomness_kind(randomness)
+        _, n, nsquare = self._moduli()
+        ciphertexts = [(1 + m * n) * self.randomizer(kind) % nsquare
+                       for m in residues.ravel().tolist()]
         OP_COUNTS["encrypt"] += len(ciphertexts)
-        return EncryptedArray(self, _object_array(ciphertexts, fixed.shape), fixed.scale)
+        return EncryptedArray(self, object_array(ciphertexts, fixed.shape), fixed.scale)
 
     # -- identity and serialisation ---------------------------------------------------------------
 
     def to_json(self):
-        """JSON text {"n": "<decimal>"}."""
-        return json.dumps({"n": str(self.n)})
+        """JSON text {"n": "0x<hex>"} (int_to_text: no limit on the key size)."""
+        return json.dumps({"n": int_to_text(self.n)})
 
     @classmethod
     def from_json(cls, text):
-        """Inverse of to_json; ValueError on anything but {"n": "<decimal digits>"}."""
+        """Inverse of to_json (also reads the older decimal n); ValueError on anything else."""
         try:
             data = json.loads(text)
         except (TypeError, json.JSONDecodeError) as error:
             raise ValueError(f"public key JSON does not parse: {error}") from None
-        if not isinstance(data, dict) or not _is_decimal(data.get("n")):
-            raise ValueError('public key JSON must be {"n": "<decimal digits>"}')
-        return cls(int(data["n"]))
+        if not isinstance(data, dict) or set(data) != {"n"}:
+            raise ValueError('public key JSON must be {"n": "0x<hex digits>"}')
+        return cls(int_from_text(data["n"], "public key n"))
 
     def __eq__(self, other):
         return isinstance(other, PublicKey) and self.n == other.n
@@ -436,10 +391,6 @@ class PublicKey:
 
     def __repr__(self):
         return f"PublicKey(<{self.n.bit_length()}-bit n, fingerprint {self.fingerprint[:12]}>)"
-
-
-def _is_decimal(text):
-    return isinstance(text, str) and text.isascii() and text.isdigit()
 
 
 class PrivateKey:
@@ -455,28 +406,32 @@ class PrivateKey:
     (likewise for q), then m = CRT(m_p, m_q) mod n.  decrypt_textbook is the λ/μ formula.
     """
 
-    def __init__(self, public_key, p, q):
+    def __init__(self, public_key, p, q, *, allow_insecure=False):
+        """Check that (p, q) is a real Paillier key for public_key; ValueError (one line) if not.
+
+        p·q = n; p and q distinct, of equal size (within one bit), prime (Baillie-PSW);
+        gcd(n, φ(n)) = 1; |p - q| >= min_prime_distance(bits of n); and n's size passes
+        check_key_size(allow_insecure).  A checkpoint's key goes through the same door.
+        """
         if not isinstance(public_key, PublicKey):
             raise TypeError(f"public_key must be a PublicKey, got {type(public_key).__name__}")
-        p, q = _as_int(p, "p"), _as_int(q, "q")
-        if p == q:
-            raise ValueError("p and q must be distinct primes")
+        p, q = as_int(p, "p"), as_int(q, "q")
         if p * q != public_key.n:
             raise ValueError("p * q does not equal the public key's n")
-        for name, prime in (("p", p), ("q", q)):
-            if not is_probable_prime(prime):
-                raise ValueError(f"{name} is not prime")
+        problem = prime_pair_problem(p, q)
+        if problem is not None:
+            raise ValueError(problem)
+        check_key_size(public_key.n.bit_length(), allow_insecure=allow_insecure)
         self.public_key, self.p, self.q = public_key, p, q
         self._typed = {}
 
     def _constants(self):
         """Per-backend CRT constants (cached): p², q², h_p, h_q, q^-1 mod p, (q²)^-1 mod p²..."""
-        backend = _backend
+        backend = current_backend()
         constants = self._typed.get(backend.name)
         if constants is None:
-            p, q, n = self.p, self.q, self.public_key.n
+            p, q, n, g = self.p, self.q, self.public_key.n, self.public_key.g
             psquare, qsquare = p * p, q * q
-            g = self.public_key.g
             exact = {
                 "n": n, "p": p, "q": q, "psquare": psquare, "qsquare": qsquare,
                 "hp": pow(L(pow(g, p - 1, psquare), p), -1, p),
@@ -547,13 +502,11 @@ class PrivateKey:
             raise TypeError(f"encrypt expects a Fixed array, got {type(fixed).__name__}")
         public_key = self.public_key
         residues = public_key._encode_array(fixed.values)
-        constants, random_parts = self._constants(), self.random_crt_parts
-        ciphertexts = [
-            self._crt_encrypt_parts(m, *random_parts(), constants)
-            for m in residues.ravel().tolist()
-        ]
+        constants = self._constants()
+        ciphertexts = [self._crt_encrypt_parts(m, *self.random_crt_parts(), constants)
+                       for m in residues.ravel().tolist()]
         OP_COUNTS["encrypt"] += len(ciphertexts)
-        return EncryptedArray(public_key, _object_array(ciphertexts, fixed.shape), fixed.scale)
+        return EncryptedArray(public_key, object_array(ciphertexts, fixed.shape), fixed.scale)
 
     def _check_owner(self, encrypted):
         if not isinstance(encrypted, EncryptedArray):
@@ -568,11 +521,10 @@ class PrivateKey:
         """
         self._check_owner(encrypted)
         constants = self._constants()
-        residues = [
-            int(self._crt_decrypt(c, constants)) for c in encrypted.ciphertexts.ravel().tolist()
-        ]
+        residues = [int(self._crt_decrypt(c, constants))
+                    for c in encrypted.ciphertexts.ravel().tolist()]
         OP_COUNTS["decrypt"] += len(residues)
-        return _object_array(residues, encrypted.shape)
+        return object_array(residues, encrypted.shape)
 
     def decrypt(self, encrypted):
         """Decrypt to a Fixed array at the array's scale.
@@ -580,16 +532,8 @@ class PrivateKey:
         OverflowError (naming the index and the bound max_int) if a residue lies in the overflow
         band, i.e. the homomorphic arithmetic exceeded |value| <= max_int.
         """
-        residues = self.decrypt_residues(encrypted)
-        decode = self.public_key.decode_residue
-        values = []
-        for flat_index, residue in enumerate(residues.ravel().tolist()):
-            try:
-                values.append(decode(residue))
-            except OverflowError as error:
-                index = tuple(map(int, np.unravel_index(flat_index, residues.shape)))
-                raise OverflowError(f"at index {index}: {error}") from None
-        return Fixed(_object_array(values, residues.shape), encrypted.scale)
+        values = map_values(self.public_key.decode_residue, self.decrypt_residues(encrypted))
+        return Fixed(values, encrypted.scale)
 
     def __repr__(self):
         return f"PrivateKey(<for {self.public_key!r}>)"  # never print p or q
@@ -604,214 +548,6 @@ def decrypt_textbook(private_key, c):
     lam = math.lcm(private_key.p - 1, private_key.q - 1)
     mu = invert(L(powmod(public_key.g, lam, nsquare), n), n)
     return int(L(powmod(c, lam, nsquare), n) * mu % n)
-
-
-# ---------------------------------------------------------------------------------------------
-# Exact fixed point
-# ---------------------------------------------------------------------------------------------
-
-
-def _object_array(items, shape):
-    """A numpy object array of the given shape holding exactly these Python objects."""
-    array = np.empty(len(items), dtype=object)
-    array[:] = items
-    return array.reshape(shape)
-
-
-def _as_object_array(result):
-    """numpy returns a bare element where an array was indexed or reduced to a scalar."""
-    if isinstance(result, np.ndarray):
-        return result
-    array = np.empty((), dtype=object)
-    array[()] = result
-    return array
-
-
-def _check_scale(scale):
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Integral) or scale < 0:
-        raise ValueError(f"scale must be an integer >= 0 (fractional bits), got {scale!r}")
-    return int(scale)
-
-
-def _round_half_even_shift(numerator, denominator, scale):
-    """round(numerator · 2^scale / denominator) with ties to even, exactly."""
-    quotient, remainder = divmod(numerator << scale, denominator)
-    if 2 * remainder > denominator or (2 * remainder == denominator and quotient & 1):
-        quotient += 1
-    return quotient
-
-
-class Fixed:
-    """An exact fixed-point array: element value = values[i] / 2**scale.
-
-    `values` is a numpy object array of Python ints, `scale` the number of fractional bits,
-    ONE for the whole array.  Arithmetic is exact integer arithmetic: + and - need equal scales;
-    * and @ add the scales (a product of two 2^-s quantities is a 2^-(s1+s2) quantity); rescale
-    changes the scale with rounding.
-
-    Why one public scale rather than a floating exponent per value: an exponent travels in the
-    clear next to each ciphertext, so a per-value exponent leaks every value's magnitude.  A
-    single scale per quantity is public information about the protocol, not about the data.
-    """
-
-    __slots__ = ("values", "scale")
-    __hash__ = None  # equality is by value; the array is mutable
-
-    def __init__(self, values, scale):
-        """Wrap an object array of Python ints; use Fixed.encode or Fixed.from_ints to build one."""
-        if not (isinstance(values, np.ndarray) and values.dtype == object):
-            raise TypeError("Fixed(values, scale) takes an object ndarray; use Fixed.from_ints")
-        self.values = values
-        self.scale = _check_scale(scale)
-
-    @classmethod
-    def encode(cls, x, scale):
-        """Round real numbers to the nearest multiple of 2^-scale (ties to even), exactly.
-
-        x · 2^scale is exact in binary floating point (only the exponent changes), so rounding
-        it is the correctly rounded fixed-point value; huge products fall back to the exact
-        rational form of the float.  NaN and ±inf raise ValueError naming the index and value.
-        """
-        scale = _check_scale(scale)
-        original = np.asarray(x)
-        x = original.astype(np.float64)
-        if original.dtype.kind in "iuO":  # integers beyond 2**53 would round silently
-            for flat_index, (exact, approximate) in enumerate(
-                    zip(original.ravel().tolist(), x.ravel().tolist())):
-                if exact != approximate:
-                    index = tuple(map(int, np.unravel_index(flat_index, x.shape)))
-                    raise ValueError(f"x at index {index} = {exact!r} is not exactly a float64; "
-                                     "use Fixed.from_ints for big integers")
-        finite = np.isfinite(x)
-        if not finite.all():
-            index = np.unravel_index(int(np.flatnonzero(~finite)[0]), x.shape)
-            where = f"x[{', '.join(str(int(i)) for i in index)}]" if index else "x"
-            raise ValueError(f"cannot encode {where} = {x[index]}: not a finite number")
-        with np.errstate(over="ignore"):
-            scaled = np.rint(np.ldexp(x, scale))  # rint rounds half to even
-        values = [
-            int(rounded) if math.isfinite(rounded)
-            else _round_half_even_shift(*float(original).as_integer_ratio(), scale)
-            for rounded, original in zip(scaled.ravel().tolist(), x.ravel().tolist())
-        ]
-        return cls(_object_array(values, x.shape), scale)
-
-    @classmethod
-    def from_ints(cls, values, scale):
-        """Fixed from integers already scaled by 2**scale (ints, numpy ints or mpz)."""
-        array = np.asarray(values, dtype=object)
-        items = []
-        for flat_index, value in enumerate(array.ravel().tolist()):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                index = tuple(map(int, np.unravel_index(flat_index, array.shape)))
-                raise TypeError(f"values[{index}] = {value!r} is not an integer")
-            items.append(int(value))
-        return cls(_object_array(items, array.shape), scale)
-
-    def decode(self):
-        """float64 array value / 2**scale, correctly rounded (Python int true division)."""
-        denominator = 1 << self.scale
-        floats = [value / denominator for value in self.values.ravel().tolist()]
-        return np.array(floats, dtype=np.float64).reshape(self.shape)
-
-    def rescale(self, scale):
-        """The same numbers at another scale: exact when raising it, round half to even when
-        lowering it (e.g. to bring a product's scale s1+s2 back to s)."""
-        scale = _check_scale(scale)
-        if scale >= self.scale:
-            shift = scale - self.scale
-            return Fixed(_elementwise(lambda value: value << shift, self.values), scale)
-        denominator = 1 << (self.scale - scale)
-        return Fixed(
-            _elementwise(lambda value: _round_half_even_shift(value, denominator, 0), self.values),
-            scale,
-        )
-
-    @property
-    def shape(self):
-        return self.values.shape
-
-    @property
-    def ndim(self):
-        return self.values.ndim
-
-    @property
-    def T(self):
-        return Fixed(self.values.T, self.scale)
-
-    def __getitem__(self, index):
-        return Fixed(_as_object_array(self.values[index]), self.scale)
-
-    def __neg__(self):
-        return Fixed(_as_object_array(-self.values), self.scale)
-
-    def _same_scale(self, other, operation):
-        if self.scale != other.scale:
-            raise ValueError(
-                f"cannot {operation} fixed-point arrays of scales {self.scale} and {other.scale}; "
-                "rescale one first"
-            )
-
-    def __add__(self, other):
-        if not isinstance(other, Fixed):
-            return NotImplemented
-        self._same_scale(other, "add")
-        return Fixed(_as_object_array(self.values + other.values), self.scale)
-
-    def __sub__(self, other):
-        if not isinstance(other, Fixed):
-            return NotImplemented
-        self._same_scale(other, "subtract")
-        return Fixed(_as_object_array(self.values - other.values), self.scale)
-
-    def __mul__(self, other):
-        """Elementwise product with broadcasting; the scale is the sum of the two scales."""
-        if not isinstance(other, Fixed):
-            return NotImplemented
-        return Fixed(_as_object_array(self.values * other.values), self.scale + other.scale)
-
-    def __matmul__(self, other):
-        """Matrix product (exact integer matmul); the scale is the sum of the two scales."""
-        if not isinstance(other, Fixed):
-            return NotImplemented
-        product = np.matmul(self.values, other.values)
-        return Fixed(_as_object_array(product), self.scale + other.scale)
-
-    def sum(self, axis=None):
-        """Exact sum over an axis (or everything), same scale."""
-        return Fixed(_as_object_array(self.values.sum(axis=axis)), self.scale)
-
-    def max_abs_bits(self):
-        """Bit length of the largest |value| (0 for an empty or all-zero array)."""
-        return max((abs(value).bit_length() for value in self.values.ravel().tolist()), default=0)
-
-    def equals(self, other):
-        """True when other is a Fixed with the same scale, shape and integers."""
-        return (
-            isinstance(other, Fixed)
-            and self.scale == other.scale
-            and self.shape == other.shape
-            and all(mine == theirs for mine, theirs in
-                    zip(self.values.ravel().tolist(), other.values.ravel().tolist()))
-        )
-
-    def __eq__(self, other):
-        if not isinstance(other, Fixed):
-            return NotImplemented
-        return self.equals(other)
-
-    def __repr__(self):
-        return f"Fixed({self.values.tolist()!r}, scale={self.scale})"
-
-
-# ---------------------------------------------------------------------------------------------
-# Encrypted arrays
-# ---------------------------------------------------------------------------------------------
-
-
-def _elementwise(function, *arrays):
-    """Apply a Python function elementwise with numpy broadcasting -> object ndarray."""
-    return _as_object_array(np.frompyfunc(function, len(arrays), 1)(*arrays))
 
 
 _FORMAT = "acml-paillier-array-v1"
@@ -832,11 +568,9 @@ class EncryptedArray:
 
     def __init__(self, public_key, ciphertexts, scale):
         """Wrap ciphertexts as they are (trusted: use from_bytes/from_json for untrusted input)."""
-        if not isinstance(public_key, PublicKey):
-            raise TypeError(f"public_key must be a PublicKey, got {type(public_key).__name__}")
-        self.public_key = public_key
-        self.ciphertexts = _as_object_array(np.asarray(ciphertexts, dtype=object))
-        self.scale = _check_scale(scale)
+        self.public_key = _key(public_key)
+        self.ciphertexts = as_object_array(np.asarray(ciphertexts, dtype=object))
+        self.scale = check_scale(scale)
 
     def _new(self, ciphertexts, scale=None):
         return EncryptedArray(self.public_key, ciphertexts, self.scale if scale is None else scale)
@@ -857,7 +591,7 @@ class EncryptedArray:
         return self._new(self.ciphertexts.transpose(*axes))
 
     def __getitem__(self, index):
-        return self._new(_as_object_array(self.ciphertexts[index]))
+        return self._new(as_object_array(self.ciphertexts[index]))
 
     def _check_same_key(self, other):
         if other.public_key != self.public_key:
@@ -881,13 +615,13 @@ class EncryptedArray:
         if isinstance(other, EncryptedArray):
             self._check_same_key(other)
             self._check_same_scale(other, "add")
-            result = _elementwise(lambda c1, c2: c1 * c2 % nsquare,
-                                  self.ciphertexts, other.ciphertexts)
+            result = elementwise(lambda c1, c2: c1 * c2 % nsquare,
+                                 self.ciphertexts, other.ciphertexts)
         elif isinstance(other, Fixed):
             self._check_same_scale(other, "add")
             residues = self.public_key._encode_array(other.values)
-            result = _elementwise(lambda c, m: c * (1 + m * n) % nsquare,
-                                  self.ciphertexts, residues)
+            result = elementwise(lambda c, m: c * (1 + m * n) % nsquare,
+                                 self.ciphertexts, residues)
         else:
             return NotImplemented
         OP_COUNTS["add"] += result.size
@@ -899,14 +633,12 @@ class EncryptedArray:
         """E(-a) = E(a)^-1 mod n² (one inverse per element)."""
         backend, _, nsquare = self.public_key._moduli()
         inverse = backend.invert
-        result = _elementwise(lambda c: inverse(c, nsquare), self.ciphertexts)
+        result = elementwise(lambda c: inverse(c, nsquare), self.ciphertexts)
         OP_COUNTS["mul_const"] += result.size
         return self._new(result)
 
     def __sub__(self, other):
-        if isinstance(other, Fixed):
-            return self + (-other)
-        if isinstance(other, EncryptedArray):
+        if isinstance(other, (Fixed, EncryptedArray)):
             return self + (-other)
         return NotImplemented
 
@@ -921,14 +653,7 @@ class EncryptedArray:
         """Elementwise E(a)^k = E(k·a) with broadcasting; k < 0 via one inverse.  Scales add."""
         if not isinstance(other, Fixed):
             return NotImplemented
-        backend, _, nsquare = self.public_key._moduli()
-        powmod_, inverse = backend.powmod, backend.invert
-        exponents = _elementwise(backend.mpz, other.values)
-
-        def times(c, k):
-            return powmod_(inverse(c, nsquare), -k, nsquare) if k < 0 else powmod_(c, k, nsquare)
-
-        result = _elementwise(times, self.ciphertexts, exponents)
+        result = elementwise(self.public_key.raw_mul_const, self.ciphertexts, other.values)
         OP_COUNTS["mul_const"] += result.size
         return self._new(result, self.scale + other.scale)
 
@@ -937,8 +662,8 @@ class EncryptedArray:
     def __matmul__(self, other):
         """[[A]] @ W for 2-D A (m×k) and W (k×h): out[i, j] = Π_t E(A[i, t])^W[t, j] mod n².
 
-        Serves both protocol forms, [[X]] @ W and [[X]].T @ delta.  Negative weights: their
-        powers go into a separate product that is inverted once per output element.
+        Serves both protocol forms, [[X]] @ W and [[X]].T @ delta; a negative weight costs one
+        inverse (raw_mul_const).  kernels.encrypted_matmul returns the same ciphertexts, faster.
         """
         if not isinstance(other, Fixed):
             return NotImplemented
@@ -946,27 +671,16 @@ class EncryptedArray:
             raise ValueError(
                 f"encrypted matmul needs (m, k) @ (k, h), got {self.shape} @ {other.shape}")
         backend, _, nsquare = self.public_key._moduli()
-        powmod_, inverse, one = backend.powmod, backend.invert, backend.mpz(1)
-        # Sign and magnitude of every weight, converted to the backend type once.
-        columns = [
-            [(weight < 0, backend.mpz(abs(weight))) for weight in column]
-            for column in other.values.T.tolist()
-        ]
+        power = self.public_key.raw_mul_const
         rows, inner, cols = self.shape[0], self.shape[1], other.shape[1]
         out = np.empty((rows, cols), dtype=object)
         for i, row in enumerate(self.ciphertexts.tolist()):
-            for j, column in enumerate(columns):
-                positive, negative = one, one
-                for c, (is_negative, magnitude) in zip(row, column):
-                    if not magnitude:
-                        continue
-                    if is_negative:
-                        negative = negative * powmod_(c, magnitude, nsquare) % nsquare
-                    else:
-                        positive = positive * powmod_(c, magnitude, nsquare) % nsquare
-                if negative != one:
-                    positive = positive * inverse(negative, nsquare) % nsquare
-                out[i, j] = positive
+            for j, column in enumerate(other.values.T.tolist()):
+                product = backend.mpz(1)
+                for c, weight in zip(row, column):
+                    if weight:
+                        product = product * power(c, weight) % nsquare
+                out[i, j] = product
         OP_COUNTS["mul_const"] += rows * cols * inner
         OP_COUNTS["add"] += rows * cols * max(inner - 1, 0)
         return self._new(out, self.scale + other.scale)
@@ -985,87 +699,56 @@ class EncryptedArray:
         backend, _, nsquare = self.public_key._moduli()
         multiply = np.frompyfunc(lambda c1, c2: c1 * c2 % nsquare, 2, 1)
         ciphertexts = self.ciphertexts.reshape(-1) if axis is None else self.ciphertexts
-        result = _as_object_array(multiply.reduce(ciphertexts, axis=0 if axis is None else axis,
-                                                  initial=backend.mpz(1)))
+        result = as_object_array(multiply.reduce(ciphertexts, axis=0 if axis is None else axis,
+                                                 initial=backend.mpz(1)))
         OP_COUNTS["add"] += self.ciphertexts.size - result.size
         return self._new(result)
 
-    def rerandomize(self):
-        """Multiply every ciphertext by a fresh r^n: same plaintexts, unlinkable ciphertexts."""
-        backend, n, nsquare = self.public_key._moduli()
-        powmod_, random_r = backend.powmod, self.public_key.random_r
-        result = _elementwise(lambda c: c * powmod_(random_r(), n, nsquare) % nsquare,
-                              self.ciphertexts)
+    def rerandomize(self, *, randomness=None):
+        """Multiply every ciphertext by a fresh randomizer(randomness): same plaintexts,
+        unlinkable ciphertexts.  (kernels.rerandomize: the same, with precomputed tables.)"""
+        public_key = self.public_key
+        nsquare, kind = public_key.nsquare, randomness_kind(randomness)
+        result = elementwise(lambda c: c * public_key.randomizer(kind) % nsquare,
+                             self.ciphertexts)
         OP_COUNTS["rerandomize"] += result.size
         return self._new(result)
 
     # -- serialisation (no pickle) -------------------------------------------------------------
 
     def _header(self):
-        return {
-            "format": _FORMAT, "shape": list(self.shape), "scale": self.scale,
-            "key": self.public_key.fingerprint,
-        }
+        return {"format": _FORMAT, "shape": list(self.shape), "scale": self.scale,
+                "key": self.public_key.fingerprint}
 
     def to_bytes(self):
         """4-byte header length, JSON header (format, shape, scale, width, key fingerprint),
-        then every ciphertext as a fixed-width big-endian integer in C order."""
-        width = _ciphertext_width(self.public_key)
-        header = json.dumps({**self._header(), "width": width}, sort_keys=True).encode()
-        body = b"".join(int(c).to_bytes(width, "big") for c in self.ciphertexts.ravel().tolist())
-        return len(header).to_bytes(4, "big") + header + body
+        then every ciphertext as a fixed-width big-endian integer in C order (wire)."""
+        return encoding.array_to_bytes(self._header(), self.ciphertexts.ravel().tolist(),
+                                   _ciphertext_width(self.public_key))
 
     @classmethod
     def from_bytes(cls, data, public_key):
         """Parse to_bytes output, validating the header, the length, the key fingerprint and
-        that every ciphertext lies in [1, n²) and is coprime to n (ValueError otherwise)."""
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"from_bytes expects bytes, got {type(data).__name__}")
-        data = bytes(data)
-        if len(data) < 4:
-            raise ValueError("encrypted payload is truncated: no header length")
-        header_length = int.from_bytes(data[:4], "big")
-        if 4 + header_length > len(data):
-            raise ValueError("encrypted payload is truncated inside its header")
-        try:
-            header = json.loads(data[4:4 + header_length].decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(f"encrypted payload header is corrupt: {error}") from None
-        shape, scale = _check_header(header, public_key)
-        width = _ciphertext_width(public_key)
-        if header.get("width") != width:
-            raise ValueError(
-                f"header says {header.get('width')!r} bytes per ciphertext, the key needs {width}")
-        body = data[4 + header_length:]
-        count = math.prod(shape)
-        if len(body) != count * width:
-            raise ValueError(
-                f"encrypted payload has {len(body)} ciphertext bytes, expected {count} × {width}"
-            )
-        integers = [int.from_bytes(body[i * width:(i + 1) * width], "big") for i in range(count)]
-        return cls(public_key, _checked_ciphertexts(integers, shape, public_key), scale)
+        (check_ciphertexts) every ciphertext; ValueError otherwise."""
+        shape, scale, integers = encoding.array_from_bytes(
+            data, _FORMAT, _key(public_key).fingerprint, _ciphertext_width(public_key))
+        return cls._checked(public_key, object_array(integers, shape), scale)
 
     def to_json(self):
-        """JSON text: the header fields plus the ciphertexts as decimal strings (C order)."""
-        decimals = [str(int(c)) for c in self.ciphertexts.ravel().tolist()]
-        return json.dumps({**self._header(), "ciphertexts": decimals})
+        """JSON text: the header fields plus the ciphertexts as "0x" hex strings (C order)."""
+        return encoding.array_to_json(self._header(), self.ciphertexts.ravel().tolist())
 
     @classmethod
     def from_json(cls, text, public_key):
-        """Inverse of to_json, with the same validation as from_bytes."""
-        try:
-            data = json.loads(text)
-        except (TypeError, json.JSONDecodeError) as error:
-            raise ValueError(f"encrypted JSON does not parse: {error}") from None
-        shape, scale = _check_header(data, public_key)
-        strings = data.get("ciphertexts")
-        if not isinstance(strings, list) or len(strings) != math.prod(shape):
-            raise ValueError(
-                f"encrypted JSON must list {math.prod(shape)} ciphertexts for shape {shape}")
-        if not all(_is_decimal(text) for text in strings):
-            raise ValueError("encrypted JSON ciphertexts must be decimal digit strings")
-        integers = [int(text) for text in strings]
-        return cls(public_key, _checked_ciphertexts(integers, shape, public_key), scale)
+        """Inverse of to_json (also reads decimal strings), validated as from_bytes."""
+        shape, scale, integers = encoding.array_from_json(text, _FORMAT, _key(public_key).fingerprint)
+        return cls._checked(public_key, object_array(integers, shape), scale)
+
+    @classmethod
+    def _checked(cls, public_key, integers, scale):
+        """Untrusted integers -> EncryptedArray, after check_ciphertexts."""
+        check_ciphertexts(integers, public_key)
+        return cls(public_key, elementwise(mpz, integers), scale)
 
     def __repr__(self):
         return (f"EncryptedArray(shape={self.shape}, scale={self.scale}, "
@@ -1076,398 +759,34 @@ def _ciphertext_width(public_key):
     return (public_key.nsquare.bit_length() + 7) // 8
 
 
-def _check_header(header, public_key):
-    """Validate a serialised array's header against `public_key`; return (shape, scale)."""
+def _key(public_key):
     if not isinstance(public_key, PublicKey):
         raise TypeError(f"public_key must be a PublicKey, got {type(public_key).__name__}")
-    if not isinstance(header, dict) or header.get("format") != _FORMAT:
-        raise ValueError(f"not an encrypted array payload (expected format {_FORMAT!r})")
-    if header.get("key") != public_key.fingerprint:
-        raise ValueError(
-            "payload was encrypted under a different public key "
-            f"(fingerprint {str(header.get('key'))[:12]}, this key {public_key.fingerprint[:12]})"
-        )
-    shape = header.get("shape")
-    if not isinstance(shape, list) or not all(
-        isinstance(size, int) and not isinstance(size, bool) and size >= 0 for size in shape
-    ):
-        raise ValueError(f"payload shape must be a list of non-negative ints, got {shape!r}")
-    scale = header.get("scale")
-    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 0:
-        raise ValueError(f"payload scale must be an int >= 0, got {scale!r}")
-    return tuple(shape), scale
+    return public_key
 
 
-def _checked_ciphertexts(integers, shape, public_key):
-    """Check every ciphertext (naming the index of a bad one) and convert to the backend type."""
-    for flat_index, c in enumerate(integers):
-        try:
-            public_key.check_ciphertext(c)
-        except ValueError as error:
-            index = tuple(map(int, np.unravel_index(flat_index, shape)))
-            raise ValueError(f"ciphertext at index {index}: {error}") from None
-    return _object_array([_backend.mpz(c) for c in integers], shape)
+def check_ciphertexts(ciphertexts, public_key, where=None):
+    """The one validity check of ciphertexts: each an integer in [1, n²) coprime to n.
 
-
-# ---------------------------------------------------------------------------------------------
-# Fast paths: packing, multi-exponentiation, and workers
-# ---------------------------------------------------------------------------------------------
-
-
-class Slots:
-    """Several signed integers in ONE Paillier plaintext, in slots of `slot_bits` bits each.
-
-    A group of up to `slots` values v_0, v_1, ..., v_(k-1) is packed into one integer
-
-        P = v_0 + v_1·2^B + v_2·2^(2B) + ... + v_(k-1)·2^((k-1)B),      B = slot_bits
-
-    which is then encoded mod n like any signed value.  Pictured, most significant slot left:
-
-        bit:  (k-1)B            ...      2B               B                0
-              | slot k-1: v_(k-1) | ... | slot 1: v_1     | slot 0: v_0      |
-                                          ^ a negative v_0 borrows 1 from here
-
-    Why it works: packing is linear, so everything Paillier computes on a packed plaintext
-    acts on every slot at once.  E(P)^w = E(Σ_s (w·v_s)·2^(sB)); the product of E(P_t)^(w_t)
-    over t holds Σ_t w_t·v_(s,t) in slot s; adding E(Q) adds the slots of Q.  One modular
-    exponentiation thus does the work of k.  All of it is exact integer arithmetic mod n, so
-    what a slot holds is decided only by the FINAL integer: intermediate values may overflow
-    their slots freely as long as the final one does not (masks added to the whole plaintext
-    mod n cancel exactly and never touch the slots).
-
-    Signed values need no offset: unpacking reads balanced digits from the least significant
-    slot up, digit = the remainder of the running value mod 2^B taken in [-2^(B-1), 2^(B-1)),
-    and subtracts it (a borrow from the slot above when the digit is negative).  If every
-    |v_s| < 2^(B-1), the balanced base-2^B expansion of P is unique, so the digits ARE the v_s.
-
-    The caveat is the bound: a value with |v_s| >= 2^(B-1) corrupts its neighbour, silently,
-    as far as the digits can tell.  So callers must prove the bound of every final slot value
-    beforehand and size B from it (`unpack` also refuses digits above a declared bound, and any
-    bits left above the last slot, with OverflowError).  The whole P obeys |P| < 2^packed_bits.
+    Anything else is no Paillier ciphertext: the key owner's CRT decryption would turn it into a
+    meaningless residue without complaint.  `ciphertexts` is an EncryptedArray or anything
+    np.asarray reads as integers; ValueError names the first bad index (and `where`, if given).
+    One gcd per ciphertext costs a few percent of what making it did.
     """
-
-    __slots__ = ("slot_bits", "slots")
-
-    def __init__(self, slot_bits, slots):
-        self.slot_bits = _as_int(slot_bits, "slot_bits")
-        self.slots = _as_int(slots, "slots")
-        if self.slot_bits < 2 or self.slots < 1:
-            raise ValueError(f"need slot_bits >= 2 and slots >= 1, got {slot_bits}, {slots}")
-
-    def packed_bits(self, value_bits, slots=None):
-        """|P| < 2^packed_bits when every |v_s| < 2^value_bits (value_bits <= slot_bits)."""
-        used = self.slots if slots is None else slots
-        # Σ_s |v_s|·2^(sB) < 2^value_bits · 2^((k-1)B) · (1 + 2^-B + 2^-2B + ...) < 2^(...+1).
-        return (used - 1) * self.slot_bits + value_bits + 1
-
-    def groups(self, count):
-        """How many packed integers `count` values need."""
-        return -(-count // self.slots)
-
-    def pack(self, values, axis=0, intermediate=False):
-        """Pack an integer array along `axis`, `slots` consecutive entries per integer.
-
-        The result has groups(count) entries along that axis (the last group may be short).
-        OverflowError if some |value| >= 2^(slot_bits-1), which would not unpack -- unless
-        `intermediate`: a term that is only ever read back as part of a sum (the map is linear,
-        so only the final slots must fit; the caller proves that bound instead).
-        """
-        values = np.moveaxis(np.asarray(values, dtype=object), axis, 0)
-        count, limit = values.shape[0], 1 << (self.slot_bits - 1)
-        flat = values.reshape(count, -1).tolist()
-        packed = []
-        for group in range(self.groups(count)):
-            rows = flat[group * self.slots:(group + 1) * self.slots]
-            totals = [0] * len(rows[0]) if rows else []
-            for slot, row in enumerate(rows):
-                shift = slot * self.slot_bits
-                for column, value in enumerate(row):
-                    value = int(value)
-                    if not (intermediate or -limit < value < limit):
-                        raise OverflowError(
-                            f"value {_describe(value)} at position {group * self.slots + slot} "
-                            f"does not fit a signed {self.slot_bits}-bit slot")
-                    totals[column] += value << shift
-            packed.append(totals)
-        out = _object_array([v for row in packed for v in row],
-                            (len(packed),) + values.shape[1:])
-        return np.moveaxis(out, 0, axis)
-
-    def unpack(self, packed, count, axis=0, value_bits=None):
-        """Inverse of pack: `count` signed values along `axis` from the packed integers.
-
-        OverflowError if a digit reaches 2^value_bits (the caller's proven bound; default
-        slot_bits - 1), or if bits remain above a group's last used slot.
-        """
-        packed = np.moveaxis(np.asarray(packed, dtype=object), axis, 0)
-        if packed.shape[0] != self.groups(count):
-            raise ValueError(f"{count} values need {self.groups(count)} packed integers, "
-                             f"got {packed.shape[0]}")
-        bits = self.slot_bits - 1 if value_bits is None else value_bits
-        if bits > self.slot_bits - 1:
-            raise ValueError(f"{bits}-bit values cannot be read from {self.slot_bits}-bit slots")
-        width, half, limit = 1 << self.slot_bits, 1 << (self.slot_bits - 1), 1 << bits
-        flat = packed.reshape(packed.shape[0], -1).tolist()
-        out = []
-        for group, row in enumerate(flat):
-            used = min(self.slots, count - group * self.slots)
-            digits = [[] for _ in range(used)]
-            for column, total in enumerate(row):
-                total = int(total)
-                for slot in range(used):
-                    digit = (total + half) % width - half
-                    if not -limit < digit < limit:
-                        raise OverflowError(
-                            f"slot {slot} of packed integer {group}, column {column}: "
-                            f"the digit {_describe(digit)} reaches the proven bound 2^{bits}")
-                    digits[slot].append(digit)
-                    total = (total - digit) >> self.slot_bits
-                if total:
-                    raise OverflowError(f"packed integer {group}, column {column} has bits "
-                                        f"above its {used} slots of {self.slot_bits} bits")
-            out.extend(digits)
-        result = _object_array([v for row in out for v in row], (count,) + packed.shape[1:])
-        return np.moveaxis(result, 0, axis)
-
-    def to_dict(self):
-        return {"slot_bits": self.slot_bits, "slots": self.slots}
-
-    def __eq__(self, other):
-        return (isinstance(other, Slots) and self.slot_bits == other.slot_bits
-                and self.slots == other.slots)
-
-    def __repr__(self):
-        return f"Slots(slot_bits={self.slot_bits}, slots={self.slots})"
-
-
-# -- where the heavy arithmetic runs ------------------------------------------------------------
-#
-# The kernels below take and return plain Python ints (and lists of them), never library
-# objects, so any concurrent.futures.Executor can run them in other processes or on other
-# machines: a ProcessPoolExecutor, or a dask.distributed client's get_executor().  All
-# randomness is drawn by the caller, in this process, so a kernel is a deterministic function
-# of its arguments and results are identical however the work is spread.  Caveat: the key
-# owner's kernels receive p and q; give them only executors on machines the key owner trusts.
-
-
-def _worker_count(executor):
-    return getattr(executor, "_max_workers", None) or os.cpu_count() or 1
-
-
-def _slices(count, pieces):
-    """range(count) cut into at most `pieces` contiguous, near-equal, non-empty slices."""
-    pieces = max(1, min(count, pieces))
-    bounds = [count * piece // pieces for piece in range(pieces + 1)]
-    return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
-
-
-def _run(executor, kernel, tasks):
-    """[kernel(*task) for task in tasks], in order: here if executor is None, else on it."""
-    if executor is None:
-        return [kernel(*task) for task in tasks]
-    futures = [executor.submit(kernel, *task) for task in tasks]
-    return [future.result() for future in futures]
-
-
-def _ints(items):
-    return [int(item) for item in items]
-
-
-def _best_window(exponent_bits, columns):
-    """Window width w minimising the multiplications of a fixed-window multi-exponentiation:
-    per term, ceil(bits/w)·(1 - 2^-w) table look-ups, plus a table of 2^w - 2 products per
-    base shared by `columns` outputs."""
-    def cost(w):
-        return -(-exponent_bits // w) * (1 - 2.0 ** -w) + ((1 << w) - 2) / max(columns, 1)
-    return min(range(1, 9), key=cost)
-
-
-def _kernel_multiexp(modulus, base_rows, exponent_columns, window):
-    """out[i][j] = Π_t base_rows[i][t] ^ exponent_columns[j][t] mod modulus, as ints.
-
-    Straus' interleaved fixed-window method: for each output, ONE chain of squarings is shared
-    by all its terms; each base gets a table of its powers 0 .. 2^w - 1, built once and shared
-    by every output of its row.  Negative exponents go into a second accumulator, inverted once
-    at the end (the same group element as the simple path: results are bit-identical).
-    """
-    mpz = _backend.mpz
-    modulus, one = mpz(modulus), mpz(1)
-    mask, size = (1 << window) - 1, 1 << window
-    longest = max((abs(int(e)).bit_length() for column in exponent_columns for e in column),
-                  default=0)
-    windows = -(-longest // window)
-    # Per output column: for each window position (most significant first) the (term, digit)
-    # pairs to multiply in, separately for the positive and the negative exponents.
-    schedules = []
-    for column in exponent_columns:
-        positive = [[] for _ in range(windows)]
-        negative = [[] for _ in range(windows)]
-        for term, exponent in enumerate(column):
-            exponent = int(exponent)
-            target = negative if exponent < 0 else positive
-            exponent, position = abs(exponent), windows - 1
-            while exponent:
-                digit = exponent & mask
-                if digit:
-                    target[position].append((term, digit))
-                exponent >>= window
-                position -= 1
-        schedules.append((positive, negative))
-    used_terms = {term for positive, negative in schedules for schedule in (positive, negative)
-                  for pairs in schedule for term, _ in pairs}
-
-    out = []
-    for row in base_rows:
-        tables = {}
-        for term in used_terms:
-            base = mpz(row[term])
-            table = [one, base]
-            for _ in range(2, size):
-                table.append(table[-1] * base % modulus)
-            tables[term] = table
-        results = []
-        for positive, negative in schedules:
-            accumulators = []
-            for schedule in (positive, negative):
-                accumulator, started = one, False
-                for pairs in schedule:
-                    if started:
-                        for _ in range(window):
-                            accumulator = accumulator * accumulator % modulus
-                    for term, digit in pairs:
-                        accumulator = accumulator * tables[term][digit] % modulus
-                        started = True
-                accumulators.append(accumulator)
-            result, negatives = accumulators
-            if negatives != one:
-                result = result * _backend.invert(negatives, modulus) % modulus
-            results.append(int(result))
-        out.append(results)
-    return out
-
-
-def encrypted_matmul(encrypted, weights, *, executor=None, window=None):
-    """[[A]] @ W by multi-exponentiation: the same ciphertexts as `encrypted @ weights`, faster.
-
-    out[i, j] = Π_t E(A[i, t])^W[t, j] mod n².  The simple path (EncryptedArray.__matmul__)
-    pays one full modular exponentiation per term; here the terms of an output share their
-    squarings, and each ciphertext's window table serves all h outputs of its row.  With an
-    executor, blocks of outputs run as separate tasks (integers in, integers out).
-    """
-    if not isinstance(encrypted, EncryptedArray) or not isinstance(weights, Fixed):
-        raise TypeError("encrypted_matmul takes an EncryptedArray and a Fixed")
-    if encrypted.ndim != 2 or weights.ndim != 2 or encrypted.shape[1] != weights.shape[0]:
-        raise ValueError(f"encrypted matmul needs (m, k) @ (k, h), got {encrypted.shape} @ "
-                         f"{weights.shape}")
-    rows, inner, cols = encrypted.shape[0], encrypted.shape[1], weights.shape[1]
-    nsquare = encrypted.public_key.nsquare
-    columns = [_ints(column) for column in weights.values.T.tolist()]
-    base_rows = encrypted.ciphertexts.tolist()
-    if executor is None:
-        blocks = [(slice(0, rows), slice(0, cols))]
-    else:
-        # Enough blocks to keep every worker busy; split the columns only when there are
-        # fewer rows than blocks (each split rebuilds that row's tables).
-        wanted = 2 * _worker_count(executor)
-        row_slices = _slices(rows, wanted)
-        col_slices = _slices(cols, -(-wanted // max(len(row_slices), 1)))
-        blocks = [(r, c) for r in row_slices for c in col_slices]
-        base_rows = [_ints(row) for row in base_rows]
-    longest = max((abs(e).bit_length() for column in columns for e in column), default=0)
-    tasks = [(nsquare, base_rows[r], columns[c],
-              window or _best_window(longest, c.stop - c.start)) for r, c in blocks]
-    out = np.empty((rows, cols), dtype=object)
-    if rows and cols:
-        for (r, c), block in zip(blocks, _run(executor, _kernel_multiexp, tasks)):
-            out[r, c] = _object_array([_backend.mpz(v) for line in block for v in line],
-                                      (r.stop - r.start, c.stop - c.start))
-    OP_COUNTS["mul_const"] += rows * cols * inner
-    OP_COUNTS["add"] += rows * cols * max(inner - 1, 0)
-    return EncryptedArray(encrypted.public_key, out, encrypted.scale + weights.scale)
-
-
-def _kernel_public_encrypt(n, residues, randomness):
-    """(1 + m·n)·r^n mod n² for each (m, r): the textbook encryption, as ints."""
-    mpz, powmod_ = _backend.mpz, _backend.powmod
-    n = mpz(n)
-    nsquare = n * n
-    return [int((1 + mpz(m) * n) * powmod_(mpz(r), n, nsquare) % nsquare)
-            for m, r in zip(residues, randomness)]
-
-
-def _crt_namespace(constants):
-    names = ("n", "p", "q", "psquare", "qsquare", "hp", "hq", "q_inverse_mod_p",
-             "qsquare_inverse_mod_psquare")
-    k = SimpleNamespace(**{name: _backend.mpz(value) for name, value in zip(names, constants)})
-    k.powmod = _backend.powmod
-    return k
-
-
-def _crt_constants(private_key):
-    k = private_key._constants()
-    return _ints([k.n, k.p, k.q, k.psquare, k.qsquare, k.hp, k.hq, k.q_inverse_mod_p,
-                  k.qsquare_inverse_mod_psquare])
-
-
-def _kernel_crt_encrypt(constants, residues, parts_p, parts_q):
-    """The key owner's CRT encryption from the randomness' CRT parts, as ints."""
-    k = _crt_namespace(constants)
-    mpz = _backend.mpz
-    return [int(PrivateKey._crt_encrypt_parts(mpz(m), mpz(s_p), mpz(s_q), k))
-            for m, s_p, s_q in zip(residues, parts_p, parts_q)]
-
-
-def _kernel_crt_decrypt(constants, ciphertexts):
-    """The key owner's CRT decryption to residues in [0, n), as ints."""
-    k = _crt_namespace(constants)
-    mpz = _backend.mpz
-    return [int(PrivateKey._crt_decrypt(mpz(c), k)) for c in ciphertexts]
-
-
-def _spread_flat(executor, kernel, shared, columns):
-    """Run kernel(*shared, *column_slices) over slices of equally long lists; concatenate."""
-    count = len(columns[0]) if columns else 0
-    pieces = 1 if executor is None else 4 * _worker_count(executor)
-    if executor is not None:
-        columns = [_ints(column) for column in columns]
-    tasks = [(*shared, *[column[part] for column in columns]) for part in _slices(count, pieces)]
-    return [value for chunk in _run(executor, kernel, tasks) for value in chunk]
-
-
-def encrypt_array(key, fixed, *, executor=None):
-    """Encrypt a Fixed array with fresh randomness for every element, optionally on workers.
-
-    `key` is a PrivateKey (the key owner's CRT path, randomness drawn as its CRT parts) or a
-    PublicKey (the textbook path).  The randomness is drawn here; the exponentiations run
-    in this process or on `executor`.  Same distribution as key.encrypt(fixed).
-    """
-    if not isinstance(fixed, Fixed):
-        raise TypeError(f"encrypt_array expects a Fixed array, got {type(fixed).__name__}")
-    if isinstance(key, PrivateKey):
-        public_key = key.public_key
-        residues = public_key._encode_array(fixed.values).ravel().tolist()
-        parts = [key.random_crt_parts() for _ in residues]
-        flat = _spread_flat(executor, _kernel_crt_encrypt, (_crt_constants(key),),
-                            [residues, [s_p for s_p, _ in parts], [s_q for _, s_q in parts]])
-    elif isinstance(key, PublicKey):
-        public_key = key
-        residues = public_key._encode_array(fixed.values).ravel().tolist()
-        randomness = [public_key.random_r() for _ in residues]
-        flat = _spread_flat(executor, _kernel_public_encrypt, (public_key.n,),
-                            [residues, randomness])
-    else:
-        raise TypeError(f"key must be a PublicKey or PrivateKey, got {type(key).__name__}")
-    OP_COUNTS["encrypt"] += len(flat)
-    return EncryptedArray(public_key, _object_array([_backend.mpz(c) for c in flat],
-                                                    fixed.shape), fixed.scale)
-
-
-def decrypt_residues(private_key, encrypted, *, executor=None):
-    """private_key.decrypt_residues(encrypted), optionally spread over an executor."""
-    if not isinstance(private_key, PrivateKey):
-        raise TypeError(f"expected a PrivateKey, got {type(private_key).__name__}")
-    private_key._check_owner(encrypted)
-    flat = _spread_flat(executor, _kernel_crt_decrypt, (_crt_constants(private_key),),
-                        [encrypted.ciphertexts.ravel().tolist()])
-    OP_COUNTS["decrypt"] += len(flat)
-    return _object_array([int(m) for m in flat], encrypted.shape)
+    if isinstance(ciphertexts, EncryptedArray):
+        ciphertexts = ciphertexts.ciphertexts
+    values = np.asarray(ciphertexts, dtype=object)
+    n, nsquare = public_key.n, public_key.nsquare
+    for flat_index, c in enumerate(values.ravel().tolist()):
+        if isinstance(c, bool) or not isinstance(c, numbers.Integral):
+            problem = f"is a {type(c).__name__}, not an integer"
+        elif not 0 < c < nsquare:
+            problem = "lies outside [1, n²)"
+        elif math.gcd(c, n) != 1:
+            problem = "is not coprime to n"
+        else:
+            continue
+        index = tuple(map(int, np.unravel_index(flat_index, values.shape)))
+        at = f" at index {index}" if values.shape else ""
+        prefix = f"{where}: " if where else ""
+        raise ValueError(f"{prefix}ciphertext{at} {problem}, so it is no Paillier ciphertext")

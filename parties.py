@@ -18,11 +18,14 @@ from dataclasses import dataclass
 import numpy as np
 
 import nn
+import kernels
 import paillier
-from channel import MaskSource, bits_of
+from channel import MaskSource
+from fixed import max_abs_bits
 from flaws import SECURE, ExponentTaggedArray, InsecureFlaws, encrypt_without_randomness, \
     phe_exponent, warn_insecure
-from paillier import EncryptedArray, Fixed, PublicKey
+from fixed import Fixed
+from paillier import EncryptedArray, PublicKey
 from plan import (SHARE_GROWTH_BITS, FixedPointPlan, Public, TrainingPlan, encode_features,
                   useful_packing, weight_share_bits)
 
@@ -204,7 +207,7 @@ class DataParty:
         if self.flaws.no_paillier_randomness:
             encrypted = encrypt_without_randomness(self.public_key, fixed)
         else:
-            encrypted = paillier.encrypt_array(self._private_key, fixed, executor=self.executor)
+            encrypted = kernels.encrypt_array(self._private_key, fixed, executor=self.executor)
         if self.flaws.public_exponents and real_values is not None:
             exponents = [phe_exponent(v) for v in np.asarray(real_values).ravel().tolist()]
             encrypted = ExponentTaggedArray(self.public_key, encrypted.ciphertexts,
@@ -255,7 +258,7 @@ class DataParty:
         sizes = (self.n_inputs, self.training.n_hidden)
         first = nn.init_layer(sizes, 0, self.training.activation, self.init_seed)
         weight0 = Fixed.encode(first.W, self.plan.w_frac_bits)
-        if bits_of(weight0.values) >= self.plan.weight_bits:
+        if max_abs_bits(weight0.values) >= self.plan.weight_bits:
             raise OverflowError(f"initial weights exceed the plan's bound "
                                 f"2**{self.plan.weight_int_bits}")
         if self.flaws.zero_initial_noise:  # INSECURE (flaw 2): the label party's share is W0
@@ -303,7 +306,7 @@ class DataParty:
 
     def decrypt_masked_product(self, masked_product: EncryptedArray) -> None:
         """U = X·W_B + ε_B: ε_B hides X·W_B from this party."""
-        self._product = paillier.decrypt_residues(self._private_key, masked_product,
+        self._product = kernels.decrypt_residues(self._private_key, masked_product,
                                                   executor=self.executor)
 
     def add_own_part(self) -> np.ndarray:
@@ -328,7 +331,7 @@ class DataParty:
     # step 4 -------------------------------------------------------------------------------
     def decrypt_masked_gradient(self, masked_gradient: EncryptedArray) -> None:
         """G' = Xᵀδ + ε_B': ε_B' hides Xᵀδ from this party."""
-        self._gradient = paillier.decrypt_residues(self._private_key, masked_gradient,
+        self._gradient = kernels.decrypt_residues(self._private_key, masked_gradient,
                                                    executor=self.executor)
 
     def mask_gradient(self, batch_size: int) -> np.ndarray:
@@ -542,13 +545,13 @@ class LabelParty:
         OverflowError (never a wrap-around).
         """
         share_bits = weight_share_bits(self.plan, self.batch_size, self.lr)
-        if bits_of(self.weight_share.values) > share_bits:
+        if max_abs_bits(self.weight_share.values) > share_bits:
             raise OverflowError(f"the weight share outgrew its public bound of {share_bits} bits "
                                 f"(after more than 2**{SHARE_GROWTH_BITS} batches, or |W| far "
                                 "beyond the plan's bound)")
         if self.public.packing is not None:
             self.public.packing.check_preactivation_fits(self.layer_sizes[0], self.weight_bound)
-        product = paillier.encrypted_matmul(self._batch_inputs, self.weight_share,
+        product = kernels.encrypted_matmul(self._batch_inputs, self.weight_share,
                                             executor=self.executor)
         masked, self._forward_mask = self._add_wide_mask(product)
         return masked
@@ -603,7 +606,7 @@ class LabelParty:
         rows; with a bottom model, this batch's [[α]]."""
         inputs = (self._batch_inputs if self.encrypted_features is None
                   else self.encrypted_features[rows])
-        gradient = paillier.encrypted_matmul(inputs.T, self._delta, executor=self.executor)
+        gradient = kernels.encrypted_matmul(inputs.T, self._delta, executor=self.executor)
         # |ΔW| ≤ η·Σ_r |X_rt|·|δ_rj| ≤ η · 2**(x bits) · max_j Σ_r |δ_rj|: the bound's growth.
         column_sums = [sum(abs(int(v)) for v in column) for column in self._delta.values.T.tolist()]
         self._weight_bound_growth = (self.lr_int << (self.plan.x_int_bits + self.plan.x_frac_bits)
@@ -615,7 +618,7 @@ class LabelParty:
         """([[v + ε]], ε) for a fresh ε as wide as the key allows (hiding v from the key owner).
         The fresh encryption of ε also re-randomises the sum."""
         mask = self.mask_source.uniform(encrypted.shape, self.public.mask_bits, encrypted.scale)
-        masked = encrypted + paillier.encrypt_array(
+        masked = encrypted + kernels.encrypt_array(
             self.public_key, Fixed.from_ints(mask, encrypted.scale), executor=self.executor)
         return masked, mask
 

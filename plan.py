@@ -21,8 +21,10 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 import nn
+import kernels
 import paillier
-from paillier import Fixed, PublicKey
+from fixed import Fixed
+from paillier import PublicKey
 
 
 @dataclass(frozen=True)
@@ -195,8 +197,8 @@ class PackingLayout:
     step 4) with σ bits to spare — the channel re-checks (b) on every message.
     """
 
-    forward: paillier.Slots
-    backward: paillier.Slots
+    forward: kernels.Slots
+    backward: kernels.Slots
     feature_bits: int  # |X_int| ≤ 2**feature_bits
 
     def check_preactivation_fits(self, n_features: int, weight_bound: int | None) -> None:
@@ -259,8 +261,8 @@ def packing_layout(plan: FixedPointPlan, public_key: PublicKey, batch_size: int,
         raise ValueError(f"a {public_key.n.bit_length()}-bit key is too small to pack this "
                          f"fixed-point plan ({forward_bits}-bit slots in step 1, {backward_bits}-bit "
                          "in step 4); use a larger key or packing=False")
-    return PackingLayout(paillier.Slots(forward_bits, forward_slots),
-                         paillier.Slots(backward_bits, backward_slots), feature_bits)
+    return PackingLayout(kernels.Slots(forward_bits, forward_slots),
+                         kernels.Slots(backward_bits, backward_slots), feature_bits)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -68,5 +68,16 @@ def test_quick_bench_json_reports_ratios_against_targets_and_the_kernel_profile(
         assert ratios[name]["met"] == (ratios[name]["reached"] >= ratios[name]["target"])
     profile = quick_report["profile"]
     assert 0 < profile["kernel_fraction"] <= 1
-    assert set(profile["kernel_seconds"]) == {"multiexp", "crt_encrypt", "public_encrypt",
+    assert set(profile["kernel_seconds"]) == {"multiexp", "crt_encrypt", "randomizers",
                                               "crt_decrypt"}
+
+
+def test_quick_bench_json_compares_djn_and_textbook_randomizers(quick_report):
+    """Every key size reports r^n and DJN randomizer times, their ratio, the table's build
+    time, and a pool's offline and online seconds per encryption."""
+    for rows in quick_report["primitives"].values():
+        randomizer = rows["randomizer"]
+        assert randomizer["textbook"] > 0 and randomizer["djn"] > 0
+        assert randomizer["ratio"] == pytest.approx(randomizer["textbook"] / randomizer["djn"])
+        assert randomizer["table_build"] > 0
+        assert randomizer["pool_offline"] > 0 and randomizer["pool_online"] > 0

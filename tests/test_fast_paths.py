@@ -16,11 +16,13 @@ from hypothesis import strategies as st
 import acml
 import data
 import nn
+import kernels
 import paillier
 import plan as plan_module
 import protocol
 from channel import Channel, uniform_mask
-from paillier import Fixed, Slots
+from fixed import Fixed
+from kernels import Slots
 from parties import DataParty, LabelParty
 from plan import (PACKING_HEADROOM_BITS, FixedPointPlan, PackingLayout, packing_layout,
                   wide_mask_bits)
@@ -124,7 +126,7 @@ def test_packed_ciphertexts_compute_every_slot_at_once_with_spilling_intermediat
     noise = uniform_mask(W.shape, 100)
     layout = Slots(30, 3)
     encrypted = private_key.encrypt(Fixed(layout.pack(X, axis=0), 0))
-    product = paillier.encrypted_matmul(encrypted, Fixed.from_ints(W - noise, 0))
+    product = kernels.encrypted_matmul(encrypted, Fixed.from_ints(W - noise, 0))
     total = (private_key.decrypt_residues(product)
              + layout.pack(np.matmul(X, noise), axis=0, intermediate=True)) % public_key.n
     decoded = np.vectorize(public_key.decode_residue, otypes=[object])(total)
@@ -147,7 +149,7 @@ def test_multiexp_matmul_gives_the_very_ciphertexts_of_the_simple_path(backend, 
     weights[2, 1] = -(1 << 120) + 12345
     fixed = Fixed(weights, 7)
     simple = encrypted @ fixed
-    fast = paillier.encrypted_matmul(encrypted, fixed, window=window)
+    fast = kernels.encrypted_matmul(encrypted, fixed, window=window)
     assert fast.scale == simple.scale
     assert all(int(a) == int(b) for a, b in zip(fast.ciphertexts.ravel(),
                                                 simple.ciphertexts.ravel()))
@@ -169,14 +171,16 @@ def test_crt_parts_encrypt_exactly_like_the_textbook_with_the_matching_r(backend
 
 def test_two_workers_compute_the_same_integers_as_this_process(keypair, two_workers,
                                                               monkeypatch):
-    """With the randomness fixed, encryption (key owner and public key), decryption and the
-    matmul give identical integers in this process and on a 2-process executor."""
+    """With the randomness fixed, encryption (key owner, public key with textbook and DJN
+    randomness), decryption and the matmul give identical integers in this process and on a
+    2-process executor."""
     public_key, private_key = keypair
     rng = np.random.default_rng(7)
     values = Fixed.from_ints(rng.integers(-10 ** 6, 10 ** 6, size=(5, 3)).astype(object), 2)
     weights = Fixed.from_ints(rng.integers(-2 ** 50, 2 ** 50, size=(3, 4)).astype(object), 0)
     draws = {"parts": [private_key.random_crt_parts() for _ in range(15)],
-             "r": [public_key.random_r() for _ in range(15)]}
+             "r": [public_key.random_r() for _ in range(15)],
+             "alpha": [public_key.random_djn_exponent() for _ in range(15)]}
 
     def replay(name):
         items = iter(draws[name])
@@ -186,12 +190,17 @@ def test_two_workers_compute_the_same_integers_as_this_process(keypair, two_work
     for executor in (None, two_workers):
         monkeypatch.setattr(private_key, "random_crt_parts", replay("parts"))
         monkeypatch.setattr(public_key, "random_r", replay("r"))
-        owner = paillier.encrypt_array(private_key, values, executor=executor)
-        textbook = paillier.encrypt_array(public_key, values, executor=executor)
-        product = paillier.encrypted_matmul(owner, weights, executor=executor)
-        results.append([owner.ciphertexts, textbook.ciphertexts, product.ciphertexts,
-                        paillier.decrypt_residues(private_key, product, executor=executor)])
-        assert private_key.decrypt(owner) == values and private_key.decrypt(textbook) == values
+        monkeypatch.setattr(public_key, "random_djn_exponent", replay("alpha"))
+        owner = kernels.encrypt_array(private_key, values, executor=executor)
+        textbook = kernels.encrypt_array(public_key, values, executor=executor,
+                                         randomness="textbook")
+        djn = kernels.encrypt_array(public_key, values, executor=executor, randomness="djn")
+        product = kernels.encrypted_matmul(owner, weights, executor=executor)
+        results.append([owner.ciphertexts, textbook.ciphertexts, djn.ciphertexts,
+                        product.ciphertexts,
+                        kernels.decrypt_residues(private_key, product, executor=executor)])
+        for encrypted in (owner, textbook, djn):
+            assert private_key.decrypt(encrypted) == values
     for serial, parallel in zip(*results):
         assert [int(v) for v in serial.ravel()] == [int(v) for v in parallel.ravel()]
 

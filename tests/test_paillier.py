@@ -24,8 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import paillier
+from fixed import Fixed
 from paillier import (
-    EncryptedArray, Fixed, InsecureKeyWarning, PrivateKey, PublicKey, decrypt_textbook,
+    EncryptedArray, InsecureKeyWarning, PrivateKey, PublicKey, decrypt_textbook,
     generate_keypair, use_backend,
 )
 
@@ -160,13 +161,15 @@ def test_hard_floor_and_odd_sizes_fail_even_with_allow_insecure(bad_length, erro
 
 
 def test_private_key_rejects_factors_that_do_not_match_n(small_keypair):
+    """p·q must be n, and p, q distinct primes."""
     public_key, private_key = small_keypair
-    with pytest.raises(ValueError, match="distinct"):
-        PrivateKey(public_key, private_key.p, private_key.p)
     with pytest.raises(ValueError, match="does not equal"):
-        PrivateKey(public_key, private_key.p, private_key.q + 2)
-    with pytest.raises(ValueError, match="not prime"):
-        PrivateKey(PublicKey(9 * 25), 9, 25)
+        PrivateKey(public_key, private_key.p, private_key.p, allow_insecure=True)
+    with pytest.raises(ValueError, match="does not equal"):
+        PrivateKey(public_key, private_key.p, private_key.q + 2, allow_insecure=True)
+    composite_p, prime_q = 3 * sympy.nextprime(2**127), sympy.nextprime(2**128 + 2**100)
+    with pytest.raises(ValueError, match="p is not prime"):
+        PrivateKey(PublicKey(composite_p * prime_q), composite_p, prime_q, allow_insecure=True)
 
 
 def test_public_key_json_round_trip_equality_and_hash(small_keypair, other_keypair):
@@ -192,13 +195,15 @@ def test_private_key_repr_does_not_reveal_the_primes(small_keypair):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_raw_encrypt_is_g_to_the_m_times_r_to_the_n_on_a_toy_key():
-    """With p = 5, q = 7 the definition c = g^m r^n mod n² can be checked by hand."""
-    public_key = PublicKey(35)
-    private_key = PrivateKey(public_key, 5, 7)
-    for m in range(35):
-        for r in (1, 2, 4, 34):
-            expected = pow(36, m, 1225) * pow(r, 35, 1225) % 1225
+def test_raw_encrypt_is_g_to_the_m_times_r_to_the_n(small_keypair):
+    """The definition c = g^m · r^n mod n², computed with Python's pow, is what both keys return
+    for a given r, and both decryptions invert it."""
+    public_key, private_key = small_keypair
+    n, nsquare = public_key.n, public_key.nsquare
+    rng = random.Random(3)
+    for m in (0, 1, 2, n - 1, rng.randrange(n)):
+        for r in (1, 2, n - 1, rng.randrange(1, n)):
+            expected = pow(n + 1, m, nsquare) * pow(r, n, nsquare) % nsquare
             assert public_key.raw_encrypt(m, r) == expected
             assert private_key.raw_encrypt(m, r) == expected
             assert private_key.raw_decrypt(expected) == m == decrypt_textbook(private_key, expected)
@@ -266,7 +271,7 @@ def test_homomorphic_add_add_plain_mul_const_and_rerandomize(backend, keypair):
 
 def test_negative_constants_cost_one_inverse_never_an_n_sized_exponent(small_keypair, monkeypatch):
     public_key, private_key = small_keypair
-    backend = paillier._backend
+    backend = paillier.current_backend()
     exponents, real_powmod = [], backend.powmod
 
     def recording_powmod(base, exponent, modulus):
@@ -676,11 +681,11 @@ def test_everything_works_when_gmpy2_is_not_installed():
     code = """
 import sys, warnings
 sys.modules["gmpy2"] = None  # makes `import gmpy2` raise ImportError
-import paillier
+import fixed, paillier
 warnings.simplefilter("ignore")
 public_key, private_key = paillier.generate_keypair(256, allow_insecure=True)
-plain = paillier.Fixed.from_ints([[3, -4]], 2)
-product = private_key.decrypt(public_key.encrypt(plain) @ paillier.Fixed.from_ints([[5], [6]], 1))
+plain = fixed.Fixed.from_ints([[3, -4]], 2)
+product = private_key.decrypt(public_key.encrypt(plain) @ fixed.Fixed.from_ints([[5], [6]], 1))
 try:
     paillier.use_backend("gmpy2")
 except ValueError as error:

@@ -28,7 +28,7 @@ import transport
 import wire
 from channel import DATA, LeakageError
 from flaws import InsecureFlaws, InsecureFlawWarning
-from paillier import Fixed
+from fixed import Fixed
 from test_transport import (ROOT, TIMEOUT, TOKEN, cli, environment, label_args, run_pair,
                             start_data_party, two_party_data, write_csvs)
 

@@ -15,8 +15,9 @@ import data
 import nn
 import paillier
 import protocol
-from channel import Channel, LeakageError, MaskSource, bits_of
-from paillier import Fixed
+from channel import Channel, LeakageError, MaskSource
+from fixed import max_abs_bits
+from fixed import Fixed
 from parties import DataParty, LabelParty
 from plan import FixedPointPlan
 
@@ -191,7 +192,7 @@ def test_noise_acc_starts_random_and_wide_never_zero(keypair):
     first_share = next(m for m in channel.view("label") if m.name == "W0 − ε_acc")
     plan = data_party.plan
     assert first_share.payload is not None
-    assert bits_of(first_share.payload) >= plan.noise_acc_bits() - 8
+    assert max_abs_bits(first_share.payload) >= plan.noise_acc_bits() - 8
     assert all(int(v) != 0 for v in data_party.noise_acc.values.ravel())
 
 
@@ -404,7 +405,7 @@ def test_declared_widths_come_from_the_public_plan_not_from_the_share(binary_run
     declared = {m.value_bits for m in result.channel.messages if m.name == "[[X·W_B + ε_B]]"}
     assert len(declared) == 1
     shares = result.label_party.weight_share.values
-    assert declared.pop() > bits_of(shares)
+    assert declared.pop() > max_abs_bits(shares)
 
 
 def test_packing_runs_only_where_it_helps(keypair):

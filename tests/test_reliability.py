@@ -20,7 +20,8 @@ import paillier
 import parties
 import protocol
 from channel import CIPHERTEXT, DATA, LABEL, Channel, LeakageError
-from paillier import EncryptedArray, Fixed
+from fixed import Fixed
+from paillier import EncryptedArray
 from plan import FixedPointPlan
 
 KEY_BITS = 384

@@ -20,7 +20,7 @@ import checkpoint
 import data
 import protocol
 from channel import CIPHERTEXT, MASKED, PUBLIC, REVEALED, Channel, LeakageError, MaskSource
-from paillier import Fixed
+from fixed import Fixed
 from parties import DataParty, LabelParty
 
 ROOT = Path(__file__).resolve().parent.parent

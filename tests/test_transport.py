@@ -27,7 +27,7 @@ import protocol
 import transport
 import wire
 from channel import Channel, LeakageError
-from paillier import Fixed
+from fixed import Fixed
 from plan import FixedPointPlan
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -640,7 +640,7 @@ def test_payloads_round_trip_exactly(payload):
 def test_ciphertexts_and_the_public_key_round_trip_and_a_foreign_key_is_refused():
     public, private = insecure_keypair(256)
     other_public, _ = insecure_keypair(264)
-    from paillier import Fixed
+    from fixed import Fixed
     encrypted = public.encrypt(Fixed.encode(np.array([[0.5, -1.0, 2.0]]), 8))
     header, body = wire.encode_payload(encrypted)
     back = wire.decode_payload(header, body, public, "test", expected_shape=[None, 3])

@@ -1,0 +1,282 @@
+"""The arithmetic underneath paillier.py: one backend of number-theory primitives, and the
+small integer helpers every module shares.
+
+Two backends compute the same functions: gmpy2 (GMP; used when importable and the environment
+variable ACML_PURE_PYTHON is not "1") and Python's own int.  `use_backend("python")` switches
+at run time; current_backend() returns the namespace in use (name, mpz, powmod, invert, gcd,
+is_prime).  Numbers made under one backend stay valid under the other: gmpy2's mpz and int
+interoperate.  Neither is constant time.
+"""
+
+import hashlib
+import math
+import numbers
+import os
+import secrets
+import threading
+from types import SimpleNamespace
+
+__all__ = [
+    "use_backend", "current_backend", "mpz", "powmod", "invert", "is_probable_prime",
+    "random_prime", "FixedBaseTable", "fixed_base_table", "min_prime_distance", "prime_pair_problem", "hash_to_unit", "as_int",
+    "describe_int",
+]
+
+def _python_backend():
+    def is_prime(candidate):
+        import sympy  # imported lazily: only key generation and key loading need it
+
+        return sympy.isprime(int(candidate))  # Baillie-PSW: no known pseudoprime
+
+    return SimpleNamespace(
+        name="python", mpz=int, powmod=pow, invert=lambda a, m: pow(a, -1, m),
+        gcd=math.gcd, is_prime=is_prime, not_invertible=ValueError,
+    )
+
+
+def _gmpy2_backend():
+    import gmpy2
+
+    return SimpleNamespace(
+        name="gmpy2", mpz=gmpy2.mpz, powmod=gmpy2.powmod, invert=gmpy2.invert,
+        # GMP runs Baillie-PSW plus (reps - 24) Miller-Rabin rounds with random bases.
+        gcd=gmpy2.gcd, is_prime=lambda candidate: gmpy2.is_prime(candidate, 64),
+        not_invertible=ZeroDivisionError,
+    )
+
+
+_BACKENDS = {"python": _python_backend()}
+
+
+def _load_backend(name):
+    if name not in ("python", "gmpy2"):
+        raise ValueError(f"unknown backend {name!r}: choose 'gmpy2' or 'python'")
+    if name not in _BACKENDS:
+        try:
+            _BACKENDS[name] = _gmpy2_backend()
+        except ImportError as error:
+            raise ValueError("backend 'gmpy2' is unavailable: gmpy2 is not installed") from error
+    return _BACKENDS[name]
+
+
+def _default_backend_name():
+    if os.environ.get("ACML_PURE_PYTHON") == "1":
+        return "python"
+    try:
+        _load_backend("gmpy2")
+        return "gmpy2"
+    except ValueError:
+        return "python"
+
+
+_backend = _load_backend(_default_backend_name())
+BACKEND = _backend.name  # read it as backend.BACKEND or paillier.BACKEND: use_backend rebinds it
+
+
+def _set_backend(name):
+    global _backend, BACKEND
+    _backend = _load_backend(name)
+    BACKEND = _backend.name
+
+
+class use_backend:
+    """Switch the arithmetic backend to "gmpy2" or "python".
+
+    `use_backend("python")` switches for good; `with use_backend("python"): ...` switches back to
+    the previous backend on exit.  The choice is global to the process (not thread-local).
+    Numbers made under one backend stay valid under the other: gmpy2's mpz and int interoperate.
+    """
+
+    def __init__(self, name):
+        self.previous = BACKEND
+        _set_backend(name)
+        self.name = BACKEND
+
+    def __enter__(self):
+        return self.name
+
+    def __exit__(self, *exc_info):
+        _set_backend(self.previous)
+        return False
+
+
+def current_backend():
+    """The backend in use (a namespace: name, mpz, powmod, invert, gcd, is_prime)."""
+    return _backend
+
+
+def mpz(value):
+    """`value` as the current backend's integer type (gmpy2.mpz or int)."""
+    return _backend.mpz(value)
+
+
+def powmod(base, exponent, modulus):
+    """base^exponent mod modulus on the current backend (a negative exponent inverts first)."""
+    return _backend.powmod(base, exponent, modulus)
+
+
+def invert(value, modulus):
+    """value^-1 mod modulus; ValueError when gcd(value, modulus) != 1."""
+    try:
+        return _backend.invert(value, modulus)
+    except _backend.not_invertible:
+        raise ValueError(f"{value} has no inverse modulo {modulus}") from None
+
+
+def is_probable_prime(candidate):
+    """Strong probabilistic primality test (Baillie-PSW, plus Miller-Rabin rounds on gmpy2)."""
+    return bool(_backend.is_prime(candidate))
+
+
+_SMALL_PRIMES_PRODUCT = math.prod(
+    candidate for candidate in range(3, 2000, 2)
+    if all(candidate % divisor for divisor in range(3, math.isqrt(candidate) + 1, 2))
+)
+
+
+def random_prime(bits):
+    """A uniform random prime with exactly `bits` bits, the top two set, from `secrets`."""
+    top_two_bits = 0b11 << (bits - 2)
+    while True:
+        candidate = secrets.randbits(bits) | top_two_bits | 1
+        # One gcd rejects most composites before the expensive test.
+        if math.gcd(candidate, _SMALL_PRIMES_PRODUCT) == 1 and is_probable_prime(candidate):
+            return candidate
+
+
+def min_prime_distance(n_bits):
+    """|p - q| must reach 2^(n_bits/2 - 100) (FIPS 186's distance): Fermat's method, which
+    factors n quickly when p and q are close, then needs about 2^200 steps or more."""
+    return 1 << max(n_bits // 2 - 100, 0)
+
+
+def prime_pair_problem(p, q):
+    """Why (p, q) cannot make an RSA/Paillier modulus, as one phrase; None for a good pair.
+
+    p != q; equal sizes, |bits(p) - bits(q)| <= 1 (one bit of slack lets odd-length moduli
+    made elsewhere load; n = 3·q is refused); both prime; gcd(n, φ(n)) = 1;
+    |p - q| >= min_prime_distance(bits of n).
+    """
+    n = p * q
+    if p == q:
+        return "p and q must be distinct primes"
+    if abs(p.bit_length() - q.bit_length()) > 1:
+        return (f"p and q must have equal sizes, got {p.bit_length()} and {q.bit_length()} "
+                "bits")
+    for name, prime in (("p", p), ("q", q)):
+        if not is_probable_prime(prime):
+            return f"{name} is not prime"
+    if math.gcd(n, (p - 1) * (q - 1)) != 1:
+        return "gcd(n, φ(n)) = gcd(p·q, (p-1)(q-1)) must be 1"
+    if abs(p - q) < min_prime_distance(n.bit_length()):
+        return (f"|p - q| must be at least 2^{n.bit_length() // 2 - 100} (p and q this close "
+                "fall to Fermat factoring)")
+    return None
+
+
+def hash_to_unit(n, label):
+    """An element x of Z*_n derived from n alone (and a label), so nobody gets to choose it.
+
+    SHA-256 in counter mode over (label, n, counter) gives n_bits + 128 bits, read as an integer
+    mod n (so x is within 2^-128 of uniform); the negligible x = 0, 1 or gcd(x, n) != 1 moves
+    on to the next counter value.
+    """
+    n_bytes = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    wanted, counter = (n.bit_length() + 128 + 7) // 8, 0
+    while True:
+        stream = b""
+        while len(stream) < wanted:
+            stream += hashlib.sha256(label + n_bytes + counter.to_bytes(8, "big")).digest()
+            counter += 1
+        x = int.from_bytes(stream[:wanted], "big") % n
+        if x > 1 and math.gcd(x, n) == 1:
+            return x
+
+
+def as_int(value, what):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{what} must be an integer, got {type(value).__name__} {value!r}")
+    return int(value)
+
+
+def describe_int(value):
+    """A readable rendering of a possibly huge integer for error messages."""
+    return str(value) if abs(value) < 10**30 else f"a {abs(value).bit_length()}-bit number"
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixed-base exponentiation
+# ---------------------------------------------------------------------------------------------
+
+TABLE_BUDGET_BYTES = 12 << 20  # FixedBaseTable picks the widest window whose table fits
+
+
+class FixedBaseTable:
+    """base^e mod modulus for ONE fixed base and any 0 <= e < 2^exponent_bits: by look-ups.
+
+    Write e in base 2^w, e = Σ_i d_i·2^(w·i) with digits 0 <= d_i < 2^w.  Then
+
+        base^e = Π_i (base^(2^(w·i)))^(d_i) = Π_i T[i][d_i],   T[i][d] = base^(d·2^(w·i)),
+
+    so with the whole table T stored (ceil(bits/w) rows of 2^w powers), base^e costs one
+    multiplication per non-zero digit and not a single squaring.  A 1,024-bit e with w = 7: at
+    most 147 multiplications, where powmod's square-and-multiply spends about 1,200.  The table
+    costs that many multiplications once per row entry, and memory: rows·2^w numbers of the
+    modulus' size.  Equals powmod(base, e, modulus) exactly (tests check it).
+    """
+
+    def __init__(self, base, modulus, exponent_bits, window=None):
+        self.modulus, self.exponent_bits = int(modulus), int(exponent_bits)
+        if window is None:  # widest window (<= 8) whose table fits TABLE_BUDGET_BYTES
+            entry_bytes = (self.modulus.bit_length() + 7) // 8 + 32
+            window = max([w for w in range(1, 9) if -(-self.exponent_bits // w) * (1 << w)
+                          * entry_bytes <= TABLE_BUDGET_BYTES] or [1])
+        self.window = window
+        backend = current_backend()
+        self._mpz, modulus, power = backend.mpz, backend.mpz(modulus), backend.mpz(base)
+        power %= modulus
+        self._rows = []
+        for _ in range(-(-self.exponent_bits // window)):
+            row = [backend.mpz(1), power]  # row[d] = power^d, power = base^(2^(w·i))
+            for _ in range(2, 1 << window):
+                row.append(row[-1] * power % modulus)
+            self._rows.append(row)
+            power = row[-1] * power % modulus  # base^(2^(w·(i+1)))
+        self._typed_modulus = modulus
+
+    def power(self, exponent):
+        """base^exponent mod modulus, for 0 <= exponent < 2^exponent_bits."""
+        exponent = as_int(exponent, "exponent")
+        if not 0 <= exponent < 1 << self.exponent_bits:
+            raise ValueError(f"exponent must lie in [0, 2^{self.exponent_bits}), "
+                             f"got {describe_int(exponent)}")
+        modulus, mask = self._typed_modulus, (1 << self.window) - 1
+        result = self._mpz(1)
+        for row in self._rows:
+            if not exponent:
+                break
+            digit = exponent & mask
+            if digit:
+                result = result * row[digit] % modulus
+            exponent >>= self.window
+        return result
+
+
+_TABLES = {}  # (backend, base, modulus, exponent_bits) -> FixedBaseTable, most recent last
+_KEPT_TABLES = 3  # each is megabytes at 2048 bits
+_TABLES_LOCK = threading.Lock()  # the parties may run in two threads of one process
+
+
+def fixed_base_table(base, modulus, exponent_bits):
+    """The FixedBaseTable for (base, modulus, exponent_bits) on the current backend, built on
+    first use and kept (the few most recently used) for the life of the process."""
+    key = (current_backend().name, int(base), int(modulus), int(exponent_bits))
+    with _TABLES_LOCK:
+        table = _TABLES.pop(key, None)
+    if table is None:  # built outside the lock: two threads may both build, harmlessly
+        table = FixedBaseTable(base, modulus, exponent_bits)
+    with _TABLES_LOCK:
+        _TABLES[key] = table
+        while len(_TABLES) > _KEPT_TABLES:
+            del _TABLES[next(iter(_TABLES))]
+    return table
