@@ -215,7 +215,7 @@ def simulate(scenario: Scenario, flaws: InsecureFlaws = SECURE, *, keypair) -> R
         # leaks).
         label_party = LabelParty(y, sizes, lr=scenario.lr, batch_size=scenario.batch_size,
                                  epochs=scenario.epochs, seed=scenario.seed,
-                                 insecure_flaws=flaws, packing=False)
+                                 insecure_flaws=flaws, packing=False, allow_insecure=True)
     channel = Channel(data_party=data_party, label_party=label_party, mode="report",
                       keep_payloads=True)
     public = protocol.setup(channel)
