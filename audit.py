@@ -717,7 +717,8 @@ GRAM_KNOWN_ROWS = 10  # rows of X the label party already knows (public records,
 GRAM_NOISE = (0.0, 0.01, 0.1, 1.0)  # σ of the update noise, in the gradient's units
 L1_FAILS_ABOVE = leaks.ATTACK_FAILS_ABOVE  # relative error of X·Xᵀ above which L1 failed
 L2_SHIFT_SLACK_BITS = 2
-L3_CHAIN = 128  # multipliers in the crafted prediction message (rows of [[X_new]])
+L3_TAIL = 16  # large multipliers after the geometric part of the chain
+L3_CHAIN = 192  # multipliers in the crafted prediction message (rows of [[X_new]])
 
 
 def label_view(run: Run, epochs: int | None = None) -> leaks.LabelPartyView:
@@ -808,7 +809,8 @@ class MultiplierDataParty(DataParty):
     """INSECURE deviation (leak L3), a data party that does not follow the script.
 
     Asked to predict, it encrypts crafted plaintexts under its own key instead of its rows —
-    row (j, i) holds the multiplier t_i in column j and 0 elsewhere, t_i = t_0·r**i — which the
+    row (j, i) holds the multiplier t_i in column j and 0 elsewhere, t_{i+1} ≈ t_i·(n − ℓ)/ℓ for
+    ε_B's width ℓ, then a few large ones — which the
     label party cannot range-check. It decrypts U = t_i·W_B[j, :] + ε_B and intersects, per
     weight, the sets {w : t_i·w ∈ U − range(ε_B) mod n}: with ε_B on an interval of n/6 to n/3
     each ciphertext keeps about a third of the candidates, and the chain pins W_B[j, k] exactly;
@@ -827,13 +829,18 @@ class MultiplierDataParty(DataParty):
     def _chain(self):
         bound = 1 << (weight_share_bits(self.plan, self.training.batch_size, self.training.lr) + 1)
         n = self.public_key.n
-        # ratio r = ⌊n / width(ε_B)⌋ ≥ 3: a candidate interval's image then spans at most n, so
-        # each multiplier splits it into at most two pieces and keeps about 1/r of it
-        ratio = max(2, n // (2 << self.public.mask_bits))
+        # t_{i+1} = ⌊t_i·(n − ℓ)/ℓ⌋, ℓ = width(ε_B): a candidate interval's image then spans at
+        # most n − ℓ, so the arc U − ε_B cuts it into one piece, about ℓ/(n − ℓ) of it
+        width = 2 << self.public.mask_bits
         chain, t = [], max(1, n // (2 * bound))
         while len(chain) < self.chain_length and t <= self.public_key.max_int:
             chain.append(t)
-            t *= ratio
+            t = max(t + 1, t * (n - width) // width)
+        # then a tail of large distinct multipliers: each keeps about 1/r of the few
+        # candidates left, wherever they are
+        for i in range(1, L3_TAIL + 1):
+            if len(chain) < self.chain_length:
+                chain.append(self.public_key.max_int - 7 * i)
         return chain, bound
 
     def prediction_count(self) -> int:
@@ -1041,7 +1048,7 @@ class OwnLeakAuditor:
         return OwnLeak(
             "L3", "W_B (then W = W_B + ε_acc) through the label party's mask", DATA, MALICIOUS,
             f"one crafted prediction message of {runs['interval'].data_party.prediction_count()} "
-            "rows (a multiplier chain t_0·r**i, r = ⌊n/width(ε_B)⌋, on one feature); ε_B on "
+            "rows (a chain of growing multipliers on one feature); ε_B on "
             "[−2**b, 2**b), an interval of n/6 to n/3; the label party has no range check",
             "share of a row of W_B read exactly", before["exact_share_of_row"],
             "succeeds when 1.0 (every entry of the row); the mitigation holds when 0.0",
