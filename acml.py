@@ -33,6 +33,7 @@ import checkpoint
 import data
 import nn
 import protocol
+import channel as channel_module
 from channel import Channel, leakage_lines
 from flaws import SECURE, InsecureFlaws
 from paillier import Fixed
@@ -367,14 +368,10 @@ def format_report(metrics: dict) -> str:
                      f"{total['bytes'] / 1e6:.2f} MB")
     lines.append("")
     lines.append("what crossed, and what the receiver learns from one such message:")
-    return "\n".join(lines + leakage_lines(metrics["leakage"]) + [""] + CUMULATIVE_LEAKS)
+    return "\n".join(lines + leakage_lines(metrics["leakage"]))  # + the cumulative leaks
 
 
-CUMULATIVE_LEAKS = [
-    "what the parties learn over the whole run (measured by `python acml.py audit`):",
-    "  the label party: z = X·W + b of every batch, from which z across epochs gives X·Xᵀ",
-    "  with a bottom model, the data party: δ·Wᵀ of every batch, which carries the labels",
-]
+CUMULATIVE_LEAKS = channel_module.CUMULATIVE_LEAKS
 
 
 # ----------------------------------------------------------------------------------------------

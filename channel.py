@@ -517,10 +517,27 @@ class Channel:
         return list(rows.values())
 
 
-def leakage_lines(rows) -> list[str]:
-    """The report's table: one line per message type."""
+# What the parties learn over a whole run, with the numbers `python acml.py audit` measured on
+# the real protocol (256-bit demo keys; tests/test_own_leaks.py keeps each attack succeeding
+# unmitigated and failing mitigated). One message's line above says what ONE message reveals.
+CUMULATIVE_LEAKS = [
+    "what the parties learn over the whole run (measured by `python acml.py audit`):",
+    "  L1 label party (semi-honest): z across epochs gives X·Xᵀ — relative error 4e-14 after 8 "
+    "epochs (48 rows, d = 8, h = 8; underdetermined below 5), then all of X from 10 known rows "
+    "(R² = 1.000); the data party's update noise (σ = 0.01) stops this attack (error > 0.5)",
+    "  L4 data party (semi-honest), with a bottom model: δ·Wᵀ gives the labels, AUC 0.97–0.98",
+    "  L2 a deviating label party reads X exactly (73% of X in 4 epochs, weights identical to an "
+    "honest run, 0 findings): nothing here detects it",
+    "  L3 a deviating data party read W_B through interval masks (one crafted prediction, ~1–2 "
+    "bits per ciphertext); the masks are now uniform mod n: 0 of W_B read",
+]
+
+
+def leakage_lines(rows, *, cumulative: bool = True) -> list[str]:
+    """The report's table: one line per message type; then (``cumulative``) the whole run's
+    leaks with their audit numbers."""
     lines = [f"  {'step':<8}{'from → to':<16}{'message':<22}{'kind':<12}{'count':>6}  learns"]
     for row in rows:
         lines.append(f"  {row['step']:<8}{row['sender'] + ' → ' + row['receiver']:<16}"
                      f"{row['name']:<22}{row['kind']:<12}{row['count']:>6}  {row['learned']}")
-    return lines
+    return lines + ([""] + CUMULATIVE_LEAKS if cumulative else [])
