@@ -1098,13 +1098,13 @@ def _number(value) -> str:
 def format_own_leaks(rows: list[OwnLeak]) -> str:
     lines = ["The protocol's own leaks — no flaw switched on; each attack from the party's own "
              "view of a real run, or that party deviating from the script.", ""]
-    header = (f"{'#':<4}{'attacker':<7}{'model':<13}{'attack (metric)':<36}{'unmitigated':<14}"
+    header = (f"{'#':<4}{'attacker':<9}{'model':<13}{'attack (metric)':<36}{'unmitigated':<14}"
               f"{'mitigated':<12}")
     lines += [header, "-" * len(header)]
     for row in rows:
         mark = "✓" if row.succeeds else "✗"
         held = "" if row.mitigated_fails is None else (" ✓" if row.mitigated_fails else " ✗")
-        lines.append(f"{row.leak:<4}{row.party:<7}{row.model:<13}{row.title[:34]:<36}"
+        lines.append(f"{row.leak:<4}{row.party:<9}{row.model:<13}{row.title[:34]:<36}"
                      f"{_number(row.value) + ' ' + mark:<14}{_number(row.mitigated_value) + held:<12}")
     lines.append("")
     for row in rows:
