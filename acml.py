@@ -21,7 +21,6 @@ for that comparison is a diagnostic of this simulation only; no party can do it.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import zipfile
@@ -33,8 +32,10 @@ import checkpoint
 import data
 import nn
 import protocol
+import channel as channel_module
 from channel import Channel, leakage_lines
 from flaws import SECURE, InsecureFlaws
+from fixed import Fixed
 from parties import BottomModel, DataParty, LabelParty, Prediction, make_bottom
 from plan import FixedPointPlan, check_features
 
@@ -63,6 +64,11 @@ class Config:
     # to reproduce a run exactly (the tests do).
     init_seed: int | None = None
     packing: bool = True  # several values per ciphertext in steps 1 and 4 (same W either way)
+    # Mitigation of leak L1 (the Gram attack on z across epochs): σ of the fresh noise
+    # N = η·σ·ξ the data party adds to every first-layer update through ε_acc. 0 (off) by
+    # default: measured by `python acml.py audit`, it costs accuracy at the σ that stops the
+    # attack (see the README's threat model).
+    update_noise: float = 0.0
 
     def label_settings(self, layer_sizes) -> dict:
         """The label party's own settings, as its checkpoint records them (all but epochs)."""
@@ -161,6 +167,9 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
     start = time.perf_counter()
     feature_mean = None if standardizer is None else standardizer.mean
     feature_std = None if standardizer is None else standardizer.std
+    if resume and config.update_noise:
+        raise ValueError("update_noise is not resumable yet: the plaintext twin needs the "
+                         "noise of every epoch, and a checkpoint does not keep it")
     if resume:
         if keypair is not None:
             raise ValueError("resume takes the key pair from the data party's checkpoint; "
@@ -180,12 +189,13 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
         data_party = DataParty(train_set.X, plan=config.plan, key_bits=config.key_bits,
                                allow_insecure=config.allow_insecure, keypair=keypair,
                                init_seed=config.init_seed, bottom=config.bottom,
-                               insecure_flaws=insecure_flaws, executor=executor)
+                               insecure_flaws=insecure_flaws, executor=executor,
+                               update_noise=config.update_noise)
         label_party = LabelParty(train_set.y, sizes, activation=config.activation, lr=config.lr,
                                  momentum=config.momentum, batch_size=config.batch_size,
                                  epochs=config.epochs, seed=config.seed, plan=config.plan,
                                  insecure_flaws=insecure_flaws, executor=executor,
-                                 packing=config.packing)
+                                 packing=config.packing, allow_insecure=config.allow_insecure)
     channel = Channel(data_party=data_party, label_party=label_party, sigma=config.plan.sigma,
                       transcript=transcript)
     public = protocol.setup(channel, start="resume" if resume else "new")
@@ -208,14 +218,17 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
     plaintext = nn.MLP(sizes, activation=config.activation, seed=config.seed)
     plaintext.layers[0].W = nn.init_layer(sizes, 0, config.activation, data_party.init_seed).W
     plaintext_bottom = make_bottom(config.bottom, train_set.X.shape[1], data_party.init_seed)
+    # With update noise the twin replays the very noise the data party drew (its own record,
+    # read here only because this simulation is omniscient), after each first-layer step.
+    replay = noise_replay(plaintext, data_party)
     if plaintext_bottom is None:
         history = nn.train_plaintext(plaintext, train_set.X, train_set.y, epochs=config.epochs,
                                      batch_size=config.batch_size,
                                      lr=config.plan.snap_lr(config.lr), seed=config.seed,
-                                     momentum=config.momentum)
+                                     momentum=config.momentum, callback=replay)
     else:
         history = train_plaintext_composite(plaintext_bottom, plaintext, train_set.X, train_set.y,
-                                            config)
+                                            config, after_batch=replay)
 
     metrics = {
         "dataset": train_set.name,
@@ -270,8 +283,22 @@ def max_weight_diff(data_party, label_party, plaintext: nn.MLP, plaintext_bottom
     return float(max(diffs))
 
 
+def noise_replay(plaintext: nn.MLP, data_party: DataParty):
+    """A callback for the twin (None without update noise): after batch t it adds the data
+    party's own N_t (decoded from W's fixed-point scale) to the twin's first-layer W."""
+    drawn = data_party.update_noise_drawn
+    if not drawn:
+        return None
+    steps = iter(drawn)
+    scale = data_party.plan.w_frac_bits
+
+    def replay(*_):
+        plaintext.layers[0].W = plaintext.layers[0].W + Fixed.from_ints(next(steps), scale).decode()
+    return replay
+
+
 def train_plaintext_composite(bottom: BottomModel, mlp: nn.MLP, X, y,
-                              config: Config) -> dict:
+                              config: Config, after_batch=None) -> dict:
     """The plaintext twin of a run with a bottom model: bottom layer + MLP, float64, the same
     batches. Per batch: α = bottom(X), the MLP's forward and backward on α, then ∂L/∂α = δ·Wᵀ
     with the W of the forward pass, and plain SGD on the bottom and on the first layer's W."""
@@ -287,6 +314,8 @@ def train_plaintext_composite(bottom: BottomModel, mlp: nn.MLP, X, y,
             first.W -= lr * first.dW
             optimizer.step(mlp.top_named_params())
             bottom.backward_step(input_gradient, lr)
+            if after_batch is not None:
+                after_batch(epoch, len(history["batch_loss"]), loss)
             history["batch_loss"].append(loss)
     return history
 
@@ -341,14 +370,10 @@ def format_report(metrics: dict) -> str:
                      f"{total['bytes'] / 1e6:.2f} MB")
     lines.append("")
     lines.append("what crossed, and what the receiver learns from one such message:")
-    return "\n".join(lines + leakage_lines(metrics["leakage"]) + [""] + CUMULATIVE_LEAKS)
+    return "\n".join(lines + leakage_lines(metrics["leakage"]))  # + the cumulative leaks
 
 
-CUMULATIVE_LEAKS = [
-    "what the parties learn over the whole run (measured by `python acml.py audit`):",
-    "  the label party: z = X·W + b of every batch, from which z across epochs gives X·Xᵀ",
-    "  with a bottom model, the data party: δ·Wᵀ of every batch, which carries the labels",
-]
+CUMULATIVE_LEAKS = channel_module.CUMULATIVE_LEAKS
 
 
 # ----------------------------------------------------------------------------------------------

@@ -27,7 +27,6 @@ sender's :class:`MaskSource`); and each party's masks must come from ``secrets``
 from __future__ import annotations
 
 import json
-import math
 import random
 import secrets
 import time
@@ -97,6 +96,20 @@ class MaskSource:
 
     def _draw(self, shape, bits: int, scale: int) -> np.ndarray:
         return uniform_mask(shape, bits, self.generator)
+
+    def draws_residues(self) -> bool:
+        """Whether :meth:`residues` draws uniformly from Z_n: only the secure source does (a
+        flawed source of flaws.py keeps its flaw, so the audit can still attack it)."""
+        return (type(self)._draw is MaskSource._draw
+                and isinstance(self.generator, random.SystemRandom))
+
+    def residues(self, shape, n: int, bits: int) -> np.ndarray:
+        """Integers uniform in [0, n), from ``secrets``' generator: a mask that hides any value
+        mod n perfectly. ``bits`` is the width the message declares (recorded for the check)."""
+        size = int(np.prod(shape, dtype=np.int64))
+        mask = object_array([self.generator.randrange(n) for _ in range(size)], shape)
+        self.pending.append((bits, max_abs_bits(mask)))
+        return mask
 
     def take_pending(self) -> list[tuple[int, int]]:
         """The draws since the last call, and forget them."""
@@ -478,10 +491,27 @@ class Channel:
         return list(rows.values())
 
 
-def leakage_lines(rows) -> list[str]:
-    """The report's table: one line per message type."""
+# What the parties learn over a whole run, with the numbers `python acml.py audit` measured on
+# the real protocol (256-bit demo keys; tests/test_own_leaks.py keeps each attack succeeding
+# unmitigated and failing mitigated). One message's line above says what ONE message reveals.
+CUMULATIVE_LEAKS = [
+    "what the parties learn over the whole run (measured by `python acml.py audit`):",
+    "  L1 label party (semi-honest): z across epochs gives X·Xᵀ — relative error 4e-14 after 8 "
+    "epochs (48 rows, d = 8, h = 8; underdetermined below 5), then all of X from 10 known rows "
+    "(R² = 1.000); the data party's update noise (σ = 0.01) stops this attack (error > 0.5)",
+    "  L4 data party (semi-honest), with a bottom model: δ·Wᵀ gives the labels, AUC 0.97–0.98",
+    "  L2 a deviating label party reads X exactly (73% of X in 4 epochs, weights identical to an "
+    "honest run, 0 findings): nothing here detects it",
+    "  L3 a deviating data party read W_B through interval masks (one crafted prediction, ~1–2 "
+    "bits per ciphertext); the masks are now uniform mod n: 0 of W_B read",
+]
+
+
+def leakage_lines(rows, *, cumulative: bool = True) -> list[str]:
+    """The report's table: one line per message type; then (``cumulative``) the whole run's
+    leaks with their audit numbers."""
     lines = [f"  {'step':<8}{'from → to':<16}{'message':<22}{'kind':<12}{'count':>6}  learns"]
     for row in rows:
         lines.append(f"  {row['step']:<8}{row['sender'] + ' → ' + row['receiver']:<16}"
                      f"{row['name']:<22}{row['kind']:<12}{row['count']:>6}  {row['learned']}")
-    return lines
+    return lines + ([""] + CUMULATIVE_LEAKS if cumulative else [])

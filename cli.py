@@ -12,7 +12,6 @@ import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
 
 import acml
 import checkpoint
@@ -134,7 +133,7 @@ def config_from_args(args) -> Config:
                   key_bits=args.key_bits, seed=args.seed, allow_insecure=args.insecure_small_key,
                   plan=FixedPointPlan(sigma=args.sigma), bottom=args.bottom,
                   init_seed=args.init_seed,
-                  packing=args.packing)
+                  packing=args.packing, update_noise=getattr(args, "update_noise", 0.0))
 
 
 def with_transcript(path, run):
@@ -382,11 +381,17 @@ def command_audit(args) -> int:
         warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
         warnings.simplefilter("ignore", InsecureFlawWarning)
         audits = audit.run_audit(key_bits=key_bits)
+        own = audit.run_own_leaks(key_bits=key_bits)
     print(audit.format_table(audits, key_bits))
-    if args.json:
+    print()
+    print(audit.format_own_leaks(own))
+    if args.json:  # {"flaws": [six rows], "own_leaks": [one row per leak of the protocol]}
         with open(args.json, "w") as handle:
-            json.dump([row.to_json() for row in audits], handle, indent=2)
+            json.dump({"flaws": [row.to_json() for row in audits],
+                       "own_leaks": [row.to_json() for row in own]}, handle, indent=2,
+                      default=str)
     expected = all(row.caught and row.succeeds_on_flawed and row.fails_on_real for row in audits)
+    expected &= all(row.succeeds and row.mitigated_fails is not False for row in own)
     return 0 if expected else 1
 
 
@@ -413,6 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     train_parser = commands.add_parser("train", help="train encrypted and plaintext, compare")
     add_training_options(train_parser)
     train_parser.add_argument("--json", help="write the report as JSON to this path")
+    train_parser.add_argument("--update-noise", type=float, default=0.0, metavar="SIGMA",
+                              help="mitigation of leak L1: the data party adds noise η·σ·ξ to "
+                                   "every first-layer update through ε_acc (default 0: off; "
+                                   "see `audit` for its price)")
     train_parser.add_argument("--transcript", help="write every message as JSON lines")
     train_parser.add_argument("--quiet", action="store_true", help="no progress bar")
     train_parser.add_argument("--checkpoint-dir", metavar="DIR",

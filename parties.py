@@ -21,17 +21,19 @@ import nn
 import kernels
 import paillier
 from channel import MaskSource
-from fixed import max_abs_bits
 from flaws import SECURE, ExponentTaggedArray, InsecureFlaws, encrypt_without_randomness, \
     phe_exponent, warn_insecure
-from fixed import Fixed
+from fixed import Fixed, max_abs_bits, object_array
 from paillier import EncryptedArray, PublicKey
 from plan import (SHARE_GROWTH_BITS, FixedPointPlan, Public, TrainingPlan, encode_features,
-                  useful_packing, weight_share_bits)
+                  weight_share_bits)
 
 INIT_SEED_BITS = 128  # the data party's secret seed of W0: beyond any search
 BOTTOM_SEED_STREAM = 0xB07  # the bottom layer's init stream: apart from every MLP layer's index
 MAX_PREDICTION_ROWS = 1 << 20  # the most rows the label party accepts in one prediction
+UPDATE_NOISE_CLIP = 6.0  # |ξ| ≤ 6 in N = η·σ·ξ: a public bound on the noise, for B's weight bound
+MASK_RANGES = ("mod_n", "interval")  # the label party's masks ε_B, ε_B': uniform in Z_n, or
+# (INSECURE against a deviating data party, leak L3) uniform on [−2**b, 2**b), about n/6 to n/3
 
 
 def mod_n(values, n: int) -> np.ndarray:
@@ -161,9 +163,22 @@ class DataParty:
                  allow_insecure: bool = False, keypair=None, init_seed: int | None = None,
                  bottom=None, insecure_flaws: InsecureFlaws = SECURE,
                  mask_source: MaskSource | None = None, executor=None,
-                 restored: Restored | None = None):
+                 restored: Restored | None = None, update_noise: float = 0.0):
         self.plan = plan or FixedPointPlan()
         X = np.asarray(X, dtype=np.float64)
+        update_noise = float(update_noise)
+        if not (np.isfinite(update_noise) and update_noise >= 0):
+            raise ValueError(f"update_noise must be a finite σ ≥ 0, got {update_noise!r}")
+        # Mitigation of leak L1: fresh noise N = η·σ·ξ on every first-layer update, folded into
+        # ε_acc (the label party cannot remove it). Its generator is seeded from `secrets` here
+        # and never leaves this party; ``update_noise_drawn`` is the party's own record of every
+        # N it drew (integers at W's scale), which the omniscient plaintext twin replays.
+        self.update_noise = update_noise
+        self._noise_rng = (np.random.default_rng(secrets.randbits(128)) if update_noise > 0
+                           else None)
+        self.update_noise_drawn: list[np.ndarray] = []
+        self._noise_bits: int | None = None  # the bound declared in step 0
+        self.input_gradients_received: list[np.ndarray] = []  # step 4b: δ·Wᵀ, decrypted
         if X.ndim != 2 or X.shape[1] == 0 or (X.shape[0] == 0 and restored is None):
             raise ValueError(f"features must be a non-empty 2-D array, got shape {X.shape}")
         self.features = encode_features(X, self.plan)
@@ -226,8 +241,18 @@ class DataParty:
     # step 0 -------------------------------------------------------------------------------
     def shapes(self, start: str) -> dict:
         n_samples = len(self._rows_to_predict) if start == "predict" else self.n_samples
-        return {"start": start, "n_samples": n_samples, "n_inputs": self.n_inputs,
-                "bottom": self.bottom is not None, "insecure_flaws": list(self.flaws.enabled())}
+        shapes = {"start": start, "n_samples": n_samples, "n_inputs": self.n_inputs,
+                  "bottom": self.bottom is not None, "insecure_flaws": list(self.flaws.enabled())}
+        if self.update_noise > 0 and start != "predict":
+            self._noise_bits = self.update_noise_bits()
+            shapes["update_noise_bits"] = self._noise_bits  # public: a bound, not N
+        return shapes
+
+    def update_noise_bits(self) -> int:
+        """|N_int| < 2**bits for every noise entry: σ·UPDATE_NOISE_CLIP at W's scale (η ≤ 1
+        assumed; a larger η·σ·ξ is clipped to the bound)."""
+        return int(np.ceil(np.log2(self.update_noise * UPDATE_NOISE_CLIP
+                                   * 2.0 ** self.plan.w_frac_bits + 2)))
 
     def accept_training_plan(self, payload, start: str) -> None:
         """Check the label party's plan against this party's own: the same fixed-point plan, a
@@ -325,8 +350,9 @@ class DataParty:
 
     def update_bottom(self, encrypted_input_gradient: EncryptedArray) -> None:
         """Decrypt ∂L/∂α = δ·Wᵀ (exact, at scale δ + W) and take a plain SGD step on the bottom."""
-        gradient = self._private_key.decrypt(encrypted_input_gradient)
-        self.bottom.backward_step(gradient.decode(), self.plan.snap_lr(self.training.lr))
+        gradient = self._private_key.decrypt(encrypted_input_gradient).decode()
+        self.input_gradients_received.append(gradient)  # its own view: what leak L4 reads
+        self.bottom.backward_step(gradient, self.plan.snap_lr(self.training.lr))
 
     # step 4 -------------------------------------------------------------------------------
     def decrypt_masked_gradient(self, masked_gradient: EncryptedArray) -> None:
@@ -342,10 +368,27 @@ class DataParty:
                                         self.plan.x_frac_bits + self.plan.delta_frac_bits)
         self.noise_acc = self.noise_acc + Fixed.from_ints(self.lr_int * mask,
                                                           self.plan.w_frac_bits)
+        if self.update_noise > 0:
+            self._add_update_noise()
         if self.public.packing is not None:
             mask = self.public.packing.backward.pack(mask, axis=0)
         gradient, self._gradient = self._gradient, None
         return mod_n(gradient + mask, self.public_key.n)
+
+    def _add_update_noise(self) -> None:
+        """ε_acc ← ε_acc + N, N = round(η·σ·ξ·2**w_frac), ξ ~ N(0, 1) clipped to ±6: W moves
+        by N exactly (integers at W's scale), W_B does not, and the label party never sees N."""
+        shape = self.noise_acc.shape
+        xi = np.clip(self._noise_rng.standard_normal(shape), -UPDATE_NOISE_CLIP, UPDATE_NOISE_CLIP)
+        scaled = self.plan.snap_lr(self.training.lr) * self.update_noise * xi
+        noise = np.empty(xi.size, dtype=object)
+        limit = (1 << self._noise_bits) - 1 if self._noise_bits is not None else None
+        noise[:] = [int(round(v * 2.0 ** self.plan.w_frac_bits)) for v in scaled.ravel()]
+        if limit is not None:
+            noise[:] = [max(-limit, min(limit, v)) for v in noise.tolist()]
+        noise = noise.reshape(shape)
+        self.update_noise_drawn.append(noise)
+        self.noise_acc = self.noise_acc + Fixed.from_ints(noise, self.plan.w_frac_bits)
 
     def finish_epoch(self, epochs_completed: int) -> None:
         self.epochs_completed = epochs_completed
@@ -435,8 +478,15 @@ class LabelParty:
                  batch_size=64, epochs=1, seed=0, plan: FixedPointPlan | None = None,
                  insecure_flaws: InsecureFlaws = SECURE, mask_source: MaskSource | None = None,
                  executor=None, packing: bool = True, public_key: PublicKey | None = None,
-                 restored: Restored | None = None):
+                 restored: Restored | None = None, allow_insecure: bool = False,
+                 mask_range: str = "mod_n"):
         self.plan = plan or FixedPointPlan()
+        if mask_range not in MASK_RANGES:
+            raise ValueError(f"mask_range must be one of {MASK_RANGES}, got {mask_range!r}")
+        # "mod_n": ε_B, ε_B' uniform in Z_n, so whatever the data party encrypted, what it
+        # decrypts is uniform mod n. "interval": the old [−2**b, 2**b), INSECURE (leak L3).
+        self.mask_range = mask_range
+        self.allow_insecure = bool(allow_insecure)
         self.flaws = insecure_flaws
         warn_insecure(insecure_flaws, "label")
         self.mask_source = mask_source or insecure_flaws.mask_source()
@@ -472,13 +522,27 @@ class LabelParty:
         self._batch_inputs: EncryptedArray | None = None
         self._forward_mask = self._backward_mask = None
         self._dlogits = self._delta = None
+        self._last_delta: Fixed | None = None  # δ of the last step 3, kept for own_delta()
+        self._update_noise_bits: int | None = None  # the data party's declared noise bound
         self._weight_bound_growth = 0
         self._encrypted_noise_acc: EncryptedArray | None = None
         self._expected_predictions = 0
 
     # step 0 -------------------------------------------------------------------------------
     def accept_public_key(self, public_key: PublicKey, start: str) -> None:
+        """Step 0: refuse a key that is not one. PublicKey itself refuses an even, square or
+        tiny n (n = 15, say); the key-size policy (paillier.check_key_size) refuses one under
+        1024 bits unless this party was built with ``allow_insecure``. A restored party takes
+        only the key of its checkpoint."""
         check_start(start, self.restored, "label")
+        if not isinstance(public_key, PublicKey):
+            raise ValueError(f"the data party's public key is not a Paillier public key: "
+                             f"{type(public_key).__name__}")
+        if self.public_key is None:  # a restored party's key passed the policy at load
+            try:
+                public_key.check_policy(allow_insecure=self.allow_insecure)
+            except ValueError as error:
+                raise ValueError(f"refusing the data party's public key: {error}") from None
         if self.public_key is not None and public_key != self.public_key:
             raise ValueError(f"the data party's public key (fingerprint "
                              f"{public_key.fingerprint[:12]}) is not the key the label party's "
@@ -487,9 +551,14 @@ class LabelParty:
 
     def check_shapes(self, shapes, start: str) -> None:
         """The data party's counts must fit the labels and the network, and its start ours."""
-        if not isinstance(shapes, dict) or set(shapes) != {"start", "n_samples", "n_inputs",
-                                                           "bottom", "insecure_flaws"}:
+        base = {"start", "n_samples", "n_inputs", "bottom", "insecure_flaws"}
+        if not isinstance(shapes, dict) or set(shapes) not in (base, base | {"update_noise_bits"}):
             raise ValueError(f"the data party's shapes are malformed: {shapes!r}")
+        noise_bits = shapes.get("update_noise_bits")
+        if noise_bits is not None and (isinstance(noise_bits, bool) or not isinstance(
+                noise_bits, int) or not 0 <= noise_bits <= self.plan.weight_bits):
+            raise ValueError(f"the data party declares update noise of {noise_bits!r} bits; "
+                             f"at most the weights' {self.plan.weight_bits} bits")
         if shapes["start"] != start:
             raise ValueError(f"the data party starts {shapes['start']!r}, the label party "
                              f"{start!r}")
@@ -505,6 +574,7 @@ class LabelParty:
         if shapes["n_inputs"] != self.layer_sizes[0]:
             raise ValueError(f"the data party's interactive layer takes {shapes['n_inputs']} "
                              f"inputs, the network's input width is {self.layer_sizes[0]}")
+        self._update_noise_bits = noise_bits
 
     def training_plan(self) -> TrainingPlan:
         """Hyper-parameters the data party needs: all public."""
@@ -530,7 +600,14 @@ class LabelParty:
 
     # step 1 -------------------------------------------------------------------------------
     def keep_batch_inputs(self, encrypted: EncryptedArray) -> None:
-        """This batch's [[X_batch]], [[α]] or [[X_new]]: the interactive layer's input."""
+        """This batch's [[X_batch]], [[α]] or [[X_new]]: the interactive layer's input. For a
+        prediction, its shape must be that of the rows announced (no extra rows)."""
+        if self._expected_predictions:
+            self._check_incoming(encrypted, self.public.rows_shape(self._expected_predictions),
+                                 "[[X_new]]")
+        elif not isinstance(encrypted, EncryptedArray):
+            raise ValueError(f"the data party's batch input is {type(encrypted).__name__}, not "
+                             "a ciphertext array")
         self._batch_inputs = encrypted
 
     def select_rows(self, rows) -> None:
@@ -553,7 +630,7 @@ class LabelParty:
             self.public.packing.check_preactivation_fits(self.layer_sizes[0], self.weight_bound)
         product = kernels.encrypted_matmul(self._batch_inputs, self.weight_share,
                                             executor=self.executor)
-        masked, self._forward_mask = self._add_wide_mask(product)
+        masked, self._forward_mask = self._add_wide_mask(product, n_rows)
         return masked
 
     def unmask_preactivation(self, noisy: np.ndarray, n_rows: int) -> None:
@@ -583,7 +660,12 @@ class LabelParty:
             raise OverflowError(f"step 3: |δ| = {np.abs(delta).max():g} exceeds the fixed-point "
                                 f"bound {limit:g} (delta_int_bits={self.plan.delta_int_bits}); "
                                 "lower the learning rate or raise the bound")
-        self._delta = Fixed.encode(delta, self.plan.delta_frac_bits)
+        self._delta = self._last_delta = Fixed.encode(delta, self.plan.delta_frac_bits)
+
+    def own_delta(self) -> np.ndarray | None:
+        """δ of the last step 3 as this party holds it (quantised, decoded): read-only, its own
+        view — what a curious label party keeps for the Gram attack (leak L1)."""
+        return None if self._last_delta is None else self._last_delta.decode()
 
     # step 4b ------------------------------------------------------------------------------
     def keep_encrypted_noise_acc(self, encrypted: EncryptedArray) -> None:
@@ -614,10 +696,37 @@ class LabelParty:
         masked, self._backward_mask = self._add_wide_mask(gradient)
         return masked
 
-    def _add_wide_mask(self, encrypted: EncryptedArray):
-        """([[v + ε]], ε) for a fresh ε as wide as the key allows (hiding v from the key owner).
-        The fresh encryption of ε also re-randomises the sum."""
-        mask = self.mask_source.uniform(encrypted.shape, self.public.mask_bits, encrypted.scale)
+    def _check_incoming(self, encrypted: EncryptedArray, shape, what: str) -> None:
+        """Every ciphertext array the data party sent must have the shape the protocol expects
+        (the channel checks declared shapes; this party checks again where it uses them)."""
+        if not isinstance(encrypted, EncryptedArray) or tuple(encrypted.shape) != tuple(shape):
+            got = getattr(encrypted, "shape", type(encrypted).__name__)
+            raise ValueError(f"the data party's {what} has shape {got}, the protocol expects "
+                             f"{tuple(shape)}")
+
+    def _add_wide_mask(self, encrypted: EncryptedArray, n_rows: int | None = None):
+        """([[v + ε]], ε) for a fresh ε that hides v from the key owner, and fresh randomness.
+
+        ``mask_range`` "mod_n" (the default): ε uniform in Z_n, so v + ε mod n is uniform
+        whatever v is — even a v the data party crafted under its own key; the label party
+        removes ε exactly mod n. "interval": ε uniform on [−2**b, 2**b) (b = public.mask_bits),
+        an interval of n/6 to n/3 only — a deviating data party reads v through it (leak L3).
+        A flawed mask source (flaws.py) keeps its flaw either way.
+        """
+        shape, n = encrypted.shape, self.public_key.n
+        if self.mask_range == "mod_n" and self.mask_source.draws_residues():
+            mask = self.mask_source.residues(shape, n, self.public.mask_bits)
+            fresh = kernels.encrypt_array(self.public_key,
+                                           Fixed.from_ints(np.zeros(shape, dtype=np.int64),
+                                                           encrypted.scale),
+                                           executor=self.executor)
+            nsquare = self.public_key.nsquare
+            flat = [c * r * (1 + int(m) * n) % nsquare for c, r, m in zip(
+                encrypted.ciphertexts.ravel().tolist(), fresh.ciphertexts.ravel().tolist(),
+                mask.ravel().tolist())]
+            return EncryptedArray(self.public_key, object_array(flat, shape),
+                                  encrypted.scale), mask
+        mask = self.mask_source.uniform(shape, self.public.mask_bits, encrypted.scale)
         masked = encrypted + kernels.encrypt_array(
             self.public_key, Fixed.from_ints(mask, encrypted.scale), executor=self.executor)
         return masked, mask
@@ -635,6 +744,8 @@ class LabelParty:
         self.weight_share = self.weight_share - Fixed.from_ints(self.lr_int * gradient,
                                                                 self.plan.w_frac_bits)
         self.weight_bound += self._weight_bound_growth
+        if self._update_noise_bits is not None:  # the data party's noise moves W too
+            self.weight_bound += 1 << self._update_noise_bits
 
     def finish_epoch(self, epochs_completed: int) -> None:
         self.epochs_completed = epochs_completed
@@ -648,6 +759,7 @@ class LabelParty:
         self._expected_predictions = count
 
     def predict_from_preactivation(self) -> None:
+        self._expected_predictions = 0
         self.predictions = self.model.scores_from_logits(self.model.forward_top(self.preactivation))
 
     def classes(self) -> np.ndarray:

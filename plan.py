@@ -22,7 +22,7 @@ import numpy as np
 
 import nn
 import kernels
-import paillier
+
 from fixed import Fixed
 from paillier import PublicKey
 

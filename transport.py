@@ -361,7 +361,8 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
                                lr=config.lr, momentum=config.momentum,
                                batch_size=config.batch_size, epochs=config.epochs,
                                seed=config.seed, plan=config.plan, executor=executor,
-                               packing=config.packing, insecure_flaws=insecure_flaws)
+                               packing=config.packing, insecure_flaws=insecure_flaws,
+                               allow_insecure=config.allow_insecure)
         else:
             state.check_resumable(config.label_settings(sizes), config.epochs)
             party = state.restore(labels[train_rows], epochs=config.epochs, executor=executor,
