@@ -372,7 +372,8 @@ def add_party_parser(commands) -> None:
 
 
 def command_audit(args) -> int:
-    import audit  # the audit pulls in every flaw's machinery: only load it when asked
+    import audit  # the audits pull in every flaw's machinery: only load them when asked
+    import own_leaks
 
     key_bits = audit.DEFAULT_KEY_BITS if args.key_bits is None else args.key_bits
     if args.key_bits is not None:  # the audit's default small key needs no flag
@@ -381,10 +382,10 @@ def command_audit(args) -> int:
         warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
         warnings.simplefilter("ignore", InsecureFlawWarning)
         audits = audit.run_audit(key_bits=key_bits)
-        own = audit.run_own_leaks(key_bits=key_bits)
+        own = own_leaks.run_own_leaks(key_bits=key_bits)
     print(audit.format_table(audits, key_bits))
     print()
-    print(audit.format_own_leaks(own))
+    print(own_leaks.format_own_leaks(own))
     if args.json:  # {"flaws": [six rows], "own_leaks": [one row per leak of the protocol]}
         with open(args.json, "w") as handle:
             json.dump({"flaws": [row.to_json() for row in audits],

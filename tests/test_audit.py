@@ -42,7 +42,7 @@ def make_parties(X, y, keypair, *, hidden=4, batch_size=16, bottom=None, flaws=S
         data_party = DataParty(X, keypair=keypair, init_seed=0, bottom=bottom,
                                insecure_flaws=flaws, mask_source=sources.get("data_source"))
         label_party = LabelParty(y, sizes, batch_size=batch_size, seed=0, insecure_flaws=flaws,
-                                 packing=packing, mask_source=sources.get("label_source"))
+                                 packing=packing, mask_source=sources.get("label_source"), allow_insecure=True)
     return data_party, label_party
 
 
@@ -187,7 +187,7 @@ def test_flaw_switches_are_off_by_default_and_loud_when_on(keypair):
         flaws = InsecureFlaws(**{name: "normal" if name == "weak_masks" else True})
         assert flaws.enabled() == (name,)
         with pytest.warns(InsecureFlawWarning, match=f"INSECURE.*{name}"):
-            LabelParty(y, (X.shape[1], 2, 3), insecure_flaws=flaws)
+            LabelParty(y, (X.shape[1], 2, 3), insecure_flaws=flaws, allow_insecure=True)
     with pytest.raises(ValueError, match="weak_masks"):
         InsecureFlaws(weak_masks="tiny")
     with pytest.raises(TypeError, match="zero_initial_noise"):
@@ -210,7 +210,7 @@ def test_every_mask_goes_through_the_party_mask_source(keypair):
     data_source, label_source = CountingSource(), CountingSource()
     data_party = DataParty(X, keypair=keypair, init_seed=0, mask_source=data_source)
     label_party = LabelParty(y, (X.shape[1], 3, 3), batch_size=16, seed=0,
-                             mask_source=label_source, packing=False)  # one mask per value
+                             mask_source=label_source, packing=False, allow_insecure=True)  # one mask per value
     channel = Channel(data_party=data_party, label_party=label_party)
     public = protocol.setup(channel)
     assert public.packing is None
@@ -343,17 +343,22 @@ def test_flaw6_declared_leak_is_measured_and_reported(audits):
 
 
 def test_audit_cli_prints_the_table_and_writes_json(audits, monkeypatch, tmp_path, capsys):
-    """`acml.py audit --json PATH`: one table row per flaw, the small-key note, and a JSON list
-    with the promised keys; exit code 0 when every expectation holds."""
+    """`acml.py audit --json PATH`: one table row per flaw, the small-key note, and JSON with the
+    flaws' rows (the promised keys) beside the protocol's own leaks (tests/test_own_leaks.py
+    checks those rows); exit code 0 when every expectation holds."""
+    import own_leaks
     rows = list(audits.values())
     monkeypatch.setattr(audit, "run_audit", lambda keypair=None, key_bits=0: rows)
+    monkeypatch.setattr(own_leaks, "run_own_leaks", lambda keypair=None, key_bits=0, **_: [])
     path = tmp_path / "audit.json"
     assert acml.main(["audit", "--json", str(path)]) == 0
     out = capsys.readouterr().out
     assert "teaching demo" in out and "NOT secure" in out
     for name in audit.FLAW_NAMES:
         assert name in out
-    records = json.loads(path.read_text())
+    report = json.loads(path.read_text())
+    assert set(report) == {"flaws", "own_leaks"} and report["own_leaks"] == []
+    records = report["flaws"]
     assert [r["flaw"] for r in records] == list(audit.FLAW_NAMES)
     for record in records:
         assert {"flaw", "caught", "attack_on_flawed", "attack_on_real",

@@ -300,7 +300,7 @@ def test_step_1_refuses_when_the_proven_weight_bound_outgrows_the_slots(keypair)
     anything, rather than let a slot wrap into its neighbour."""
     train_set, _ = small_split(32)
     data_party = DataParty(train_set.X, keypair=keypair, init_seed=0)
-    label_party = LabelParty(train_set.y, (train_set.X.shape[1], 3, 1), batch_size=16)
+    label_party = LabelParty(train_set.y, (train_set.X.shape[1], 3, 1), batch_size=16, allow_insecure=True)
     channel = Channel(data_party=data_party, label_party=label_party)
     public = protocol.setup(channel)
     assert public.packing is not None
@@ -322,7 +322,7 @@ def test_label_party_weight_bound_grows_by_its_formula_and_bounds_w(keypair):
     plan = FixedPointPlan(weight_int_bits=1)  # |W0| < 2: W soon outgrows it
     data_party = DataParty(train_set.X, plan=plan, keypair=keypair, init_seed=0)
     label_party = LabelParty(train_set.y, (train_set.X.shape[1], 3, 1), lr=3.0,
-                             batch_size=12, plan=plan, packing=False)
+                             batch_size=12, plan=plan, packing=False, allow_insecure=True)
     channel = Channel(data_party=data_party, label_party=label_party)
     public = protocol.setup(channel)
     assert public.packing is None
@@ -360,7 +360,7 @@ def test_data_party_refuses_a_packing_layout_it_does_not_derive(keypair, monkeyp
 
     monkeypatch.setattr(plan_module, "packing_layout", proposes_more_slots)
     data_party = DataParty(train_set.X, keypair=keypair, init_seed=0)
-    label_party = LabelParty(train_set.y, (train_set.X.shape[1], 3, 1), batch_size=16)
+    label_party = LabelParty(train_set.y, (train_set.X.shape[1], 3, 1), batch_size=16, allow_insecure=True)
     with pytest.raises(ValueError, match="packing layout"):
         protocol.setup(Channel(data_party=data_party, label_party=label_party))
     assert len(calls) == 2  # the label party proposed, the data party derived and refused

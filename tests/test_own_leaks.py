@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import audit
+import own_leaks
 import leaks
 import paillier
 import protocol
@@ -31,14 +32,14 @@ def run(keypair, scenario, **kwargs):
         return audit.simulate(scenario, keypair=keypair, **kwargs)
 
 
-SMALL_GRAM = replace(audit.GRAM, epochs=6, test_rows=0)
+SMALL_GRAM = replace(own_leaks.GRAM, epochs=6, test_rows=0)
 
 
 def test_l1_gram_attack_succeeds_unmitigated_and_is_underdetermined_early(keypair):
     result = run(keypair, SMALL_GRAM)
-    early = audit.attack_gram(result, 4)  # 48·8·3 = 1152 < 1176 unknowns
+    early = own_leaks.attack_gram(result, 4)  # 48·8·3 = 1152 < 1176 unknowns
     assert not early["determined"] and early["relative_error"] is None
-    full = audit.attack_gram(result, 6)
+    full = own_leaks.attack_gram(result, 6)
     assert full["determined"] and full["relative_error"] < 1e-6
     assert full["r2_of_X"] > 0.999
     assert len(result.findings()) == 0  # invisible to every check
@@ -46,14 +47,14 @@ def test_l1_gram_attack_succeeds_unmitigated_and_is_underdetermined_early(keypai
 
 def test_l1_fails_with_update_noise(keypair):
     noisy = run(keypair, replace(SMALL_GRAM, update_noise=0.1))
-    attack = audit.attack_gram(noisy, 6)
-    assert min(attack["relative_error"], attack["relative_error_projected"]) > audit.L1_FAILS_ABOVE
+    attack = own_leaks.attack_gram(noisy, 6)
+    assert min(attack["relative_error"], attack["relative_error_projected"]) > own_leaks.L1_FAILS_ABOVE
 
 
 def test_update_noise_keeps_the_protocol_exact_bit_for_bit(keypair):
     """W_B + ε_acc equals the integer replay W0 − Σ η·Xᵀδ + Σ N exactly, with the noise the data
     party drew and the δ the label party held."""
-    scenario = replace(audit.GRAM, rows=32, epochs=2, test_rows=0, update_noise=0.5)
+    scenario = replace(own_leaks.GRAM, rows=32, epochs=2, test_rows=0, update_noise=0.5)
     result = run(keypair, scenario)
     plan, data_party, label_party = result.data_party.plan, result.data_party, result.label_party
     assert len(data_party.update_noise_drawn) == len(result.diary[audit.LABEL])
@@ -84,9 +85,9 @@ def test_acml_twin_replays_the_update_noise(keypair):
 
 
 def test_l2_selecting_label_party_reads_x_exactly_unseen(keypair):
-    scenario = replace(audit.EXACT, epochs=2)
+    scenario = replace(own_leaks.EXACT, epochs=2)
     honest = run(keypair, scenario)
-    deviant = run(keypair, scenario, label_party_class=audit.SelectingLabelParty)
+    deviant = run(keypair, scenario, label_party_class=own_leaks.SelectingLabelParty)
     X = deviant.data_party.features.values
     exact = sum(v == int(X[k]) for k, v in deviant.label_party.read.items())
     assert exact / X.size > 0.45  # 2 epochs: 6 batches × 8 of 30 features
@@ -95,9 +96,9 @@ def test_l2_selecting_label_party_reads_x_exactly_unseen(keypair):
 
 
 def _l3(keypair, mask_range):
-    result = run(keypair, replace(audit.PREDICT, mask_range=mask_range),
-                 data_party_class=audit.MultiplierDataParty,
-                 data={"multipliers": audit.L3_CHAIN, "target_features": (0,)})
+    result = run(keypair, replace(own_leaks.PREDICT, mask_range=mask_range),
+                 data_party_class=own_leaks.MultiplierDataParty,
+                 data={"multipliers": own_leaks.L3_CHAIN, "target_features": (0,)})
     result.data_party.set_rows_to_predict(np.zeros((1, result.data_party.n_features)))
     try:
         protocol.predict(result.channel, result.data_party.public)
@@ -127,13 +128,13 @@ def test_l4_labels_from_input_gradient(keypair):
 
 
 def test_masks_mod_n_are_uniform_residues_and_training_stays_exact(keypair):
-    result = run(keypair, replace(audit.EXACT, rows=32, epochs=1))
+    result = run(keypair, replace(own_leaks.EXACT, rows=32, epochs=1))
     seen = [int(v) for m in result.channel.messages if m.name == "[[X·W_B + ε_B]]"
             for v in result.data_party._private_key.decrypt_residues(m.payload).ravel()]
     n = keypair[0].n
     middle = sum((n - 1) // 3 < v < n - (n - 1) // 3 for v in seen) / len(seen)
     assert 0.2 < middle < 0.47  # uniform mod n: about a third in the band no signed value uses
-    honest = run(keypair, replace(audit.EXACT, rows=32, epochs=1, mask_range="interval"))
+    honest = run(keypair, replace(own_leaks.EXACT, rows=32, epochs=1, mask_range="interval"))
     assert np.array_equal(result.truth["W_final"], honest.truth["W_final"])
 
 
@@ -146,7 +147,7 @@ class ExtraRowsDataParty(DataParty):
 
 
 def test_prediction_message_with_extra_rows_is_refused(keypair):
-    result = run(keypair, replace(audit.PREDICT, rows=32), data_party_class=ExtraRowsDataParty)
+    result = run(keypair, replace(own_leaks.PREDICT, rows=32), data_party_class=ExtraRowsDataParty)
     result.data_party.set_rows_to_predict(np.zeros((3, result.data_party.n_features)))
     strict = Channel(data_party=result.data_party, label_party=result.label_party)
     with pytest.raises(LeakageError, match="shape"):
@@ -159,17 +160,17 @@ def test_prediction_message_with_extra_rows_is_refused(keypair):
 def test_label_party_refuses_keys_that_are_not_keys(keypair):
     y = np.array([0, 1, 0, 1])
     label = LabelParty(y, (2, 2, 1), allow_insecure=True)
-    with pytest.raises(ValueError, match="tiny"):
-        label.accept_public_key(paillier.PublicKey(15), "new")
+    with pytest.raises(ValueError, match="below the hard floor of 128 bits"):
+        label.accept_public_key(paillier.PublicKey(15), "new")  # n = 15 is no key at all
     with pytest.raises(ValueError, match="1024"):
         LabelParty(y, (2, 2, 1)).accept_public_key(keypair[0], "new")
     label.accept_public_key(keypair[0], "new")  # a test key, with the flag
 
 
 def test_own_leaks_table_quick(keypair):
-    auditor = audit.OwnLeakAuditor(keypair, quick=True)
+    auditor = own_leaks.OwnLeakAuditor(keypair, quick=True)
     rows = [auditor.multipliers(), auditor.labels()]
-    text = audit.format_own_leaks(rows)
+    text = own_leaks.format_own_leaks(rows)
     assert "L3" in text and "malicious" in text and "semi-honest" in text
     assert all(row.succeeds for row in rows)
     assert rows[0].mitigated_fails

@@ -77,7 +77,7 @@ def parties_and_channel(train_set, cfg, keypair, **channel_options):
     data_party = DataParty(train_set.X, plan=cfg.plan, keypair=keypair, init_seed=cfg.init_seed)
     label_party = LabelParty(train_set.y, sizes, activation=cfg.activation, lr=cfg.lr,
                              batch_size=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed,
-                             plan=cfg.plan, packing=cfg.packing)
+                             plan=cfg.plan, packing=cfg.packing, allow_insecure=True)
     channel = Channel(data_party=data_party, label_party=label_party, sigma=cfg.plan.sigma,
                       **channel_options)
     return data_party, label_party, channel, protocol.setup(channel)
@@ -439,7 +439,7 @@ def test_label_party_cannot_compute_w0_from_the_public_seed(keypair):
     starts = []
     for _ in range(2):
         data_party = DataParty(train_set.X, keypair=keypair)  # init_seed: secrets
-        label_party = LabelParty(train_set.y, sizes, seed=0)
+        label_party = LabelParty(train_set.y, sizes, seed=0, allow_insecure=True)
         protocol.setup(Channel(data_party=data_party, label_party=label_party))
         starts.append((label_party.weight_share + data_party.noise_acc).values)
     public_guess = Fixed.encode(nn.init_layer(sizes, 0, "relu", 0).W,

@@ -1,0 +1,452 @@
+"""The protocol's OWN leaks, attacked on the real protocol: no flaw switched on.
+
+audit.py re-creates six flaws of other implementations; this module audits this protocol as it
+is. Each attack reads one curious party's own view of a real run (its diary, its messages, its
+own object), or is that party deviating from the script, and each mitigation is measured with
+its price (`python acml.py audit` prints both tables):
+
+* L1 (label party, semi-honest): z across epochs gives X·Xᵀ, then X from a few known rows.
+  Mitigation: noise on W's trajectory through ε_acc (``update_noise``).
+* L2 (label party, malicious): multiplying by W_B + 2^k·E reads X exactly. No cheap check.
+* L3 (data party, malicious): masks uniform only on an interval leak W_B to crafted
+  plaintexts. Mitigation: masks uniform mod n (the default).
+* L4 (data party, semi-honest, with a bottom model): labels from δ·Wᵀ.
+
+The plain-array attacks themselves are in leaks.py.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+import kernels
+import leaks
+import protocol
+from audit import DEFAULT_KEY_BITS, GRADIENTS, Auditor, Run, Scenario, _plain, simulate
+from channel import DATA, LABEL
+from fixed import Fixed
+from paillier import EncryptedArray
+from parties import DataParty, LabelParty
+from plan import weight_share_bits
+
+# ==============================================================================================
+
+SEMI_HONEST, MALICIOUS = "semi-honest", "malicious"
+
+GRAM = Scenario("breast_cancer", rows=48, hidden=(8,), batch_size=16, epochs=8, features=8,
+                test_rows=200)
+EXACT = Scenario("breast_cancer", rows=48, hidden=(8,), batch_size=16, epochs=4)
+PREDICT = Scenario("breast_cancer", rows=48, hidden=(4,), batch_size=16, epochs=1, features=4)
+GRAM_EPOCHS = (2, 3, 4, 5, 6, 8)
+GRAM_KNOWN_ROWS = 10  # rows of X the label party already knows (public records, its customers)
+GRAM_NOISE = (0.0, 0.01, 0.1, 1.0)  # σ of the update noise, in the gradient's units
+L1_FAILS_ABOVE = leaks.ATTACK_FAILS_ABOVE  # relative error of X·Xᵀ above which L1 failed
+L2_SHIFT_SLACK_BITS = 2
+L3_TAIL = 16  # large multipliers after the geometric part of the chain
+L3_CHAIN = 192  # multipliers in the crafted prediction message (rows of [[X_new]])
+
+
+def label_view(run: Run, epochs: int | None = None) -> leaks.LabelPartyView:
+    """The label party's own record as leaks.LabelPartyView: per batch, the rows (public), z,
+    its bias and its δ (quantised, as it holds it), and the public snapped η."""
+    per_epoch = -(-run.scenario.rows // run.scenario.batch_size)
+    entries = run.diary[LABEL][:None if epochs is None else epochs * per_epoch]
+    lr = run.label_party.plan.snap_lr(run.scenario.lr)
+    return leaks.LabelPartyView.from_arrays(
+        run.scenario.rows, [e["rows"] for e in entries], [e["z"] for e in entries],
+        [e["bias"] for e in entries], [e["delta"] for e in entries], lr)
+
+
+def attack_gram(run: Run, epochs: int, known_rows: int = GRAM_KNOWN_ROWS) -> dict:
+    """L1 from the label party's view: X·Xᵀ by least squares on z across epochs, then X from
+    ``known_rows`` rows it already knows (orthogonal Procrustes). Scored against the features
+    the data party encoded (truth), which the attack never reads."""
+    result = leaks.gram_attack(label_view(run, epochs), allow_underdetermined=True)
+    X = run.data_party.features.decode()  # ground truth: X as the protocol computes with it
+    truth = X @ X.T
+    row = {"epochs": epochs, "n_equations": result.n_equations, "n_unknowns": result.n_unknowns,
+           "determined": result.determined, "reason": result.reason}
+    if not result.determined:
+        return {**row, "relative_error": None, "relative_error_projected": None, "r2_of_X": None}
+    known = np.random.default_rng([run.scenario.seed, 0x0C0]).permutation(len(X))[:known_rows]
+    rest = np.setdiff1d(np.arange(len(X)), known)
+    estimate = leaks.complete_from_known_rows(result.G, known, X[known])
+    projected = leaks.project_gram(result.G, X.shape[1])
+    return {**row, "relative_error": leaks.relative_error(result.G, truth),
+            "relative_error_projected": leaks.relative_error(projected, truth),
+            "known_rows": known_rows, "r2_of_X": leaks.r_squared(estimate[rest], X[rest])}
+
+
+class SelectingLabelParty(LabelParty):
+    """INSECURE deviation (leak L2), a label party that does not follow the script.
+
+    In step 1 it multiplies [[X]] by W_B + 2**k·E instead of W_B, E a 0/1 matrix selecting one
+    feature per hidden unit (a different feature each batch, in turn). What it unmasks is then
+    z' = z + 2**k·X_E, and as |z| < 2**(k − 1) it splits the two exactly: X_E = round(z'/2**k),
+    z = z' − 2**k·X_E. It trains on z, so every weight stays that of an honest run, and nothing
+    it sends differs in shape, kind or width: the channel sees nothing.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.read: dict[tuple[int, int], int] = {}  # (row, feature) -> X_int read exactly
+        self._batch_rows = None
+        self._selected: list[int] = []
+        self._batches_seen = 0
+
+    def select_rows(self, rows) -> None:
+        super().select_rows(rows)
+        self._batch_rows = np.asarray(rows)
+
+    def _shift(self) -> int:
+        plan, d = self.plan, self.layer_sizes[0]
+        return (plan.x_int_bits + plan.x_frac_bits + plan.weight_bits
+                + max(1, math.ceil(math.log2(d))) + L2_SHIFT_SLACK_BITS)
+
+    def masked_product(self, n_rows: int) -> EncryptedArray:
+        d, h = self.layer_sizes[0], self.layer_sizes[1]
+        self._selected = [(self._batches_seen * h + k) % d for k in range(h)]
+        self._batches_seen += 1
+        E = np.zeros((d, h), dtype=object)
+        for k, feature in enumerate(self._selected):
+            E[feature, k] = 1 << self._shift()
+        deviant = Fixed(self.weight_share.values + E, self.weight_share.scale)
+        product = kernels.encrypted_matmul(self._batch_inputs, deviant, executor=self.executor)
+        masked, self._forward_mask = self._add_wide_mask(product, n_rows)
+        return masked
+
+    def unmask_preactivation(self, noisy: np.ndarray, n_rows: int) -> None:
+        from parties import decode_signed, mod_n
+        z_int = decode_signed(mod_n(noisy - self._forward_mask, self.public_key.n),
+                              self.public_key)
+        self._forward_mask = None
+        shift = 1 << self._shift()
+        read = np.vectorize(lambda v: (int(v) + shift // 2) // shift, otypes=[object])(z_int)
+        z_int = z_int - read * shift
+        for position, row in enumerate(self._batch_rows):
+            for k, feature in enumerate(self._selected):
+                self.read[(int(row), feature)] = int(read[position, k])
+        z = Fixed.from_ints(z_int, self.plan.z_frac_bits).decode()
+        self.preactivation = z + self.model.layers[0].b
+
+
+class MultiplierDataParty(DataParty):
+    """INSECURE deviation (leak L3), a data party that does not follow the script.
+
+    Asked to predict, it encrypts crafted plaintexts under its own key instead of its rows —
+    row (j, i) holds the multiplier t_i in column j and 0 elsewhere, t_{i+1} ≈ t_i·(n − ℓ)/ℓ for
+    ε_B's width ℓ, then a few large ones — which the
+    label party cannot range-check. It decrypts U = t_i·W_B[j, :] + ε_B and intersects, per
+    weight, the sets {w : t_i·w ∈ U − range(ε_B) mod n}: with ε_B on an interval of n/6 to n/3
+    each ciphertext keeps about a third of the candidates, and the chain pins W_B[j, k] exactly;
+    with ε_B uniform in Z_n every residue is possible and nothing is learned. It answers with
+    U − t·Ŵ_B, so the label party sees z = 0 (and b) when Ŵ_B is right.
+    """
+
+    def __init__(self, *args, multipliers: int = 0, target_features=(0,), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.chain_length = int(multipliers)
+        self.target_features = tuple(target_features)
+        self.recovered: dict = {}  # (feature, unit) -> W_B entry, or None if not pinned down
+        self.ciphertexts_needed: dict = {}  # (feature, unit) -> multipliers until exact
+        self._crafted = None
+
+    def _chain(self):
+        bound = 1 << (weight_share_bits(self.plan, self.training.batch_size, self.training.lr) + 1)
+        n = self.public_key.n
+        # t_{i+1} = ⌊t_i·(n − ℓ)/ℓ⌋, ℓ = width(ε_B): a candidate interval's image then spans at
+        # most n − ℓ, so the arc U − ε_B cuts it into one piece, about ℓ/(n − ℓ) of it
+        width = 2 << self.public.mask_bits
+        chain, t = [], max(1, n // (2 * bound))
+        while len(chain) < self.chain_length and t <= self.public_key.max_int:
+            chain.append(t)
+            t = max(t + 1, t * (n - width) // width)
+        # then a tail of large distinct multipliers: each keeps about 1/r of the few
+        # candidates left, wherever they are
+        for i in range(1, L3_TAIL + 1):
+            if len(chain) < self.chain_length:
+                chain.append(self.public_key.max_int - 7 * i)
+        return chain, bound
+
+    def prediction_count(self) -> int:
+        if not self.chain_length:
+            return super().prediction_count()
+        return len(self.target_features) * len(self._chain()[0])
+
+    def encrypt_rows_to_predict(self) -> EncryptedArray:
+        if not self.chain_length:
+            return super().encrypt_rows_to_predict()
+        chain, _ = self._chain()
+        rows = np.zeros((self.prediction_count(), self.n_features), dtype=object)
+        for a, feature in enumerate(self.target_features):
+            for i, t in enumerate(chain):
+                rows[a * len(chain) + i, feature] = t
+        self._crafted = rows
+        return self._encrypt(Fixed(rows, self.plan.x_frac_bits))
+
+    def add_own_part(self) -> np.ndarray:
+        if self._crafted is None:
+            return super().add_own_part()
+        U, self._product = self._product, None
+        chain, bound = self._chain()
+        n, half = self.public_key.n, 1 << self.public.mask_bits  # ε_B ∈ [−half, half)
+        h = U.shape[1]
+        correction = np.zeros(U.shape, dtype=object)
+        for a, feature in enumerate(self.target_features):
+            for k in range(h):
+                residues = [int(U[a * len(chain) + i, k]) for i in range(len(chain))]
+                value, needed = _intersect_chain(residues, chain, n, -bound, bound - 1,
+                                                 -half, 2 * half)
+                self.recovered[(feature, k)] = value
+                self.ciphertexts_needed[(feature, k)] = needed
+                guess = 0 if value is None else value
+                for i, t in enumerate(chain):
+                    correction[a * len(chain) + i, k] = t * guess
+        self._crafted = None
+        return mod_n_array(U - correction, n)
+
+
+def mod_n_array(values, n):
+    return np.asarray(values, dtype=object) % n
+
+
+def _intersect_chain(residues, chain, n, low, high, mask_low, mask_width, max_pieces=64):
+    """The integers w in [low, high] with (residue_i − t_i·w − mask_low) mod n < mask_width for
+    every i (i.e. residue_i = t_i·w + ε_i, ε_i ∈ [mask_low, mask_low + mask_width)), as the
+    chain narrows them. Returns (w, multipliers used until it was unique) or (None, None)."""
+    pieces = [(low, high)]
+    for used, (residue, t) in enumerate(zip(residues, chain), start=1):
+        start = residue - mask_low - mask_width + 1  # t·w ≡ residue − ε: t·w − start ∈ [0, width)
+        kept = []
+        for a, b in pieces:
+            # t·w − start ∈ [j·n, j·n + mask_width) for some integer j
+            first, last = (t * a - start) // n, (t * b - start) // n
+            if last - first > max_pieces:
+                kept.append((a, b))
+                continue
+            for j in range(first, last + 1):
+                lo = max(a, -((-(j * n + start)) // t))
+                hi = min(b, (j * n + start + mask_width - 1) // t)
+                if lo <= hi:
+                    kept.append((lo, hi))
+        pieces = kept[:4 * max_pieces] if len(kept) > 4 * max_pieces else kept
+        if not pieces:
+            return None, None
+        if len(pieces) == 1 and pieces[0][0] == pieces[0][1]:
+            return pieces[0][0], used
+    return None, None
+
+
+@dataclass
+class OwnLeak:
+    """One row of the second table: a leak of the real protocol, no flaw switched on."""
+
+    leak: str
+    title: str
+    party: str  # who attacks: the label or the data party
+    model: str  # semi-honest (follows the script) or malicious (deviates)
+    condition: str
+    metric: str
+    value: float
+    threshold: str
+    succeeds: bool
+    mitigation: str
+    mitigated_value: float | None
+    mitigated_fails: bool | None
+    price: str
+    curve: list = field(default_factory=list)
+    details: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {key: (_plain(value) if isinstance(value, dict) else value)
+                for key, value in self.__dict__.items()}
+
+
+class OwnLeakAuditor:
+    """The four leaks of this protocol itself, each on a real run, each with its mitigation."""
+
+    def __init__(self, keypair=None, key_bits: int = DEFAULT_KEY_BITS, *, quick: bool = False):
+        self.auditor = Auditor(keypair, key_bits)
+        self.keypair = self.auditor.keypair
+        self.quick = quick
+
+    def _run(self, scenario: Scenario, **kwargs) -> Run:
+        return simulate(scenario, keypair=self.keypair, **kwargs)
+
+    def gram(self) -> OwnLeak:
+        scenario = replace(GRAM, epochs=6, test_rows=0) if self.quick else GRAM
+        epochs = [e for e in GRAM_EPOCHS if e <= scenario.epochs]
+        run = self._run(scenario)
+        curve = [attack_gram(run, e) for e in epochs]
+        best = curve[-1]
+        findings = len(run.findings())
+        noise_curve = []
+        for sigma in (GRAM_NOISE[:1] + GRAM_NOISE[-2:] if self.quick else GRAM_NOISE):
+            noisy = run if sigma == 0 else self._run(replace(scenario, update_noise=sigma))
+            attack = attack_gram(noisy, scenario.epochs)
+            noise_curve.append({"update_noise": sigma, **{k: attack[k] for k in (
+                "relative_error", "relative_error_projected", "r2_of_X", "determined")},
+                "test_accuracy": noisy.truth.get("test_accuracy"),
+                "test_auc": noisy.truth.get("test_auc")})
+        error = best["relative_error"]
+        mitigated = noise_curve[-1]
+        mitigated_error = min(v for v in (mitigated["relative_error"],
+                                          mitigated["relative_error_projected"]) if v is not None)
+        d = run.data_party.n_features
+        needed = math.ceil(scenario.rows * (scenario.rows + 1) / 2
+                           / (scenario.rows * scenario.hidden[0])) + 1
+        return OwnLeak(
+            "L1", "X·Xᵀ from z across epochs, then X from a few known rows", LABEL, SEMI_HONEST,
+            f"{scenario.rows} rows, d = {d}, h = {scenario.hidden[0]}, batches of "
+            f"{scenario.batch_size}, E epochs: needs n·h·(E − 1) ≥ n(n+1)/2, E ≥ {needed} "
+            f"here; {GRAM_KNOWN_ROWS} rows known for X",
+            "relative error ||Ĝ − X·Xᵀ||_F / ||X·Xᵀ||_F", error,
+            f"succeeds when < 1e-6 after {scenario.epochs} epochs; the mitigation holds when > "
+            f"{L1_FAILS_ABOVE} (raw and rank-d projected)", bool(error is not None and error < 1e-6),
+            f"update_noise σ = {mitigated['update_noise']} (DataParty(update_noise=σ), "
+            "Config(update_noise=σ)): fresh N = η·σ·ξ folded into ε_acc every batch",
+            mitigated_error, bool(mitigated_error > L1_FAILS_ABOVE),
+            "test accuracy / AUC in the curve (noise moves W off the SGD path); 0 channel "
+            "findings either way", curve,
+            {"privacy_utility": noise_curve, "channel_findings": findings,
+             "r2_of_X": best["r2_of_X"]})
+
+    def select(self) -> OwnLeak:
+        scenario = replace(EXACT, epochs=2) if self.quick else EXACT
+        # h = 8 features of d = 30 read per batch
+        honest = self.auditor.real(scenario) if not self.quick else self._run(scenario)
+        run = self._run(scenario, label_party_class=SelectingLabelParty)
+        X = run.data_party.features.values
+        exact = sum(1 for (row, feature), value in run.label_party.read.items()
+                    if value == int(X[row, feature]))
+        share = exact / X.size
+        identical = bool(np.array_equal(run.truth["W_final"], honest.truth["W_final"]) and all(
+            np.array_equal(a.W, b.W) for a, b in zip(run.label_party.model.layers[1:],
+                                                     honest.label_party.model.layers[1:])))
+        findings = len(run.findings())
+        d, h = X.shape[1], scenario.hidden[0]
+        return OwnLeak(
+            "L2", "X read exactly through W_B + 2**k·E in step 1", LABEL, MALICIOUS,
+            f"{scenario.rows} rows, d = {d}, h = {h} features read per batch, "
+            f"{scenario.epochs} epochs (share grows by h/d of the rows per batch)",
+            "share of X's entries read exactly", share,
+            "succeeds when > 0.5 with the weights identical to an honest run and 0 findings",
+            bool(share > 0.5 and identical and findings == 0),
+            "none cheap: the data party cannot see W_B. Closing it takes the label party "
+            "proving in zero knowledge that [[U]] used the committed W_B (and every update), "
+            "or a trusted third party; the threat model assumes a semi-honest label party",
+            None, None, "—",
+            details={"weights_identical_to_honest_run": identical, "channel_findings": findings,
+                     "entries_read": len(run.label_party.read)})
+
+    def multipliers(self) -> OwnLeak:
+        scenario = PREDICT
+        rows = {}
+        for mask_range in ("interval", "mod_n"):
+            run = self._run(replace(scenario, mask_range=mask_range),
+                            data_party_class=MultiplierDataParty,
+                            data={"multipliers": L3_CHAIN, "target_features": (0,)})
+            run.data_party.set_rows_to_predict(np.zeros((1, run.data_party.n_features)))
+            try:  # the crafted prediction: one message of L3_CHAIN rows
+                protocol.predict(run.channel, run.data_party.public)
+                run.truth["refused"] = None
+            except (OverflowError, ValueError) as error:  # B decodes t·(W_B − Ŵ_B): overflow
+                run.truth["refused"] = f"{type(error).__name__}: {str(error)[:80]}"
+            rows[mask_range] = run
+        return self._multiplier_row(rows)
+
+    def _multiplier_row(self, runs) -> OwnLeak:
+        outcome = {}
+        for mask_range, run in runs.items():
+            party, share = run.data_party, run.label_party.weight_share.values
+            entries = list(party.recovered.items())
+            exact = [key for key, value in entries if value == int(share[key])]
+            needed = [party.ciphertexts_needed[key] for key in exact]
+            share_bits = weight_share_bits(party.plan, run.scenario.batch_size, run.scenario.lr) + 1
+            outcome[mask_range] = {
+                "exact_share_of_row": len(exact) / len(entries),
+                "ciphertexts_per_weight": float(np.mean(needed)) if needed else None,
+                "bits_per_ciphertext": share_bits / float(np.mean(needed)) if needed else 0.0,
+                "label_party_refused": run.truth.get("refused"),
+                "channel_findings": len(run.findings())}
+        before, after = outcome["interval"], outcome["mod_n"]
+        return OwnLeak(
+            "L3", "W_B (then W = W_B + ε_acc) through the label party's mask", DATA, MALICIOUS,
+            f"one crafted prediction message of {runs['interval'].data_party.prediction_count()} "
+            "rows (a chain of growing multipliers on one feature); ε_B on "
+            "[−2**b, 2**b), an interval of n/6 to n/3; the label party has no range check",
+            "share of a row of W_B read exactly", before["exact_share_of_row"],
+            "succeeds when 1.0 (every entry of the row); the mitigation holds when 0.0",
+            bool(before["exact_share_of_row"] == 1.0),
+            "mask_range 'mod_n' (the default now): ε_B, ε_B' uniform in Z_n",
+            after["exact_share_of_row"], bool(after["exact_share_of_row"] == 0.0),
+            "none: the masks cancel exactly mod n, one encryption of 0 per value as before",
+            details={"interval_masks": before, "mod_n_masks": after})
+
+    def labels(self) -> OwnLeak:
+        run = self.auditor.real(GRADIENTS)
+        y = run.truth["y"]
+        view = leaks.DataPartyView(len(y), [e["rows"] for e in run.diary[DATA]],
+                                   [e["input_gradient"] for e in run.diary[DATA]])
+        per_epoch = -(-GRADIENTS.rows // GRADIENTS.batch_size)
+        curve = []
+        for epochs in range(1, GRADIENTS.epochs + 1):
+            part = leaks.DataPartyView(len(y), view.rows[:epochs * per_epoch],
+                                       view.input_gradients[:epochs * per_epoch])
+            curve.append({"epochs": epochs,
+                          "direction_auc": leaks.separation_auc(y, leaks.label_attack(part)),
+                          "norm_auc": leaks.separation_auc(y, leaks.label_attack(part,
+                                                                               method="norm"))})
+        value = curve[-1]["direction_auc"]
+        return OwnLeak(
+            "L4", "the labels from step 4b's δ·Wᵀ", DATA, SEMI_HONEST,
+            "a bottom model (step 4b runs only then); breast cancer, 256 rows, bottom 30 → 8, "
+            "h = 4, batches of 32",
+            "separation AUC max(AUC, 1 − AUC) of the labels", value,
+            "succeeds when > 0.9", bool(value > 0.9),
+            "no bottom model (then no δ·Wᵀ is sent); no noise on δ·Wᵀ is implemented",
+            None, None, "no bottom model: the data party's own layer is lost", curve,
+            {"rows_scored": int(len(y))})
+
+    def all(self) -> list[OwnLeak]:
+        return [self.gram(), self.select(), self.multipliers(), self.labels()]
+
+
+def run_own_leaks(keypair=None, key_bits: int = DEFAULT_KEY_BITS, *, quick=False) -> list[OwnLeak]:
+    return OwnLeakAuditor(keypair, key_bits, quick=quick).all()
+
+
+def _number(value) -> str:
+    return "—" if value is None else f"{value:.3g}"
+
+
+def format_own_leaks(rows: list[OwnLeak]) -> str:
+    lines = ["The protocol's own leaks — no flaw switched on; each attack from the party's own "
+             "view of a real run, or that party deviating from the script.", ""]
+    header = (f"{'#':<4}{'attacker':<9}{'model':<13}{'attack (metric)':<36}{'unmitigated':<14}"
+              f"{'mitigated':<12}")
+    lines += [header, "-" * len(header)]
+    for row in rows:
+        mark = "✓" if row.succeeds else "✗"
+        held = "" if row.mitigated_fails is None else (" ✓" if row.mitigated_fails else " ✗")
+        lines.append(f"{row.leak:<4}{row.party:<9}{row.model:<13}{row.title[:34]:<36}"
+                     f"{_number(row.value) + ' ' + mark:<14}{_number(row.mitigated_value) + held:<12}")
+    lines.append("")
+    for row in rows:
+        lines.append(f"{row.leak}. {row.title} ({row.model} {row.party} party)")
+        lines.append(f"   condition:  {row.condition}")
+        lines.append(f"   measured:   {row.metric} = {_number(row.value)}; {row.threshold}")
+        for point in row.curve:
+            lines.append("      " + ", ".join(f"{k} {_number(v) if isinstance(v, float) or v is None else v}"
+                                              for k, v in point.items() if k != "reason"))
+        for point in row.details.get("privacy_utility", []):
+            lines.append("      noise " + ", ".join(f"{k} {_number(v) if isinstance(v, float) or v is None else v}"
+                                                     for k, v in point.items()))
+        lines.append(f"   mitigation: {row.mitigation}; price: {row.price}")
+        extra = {k: v for k, v in row.details.items() if k != "privacy_utility"}
+        if extra:
+            lines.append(f"   details:    {extra}")
+    return "\n".join(lines)
