@@ -161,6 +161,8 @@ def command_train(args) -> int:
             checkpoint_dir=args.checkpoint_dir, resume=args.resume, standardizer=scaler,
             executor=executor, transcript=transcript))
     if args.resume:
+        for note in result.metrics["checkpoint_notes"]:
+            print(f"note: {note}", file=sys.stderr)
         print(f"resumed from {args.checkpoint_dir} after epoch "
               f"{result.metrics['resumed_after_epoch']}", file=sys.stderr)
     print(result.summary())
