@@ -50,18 +50,27 @@ CHECKPOINT_FILES = {DATA: "data_party.npz", LABEL: "label_party.npz"}
 _DECIMAL = re.compile(r"-?[0-9]+")
 
 
-def write_atomically(path, write, mode: str = "wb", **open_options) -> None:
+def write_atomically(path, write, mode: str = "wb", *, private: bool = True,
+                     **open_options) -> None:
     """Create ``path`` complete or not at all: ``write(handle)`` fills a temporary file in the
-    same directory, which is flushed to disk and then os.replace-d over ``path`` (atomic).
+    same directory (``<name>.<8 random characters>.tmp``), which is flushed to disk and then
+    os.replace-d over ``path`` (atomic).
 
-    A crash or an error mid-way leaves the previous ``path`` untouched. The file gets mode 0600
-    (tempfile's default): a checkpoint can hold a private key.
+    A crash or an error mid-way leaves the previous ``path`` untouched (a kill can leave the
+    temporary file: checkpoint directories clean theirs on the next run, clean_temporaries).
+    ``private`` (the default): mode 0600, owner only — checkpoints, transcripts, predictions and
+    reports hold private keys, shares, scores or a party's metrics. ``private=False`` (the
+    benchmark's timings, the audit's table): the usual mode, 0666 less the umask.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     descriptor, temporary = tempfile.mkstemp(prefix=os.path.basename(path) + ".",
                                              suffix=".tmp", dir=directory)
     try:
+        if not private:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temporary, 0o666 & ~umask)
         with os.fdopen(descriptor, mode, **open_options) as handle:
             write(handle)
             handle.flush()

@@ -8,7 +8,10 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
+import threading
+import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -385,9 +388,10 @@ def command_audit(args) -> int:
         warnings.simplefilter("ignore", InsecureFlawWarning)
         audits = audit.run_audit(key_bits=key_bits)
     print(audit.format_table(audits, key_bits))
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump([row.to_json() for row in audits], handle, indent=2)
+    if args.json:  # the audit's table: nothing private in it (README, "Files written")
+        rows = [row.to_json() for row in audits]
+        checkpoint.write_atomically(args.json, lambda handle: json.dump(rows, handle, indent=2),
+                                    mode="w", private=False)
     expected = all(row.caught and row.succeeds_on_flawed and row.fails_on_real for row in audits)
     return 0 if expected else 1
 
@@ -401,12 +405,28 @@ def command_bench(args) -> int:
 
 @contextmanager
 def workers(count: int):
-    """A process pool of ``count`` workers for the modular exponentiations (None for 1)."""
+    """A process pool of ``count`` workers for the modular exponentiations (None for 1).
+    Each worker exits when this process dies, even by kill -9 (exit_with_parent)."""
     if count <= 1:
         yield None
         return
-    with ProcessPoolExecutor(count) as executor:
+    with ProcessPoolExecutor(count, initializer=exit_with_parent,
+                             initargs=(os.getpid(),)) as executor:
         yield executor
+
+
+PARENT_POLL_SECONDS = 0.5
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """In a pool worker: exit as soon as ``parent_pid`` is no longer this process's parent
+    (when the parent dies the worker is re-parented, so os.getppid() changes). A daemon thread
+    polls every PARENT_POLL_SECONDS; it works on every POSIX system, unlike Linux's prctl."""
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)  # no cleanup to run: the work belonged to the dead parent
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def build_parser() -> argparse.ArgumentParser:
