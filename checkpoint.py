@@ -562,7 +562,7 @@ class LabelPartyState:
                              f"{self.epochs_completed} completed epochs and this run asks for "
                              f"{epochs}")
         if self.epochs_completed == epochs:  # done, though perhaps killed before its report
-            raise ValueError(f"nothing to resume: both parties' checkpoints hold all {epochs} "
+            raise ValueError(f"nothing to resume: the label party's checkpoint holds all {epochs} "
                              "epochs; the model is complete — predict with it (`predict "
                              "--checkpoint-dir DIR --features FILE`, or `party ... --predict`), "
                              f"or train on with --resume --epochs {epochs + 1} or more")
