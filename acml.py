@@ -174,8 +174,11 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
         if keypair is not None:
             raise ValueError("resume takes the key pair from the data party's checkpoint; "
                              "pass no keypair")
-        data_state, label_state = checkpoint.load_pair(checkpoint_dir,
-                                                       allow_insecure=config.allow_insecure)
+        # The latest epoch BOTH parties saved: after a crash between the two writes, the data
+        # party's newest file is passed over and that epoch trained again, bit for bit.
+        pair = checkpoint.find_pair(checkpoint_dir, allow_insecure=config.allow_insecure,
+                                    resuming=True)
+        data_state, label_state = pair.data, pair.label
         asked_bottom = make_bottom(config.bottom, train_set.X.shape[1], 0)
         data_state.check_resumable(asked_bottom, config.key_bits)
         label_state.check_resumable(config.label_settings(sizes), config.epochs)
@@ -267,6 +270,7 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
     metrics.update(channel.metrics())
     if resume:
         metrics["resumed_after_epoch"] = first_epoch
+        metrics["checkpoint_notes"] = pair.notes
     return Result(data_party, label_party, channel, plaintext, losses,
                   list(history["batch_loss"]), encrypted_seconds, metrics)
 

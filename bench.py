@@ -407,8 +407,9 @@ def run(*, quick: bool = False, workers: int = 2, json_path: str | None = None,
         "reached": _ratio(epochs["phe"]["per_sample"], packed["per_sample"])}
     out(format_table(report))
     if json_path:
-        with open(json_path, "w") as handle:
-            json.dump(report, handle, indent=2)
+        import checkpoint  # its atomic write; timings only, nothing private: not 0600
+        checkpoint.write_atomically(json_path, lambda handle: json.dump(report, handle, indent=2),
+                                    mode="w", private=False)
     return report
 
 

@@ -37,6 +37,7 @@ import numpy as np
 
 import paillier
 from fixed import max_abs_bits, object_array
+from encoding import to_decimal
 from paillier import EncryptedArray, PublicKey
 
 DATA, LABEL = "data", "label"
@@ -227,18 +228,19 @@ def nbytes_of(payload, public_key) -> int:
 
 
 def jsonable(payload):
-    """A payload as JSON values: big integers as decimal strings. No pickle, ever."""
+    """A payload as JSON values: big integers as decimal strings (of any length, encoding.to_decimal).
+    No pickle, ever."""
     if isinstance(payload, PublicKey):
-        return {"n": str(payload.n)}
+        return {"n": to_decimal(payload.n)}
     if isinstance(payload, EncryptedArray):
         record = {"scale": payload.scale,
-                  "ciphertexts": [str(int(c)) for c in payload.ciphertexts.ravel()]}
+                  "ciphertexts": [to_decimal(c) for c in payload.ciphertexts.ravel()]}
         if getattr(payload, "exponents", None) is not None:  # the INSECURE flaw-4 variant
             record["exponents"] = [int(e) for e in payload.exponents.ravel()]
         return record
     if isinstance(payload, np.ndarray):
         if payload.dtype == object or payload.dtype.kind in "iu":
-            return [str(int(v)) for v in payload.ravel()]
+            return [to_decimal(v) for v in payload.ravel()]
         return [float(v) for v in payload.ravel()]
     if isinstance(payload, dict):
         return {k: jsonable(v) for k, v in payload.items()}

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import tempfile
+import time
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import nn
 import paillier
 from fixed import Fixed
 from paillier import PublicKey
+from encoding import from_decimal, to_decimal
 from channel import DATA, LABEL
 from parties import BottomModel, DataParty, LabelParty, Restored
 from plan import FixedPointPlan, check_features
@@ -49,18 +51,27 @@ CHECKPOINT_FILES = {DATA: "data_party.npz", LABEL: "label_party.npz"}
 _DECIMAL = re.compile(r"-?[0-9]+")
 
 
-def write_atomically(path, write, mode: str = "wb", **open_options) -> None:
+def write_atomically(path, write, mode: str = "wb", *, private: bool = True,
+                     **open_options) -> None:
     """Create ``path`` complete or not at all: ``write(handle)`` fills a temporary file in the
-    same directory, which is flushed to disk and then os.replace-d over ``path`` (atomic).
+    same directory (``<name>.<8 random characters>.tmp``), which is flushed to disk and then
+    os.replace-d over ``path`` (atomic).
 
-    A crash or an error mid-way leaves the previous ``path`` untouched. The file gets mode 0600
-    (tempfile's default): a checkpoint can hold a private key.
+    A crash or an error mid-way leaves the previous ``path`` untouched (a kill can leave the
+    temporary file: checkpoint directories clean theirs on the next run, clean_temporaries).
+    ``private`` (the default): mode 0600, owner only — checkpoints, transcripts, predictions and
+    reports hold private keys, shares, scores or a party's metrics. ``private=False`` (the
+    benchmark's timings, the audit's table): the usual mode, 0666 less the umask.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     descriptor, temporary = tempfile.mkstemp(prefix=os.path.basename(path) + ".",
                                              suffix=".tmp", dir=directory)
     try:
+        if not private:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temporary, 0o666 & ~umask)
         with os.fdopen(descriptor, mode, **open_options) as handle:
             write(handle)
             handle.flush()
@@ -74,7 +85,7 @@ def write_atomically(path, write, mode: str = "wb", **open_options) -> None:
 
 def _decimal_strings(values) -> np.ndarray:
     array = np.asarray(values, dtype=object)
-    return np.array([str(int(v)) for v in array.ravel().tolist()], dtype=str).reshape(array.shape)
+    return np.array([to_decimal(v) for v in array.ravel().tolist()], dtype=str).reshape(array.shape)
 
 
 def _integers(arrays: dict, name: str, shape: tuple, path) -> np.ndarray:
@@ -86,7 +97,7 @@ def _integers(arrays: dict, name: str, shape: tuple, path) -> np.ndarray:
     for text in strings.ravel().tolist():
         if not _DECIMAL.fullmatch(text):
             raise ValueError(f"{path}: entry {name!r} holds {text[:20]!r}, not a decimal integer")
-        values.append(int(text))
+        values.append(from_decimal(text))
     out = np.empty(len(values), dtype=object)
     out[:] = values
     return out.reshape(shape)
@@ -118,7 +129,7 @@ def integers_digest(values) -> str:
     """sha256 of an integer array (its shape and every value): names a party's own data in its
     checkpoint, so that resuming on other features or labels is refused."""
     array = np.asarray(values, dtype=object)
-    text = json.dumps(list(array.shape)) + ":" + ",".join(str(int(v)) for v in array.ravel())
+    text = json.dumps(list(array.shape)) + ":" + ",".join(to_decimal(v) for v in array.ravel())
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -133,10 +144,63 @@ def _write_checkpoint(path, role: str, meta: dict, arrays: dict) -> None:
     write_atomically(path, lambda handle: np.savez_compressed(handle, **entries))
 
 
+# Caps checked on the .npy headers inside the zip BEFORE any array is read (a few MiB of
+# compressed zeros can declare gigabytes). Far above any checkpoint this code writes at the
+# training plan's own caps, far below what would exhaust a machine.
+MAX_ENTRIES = 64
+MAX_ENTRY_BYTES = 1 << 30  # 1 GiB decompressed, per entry
+MAX_CHECKPOINT_BYTES = 2 << 30  # 2 GiB decompressed, all entries together
+_ENTRY_NAME = re.compile(r"[A-Za-z0-9_.]{1,100}\.npy")
+
+
+def check_archive(path) -> None:
+    """Refuse, in one line, a .npz whose entries are not what a checkpoint holds: more than
+    MAX_ENTRIES entries, a name that is not ``<name>.npy``, a dtype that is not numbers or
+    unicode strings (the loaders then demand float64 or decimal strings, entry by entry), or a declared size over MAX_ENTRY_BYTES (MAX_CHECKPOINT_BYTES in all).
+    Only the zip directory and each entry's .npy header are read: nothing is decompressed
+    beyond the headers."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            if len(members) > MAX_ENTRIES:
+                raise ValueError(f"{len(members)} entries, more than the {MAX_ENTRIES} allowed")
+            total = 0
+            for member in members:
+                if not _ENTRY_NAME.fullmatch(member.filename):
+                    raise ValueError(f"an entry named {member.filename[:60]!r}")
+                with archive.open(member) as stream:
+                    version = np.lib.format.read_magic(stream)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+                    elif version == (2, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+                    else:
+                        raise ValueError(f"entry {member.filename!r} has .npy version {version}")
+                name = member.filename[:-len(".npy")]
+                if dtype.hasobject or dtype.kind not in "biufcU":  # each entry's own load
+                    raise ValueError(f"entry {name!r} is {dtype}, not numbers or strings")
+                size = dtype.itemsize
+                for extent in shape:
+                    size *= int(extent)  # Python ints: no overflow on a forged shape
+                if size > MAX_ENTRY_BYTES:
+                    raise ValueError(f"entry {name!r} declares shape {tuple(shape)} of {dtype}: "
+                                     f"{size / 2 ** 30:.1f} GiB, over the "
+                                     f"{MAX_ENTRY_BYTES / 2 ** 30:.0f} GiB cap")
+                total += size
+            if total > MAX_CHECKPOINT_BYTES:
+                raise ValueError(f"its entries declare {total / 2 ** 30:.1f} GiB, over the "
+                                 f"{MAX_CHECKPOINT_BYTES / 2 ** 30:.0f} GiB cap")
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"{path}: corrupted or not a checkpoint ({detail})") from None
+
+
 def _read_checkpoint(path, role: str) -> tuple[dict, dict]:
-    """(meta, arrays) of a checkpoint file, after checking format, version, integrity and role."""
+    """(meta, arrays) of a checkpoint file, after checking its entries' headers (check_archive),
+    then format, version, integrity and role."""
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such checkpoint file")
+    check_archive(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
@@ -294,7 +358,7 @@ class DataPartyState:
                 "training": self.training, "noise_acc_scale": self.noise_acc.scale,
                 "feature_names": self.feature_names, "features_sha256": self.features_sha256,
                 "bottom_model": None,
-                "init_seed": None if self.init_seed is None else str(self.init_seed)}
+                "init_seed": None if self.init_seed is None else to_decimal(self.init_seed)}
         arrays = {"public_key.n": _decimal_strings(public_key.n),
                   "private_key.p": _decimal_strings(private_key.p),
                   "private_key.q": _decimal_strings(private_key.q),
@@ -474,7 +538,7 @@ class LabelPartyState:
 
     def save(self, path) -> None:
         meta = {"public_key_fingerprint": self.public_key.fingerprint,
-                "weight_bound": None if self.weight_bound is None else str(self.weight_bound),
+                "weight_bound": None if self.weight_bound is None else to_decimal(self.weight_bound),
                 "epochs_completed": self.epochs_completed, "fixed_point": self.plan.to_dict(),
                 "training": self.training, "weight_share_scale": self.weight_share.scale,
                 "class_names": self.class_names, "labels_sha256": self.labels_sha256}
@@ -492,10 +556,15 @@ class LabelPartyState:
             if saved.get(key) != value:
                 raise ValueError(f"the checkpoint was trained with {key} = {saved.get(key)!r}, "
                                  f"this run asks for {value!r}; resume with the same settings")
-        if self.epochs_completed >= epochs:
+        if self.epochs_completed > epochs:
             raise ValueError(f"nothing to resume: the label party's checkpoint holds "
-                             f"{self.epochs_completed} completed epoch(s) and this run asks for "
+                             f"{self.epochs_completed} completed epochs and this run asks for "
                              f"{epochs}")
+        if self.epochs_completed == epochs:  # done, though perhaps killed before its report
+            raise ValueError(f"nothing to resume: the label party's checkpoint holds all {epochs} "
+                             "epochs; the model is complete — predict with it (`predict "
+                             "--checkpoint-dir DIR --features FILE`, or `party ... --predict`), "
+                             f"or train on with --resume --epochs {epochs + 1} or more")
 
     @staticmethod
     def expected_shapes(layer_sizes) -> dict:
@@ -570,7 +639,7 @@ def _optional_big_int(meta: dict, key: str, path) -> int | None:
     if not (isinstance(value, str) and _DECIMAL.fullmatch(value) and not value.startswith("-")):
         raise ValueError(f"{path}: corrupted checkpoint: {key} {value!r} is not a "
                          "non-negative decimal integer")
-    return int(value)
+    return from_decimal(value)
 
 
 def check_checkpoint_pair(data_state: DataPartyState, label_state: LabelPartyState) -> None:
@@ -600,47 +669,245 @@ def check_checkpoint_pair(data_state: DataPartyState, label_state: LabelPartySta
 
 
 # ----------------------------------------------------------------------------------------------
-# A run's directory: each party's own file
+# A run's directory: each party's own files, the latest epoch and the one before
+#
+#   data_party.npz             the data party's state after its latest epoch E
+#   data_party.epoch-<E-1>.npz its state after the epoch before (none after the first epoch)
+#   label_party.npz, label_party.epoch-<E-1>.npz   the same for the label party
+#
+# Saving epoch E: the file of epoch E-1 is renamed to its epoch name, the new state is written
+# atomically as the main file, then every older epoch file is removed. A crash, a kill or a full
+# disk at any moment leaves each party with its latest epoch or the one before, so the two
+# parties always share an epoch — in one process, where the data party's file is written first,
+# and in two, where each party saves on its own. Resuming takes the latest epoch BOTH parties
+# have (find_pair here; across the wire, transport.agree_epoch), from which the run continues
+# bit for bit as if it had never stopped.
 # ----------------------------------------------------------------------------------------------
+_EPOCH_FILE = re.compile(r"(data|label)_party\.epoch-([0-9]{1,9})\.npz")
+# write_atomically's temporary files: <file name>.<8 characters of tempfile>.tmp
+_TEMPORARY = re.compile(r"(data|label)_party(\.epoch-[0-9]{1,9})?\.npz\.[a-z0-9_]{8}\.tmp")
+
+
 def party_path(checkpoint_dir, role: str) -> str:
+    """A party's main file: its state after its latest epoch."""
     return os.path.join(os.fspath(checkpoint_dir), CHECKPOINT_FILES[role])
+
+
+def epoch_path(checkpoint_dir, role: str, epoch: int) -> str:
+    """A party's file of an earlier epoch, kept so that the two parties always share one."""
+    stem = CHECKPOINT_FILES[role][:-len(".npz")]
+    return os.path.join(os.fspath(checkpoint_dir), f"{stem}.epoch-{int(epoch)}.npz")
+
+
+def party_files(checkpoint_dir, role: str) -> list:
+    """Every file of ``role`` in ``checkpoint_dir``: the main file first, then the epoch files,
+    newest first (by the epoch in their name)."""
+    directory = os.fspath(checkpoint_dir)
+    epochs = []
+    if os.path.isdir(directory):
+        for name in os.listdir(directory):
+            match = _EPOCH_FILE.fullmatch(name)
+            if match and match.group(1) == role:
+                epochs.append(int(match.group(2)))
+    main = party_path(directory, role)
+    return ([main] if os.path.exists(main) else []) + [
+        epoch_path(directory, role, epoch) for epoch in sorted(epochs, reverse=True)]
+
+
+def _loader(role: str):
+    return DataPartyState if role == DATA else LabelPartyState
+
+
+@dataclass
+class Saved:
+    """What a party's files in a directory hold: ``states`` by epoch (each file loaded and
+    validated) and ``skipped``, one line per file that could not be used, saying why."""
+
+    role: str
+    states: dict
+    paths: dict
+    skipped: list
+    duplicated: bool = False
+    main: object = None  # the main file's state, if it loads
+
+    @property
+    def epochs(self) -> list:
+        return sorted(self.states, reverse=True)
+
+
+def saved_states(checkpoint_dir, role: str, *, allow_insecure: bool = False) -> Saved:
+    """Load every file of ``role`` in ``checkpoint_dir``. A file that does not load, or an epoch
+    file whose content is of another epoch, is skipped (with its one-line reason); ``duplicated``
+    says two files hold one epoch — the saver never leaves that, so the directory was edited."""
+    states, paths, skipped, duplicated = {}, {}, [], False
+    for path in party_files(checkpoint_dir, role):
+        try:
+            state = _loader(role).load(path, allow_insecure=allow_insecure)
+        except ValueError as error:
+            skipped.append(str(error))
+            continue
+        epoch = state.epochs_completed
+        match = _EPOCH_FILE.fullmatch(os.path.basename(path))
+        if match and int(match.group(2)) != epoch:
+            skipped.append(f"{path}: holds the state after epoch {epoch}, not the epoch its name "
+                           "says")
+        elif epoch in states:
+            duplicated = True
+        else:
+            states[epoch], paths[epoch] = state, path
+    main = party_path(checkpoint_dir, role)
+    return Saved(role, states, paths, skipped, duplicated,
+                 next((state for epoch, state in states.items() if paths[epoch] == main), None))
+
+
+def nothing_saved(checkpoint_dir, role: str, saved: Saved) -> str:
+    """The one line for a party with no usable file in ``checkpoint_dir``."""
+    if not saved.skipped:
+        return f"{party_path(checkpoint_dir, role)}: no such checkpoint file"
+    return saved.skipped[0] + (f" (and {len(saved.skipped) - 1} more file(s) of "
+                               f"{_party_name(role)} unusable)" if len(saved.skipped) > 1 else "")
+
+
+def pick_epoch(data_epochs, label_epochs) -> int | None:
+    """The latest epoch both parties saved, or None."""
+    common = set(data_epochs) & set(label_epochs)
+    return max(common) if common else None
+
+
+@dataclass
+class Pair:
+    """The two states of one epoch, and a line per file passed over (newer or unusable)."""
+
+    data: DataPartyState
+    label: LabelPartyState
+    notes: list
+
+    @property
+    def epoch(self) -> int:
+        return self.data.epochs_completed
+
+
+def find_pair(checkpoint_dir, *, allow_insecure: bool = False, resuming: bool = False) -> Pair:
+    """Both parties' states of one epoch in ``checkpoint_dir``, checked to belong together
+    (check_checkpoint_pair).
+
+    The main files, when they pair, are taken as they are. Otherwise, ``resuming``: the latest
+    epoch both parties have a usable file of (after a crash between the two parties' writes the
+    data party's latest file is one epoch ahead of the label party's; training it again gives
+    the same state bit for bit). Not resuming (prediction, export: they would silently use an
+    older model), and whenever a party has two files of one epoch (an edited directory), the
+    main files' own error is raised — with a hint to resume when that would mend it."""
+    saved = {role: saved_states(checkpoint_dir, role, allow_insecure=allow_insecure)
+             for role in (DATA, LABEL)}
+    mains = (saved[DATA].main, saved[LABEL].main)
+    error = None
+    if None not in mains:
+        try:
+            check_checkpoint_pair(*mains)
+            return Pair(*mains, saved[DATA].skipped + saved[LABEL].skipped)
+        except ValueError as mismatch:
+            error = mismatch
+    else:
+        role = DATA if mains[0] is None else LABEL
+        error = ValueError(nothing_saved(checkpoint_dir, role, Saved(
+            role, {}, {}, [line for line in saved[role].skipped
+                           if line.startswith(party_path(checkpoint_dir, role))], False, None)))
+    epoch = pick_epoch(saved[DATA].states, saved[LABEL].states)
+    if saved[DATA].duplicated or saved[LABEL].duplicated or epoch is None:
+        raise error
+    if not resuming:
+        raise ValueError(f"{error} — the run was interrupted after epoch {epoch}: resume it "
+                         "(train --resume) to bring both parties to one epoch")
+    pair = Pair(saved[DATA].states[epoch], saved[LABEL].states[epoch],
+                saved[DATA].skipped + saved[LABEL].skipped)
+    check_checkpoint_pair(pair.data, pair.label)
+    for role in (DATA, LABEL):
+        pair.notes += [f"{saved[role].paths[newer]} (after epoch {newer}) passed over: the other "
+                       "party has no file of that epoch" for newer in saved[role].epochs
+                       if newer > epoch]
+    return pair
+
+
+def clean_temporaries(checkpoint_dir, role: str, before: float) -> list:
+    """Remove ``role``'s temporary files that a kill left in ``checkpoint_dir`` mid-write:
+    only names of write_atomically's pattern for this party's files, only if last modified
+    before ``before`` (the start of this run). Returns the paths removed."""
+    removed = []
+    directory = os.fspath(checkpoint_dir)
+    if not os.path.isdir(directory):
+        return removed
+    for name in sorted(os.listdir(directory)):
+        match = _TEMPORARY.fullmatch(name)
+        path = os.path.join(directory, name)
+        if not match or match.group(1) != role or not os.path.isfile(path):
+            continue
+        try:
+            if os.path.getmtime(path) < before:
+                os.unlink(path)
+                removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def refuse_to_overwrite(checkpoint_dir, roles=(DATA, LABEL)) -> None:
     """A new run never overwrites a run that could still be resumed."""
     for role in roles:
-        path = party_path(checkpoint_dir, role)
-        if os.path.exists(path):
-            raise ValueError(f"{path} already exists: resume it, or train into another directory")
+        files = party_files(checkpoint_dir, role)
+        if files:
+            raise ValueError(f"{files[0]} already exists: resume it, or train into another "
+                             "directory")
+
+
+def save_epoch(state, checkpoint_dir, role: str) -> None:
+    """Save ``state`` (after epoch E) as ``role``'s main file, keeping epoch E-1's file: the
+    main file, if it holds epoch E-1, is renamed to its epoch name first; then every other
+    epoch file is removed."""
+    epoch = state.epochs_completed
+    main = party_path(checkpoint_dir, role)
+    if os.path.exists(main):
+        try:
+            before = _loader(role).load(main, allow_insecure=True).epochs_completed
+        except ValueError:
+            before = None  # unusable: overwritten below
+        if before == epoch - 1:
+            os.replace(main, epoch_path(checkpoint_dir, role, epoch - 1))
+    state.save(main)
+    for path in party_files(checkpoint_dir, role)[1:]:
+        if path != epoch_path(checkpoint_dir, role, epoch - 1):
+            os.unlink(path)
 
 
 def saver(checkpoint_dir, *, data_party=None, label_party=None, feature_names=None,
-          feature_mean=None, feature_std=None, class_names=None):
+          feature_mean=None, feature_std=None, class_names=None, started: float | None = None):
     """``after_epoch`` for protocol.train: each party present in this process saves its own
-    file in ``checkpoint_dir``, atomically. (In one process the two writes are separate, as on
-    two machines.)"""
+    files in ``checkpoint_dir`` (save_epoch). (In one process the two writes are separate, as on
+    two machines.) Temporary files a killed run left for these parties, older than ``started``
+    (default: now), are removed first."""
     try:
         os.makedirs(checkpoint_dir, exist_ok=True)  # now, not after the first epoch's work
     except OSError as error:
         raise ValueError(f"checkpoint directory {checkpoint_dir}: cannot create it "
                          f"({error.strerror})") from None
+    started = time.time() if started is None else started
+    for role, party in ((DATA, data_party), (LABEL, label_party)):
+        if party is not None:
+            clean_temporaries(checkpoint_dir, role, started)
 
     def save(epochs_completed: int) -> None:
         if data_party is not None:
-            DataPartyState.of(data_party, epochs_completed=epochs_completed,
-                              feature_names=feature_names, feature_mean=feature_mean,
-                              feature_std=feature_std).save(party_path(checkpoint_dir, DATA))
+            save_epoch(DataPartyState.of(data_party, epochs_completed=epochs_completed,
+                                         feature_names=feature_names, feature_mean=feature_mean,
+                                         feature_std=feature_std), checkpoint_dir, DATA)
         if label_party is not None:
-            LabelPartyState.of(label_party, epochs_completed=epochs_completed,
-                               class_names=class_names).save(party_path(checkpoint_dir, LABEL))
+            save_epoch(LabelPartyState.of(label_party, epochs_completed=epochs_completed,
+                                          class_names=class_names), checkpoint_dir, LABEL)
     return save
 
 
 def load_pair(checkpoint_dir, *, allow_insecure: bool = False):
-    """(DataPartyState, LabelPartyState) from ``checkpoint_dir``, each validated, and checked
-    to belong together (same key, same epoch, same plans)."""
-    data_state = DataPartyState.load(party_path(checkpoint_dir, DATA), allow_insecure=allow_insecure)
-    label_state = LabelPartyState.load(party_path(checkpoint_dir, LABEL),
-                                       allow_insecure=allow_insecure)
-    check_checkpoint_pair(data_state, label_state)
-    return data_state, label_state
+    """(DataPartyState, LabelPartyState) from ``checkpoint_dir``: the latest epoch both parties
+    saved (find_pair), each validated, and checked to belong together (same key, same epoch,
+    same plans)."""
+    pair = find_pair(checkpoint_dir, allow_insecure=allow_insecure)
+    return pair.data, pair.label

@@ -8,7 +8,10 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
+import threading
+import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -160,6 +163,8 @@ def command_train(args) -> int:
             checkpoint_dir=args.checkpoint_dir, resume=args.resume, standardizer=scaler,
             executor=executor, transcript=transcript))
     if args.resume:
+        for note in result.metrics["checkpoint_notes"]:
+            print(f"note: {note}", file=sys.stderr)
         print(f"resumed from {args.checkpoint_dir} after epoch "
               f"{result.metrics['resumed_after_epoch']}", file=sys.stderr)
     print(result.summary())
@@ -386,11 +391,11 @@ def command_audit(args) -> int:
     print(audit.format_table(audits, key_bits))
     print()
     print(own_leaks.format_own_leaks(own))
-    if args.json:  # {"flaws": [six rows], "own_leaks": [one row per leak of the protocol]}
-        with open(args.json, "w") as handle:
-            json.dump({"flaws": [row.to_json() for row in audits],
-                       "own_leaks": [row.to_json() for row in own]}, handle, indent=2,
-                      default=str)
+    if args.json:  # the audit's tables: nothing private in them (README, "Files written")
+        report = {"flaws": [row.to_json() for row in audits],
+                  "own_leaks": [row.to_json() for row in own]}
+        checkpoint.write_atomically(args.json, lambda handle: json.dump(
+            report, handle, indent=2, default=str), mode="w", private=False)
     expected = all(row.caught and row.succeeds_on_flawed and row.fails_on_real for row in audits)
     expected &= all(row.succeeds and row.mitigated_fails is not False for row in own)
     return 0 if expected else 1
@@ -405,12 +410,28 @@ def command_bench(args) -> int:
 
 @contextmanager
 def workers(count: int):
-    """A process pool of ``count`` workers for the modular exponentiations (None for 1)."""
+    """A process pool of ``count`` workers for the modular exponentiations (None for 1).
+    Each worker exits when this process dies, even by kill -9 (exit_with_parent)."""
     if count <= 1:
         yield None
         return
-    with ProcessPoolExecutor(count) as executor:
+    with ProcessPoolExecutor(count, initializer=exit_with_parent,
+                             initargs=(os.getpid(),)) as executor:
         yield executor
+
+
+PARENT_POLL_SECONDS = 0.5
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """In a pool worker: exit as soon as ``parent_pid`` is no longer this process's parent
+    (when the parent dies the worker is re-parented, so os.getppid() changes). A daemon thread
+    polls every PARENT_POLL_SECONDS; it works on every POSIX system, unlike Linux's prctl."""
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)  # no cleanup to run: the work belonged to the dead parent
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,10 +15,47 @@ no limit.  The readers only check the framing and the header against what the ca
 import json
 import math
 
-__all__ = ["int_to_text", "int_from_text", "array_to_bytes", "array_from_bytes",
-           "array_to_json", "array_from_json"]
+__all__ = ["int_to_text", "int_from_text", "to_decimal", "from_decimal", "array_to_bytes",
+           "array_from_bytes", "array_to_json", "array_from_json"]
 
 _HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+# Decimal text of any length, for what people read (checkpoints' integers, transcripts): Python
+# refuses str(n) and int(text) beyond 4,300 digits, so convert in pieces split by powers of ten.
+# The text is the ordinary decimal numeral, so files written before stay readable.
+CHUNK = 4000  # digits per piece: under Python's default limit of 4,300
+_POWER = 10 ** CHUNK
+
+
+def to_decimal(value: int) -> str:
+    """The decimal numeral of ``value`` (sign included), whatever its length."""
+    value = int(value)
+    if value < 0:
+        return "-" + to_decimal(-value)
+    if value < _POWER:
+        return str(value)
+    pieces = []  # least significant first, each exactly CHUNK digits but the last
+    while value >= _POWER:
+        value, piece = divmod(value, _POWER)
+        pieces.append(str(piece).zfill(CHUNK))
+    pieces.append(str(value))
+    return "".join(reversed(pieces))
+
+
+def from_decimal(text: str) -> int:
+    """The integer a decimal numeral (optionally signed with "-") stands for, whatever its
+    length. The caller checks that ``text`` is a numeral."""
+    if text.startswith("-"):
+        return -from_decimal(text[1:])
+    if len(text) <= CHUNK:
+        return int(text)
+    value = 0
+    head = len(text) % CHUNK or CHUNK
+    value = int(text[:head])
+    for start in range(head, len(text), CHUNK):
+        value = value * _POWER + int(text[start:start + CHUNK])
+    return value
 
 
 def int_to_text(value):

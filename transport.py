@@ -27,7 +27,7 @@ import protocol
 from channel import DATA, LABEL, PUBLIC, Channel, leakage_lines
 from flaws import SECURE
 from parties import DataParty, LabelParty
-from plan import FixedPointPlan
+from plan import MAX_EPOCHS, FixedPointPlan
 from wire import TransportError, decode_payload, encode_payload
 
 
@@ -139,19 +139,70 @@ def align(channel: SocketChannel) -> None:
 # ----------------------------------------------------------------------------------------------
 # Sessions: one per process
 # ----------------------------------------------------------------------------------------------
-def _own_checkpoint(checkpoint_dir, role: str, resume: bool):
-    """This party's own file in ``checkpoint_dir``: it must exist to resume, and not otherwise.
-    None without a directory."""
+def _own_checkpoint(checkpoint_dir, role: str, resume: bool, allow_insecure: bool = False):
+    """(this party's main file in ``checkpoint_dir``, its saved states): a usable file must
+    exist to resume (checkpoint.saved_states, its latest epoch and the one before), and none
+    otherwise. (None, None) without a directory; saved states None for a new run."""
     if checkpoint_dir is None:
         if resume:
             raise ValueError("resume needs the checkpoint directory to resume from")
-        return None
+        return None, None
     path = checkpoint.party_path(checkpoint_dir, role)
-    if resume and not os.path.exists(path):
-        raise ValueError(f"nothing to resume: {path} does not exist")
     if not resume:
         checkpoint.refuse_to_overwrite(checkpoint_dir, (role,))
-    return path
+        return path, None
+    saved = checkpoint.saved_states(checkpoint_dir, role, allow_insecure=allow_insecure)
+    if saved.duplicated:
+        raise ValueError(f"{checkpoint_dir}: two files of {role} party state hold one epoch; "
+                         "the saver never leaves that — keep one of them")
+    if not saved.states:
+        raise ValueError("nothing to resume: " + checkpoint.nothing_saved(checkpoint_dir, role,
+                                                                          saved))
+    return path, saved
+
+
+MAX_OFFERED_EPOCHS = 16  # the saver keeps two; a few more if files were copied in
+
+
+def _epochs(value, what: str) -> list:
+    if not (isinstance(value, list) and 0 < len(value) <= MAX_OFFERED_EPOCHS and all(
+            isinstance(e, int) and not isinstance(e, bool) and 1 <= e <= MAX_EPOCHS
+            for e in value)):
+        raise TransportError(f"{what} is not a list of 1 to {MAX_OFFERED_EPOCHS} epoch numbers")
+    return value
+
+
+def agree_epoch(channel: SocketChannel, saved) -> int:
+    """Resuming, before step 0: the epoch both parties continue from.
+
+    A → B ``checkpointed epochs`` (public): the epochs the data party has a usable file of (its
+    latest and the one before). B answers B → A ``resume from epoch`` (public): the latest of
+    them that it has too, or null if none — then both refuse. A crash between the parties'
+    writes leaves one party an epoch ahead; both continue from the other's epoch, and the
+    ahead party trains that epoch again (step 0's training plan then carries the same
+    ``epochs_completed``, which the data party checks)."""
+    mine = saved.epochs[:MAX_OFFERED_EPOCHS]
+    got = {}
+
+    def choose(_, offered):
+        got["offered"] = _epochs(offered, "the data party's checkpointed epochs")
+        got["epoch"] = checkpoint.pick_epoch(got["offered"], mine)
+
+    def take_choice(_, epoch):
+        if epoch is not None and epoch not in mine:
+            raise TransportError(f"the label party resumes from epoch {epoch!r}, of which this "
+                                 f"party has no file (it has epochs {sorted(mine)})")
+        got["epoch"] = epoch
+
+    channel.send("resume", DATA, LABEL, "checkpointed epochs", PUBLIC,
+                 make=lambda _: list(mine), take=choose)
+    channel.send("resume", LABEL, DATA, "resume from epoch", PUBLIC,
+                 make=lambda _: got["epoch"], take=take_choice)
+    if got["epoch"] is None:
+        theirs = got.get("offered", "the other party's")
+        raise ValueError(f"nothing to resume: no epoch both parties saved (this party has "
+                         f"{sorted(mine)}, the other {theirs}); train afresh into new directories")
+    return got["epoch"]
 
 
 @dataclass
@@ -267,13 +318,13 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
     """
     start_time = time.perf_counter()
     try:
-        path = _own_checkpoint(checkpoint_dir, DATA, resume)
+        path, saved = _own_checkpoint(checkpoint_dir, DATA, resume, allow_insecure)
         state = None
         if resume:
             if keypair is not None or init_seed is not None:
                 raise ValueError("resume takes the key pair and ε_acc from the data party's "
                                  "checkpoint; pass no keypair and no init_seed")
-            state = checkpoint.DataPartyState.load(path, allow_insecure=allow_insecure)
+            state = saved.states[saved.epochs[0]]  # its plan and shapes; the epoch comes later
             if plan is not None and plan != state.plan:
                 raise ValueError(f"the checkpoint's fixed-point plan {state.plan.to_dict()} "
                                  f"differs from this run's {plan.to_dict()}")
@@ -291,6 +342,8 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
         id_list = IdList(ids, n_inputs=n_inputs)
         channel = SocketChannel(connection, DATA, id_list, sigma=plan.sigma, transcript=transcript)
         align(channel)
+        if state is not None:
+            state = saved.states[agree_epoch(channel, saved)]
         train_rows, test_rows = data.split_rows(len(id_list.common), id_list.test_fraction,
                                                 id_list.seed)
         features = X[id_list.rows]
@@ -337,10 +390,10 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
     """
     start_time = time.perf_counter()
     try:
-        path = _own_checkpoint(checkpoint_dir, LABEL, resume)
+        path, saved = _own_checkpoint(checkpoint_dir, LABEL, resume, config.allow_insecure)
         state = None
         if resume:
-            state = checkpoint.LabelPartyState.load(path, allow_insecure=config.allow_insecure)
+            state = saved.states[saved.epochs[-1]]  # its settings; the epoch is agreed later
         y = np.asarray(y)
         if y.shape != (len(ids),):
             raise ValueError(f"labels of shape {y.shape} for {len(ids)} ids")
@@ -351,6 +404,8 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
         channel = SocketChannel(connection, LABEL, id_list, sigma=config.plan.sigma,
                                 transcript=transcript)
         align(channel)
+        if state is not None:
+            state = saved.states[agree_epoch(channel, saved)]
         train_rows, test_rows = data.split_rows(len(id_list.common), test_fraction, config.seed)
         labels = y[id_list.rows]
         if len(np.unique(labels[train_rows])) < 2:

@@ -1,0 +1,345 @@
+"""Nothing lost (issue 14): a crash between the two parties' checkpoint writes costs one epoch,
+not the run; forged archives are refused from their headers; big integers of any length; stale
+temporaries cleaned; pool workers die with their parent; no payloads kept; private files 0600.
+Small keys through the explicit insecure flags, tiny data, every wait bounded."""
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import warnings
+import zipfile
+
+import numpy as np
+import pytest
+from conftest import insecure_keypair
+
+import acml
+import encoding
+import channel
+import checkpoint
+import data
+import transport
+import wire
+
+KEY_BITS = 512
+TIMEOUT = 30.0
+TOKEN = b"a-shared-test-token-of-32-bytes!"
+
+
+def config(epochs, **overrides):
+    return acml.Config(**{**dict(hidden=(3,), epochs=epochs, batch_size=16, lr=0.1,
+                                 momentum=0.5, key_bits=KEY_BITS, allow_insecure=True,
+                                 init_seed=0), **overrides})
+
+
+@pytest.fixture(scope="module")
+def wine():
+    raw = data.load_builtin("wine")
+    keep = np.sort(np.random.default_rng(0).permutation(len(raw.y))[:60])
+    subset = data.Dataset(raw.X[keep], raw.y[keep], raw.ids[keep], raw.feature_names,
+                          raw.class_names, "wine")
+    train_set, _, scaler = acml.prepare(subset, test_fraction=0.25, return_standardizer=True)
+    return train_set, scaler
+
+
+def train(wine, directory, epochs, **options):
+    train_set, scaler = wine
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return acml.train(train_set, None, config(epochs), checkpoint_dir=directory,
+                          standardizer=scaler, **options)
+
+
+def joint(directory):
+    """W = W_B + ε_acc and the label party's layers, from a directory's main files."""
+    data_state, label_state = checkpoint.load_pair(directory, allow_insecure=True)
+    return ((label_state.weight_share + data_state.noise_acc).values, label_state.parameters,
+            label_state.velocity, label_state.epochs_completed)
+
+
+def assert_same_model(a, b):
+    wa, pa, va, ea = joint(a)
+    wb, pb, vb, eb = joint(b)
+    assert ea == eb and np.array_equal(wa, wb)
+    for name in pa:
+        assert np.array_equal(pa[name], pb[name]), name
+    for name in va:
+        assert np.array_equal(va[name], vb[name]), name
+
+
+@pytest.fixture(scope="module")
+def straight(wine, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("straight")
+    train(wine, directory, 3, keypair=insecure_keypair(KEY_BITS))
+    return directory
+
+
+# ---- 1. checkpoint pairs, one process ----------------------------------------------------------
+def test_each_party_keeps_its_latest_epoch_and_the_one_before(straight):
+    assert sorted(os.listdir(straight)) == ["data_party.epoch-2.npz", "data_party.npz",
+                                            "label_party.epoch-2.npz", "label_party.npz"]
+    state = checkpoint.DataPartyState.load(straight / "data_party.epoch-2.npz",
+                                           allow_insecure=True)
+    assert state.epochs_completed == 2
+
+
+def test_a_crash_between_the_two_writes_resumes_bit_for_bit(wine, straight, tmp_path,
+                                                            monkeypatch):
+    """The label party's write of epoch 3 fails (disk full) after the data party's succeeded:
+    resume takes epoch 2, which both have, trains epoch 3 again, and ends where an
+    uninterrupted run ends."""
+    directory = tmp_path / "crashed"
+    save = checkpoint.LabelPartyState.save
+
+    def full_disk(self, path):
+        if self.epochs_completed == 3:
+            raise OSError("No space left on device")
+        save(self, path)
+
+    monkeypatch.setattr(checkpoint.LabelPartyState, "save", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        train(wine, directory, 3)
+    monkeypatch.setattr(checkpoint.LabelPartyState, "save", save)
+    assert checkpoint.DataPartyState.load(directory / "data_party.npz",
+                                          allow_insecure=True).epochs_completed == 3
+    result = train(wine, directory, 3, resume=True)
+    assert result.metrics["resumed_after_epoch"] == 2
+    assert any("after epoch 3) passed over" in note for note in result.metrics["checkpoint_notes"])
+    assert_same_model(straight, directory)
+    assert sorted(os.listdir(directory)) == sorted(os.listdir(straight))
+
+
+@pytest.mark.parametrize("role", ["data", "label"])
+def test_a_corrupted_newest_file_of_one_party_resumes_from_the_epoch_before(wine, straight,
+                                                                            tmp_path, role):
+    directory = tmp_path / "run"
+    train(wine, directory, 2)
+    path = directory / f"{role}_party.npz"
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="corrupted"):  # prediction never takes an older model
+        checkpoint.load_pair(directory, allow_insecure=True)
+    result = train(wine, directory, 3, resume=True)
+    assert result.metrics["resumed_after_epoch"] == 1
+    assert_same_model(straight, directory)
+
+
+def test_a_finished_run_says_exactly_what_to_run(wine, straight):
+    with pytest.raises(ValueError) as caught:
+        train(wine, straight, 3, resume=True)
+    message = str(caught.value)
+    assert "all 3 epochs" in message and "predict --checkpoint-dir" in message
+    assert "--resume --epochs 4" in message and "\n" not in message
+
+
+# ---- 1. checkpoint pairs, two processes ---------------------------------------------------------
+def run_pair(train_set, directories, epochs, *, resume=False):
+    """Both parties over a loopback socket in two threads; each its own directory."""
+    data_dir, label_dir = directories
+    listener = wire.listen("127.0.0.1", 0)
+    port = listener.getsockname()[1]
+    ids = [str(i) for i in train_set.ids]
+    out = {}
+    fresh = {} if resume else dict(keypair=insecure_keypair(KEY_BITS), init_seed=0)
+
+    def data_side():
+        try:
+            connection = wire.accept_peer(listener, TOKEN, timeout=TIMEOUT)
+            out["data"] = transport.run_data_party(
+                connection, ids, train_set.X, plan=config(epochs).plan, checkpoint_dir=data_dir,
+                resume=resume, allow_insecure=True, **fresh)
+        except Exception as error:
+            out["data_error"] = error
+        finally:
+            listener.close()
+
+    thread = threading.Thread(target=data_side, daemon=True)
+    thread.start()
+    try:
+        connection = wire.connect_peer("127.0.0.1", port, TOKEN, timeout=TIMEOUT)
+        out["label"] = transport.run_label_party(connection, ids, train_set.y,
+                                                 train_set.n_classes, config(epochs),
+                                                 test_fraction=0.0, checkpoint_dir=label_dir,
+                                                 resume=resume)
+    except Exception as error:
+        out["label_error"] = error
+    thread.join(TIMEOUT)
+    assert not thread.is_alive(), out
+    return out
+
+
+def tcp_model(directories):
+    data_dir, label_dir = directories
+    data_state = checkpoint.DataPartyState.load(data_dir / "data_party.npz", allow_insecure=True)
+    label_state = checkpoint.LabelPartyState.load(label_dir / "label_party.npz",
+                                                  allow_insecure=True)
+    checkpoint.check_checkpoint_pair(data_state, label_state)
+    return (label_state.weight_share + data_state.noise_acc).values, label_state.parameters
+
+
+@pytest.mark.parametrize("ahead", ["data", "label"])
+def test_over_tcp_the_parties_agree_on_the_latest_epoch_both_saved(wine, tmp_path, ahead):
+    """Each party in its own directory; one party's epoch-3 file is lost (as if it died before
+    writing it): in step "resume" they agree on epoch 2 and end bit for bit where an
+    uninterrupted run ends."""
+    train_set, _ = wine
+    straight = (tmp_path / "sd", tmp_path / "sl")
+    out = run_pair(train_set, straight, 3)
+    assert "data_error" not in out and "label_error" not in out, out
+    crashed = (tmp_path / "cd", tmp_path / "cl")
+    assert "label_error" not in run_pair(train_set, crashed, 3)
+    behind = crashed[1] if ahead == "data" else crashed[0]
+    role = "label" if ahead == "data" else "data"
+    os.replace(behind / f"{role}_party.epoch-2.npz", behind / f"{role}_party.npz")
+    out = run_pair(train_set, crashed, 3, resume=True)
+    assert "data_error" not in out and "label_error" not in out, out
+    assert out["label"].resumed_after_epoch == 2
+    assert [m.name for m in out["label"].channel.messages[2:4]] == [
+        "checkpointed epochs", "resume from epoch"]
+    (w_a, p_a), (w_b, p_b) = tcp_model(straight), tcp_model(crashed)
+    assert np.array_equal(w_a, w_b)
+    assert all(np.array_equal(p_a[name], p_b[name]) for name in p_a)
+
+
+# ---- 2. forged archives -------------------------------------------------------------------------
+def test_an_entry_declaring_a_huge_shape_is_refused_from_its_header(straight, tmp_path):
+    """A few bytes on disk declaring a 3 GiB array: refused before anything is decompressed."""
+    path = tmp_path / "data_party.npz"
+    path.write_bytes((straight / "data_party.npz").read_bytes())
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("zeros.npy", "w") as member:
+            np.lib.format.write_array_header_1_0(
+                member, {"descr": "<f8", "fortran_order": False, "shape": (3 * 2 ** 27,)})
+            member.write(b"\0" * 64)
+    start = time.perf_counter()
+    with pytest.raises(ValueError) as caught:
+        checkpoint.DataPartyState.load(path, allow_insecure=True)
+    assert time.perf_counter() - start < 5
+    message = str(caught.value)
+    assert "zeros" in message and "3.0 GiB" in message and "cap" in message, message
+
+
+@pytest.mark.parametrize("descr, name, needle", [
+    ("|O", "meta.npy", "not numbers or strings"),
+    ("<f8", "../escape.npy", "an entry named"),
+])
+def test_bad_entry_names_and_dtypes_are_refused_from_the_headers(tmp_path, descr, name, needle):
+    path = tmp_path / "forged.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        with archive.open(name, "w") as member:
+            np.lib.format.write_array_header_1_0(
+                member, {"descr": descr, "fortran_order": False, "shape": (1,)})
+    with pytest.raises(ValueError, match=needle):
+        checkpoint.check_archive(path)
+
+
+# ---- 3. big integers ----------------------------------------------------------------------------
+def test_integers_of_20000_digits_round_trip_in_checkpoints_and_transcripts():
+    big = 7 ** 23_666  # 20,001 decimal digits: over Python's 4,300-digit str/int limit
+    values = np.array([[big, -big], [1, 0]], dtype=object)
+    strings = checkpoint._decimal_strings(values)
+    assert len(strings[0, 0]) > 20_000 and strings[0, 1].startswith("-")
+    back = checkpoint._integers({"x": strings}, "x", (2, 2), "file")
+    assert all(int(a) == int(b) for a, b in zip(back.ravel(), values.ravel()))
+    text = json.dumps(channel.jsonable({"values": values}))
+    assert [encoding.from_decimal(v) for v in json.loads(text)["values"]] == values.ravel().tolist()
+    for value in (0, 9, 10 ** 4000, 10 ** 4000 - 1, 10 ** 8000 + 12345, -(10 ** 12000)):
+        assert encoding.from_decimal(encoding.to_decimal(value)) == value
+    old_limit = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        assert encoding.to_decimal(big) == str(big)  # the plain decimal numeral
+    finally:
+        sys.set_int_max_str_digits(old_limit)
+
+
+# ---- 4. stale temporaries -----------------------------------------------------------------------
+def test_stale_temporaries_of_a_killed_write_are_cleaned_on_the_next_run(wine, tmp_path):
+    directory = tmp_path / "run"
+    directory.mkdir()
+    stale = [directory / "data_party.npz.k2j4_9xq.tmp", directory / "label_party.npz.abcdefgh.tmp",
+             directory / "data_party.epoch-3.npz.zzzzzzzz.tmp"]
+    others = [directory / "notes.tmp", directory / "model.npz.abcdefgh.tmp"]
+    for path in stale + others:
+        path.write_bytes(b"")
+        os.utime(path, (time.time() - 60, time.time() - 60))
+    fresh = directory / "label_party.npz.fresh123.tmp"  # another writer's, right now
+    fresh.write_bytes(b"")
+    os.utime(fresh, (time.time() + 60, time.time() + 60))
+    train(wine, directory, 1)
+    left = set(os.listdir(directory))
+    assert not {p.name for p in stale} & left
+    assert {p.name for p in others} | {fresh.name} <= left
+
+
+# ---- 5. orphaned workers ------------------------------------------------------------------------
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            return "\nState:\tZ" not in handle.read()
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_pool_workers_exit_when_their_parent_is_killed():
+    script = textwrap.dedent("""
+        import os, sys, time
+        import cli
+        with cli.workers(2) as executor:
+            list(executor.map(abs, range(4)))
+            print(" ".join(str(pid) for pid in executor._processes), flush=True)
+            time.sleep(120)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        pids = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(pids) == 2 and all(alive(pid) for pid in pids)
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(TIMEOUT)
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in pids), "a worker outlived its parent"
+
+
+# ---- 6. memory ----------------------------------------------------------------------------------
+def test_a_run_keeps_no_payloads_by_default(wine, tmp_path):
+    result = train(wine, tmp_path / "run", 2)
+    messages = result.channel.messages
+    assert {m.kind for m in messages} >= {channel.CIPHERTEXT, channel.MASKED}
+    assert all(m.payload is None for m in messages)
+    assert all(m.nbytes > 0 for m in messages if m.kind == channel.CIPHERTEXT)
+
+
+# ---- 7. files written ---------------------------------------------------------------------------
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_private_outputs_are_0600_and_public_ones_follow_the_umask(tmp_path, capsys):
+    common = ["--dataset", "wine", "--hidden", "2", "--epochs", "1", "--key-bits", "256",
+              "--insecure-small-key", "--quiet"]
+    run = tmp_path / "run"
+    assert acml.main(["train", *common, "--checkpoint-dir", str(run), "--json",
+                      str(tmp_path / "report.json"), "--transcript",
+                      str(tmp_path / "transcript.jsonl")]) == 0
+    for path in [*run.iterdir(), tmp_path / "report.json", tmp_path / "transcript.jsonl"]:
+        assert mode(path) == 0o600, path
+    umask = os.umask(0o022)
+    try:
+        checkpoint.write_atomically(tmp_path / "bench.json", lambda h: h.write("{}"), mode="w",
+                                    private=False)
+    finally:
+        os.umask(umask)
+    assert mode(tmp_path / "bench.json") == 0o644
+    capsys.readouterr()
