@@ -53,13 +53,13 @@ def _positive(kind):
 def add_model_options(parser) -> None:
     """The label party's choices (in `train` and in `party label`): declared once."""
     model = parser.add_argument_group("training")
-    model.add_argument("--hidden", type=_parse_hidden, default=(8,),
+    model.add_argument("--hidden", type=_parse_hidden, default=Config.hidden,
                        help="hidden widths, comma-separated; the first is the interactive layer")
-    model.add_argument("--activation", default="relu", choices=sorted(nn.ACTIVATIONS))
-    model.add_argument("--epochs", type=_positive(int), default=3)
-    model.add_argument("--batch-size", type=_positive(int), default=64)
-    model.add_argument("--lr", type=_positive(float), default=0.1)
-    model.add_argument("--momentum", type=float, default=0.0,
+    model.add_argument("--activation", default=Config.activation, choices=sorted(nn.ACTIVATIONS))
+    model.add_argument("--epochs", type=_positive(int), default=Config.epochs)
+    model.add_argument("--batch-size", type=_positive(int), default=Config.batch_size)
+    model.add_argument("--lr", type=_positive(float), default=Config.lr)
+    model.add_argument("--momentum", type=float, default=Config.momentum,
                        help="momentum for the layers above the first (the first is plain SGD)")
     model.add_argument("--seed", type=int, default=0,
                        help="public seed: the split, the batch order and the layers above")
