@@ -23,8 +23,8 @@ from channel import MaskSource, bits_of
 from flaws import SECURE, ExponentTaggedArray, InsecureFlaws, encrypt_without_randomness, \
     phe_exponent, warn_insecure
 from paillier import EncryptedArray, Fixed, PublicKey
-from plan import (SHARE_GROWTH_BITS, FixedPointPlan, Public, TrainingPlan, encode_features,
-                  useful_packing, weight_share_bits)
+from plan import (SHARE_GROWTH_BITS, FixedPointPlan, Public, TrainingPlan, check_sigma,
+                  encode_features, useful_packing, weight_share_bits)
 
 INIT_SEED_BITS = 128  # the data party's secret seed of W0: beyond any search
 BOTTOM_SEED_STREAM = 0xB07  # the bottom layer's init stream: apart from every MLP layer's index
@@ -152,14 +152,18 @@ class DataParty:
     the audit (flaws.py; warns). ``executor`` (any concurrent.futures.Executor) runs its modular
     exponentiations; its CRT kernels then receive p and q, so use only machines it trusts.
     ``restored`` is its checkpoint's state (checkpoint.py), when resuming or predicting.
+    ``allow_insecure_sigma`` accepts a plan whose σ is under plan.MIN_SECURE_SIGMA (40 bits):
+    tests and demos only (plan.check_sigma).
     """
 
     def __init__(self, X, *, plan: FixedPointPlan | None = None, key_bits: int = 2048,
                  allow_insecure: bool = False, keypair=None, init_seed: int | None = None,
                  bottom=None, insecure_flaws: InsecureFlaws = SECURE,
                  mask_source: MaskSource | None = None, executor=None,
-                 restored: Restored | None = None):
+                 restored: Restored | None = None, allow_insecure_sigma: bool = False):
         self.plan = plan or FixedPointPlan()
+        if restored is None:  # a checkpoint's plan met the policy when it was first built
+            check_sigma(self.plan.sigma, allow_insecure_sigma)
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] == 0 or (X.shape[0] == 0 and restored is None):
             raise ValueError(f"features must be a non-empty 2-D array, got shape {X.shape}")
@@ -426,14 +430,17 @@ class LabelParty:
     the first layer's bias and every layer above, and runs them with the plaintext code.
     ``packing`` lets it propose packed slots in step 0 (where they help). ``restored`` is its
     checkpoint's state (checkpoint.py); ``losses`` and ``predictions`` are what it ends with.
+    ``allow_insecure_sigma``: as for :class:`DataParty`, a σ under 40 bits for tests and demos.
     """
 
     def __init__(self, y, layer_sizes, *, activation="relu", lr=0.1, momentum=0.0,
                  batch_size=64, epochs=1, seed=0, plan: FixedPointPlan | None = None,
                  insecure_flaws: InsecureFlaws = SECURE, mask_source: MaskSource | None = None,
                  executor=None, packing: bool = True, public_key: PublicKey | None = None,
-                 restored: Restored | None = None):
+                 restored: Restored | None = None, allow_insecure_sigma: bool = False):
         self.plan = plan or FixedPointPlan()
+        if restored is None:  # a checkpoint's plan met the policy when it was first built
+            check_sigma(self.plan.sigma, allow_insecure_sigma)
         self.flaws = insecure_flaws
         warn_insecure(insecure_flaws, "label")
         self.mask_source = mask_source or insecure_flaws.mask_source()

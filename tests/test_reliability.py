@@ -193,7 +193,7 @@ def test_wrong_shapes_are_refused_in_one_line(keypair, make, needle):
 
 
 @pytest.mark.parametrize("feature_ids,label_ids,needle", [
-    ([0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4], "have no a label"),
+    ([0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4], "have no label"),
     ([0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5], "have no features"),
     ([0, 1, 2, 2, 4, 5], [0, 1, 2, 3, 4, 5], "duplicate id '2'"),
     ([0, 1, 2, 3, 4, 5], [0, 1, 1, 3, 4, 5], "duplicate id '1'"),
