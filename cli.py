@@ -101,6 +101,13 @@ def _learning_rate(text: str) -> float:
 
 
 def _key_bits(text: str) -> int:
+    try:
+        below = int(text) < paillier.MIN_KEY_BITS
+    except ValueError:
+        below = False
+    if below:
+        raise argparse.ArgumentTypeError(f"{text} is below the hard floor of "
+                                         f"{paillier.MIN_KEY_BITS} bits, got {text!r}")
     bits = _integer(paillier.MIN_KEY_BITS, MAX_KEY_BITS)(text)
     if bits % 2:
         raise argparse.ArgumentTypeError(f"must be even (two primes of half the size), got {text!r}")
@@ -635,7 +642,10 @@ def main(argv=None) -> int:
     """Run one command: 0 on success, 2 on bad input (one line), 130 on Ctrl-C (one line;
     every output file is written atomically, so it is complete or absent)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help (0), or a usage error already printed in one line (2)
+        return done.code
     name = " ".join(["acml.py", args.command] + ([args.role] if args.command == "party" else []))
     try:
         return args.handler(args)
