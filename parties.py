@@ -13,7 +13,7 @@ A party restored from its checkpoint is built by ``DataParty.restored`` / ``Labe
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -23,9 +23,11 @@ from channel import MaskSource, bits_of
 from flaws import SECURE, ExponentTaggedArray, InsecureFlaws, encrypt_without_randomness, \
     phe_exponent, warn_insecure
 from paillier import EncryptedArray, Fixed, PublicKey
-from plan import (SHARE_GROWTH_BITS, FixedPointPlan, Public, TrainingPlan, check_sigma,
-                  encode_features, useful_packing, weight_share_bits)
+from plan import (MAX_FLAW_NAMES, MAX_INPUTS, MAX_SAMPLES, SHARE_GROWTH_BITS, FixedPointPlan,
+                  Public, TrainingPlan, check_sigma, encode_features, useful_packing,
+                  weight_share_bits)
 
+INSECURE_FLAW_NAMES = frozenset(item.name for item in fields(InsecureFlaws))
 INIT_SEED_BITS = 128  # the data party's secret seed of W0: beyond any search
 BOTTOM_SEED_STREAM = 0xB07  # the bottom layer's init stream: apart from every MLP layer's index
 MAX_PREDICTION_ROWS = 1 << 20  # the most rows the label party accepts in one prediction
@@ -497,12 +499,19 @@ class LabelParty:
         if shapes["start"] != start:
             raise ValueError(f"the data party starts {shapes['start']!r}, the label party "
                              f"{start!r}")
-        for key in ("n_samples", "n_inputs"):
+        for key, cap in (("n_samples", MAX_SAMPLES), ("n_inputs", MAX_INPUTS)):
             value = shapes[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"the data party declares {key} = {value!r}")
-        if not isinstance(shapes["bottom"], bool) or not isinstance(shapes["insecure_flaws"], list):
-            raise ValueError(f"the data party's shapes are malformed: {shapes!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= cap:
+                raise ValueError(f"the data party declares {key} = {value!r}; it must be an "
+                                 f"integer in 1..{cap:,}")
+        if not isinstance(shapes["bottom"], bool):
+            raise ValueError(f"the data party's shapes: bottom must be true or false, "
+                             f"got {shapes['bottom']!r}")
+        flaws = shapes["insecure_flaws"]
+        if not isinstance(flaws, list) or len(flaws) > MAX_FLAW_NAMES or not all(
+                isinstance(name, str) and name in INSECURE_FLAW_NAMES for name in flaws):
+            raise ValueError(f"the data party's shapes: insecure_flaws must be a list of flaw "
+                             f"names from {sorted(INSECURE_FLAW_NAMES)}, got {str(flaws)[:200]}")
         if start != "predict" and shapes["n_samples"] != len(self.labels):
             raise ValueError(f"the data party has {shapes['n_samples']} aligned rows, the label "
                              f"party {len(self.labels)}")

@@ -300,6 +300,9 @@ MAX_BATCH_SIZE = 1 << 20
 MAX_EPOCHS = 100_000
 MAX_LR = 16.0
 SEED_LIMIT = 1 << 63
+MAX_SAMPLES = 10 ** 7  # rows a data party may declare (the "shapes" of step 0) ...
+MAX_INPUTS = 10 ** 5  # ... and inputs of the interactive layer
+MAX_FLAW_NAMES = 16  # names in a list of insecure switches (flaws.py has 6)
 
 
 def _check_int(value, name: str, low: int, high: int) -> int:

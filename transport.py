@@ -29,7 +29,7 @@ import protocol
 from channel import DATA, LABEL, PUBLIC, Channel, leakage_lines
 from flaws import SECURE
 from parties import DataParty, LabelParty
-from plan import FixedPointPlan, check_sigma
+from plan import MAX_INPUTS, SEED_LIMIT, FixedPointPlan, check_sigma
 from wire import TransportError, decode_payload, encode_payload
 
 
@@ -102,10 +102,13 @@ class IdList:
         return {"ids": self.keys, "test_fraction": self.test_fraction, "seed": self.seed}
 
     def take_offer(self, offer) -> None:
-        if not isinstance(offer, dict) or set(offer) != {"ids", "test_fraction", "seed"} or not (
-                isinstance(offer["ids"], list) and all(isinstance(k, str) for k in offer["ids"])):
-            raise TransportError("the label party's ids are not a list of strings")
+        if not isinstance(offer, dict) or set(offer) != {"ids", "test_fraction", "seed"}:
+            raise TransportError("the label party's alignment message needs exactly ids, "
+                                 "test_fraction and seed")
+        _check_id_list(offer["ids"], "the label party's ids")
         data.check_split(offer["test_fraction"], offer["seed"])
+        if offer["seed"] >= SEED_LIMIT:
+            raise TransportError(f"the label party's seed {offer['seed']} is not below 2**63")
         self.test_fraction, self.seed = offer["test_fraction"], offer["seed"]
         self._intersect(offer["ids"])
 
@@ -113,12 +116,15 @@ class IdList:
         return {"ids": self.keys, "n_inputs": self.n_inputs}
 
     def take_answer(self, answer) -> None:
-        if not isinstance(answer, dict) or set(answer) != {"ids", "n_inputs"} or not (
-                isinstance(answer["ids"], list) and all(isinstance(k, str) for k in answer["ids"])):
-            raise TransportError("the data party's ids are not a list of strings")
+        if not isinstance(answer, dict) or set(answer) != {"ids", "n_inputs"}:
+            raise TransportError("the data party's alignment message needs exactly ids and "
+                                 "n_inputs")
+        _check_id_list(answer["ids"], "the data party's ids")
         n_inputs = answer["n_inputs"]
-        if isinstance(n_inputs, bool) or not isinstance(n_inputs, int) or n_inputs < 1:
-            raise TransportError(f"the data party declares {n_inputs!r} inputs")
+        if isinstance(n_inputs, bool) or not isinstance(n_inputs, int) or not \
+                1 <= n_inputs <= MAX_INPUTS:
+            raise TransportError(f"the data party declares {n_inputs!r} inputs; the cap is "
+                                 f"1..{MAX_INPUTS:,}")
         self.n_inputs = n_inputs
         self._intersect(answer["ids"])
 
@@ -127,6 +133,22 @@ class IdList:
         self.n_other_ids = len(other_ids)
         if not self.common:
             raise data.DataError("no id is shared by this party's file and the other party's")
+
+
+MAX_IDS = 10 ** 7  # ids in one alignment message (plan.MAX_SAMPLES rows at most are trained)
+MAX_ID_CHARS = 1024  # characters in one id
+
+
+def _check_id_list(ids, what: str) -> None:
+    """A peer's id list: a JSON list of at most MAX_IDS strings of at most MAX_ID_CHARS each."""
+    if not isinstance(ids, list):
+        raise TransportError(f"{what} are not a list, got {type(ids).__name__}")
+    if len(ids) > MAX_IDS:
+        raise TransportError(f"{what}: {len(ids):,} ids, more than the cap of {MAX_IDS:,}")
+    for position, key in enumerate(ids):
+        if not isinstance(key, str) or len(key) > MAX_ID_CHARS:
+            raise TransportError(f"{what}: entry {position} is not a string of at most "
+                                 f"{MAX_ID_CHARS} characters: {str(key)[:40]!r}")
 
 
 def align(channel: SocketChannel) -> None:
@@ -458,6 +480,5 @@ def predict_as_label(connection, checkpoint_dir, *, executor=None, allow_insecur
 
 
 def _check_ids(ids) -> list[str]:
-    if not isinstance(ids, list) or not all(isinstance(value, str) for value in ids):
-        raise TransportError("the data party's ids to predict are not a list of strings")
+    _check_id_list(ids, "the data party's ids to predict")
     return ids
