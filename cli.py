@@ -42,6 +42,15 @@ class OneLineParser(argparse.ArgumentParser):
     ``acml.py train: error: --lr: must be a finite number in (0, 16], got 'inf'``
     (``--help`` still prints the whole usage)."""
 
+    def parse_args(self, args=None, namespace=None):
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:  # named by the sub-command that refuses them, not by the top parser
+            words = ["acml.py", getattr(parsed, "command", None), getattr(parsed, "role", None)]
+            prog = " ".join(word for word in words if word)
+            self.exit(2, f"{prog}: error: {prog} does not take {' '.join(extras)} "
+                         f"(`{prog} --help` lists its options)\n")
+        return parsed
+
     def error(self, message):
         line = message.splitlines()[0] if message else "bad arguments"
         line = re.sub(r"^argument ([^:/\s]+)(?:/[^:\s]+)*: ", r"\1: ", line)

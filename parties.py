@@ -495,14 +495,14 @@ class LabelParty:
         """The data party's counts must fit the labels and the network, and its start ours."""
         if not isinstance(shapes, dict) or set(shapes) != {"start", "n_samples", "n_inputs",
                                                            "bottom", "insecure_flaws"}:
-            raise ValueError(f"the data party's shapes are malformed: {shapes!r}")
+            raise ValueError(f"the data party's shapes are malformed: {str(shapes)[:200]}")
         if shapes["start"] != start:
-            raise ValueError(f"the data party starts {shapes['start']!r}, the label party "
-                             f"{start!r}")
+            raise ValueError(f"the data party starts {str(shapes['start'])[:40]!r}, the label "
+                             f"party {start!r}")
         for key, cap in (("n_samples", MAX_SAMPLES), ("n_inputs", MAX_INPUTS)):
             value = shapes[key]
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= cap:
-                raise ValueError(f"the data party declares {key} = {value!r}; it must be an "
+                raise ValueError(f"the data party declares {key} = {str(value)[:40]}; it must be an "
                                  f"integer in 1..{cap:,}")
         if not isinstance(shapes["bottom"], bool):
             raise ValueError(f"the data party's shapes: bottom must be true or false, "
@@ -511,7 +511,7 @@ class LabelParty:
         if not isinstance(flaws, list) or len(flaws) > MAX_FLAW_NAMES or not all(
                 isinstance(name, str) and name in INSECURE_FLAW_NAMES for name in flaws):
             raise ValueError(f"the data party's shapes: insecure_flaws must be a list of flaw "
-                             f"names from {sorted(INSECURE_FLAW_NAMES)}, got {str(flaws)[:200]}")
+                             f"names (at most {MAX_FLAW_NAMES}), got {str(flaws)[:80]}")
         if start != "predict" and shapes["n_samples"] != len(self.labels):
             raise ValueError(f"the data party has {shapes['n_samples']} aligned rows, the label "
                              f"party {len(self.labels)}")
