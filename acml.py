@@ -39,8 +39,8 @@ from parties import BottomModel, DataParty, LabelParty, Prediction, make_bottom
 from plan import FixedPointPlan, check_features, check_sigma
 
 DEFAULT_KEY_BITS = 2048
-KEY_BITS_NOTE = ("2048-bit key by default: with packing, German credit trains in about a minute "
-                 "on one core; --workers 2 spreads the work over two")
+KEY_BITS_NOTE = ("2048-bit key by default: with packing, German credit's headline run takes "
+                 "about 2-3 minutes on one core; --workers 2 spreads the work over two")
 
 
 @dataclass

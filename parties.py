@@ -502,8 +502,8 @@ class LabelParty:
         for key, cap in (("n_samples", MAX_SAMPLES), ("n_inputs", MAX_INPUTS)):
             value = shapes[key]
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= cap:
-                raise ValueError(f"the data party declares {key} = {str(value)[:40]}; it must be an "
-                                 f"integer in 1..{cap:,}")
+                raise ValueError(f"the data party declares {key} = {str(value)[:40]}; it must "
+                                 f"be an integer in 1..{cap:,}")
         if not isinstance(shapes["bottom"], bool):
             raise ValueError(f"the data party's shapes: bottom must be true or false, "
                              f"got {shapes['bottom']!r}")
