@@ -8,13 +8,17 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
+import re
+import signal
 import sys
 import threading
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
 import acml
 import checkpoint
@@ -26,53 +30,195 @@ import wire
 from acml import DEFAULT_KEY_BITS, KEY_BITS_NOTE, REVEAL_FLAG, Config
 from channel import LeakageError
 from flaws import InsecureFlawWarning
-from plan import FixedPointPlan
+from parties import INIT_SEED_BITS
+from plan import (MAX_BATCH_SIZE, MAX_EPOCHS, MAX_HIDDEN, MAX_LR, MAX_PLAN_BITS, MIN_SECURE_SIGMA,
+                  SEED_LIMIT, FixedPointPlan)
 
 
 class UsageError(ValueError):
     """Bad input at the command line: reported in one line, exit code 2."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is ONE line naming the flag, exit code 2:
+    ``acml.py train: error: --lr: must be a finite number in (0, 16], got 'inf'``
+    (``--help`` still prints the whole usage)."""
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:  # named by the sub-command that refuses them, not by the top parser
+            words = ["acml.py", getattr(parsed, "command", None), getattr(parsed, "role", None)]
+            prog = " ".join(word for word in words if word)
+            self.exit(2, f"{prog}: error: {prog} does not take {' '.join(extras)} "
+                         f"(`{prog} --help` lists its options)\n")
+        return parsed
+
+    def error(self, message):
+        line = message.splitlines()[0] if message else "bad arguments"
+        line = re.sub(r"^argument ([^:/\s]+)(?:/[^:\s]+)*: ", r"\1: ", line)
+        self.exit(2, f"{self.prog}: error: {line}\n")
+
+
+# Caps on what the command line accepts (the README's option tables say the same). Those of
+# the training plan are the caps a data party accepts from its peer (plan.TrainingPlan).
+MAX_KEY_BITS = 8192  # keys above take hours to generate here, and break int<->str conversions
+MAX_TIMEOUT = 86400.0  # one day per message
+MAX_FRAME_MB = 4096.0
+MAX_WORKERS = 256
+INIT_SEED_LIMIT = 1 << INIT_SEED_BITS
+
+
+def _integer(low: int, high: int):
+    """An argparse type: an integer in low..high."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be an integer in {low}..{high:,}, got {text!r}")
+        return value
+    return parse
+
+
+def _real(low: float, high: float, *, low_open: bool = True, high_open: bool = False,
+          what: str = "a finite number"):
+    """An argparse type: a finite float in the interval (or [) low, high ] (or ))."""
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        inside = (value > low if low_open else value >= low) and (
+            value < high if high_open else value <= high)
+        if not (math.isfinite(value) and inside):
+            raise argparse.ArgumentTypeError(f"must be {what} in {interval}, got {text!r}")
+        return value
+    return parse
+
+
+def _learning_rate(text: str) -> float:
+    lr = _real(0.0, MAX_LR)(text)
+    plan = FixedPointPlan()
+    try:
+        plan.quantize_lr(lr)
+    except ValueError:  # it rounds to 0 on the plan's grid
+        raise argparse.ArgumentTypeError(
+            f"{text!r} rounds to 0 at the fixed-point plan's {plan.lr_frac_bits} fractional "
+            f"bits; give at least 2**-{plan.lr_frac_bits} = {2.0 ** -plan.lr_frac_bits:.3g}")
+    return lr
+
+
+def _key_bits(text: str) -> int:
+    try:
+        below = int(text) < paillier.MIN_KEY_BITS
+    except ValueError:
+        below = False
+    if below:
+        raise argparse.ArgumentTypeError(f"{text} is below the hard floor of "
+                                         f"{paillier.MIN_KEY_BITS} bits, got {text!r}")
+    bits = _integer(paillier.MIN_KEY_BITS, MAX_KEY_BITS)(text)
+    if bits % 2:
+        raise argparse.ArgumentTypeError(f"must be even (two primes of half the size), got {text!r}")
+    return bits
+
+
 def _parse_hidden(text: str) -> tuple:
     try:
         sizes = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--hidden takes widths like 8 or 16,8, got {text!r}")
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"--hidden widths must be positive, got {text!r}")
+        raise argparse.ArgumentTypeError(f"takes widths like 8 or 16,8, got {text!r}")
+    if not sizes or not all(1 <= size <= MAX_HIDDEN for size in sizes):
+        raise argparse.ArgumentTypeError(f"widths must be integers in 1..{MAX_HIDDEN}, "
+                                         f"got {text!r}")
     return sizes
 
 
-def _positive(kind):
-    def parse(text):
-        value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-        return value
-    return parse
+SIGMA = _integer(1, MAX_PLAN_BITS)
+EPOCHS = _integer(1, MAX_EPOCHS)
+BATCH_SIZE = _integer(1, MAX_BATCH_SIZE)
+SEED = _integer(0, SEED_LIMIT - 1)
+INIT_SEED = _integer(0, INIT_SEED_LIMIT - 1)
+WIDTH = _integer(1, MAX_HIDDEN)
+WORKERS = _integer(1, MAX_WORKERS)
+MOMENTUM = _real(0.0, 1.0, low_open=False, high_open=True)
+TIMEOUT = _real(0.0, MAX_TIMEOUT, what="a number of seconds")
+FRAME_MB = _real(0.0, MAX_FRAME_MB, what="a number of MiB")
+
+
+def check_sigma(sigma: int, insecure: bool) -> None:
+    """The σ policy at the command line: under 40 bits only with --insecure-sigma."""
+    if sigma < MIN_SECURE_SIGMA and not insecure:
+        raise UsageError(f"--sigma {sigma} is under the secure minimum of {MIN_SECURE_SIGMA} bits; "
+                         "add --insecure-sigma for tests and demos")
+
+
+def check_output_file(flag: str, path) -> None:
+    """An output file must land in an existing, writable directory, and not be a directory."""
+    if not path:
+        return
+    target = Path(path)
+    folder = target.absolute().parent
+    if target.is_dir():
+        raise UsageError(f"{flag} {path}: is a directory, not a file")
+    if not folder.is_dir():
+        raise UsageError(f"{flag} {path}: the directory {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: the directory {folder} is not writable")
+
+
+def check_checkpoint_dir(flag: str, path) -> None:
+    """A checkpoint directory must be a writable directory, or one that can be created."""
+    if not path:
+        return
+    target = Path(path).absolute()
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"{flag} {path}: is a file, not a directory")
+    existing = target
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {path}: {existing} is a file, so the directory cannot be made")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: {existing} is not writable")
+
+
+def check_outputs(args) -> None:
+    """Every output path of this command, before any work starts."""
+    for flag in ("--json", "--transcript", "--out"):
+        check_output_file(flag, getattr(args, flag[2:], None))
+    if not getattr(args, "predict", False) and args.command in ("train", "party"):
+        check_checkpoint_dir("--checkpoint-dir", getattr(args, "checkpoint_dir", None))
 
 
 def add_model_options(parser) -> None:
     """The label party's choices (in `train` and in `party label`): declared once."""
     model = parser.add_argument_group("training")
-    model.add_argument("--hidden", type=_parse_hidden, default=(8,),
-                       help="hidden widths, comma-separated; the first is the interactive layer")
-    model.add_argument("--activation", default="relu", choices=sorted(nn.ACTIVATIONS))
-    model.add_argument("--epochs", type=_positive(int), default=3)
-    model.add_argument("--batch-size", type=_positive(int), default=64)
-    model.add_argument("--lr", type=_positive(float), default=0.1)
-    model.add_argument("--momentum", type=float, default=0.0,
-                       help="momentum for the layers above the first (the first is plain SGD)")
-    model.add_argument("--seed", type=int, default=0,
+    model.add_argument("--hidden", type=_parse_hidden, default=Config.hidden,
+                       help=f"hidden widths, comma-separated, each 1..{MAX_HIDDEN}; the first is "
+                            "the interactive layer (default 16)")
+    model.add_argument("--activation", default=Config.activation, choices=sorted(nn.ACTIVATIONS))
+    model.add_argument("--epochs", type=EPOCHS, default=Config.epochs,
+                       help=f"1..{MAX_EPOCHS:,} (default {Config.epochs})")
+    model.add_argument("--batch-size", type=BATCH_SIZE, default=Config.batch_size,
+                       help=f"1..{MAX_BATCH_SIZE:,} (default {Config.batch_size})")
+    model.add_argument("--lr", type=_learning_rate, default=Config.lr,
+                       help=f"learning rate in (0, {MAX_LR:g}] (default {Config.lr:g})")
+    model.add_argument("--momentum", type=MOMENTUM, default=Config.momentum,
+                       help="in [0, 1), for the layers above the first (the first is plain "
+                            "SGD; default 0)")
+    model.add_argument("--seed", type=SEED, default=0,
                        help="public seed: the split, the batch order and the layers above")
 
 
 def add_seed_and_bottom_options(parser) -> None:
     """The data party's choices (in `train` and in `party data`): declared once."""
-    parser.add_argument("--init-seed", type=int, default=None,
+    parser.add_argument("--init-seed", type=INIT_SEED, default=None,
                         help="the data party's own seed for W0, only to reproduce a run "
                              "(default: from secrets; the label party must never know W0)")
-    parser.add_argument("--bottom", type=_positive(int), default=None, metavar="K",
+    parser.add_argument("--bottom", type=WIDTH, default=None, metavar="K",
                         help="give the data party a bottom model X → α (K wide, ReLU) under the "
                              "interactive layer; step 4b then reveals δ·Wᵀ to it (a label leak)")
 
@@ -85,19 +231,23 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--labels", help="labels CSV of the label party")
     source.add_argument("--id-column", help="id column joining the two CSVs")
     source.add_argument("--label-column", help="label column of the labels CSV")
-    source.add_argument("--test-fraction", type=float, default=0.2)
+    source.add_argument("--test-fraction", type=_real(0.0, 1.0, high_open=True), default=0.2,
+                        help="rows held out for the test report, in (0, 1) (default 0.2)")
     add_model_options(parser)
     add_seed_and_bottom_options(parser)
     crypto = parser.add_argument_group("encryption")
-    crypto.add_argument("--key-bits", type=int, default=DEFAULT_KEY_BITS,
+    crypto.add_argument("--key-bits", type=_key_bits, default=DEFAULT_KEY_BITS,
                         help=f"Paillier modulus size (default {DEFAULT_KEY_BITS})")
     crypto.add_argument("--insecure-small-key", action="store_true",
                         help="allow keys under 1024 bits (tests and demos only: NOT secure)")
-    crypto.add_argument("--sigma", type=int, default=40,
-                        help="statistical hiding margin of every mask, in bits (default 40)")
+    crypto.add_argument("--sigma", type=SIGMA, default=MIN_SECURE_SIGMA,
+                        help="statistical hiding margin of every mask, in bits (default 40; "
+                             "under 40 only with --insecure-sigma)")
+    crypto.add_argument("--insecure-sigma", action="store_true",
+                        help="allow --sigma under 40 (tests and demos only: NOT secure)")
     crypto.add_argument("--no-packing", dest="packing", action="store_false",
                         help="one value per ciphertext (the same weights, many times slower)")
-    crypto.add_argument("--workers", type=_positive(int), default=1,
+    crypto.add_argument("--workers", type=WORKERS, default=1,
                         help="processes for the modular exponentiations (default 1: this one)")
 
 
@@ -131,12 +281,22 @@ def check_key_bits(bits: int, insecure: bool) -> None:
 
 def config_from_args(args) -> Config:
     check_key_bits(args.key_bits, args.insecure_small_key)
+    check_sigma(args.sigma, args.insecure_sigma)
     return Config(hidden=args.hidden, activation=args.activation, epochs=args.epochs,
                   batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                   key_bits=args.key_bits, seed=args.seed, allow_insecure=args.insecure_small_key,
                   plan=FixedPointPlan(sigma=args.sigma), bottom=args.bottom,
-                  init_seed=args.init_seed,
+                  init_seed=args.init_seed, allow_insecure_sigma=args.insecure_sigma,
                   packing=args.packing, update_noise=getattr(args, "update_noise", 0.0))
+
+
+def check_key_fits(plan: FixedPointPlan, key_bits: int, batch_size: int, n_inputs: int) -> None:
+    """The key must carry the plan's values (plan.check_key), said before the key is made."""
+    try:
+        plan.check_key(key_bits, batch_size, n_inputs)
+    except ValueError as error:
+        raise UsageError(f"--key-bits {key_bits} with --sigma {plan.sigma} and --batch-size "
+                         f"{batch_size}: {error}") from None
 
 
 def with_transcript(path, run):
@@ -152,8 +312,11 @@ def with_transcript(path, run):
 def command_train(args) -> int:
     if args.resume and not args.checkpoint_dir:
         raise UsageError("--resume needs --checkpoint-dir, the directory to resume from")
-    train_set, test_set, scaler = datasets_from_args(args)
     config = config_from_args(args)
+    check_outputs(args)
+    train_set, test_set, scaler = datasets_from_args(args)
+    n_inputs = train_set.X.shape[1] if config.bottom is None else config.bottom
+    check_key_fits(config.plan, config.key_bits, config.batch_size, n_inputs)
     if args.key_bits == DEFAULT_KEY_BITS:
         print(f"note: {KEY_BITS_NOTE}", file=sys.stderr)
     with warnings.catch_warnings(), workers(args.workers) as executor:
@@ -175,6 +338,7 @@ def command_train(args) -> int:
 
 
 def command_predict(args) -> int:
+    check_outputs(args)
     ids, X, names = data.load_features_csv(args.features, args.id_column)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
@@ -189,6 +353,7 @@ def command_export(args) -> int:
     if not args.i_understand_this_reveals_the_weights:
         raise UsageError("export combines both parties' shares into the plaintext weights, which "
                          f"then stop being private; add {REVEAL_FLAG} to consent")
+    check_output_file("--out", args.out)
     arrays = acml.export_model(args.checkpoint_dir, args.out, i_understand_this_reveals_the_weights=True)
     names = [name for name in arrays if name.startswith(("bottom.", "layers."))]
     print(f"wrote {args.out}: {', '.join(names)}"
@@ -224,6 +389,12 @@ def command_party(args) -> int:
     if args.predict and (args.resume or not args.checkpoint_dir):
         raise UsageError("--predict needs --checkpoint-dir (this party's own checkpoint) and no "
                          "--resume")
+    if getattr(args, "out", None) and not args.predict:
+        raise UsageError("--out is for party label --predict; the report goes to --json")
+    check_sigma(args.sigma, args.insecure_sigma)
+    if args.role == "data" and not args.predict:
+        check_key_bits(args.key_bits, args.insecure_small_key)
+    check_outputs(args)
     token = wire.read_token(args.token_file)
     frame_cap = int(args.max_frame_mb * 2 ** 20)
     bar = []
@@ -286,7 +457,8 @@ def _data_party(args, token, frame_cap, executor, progress, transcript):
                                     executor=executor, progress=progress,
                                     checkpoint_dir=args.checkpoint_dir, resume=args.resume,
                                     feature_names=feature_names,
-                                    allow_insecure=args.insecure_small_key, transcript=transcript)
+                                    allow_insecure=args.insecure_small_key, transcript=transcript,
+                                    allow_insecure_sigma=args.insecure_sigma)
 
 
 def _label_party(args, token, frame_cap, executor, progress, transcript):
@@ -304,7 +476,8 @@ def _label_party(args, token, frame_cap, executor, progress, transcript):
     config = Config(hidden=args.hidden, activation=args.activation, epochs=args.epochs,
                     batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                     seed=args.seed, plan=FixedPointPlan(sigma=args.sigma),
-                    allow_insecure=args.insecure_small_key, packing=args.packing)
+                    allow_insecure=args.insecure_small_key, packing=args.packing,
+                    allow_insecure_sigma=args.insecure_sigma)
     connection = wire.connect_peer(host, port, token, timeout=args.timeout,
                                    max_frame_bytes=frame_cap)
     return transport.run_label_party(connection, ids, y, len(class_names), config,
@@ -325,7 +498,7 @@ def add_party_parser(commands) -> None:
                            help="address to listen on (port 0: any free port, printed)")
     data_role.add_argument("--features", required=True, help="this party's features CSV")
     data_role.add_argument("--id-column", required=True, help="id column of the features CSV")
-    data_role.add_argument("--key-bits", type=int, default=DEFAULT_KEY_BITS,
+    data_role.add_argument("--key-bits", type=_key_bits, default=DEFAULT_KEY_BITS,
                            help=f"Paillier modulus size (default {DEFAULT_KEY_BITS})")
     add_seed_and_bottom_options(data_role)
     label_role = roles.add_parser("label", help="the label party: labels and the network; "
@@ -336,7 +509,8 @@ def add_party_parser(commands) -> None:
     label_role.add_argument("--id-column", help="id column of the labels CSV")
     label_role.add_argument("--label-column", help="label column of the labels CSV")
     add_model_options(label_role)
-    label_role.add_argument("--test-fraction", type=float, default=0.2,
+    label_role.add_argument("--test-fraction", type=_real(0.0, 1.0, low_open=False,
+                                                          high_open=True), default=0.2,
                             help="rows held out for prediction: a seeded split, not stratified "
                                  "(the data party has no labels); 0 for none")
     label_role.add_argument("--no-packing", dest="packing", action="store_false",
@@ -347,21 +521,23 @@ def add_party_parser(commands) -> None:
         role.add_argument("--insecure-small-key", action="store_true",
                           help="allow keys under 1024 bits, also from a checkpoint (tests and "
                                "demos only: NOT secure)")
-        role.add_argument("--sigma", type=int, default=40,
-                          help="statistical hiding margin of every mask, in bits (default 40); "
-                               "both parties must agree")
-        role.add_argument("--workers", type=_positive(int), default=1,
+        role.add_argument("--sigma", type=SIGMA, default=MIN_SECURE_SIGMA,
+                          help="statistical hiding margin of every mask, in bits (default 40; "
+                               "under 40 only with --insecure-sigma); both parties must agree")
+        role.add_argument("--insecure-sigma", action="store_true",
+                          help="allow --sigma under 40 (tests and demos only: NOT secure)")
+        role.add_argument("--workers", type=WORKERS, default=1,
                           help="processes for this party's modular exponentiations (default 1)")
         role.add_argument("--transcript", help="write every message this party sends or "
                                                "receives as JSON lines")
         role.add_argument("--json", help="write this party's report as JSON to this path")
         role.add_argument("--token-file", help="file holding the shared secret token (default: "
                                                "the ACML_TOKEN environment variable)")
-        role.add_argument("--timeout", type=_positive(float), default=wire.DEFAULT_TIMEOUT,
-                          help="seconds to wait for the peer: to connect, and for each message "
-                               f"(default {wire.DEFAULT_TIMEOUT:g})")
-        role.add_argument("--max-frame-mb", type=_positive(float), default=256,
-                          help="refuse larger messages (default 256)")
+        role.add_argument("--timeout", type=TIMEOUT, default=wire.DEFAULT_TIMEOUT,
+                          help="seconds to wait for the peer: to connect, and for each message, "
+                               f"in (0, {MAX_TIMEOUT:g}] (default {wire.DEFAULT_TIMEOUT:g})")
+        role.add_argument("--max-frame-mb", type=FRAME_MB, default=256,
+                          help=f"refuse larger messages, in (0, {MAX_FRAME_MB:g}] (default 256)")
         role.add_argument("--quiet", action="store_true", help="no progress bar")
         role.add_argument("--checkpoint-dir", metavar="DIR",
                           help="after every epoch, save this party's own file here (and only "
@@ -380,6 +556,7 @@ def command_audit(args) -> int:
     import audit  # the audits pull in every flaw's machinery: only load them when asked
     import own_leaks
 
+    check_output_file("--json", args.json)
     key_bits = audit.DEFAULT_KEY_BITS if args.key_bits is None else args.key_bits
     if args.key_bits is not None:  # the audit's default small key needs no flag
         check_key_bits(key_bits, args.insecure_small_key)
@@ -404,8 +581,16 @@ def command_audit(args) -> int:
 def command_bench(args) -> int:
     import bench  # benchmarks are not the library: loaded only for this command
 
+    check_output_file("--json", args.json)
     bench.run(quick=args.quick, workers=args.workers, json_path=args.json)
     return 0
+
+
+def _prepare_worker(parent_pid: int) -> None:
+    """In each pool worker: Ctrl-C is the parent's to handle (one line, not more tracebacks),
+    and the worker exits when its parent dies (exit_with_parent)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exit_with_parent(parent_pid)
 
 
 @contextmanager
@@ -415,9 +600,13 @@ def workers(count: int):
     if count <= 1:
         yield None
         return
-    with ProcessPoolExecutor(count, initializer=exit_with_parent,
-                             initargs=(os.getpid(),)) as executor:
+    executor = ProcessPoolExecutor(count, initializer=_prepare_worker, initargs=(os.getpid(),))
+    try:
         yield executor
+    except BaseException:  # an error or Ctrl-C: do not wait for the queued work
+        executor.shutdown(wait=False, cancel_futures=True)
+        raise
+    executor.shutdown()
 
 
 PARENT_POLL_SECONDS = 0.5
@@ -435,7 +624,7 @@ def exit_with_parent(parent_pid: int) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="acml.py", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="acml.py", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     train_parser = commands.add_parser("train", help="train encrypted and plaintext, compare")
     add_training_options(train_parser)
@@ -472,7 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_parser = commands.add_parser("audit", help="re-create the six known flaws of production "
                                        "implementations; catch and attack each")
     audit_parser.add_argument("--json", help="write the table as a JSON list to this path")
-    audit_parser.add_argument("--key-bits", type=int, default=None,
+    audit_parser.add_argument("--key-bits", type=_key_bits, default=None,
                               help="Paillier modulus size (default: a small demo key)")
     audit_parser.add_argument("--insecure-small-key", action="store_true",
                               help="allow an explicit --key-bits under 1024")
@@ -480,21 +669,34 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser = commands.add_parser("bench", help="benchmark against python-paillier")
     bench_parser.add_argument("--quick", action="store_true",
                               help="tiny sizes and small keys: a smoke test of the benchmark")
-    bench_parser.add_argument("--workers", type=_positive(int), default=2,
+    bench_parser.add_argument("--workers", type=WORKERS, default=2,
                               help="processes for the runs on workers (default 2)")
     bench_parser.add_argument("--json", help="write the results as JSON to this path")
     bench_parser.set_defaults(handler=command_bench)
     return parser
 
 
+INTERRUPTED = 130  # the shell's code for a process ended by SIGINT (128 + 2)
+
+
 def main(argv=None) -> int:
+    """Run one command: 0 on success, 2 on bad input (one line), 130 on Ctrl-C (one line;
+    every output file is written atomically, so it is complete or absent)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help (0), or a usage error already printed in one line (2)
+        return done.code
+    name = " ".join(["acml.py", args.command] + ([args.role] if args.command == "party" else []))
     try:
         return args.handler(args)
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted (Ctrl-C); no output file was left half-written",
+              file=sys.stderr)
+        return INTERRUPTED
     except (ValueError, OverflowError, OSError, LeakageError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"acml.py {args.command}: error: {message}", file=sys.stderr)
+        print(f"{name}: error: {message}", file=sys.stderr)
         return 2
 
 

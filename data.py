@@ -385,7 +385,7 @@ def align(feature_ids, label_ids, *, allow_unmatched: bool = False,
         without_label = [key for key in feature_keys if key not in label_row]
         without_features = [key for key in label_keys if key not in feature_set]
         for missing, here, there, lacking in (
-                (without_label, feature_source, label_source, "a label"),
+                (without_label, feature_source, label_source, "label"),
                 (without_features, label_source, feature_source, "features")):
             if missing:
                 shown = ", ".join(repr(key) for key in missing[:5])

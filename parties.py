@@ -13,7 +13,7 @@ A party restored from its checkpoint is built by ``DataParty.restored`` / ``Labe
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -25,9 +25,11 @@ from flaws import SECURE, ExponentTaggedArray, InsecureFlaws, encrypt_without_ra
     phe_exponent, warn_insecure
 from fixed import Fixed, max_abs_bits, object_array
 from paillier import EncryptedArray, PublicKey
-from plan import (SHARE_GROWTH_BITS, FixedPointPlan, Public, TrainingPlan, encode_features,
+from plan import (MAX_FLAW_NAMES, MAX_INPUTS, MAX_SAMPLES, SHARE_GROWTH_BITS, FixedPointPlan,
+                  Public, TrainingPlan, check_sigma, encode_features,
                   weight_share_bits)
 
+INSECURE_FLAW_NAMES = frozenset(item.name for item in fields(InsecureFlaws))
 INIT_SEED_BITS = 128  # the data party's secret seed of W0: beyond any search
 BOTTOM_SEED_STREAM = 0xB07  # the bottom layer's init stream: apart from every MLP layer's index
 MAX_PREDICTION_ROWS = 1 << 20  # the most rows the label party accepts in one prediction
@@ -157,14 +159,19 @@ class DataParty:
     the audit (flaws.py; warns). ``executor`` (any concurrent.futures.Executor) runs its modular
     exponentiations; its CRT kernels then receive p and q, so use only machines it trusts.
     ``restored`` is its checkpoint's state (checkpoint.py), when resuming or predicting.
+    ``allow_insecure_sigma`` accepts a plan whose σ is under plan.MIN_SECURE_SIGMA (40 bits):
+    tests and demos only (plan.check_sigma).
     """
 
     def __init__(self, X, *, plan: FixedPointPlan | None = None, key_bits: int = 2048,
                  allow_insecure: bool = False, keypair=None, init_seed: int | None = None,
                  bottom=None, insecure_flaws: InsecureFlaws = SECURE,
                  mask_source: MaskSource | None = None, executor=None,
-                 restored: Restored | None = None, update_noise: float = 0.0):
+                 restored: Restored | None = None, update_noise: float = 0.0,
+                 allow_insecure_sigma: bool = False):
         self.plan = plan or FixedPointPlan()
+        if restored is None:  # a checkpoint's plan met the policy when it was first built
+            check_sigma(self.plan.sigma, allow_insecure_sigma)
         X = np.asarray(X, dtype=np.float64)
         update_noise = float(update_noise)
         if not (np.isfinite(update_noise) and update_noise >= 0):
@@ -472,6 +479,7 @@ class LabelParty:
     the first layer's bias and every layer above, and runs them with the plaintext code.
     ``packing`` lets it propose packed slots in step 0 (where they help). ``restored`` is its
     checkpoint's state (checkpoint.py); ``losses`` and ``predictions`` are what it ends with.
+    ``allow_insecure_sigma``: as for :class:`DataParty`, a σ under 40 bits for tests and demos.
     """
 
     def __init__(self, y, layer_sizes, *, activation="relu", lr=0.1, momentum=0.0,
@@ -479,8 +487,10 @@ class LabelParty:
                  insecure_flaws: InsecureFlaws = SECURE, mask_source: MaskSource | None = None,
                  executor=None, packing: bool = True, public_key: PublicKey | None = None,
                  restored: Restored | None = None, allow_insecure: bool = False,
-                 mask_range: str = "mod_n"):
+                 mask_range: str = "mod_n", allow_insecure_sigma: bool = False):
         self.plan = plan or FixedPointPlan()
+        if restored is None:  # a checkpoint's plan met the policy when it was first built
+            check_sigma(self.plan.sigma, allow_insecure_sigma)
         if mask_range not in MASK_RANGES:
             raise ValueError(f"mask_range must be one of {MASK_RANGES}, got {mask_range!r}")
         # "mod_n": ε_B, ε_B' uniform in Z_n, so whatever the data party encrypted, what it
@@ -553,21 +563,28 @@ class LabelParty:
         """The data party's counts must fit the labels and the network, and its start ours."""
         base = {"start", "n_samples", "n_inputs", "bottom", "insecure_flaws"}
         if not isinstance(shapes, dict) or set(shapes) not in (base, base | {"update_noise_bits"}):
-            raise ValueError(f"the data party's shapes are malformed: {shapes!r}")
+            raise ValueError(f"the data party's shapes are malformed: {str(shapes)[:200]}")
         noise_bits = shapes.get("update_noise_bits")
         if noise_bits is not None and (isinstance(noise_bits, bool) or not isinstance(
                 noise_bits, int) or not 0 <= noise_bits <= self.plan.weight_bits):
             raise ValueError(f"the data party declares update noise of {noise_bits!r} bits; "
                              f"at most the weights' {self.plan.weight_bits} bits")
         if shapes["start"] != start:
-            raise ValueError(f"the data party starts {shapes['start']!r}, the label party "
-                             f"{start!r}")
-        for key in ("n_samples", "n_inputs"):
+            raise ValueError(f"the data party starts {str(shapes['start'])[:40]!r}, the label "
+                             f"party {start!r}")
+        for key, cap in (("n_samples", MAX_SAMPLES), ("n_inputs", MAX_INPUTS)):
             value = shapes[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"the data party declares {key} = {value!r}")
-        if not isinstance(shapes["bottom"], bool) or not isinstance(shapes["insecure_flaws"], list):
-            raise ValueError(f"the data party's shapes are malformed: {shapes!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= cap:
+                raise ValueError(f"the data party declares {key} = {str(value)[:40]}; it must "
+                                 f"be an integer in 1..{cap:,}")
+        if not isinstance(shapes["bottom"], bool):
+            raise ValueError(f"the data party's shapes: bottom must be true or false, "
+                             f"got {shapes['bottom']!r}")
+        flaws = shapes["insecure_flaws"]
+        if not isinstance(flaws, list) or len(flaws) > MAX_FLAW_NAMES or not all(
+                isinstance(name, str) and name in INSECURE_FLAW_NAMES for name in flaws):
+            raise ValueError(f"the data party's shapes: insecure_flaws must be a list of flaw "
+                             f"names (at most {MAX_FLAW_NAMES}), got {str(flaws)[:80]}")
         if start != "predict" and shapes["n_samples"] != len(self.labels):
             raise ValueError(f"the data party has {shapes['n_samples']} aligned rows, the label "
                              f"party {len(self.labels)}")

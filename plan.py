@@ -27,6 +27,24 @@ from fixed import Fixed
 from paillier import PublicKey
 
 
+MAX_PLAN_BITS = 256  # every field of a fixed-point plan is an integer in 1..256
+MIN_SECURE_SIGMA = 40  # statistical hiding below 2**-40 per message: the secure minimum
+
+
+def check_sigma(sigma: int, allow_insecure: bool = False, flag: str = "sigma") -> None:
+    """The σ policy where a party is built: σ ≥ MIN_SECURE_SIGMA unless ``allow_insecure``
+    (tests and demos; the CLI's ``--insecure-sigma``), and σ ≥ 1 always (FixedPointPlan).
+
+    A mask only σ bits wider than the value it hides leaves a statistical distance of about
+    2**-σ: σ = 8 lets a receiver tell values apart, σ ≤ 0 hides nothing.
+    """
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, np.integer)) or sigma < 1:
+        raise ValueError(f"{flag} must be an integer of at least 1 bit, got {sigma!r}")
+    if sigma < MIN_SECURE_SIGMA and not allow_insecure:
+        raise ValueError(f"{flag} {sigma} is under the secure minimum of {MIN_SECURE_SIGMA} bits; "
+                         "pass allow_insecure_sigma=True (CLI: --insecure-sigma) for tests and demos")
+
+
 @dataclass(frozen=True)
 class FixedPointPlan:
     """Scales and bounds of every quantity, all public.
@@ -51,6 +69,17 @@ class FixedPointPlan:
     delta_int_bits: int = 4
     weight_int_bits: int = 8
     sigma: int = 40
+
+    def __post_init__(self):
+        """Every field an integer in 1..MAX_PLAN_BITS: σ ≥ 1 always (σ's secure minimum,
+        MIN_SECURE_SIGMA, is the parties' policy: :func:`check_sigma`)."""
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+                    or not 1 <= value <= MAX_PLAN_BITS:
+                raise ValueError(f"the fixed-point plan's {item.name} must be an integer in "
+                                 f"1..{MAX_PLAN_BITS}, got {value!r}")
+            object.__setattr__(self, item.name, int(value))
 
     @property
     def w_frac_bits(self) -> int:
@@ -111,11 +140,7 @@ class FixedPointPlan:
         if not isinstance(payload, dict) or set(payload) != {f.name for f in fields(cls)}:
             raise ValueError(f"a fixed-point plan needs exactly the fields "
                              f"{[f.name for f in fields(cls)]}, got {payload!r}")
-        for name, value in payload.items():
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 256:
-                raise ValueError(f"the fixed-point plan's {name} must be an integer in 1..256, "
-                                 f"got {value!r}")
-        return cls(**payload)
+        return cls(**payload)  # __post_init__ checks every field
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,7 +236,8 @@ class PackingLayout:
             raise OverflowError(
                 f"step 1: the proven bound on |z| = |X·W| has {bound.bit_length()} bits and no "
                 f"longer fits the {self.forward.slot_bits}-bit packed slots; train with "
-                "packing=False, or with a larger weight_int_bits in the fixed-point plan")
+                "packing=False (CLI: --no-packing), or with a larger weight_int_bits in the "
+                "fixed-point plan (API only)")
 
     def to_dict(self) -> dict:
         return {"forward": self.forward.to_dict(), "backward": self.backward.to_dict(),
@@ -260,7 +286,7 @@ def packing_layout(plan: FixedPointPlan, public_key: PublicKey, batch_size: int,
     if min(forward_slots, backward_slots) < 1:
         raise ValueError(f"a {public_key.n.bit_length()}-bit key is too small to pack this "
                          f"fixed-point plan ({forward_bits}-bit slots in step 1, {backward_bits}-bit "
-                         "in step 4); use a larger key or packing=False")
+                         "in step 4); use a larger key or packing=False (CLI: --no-packing)")
     return PackingLayout(kernels.Slots(forward_bits, forward_slots),
                          kernels.Slots(backward_bits, backward_slots), feature_bits)
 
@@ -276,6 +302,9 @@ MAX_BATCH_SIZE = 1 << 20
 MAX_EPOCHS = 100_000
 MAX_LR = 16.0
 SEED_LIMIT = 1 << 63
+MAX_SAMPLES = 10 ** 7  # rows a data party may declare (the "shapes" of step 0) ...
+MAX_INPUTS = 10 ** 5  # ... and inputs of the interactive layer
+MAX_FLAW_NAMES = 16  # names in a list of insecure switches (flaws.py has 6)
 
 
 def _check_int(value, name: str, low: int, high: int) -> int:

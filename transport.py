@@ -15,19 +15,20 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+import acml
 import checkpoint
 import data
+import nn
 import protocol
 from channel import DATA, LABEL, PUBLIC, Channel, leakage_lines
 from flaws import SECURE
 from parties import DataParty, LabelParty
-from plan import MAX_EPOCHS, FixedPointPlan
+from plan import MAX_EPOCHS, MAX_INPUTS, SEED_LIMIT, FixedPointPlan, check_sigma
 from wire import TransportError, decode_payload, encode_payload
 
 
@@ -100,10 +101,13 @@ class IdList:
         return {"ids": self.keys, "test_fraction": self.test_fraction, "seed": self.seed}
 
     def take_offer(self, offer) -> None:
-        if not isinstance(offer, dict) or set(offer) != {"ids", "test_fraction", "seed"} or not (
-                isinstance(offer["ids"], list) and all(isinstance(k, str) for k in offer["ids"])):
-            raise TransportError("the label party's ids are not a list of strings")
+        if not isinstance(offer, dict) or set(offer) != {"ids", "test_fraction", "seed"}:
+            raise TransportError("the label party's alignment message needs exactly ids, "
+                                 "test_fraction and seed")
+        _check_id_list(offer["ids"], "the label party's ids")
         data.check_split(offer["test_fraction"], offer["seed"])
+        if offer["seed"] >= SEED_LIMIT:
+            raise TransportError(f"the label party's seed {offer['seed']} is not below 2**63")
         self.test_fraction, self.seed = offer["test_fraction"], offer["seed"]
         self._intersect(offer["ids"])
 
@@ -111,12 +115,15 @@ class IdList:
         return {"ids": self.keys, "n_inputs": self.n_inputs}
 
     def take_answer(self, answer) -> None:
-        if not isinstance(answer, dict) or set(answer) != {"ids", "n_inputs"} or not (
-                isinstance(answer["ids"], list) and all(isinstance(k, str) for k in answer["ids"])):
-            raise TransportError("the data party's ids are not a list of strings")
+        if not isinstance(answer, dict) or set(answer) != {"ids", "n_inputs"}:
+            raise TransportError("the data party's alignment message needs exactly ids and "
+                                 "n_inputs")
+        _check_id_list(answer["ids"], "the data party's ids")
         n_inputs = answer["n_inputs"]
-        if isinstance(n_inputs, bool) or not isinstance(n_inputs, int) or n_inputs < 1:
-            raise TransportError(f"the data party declares {n_inputs!r} inputs")
+        if isinstance(n_inputs, bool) or not isinstance(n_inputs, int) or not \
+                1 <= n_inputs <= MAX_INPUTS:
+            raise TransportError(f"the data party declares {n_inputs!r} inputs; the cap is "
+                                 f"1..{MAX_INPUTS:,}")
         self.n_inputs = n_inputs
         self._intersect(answer["ids"])
 
@@ -125,6 +132,22 @@ class IdList:
         self.n_other_ids = len(other_ids)
         if not self.common:
             raise data.DataError("no id is shared by this party's file and the other party's")
+
+
+MAX_IDS = 10 ** 7  # ids in one alignment message (plan.MAX_SAMPLES rows at most are trained)
+MAX_ID_CHARS = 1024  # characters in one id
+
+
+def _check_id_list(ids, what: str) -> None:
+    """A peer's id list: a JSON list of at most MAX_IDS strings of at most MAX_ID_CHARS each."""
+    if not isinstance(ids, list):
+        raise TransportError(f"{what} are not a list, got {type(ids).__name__}")
+    if len(ids) > MAX_IDS:
+        raise TransportError(f"{what}: {len(ids):,} ids, more than the cap of {MAX_IDS:,}")
+    for position, key in enumerate(ids):
+        if not isinstance(key, str) or len(key) > MAX_ID_CHARS:
+            raise TransportError(f"{what}: entry {position} is not a string of at most "
+                                 f"{MAX_ID_CHARS} characters: {str(key)[:40]!r}")
 
 
 def align(channel: SocketChannel) -> None:
@@ -220,6 +243,7 @@ class Session:
     n_test: int
     seconds: float
     test_labels: np.ndarray | None = None
+    class_names: list | None = None  # the label party's, in class-id order
 
     def metrics(self) -> dict:
         public, connection = self.public, self.channel.connection
@@ -239,8 +263,16 @@ class Session:
             if party.losses:
                 out["final_loss"] = float(np.mean(party.losses[-n_batches:]))
                 out["batch_losses"] = list(party.losses)
+            n_classes = max(2, party.layer_sizes[-1])
+            names = self.class_names or [str(k) for k in range(n_classes)]
+            out.update(classes=acml.classes_line(names), class_names=list(names))
             if self.n_test and self.test_labels is not None:
-                out["test_accuracy"] = float(np.mean(party.classes() == self.test_labels))
+                report = nn.classification_report(self.test_labels, party.classes(),
+                                                  party.predictions, n_classes)
+                out.update(test_accuracy=report["accuracy"], test_report=report,
+                           majority_class_rate=report["majority_baseline"])
+                if report["auc"] is not None:
+                    out["test_auc"] = report["auc"]
         return out
 
     @property
@@ -255,12 +287,15 @@ class Session:
                  f"{m['n_other_ids']}; the data party's {m['key_bits']}-bit Paillier key",
                  f"training plan: {t['n_hidden']} units ({t['activation']}) in the first layer "
                  f"over {m['n_inputs']} inputs, η = {t['lr']}, batches of {t['batch_size']}, "
-                 f"{t['epochs']} epochs, seed {t['seed']}, σ = {t['fixed_point']['sigma']}"]
+                 f"{acml.plural(t['epochs'], 'epoch')}, seed {t['seed']}, "
+                 f"σ = {t['fixed_point']['sigma']}"]
+        if "classes" in m:
+            lines.append(f"classes            {m['classes']}")
         if m["resumed_after_epoch"]:
             lines.append(f"resumed            from the checkpoints after epoch "
                          f"{m['resumed_after_epoch']}")
-        if "test_accuracy" in m:
-            lines.append(f"test accuracy      {m['test_accuracy']:.4f} on {m['n_test']} rows")
+        if "test_report" in m:
+            lines += acml.test_report_lines({"encrypted": m["test_report"]}, m["class_names"])
         if "final_loss" in m:
             lines.append(f"final loss         {m['final_loss']:.6f} (mean over the last epoch)")
         wire = m["wire"]
@@ -302,7 +337,7 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
                    init_seed=None, bottom=None, executor=None, progress=None,
                    checkpoint_dir=None, resume: bool = False, feature_names=None,
                    allow_insecure: bool = False, insecure_flaws=SECURE,
-                   transcript=None) -> Session:
+                   transcript=None, allow_insecure_sigma: bool = False) -> Session:
     """The data party's whole session over an authenticated connection.
 
     Align on the common ids, split (seeded, public), standardise its own features on the
@@ -330,6 +365,8 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
                                  f"differs from this run's {plan.to_dict()}")
             plan = state.plan
         plan = plan or FixedPointPlan()
+        if state is None:  # the σ policy before any id leaves
+            check_sigma(plan.sigma, allow_insecure_sigma)
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[0] != len(ids):
             raise ValueError(f"features of shape {X.shape} for {len(ids)} ids")
@@ -351,7 +388,8 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
             scaler = data.Standardizer().fit(features[train_rows])
             party = DataParty(scaler.transform(features[train_rows]), plan=plan, keypair=keypair,
                               init_seed=init_seed, bottom=bottom, executor=executor,
-                              insecure_flaws=insecure_flaws)
+                              insecure_flaws=insecure_flaws,
+                              allow_insecure_sigma=allow_insecure_sigma)
         else:
             # The standardisation fitted before, not refitted: the rows must encode exactly
             # as they did, which restore() checks against the checkpoint's sha256.
@@ -398,6 +436,8 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
         if y.shape != (len(ids),):
             raise ValueError(f"labels of shape {y.shape} for {len(ids)} ids")
         data.check_split(test_fraction, config.seed)  # before any id leaves
+        if state is None:
+            check_sigma(config.plan.sigma, config.allow_insecure_sigma)
         if state is not None:  # before any id leaves; the input width is re-checked below
             state.check_resumable(config.label_settings(state.layer_sizes), config.epochs)
         id_list = IdList(ids, test_fraction=test_fraction, seed=config.seed)
@@ -417,7 +457,8 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
                                batch_size=config.batch_size, epochs=config.epochs,
                                seed=config.seed, plan=config.plan, executor=executor,
                                packing=config.packing, insecure_flaws=insecure_flaws,
-                               allow_insecure=config.allow_insecure)
+                               allow_insecure=config.allow_insecure,
+                               allow_insecure_sigma=config.allow_insecure_sigma)
         else:
             state.check_resumable(config.label_settings(sizes), config.epochs)
             party = state.restore(labels[train_rows], epochs=config.epochs, executor=executor,
@@ -434,7 +475,8 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
         connection.close()
     return Session(LABEL, party, channel, public, len(id_list.keys), id_list.n_other_ids,
                    len(id_list.common), len(train_rows), len(test_rows),
-                   time.perf_counter() - start_time, labels[test_rows])
+                   time.perf_counter() - start_time, labels[test_rows],
+                   None if class_names is None else list(class_names))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -493,6 +535,5 @@ def predict_as_label(connection, checkpoint_dir, *, executor=None, allow_insecur
 
 
 def _check_ids(ids) -> list[str]:
-    if not isinstance(ids, list) or not all(isinstance(value, str) for value in ids):
-        raise TransportError("the data party's ids to predict are not a list of strings")
+    _check_id_list(ids, "the data party's ids to predict")
     return ids

@@ -162,7 +162,7 @@ def test_duplicate_id_in_labels_file(tmp_path):
 def test_ids_missing_from_the_labels_file_are_counted_and_named(tmp_path):
     features = write(tmp_path, "f.csv", "id,x\n" + "".join(f"r{i},{i}\n" for i in range(9)))
     labels = write(tmp_path, "l.csv", "id,y\nr0,0\nr1,1\n")
-    raises_one_line(["7 id(s)", "f.csv", "no a label", "'r2', 'r3', 'r4', 'r5', 'r6', ..."],
+    raises_one_line(["7 id(s)", "f.csv", "have no label", "'r2', 'r3', 'r4', 'r5', 'r6', ..."],
                     data.load_csv_pair, features, labels, id_column="id", label_column="y")
 
 

@@ -194,7 +194,7 @@ def test_wrong_shapes_are_refused_in_one_line(keypair, make, needle):
 
 
 @pytest.mark.parametrize("feature_ids,label_ids,needle", [
-    ([0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4], "have no a label"),
+    ([0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4], "have no label"),
     ([0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5], "have no features"),
     ([0, 1, 2, 2, 4, 5], [0, 1, 2, 3, 4, 5], "duplicate id '2'"),
     ([0, 1, 2, 3, 4, 5], [0, 1, 1, 3, 4, 5], "duplicate id '1'"),
@@ -701,7 +701,7 @@ def test_exported_model_is_the_plaintext_model_and_loads_without_pickle(trained,
     assert set(entries) == {"layers.0.W", "layers.0.b", "layers.1.W", "layers.1.b",
                             "standardizer.mean", "standardizer.std", "architecture"}
     architecture = json.loads(str(entries["architecture"]))
-    assert architecture["layer_sizes"] == [13, 3, 3] and architecture["activation"] == "relu"
+    assert architecture["layer_sizes"] == [13, 3, 3] and architecture["activation"] == acml.Config().activation
     assert np.array_equal(entries["layers.0.W"], acml.joint_first_layer(result.data_party,
                                                                         result.label_party))
     model = acml.load_model(out)
