@@ -7,6 +7,7 @@ Small keys and tiny data throughout: every training here takes a second or two.
 import csv
 import json
 import os
+import secrets
 import re
 import signal
 import socket
@@ -206,7 +207,7 @@ def two_party_run(tmp_path, n=40, classes=("no", "yes")):
             results["data"] = error
     thread = threading.Thread(target=data_side)
     thread.start()
-    config = acml.Config(hidden=(2,), epochs=1, batch_size=16, lr=0.3)
+    config = acml.Config(hidden=(2,), epochs=1, batch_size=16, lr=0.3, allow_insecure=True)
     session = transport.run_label_party(b, ids, y, len(classes), config, test_fraction=0.25,
                                         class_names=list(classes))
     thread.join()
@@ -327,7 +328,7 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_no_file(capsys, tmp_path, monkey
 
 def test_sigint_to_a_waiting_party_ends_in_one_line_exit_130(tmp_path):
     features = write_csv(tmp_path / "f.csv", ["id", "a"], [[1, 0.5], [2, 1.5]])
-    env = dict(os.environ, ACML_TOKEN="t" * 32)
+    env = dict(os.environ, ACML_TOKEN=secrets.token_hex(32))
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "acml.py"), "party", "data", "--listen", "127.0.0.1:0",
          "--features", str(features), "--id-column", "id", *SMALL_KEY,

@@ -39,8 +39,9 @@ def small_split(name, n_rows, seed=0):
 
 
 def config(**overrides):
-    base = dict(hidden=(4,), epochs=2, batch_size=16, lr=0.1, key_bits=KEY_BITS,
-                allow_insecure=True, init_seed=0)  # W0's seed: the data party's own
+    base = dict(hidden=(4,), activation="relu", epochs=2, batch_size=16, lr=0.1,
+                key_bits=KEY_BITS, allow_insecure=True,
+                init_seed=0)  # W0's seed: the data party's own
     base.update(overrides)
     return acml.Config(**base)
 
