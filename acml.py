@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import checkpoint
+import rundir
 import data
 import nn
 import protocol
@@ -181,7 +182,7 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
                              "pass no keypair")
         # The latest epoch BOTH parties saved: after a crash between the two writes, the data
         # party's newest file is passed over and that epoch trained again, bit for bit.
-        pair = checkpoint.find_pair(checkpoint_dir, allow_insecure=config.allow_insecure,
+        pair = rundir.find_pair(checkpoint_dir, allow_insecure=config.allow_insecure,
                                     resuming=True)
         data_state, label_state = pair.data, pair.label
         asked_bottom = make_bottom(config.bottom, train_set.X.shape[1], 0)
@@ -193,7 +194,7 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
                                           packing=config.packing)
     else:
         if checkpoint_dir is not None:
-            checkpoint.refuse_to_overwrite(checkpoint_dir)
+            rundir.refuse_to_overwrite(checkpoint_dir)
         data_party = DataParty(train_set.X, plan=config.plan, key_bits=config.key_bits,
                                allow_insecure=config.allow_insecure, keypair=keypair,
                                init_seed=config.init_seed, bottom=config.bottom,
@@ -212,7 +213,7 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
     first_epoch = public.training.epochs_completed
     n_batches = -(-len(train_set.y) // config.batch_size)
     bar = progress_bar((config.epochs - first_epoch) * n_batches, label_party) if progress else None
-    save = None if checkpoint_dir is None else checkpoint.saver(
+    save = None if checkpoint_dir is None else rundir.saver(
         checkpoint_dir, data_party=data_party, label_party=label_party,
         feature_names=train_set.feature_names, feature_mean=feature_mean,
         feature_std=feature_std, class_names=train_set.class_names)
@@ -459,7 +460,7 @@ def predict(checkpoint_dir, X, *, feature_names=None, ids=None, source: str = "f
     share is combined with the other's. With ``feature_names``, the columns of X are matched to
     the training features by name (any order, none missing, none extra).
     """
-    data_state, label_state = checkpoint.load_pair(checkpoint_dir, allow_insecure=allow_insecure)
+    data_state, label_state = rundir.load_pair(checkpoint_dir, allow_insecure=allow_insecure)
     X = data_state.rows_to_predict(X, feature_names=feature_names, ids=ids, source=source)
     data_party = data_state.restore(X, same_features=False, executor=executor)
     data_party.set_rows_to_predict(X)
@@ -484,7 +485,7 @@ def export_model(checkpoint_dir, out, *, i_understand_this_reveals_the_weights: 
     if not i_understand_this_reveals_the_weights:
         raise ValueError("export combines both parties' shares into the plaintext weights, "
                          f"which then stop being private; consent with {REVEAL_FLAG}")
-    data_state, label_state = checkpoint.load_pair(checkpoint_dir, allow_insecure=True)
+    data_state, label_state = rundir.load_pair(checkpoint_dir, allow_insecure=True)
     sizes = list(label_state.layer_sizes)
     model = nn.MLP(sizes, activation=label_state.training["activation"])
     architecture = {"format": MODEL_FORMAT, "version": 1, "layer_sizes": sizes,

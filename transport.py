@@ -22,6 +22,7 @@ import numpy as np
 
 import acml
 import checkpoint
+import rundir
 import data
 import nn
 import protocol
@@ -164,22 +165,22 @@ def align(channel: SocketChannel) -> None:
 # ----------------------------------------------------------------------------------------------
 def _own_checkpoint(checkpoint_dir, role: str, resume: bool, allow_insecure: bool = False):
     """(this party's main file in ``checkpoint_dir``, its saved states): a usable file must
-    exist to resume (checkpoint.saved_states, its latest epoch and the one before), and none
+    exist to resume (rundir.saved_states, its latest epoch and the one before), and none
     otherwise. (None, None) without a directory; saved states None for a new run."""
     if checkpoint_dir is None:
         if resume:
             raise ValueError("resume needs the checkpoint directory to resume from")
         return None, None
-    path = checkpoint.party_path(checkpoint_dir, role)
+    path = rundir.party_path(checkpoint_dir, role)
     if not resume:
-        checkpoint.refuse_to_overwrite(checkpoint_dir, (role,))
+        rundir.refuse_to_overwrite(checkpoint_dir, (role,))
         return path, None
-    saved = checkpoint.saved_states(checkpoint_dir, role, allow_insecure=allow_insecure)
+    saved = rundir.saved_states(checkpoint_dir, role, allow_insecure=allow_insecure)
     if saved.duplicated:
         raise ValueError(f"{checkpoint_dir}: two files of {role} party state hold one epoch; "
                          "the saver never leaves that — keep one of them")
     if not saved.states:
-        raise ValueError("nothing to resume: " + checkpoint.nothing_saved(checkpoint_dir, role,
+        raise ValueError("nothing to resume: " + rundir.nothing_saved(checkpoint_dir, role,
                                                                           saved))
     return path, saved
 
@@ -209,7 +210,7 @@ def agree_epoch(channel: SocketChannel, saved) -> int:
 
     def choose(_, offered):
         got["offered"] = _epochs(offered, "the data party's checkpointed epochs")
-        got["epoch"] = checkpoint.pick_epoch(got["offered"], mine)
+        got["epoch"] = rundir.pick_epoch(got["offered"], mine)
 
     def take_choice(_, epoch):
         if epoch is not None and epoch not in mine:
@@ -397,7 +398,7 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
             party = state.restore(scaler.transform(features[train_rows]), executor=executor)
         channel.seat(party)
         public = protocol.setup(channel, start="resume" if resume else "new")
-        save = None if path is None else checkpoint.saver(
+        save = None if path is None else rundir.saver(
             checkpoint_dir, data_party=party, feature_names=feature_names,
             feature_mean=scaler.mean, feature_std=scaler.std)
         protocol.train(channel, public, after_epoch=save, after_batch=_watch(progress))
@@ -465,7 +466,7 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
                                   packing=config.packing)
         channel.seat(party)
         public = protocol.setup(channel, start="resume" if resume else "new")
-        save = None if path is None else checkpoint.saver(checkpoint_dir, label_party=party,
+        save = None if path is None else rundir.saver(checkpoint_dir, label_party=party,
                                                           class_names=class_names)
         protocol.train(channel, public, after_epoch=save, after_batch=_watch(progress))
         if len(test_rows):
@@ -489,7 +490,7 @@ def predict_as_data(connection, ids, X, checkpoint_dir, *, feature_names=None,
     features file), their ids (sent to the label party, public, so its output names the rows)."""
     start_time = time.perf_counter()
     try:
-        state = checkpoint.DataPartyState.load(checkpoint.party_path(checkpoint_dir, DATA),
+        state = checkpoint.DataPartyState.load(rundir.party_path(checkpoint_dir, DATA),
                                                allow_insecure=allow_insecure)
         rows = state.rows_to_predict(X, feature_names=feature_names, ids=ids, source=source)
         party = state.restore(rows, same_features=False, executor=executor)
@@ -513,7 +514,7 @@ def predict_as_label(connection, checkpoint_dir, *, executor=None, allow_insecur
     start_time = time.perf_counter()
     received = {}
     try:
-        state = checkpoint.LabelPartyState.load(checkpoint.party_path(checkpoint_dir, LABEL),
+        state = checkpoint.LabelPartyState.load(rundir.party_path(checkpoint_dir, LABEL),
                                                 allow_insecure=allow_insecure)
         party = state.restore(executor=executor)
         channel = SocketChannel(connection, LABEL, party, sigma=state.plan.sigma,

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import threading
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,6 @@ import cli
 import nn
 import paillier
 import parties
-import plan
 import transport
 import wire
 from channel import DATA, LABEL, PUBLIC

@@ -23,6 +23,7 @@ import acml
 import encoding
 import channel
 import checkpoint
+import rundir
 import data
 import transport
 import wire
@@ -58,7 +59,7 @@ def train(wine, directory, epochs, **options):
 
 def joint(directory):
     """W = W_B + ε_acc and the label party's layers, from a directory's main files."""
-    data_state, label_state = checkpoint.load_pair(directory, allow_insecure=True)
+    data_state, label_state = rundir.load_pair(directory, allow_insecure=True)
     return ((label_state.weight_share + data_state.noise_acc).values, label_state.parameters,
             label_state.velocity, label_state.epochs_completed)
 
@@ -125,7 +126,7 @@ def test_a_corrupted_newest_file_of_one_party_resumes_from_the_epoch_before(wine
     raw[len(raw) // 2] ^= 0xFF
     path.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match="corrupted"):  # prediction never takes an older model
-        checkpoint.load_pair(directory, allow_insecure=True)
+        rundir.load_pair(directory, allow_insecure=True)
     result = train(wine, directory, 3, resume=True)
     assert result.metrics["resumed_after_epoch"] == 1
     assert_same_model(straight, directory)

@@ -22,6 +22,7 @@ from conftest import insecure_keypair
 
 import acml
 import checkpoint
+import rundir
 import data
 import nn
 import transport
@@ -173,8 +174,8 @@ def test_two_process_prediction_equals_in_process_prediction_on_both_checkpoints
     assert ids == [str(key) for key in new_ids]
     both = tmp_path / "both"
     both.mkdir()
-    shutil.copy(checkpoint.party_path(bottom_runs["data_dir"], "data"), both)
-    shutil.copy(checkpoint.party_path(bottom_runs["label_dir"], "label"), both)
+    shutil.copy(rundir.party_path(bottom_runs["data_dir"], "data"), both)
+    shutil.copy(rundir.party_path(bottom_runs["label_dir"], "label"), both)
     for directory in (both, bottom_runs["reference_dir"]):
         expected = acml.predict(directory, new_X, feature_names=names, allow_insecure=True)
         assert prediction.scores.dtype == expected.scores.dtype
@@ -267,10 +268,10 @@ def test_cli_train_and_the_two_process_cli_pair_train_and_predict_bit_identicall
     finally:
         finish(data_process)
 
-    one_data, one_label = checkpoint.load_pair(one_dir, allow_insecure=True)
-    two_data = checkpoint.DataPartyState.load(checkpoint.party_path(data_dir, "data"),
+    one_data, one_label = rundir.load_pair(one_dir, allow_insecure=True)
+    two_data = checkpoint.DataPartyState.load(rundir.party_path(data_dir, "data"),
                                               allow_insecure=True)
-    two_label = checkpoint.LabelPartyState.load(checkpoint.party_path(label_dir, "label"),
+    two_label = checkpoint.LabelPartyState.load(rundir.party_path(label_dir, "label"),
                                                 allow_insecure=True)
     one_w, two_w = (one_label.weight_share + one_data.noise_acc,
                     two_label.weight_share + two_data.noise_acc)

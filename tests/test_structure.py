@@ -16,7 +16,7 @@ import pytest
 from conftest import insecure_keypair
 
 import acml
-import checkpoint
+import rundir
 import data
 import protocol
 from channel import CIPHERTEXT, MASKED, PUBLIC, REVEALED, Channel, LeakageError, MaskSource
@@ -235,7 +235,7 @@ def test_restored_parties_are_built_whole_from_their_checkpoints(keypair, tmp_pa
     constructor, and holds the saved share (ε_acc, W_B) and epoch count."""
     train_set, _ = small_split()
     result = acml.train(train_set, None, config(), keypair=keypair, checkpoint_dir=tmp_path)
-    data_state, label_state = checkpoint.load_pair(tmp_path, allow_insecure=True)
+    data_state, label_state = rundir.load_pair(tmp_path, allow_insecure=True)
     data_party = data_state.restore(train_set.X)
     label_party = label_state.restore(train_set.y)
     assert type(data_party) is DataParty and type(label_party) is LabelParty
