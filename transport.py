@@ -28,7 +28,7 @@ from channel import DATA, LABEL, PUBLIC, Channel, leakage_lines
 from flaws import SECURE
 from parties import DataParty, LabelParty
 from plan import FixedPointPlan
-from wire import TransportError, decode_payload, encode_payload
+from wire import TransportError, check_layout, decode_payload, encode_payload
 
 
 class SocketChannel(Channel):
@@ -38,6 +38,7 @@ class SocketChannel(Channel):
     def __init__(self, connection, role: str, party, *, sigma: int = 40, transcript=None):
         super().__init__(**{f"{role}_party": party}, sigma=sigma, transcript=transcript)
         self.connection, self.role = connection, role
+        self._integer_lists = {}  # message name -> (count, max width): see expect_integers
 
     def seat(self, party) -> None:
         """After the alignment: the party that trains takes the place of the id list."""
@@ -49,17 +50,46 @@ class SocketChannel(Channel):
         self.connection.send_frame({"type": "message", "declaration": message.declaration(),
                                     "layout": layout}, body, what=message.where)
 
+    def expect_integers(self, name: str, *, count: int | None = None, max_width: int) -> None:
+        """The next message called ``name`` to arrive must be a list of ``count`` (any number,
+        if None) integers of at most ``max_width`` bytes each: checked before its body is read.
+        The id alignment uses it; the protocol's own messages declare shapes."""
+        self._integer_lists[name] = (count, max_width)
+
     def _receive(self, message):
-        header, body = self.connection.receive_frame(message.where)
+        """The next frame, if it is ``message``: its declaration and payload layout (dtype,
+        shape, element count, integer width) are checked before its body is read, the payload
+        only then decoded."""
         expected = message.declaration()
-        got = header.get("declaration") if header.get("type") == "message" else None
-        if got != expected:
-            raise TransportError(f"{self.connection.peer} sent {_describe(got)} where the "
-                                 f"protocol expects {message.where} ({message.kind})")
-        layout = header.get("layout")
-        if not isinstance(layout, dict):
-            raise TransportError(f"{message.where}: the frame has no payload layout")
-        return decode_payload(layout, body, self.public_key, message.where)
+
+        def check(header):
+            got = header.get("declaration") if header.get("type") == "message" else None
+            if got != expected:
+                raise TransportError(f"{self.connection.peer} sent {_describe(got)} where the "
+                                     f"protocol expects {message.where} ({message.kind})")
+            layout = header.get("layout")
+            if not isinstance(layout, dict):
+                raise TransportError(f"{message.where}: the frame has no payload layout")
+            check_layout(layout, message.where, expected_shape=message.shape)
+            if message.name in self._integer_lists:
+                self._check_integer_list(message, layout, *self._integer_lists[message.name])
+
+        header, body = self.connection.receive_frame(message.where, expect=check)
+        self._integer_lists.pop(message.name, None)
+        return decode_payload(header["layout"], body, self.public_key, message.where,
+                              expected_shape=message.shape)
+
+    @staticmethod
+    def _check_integer_list(message, layout, count, max_width) -> None:
+        shape = layout["shape"]
+        if layout["dtype"] != "int-list" or (count is not None and shape != [count]):
+            wanted = "some" if count is None else str(count)
+            raise TransportError(f"{message.where}: the frame declares a {layout['dtype']} "
+                                 f"payload of shape {shape}, the protocol expects a list of "
+                                 f"{wanted} integers")
+        if layout["width"] > max_width:
+            raise TransportError(f"{message.where}: integers of {layout['width']} bytes, more "
+                                 f"than the {max_width} a group element takes")
 
     def finish(self) -> None:
         """Each side says it is done, so neither ends cleanly while the other is still working."""

@@ -53,7 +53,8 @@ hopeless; a password does not. Make one with::
     python -c "import secrets; print(secrets.token_hex(32))"
 
 Payloads (:func:`encode_payload`, :func:`decode_payload`) are raw bytes: fixed-width big-endian
-integers, float64, a serialised :class:`paillier.EncryptedArray`, or JSON for public values.
+integers (an integer array, or a list of Python ints such as the id alignment's group elements),
+float64, a serialised :class:`paillier.EncryptedArray`, or JSON for public values.
 Nothing is ever unpickled. Without TLS the frames are authenticated but not encrypted: masked
 values and public messages can be read by anyone on the path.
 """
@@ -756,6 +757,11 @@ def encode_payload(payload) -> tuple[dict, bytes]:
             body = b"".join(v.to_bytes(width, "big", signed=True) for v in integers)
             return {"dtype": "int", "width": width, "shape": list(payload.shape)}, body
         raise TypeError(f"cannot carry a {payload.dtype} array over the wire")
+    if isinstance(payload, list) and payload and all(type(v) is int for v in payload):
+        # a list of Python ints (the id alignment's group elements): the integers' bytes, so
+        # that its length and width are known, and checked, before a value is built
+        layout, body = encode_payload(np.array(payload, dtype=object))
+        return {**layout, "dtype": "int-list"}, body
     try:
         return {"dtype": "json", "shape": []}, json.dumps(payload, allow_nan=False).encode()
     except (TypeError, ValueError):
@@ -794,12 +800,15 @@ def check_layout(header: dict, where: str, *, expected_shape=None,
     runs it again on the body it is given.
     """
     dtype = header.get("dtype")
-    if dtype not in ("json", "paillier-public-key", "paillier-ciphertext", "float64", "int"):
+    if dtype not in ("json", "paillier-public-key", "paillier-ciphertext", "float64", "int",
+                     "int-list"):
         raise TransportError(f"{where}: unknown payload dtype {_one_line(dtype)[:40]!r}")
     shape, count = _checked_shape(header.get("shape"), expected_shape, where)
     if dtype in ("json", "paillier-public-key") and shape != ():
         raise TransportError(f"{where}: a {dtype} payload has shape [], not {list(shape)}")
-    if dtype == "int":
+    if dtype == "int-list" and len(shape) != 1:
+        raise TransportError(f"{where}: a list of integers has one dimension, not {len(shape)}")
+    if dtype in ("int", "int-list"):
         width = header.get("width")
         if not _is_size(width) or not 1 <= width <= MAX_INT_WIDTH:
             raise TransportError(f"{where}: integer width {_one_line(width)[:40]} is not in "
@@ -855,12 +864,15 @@ def _decode(dtype, header, shape, count, body, public_key, where):
         if len(body) != 8 * count:
             raise TransportError(f"{where}: {len(body)} bytes for {count} float64 values")
         return np.frombuffer(body, dtype=">f8").astype(np.float64).reshape(shape)
-    width = header["width"]  # dtype "int"
+    width = header["width"]  # dtype "int" or "int-list"
     if len(body) != width * count:
         raise TransportError(f"{where}: {len(body)} bytes for {count} integers of {width} "
                              "bytes each")
     view = memoryview(body).cast("B")
+    integers = [int.from_bytes(view[i * width:(i + 1) * width], "big", signed=True)
+                for i in range(count)]
+    if dtype == "int-list":
+        return integers
     values = np.empty(count, dtype=object)
-    values[:] = [int.from_bytes(view[i * width:(i + 1) * width], "big", signed=True)
-                 for i in range(count)]
+    values[:] = integers
     return values.reshape(shape)

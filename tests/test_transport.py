@@ -322,6 +322,11 @@ def test_a_frame_that_is_not_the_next_expected_message_is_refused():
                                                   "expects step 1"):
         label_side.send(1, "data", "label", "X·W + ε_B", "revealed", make=_nothing,
                         take=_nothing, reason="z")
+    # refused at its header, before its body is read: the connection then refuses everything
+    with pytest.raises(wire.TransportError, match="already failed"):
+        label_side.send(4, "data", "label", "T", "masked", make=_nothing, take=_nothing,
+                        mask_bits=140, value_bits=90)
+    data_side, label_side = _channel_pair()
     data_side.send(4, "data", "label", "T", "masked", make=lambda _: values, take=_nothing,
                    mask_bits=141, value_bits=90)
     with pytest.raises(wire.TransportError, match="widths 141/90\\) where the protocol "
@@ -365,10 +370,54 @@ def test_the_receiver_runs_the_in_process_leakage_checks_on_what_the_sender_decl
         label_side.send(4, "data", "label", "T", "masked", make=_nothing, take=_nothing,
                         mask_bits=140, value_bits=90)
     _send_raw(data_side, {**masked, "shape": [3]}, np.array([1, 2], dtype=object))
-    with pytest.raises(LeakageError, match=r"a payload of shape \(2,\) where the protocol "
-                                           r"expects \(3,\)"):
+    with pytest.raises(wire.TransportError, match=r"the frame declares shape \[2\], the "
+                                                  r"protocol expects \[3\]"):
         label_side.send(4, "data", "label", "T", "masked", make=_nothing, take=_nothing,
                         shape=(3,), mask_bits=140, value_bits=90)
+
+
+def _declare_only(channel, declaration, layout, body_bytes):
+    """A peer that declares a frame of ``body_bytes`` and sends its header, but not its body."""
+    header = json.dumps({"type": "message", "declaration": declaration,
+                         "layout": layout}).encode()
+    channel.connection.sock.sendall(wire.PREFIX.pack(wire.MAGIC, 0, len(header), body_bytes)
+                                    + header)
+
+
+def test_a_frame_declaring_a_huge_shape_is_refused_before_its_body_is_read():
+    """Parse nothing before its size is known to be right: the receiver checks the frame's
+    declared shape and element count against the message due before it reads the body. The
+    peer here declares 64 Mi integers in 200 MiB and never sends them: the refusal comes at
+    once (a receiver that waited for the body would time out instead)."""
+    masked = {"step": "4", "sender": "data", "receiver": "label", "name": "T", "kind": "masked",
+              "reason": None, "mask_bits": 140, "value_bits": 90, "shape": [3]}
+    for layout, words in [
+            ({"dtype": "int", "width": 3, "shape": [8192, 8192]},
+             r"declares shape \[8192, 8192\], the protocol expects \[3\]"),
+            ({"dtype": "int", "width": 3, "shape": [1 << 40]}, r"is not a list of at most"),
+            ({"dtype": "int", "width": 3, "shape": [1] * 65}, r"is not a list of at most 32")]:
+        data_side, label_side = _channel_pair()
+        _declare_only(data_side, masked, layout, 200 * 2 ** 20)
+        start = time.monotonic()
+        with pytest.raises(wire.TransportError, match=words) as caught:
+            label_side.send(4, "data", "label", "T", "masked", make=_nothing, take=_nothing,
+                            shape=(3,), mask_bits=140, value_bits=90)
+        assert time.monotonic() - start < 1 and "\n" not in str(caught.value)
+    # a list of integers the alignment expects: its length and width, before its body
+    revealed = {"step": "align", "sender": "data", "receiver": "label", "name": "ids",
+                "kind": "revealed", "reason": "r", "mask_bits": None, "value_bits": None,
+                "shape": None}
+    for layout, words in [({"dtype": "int-list", "width": 257, "shape": [1 << 20]},
+                           r"shape \[1048576\], the protocol expects a list of 5 integers"),
+                          ({"dtype": "int-list", "width": 4000, "shape": [5]},
+                           r"integers of 4000 bytes, more than the 257"),
+                          ({"dtype": "json", "shape": []}, r"a json payload of shape \[\]")]:
+        data_side, label_side = _channel_pair()
+        label_side.expect_integers("ids", count=5, max_width=257)
+        _declare_only(data_side, revealed, layout, 200 * 2 ** 20)
+        with pytest.raises(wire.TransportError, match=words):
+            label_side.send("align", "data", "label", "ids", "revealed", make=_nothing,
+                            take=_nothing, reason="r")
 
 
 def test_a_silent_or_trickling_peer_times_out_with_a_clear_error():
