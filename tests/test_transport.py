@@ -121,19 +121,34 @@ def run_pair(keypair, feature_ids, X, label_ids, y, n_classes, cfg, *, test_frac
 # ----------------------------------------------------------------------------------------------
 # The protocol over the wire equals the protocol in process
 # ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["breast_cancer", "wine"])
-def test_two_parties_over_a_socket_equal_the_in_process_run_bit_for_bit(keypair, name):
-    """Binary and multi-class: over a real socket, W_B + ε_acc equals the in-process joint W
-    integer for integer, the label party's layers, losses and test predictions are identical,
-    and both sides recorded the same messages, with payloads that survived the wire exactly."""
+PSI_ALIGNMENT = [("label", "data", "alignment and split", "public"),
+                 ("data", "label", "input width", "public"),
+                 ("label", "data", "label ids, blinded", "revealed"),
+                 ("data", "label", "label ids, blinded twice", "revealed"),
+                 ("data", "label", "data ids, blinded", "revealed"),
+                 ("label", "data", "data ids, blinded twice", "revealed"),
+                 ("data", "label", "intersection fingerprint", "public"),
+                 ("label", "data", "intersection fingerprint", "public")]
+PUBLIC_IDS_ALIGNMENT = [("label", "data", "alignment and split", "public"),
+                        ("data", "label", "input width", "public"),
+                        ("label", "data", "ids", "public"), ("data", "label", "ids", "public")]
+
+
+@pytest.mark.parametrize("name, align", [("breast_cancer", "psi"), ("wine", "psi"),
+                                         ("wine", "public-ids")])
+def test_two_parties_over_a_socket_equal_the_in_process_run_bit_for_bit(keypair, name, align):
+    """Binary and multi-class, ids aligned privately or in the clear: over a real socket,
+    W_B + ε_acc equals the in-process joint W integer for integer, the label party's layers,
+    losses and test predictions are identical, and both sides recorded the same messages, with
+    payloads that survived the wire exactly."""
     feature_ids, X, label_ids, y, class_names = two_party_data(name)
     cfg = config()
     reference, test_set = reference_run(keypair, feature_ids, X, label_ids, y, class_names, cfg,
                                         0.25)
     data_transcript, label_transcript = io.StringIO(), io.StringIO()
     out = run_pair(keypair, feature_ids, X, label_ids, y, len(class_names), cfg,
-                   data_options=dict(transcript=data_transcript),
-                   label_options=dict(transcript=label_transcript))
+                   data_options=dict(transcript=data_transcript, align=align),
+                   label_options=dict(transcript=label_transcript, align=align))
     assert "data_error" not in out and "label_error" not in out, out
     data_run, label_run = out["data"], out["label"]
     label_party, data_party = label_run.party, data_run.party
@@ -156,9 +171,12 @@ def test_two_parties_over_a_socket_equal_the_in_process_run_bit_for_bit(keypair,
 
     data_side, label_side = data_run.channel.messages, label_run.channel.messages
     assert names(data_side) == names(label_side)
-    assert [m[0] for m in names(label_side)[:2]] == ["align", "align"]
+    alignment = PSI_ALIGNMENT if align == "psi" else PUBLIC_IDS_ALIGNMENT
+    assert names(label_side)[:len(alignment)] == [("align", *m) for m in alignment]
     # the protocol itself is unchanged: the in-process run's messages, after the alignment
-    assert names(label_side)[2:] == names(reference.channel.messages)
+    assert names(label_side)[len(alignment):] == names(reference.channel.messages)
+    assert data_run.n_common == label_run.n_common == 80
+    assert (data_run.n_other_ids, label_run.n_other_ids) == (len(label_ids), len(feature_ids))
     for sent, received in zip(data_side, label_side):
         assert sent.nbytes == received.nbytes and sent.shape == received.shape
         assert sent.declaration() == received.declaration()
@@ -601,8 +619,8 @@ def test_cli_two_processes_refuse_a_wrong_token_then_train_like_the_in_process_r
     assert metrics["n_common"] == 80 and metrics["key_bits"] == KEY_BITS
     lines = [json.loads(line) for line in transcript.read_text().splitlines()]
     assert len(lines) == metrics["messages"]
-    assert {line["name"] for line in lines if line["step"] == "align"} == {"ids and split",
-                                                                            "ids"}
+    assert [line["name"] for line in lines if line["step"] == "align"] == [
+        name for _, _, name, _ in PSI_ALIGNMENT]  # private set intersection by default
     assert "test accuracy" in label.stdout
 
 
