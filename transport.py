@@ -41,6 +41,9 @@ class SocketChannel(Channel):
         super().__init__(**{f"{role}_party": party}, sigma=sigma, transcript=transcript)
         self.connection, self.role = connection, role
         self._integer_lists = {}  # message name -> (count, max width): see expect_integers
+        # "TLSv1.3" on a TLS connection, None on plain TCP (frames authenticated, not encrypted)
+        version = getattr(connection.sock, "version", None)
+        self.tls_version = version() if callable(version) else None
 
     def seat(self, party) -> None:
         """After the alignment: the party that trains takes the place of the id list."""
@@ -330,7 +333,8 @@ class Session:
                "resumed_after_epoch": self.resumed_after_epoch,
                "wire": {"frames_sent": connection.frames_sent, "bytes_sent": connection.bytes_sent,
                         "frames_received": connection.frames_received,
-                        "bytes_received": connection.bytes_received}}
+                        "bytes_received": connection.bytes_received,
+                        "tls": self.channel.tls_version}}
         out.update(self.channel.metrics())
         if self.role == LABEL:
             party, n_batches = self.party, -(-self.n_train // public.training.batch_size)
@@ -369,7 +373,9 @@ class Session:
                       f"{step}: {seconds:.1f} s" for step, seconds in m["step_seconds"].items()),
                   f"on the wire        {wire['frames_sent']} frames "
                   f"({wire['bytes_sent'] / 1e6:.2f} MB) sent, {wire['frames_received']} "
-                  f"({wire['bytes_received'] / 1e6:.2f} MB) received",
+                  f"({wire['bytes_received'] / 1e6:.2f} MB) received; every frame "
+                  "authenticated, " + (f"encrypted by {wire['tls']}" if wire["tls"] else
+                                       "not encrypted (no TLS)"),
                   "", "what crossed, and what the receiver learns from one such message:"]
         return "\n".join(lines + leakage_lines(m["leakage"]))
 

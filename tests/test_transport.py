@@ -715,3 +715,96 @@ def test_the_data_party_cli_refuses_strangers_and_exits_2_on_a_forged_frame(tmp_
     assert len(lines) == 2
     assert lines[1].startswith("acml.py party: error: refused step align message ")
     assert "(label → data): the prefix tag of the label party's frame 1 does not verify" in lines[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# TLS, and the handshake limit, at the command line
+# ----------------------------------------------------------------------------------------------
+def _certificates(folder):
+    """A CA, the data party's certificate for 127.0.0.1 and the label party's (trustme)."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(folder / "ca.crt"))
+    files = {}
+    for role, name in (("data", "127.0.0.1"), ("label", "acml-label-party")):
+        certificate = ca.issue_cert(name)
+        certificate.cert_chain_pems[0].write_to_path(str(folder / f"{role}.crt"))
+        certificate.private_key_pem.write_to_path(str(folder / f"{role}.key"))
+        files[role] = ["--tls-cert", str(folder / f"{role}.crt"), "--tls-key",
+                       str(folder / f"{role}.key"), "--tls-ca", str(folder / "ca.crt")]
+    return files
+
+
+def test_a_tls_session_of_a_real_training_over_the_cli_equals_the_in_process_run(tmp_path,
+                                                                                   keypair):
+    """Both parties with --tls-cert/--tls-key/--tls-ca (certificates from trustme): the session
+    runs over TLS 1.3, says so, and trains exactly what the in-process run trains. An idle
+    connection opened first is dropped after the data party's own --handshake-timeout, named
+    as such (that it delays nobody is tests/test_wire.py's subject)."""
+    feature_ids, X, label_ids, y, class_names = two_party_data(n_rows=60)
+    features, labels, token = write_csvs(tmp_path, feature_ids, X, label_ids, y)
+    tls = _certificates(tmp_path)
+    data_process, port = start_data_party(features, token, "--init-seed", "0",
+                                          "--handshake-timeout", "0.5", *tls["data"])
+    try:
+        idle = socket.create_connection(("127.0.0.1", port))  # never speaks
+        time.sleep(1.0)  # past its handshake limit: refused, and logged
+        report = tmp_path / "report.json"
+        label = subprocess.run(label_args(labels, token, port, "--json", str(report),
+                                          *tls["label"]),
+                               cwd=ROOT, env=environment(), capture_output=True, text=True,
+                               timeout=TIMEOUT)
+        assert label.returncode == 0, label.stderr
+        data_out, data_err = data_process.communicate(timeout=TIMEOUT)
+        idle.close()
+    finally:
+        data_process.kill()
+    assert data_process.returncode == 0, data_err
+    assert "refused a connection from 127.0.0.1" in data_err
+    assert "took longer than the handshake limit of 0.5 s (--handshake-timeout)" in data_err
+    assert "every frame authenticated, encrypted by TLSv1.3" in data_out
+    metrics = json.loads(report.read_text())
+    assert metrics["wire"]["tls"] == "TLSv1.3"
+    reference, _ = reference_run(keypair, feature_ids, X, label_ids, y, class_names, config(),
+                                 0.25)
+    assert metrics["batch_losses"] == reference.losses
+    assert metrics["label_model_sha256"] == transport.label_model_fingerprint(
+        reference.label_party.model)
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--tls-cert", "a.crt"], "--tls-cert given without --tls-key, --tls-ca"),
+    (["--tls-key", "a.key", "--tls-ca", "ca.crt"], "--tls-key, --tls-ca given without "
+                                                     "--tls-cert"),
+    (["--tls-cert", "none.crt", "--tls-key", "none.key", "--tls-ca", "none-ca.crt"],
+     "TLS certificate or key (none.crt, none.key): cannot load it"),
+])
+def test_tls_takes_all_three_files_or_none_in_one_line(tmp_path, flags, words):
+    result = subprocess.run(cli("label", "--connect", "127.0.0.1:9", "--labels", "x.csv",
+                                "--id-column", "id", "--label-column", "y", *flags),
+                            cwd=tmp_path, env=environment(), capture_output=True, text=True,
+                            timeout=TIMEOUT)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], result.stderr
+
+
+def test_the_two_parties_must_choose_the_same_alignment(tmp_path):
+    """--align public-ids at the label party, psi (the default) at the data party: the data
+    party refuses before any id crosses, one line each side, exit 2."""
+    feature_ids, X, label_ids, y, _ = two_party_data(n_rows=30)
+    features, labels, token = write_csvs(tmp_path, feature_ids, X, label_ids, y)
+    data_process, port = start_data_party(features, token)
+    try:
+        label = subprocess.run(label_args(labels, token, port, "--align", "public-ids"),
+                               cwd=ROOT, env=environment(), capture_output=True, text=True,
+                               timeout=TIMEOUT)
+        _, data_err = data_process.communicate(timeout=TIMEOUT)
+    finally:
+        data_process.kill()
+    assert data_process.returncode == 2 and label.returncode == 2
+    assert data_err.strip().splitlines() == [
+        "acml.py party: error: the label party aligns the ids by 'public-ids', this party by "
+        "'psi': both must choose the same (--align)"]
+    assert len(label.stderr.strip().splitlines()) == 1
+    assert "closed the connection" in label.stderr
