@@ -29,8 +29,9 @@ import psi
 from channel import DATA, LABEL, PUBLIC, REVEALED, Channel, leakage_lines
 from flaws import SECURE
 from parties import DataParty, LabelParty
+from payload import check_layout, decode_payload, encode_payload
 from plan import FixedPointPlan
-from wire import TransportError, check_layout, decode_payload, encode_payload
+from wire import TransportError
 
 
 class SocketChannel(Channel):
@@ -161,6 +162,7 @@ class Alignment:
         self.keys = [str(value) for value in ids]
         if not self.keys:
             raise data.DataError("no ids to align: this party's file holds no rows")
+        data.common_rows(self.keys, ())  # refuses a duplicate id before anything is sent
         self.align = check_alignment(align)
         self.test_fraction, self.seed, self.n_inputs = test_fraction, seed, n_inputs
         self.common: list[str] = []
@@ -249,7 +251,7 @@ def align_by_psi(channel: SocketChannel) -> None:
     Each list is checked for its length and width before it is read (expect_integers)."""
     here = channel.local[channel.role]
     side_type = psi.LabelSide if channel.role == LABEL else psi.DataSide
-    here.side = side_type(here.keys)  # refuses a duplicate id before anything is sent
+    here.side = side_type(here.keys)  # blinds this party's ids (duplicates: refused before)
     own = len(here.keys)
     if channel.role == LABEL:
         channel.expect_integers("label ids, blinded twice", count=own,

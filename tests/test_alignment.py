@@ -97,13 +97,15 @@ def test_an_empty_intersection_is_refused_by_both_parties_after_the_exchange():
         assert "no id is shared" in str(out[role])
 
 
+@pytest.mark.parametrize("align", ["psi", "public-ids"])
 @pytest.mark.parametrize("duplicated", ["label", "data"])
-def test_a_duplicate_id_on_one_side_is_refused_before_anything_is_sent(duplicated):
+def test_a_duplicate_id_on_one_side_is_refused_before_anything_is_sent(duplicated, align):
     ids, twice = ["a", "b", "c"], ["a", "b", "a"]
     out = align_pair(twice if duplicated == "label" else ids,
-                     twice if duplicated == "data" else ids)
-    assert isinstance(out[duplicated], psi.PSIError) and "'a' more than once" in str(
-        out[duplicated])
+                     twice if duplicated == "data" else ids, label_align=align,
+                     data_align=align)
+    assert isinstance(out[duplicated], data.DataError)
+    assert str(out[duplicated]) == "duplicate id 'a'; each row needs its own id"
     other = out["data" if duplicated == "label" else "label"]
     assert isinstance(other, wire.TransportError) and "closed the connection" in str(other)
 
