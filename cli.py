@@ -395,6 +395,16 @@ def command_party(args) -> int:
     if args.role == "data" and not args.predict:
         check_key_bits(args.key_bits, args.insecure_small_key)
     check_outputs(args)
+    tls_files = {"--tls-cert": args.tls_cert, "--tls-key": args.tls_key,
+                 "--tls-ca": args.tls_ca}
+    given = [flag for flag, path in tls_files.items() if path]
+    if given and len(given) < len(tls_files):
+        missing = [flag for flag in tls_files if flag not in given]
+        raise UsageError(f"TLS needs --tls-cert, --tls-key and --tls-ca together; "
+                         f"{', '.join(given)} given without {', '.join(missing)}")
+    # loaded now, so that a bad file is one line before any network use
+    tls = None if not given else wire.tls_context(
+        wire.TLSConfig(args.tls_cert, args.tls_key, args.tls_ca), server=args.role == "data")
     token = wire.read_token(args.token_file)
     frame_cap = int(args.max_frame_mb * 2 ** 20)
     bar = []
@@ -409,10 +419,12 @@ def command_party(args) -> int:
         warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
         if args.role == "data":
             run = with_transcript(args.transcript, lambda transcript: _data_party(
-                args, token, frame_cap, executor, None if args.quiet else progress, transcript))
+                args, token, tls, frame_cap, executor, None if args.quiet else progress,
+                transcript))
         else:
             run = with_transcript(args.transcript, lambda transcript: _label_party(
-                args, token, frame_cap, executor, None if args.quiet else progress, transcript))
+                args, token, tls, frame_cap, executor, None if args.quiet else progress,
+                transcript))
     if bar:
         bar[0].close()
     if args.predict and args.role == "label":
@@ -428,7 +440,7 @@ def command_party(args) -> int:
     return 0
 
 
-def _data_party(args, token, frame_cap, executor, progress, transcript):
+def _data_party(args, token, tls, frame_cap, executor, progress, transcript):
     ids, X, feature_names = data.load_features_csv(args.features, args.id_column)
     host, port = wire.parse_address(args.listen, "--listen")
     if args.predict:
@@ -443,7 +455,8 @@ def _data_party(args, token, frame_cap, executor, progress, transcript):
     with wire.listen(host, port) as listener:
         print(f"data party: listening on {wire.address_of(listener)}", flush=True)
         connection = wire.accept_peer(
-            listener, token, timeout=args.timeout, max_frame_bytes=frame_cap,
+            listener, token, timeout=args.timeout, handshake_timeout=args.handshake_timeout,
+            max_frame_bytes=frame_cap, tls=tls,
             log=lambda line: print(f"data party: {line}", file=sys.stderr, flush=True))
     if args.predict:
         return transport.predict_as_data(connection, ids, X, args.checkpoint_dir,
@@ -458,14 +471,15 @@ def _data_party(args, token, frame_cap, executor, progress, transcript):
                                     checkpoint_dir=args.checkpoint_dir, resume=args.resume,
                                     feature_names=feature_names,
                                     allow_insecure=args.insecure_small_key, transcript=transcript,
-                                    allow_insecure_sigma=args.insecure_sigma)
+                                    allow_insecure_sigma=args.insecure_sigma,
+                                    align=args.align)
 
 
-def _label_party(args, token, frame_cap, executor, progress, transcript):
+def _label_party(args, token, tls, frame_cap, executor, progress, transcript):
     host, port = wire.parse_address(args.connect, "--connect")
     if args.predict:
         connection = wire.connect_peer(host, port, token, timeout=args.timeout,
-                                       max_frame_bytes=frame_cap)
+                                       max_frame_bytes=frame_cap, tls=tls)
         return transport.predict_as_label(connection, args.checkpoint_dir, executor=executor,
                                           allow_insecure=args.insecure_small_key,
                                           transcript=transcript)
@@ -479,12 +493,12 @@ def _label_party(args, token, frame_cap, executor, progress, transcript):
                     allow_insecure=args.insecure_small_key, packing=args.packing,
                     allow_insecure_sigma=args.insecure_sigma)
     connection = wire.connect_peer(host, port, token, timeout=args.timeout,
-                                   max_frame_bytes=frame_cap)
+                                   max_frame_bytes=frame_cap, tls=tls)
     return transport.run_label_party(connection, ids, y, len(class_names), config,
                                      test_fraction=args.test_fraction, executor=executor,
                                      progress=progress, checkpoint_dir=args.checkpoint_dir,
                                      resume=args.resume, class_names=class_names,
-                                     transcript=transcript)
+                                     transcript=transcript, align=args.align)
 
 
 def add_party_parser(commands) -> None:
@@ -501,6 +515,12 @@ def add_party_parser(commands) -> None:
     data_role.add_argument("--key-bits", type=_key_bits, default=DEFAULT_KEY_BITS,
                            help=f"Paillier modulus size (default {DEFAULT_KEY_BITS})")
     add_seed_and_bottom_options(data_role)
+    data_role.add_argument("--handshake-timeout", type=TIMEOUT,
+                           default=wire.HANDSHAKE_SECONDS,
+                           help="seconds each incoming connection has to prove the token (and "
+                                "finish TLS); connections are authenticated in parallel, so a "
+                                f"slow or idle one delays no other (default "
+                                f"{wire.HANDSHAKE_SECONDS:g})")
     label_role = roles.add_parser("label", help="the label party: labels and the network; "
                                                 "connects, and writes the report")
     label_role.add_argument("--connect", required=True, metavar="HOST:PORT",
@@ -538,6 +558,17 @@ def add_party_parser(commands) -> None:
                                f"in (0, {MAX_TIMEOUT:g}] (default {wire.DEFAULT_TIMEOUT:g})")
         role.add_argument("--max-frame-mb", type=FRAME_MB, default=256,
                           help=f"refuse larger messages, in (0, {MAX_FRAME_MB:g}] (default 256)")
+        role.add_argument("--align", choices=transport.ALIGNMENTS, default=transport.PSI,
+                          help="how the parties find their common ids: psi (private set "
+                               "intersection: each learns the intersection and the other's "
+                               "number of ids, nothing else; default) or public-ids (each "
+                               "sends its whole id list in the clear); both must agree")
+        tls = role.add_argument_group("TLS (all three, or none)")
+        tls.add_argument("--tls-cert", metavar="PEM", help="this party's certificate")
+        tls.add_argument("--tls-key", metavar="PEM", help="this party's private key")
+        tls.add_argument("--tls-ca", metavar="PEM",
+                         help="the CA that signed the other party's certificate (mutual TLS "
+                              "1.3; the label party also checks the data party's host name)")
         role.add_argument("--quiet", action="store_true", help="no progress bar")
         role.add_argument("--checkpoint-dir", metavar="DIR",
                           help="after every epoch, save this party's own file here (and only "

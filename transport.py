@@ -5,7 +5,8 @@
   frame, refuses it unless its declaration is exactly the one the protocol expects next (step,
   sender, receiver, name, kind, reason, shape and widths, which both sides compute from public
   facts), decodes it, runs the same checks and then ``take``.
-* :func:`align` is the step before step 0: the ids both parties hold, and the public split.
+* :func:`align_ids` is the step before step 0: the ids both parties hold, by private set
+  intersection (psi.py) or, if both choose it, in the clear; and the public split.
 * :func:`run_data_party` and :func:`run_label_party` are one session each: align, split, then
   protocol.setup, protocol.train and protocol.predict — the very script that runs in one
   process. With a checkpoint directory each party saves its own file after every epoch, and
@@ -26,11 +27,13 @@ import rundir
 import data
 import nn
 import protocol
-from channel import DATA, LABEL, PUBLIC, Channel, leakage_lines
+import psi
+from channel import DATA, LABEL, PUBLIC, REVEALED, Channel, leakage_lines
 from flaws import SECURE
 from parties import DataParty, LabelParty
+from payload import check_layout, decode_payload, encode_payload
 from plan import MAX_EPOCHS, MAX_INPUTS, SEED_LIMIT, FixedPointPlan, check_sigma
-from wire import TransportError, decode_payload, encode_payload
+from wire import TransportError
 
 
 class SocketChannel(Channel):
@@ -40,6 +43,10 @@ class SocketChannel(Channel):
     def __init__(self, connection, role: str, party, *, sigma: int = 40, transcript=None):
         super().__init__(**{f"{role}_party": party}, sigma=sigma, transcript=transcript)
         self.connection, self.role = connection, role
+        self._integer_lists = {}  # message name -> (count, max width): see expect_integers
+        # "TLSv1.3" on a TLS connection, None on plain TCP (frames authenticated, not encrypted)
+        version = getattr(connection.sock, "version", None)
+        self.tls_version = version() if callable(version) else None
 
     def seat(self, party) -> None:
         """After the alignment: the party that trains takes the place of the id list."""
@@ -51,17 +58,46 @@ class SocketChannel(Channel):
         self.connection.send_frame({"type": "message", "declaration": message.declaration(),
                                     "layout": layout}, body, what=message.where)
 
+    def expect_integers(self, name: str, *, count: int | None = None, max_width: int) -> None:
+        """The next message called ``name`` to arrive must be a list of ``count`` (any number,
+        if None) integers of at most ``max_width`` bytes each: checked before its body is read.
+        The id alignment uses it; the protocol's own messages declare shapes."""
+        self._integer_lists[name] = (count, max_width)
+
     def _receive(self, message):
-        header, body = self.connection.receive_frame(message.where)
+        """The next frame, if it is ``message``: its declaration and payload layout (dtype,
+        shape, element count, integer width) are checked before its body is read, the payload
+        only then decoded."""
         expected = message.declaration()
-        got = header.get("declaration") if header.get("type") == "message" else None
-        if got != expected:
-            raise TransportError(f"{self.connection.peer} sent {_describe(got)} where the "
-                                 f"protocol expects {message.where} ({message.kind})")
-        layout = header.get("layout")
-        if not isinstance(layout, dict):
-            raise TransportError(f"{message.where}: the frame has no payload layout")
-        return decode_payload(layout, body, self.public_key, message.where)
+
+        def check(header):
+            got = header.get("declaration") if header.get("type") == "message" else None
+            if got != expected:
+                raise TransportError(f"{self.connection.peer} sent {_describe(got)} where the "
+                                     f"protocol expects {message.where} ({message.kind})")
+            layout = header.get("layout")
+            if not isinstance(layout, dict):
+                raise TransportError(f"{message.where}: the frame has no payload layout")
+            check_layout(layout, message.where, expected_shape=message.shape)
+            if message.name in self._integer_lists:
+                self._check_integer_list(message, layout, *self._integer_lists[message.name])
+
+        header, body = self.connection.receive_frame(message.where, expect=check)
+        self._integer_lists.pop(message.name, None)
+        return decode_payload(header["layout"], body, self.public_key, message.where,
+                              expected_shape=message.shape)
+
+    @staticmethod
+    def _check_integer_list(message, layout, count, max_width) -> None:
+        shape = layout["shape"]
+        if layout["dtype"] != "int-list" or (count is not None and shape != [count]):
+            wanted = "some" if count is None else str(count)
+            raise TransportError(f"{message.where}: the frame declares a {layout['dtype']} "
+                                 f"payload of shape {shape}, the protocol expects a list of "
+                                 f"{wanted} integers")
+        if layout["width"] > max_width:
+            raise TransportError(f"{message.where}: integers of {layout['width']} bytes, more "
+                                 f"than the {max_width} a group element takes")
 
     def finish(self) -> None:
         """Each side says it is done, so neither ends cleanly while the other is still working."""
@@ -84,55 +120,101 @@ def _describe(declaration) -> str:
 # ----------------------------------------------------------------------------------------------
 # Before step 0: the ids both parties hold, and the split
 # ----------------------------------------------------------------------------------------------
-class IdList:
-    """What a party brings to the alignment: its ids; at the label party also the public split
-    (test fraction, seed); at the data party the interactive layer's input width. Ids are
-    treated as public here: each party learns the other's whole id list."""
+PSI, PUBLIC_IDS = "psi", "public-ids"
+ALIGNMENTS = (PSI, PUBLIC_IDS)
+
+PSI_REASONS = {
+    "label ids, blinded": "the label party's ids, each hashed and blinded by its secret "
+                          "exponent (DH PSI): the data party learns how many ids the label party "
+                          "holds, and after the exchange the intersection",
+    "label ids, blinded twice": "the label party's blinded ids raised to the data party's "
+                                "secret exponent, in the order received (DH PSI): the label party "
+                                "learns which of its own ids the data party holds too",
+    "data ids, blinded": "the data party's ids, each hashed and blinded by its secret exponent, "
+                         "shuffled (DH PSI): the label party learns how many ids the data party "
+                         "holds, and after the exchange the intersection",
+    "data ids, blinded twice": "the data party's blinded ids raised to the label party's secret "
+                               "exponent, in the order received (DH PSI): the data party learns "
+                               "which of its own ids the label party holds too",
+}
+GROUP_ELEMENT_WIDTH = psi.ELEMENT_BYTES + 1  # bytes per element on the wire, with a sign bit
+
+
+def check_alignment(align: str) -> str:
+    if align not in ALIGNMENTS:
+        raise ValueError(f"align must be one of {', '.join(ALIGNMENTS)}, got {align!r}")
+    return align
+
+
+class Alignment:
+    """What a party brings to the alignment: its ids and the way to align them; at the label
+    party also the public split (test fraction, seed), at the data party the interactive
+    layer's input width. Afterwards: ``common`` (the shared ids, sorted as text), ``rows``
+    (this party's rows holding them, in that order) and ``n_other_ids``.
+
+    ``align="psi"`` (the default): private set intersection (psi.py); each party learns the
+    intersection and the other's number of ids, nothing about an id only the other holds.
+    ``align="public-ids"``: each party sends its whole id list in the clear; each learns all of
+    the other's ids. Both parties must choose the same; the label party's first message names
+    its choice and the data party refuses another."""
 
     mask_source = None  # it draws no masks
 
-    def __init__(self, ids, *, test_fraction=None, seed=None, n_inputs=None):
+    def __init__(self, ids, *, align: str = PSI, test_fraction=None, seed=None, n_inputs=None):
         self.keys = [str(value) for value in ids]
+        if not self.keys:
+            raise data.DataError("no ids to align: this party's file holds no rows")
+        data.common_rows(self.keys, ())  # refuses a duplicate id before anything is sent
+        self.align = check_alignment(align)
         self.test_fraction, self.seed, self.n_inputs = test_fraction, seed, n_inputs
         self.common: list[str] = []
         self.rows = np.zeros(0, dtype=np.int64)
         self.n_other_ids = 0
+        self.side = None  # the psi.LabelSide or psi.DataSide, with align="psi"
 
-    def offer(self) -> dict:
-        return {"ids": self.keys, "test_fraction": self.test_fraction, "seed": self.seed}
+    # -- what the label party says first, and the data party's answer ------------------------
+    def plan(self) -> dict:
+        return {"align": self.align, "test_fraction": self.test_fraction, "seed": self.seed}
 
-    def take_offer(self, offer) -> None:
-        if not isinstance(offer, dict) or set(offer) != {"ids", "test_fraction", "seed"}:
-            raise TransportError("the label party's alignment message needs exactly ids, "
-                                 "test_fraction and seed")
-        _check_id_list(offer["ids"], "the label party's ids")
-        data.check_split(offer["test_fraction"], offer["seed"])
-        if offer["seed"] >= SEED_LIMIT:
-            raise TransportError(f"the label party's seed {offer['seed']} is not below 2**63")
-        self.test_fraction, self.seed = offer["test_fraction"], offer["seed"]
-        self._intersect(offer["ids"])
+    def take_plan(self, plan) -> None:
+        if not isinstance(plan, dict) or set(plan) != {"align", "test_fraction", "seed"}:
+            raise TransportError("the label party's alignment plan is not {align, "
+                                 "test_fraction, seed}")
+        if plan["align"] != self.align:
+            raise ValueError(f"the label party aligns the ids by {plan['align']!r}, this party "
+                             f"by {self.align!r}: both must choose the same (--align)")
+        data.check_split(plan["test_fraction"], plan["seed"])
+        if plan["seed"] >= SEED_LIMIT:
+            raise TransportError(f"the label party's seed {plan['seed']} is not below 2**63")
+        self.test_fraction, self.seed = plan["test_fraction"], plan["seed"]
 
-    def answer(self) -> dict:
-        return {"ids": self.keys, "n_inputs": self.n_inputs}
-
-    def take_answer(self, answer) -> None:
-        if not isinstance(answer, dict) or set(answer) != {"ids", "n_inputs"}:
-            raise TransportError("the data party's alignment message needs exactly ids and "
-                                 "n_inputs")
-        _check_id_list(answer["ids"], "the data party's ids")
-        n_inputs = answer["n_inputs"]
+    def take_width(self, width) -> None:
+        n_inputs = width.get("n_inputs") if isinstance(width, dict) and set(width) == {
+            "n_inputs"} else None
         if isinstance(n_inputs, bool) or not isinstance(n_inputs, int) or not \
                 1 <= n_inputs <= MAX_INPUTS:
             raise TransportError(f"the data party declares {n_inputs!r} inputs; the cap is "
                                  f"1..{MAX_INPUTS:,}")
         self.n_inputs = n_inputs
-        self._intersect(answer["ids"])
 
-    def _intersect(self, other_ids) -> None:
-        self.common, self.rows = data.common_rows(self.keys, other_ids)
-        self.n_other_ids = len(other_ids)
-        if not self.common:
-            raise data.DataError("no id is shared by this party's file and the other party's")
+    # -- the outcome -------------------------------------------------------------------------
+    def settle(self, own_common_keys, n_other_ids: int) -> None:
+        """The shared ids (of this party's own, as text) in the joint order: sorted as text."""
+        self.common, self.rows = data.common_rows(self.keys, own_common_keys)
+        self.n_other_ids = n_other_ids
+
+    def take_public_ids(self, ids) -> None:
+        if not isinstance(ids, list) or not all(isinstance(key, str) for key in ids):
+            raise TransportError("the other party's ids are not a list of strings")
+        self.settle(ids, len(ids))
+
+    def settle_psi(self) -> None:
+        self.settle([self.keys[row] for row in self.side.rows], self.side.their_count)
+
+    def take_fingerprint(self, fingerprint) -> None:
+        if fingerprint != self.side.fingerprint:
+            raise ValueError("the two parties' intersections differ (their fingerprints do not "
+                             "match): refusing to train on rows that may not be the same people")
 
 
 MAX_IDS = 10 ** 7  # ids in one alignment message (plan.MAX_SAMPLES rows at most are trained)
@@ -151,13 +233,85 @@ def _check_id_list(ids, what: str) -> None:
                                  f"{MAX_ID_CHARS} characters: {str(key)[:40]!r}")
 
 
-def align(channel: SocketChannel) -> None:
-    """B → A ``ids and split`` (public), A → B ``ids`` (public): each party then knows the ids
-    both hold, sorted (``data.common_rows``), and the public split."""
-    channel.send("align", LABEL, DATA, "ids and split", PUBLIC,
-                 make=lambda label: label.offer(), take=lambda ids, offer: ids.take_offer(offer))
-    channel.send("align", DATA, LABEL, "ids", PUBLIC,
-                 make=lambda ids: ids.answer(), take=lambda label, answer: label.take_answer(answer))
+def align_ids(channel: SocketChannel) -> None:
+    """Before step 0: each party learns the ids both hold (``common``, sorted as text) and its
+    own rows holding them (``rows``), and the data party the public split.
+
+    B → A ``alignment and split`` (public: the way to align, test fraction, seed);
+    A → B ``input width`` (public); then the ids, by private set intersection or in the clear
+    (:func:`align_by_psi`, :func:`align_by_public_ids`)."""
+    channel.send("align", LABEL, DATA, "alignment and split", PUBLIC,
+                 make=lambda label: label.plan(), take=lambda ids, plan: ids.take_plan(plan))
+    channel.send("align", DATA, LABEL, "input width", PUBLIC,
+                 make=lambda ids: {"n_inputs": ids.n_inputs},
+                 take=lambda label, width: label.take_width(width))
+    here = channel.local[channel.role]
+    (align_by_psi if here.align == PSI else align_by_public_ids)(channel)
+    if not here.common:
+        raise data.DataError("no id is shared by this party's file and the other party's")
+
+
+def align_by_public_ids(channel: SocketChannel) -> None:
+    """B → A ``ids`` (public), A → B ``ids`` (public): each learns ALL of the other's ids."""
+    channel.send("align", LABEL, DATA, "ids", PUBLIC, make=lambda label: label.keys,
+                 take=lambda ids, keys: ids.take_public_ids(keys))
+    channel.send("align", DATA, LABEL, "ids", PUBLIC, make=lambda ids: ids.keys,
+                 take=lambda label, keys: label.take_public_ids(keys))
+
+
+def align_by_psi(channel: SocketChannel) -> None:
+    """Diffie–Hellman private set intersection (psi.py), four revealed messages and two public
+    fingerprints of the intersection, which each party compares with its own:
+
+        B → A  label ids, blinded          [H(b)^β], shuffled
+        A → B  label ids, blinded twice    [H(b)^βα], in the order received
+        A → B  data ids, blinded           [H(a)^α], shuffled
+        B → A  data ids, blinded twice     [H(a)^αβ], in the order received
+        A → B  intersection fingerprint    sha256 of the sorted H(x)^αβ both hold
+        B → A  intersection fingerprint
+
+    Each list is checked for its length and width before it is read (expect_integers)."""
+    here = channel.local[channel.role]
+    side_type = psi.LabelSide if channel.role == LABEL else psi.DataSide
+    here.side = side_type(here.keys)  # blinds this party's ids (duplicates: refused before)
+    own = len(here.keys)
+    if channel.role == LABEL:
+        channel.expect_integers("label ids, blinded twice", count=own,
+                                max_width=GROUP_ELEMENT_WIDTH)
+        channel.expect_integers("data ids, blinded", max_width=GROUP_ELEMENT_WIDTH)
+    else:
+        channel.expect_integers("label ids, blinded", max_width=GROUP_ELEMENT_WIDTH)
+        channel.expect_integers("data ids, blinded twice", count=own,
+                                max_width=GROUP_ELEMENT_WIDTH)
+    answers = {}
+
+    def send(sender, receiver, name, make, take):
+        channel.send("align", sender, receiver, name, REVEALED, make=make, take=take,
+                     reason=PSI_REASONS[name])
+
+    def answer_first(ids, first):
+        answers["twice"], answers["blinded"] = ids.side.answer(first)
+
+    def keep(name):
+        return lambda label, values: answers.__setitem__(name, values)
+
+    def answer_second(label, blinded):
+        answers["fourth"] = label.side.answer(answers["twice"], blinded)
+        label.settle_psi()
+
+    def finish(ids, fourth):
+        ids.side.finish(fourth)
+        ids.settle_psi()
+
+    send(LABEL, DATA, "label ids, blinded", lambda label: label.side.first_message(),
+         answer_first)
+    send(DATA, LABEL, "label ids, blinded twice", lambda ids: answers["twice"], keep("twice"))
+    send(DATA, LABEL, "data ids, blinded", lambda ids: answers["blinded"], answer_second)
+    send(LABEL, DATA, "data ids, blinded twice", lambda label: answers["fourth"], finish)
+    for sender, receiver in ((DATA, LABEL), (LABEL, DATA)):
+        channel.send("align", sender, receiver, "intersection fingerprint", PUBLIC,
+                     make=lambda party: party.side.fingerprint,
+                     take=lambda party, fingerprint: party.take_fingerprint(fingerprint))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,7 +409,8 @@ class Session:
                "resumed_after_epoch": self.resumed_after_epoch,
                "wire": {"frames_sent": connection.frames_sent, "bytes_sent": connection.bytes_sent,
                         "frames_received": connection.frames_received,
-                        "bytes_received": connection.bytes_received}}
+                        "bytes_received": connection.bytes_received,
+                        "tls": self.channel.tls_version}}
         out.update(self.channel.metrics())
         if self.role == LABEL:
             party, n_batches = self.party, -(-self.n_train // public.training.batch_size)
@@ -305,7 +460,9 @@ class Session:
                       f"{step}: {seconds:.1f} s" for step, seconds in m["step_seconds"].items()),
                   f"on the wire        {wire['frames_sent']} frames "
                   f"({wire['bytes_sent'] / 1e6:.2f} MB) sent, {wire['frames_received']} "
-                  f"({wire['bytes_received'] / 1e6:.2f} MB) received",
+                  f"({wire['bytes_received'] / 1e6:.2f} MB) received; every frame "
+                  "authenticated, " + (f"encrypted by {wire['tls']}" if wire["tls"] else
+                                       "not encrypted (no TLS)"),
                   "", "what crossed, and what the receiver learns from one such message:"]
         return "\n".join(lines + leakage_lines(m["leakage"]))
 
@@ -338,10 +495,13 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
                    init_seed=None, bottom=None, executor=None, progress=None,
                    checkpoint_dir=None, resume: bool = False, feature_names=None,
                    allow_insecure: bool = False, insecure_flaws=SECURE,
-                   transcript=None, allow_insecure_sigma: bool = False) -> Session:
+                   transcript=None, allow_insecure_sigma: bool = False,
+                   align: str = PSI) -> Session:
     """The data party's whole session over an authenticated connection.
 
-    Align on the common ids, split (seeded, public), standardise its own features on the
+    Align on the common ids (``align``: "psi", private set intersection, or "public-ids",
+    the id lists in the clear; the label party's choice must be the same), split (seeded,
+    public), standardise its own features on the
     training rows, then protocol.setup, the epochs of the label party's plan and, if there is a
     test split, prediction. ``init_seed`` seeds W0 and the bottom model; it must stay secret from
     the label party (None draws 128 bits from ``secrets``). ``bottom`` (a width) puts a bottom
@@ -377,9 +537,9 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
                 raise ValueError(f"features with {X.shape[1]} columns; the checkpoint's model "
                                  f"takes {state.n_features} ({', '.join(state.feature_names)})")
             n_inputs = state.bottom.width if state.bottom is not None else X.shape[1]
-        id_list = IdList(ids, n_inputs=n_inputs)
+        id_list = Alignment(ids, align=align, n_inputs=n_inputs)
         channel = SocketChannel(connection, DATA, id_list, sigma=plan.sigma, transcript=transcript)
-        align(channel)
+        align_ids(channel)
         if state is not None:
             state = saved.states[agree_epoch(channel, saved)]
         train_rows, test_rows = data.split_rows(len(id_list.common), id_list.test_fraction,
@@ -415,13 +575,16 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
 
 def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction: float = 0.2,
                     executor=None, progress=None, checkpoint_dir=None, resume: bool = False,
-                    class_names=None, insecure_flaws=SECURE, transcript=None) -> Session:
+                    class_names=None, insecure_flaws=SECURE, transcript=None,
+                    align: str = PSI) -> Session:
     """The label party's whole session over an authenticated connection.
 
     ``config`` is an ``acml.Config`` (hidden widths, activation, lr, momentum, batch size,
     epochs, seed, fixed-point plan, packing); its key size and bottom model are the data party's
-    business. Sends its ids and the split (public), builds the network over the data party's
-    declared input width, then protocol.setup, the epochs and prediction on the test rows.
+    business. Aligns the ids (``align``: "psi", private set intersection, the default, or
+    "public-ids", the id lists in the clear; the data party must choose the same), sends the
+    split (public), builds the network over the data party's declared input width, then
+    protocol.setup, the epochs and prediction on the test rows.
 
     ``checkpoint_dir``: after every epoch this party saves its own file there, and only its
     own. ``resume=True`` loads it, checks that this run's settings are the checkpoint's but for
@@ -441,10 +604,10 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
             check_sigma(config.plan.sigma, config.allow_insecure_sigma)
         if state is not None:  # before any id leaves; the input width is re-checked below
             state.check_resumable(config.label_settings(state.layer_sizes), config.epochs)
-        id_list = IdList(ids, test_fraction=test_fraction, seed=config.seed)
+        id_list = Alignment(ids, align=align, test_fraction=test_fraction, seed=config.seed)
         channel = SocketChannel(connection, LABEL, id_list, sigma=config.plan.sigma,
                                 transcript=transcript)
-        align(channel)
+        align_ids(channel)
         if state is not None:
             state = saved.states[agree_epoch(channel, saved)]
         train_rows, test_rows = data.split_rows(len(id_list.common), test_fraction, config.seed)

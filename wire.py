@@ -52,8 +52,8 @@ hopeless; a password does not. Make one with::
 
     python -c "import secrets; print(secrets.token_hex(32))"
 
-Payloads (:func:`encode_payload`, :func:`decode_payload`) are raw bytes: fixed-width big-endian
-integers, float64, a serialised :class:`paillier.EncryptedArray`, or JSON for public values.
+What a message frame's body holds, and how it is checked before it is decoded, is payload.py
+(:func:`encode_payload`, :func:`decode_payload`, :func:`check_layout`, re-exported here).
 Nothing is ever unpickled. Without TLS the frames are authenticated but not encrypted: masked
 values and public messages can be read by anyone on the path.
 """
@@ -63,7 +63,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import math
 import os
 import queue
 import secrets
@@ -74,9 +73,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-import numpy as np
-
-from paillier import EncryptedArray, PublicKey
+# The payloads, and the error every refusal raises, live in payload.py; wire re-exports them.
+from payload import (TransportError, check_layout, decode_payload,  # noqa: F401 (re-exported)
+                     encode_payload, one_line, refuse_constant)
 
 VERSION = "acml-tcp-2"
 MAGIC = b"ACML"
@@ -102,23 +101,10 @@ MIN_TOKEN_BYTES = 32
 MIN_HEX_TOKEN_DIGITS = 64  # a hex token carries 4 bits per character: 64 digits = 32 bytes
 MIN_TOKEN_SYMBOLS = 8  # distinct characters: refuses "aaaa…" and "0000…" outright
 
-MAX_DIMENSIONS = 32  # of an array on the wire (numpy's own limit is 64)
-MAX_ELEMENTS = 1 << 26  # of any array on the wire
-MAX_INT_ELEMENTS = 1 << 21  # Python ints built from one frame (each costs ~40 bytes + width)
-MAX_INT_WIDTH = 1 << 16  # bytes per integer on the wire: far above any key size in use
-MAX_PUBLIC_KEY_BYTES = 64 * 1024
-
-
-class TransportError(ConnectionError):
-    """The wire failed: a timeout, a disconnect, a malformed, forged or unexpected frame."""
 
 
 class AuthenticationError(TransportError):
     """The peer did not prove the shared token (or its TLS certificate), or refused ours."""
-
-
-def _one_line(text) -> str:
-    return " ".join(str(text).split())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -265,7 +251,7 @@ def tls_context(config: TLSConfig, *, server: bool) -> ssl.SSLContext:
         except (OSError, ssl.SSLError) as error:
             files = f"{config.cert}, {config.key}" if what != "CA" else config.ca
             raise ValueError(f"TLS {what} ({files}): cannot load it "
-                             f"({_one_line(getattr(error, 'strerror', None) or error)})") from None
+                             f"({one_line(getattr(error, 'strerror', None) or error)})") from None
     return context
 
 
@@ -368,7 +354,7 @@ class Connection:
         try:
             return self._receive(what, expect)
         except BaseException as error:
-            self._failed = f"it refused {what}: {_one_line(error)}"
+            self._failed = f"it refused {what}: {one_line(error)}"
             raise
 
     def _receive(self, what, expect):
@@ -460,7 +446,7 @@ class Connection:
     @staticmethod
     def _describe(error) -> str:
         if isinstance(error, ssl.SSLError):
-            return f"TLS: {_one_line(error.reason or error)}"
+            return f"TLS: {one_line(error.reason or error)}"
         return type(error).__name__
 
     def _refuse_if_failed(self, what):
@@ -476,13 +462,9 @@ class Connection:
         self.sock.close()
 
 
-def _refuse_constant(name):
-    raise ValueError(f"{name} is not JSON")
-
-
 def _parse_header(raw: bytes, peer: str, what: str) -> dict:
     try:
-        header = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+        header = json.loads(raw.decode("utf-8"), parse_constant=refuse_constant)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise TransportError(f"{peer} sent a frame whose header is not JSON while this side "
                              f"waited for {what}") from None
@@ -519,7 +501,7 @@ def _check_hello(frame: dict, role: str) -> None:
     if frame.get("type") != "hello" or frame.get("role") != role:
         raise AuthenticationError(f"the peer is not an ACML {role} party (no {role} hello)")
     if frame.get("version") != VERSION:
-        raise AuthenticationError(f"the peer speaks {_one_line(frame.get('version'))[:40]!r}, "
+        raise AuthenticationError(f"the peer speaks {one_line(frame.get('version'))[:40]!r}, "
                                   f"this side {VERSION!r}")
 
 
@@ -574,7 +556,7 @@ def _handshake(connection: Connection, prove, token: bytes, seconds: float, cont
                                  f"{connection._limit_text()}") from None
         except ssl.SSLError as error:
             raise AuthenticationError(f"the TLS handshake with {connection.peer} failed "
-                                      f"({_one_line(error.reason or error)})") from None
+                                      f"({one_line(error.reason or error)})") from None
         except OSError as error:
             raise TransportError(f"{connection.peer} broke the connection during the TLS "
                                  f"handshake ({type(error).__name__})") from None
@@ -652,7 +634,7 @@ def accept_peer(listener: socket.socket, token: bytes, *, timeout: float = DEFAU
                     connection.peer = "the label party"
                     return connection
                 if log is not None:
-                    log(f"refused a connection from {where}: {_one_line(error)}")
+                    log(f"refused a connection from {where}: {one_line(error)}")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TransportError(f"no label party proved the token within {timeout:g} s "
@@ -724,143 +706,5 @@ def connect_peer(host: str, port: int, token: bytes, *, timeout: float = DEFAULT
             raise
         except TransportError as error:
             connection.close()
-            reason = _one_line(error)
+            reason = one_line(error)
             time.sleep(min(RETRY_SECONDS, max(deadline - time.monotonic(), 0)))
-
-
-# ----------------------------------------------------------------------------------------------
-# Payloads: what the body of a message frame holds
-# ----------------------------------------------------------------------------------------------
-def _is_int_array(payload) -> bool:
-    if payload.dtype.kind in "iu":
-        return True
-    return payload.dtype == object and all(
-        isinstance(v, int) and not isinstance(v, bool) or type(v).__name__ == "mpz"
-        for v in payload.ravel())
-
-
-def encode_payload(payload) -> tuple[dict, bytes]:
-    """(layout header, body bytes) for one payload; the channel has already checked its kind."""
-    if isinstance(payload, PublicKey):
-        return {"dtype": "paillier-public-key", "shape": []}, payload.to_json().encode()
-    if isinstance(payload, EncryptedArray):
-        return {"dtype": "paillier-ciphertext", "shape": list(payload.shape)}, payload.to_bytes()
-    if isinstance(payload, np.ndarray):
-        if payload.dtype.kind == "f":
-            body = np.ascontiguousarray(payload, dtype=">f8").tobytes()
-            return {"dtype": "float64", "shape": list(payload.shape)}, body
-        if _is_int_array(payload):
-            integers = [int(v) for v in payload.ravel()]
-            # (bits + 8) // 8 bytes hold the magnitude and the sign bit in two's complement
-            width = (max((abs(v).bit_length() for v in integers), default=0) + 8) // 8
-            body = b"".join(v.to_bytes(width, "big", signed=True) for v in integers)
-            return {"dtype": "int", "width": width, "shape": list(payload.shape)}, body
-        raise TypeError(f"cannot carry a {payload.dtype} array over the wire")
-    try:
-        return {"dtype": "json", "shape": []}, json.dumps(payload, allow_nan=False).encode()
-    except (TypeError, ValueError):
-        raise TypeError(f"cannot carry a {type(payload).__name__} over the wire") from None
-
-
-def _is_size(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _checked_shape(shape, expected_shape, where: str) -> tuple[tuple, int]:
-    """(shape, element count), refused unless sane and as expected; nothing is allocated."""
-    if not isinstance(shape, list) or len(shape) > MAX_DIMENSIONS or not all(
-            _is_size(size) and 0 <= size <= MAX_ELEMENTS for size in shape):
-        raise TransportError(f"{where}: the frame's shape {_one_line(shape)[:80]} is not a list "
-                             f"of at most {MAX_DIMENSIONS} sizes in 0..{MAX_ELEMENTS}")
-    count = math.prod(shape)
-    if count > MAX_ELEMENTS:
-        raise TransportError(f"{where}: the frame's shape {shape} holds {count} elements, more "
-                             f"than the cap of {MAX_ELEMENTS}")
-    if expected_shape is not None:
-        expected = list(expected_shape)
-        if len(expected) != len(shape) or any(
-                want is not None and want != got for want, got in zip(expected, shape)):
-            shown = ["any" if want is None else want for want in expected]
-            raise TransportError(f"{where}: the frame declares shape {shape}, the protocol "
-                                 f"expects {shown}")
-    return tuple(shape), count
-
-
-def check_layout(header: dict, where: str, *, expected_shape=None,
-                 max_int_elements: int = MAX_INT_ELEMENTS) -> None:
-    """Refuse a payload's declared layout (dtype, shape, width) before its body is read.
-
-    Usable as (part of) ``Connection.receive_frame``'s ``expect``; :func:`decode_payload`
-    runs it again on the body it is given.
-    """
-    dtype = header.get("dtype")
-    if dtype not in ("json", "paillier-public-key", "paillier-ciphertext", "float64", "int"):
-        raise TransportError(f"{where}: unknown payload dtype {_one_line(dtype)[:40]!r}")
-    shape, count = _checked_shape(header.get("shape"), expected_shape, where)
-    if dtype in ("json", "paillier-public-key") and shape != ():
-        raise TransportError(f"{where}: a {dtype} payload has shape [], not {list(shape)}")
-    if dtype == "int":
-        width = header.get("width")
-        if not _is_size(width) or not 1 <= width <= MAX_INT_WIDTH:
-            raise TransportError(f"{where}: integer width {_one_line(width)[:40]} is not in "
-                                 f"1..{MAX_INT_WIDTH}")
-        if count > max_int_elements:
-            raise TransportError(f"{where}: {count} integers in one frame, more than the cap "
-                                 f"of {max_int_elements}")
-
-
-def decode_payload(header: dict, body: bytes, public_key: PublicKey | None, where: str, *,
-                   expected_shape=None, max_int_elements: int = MAX_INT_ELEMENTS):
-    """The payload a frame carries, validated against its declared layout (TransportError).
-
-    ``expected_shape`` (a list of sizes, None for "any size") is checked, with the element
-    count, the integer width and the body length, before a single value is decoded.
-    """
-    check_layout(header, where, expected_shape=expected_shape, max_int_elements=max_int_elements)
-    dtype = header["dtype"]
-    shape, count = _checked_shape(header["shape"], None, where)
-    try:
-        return _decode(dtype, header, shape, count, body, public_key, where)
-    except TransportError:
-        raise
-    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as error:
-        raise TransportError(f"{where}: the {dtype} payload does not decode "
-                             f"({_one_line(error)[:200]})") from None
-
-
-def _decode(dtype, header, shape, count, body, public_key, where):
-    if dtype == "json":
-        try:
-            return json.loads(bytes(body).decode("utf-8"), parse_constant=_refuse_constant)
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            raise TransportError(f"{where}: the body is not JSON") from None
-    if dtype == "paillier-public-key":
-        if len(body) > MAX_PUBLIC_KEY_BYTES:
-            raise TransportError(f"{where}: {len(body)} bytes for a public key, more than "
-                                 f"{MAX_PUBLIC_KEY_BYTES}")
-        return PublicKey.from_json(bytes(body).decode("utf-8"))
-    if dtype == "paillier-ciphertext":
-        if public_key is None:
-            raise TransportError(f"{where}: a ciphertext before the data party's public key")
-        width = (public_key.nsquare.bit_length() + 7) // 8
-        if len(body) < count * width:
-            raise TransportError(f"{where}: {len(body)} bytes cannot hold {count} ciphertexts of "
-                                 f"{width} bytes each")
-        array = EncryptedArray.from_bytes(body, public_key)
-        if tuple(array.shape) != shape:
-            raise TransportError(f"{where}: the frame says shape {list(shape)}, the ciphertexts "
-                                 f"{list(array.shape)}")
-        return array
-    if dtype == "float64":
-        if len(body) != 8 * count:
-            raise TransportError(f"{where}: {len(body)} bytes for {count} float64 values")
-        return np.frombuffer(body, dtype=">f8").astype(np.float64).reshape(shape)
-    width = header["width"]  # dtype "int"
-    if len(body) != width * count:
-        raise TransportError(f"{where}: {len(body)} bytes for {count} integers of {width} "
-                             "bytes each")
-    view = memoryview(body).cast("B")
-    values = np.empty(count, dtype=object)
-    values[:] = [int.from_bytes(view[i * width:(i + 1) * width], "big", signed=True)
-                 for i in range(count)]
-    return values.reshape(shape)

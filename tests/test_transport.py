@@ -33,6 +33,7 @@ from plan import FixedPointPlan
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 KEY_BITS = 512
 TOKEN = b"a-shared-test-token-of-32-bytes!"
+WRONG_TOKEN = b"not-the-shared-token-but-as-long!"  # long and varied enough to be sent at all
 TIMEOUT = 20.0
 
 
@@ -120,19 +121,34 @@ def run_pair(keypair, feature_ids, X, label_ids, y, n_classes, cfg, *, test_frac
 # ----------------------------------------------------------------------------------------------
 # The protocol over the wire equals the protocol in process
 # ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["breast_cancer", "wine"])
-def test_two_parties_over_a_socket_equal_the_in_process_run_bit_for_bit(keypair, name):
-    """Binary and multi-class: over a real socket, W_B + ε_acc equals the in-process joint W
-    integer for integer, the label party's layers, losses and test predictions are identical,
-    and both sides recorded the same messages, with payloads that survived the wire exactly."""
+PSI_ALIGNMENT = [("label", "data", "alignment and split", "public"),
+                 ("data", "label", "input width", "public"),
+                 ("label", "data", "label ids, blinded", "revealed"),
+                 ("data", "label", "label ids, blinded twice", "revealed"),
+                 ("data", "label", "data ids, blinded", "revealed"),
+                 ("label", "data", "data ids, blinded twice", "revealed"),
+                 ("data", "label", "intersection fingerprint", "public"),
+                 ("label", "data", "intersection fingerprint", "public")]
+PUBLIC_IDS_ALIGNMENT = [("label", "data", "alignment and split", "public"),
+                        ("data", "label", "input width", "public"),
+                        ("label", "data", "ids", "public"), ("data", "label", "ids", "public")]
+
+
+@pytest.mark.parametrize("name, align", [("breast_cancer", "psi"), ("wine", "psi"),
+                                         ("wine", "public-ids")])
+def test_two_parties_over_a_socket_equal_the_in_process_run_bit_for_bit(keypair, name, align):
+    """Binary and multi-class, ids aligned privately or in the clear: over a real socket,
+    W_B + ε_acc equals the in-process joint W integer for integer, the label party's layers,
+    losses and test predictions are identical, and both sides recorded the same messages, with
+    payloads that survived the wire exactly."""
     feature_ids, X, label_ids, y, class_names = two_party_data(name)
     cfg = config()
     reference, test_set = reference_run(keypair, feature_ids, X, label_ids, y, class_names, cfg,
                                         0.25)
     data_transcript, label_transcript = io.StringIO(), io.StringIO()
     out = run_pair(keypair, feature_ids, X, label_ids, y, len(class_names), cfg,
-                   data_options=dict(transcript=data_transcript),
-                   label_options=dict(transcript=label_transcript))
+                   data_options=dict(transcript=data_transcript, align=align),
+                   label_options=dict(transcript=label_transcript, align=align))
     assert "data_error" not in out and "label_error" not in out, out
     data_run, label_run = out["data"], out["label"]
     label_party, data_party = label_run.party, data_run.party
@@ -155,9 +171,12 @@ def test_two_parties_over_a_socket_equal_the_in_process_run_bit_for_bit(keypair,
 
     data_side, label_side = data_run.channel.messages, label_run.channel.messages
     assert names(data_side) == names(label_side)
-    assert [m[0] for m in names(label_side)[:2]] == ["align", "align"]
+    alignment = PSI_ALIGNMENT if align == "psi" else PUBLIC_IDS_ALIGNMENT
+    assert names(label_side)[:len(alignment)] == [("align", *m) for m in alignment]
     # the protocol itself is unchanged: the in-process run's messages, after the alignment
-    assert names(label_side)[2:] == names(reference.channel.messages)
+    assert names(label_side)[len(alignment):] == names(reference.channel.messages)
+    assert data_run.n_common == label_run.n_common == 80
+    assert (data_run.n_other_ids, label_run.n_other_ids) == (len(label_ids), len(feature_ids))
     for sent, received in zip(data_side, label_side):
         assert sent.nbytes == received.nbytes and sent.shape == received.shape
         assert sent.declaration() == received.declaration()
@@ -276,25 +295,7 @@ def test_ciphertexts_and_the_public_key_round_trip_the_wire(keypair):
 # ----------------------------------------------------------------------------------------------
 # Malformed and unexpected frames
 # ----------------------------------------------------------------------------------------------
-# (frame-level refusals: tests/test_wire.py)
-
-
-@pytest.mark.parametrize("header,body,needle", [
-    ({"dtype": "int", "width": 4, "shape": [3]}, b"\0" * 11, "11 bytes for 3 integers"),
-    ({"dtype": "int", "width": 0, "shape": [0]}, b"", "integer width 0"),
-    ({"dtype": "int", "width": True, "shape": [1]}, b"\0", "integer width True"),
-    ({"dtype": "float64", "shape": [2]}, b"\0" * 15, "15 bytes for 2 float64"),
-    ({"dtype": "int", "width": 1, "shape": [-1]}, b"", "not a list of sizes"),
-    ({"dtype": "pickle", "shape": []}, b"\x80\x04.", "unknown payload dtype 'pickle'"),
-    ({"dtype": "json", "shape": []}, b"[NaN]", "not JSON"),
-    ({"dtype": "json", "shape": []}, b"[" * 100000, "not JSON"),
-    ({"dtype": "paillier-public-key", "shape": []}, b'{"n": "abc"}', "not a public key"),
-])
-def test_malformed_payloads_are_refused(header, body, needle):
-    """A body that disagrees with its declared layout, or an unknown (e.g. pickle) layout, is
-    refused; nothing is ever unpickled."""
-    with pytest.raises(wire.TransportError, match=needle):
-        wire.decode_payload(header, body, None, "test")
+# (frame-level and payload-level refusals: tests/test_wire.py)
 
 
 def test_ciphertexts_under_another_key_or_out_of_range_are_refused(keypair):
@@ -339,6 +340,11 @@ def test_a_frame_that_is_not_the_next_expected_message_is_refused():
                                                   "expects step 1"):
         label_side.send(1, "data", "label", "X·W + ε_B", "revealed", make=_nothing,
                         take=_nothing, reason="z")
+    # refused at its header, before its body is read: the connection then refuses everything
+    with pytest.raises(wire.TransportError, match="already failed"):
+        label_side.send(4, "data", "label", "T", "masked", make=_nothing, take=_nothing,
+                        mask_bits=140, value_bits=90)
+    data_side, label_side = _channel_pair()
     data_side.send(4, "data", "label", "T", "masked", make=lambda _: values, take=_nothing,
                    mask_bits=141, value_bits=90)
     with pytest.raises(wire.TransportError, match="widths 141/90\\) where the protocol "
@@ -382,10 +388,54 @@ def test_the_receiver_runs_the_in_process_leakage_checks_on_what_the_sender_decl
         label_side.send(4, "data", "label", "T", "masked", make=_nothing, take=_nothing,
                         mask_bits=140, value_bits=90)
     _send_raw(data_side, {**masked, "shape": [3]}, np.array([1, 2], dtype=object))
-    with pytest.raises(LeakageError, match=r"a payload of shape \(2,\) where the protocol "
-                                           r"expects \(3,\)"):
+    with pytest.raises(wire.TransportError, match=r"the frame declares shape \[2\], the "
+                                                  r"protocol expects \[3\]"):
         label_side.send(4, "data", "label", "T", "masked", make=_nothing, take=_nothing,
                         shape=(3,), mask_bits=140, value_bits=90)
+
+
+def _declare_only(channel, declaration, layout, body_bytes):
+    """A peer that declares a frame of ``body_bytes`` and sends its header, but not its body."""
+    header = json.dumps({"type": "message", "declaration": declaration,
+                         "layout": layout}).encode()
+    channel.connection.sock.sendall(wire.PREFIX.pack(wire.MAGIC, 0, len(header), body_bytes)
+                                    + header)
+
+
+def test_a_frame_declaring_a_huge_shape_is_refused_before_its_body_is_read():
+    """Parse nothing before its size is known to be right: the receiver checks the frame's
+    declared shape and element count against the message due before it reads the body. The
+    peer here declares 64 Mi integers in 200 MiB and never sends them: the refusal comes at
+    once (a receiver that waited for the body would time out instead)."""
+    masked = {"step": "4", "sender": "data", "receiver": "label", "name": "T", "kind": "masked",
+              "reason": None, "mask_bits": 140, "value_bits": 90, "shape": [3]}
+    for layout, words in [
+            ({"dtype": "int", "width": 3, "shape": [8192, 8192]},
+             r"declares shape \[8192, 8192\], the protocol expects \[3\]"),
+            ({"dtype": "int", "width": 3, "shape": [1 << 40]}, r"is not a list of at most"),
+            ({"dtype": "int", "width": 3, "shape": [1] * 65}, r"is not a list of at most 32")]:
+        data_side, label_side = _channel_pair()
+        _declare_only(data_side, masked, layout, 200 * 2 ** 20)
+        start = time.monotonic()
+        with pytest.raises(wire.TransportError, match=words) as caught:
+            label_side.send(4, "data", "label", "T", "masked", make=_nothing, take=_nothing,
+                            shape=(3,), mask_bits=140, value_bits=90)
+        assert time.monotonic() - start < 1 and "\n" not in str(caught.value)
+    # a list of integers the alignment expects: its length and width, before its body
+    revealed = {"step": "align", "sender": "data", "receiver": "label", "name": "ids",
+                "kind": "revealed", "reason": "r", "mask_bits": None, "value_bits": None,
+                "shape": None}
+    for layout, words in [({"dtype": "int-list", "width": 257, "shape": [1 << 20]},
+                           r"shape \[1048576\], the protocol expects a list of 5 integers"),
+                          ({"dtype": "int-list", "width": 4000, "shape": [5]},
+                           r"integers of 4000 bytes, more than the 257"),
+                          ({"dtype": "json", "shape": []}, r"a json payload of shape \[\]")]:
+        data_side, label_side = _channel_pair()
+        label_side.expect_integers("ids", count=5, max_width=257)
+        _declare_only(data_side, revealed, layout, 200 * 2 ** 20)
+        with pytest.raises(wire.TransportError, match=words):
+            label_side.send("align", "data", "label", "ids", "revealed", make=_nothing,
+                            take=_nothing, reason="r")
 
 
 def test_a_silent_or_trickling_peer_times_out_with_a_clear_error():
@@ -419,7 +469,7 @@ def test_a_wrong_token_is_refused_and_the_data_party_keeps_waiting_for_the_right
     thread = threading.Thread(target=_serve, args=(listener, TOKEN, results, log), daemon=True)
     thread.start()
     with pytest.raises(wire.AuthenticationError, match="refused this connection: wrong token"):
-        wire.connect_peer("127.0.0.1", port, b"not-the-shared-token-at-all", timeout=5)
+        wire.connect_peer("127.0.0.1", port, WRONG_TOKEN, timeout=5)
     # a raw client sees exactly: the hello, then the refusal, then the end of the connection
     # (a proof that is not even ASCII is just as wrong, and must not crash the data party)
     for proof in ("00" * 32, "é" * 64):
@@ -469,11 +519,11 @@ def test_the_token_comes_from_a_file_or_the_environment_and_must_be_long(tmp_pat
     """--token-file wins (whitespace stripped), else ACML_TOKEN; missing or short is an error."""
     path = tmp_path / "token"
     path.write_text("  " + TOKEN.decode() + "\n")
-    assert wire.read_token(str(path), environ={"ACML_TOKEN": "x" * 40}) == TOKEN
-    assert wire.read_token(None, environ={"ACML_TOKEN": "y" * 40}) == b"y" * 40
+    assert wire.read_token(str(path), environ={"ACML_TOKEN": WRONG_TOKEN.decode()}) == TOKEN
+    assert wire.read_token(None, environ={"ACML_TOKEN": WRONG_TOKEN.decode()}) == WRONG_TOKEN
     with pytest.raises(ValueError, match="--token-file PATH or set ACML_TOKEN"):
         wire.read_token(None, environ={})
-    with pytest.raises(ValueError, match="fewer than 16"):
+    with pytest.raises(ValueError, match="fewer than 32"):
         wire.read_token(None, environ={"ACML_TOKEN": "short"})
     with pytest.raises(ValueError, match="cannot read"):
         wire.read_token(str(tmp_path / "missing"), environ={})
@@ -537,7 +587,7 @@ def test_cli_two_processes_refuse_a_wrong_token_then_train_like_the_in_process_r
     feature_ids, X, label_ids, y, class_names = two_party_data()
     features, labels, token = write_csvs(tmp_path, feature_ids, X, label_ids, y)
     wrong = tmp_path / "wrong"
-    wrong.write_text("this-is-not-the-shared-token\n")
+    wrong.write_text(WRONG_TOKEN.decode() + "\n")
     data_process, port = start_data_party(features, token, "--init-seed", "0")
     try:
         refused = subprocess.run(label_args(labels, str(wrong), port), cwd=ROOT,
@@ -569,8 +619,8 @@ def test_cli_two_processes_refuse_a_wrong_token_then_train_like_the_in_process_r
     assert metrics["n_common"] == 80 and metrics["key_bits"] == KEY_BITS
     lines = [json.loads(line) for line in transcript.read_text().splitlines()]
     assert len(lines) == metrics["messages"]
-    assert {line["name"] for line in lines if line["step"] == "align"} == {"ids and split",
-                                                                            "ids"}
+    assert [line["name"] for line in lines if line["step"] == "align"] == [
+        name for _, _, name, _ in PSI_ALIGNMENT]  # private set intersection by default
     assert "test accuracy" in label.stdout
 
 
@@ -632,24 +682,28 @@ def test_the_label_party_cli_exits_2_with_one_line_when_the_data_party_disconnec
     assert "step 1 message" in lines[0]
 
 
-def test_the_data_party_cli_refuses_strangers_and_exits_2_on_a_malformed_frame(tmp_path):
+def test_the_data_party_cli_refuses_strangers_and_exits_2_on_a_forged_frame(tmp_path):
     """Before the token is proven, garbage (even a huge declared frame) is refused and the data
-    party keeps listening; after it, a malformed frame ends the data party with exit code 2 and
-    one line naming the problem, never a traceback."""
+    party keeps listening; after it, a frame without a valid tag (forged, or altered on the
+    way) ends the data party with exit code 2 and one line naming the frame, never a
+    traceback."""
     feature_ids, X, label_ids, y, _ = two_party_data()
     features, _, token = write_csvs(tmp_path, feature_ids, X, label_ids, y)
     data_process, port = start_data_party(features, token)
     try:
         stranger = wire.Connection(socket.create_connection(("127.0.0.1", port)), timeout=5)
         assert stranger.receive_frame()[0]["type"] == "hello"
-        stranger.sock.sendall(PREFIX.pack(MAGIC, 2, 1 << 30) + b"{}")
+        stranger.sock.sendall(wire.PREFIX.pack(wire.MAGIC, 0, 2, 1 << 30) + b"{}")
         try:  # refused: closed (FIN, or RST over the unread bytes) without a word about the data
             assert stranger.sock.recv(4096) == b""
         except ConnectionResetError:
             pass
         stranger.close()
         connection = wire.connect_peer("127.0.0.1", port, TOKEN, timeout=TIMEOUT)
-        connection.sock.sendall(PREFIX.pack(MAGIC, 9, 0) + b"not json!")
+        # the label party's next frame is its number 1 (its hello was 0); the prefix is
+        # right, the tag is not
+        connection.sock.sendall(wire.PREFIX.pack(wire.MAGIC, 1, 9, 0) + b"\0" * wire.TAG_BYTES
+                                + b"not json!")
         _, err = data_process.communicate(timeout=TIMEOUT)
         connection.close()
     finally:
@@ -658,6 +712,99 @@ def test_the_data_party_cli_refuses_strangers_and_exits_2_on_a_malformed_frame(t
     lines = err.strip().splitlines()
     assert "Traceback" not in err
     assert "refused a connection from 127.0.0.1" in lines[0] and "exceed the caps" in lines[0]
-    assert lines[1:] == ["acml.py party: error: the label party sent a frame whose header is not "
-                         "JSON while this side waited for step align message 'ids and split' "
-                         "(label → data)"]
+    assert len(lines) == 2
+    assert lines[1].startswith("acml.py party: error: refused step align message ")
+    assert "(label → data): the prefix tag of the label party's frame 1 does not verify" in lines[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# TLS, and the handshake limit, at the command line
+# ----------------------------------------------------------------------------------------------
+def _certificates(folder):
+    """A CA, the data party's certificate for 127.0.0.1 and the label party's (trustme)."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(folder / "ca.crt"))
+    files = {}
+    for role, name in (("data", "127.0.0.1"), ("label", "acml-label-party")):
+        certificate = ca.issue_cert(name)
+        certificate.cert_chain_pems[0].write_to_path(str(folder / f"{role}.crt"))
+        certificate.private_key_pem.write_to_path(str(folder / f"{role}.key"))
+        files[role] = ["--tls-cert", str(folder / f"{role}.crt"), "--tls-key",
+                       str(folder / f"{role}.key"), "--tls-ca", str(folder / "ca.crt")]
+    return files
+
+
+def test_a_tls_session_of_a_real_training_over_the_cli_equals_the_in_process_run(tmp_path,
+                                                                                   keypair):
+    """Both parties with --tls-cert/--tls-key/--tls-ca (certificates from trustme): the session
+    runs over TLS 1.3, says so, and trains exactly what the in-process run trains. An idle
+    connection opened first is dropped after the data party's own --handshake-timeout, named
+    as such (that it delays nobody is tests/test_wire.py's subject)."""
+    feature_ids, X, label_ids, y, class_names = two_party_data(n_rows=60)
+    features, labels, token = write_csvs(tmp_path, feature_ids, X, label_ids, y)
+    tls = _certificates(tmp_path)
+    data_process, port = start_data_party(features, token, "--init-seed", "0",
+                                          "--handshake-timeout", "0.5", *tls["data"])
+    try:
+        idle = socket.create_connection(("127.0.0.1", port))  # never speaks
+        time.sleep(1.0)  # past its handshake limit: refused, and logged
+        report = tmp_path / "report.json"
+        label = subprocess.run(label_args(labels, token, port, "--json", str(report),
+                                          *tls["label"]),
+                               cwd=ROOT, env=environment(), capture_output=True, text=True,
+                               timeout=TIMEOUT)
+        assert label.returncode == 0, label.stderr
+        data_out, data_err = data_process.communicate(timeout=TIMEOUT)
+        idle.close()
+    finally:
+        data_process.kill()
+    assert data_process.returncode == 0, data_err
+    assert "refused a connection from 127.0.0.1" in data_err
+    assert "took longer than the handshake limit of 0.5 s (--handshake-timeout)" in data_err
+    assert "every frame authenticated, encrypted by TLSv1.3" in data_out
+    metrics = json.loads(report.read_text())
+    assert metrics["wire"]["tls"] == "TLSv1.3"
+    reference, _ = reference_run(keypair, feature_ids, X, label_ids, y, class_names, config(),
+                                 0.25)
+    assert metrics["batch_losses"] == reference.losses
+    assert metrics["label_model_sha256"] == transport.label_model_fingerprint(
+        reference.label_party.model)
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--tls-cert", "a.crt"], "--tls-cert given without --tls-key, --tls-ca"),
+    (["--tls-key", "a.key", "--tls-ca", "ca.crt"], "--tls-key, --tls-ca given without "
+                                                     "--tls-cert"),
+    (["--tls-cert", "none.crt", "--tls-key", "none.key", "--tls-ca", "none-ca.crt"],
+     "TLS certificate or key (none.crt, none.key): cannot load it"),
+])
+def test_tls_takes_all_three_files_or_none_in_one_line(tmp_path, flags, words):
+    result = subprocess.run(cli("label", "--connect", "127.0.0.1:9", "--labels", "x.csv",
+                                "--id-column", "id", "--label-column", "y", *flags),
+                            cwd=tmp_path, env=environment(), capture_output=True, text=True,
+                            timeout=TIMEOUT)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], result.stderr
+
+
+def test_the_two_parties_must_choose_the_same_alignment(tmp_path):
+    """--align public-ids at the label party, psi (the default) at the data party: the data
+    party refuses before any id crosses, one line each side, exit 2."""
+    feature_ids, X, label_ids, y, _ = two_party_data(n_rows=30)
+    features, labels, token = write_csvs(tmp_path, feature_ids, X, label_ids, y)
+    data_process, port = start_data_party(features, token)
+    try:
+        label = subprocess.run(label_args(labels, token, port, "--align", "public-ids"),
+                               cwd=ROOT, env=environment(), capture_output=True, text=True,
+                               timeout=TIMEOUT)
+        _, data_err = data_process.communicate(timeout=TIMEOUT)
+    finally:
+        data_process.kill()
+    assert data_process.returncode == 2 and label.returncode == 2
+    assert data_err.strip().splitlines() == [
+        "acml.py party: error: the label party aligns the ids by 'public-ids', this party by "
+        "'psi': both must choose the same (--align)"]
+    assert len(label.stderr.strip().splitlines()) == 1
+    assert "closed the connection" in label.stderr

@@ -661,6 +661,8 @@ def test_ciphertexts_and_the_public_key_round_trip_and_a_foreign_key_is_refused(
     ({"dtype": "float64", "shape": "3"}, b"", "is not a list"),
     ({"dtype": "float64", "shape": [3]}, b"\0" * 23, "23 bytes for 3 float64 values"),
     ({"dtype": "int", "shape": [3], "width": 0}, b"", "width 0 is not in"),
+    ({"dtype": "int", "shape": [1], "width": True}, b"\0", "width True is not in"),
+    ({"dtype": "int", "shape": [-1], "width": 1}, b"", "is not a list of at most"),
     ({"dtype": "int", "shape": [3], "width": 2}, b"\0" * 5, "5 bytes for 3 integers"),
     ({"dtype": "pickle", "shape": []}, b"", "unknown payload dtype"),
     ({"dtype": "json", "shape": [2]}, b"[]", "has shape []"),
