@@ -139,7 +139,7 @@ def test_notation_table_names_only_code_that_exists():
 
 
 class RecordingMasks(MaskSource):
-    """The default mask source (random.SystemRandom), keeping every draw: (bits, values)."""
+    """The default mask source (random.SystemRandom), keeping every draw: (kind, bits, values)."""
 
     def __init__(self):
         super().__init__()
@@ -147,36 +147,46 @@ class RecordingMasks(MaskSource):
 
     def uniform(self, shape, bits, scale):
         mask = super().uniform(shape, bits, scale)
-        self.draws.append((bits, mask))
+        self.draws.append(("interval", bits, mask))
+        return mask
+
+    def residues(self, shape, n, bits):
+        mask = super().residues(shape, n, bits)
+        self.draws.append(("mod n", bits, mask))
         return mask
 
 
 def test_protocol_md_mask_table_is_what_the_code_draws():
-    """PROTOCOL.md, section 5: every mask is uniform on [−2**b, 2**b), none uniform modulo n.
-    ε_B and ε_B' are drawn at plan.wide_mask_bits(n), whose interval covers at most a third of
-    Z_n; ε_acc at noise_acc_bits, ε_A at gradient_mask_bits(m). If the code changes (say, masks
-    uniform mod n), this fails and the table must be rewritten."""
+    """PROTOCOL.md, section 5: A's masks (ε_acc at noise_acc_bits, ε_A at gradient_mask_bits(m))
+    are uniform on [−2**b, 2**b); B's (ε_B, then ε_B') are residues uniform mod n by default, and
+    on the old interval of plan.wide_mask_bits(n) (a third of Z_n at most) with
+    mask_range="interval". If the code changes, this fails and the table must be rewritten."""
     keypair = insecure_keypair(256)
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((16, 4)), np.arange(16) % 2
-    data_masks, label_masks = RecordingMasks(), RecordingMasks()
-    data_party = DataParty(X, keypair=keypair, init_seed=0, mask_source=data_masks)
-    label_party = LabelParty(y, (4, 3, 1), batch_size=16, seed=0, packing=False,
-                             mask_source=label_masks)
-    session = Channel(data_party=data_party, label_party=label_party)
-    public = protocol.setup(session)
-    protocol.train_batch(session, public, np.arange(16))
     n = keypair[0].n
-    wide = public.mask_bits
-    assert wide == keypair[0].max_int.bit_length() - 2      # bits of ⌊(n−1)/3⌋ − 2
-    assert 2 ** (wide + 1) <= n // 3
-    label_widths = [bits for bits, _ in label_masks.draws]
-    assert label_widths == [wide, wide], "B draws ε_B, then ε_B', both at the wide width"
-    assert [mask.shape for _, mask in label_masks.draws] == [(16, 3), (4, 3)]
-    plan = data_party.plan
-    assert [bits for bits, _ in data_masks.draws] == [plan.noise_acc_bits(),
-                                                      plan.gradient_mask_bits(16)]
-    for bits, mask in data_masks.draws + label_masks.draws:
-        values = [int(v) for v in np.asarray(mask).ravel()]
-        assert all(-2 ** bits <= v < 2 ** bits for v in values), bits
-        assert all(isinstance(v, int) for v in values)
+    for mask_range, label_kind in (("mod_n", "mod n"), ("interval", "interval")):
+        data_masks, label_masks = RecordingMasks(), RecordingMasks()
+        data_party = DataParty(X, keypair=keypair, init_seed=0, mask_source=data_masks)
+        label_party = LabelParty(y, (4, 3, 1), batch_size=16, seed=0, packing=False,
+                                 mask_source=label_masks, allow_insecure=True,
+                                 mask_range=mask_range)
+        session = Channel(data_party=data_party, label_party=label_party)
+        public = protocol.setup(session)
+        protocol.train_batch(session, public, np.arange(16))
+        wide = public.mask_bits
+        assert wide == keypair[0].max_int.bit_length() - 2      # bits of ⌊(n−1)/3⌋ − 2
+        assert 2 ** (wide + 1) <= n // 3
+        assert [(kind, bits) for kind, bits, _ in label_masks.draws] == [(label_kind, wide)] * 2
+        assert [mask.shape for _, _, mask in label_masks.draws] == [(16, 3), (4, 3)]
+        plan = data_party.plan
+        assert [(kind, bits) for kind, bits, _ in data_masks.draws] == [
+            ("interval", plan.noise_acc_bits()), ("interval", plan.gradient_mask_bits(16))]
+        for kind, bits, mask in data_masks.draws + label_masks.draws:
+            values = [int(v) for v in np.asarray(mask).ravel()]
+            if kind == "mod n":
+                assert all(0 <= v < n for v in values)
+                assert max(values) >= 2 ** (wide + 1), "residues reach beyond any interval mask"
+            else:
+                assert all(-2 ** bits <= v < 2 ** bits for v in values), bits
+            assert all(isinstance(v, int) for v in values)
