@@ -43,7 +43,8 @@ class SocketChannel(Channel):
     def __init__(self, connection, role: str, party, *, sigma: int = 40, transcript=None):
         super().__init__(**{f"{role}_party": party}, sigma=sigma, transcript=transcript)
         self.connection, self.role = connection, role
-        self._integer_lists = {}  # message name -> (count, max width): see expect_integers
+        self._integer_lists = {}  # message name -> (count, max count, max width): see
+        # expect_integers
         # "TLSv1.3" on a TLS connection, None on plain TCP (frames authenticated, not encrypted)
         version = getattr(connection.sock, "version", None)
         self.tls_version = version() if callable(version) else None
@@ -58,11 +59,12 @@ class SocketChannel(Channel):
         self.connection.send_frame({"type": "message", "declaration": message.declaration(),
                                     "layout": layout}, body, what=message.where)
 
-    def expect_integers(self, name: str, *, count: int | None = None, max_width: int) -> None:
-        """The next message called ``name`` to arrive must be a list of ``count`` (any number,
-        if None) integers of at most ``max_width`` bytes each: checked before its body is read.
-        The id alignment uses it; the protocol's own messages declare shapes."""
-        self._integer_lists[name] = (count, max_width)
+    def expect_integers(self, name: str, *, count: int | None = None,
+                        max_count: int | None = None, max_width: int) -> None:
+        """The next message called ``name`` to arrive must be a list of ``count`` (any number up
+        to ``max_count``, if None) integers of at most ``max_width`` bytes each: checked before
+        its body is read. The id alignment uses it; the protocol's own messages declare shapes."""
+        self._integer_lists[name] = (count, max_count, max_width)
 
     def _receive(self, message):
         """The next frame, if it is ``message``: its declaration and payload layout (dtype,
@@ -88,13 +90,16 @@ class SocketChannel(Channel):
                               expected_shape=message.shape)
 
     @staticmethod
-    def _check_integer_list(message, layout, count, max_width) -> None:
+    def _check_integer_list(message, layout, count, max_count, max_width) -> None:
         shape = layout["shape"]
         if layout["dtype"] != "int-list" or (count is not None and shape != [count]):
             wanted = "some" if count is None else str(count)
             raise TransportError(f"{message.where}: the frame declares a {layout['dtype']} "
                                  f"payload of shape {shape}, the protocol expects a list of "
                                  f"{wanted} integers")
+        if count is None and max_count is not None and shape[0] > max_count:
+            raise TransportError(f"{message.where}: {shape[0]:,} ids, more than the cap of "
+                                 f"{max_count:,}")
         if layout["width"] > max_width:
             raise TransportError(f"{message.where}: integers of {layout['width']} bytes, more "
                                  f"than the {max_width} a group element takes")
@@ -178,8 +183,8 @@ class Alignment:
 
     def take_plan(self, plan) -> None:
         if not isinstance(plan, dict) or set(plan) != {"align", "test_fraction", "seed"}:
-            raise TransportError("the label party's alignment plan is not {align, "
-                                 "test_fraction, seed}")
+            raise TransportError("the label party's alignment message needs exactly align, "
+                                 "test_fraction and seed")
         if plan["align"] != self.align:
             raise ValueError(f"the label party aligns the ids by {plan['align']!r}, this party "
                              f"by {self.align!r}: both must choose the same (--align)")
@@ -189,8 +194,9 @@ class Alignment:
         self.test_fraction, self.seed = plan["test_fraction"], plan["seed"]
 
     def take_width(self, width) -> None:
-        n_inputs = width.get("n_inputs") if isinstance(width, dict) and set(width) == {
-            "n_inputs"} else None
+        if not isinstance(width, dict) or set(width) != {"n_inputs"}:
+            raise TransportError("the data party's input width message needs exactly n_inputs")
+        n_inputs = width["n_inputs"]
         if isinstance(n_inputs, bool) or not isinstance(n_inputs, int) or not \
                 1 <= n_inputs <= MAX_INPUTS:
             raise TransportError(f"the data party declares {n_inputs!r} inputs; the cap is "
@@ -204,8 +210,7 @@ class Alignment:
         self.n_other_ids = n_other_ids
 
     def take_public_ids(self, ids) -> None:
-        if not isinstance(ids, list) or not all(isinstance(key, str) for key in ids):
-            raise TransportError("the other party's ids are not a list of strings")
+        _check_id_list(ids, "the other party's ids")
         self.settle(ids, len(ids))
 
     def settle_psi(self) -> None:
@@ -270,7 +275,8 @@ def align_by_psi(channel: SocketChannel) -> None:
         A → B  intersection fingerprint    sha256 of the sorted H(x)^αβ both hold
         B → A  intersection fingerprint
 
-    Each list is checked for its length and width before it is read (expect_integers)."""
+    Each list is checked for its length (at most MAX_IDS) and width before it is read
+    (expect_integers)."""
     here = channel.local[channel.role]
     side_type = psi.LabelSide if channel.role == LABEL else psi.DataSide
     here.side = side_type(here.keys)  # blinds this party's ids (duplicates: refused before)
@@ -278,9 +284,11 @@ def align_by_psi(channel: SocketChannel) -> None:
     if channel.role == LABEL:
         channel.expect_integers("label ids, blinded twice", count=own,
                                 max_width=GROUP_ELEMENT_WIDTH)
-        channel.expect_integers("data ids, blinded", max_width=GROUP_ELEMENT_WIDTH)
+        channel.expect_integers("data ids, blinded", max_count=MAX_IDS,
+                                max_width=GROUP_ELEMENT_WIDTH)
     else:
-        channel.expect_integers("label ids, blinded", max_width=GROUP_ELEMENT_WIDTH)
+        channel.expect_integers("label ids, blinded", max_count=MAX_IDS,
+                                max_width=GROUP_ELEMENT_WIDTH)
         channel.expect_integers("data ids, blinded twice", count=own,
                                 max_width=GROUP_ELEMENT_WIDTH)
     answers = {}
@@ -376,10 +384,11 @@ def agree_epoch(channel: SocketChannel, saved) -> int:
                  make=lambda _: list(mine), take=choose)
     channel.send("resume", LABEL, DATA, "resume from epoch", PUBLIC,
                  make=lambda _: got["epoch"], take=take_choice)
-    if got["epoch"] is None:
-        theirs = got.get("offered", "the other party's")
+    if got["epoch"] is None:  # only the label party saw the other's epochs
+        theirs = (f"the data party {sorted(got['offered'])}" if channel.role == LABEL else
+                  "the label party none of them")
         raise ValueError(f"nothing to resume: no epoch both parties saved (this party has "
-                         f"{sorted(mine)}, the other {theirs}); train afresh into new directories")
+                         f"{sorted(mine)}, {theirs}); train afresh into new directories")
     return got["epoch"]
 
 

@@ -350,9 +350,9 @@ def socket_channels():
     """A SocketChannel pair over a real socket pair: the label side and the data side."""
     left, right = socket.socketpair()
     data_side = transport.SocketChannel(wire.Connection(left, timeout=10), DATA,
-                                        transport.IdList(["1"], n_inputs=1))
+                                        transport.Alignment(["1"], n_inputs=1))
     label_side = transport.SocketChannel(wire.Connection(right, timeout=10), LABEL,
-                                         transport.IdList(["1"], test_fraction=0.2, seed=0))
+                                         transport.Alignment(["1"], test_fraction=0.2, seed=0))
     return data_side, label_side
 
 
@@ -393,21 +393,54 @@ def test_the_shapes_message_is_validated_with_caps(message, needle):
     assert needle in str(caught.value) and len(str(caught.value)) < 400
 
 
+# The alignment's messages (transport.Alignment): the label party's plan (the way to align, the
+# split), the data party's input width, and with --align public-ids each party's id list.
 @pytest.mark.parametrize("take,message,needle", [
-    ("take_offer", [1], "needs exactly ids"),
-    ("take_offer", {"ids": "abc", "test_fraction": 0.2, "seed": 0}, "not a list"),
-    ("take_offer", {"ids": ["a", 3], "test_fraction": 0.2, "seed": 0}, "entry 1"),
-    ("take_offer", {"ids": ["a" * 2000], "test_fraction": 0.2, "seed": 0}, "1024 characters"),
-    ("take_offer", {"ids": ["a"], "test_fraction": 0.2, "seed": 2 ** 64}, "2**63"),
-    ("take_answer", {"ids": ["a"], "n_inputs": 10 ** 6}, "1..100,000"),
-    ("take_answer", {"ids": ["a"]}, "needs exactly ids and n_inputs")])
+    ("take_plan", [1], "needs exactly align, test_fraction and seed"),
+    ("take_plan", {"align": "psi", "test_fraction": 0.2}, "needs exactly align"),
+    ("take_plan", {"align": "psi", "test_fraction": 0.2, "seed": 2 ** 64}, "2**63"),
+    ("take_public_ids", "abc", "not a list"),
+    ("take_public_ids", ["a", 3], "entry 1"),
+    ("take_public_ids", ["a" * 2000], "1024 characters"),
+    ("take_width", {"n_inputs": 10 ** 6}, "1..100,000"),
+    ("take_width", {"n_inputs": True}, "1..100,000"),
+    ("take_width", {"ids": ["a"], "n_inputs": 1}, "needs exactly n_inputs"),
+    ("take_width", [1], "needs exactly n_inputs")])
 def test_alignment_messages_are_validated_with_caps(take, message, needle):
     with pytest.raises((ValueError, wire.TransportError)) as caught:
-        getattr(transport.IdList(["a"]), take)(message)
-    assert needle in str(caught.value)
+        getattr(transport.Alignment(["a"]), take)(message)
+    assert needle in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_more_ids_than_the_cap_are_refused(monkeypatch):
+    """In the clear (--align public-ids): the list itself is refused."""
     monkeypatch.setattr(transport, "MAX_IDS", 3)
     with pytest.raises(wire.TransportError, match="4 ids, more than the cap of 3"):
-        transport.IdList(["a"]).take_answer({"ids": ["a", "b", "c", "d"], "n_inputs": 1})
+        transport.Alignment(["a"], align="public-ids").take_public_ids(["a", "b", "c", "d"])
+
+
+def test_more_blinded_ids_than_the_cap_are_refused_before_the_body_is_read(monkeypatch):
+    """By PSI (the default): the data party refuses the label party's blinded ids from the
+    frame's declared length, before reading them."""
+    monkeypatch.setattr(transport, "MAX_IDS", 3)
+    data_side, label_side = socket_channels()
+    label_side.local[LABEL] = transport.Alignment(["a", "b", "c", "d"], test_fraction=0.2,
+                                                  seed=0)
+    failures = {}
+
+    def label_runs():
+        try:
+            transport.align_ids(label_side)
+        except Exception as error:  # the data party hangs up after refusing
+            failures["label"] = error
+
+    thread = threading.Thread(target=label_runs, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(wire.TransportError, match="4 ids, more than the cap of 3"):
+            transport.align_ids(data_side)
+    finally:
+        data_side.connection.close()
+        thread.join(20)
+    assert not thread.is_alive()
+    assert isinstance(failures.get("label"), wire.TransportError), failures
