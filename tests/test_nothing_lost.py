@@ -202,8 +202,11 @@ def test_over_tcp_the_parties_agree_on_the_latest_epoch_both_saved(wine, tmp_pat
     out = run_pair(train_set, crashed, 3, resume=True)
     assert "data_error" not in out and "label_error" not in out, out
     assert out["label"].resumed_after_epoch == 2
-    assert [m.name for m in out["label"].channel.messages[2:4]] == [
-        "checkpointed epochs", "resume from epoch"]
+    # right after the id alignment (PSI by default: its messages are step "align"), before step 0
+    steps = [(m.step, m.name) for m in out["label"].channel.messages]
+    n_align = next(i for i, (step, _) in enumerate(steps) if step != "align")
+    assert n_align > 0 and steps[n_align:n_align + 3] == [
+        ("resume", "checkpointed epochs"), ("resume", "resume from epoch"), ("0", "public key")]
     (w_a, p_a), (w_b, p_b) = tcp_model(straight), tcp_model(crashed)
     assert np.array_equal(w_a, w_b)
     assert all(np.array_equal(p_a[name], p_b[name]) for name in p_a)
