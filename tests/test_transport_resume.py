@@ -13,7 +13,6 @@ from conftest import insecure_keypair
 import acml
 import checkpoint
 import transport
-import wire
 import test_transport
 from test_transport import KEY_BITS, TIMEOUT, two_party_data
 
@@ -21,8 +20,8 @@ EPOCHS = 3
 
 
 def config(epochs):
-    return acml.Config(hidden=(3,), epochs=epochs, batch_size=16, lr=0.1, momentum=0.5,
-                       key_bits=KEY_BITS, allow_insecure=True, init_seed=0)
+    return acml.Config(hidden=(3,), activation="relu", epochs=epochs, batch_size=16, lr=0.1,
+                       momentum=0.5, key_bits=KEY_BITS, allow_insecure=True, init_seed=0)
 
 
 def run_pair(feature_ids, X, label_ids, y, class_names, cfg, *, data_options, label_options):
@@ -91,11 +90,15 @@ def test_resumed_over_tcp_equals_an_uninterrupted_run_bit_for_bit(runs):
 
 
 def test_each_party_saves_only_its_own_file_in_its_own_directory(runs):
-    """The data party's directory holds data_party.npz alone, the label party's label_party.npz
-    alone; the two together are a consistent pair after epoch 3, under the data party's key."""
+    """The data party's directory holds only its own files, data_party.npz (epoch 3) and
+    data_party.epoch-2.npz (the epoch before, kept by rundir.save_epoch), the label party's
+    only label_party.npz and label_party.epoch-2.npz; the main files together are a consistent
+    pair after epoch 3, under the data party's key."""
     data_dir, label_dir = runs["data_dir"], runs["label_dir"]
-    assert sorted(p.name for p in data_dir.iterdir()) == ["data_party.npz"]
-    assert sorted(p.name for p in label_dir.iterdir()) == ["label_party.npz"]
+    assert sorted(p.name for p in data_dir.iterdir()) == ["data_party.epoch-2.npz",
+                                                          "data_party.npz"]
+    assert sorted(p.name for p in label_dir.iterdir()) == ["label_party.epoch-2.npz",
+                                                           "label_party.npz"]
     data_state = checkpoint.DataPartyState.load(data_dir / "data_party.npz", allow_insecure=True)
     label_state = checkpoint.LabelPartyState.load(label_dir / "label_party.npz",
                                                   allow_insecure=True)
@@ -109,15 +112,19 @@ def test_each_party_saves_only_its_own_file_in_its_own_directory(runs):
 
 def test_checkpoints_of_different_epochs_are_refused_in_one_line_on_both_sides(runs):
     """The label party's file after epoch 2 against the data party's after epoch 1 (same key):
-    the data party refuses, naming both epochs; the label party ends with one line too."""
+    no epoch both saved, so in step "resume" (transport.agree_epoch) the label party, which
+    sees the data party's epochs, refuses naming both, and the data party, told there is none,
+    refuses naming its own: one line each, before step 0."""
     out = run_pair(*runs["parties"], config(EPOCHS),
                    data_options=dict(checkpoint_dir=runs["data_after_one"], resume=True),
                    label_options=dict(checkpoint_dir=runs["label_after_two"], resume=True))
     assert "data" not in out and "label" not in out
     data_line, label_line = str(out["data_error"]), str(out["label_error"])
     assert "\n" not in data_line and "\n" not in label_line
-    assert "after epoch 2" in data_line and "after epoch 1" in data_line
-    assert isinstance(out["label_error"], wire.TransportError)
+    assert label_line.startswith("nothing to resume: no epoch both parties saved")
+    assert "this party has [2], the data party [1]" in label_line
+    assert data_line.startswith("nothing to resume: no epoch both parties saved")
+    assert "this party has [1], the label party none of them" in data_line
     # Nothing was trained, so nothing was saved: both files are still the ones they were.
     assert checkpoint.DataPartyState.load(runs["data_after_one"] / "data_party.npz",
                                           allow_insecure=True).epochs_completed == 1
@@ -155,11 +162,12 @@ def test_cli_parties_resume_from_their_own_directories_to_the_uninterrupted_weig
     """`acml.py party data|label --checkpoint-dir DIR`, 2 epochs in two processes, then both
     again with `--resume` to 3: the label party's --json report (the third epoch's losses, the
     fingerprint of its layers) equals the uninterrupted 3-epoch run's; each directory holds only
-    its own party's file."""
+    only its own party's files (its latest epoch and the one before)."""
     import json
     import subprocess
 
-    from test_transport import ROOT, environment, label_args, start_data_party, write_csvs
+    from test_transport import (CLI_MODEL, ROOT, environment, label_args, start_data_party,
+                                write_csvs)
 
     feature_ids, X, label_ids, y, _ = runs["parties"]
     features, labels, token = write_csvs(tmp_path, feature_ids, X, label_ids, y)
@@ -169,8 +177,8 @@ def test_cli_parties_resume_from_their_own_directories_to_the_uninterrupted_weig
                                               *extra, *data_extra)
         try:
             label = subprocess.run(
-                label_args(labels, token, port, "--momentum", "0.5", "--epochs", str(epochs),
-                           "--checkpoint-dir", str(label_dir), "--insecure-small-key",
+                label_args(labels, token, port, *CLI_MODEL, "--momentum", "0.5",
+                           "--epochs", str(epochs), "--checkpoint-dir", str(label_dir),
                            "--json", str(report), *extra),
                 cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=TIMEOUT)
             assert label.returncode == 0, label.stderr
@@ -186,8 +194,10 @@ def test_cli_parties_resume_from_their_own_directories_to_the_uninterrupted_weig
     assert metrics["batch_losses"] == straight.party.losses[-batches_per_epoch(straight):]
     assert metrics["label_model_sha256"] == transport.label_model_fingerprint(
         straight.party.model)
-    assert sorted(p.name for p in data_dir.iterdir()) == ["data_party.npz"]
-    assert sorted(p.name for p in label_dir.iterdir()) == ["label_party.npz"]
+    assert sorted(p.name for p in data_dir.iterdir()) == ["data_party.epoch-2.npz",
+                                                          "data_party.npz"]
+    assert sorted(p.name for p in label_dir.iterdir()) == ["label_party.epoch-2.npz",
+                                                           "label_party.npz"]
 
 
 @pytest.mark.parametrize("role", ["data", "label"])
@@ -199,5 +209,5 @@ def test_cli_party_resume_without_a_directory_is_one_line(capsys, role):
              "--label-column", "y"])
     assert acml.main([*argv, "--id-column", "id", "--resume"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["acml.py party: error: --resume needs --checkpoint-dir, the directory to "
-                   "resume from"]
+    assert err == [f"acml.py party {role}: error: --resume needs --checkpoint-dir, the "
+                   "directory to resume from"]
