@@ -119,9 +119,7 @@ class SelectingLabelParty(LabelParty):
         return masked
 
     def unmask_preactivation(self, noisy: np.ndarray, n_rows: int) -> None:
-        from parties import decode_signed, mod_n
-        z_int = decode_signed(mod_n(noisy - self._forward_mask, self.public_key.n),
-                              self.public_key)
+        z_int = self._unmask(noisy, self._forward_mask)
         self._forward_mask = None
         shift = 1 << self._shift()
         read = np.vectorize(lambda v: (int(v) + shift // 2) // shift, otypes=[object])(z_int)

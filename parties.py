@@ -650,10 +650,14 @@ class LabelParty:
         masked, self._forward_mask = self._add_wide_mask(product, n_rows)
         return masked
 
+    def _unmask(self, received: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """What the data party sent back, minus this party's own mask, as signed integers: the
+        mask cancels exactly mod n (OverflowError if the result is no small signed value)."""
+        return decode_signed(mod_n(received - mask, self.public_key.n), self.public_key)
+
     def unmask_preactivation(self, noisy: np.ndarray, n_rows: int) -> None:
         """z = V − ε_B + b = X·W + b, as floats (packed: unpacked slot by slot)."""
-        z_int = decode_signed(mod_n(noisy - self._forward_mask, self.public_key.n),
-                              self.public_key)
+        z_int = self._unmask(noisy, self._forward_mask)
         self._forward_mask = None
         if self.public.packing is not None:
             z_int = self.public.packing.forward.unpack(z_int, n_rows, axis=0)
@@ -750,8 +754,7 @@ class LabelParty:
 
     def update_weight_share(self, masked: np.ndarray, batch_size: int) -> None:
         """G̃ = T − ε_B' = Xᵀδ + ε_A; W_B ← W_B − η·G̃ (exact, at W's scale)."""
-        gradient = decode_signed(mod_n(masked - self._backward_mask, self.public_key.n),
-                                 self.public_key)
+        gradient = self._unmask(masked, self._backward_mask)
         self._backward_mask = self._delta = None
         if self.public.packing is not None:
             # Every slot holds Xᵀδ + ε_A, below 2**gradient_bits + 2**gradient_mask_bits.
