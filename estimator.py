@@ -80,7 +80,7 @@ def encode_labels(y, n_rows: int):
         missing = []
     if len(missing):
         row = int(missing[0])
-        raise ValueError(f"y, row {row}: label {y[row]!r} is missing or not finite; give every "
+        raise ValueError(f"y, row {row}: label {y.tolist()[row]!r} is missing or not finite; give every "
                          "row a class or remove the row")
     try:
         classes, ids = np.unique(y, return_inverse=True)

@@ -62,8 +62,8 @@ class FixedPointPlan:
     with less than σ bits of margin); z's bound is checked where z is revealed.
     """
 
-    x_frac_bits: int = 16
-    delta_frac_bits: int = 24
+    x_frac_bits: int = 24
+    delta_frac_bits: int = 32
     lr_frac_bits: int = 16
     x_int_bits: int = 8
     delta_int_bits: int = 4
