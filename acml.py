@@ -511,10 +511,11 @@ def operation_counts(n_rows: int, n_inputs: int, n_hidden: int, batch_size: int,
 
 
 def measure_costs(private_key, plan: FixedPointPlan, n_hidden: int, share_bits: int,
-                  samples: int = 4) -> dict:
+                  n_inputs: int, batch_size: int, samples: int = 4) -> dict:
     """Seconds per operation of each kind (OPERATIONS), measured now with this key: a few of
-    each, after one warm-up; a fraction of a second at 2048 bits. Operation counters are left
-    as they were."""
+    each, after one warm-up; a fraction of a second at 2048 bits. A product term is timed in a
+    product as wide as the run's (``n_inputs`` terms in step 1, ``batch_size`` in step 4: the
+    terms of one output share their squarings). Operation counters are left as they were."""
     import random
     import kernels
     from paillier import OP_COUNTS
@@ -535,17 +536,19 @@ def measure_costs(private_key, plan: FixedPointPlan, n_hidden: int, share_bits: 
     values = ints(plan.x_int_bits + plan.x_frac_bits, (1, samples))
     encrypted = kernels.encrypt_array(private_key, values)
     zeros = Fixed.from_ints(np.zeros((1, samples), dtype=np.int64), plan.x_frac_bits)
-    weights = ints(share_bits, (samples, n_hidden))
-    deltas = ints(plan.delta_int_bits + plan.delta_frac_bits, (samples, n_hidden))
+    weights = ints(share_bits, (n_inputs, n_hidden))
+    deltas = ints(plan.delta_int_bits + plan.delta_frac_bits, (batch_size, n_hidden))
+    row_step1 = kernels.encrypt_array(private_key, ints(8, (1, n_inputs)))
+    row_step4 = kernels.encrypt_array(private_key, ints(8, (1, batch_size)))
     try:
         return {
             "encrypt": timed(lambda: kernels.encrypt_array(private_key, values), samples),
             "mask": timed(lambda: kernels.encrypt_array(public_key, zeros), samples),
             "decrypt": timed(lambda: kernels.decrypt_residues(private_key, encrypted), samples),
-            "product_w": timed(lambda: kernels.encrypted_matmul(encrypted, weights),
-                               samples * n_hidden),
-            "product_delta": timed(lambda: kernels.encrypted_matmul(encrypted, deltas),
-                                   samples * n_hidden),
+            "product_w": timed(lambda: kernels.encrypted_matmul(row_step1, weights),
+                               n_inputs * n_hidden),
+            "product_delta": timed(lambda: kernels.encrypted_matmul(row_step4, deltas),
+                                   batch_size * n_hidden),
         }
     finally:
         OP_COUNTS.clear()
@@ -571,7 +574,8 @@ def estimate_run(data_party: DataParty, config: Config, n_rows: int, n_inputs: i
                               config.epochs - epochs_done, n_predict, packing,
                               bottom=config.bottom is not None)
     costs = measure_costs(data_party._private_key, config.plan, n_hidden,
-                          weight_share_bits(config.plan, config.batch_size, config.lr))
+                          weight_share_bits(config.plan, config.batch_size, config.lr),
+                          n_inputs, min(config.batch_size, n_rows))
     seconds = sum(counts[kind] * costs[kind] for kind in counts)
     total = sum(counts.values())
     each_ms = 1000 * seconds / max(total, 1)
