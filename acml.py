@@ -145,7 +145,8 @@ def joint_first_layer(data_party: DataParty, label_party: LabelParty):
 def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
           config: Config | None = None, *, progress: bool = False, keypair=None,
           checkpoint_dir=None, resume: bool = False, standardizer=None, executor=None,
-          transcript=None, insecure_flaws: InsecureFlaws = SECURE) -> Result:
+          transcript=None, insecure_flaws: InsecureFlaws = SECURE,
+          estimate: bool | None = None) -> Result:
     """Train encrypted (two parties) and plaintext (the twin) on the same batches, and compare.
 
     ``checkpoint_dir``: after every epoch each party saves its own file there
@@ -160,6 +161,11 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
     get_executor()) runs the modular exponentiations of both parties; None runs them here.
     ``transcript`` (a text file open for writing) receives every message as a JSON line.
     ``insecure_flaws`` switches known flaws on in both parties, for teaching (flaws.py).
+
+    ``progress`` shows tqdm bars on stderr for step 0's [[X]], the batches and the prediction,
+    and prints the time estimate before the run starts (:func:`estimate_run`); ``estimate``
+    (default: as ``progress``) computes that estimate, and puts it, beside the measured
+    time, in ``metrics["estimate"]``.
     """
     config = config or Config()
     check_sigma(config.plan.sigma, config.allow_insecure_sigma, "Config.plan.sigma")
@@ -209,7 +215,21 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
                                  allow_insecure_sigma=config.allow_insecure_sigma)
     channel = Channel(data_party=data_party, label_party=label_party, sigma=config.plan.sigma,
                       transcript=transcript)
+    run_estimate = None
+    if progress if estimate is None else estimate:
+        run_estimate = estimate_run(data_party, config, len(train_set.y), sizes[0],
+                                    0 if test_set is None else len(test_set.y),
+                                    epochs_done=label_state.epochs_completed if resume else 0)
+        if progress:
+            print(run_estimate["line"], file=sys.stderr)
+    step0_bar = None
+    if progress and not resume and config.bottom is None:
+        step0_bar = phase_bar(len(train_set.y), "step 0: encrypting [[X]]", "row")
+        data_party.on_progress = step0_bar
     public = protocol.setup(channel, start="resume" if resume else "new")
+    data_party.on_progress = None
+    if step0_bar is not None:
+        step0_bar.close()
     first_epoch = public.training.epochs_completed
     n_batches = -(-len(train_set.y) // config.batch_size)
     bar = progress_bar((config.epochs - first_epoch) * n_batches, label_party) if progress else None
@@ -262,10 +282,9 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
     if config.bottom is not None:
         metrics["bottom_width"] = data_party.bottom.width
     if test_set is not None:
-        data_party.set_rows_to_predict(test_set.X)
-        protocol.predict(channel, public)
-        scores = label_party.predictions
-        predicted = label_party.classes()
+        scores = predict_encrypted(channel, data_party, label_party, test_set.X,
+                                   progress=progress)
+        predicted = label_party.model.classes_from_scores(scores)
         plain_inputs = test_set.X if plaintext_bottom is None else plaintext_bottom.forward(test_set.X)
         plain_predicted = plaintext.predict(plain_inputs)
         plain_scores = plaintext.scores_from_logits(plaintext.forward(plain_inputs))
@@ -285,6 +304,9 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
         metrics["test_report"] = report
         metrics["plaintext_test_report"] = plain_report
     metrics.update(channel.metrics())
+    if run_estimate is not None:
+        metrics["estimate"] = {key: value for key, value in run_estimate.items() if key != "line"}
+        metrics["estimate"]["measured_seconds"] = time.perf_counter() - start
     if resume:
         metrics["resumed_after_epoch"] = first_epoch
         metrics["checkpoint_notes"] = pair.notes
@@ -302,6 +324,56 @@ def max_weight_diff(data_party, label_party, plaintext: nn.MLP, plaintext_bottom
         mine, theirs = data_party.bottom.layer, plaintext_bottom.layer
         diffs += [np.abs(mine.W - theirs.W).max(), np.abs(mine.b - theirs.b).max()]
     return float(max(diffs))
+
+
+def fixed_point_gap(X, y, config: Config | None = None, *, n_classes: int | None = None):
+    """max |W − W_plain| after each epoch, measured without encryption: the plan's fixed-point
+    arithmetic (the exact twin of the encrypted run: W_B + ε_acc equals it integer for integer,
+    tests/test_protocol.py) against float64 on the same batches from the same W0.
+
+    A measuring tool (the README's exactness-gap table): yields ``(epoch, steps, gap)``, the gap
+    over every weight and bias of every layer. W0 comes from ``config.seed`` (no bottom model,
+    no update noise). No party can compute this in a real run; nothing here is encrypted.
+    """
+    config = config or Config()
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y)
+    plan = config.plan
+    check_features(X, plan)
+    sizes = config.layer_sizes(X.shape[1], n_classes or int(y.max()) + 1)
+    lr = plan.snap_lr(config.lr)
+    lr_int = plan.quantize_lr(config.lr)
+    first = nn.init_layer(sizes, 0, config.activation, config.seed).W
+    features = Fixed.encode(X, plan.x_frac_bits)
+    weight = Fixed.encode(first, plan.w_frac_bits)
+    float_weight = first.copy()
+    models = [nn.MLP(sizes, activation=config.activation, seed=config.seed,
+                     first_layer_weight=False) for _ in range(2)]
+    optimizers = [nn.SGD(lr, config.momentum) for _ in models]
+    steps = 0
+    for epoch in range(config.epochs):
+        for rows in nn.minibatches(len(y), config.batch_size, seed=config.seed, epoch=epoch):
+            z_fixed = (features[rows] @ weight).decode()
+            z_float = X[rows] @ float_weight
+            deltas = []
+            for model, optimizer, z in zip(models, optimizers, (z_fixed, z_float)):
+                z = z + model.layers[0].b
+                _, dlogits = model.loss_and_grad(model.forward_top(z), y[rows])
+                delta = model.backward_top(dlogits)
+                model.layers[0].backward_bias(delta)
+                optimizer.step(model.top_named_params())
+                deltas.append(delta)
+            delta_int = Fixed.encode(deltas[0], plan.delta_frac_bits)
+            weight = weight - Fixed.from_ints(lr_int * (features[rows].T @ delta_int).values,
+                                              plan.w_frac_bits)
+            float_weight = float_weight - lr * (X[rows].T @ deltas[1])
+            steps += 1
+        gaps = [np.abs(weight.decode() - float_weight).max()]
+        for mine, theirs in zip(models[0].layers, models[1].layers):
+            gaps.append(np.abs(mine.b - theirs.b).max())
+            if mine.W is not None:
+                gaps.append(np.abs(mine.W - theirs.W).max())
+        yield epoch + 1, steps, float(max(gaps))
 
 
 def noise_replay(plaintext: nn.MLP, data_party: DataParty):
@@ -353,6 +425,176 @@ def progress_bar(total: int, label_party: LabelParty | None = None):
             if label_party is not None and label_party.losses:
                 bar.set_postfix(loss=f"{label_party.losses[-1]:.4f}")
             bar.update(1)
+
+        def close(self):
+            bar.close()
+    return Bar()
+
+
+PREDICTION_CHUNK_ROWS = 1024  # rows per protocol.predict: a progress report after each
+
+
+def predict_encrypted(channel, data_party: DataParty, label_party: LabelParty, X, *,
+                      progress: bool = False) -> np.ndarray:
+    """The label party's scores for rows X (standardised as the training rows), by the real
+    encrypted prediction (protocol.predict), PREDICTION_CHUNK_ROWS rows at a time: the same
+    scores as one call (each row's z is exact on its own), with a tqdm bar when ``progress``."""
+    X = np.asarray(X, dtype=np.float64)
+    public = data_party.public
+    bar = phase_bar(len(X), "encrypted prediction", "row") if progress else None
+    scores = []
+    for start in range(0, len(X), PREDICTION_CHUNK_ROWS):
+        stop = min(start + PREDICTION_CHUNK_ROWS, len(X))
+        data_party.set_rows_to_predict(X[start:stop])
+        protocol.predict(channel, public)
+        scores.append(label_party.predictions)
+        if bar is not None:
+            bar(stop, len(X))
+    if bar is not None:
+        bar.close()
+    return np.concatenate(scores, axis=0)
+
+
+def probabilities(scores) -> np.ndarray:
+    """(m, k) class probabilities, columns in class order, from a model's scores: P(class 1)
+    of shape (m,) becomes the columns 1 − p, p; a softmax (m, k) is returned as it is."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim == 1:
+        return np.column_stack([1.0 - scores, scores])
+    return scores
+
+
+# ----------------------------------------------------------------------------------------------
+# The time estimate: measured costs of one operation of each kind, times the plan's counts
+# ----------------------------------------------------------------------------------------------
+OPERATIONS = {  # kind: what it is, where it runs
+    "encrypt": "encryption by the key owner (CRT): [[X]], [[X_batch]], [[X_new]]",
+    "mask": "a fresh public-key encryption of a wide mask (label party)",
+    "decrypt": "a decryption (data party)",
+    "product_w": "one term of [[X]]·W_B (exponent: a weight share)",
+    "product_delta": "one term of [[X]]ᵀ·δ (exponent: a fixed-point δ)",
+}
+
+
+def operation_counts(n_rows: int, n_inputs: int, n_hidden: int, batch_size: int, epochs: int,
+                     n_predict: int, packing=None, bottom: bool = False,
+                     step0: bool = True) -> dict:
+    """The Paillier operations a run implies, by kind (OPERATIONS), from public facts only:
+    step 0's [[X]], per batch steps 1, 4b and 4, and the prediction of ``n_predict`` rows."""
+    forward = (lambda m: m) if packing is None else packing.forward.groups
+    width = n_inputs if packing is None else packing.backward.groups(n_inputs)
+    counts = dict.fromkeys(OPERATIONS, 0)
+    if step0 and not bottom:
+        counts["encrypt"] += n_rows * width
+    batches = [batch_size] * (n_rows // batch_size) + ([n_rows % batch_size]
+                                                       if n_rows % batch_size else [])
+    for m in batches * epochs:
+        groups = forward(m)
+        if bottom or packing is not None:
+            counts["encrypt"] += groups * n_inputs
+        counts["product_w"] += groups * n_inputs * n_hidden
+        counts["mask"] += groups * n_hidden + width * n_hidden
+        counts["decrypt"] += groups * n_hidden + width * n_hidden
+        counts["product_delta"] += width * m * n_hidden
+        if bottom:  # step 4b: [[ε_acc]], δ·[[ε_acc]]ᵀ, re-randomised, decrypted
+            counts["encrypt"] += n_inputs * n_hidden
+            counts["product_delta"] += m * n_hidden * n_inputs
+            counts["mask"] += m * n_inputs
+            counts["decrypt"] += m * n_inputs
+    for start in range(0, n_predict, PREDICTION_CHUNK_ROWS):
+        groups = forward(min(PREDICTION_CHUNK_ROWS, n_predict - start))
+        counts["encrypt"] += groups * n_inputs
+        counts["product_w"] += groups * n_inputs * n_hidden
+        counts["mask"] += groups * n_hidden
+        counts["decrypt"] += groups * n_hidden
+    return counts
+
+
+def measure_costs(private_key, plan: FixedPointPlan, n_hidden: int, share_bits: int,
+                  n_inputs: int, batch_size: int, samples: int = 4) -> dict:
+    """Seconds per operation of each kind (OPERATIONS), measured now with this key: a few of
+    each, after one warm-up; a fraction of a second at 2048 bits. A product term is timed in a
+    product as wide as the run's (``n_inputs`` terms in step 1, ``batch_size`` in step 4: the
+    terms of one output share their squarings). Operation counters are left as they were."""
+    import random
+    import kernels
+    from paillier import OP_COUNTS
+    saved = dict(OP_COUNTS)
+    draw = random.Random(0)  # public test values: only their sizes matter here
+    public_key = private_key.public_key
+
+    def ints(bits, shape):
+        values = [draw.getrandbits(bits) * draw.choice((-1, 1)) for _ in range(int(np.prod(shape)))]
+        return Fixed.from_ints(np.array(values, dtype=object).reshape(shape), plan.x_frac_bits)
+
+    def timed(work, count):
+        work()  # warm-up: tables, constants
+        begin = time.perf_counter()
+        work()
+        return (time.perf_counter() - begin) / count
+
+    values = ints(plan.x_int_bits + plan.x_frac_bits, (1, samples))
+    encrypted = kernels.encrypt_array(private_key, values)
+    zeros = Fixed.from_ints(np.zeros((1, samples), dtype=np.int64), plan.x_frac_bits)
+    weights = ints(share_bits, (n_inputs, n_hidden))
+    deltas = ints(plan.delta_int_bits + plan.delta_frac_bits, (batch_size, n_hidden))
+    row_step1 = kernels.encrypt_array(private_key, ints(8, (1, n_inputs)))
+    row_step4 = kernels.encrypt_array(private_key, ints(8, (1, batch_size)))
+    try:
+        return {
+            "encrypt": timed(lambda: kernels.encrypt_array(private_key, values), samples),
+            "mask": timed(lambda: kernels.encrypt_array(public_key, zeros), samples),
+            "decrypt": timed(lambda: kernels.decrypt_residues(private_key, encrypted), samples),
+            "product_w": timed(lambda: kernels.encrypted_matmul(row_step1, weights),
+                               n_inputs * n_hidden),
+            "product_delta": timed(lambda: kernels.encrypted_matmul(row_step4, deltas),
+                                   batch_size * n_hidden),
+        }
+    finally:
+        OP_COUNTS.clear()
+        OP_COUNTS.update(saved)
+
+
+def estimate_run(data_party: DataParty, config: Config, n_rows: int, n_inputs: int,
+                 n_predict: int, *, epochs_done: int = 0) -> dict:
+    """An ESTIMATE of the run's time, before it starts: measured seconds per Paillier operation
+    (:func:`measure_costs`, with this run's key) times the counts the plan implies
+    (:func:`operation_counts`). It counts only the Paillier operations, on one core: Python's
+    own bookkeeping and the plaintext twin come on top; an executor divides the work.
+
+    Returns the counts, the seconds per operation, ``seconds`` and ``line``, the sentence
+    ``train`` prints."""
+    from plan import useful_packing, weight_share_bits
+    n_hidden = config.layer_sizes(n_inputs, 2)[1]
+    packing = None
+    if config.packing and config.bottom is None and not data_party.flaws.enabled():
+        packing = useful_packing(config.plan, data_party.public_key, config.batch_size,
+                                 n_inputs, config.lr)
+    counts = operation_counts(n_rows, n_inputs, n_hidden, config.batch_size,
+                              config.epochs - epochs_done, n_predict, packing,
+                              bottom=config.bottom is not None)
+    costs = measure_costs(data_party._private_key, config.plan, n_hidden,
+                          weight_share_bits(config.plan, config.batch_size, config.lr),
+                          n_inputs, min(config.batch_size, n_rows))
+    seconds = sum(counts[kind] * costs[kind] for kind in counts)
+    total = sum(counts.values())
+    each_ms = 1000 * seconds / max(total, 1)
+    amount = (plural(round(seconds / 60), "minute") if seconds >= 90
+              else plural(max(1, round(seconds)), "second"))
+    line = (f"estimated: about {amount} (from {total:,} operations at {each_ms:.3g} ms each, "
+            f"measured now; an estimate of the Paillier work on one core)")
+    return {"counts": counts, "seconds_per_operation": costs, "seconds": seconds,
+            "operations": total, "line": line}
+
+
+def phase_bar(total: int, description: str, unit: str):
+    """A tqdm bar for one phase, called as ``bar(done, total)`` (DataParty.on_progress)."""
+    from tqdm import tqdm
+    bar = tqdm(total=total, desc=description, unit=unit, file=sys.stderr, dynamic_ncols=True)
+
+    class Bar:
+        def __call__(self, done, _total=None):
+            bar.update(done - bar.n)
 
         def close(self):
             bar.close()
@@ -534,6 +776,20 @@ class PlainModel:
         then the MLP."""
         return self.mlp.predict_scores(self.inputs(X))
 
+    @property
+    def classes_(self) -> np.ndarray:
+        """The class names in class order: the columns of :meth:`predict_proba`."""
+        return np.asarray(self.class_names)
+
+    def predict_proba(self, X) -> np.ndarray:
+        """(m, k) probabilities for raw rows, columns in ``classes_`` order (the estimator's
+        surface: VerticalMLPClassifier.predict_proba)."""
+        return probabilities(self.predict_scores(X))
+
+    def predict(self, X) -> np.ndarray:
+        """The predicted class names (values of ``classes_``) for raw rows."""
+        return self.classes_[self.mlp.classes_from_scores(self.predict_scores(X))]
+
 
 def load_model(path) -> PlainModel:
     """Read an exported model (no pickle) back into an nn.MLP."""
@@ -589,6 +845,15 @@ def _exported_bottom(arrays: dict, architecture: dict, path) -> BottomModel | No
     return BottomModel.from_weights(arrays["bottom.W"], arrays["bottom.b"], activation)
 
 
+
+
+def __getattr__(name):
+    """``acml.VerticalMLPClassifier`` (estimator.py), imported on first use: the library and
+    the CLI do not import scikit-learn until the estimator is asked for."""
+    if name == "VerticalMLPClassifier":
+        from estimator import VerticalMLPClassifier
+        return VerticalMLPClassifier
+    raise AttributeError(f"module 'acml' has no attribute {name!r}")
 
 
 def main(argv=None) -> int:

@@ -147,6 +147,9 @@ def check_start(start: str, restored: Restored | None, party: str) -> None:
 # ----------------------------------------------------------------------------------------------
 # Party A
 # ----------------------------------------------------------------------------------------------
+ENCRYPT_CHUNK_ROWS = 256  # rows of [[X]] per progress report in step 0
+
+
 class DataParty:
     """Party A: owns the features X, the Paillier key pair and noise_acc (ε_acc).
 
@@ -210,6 +213,9 @@ class DataParty:
         self._product: np.ndarray | None = None  # U = X·W_B + ε_B, decrypted
         self._gradient: np.ndarray | None = None  # G' = Xᵀδ + ε_B', decrypted
         self._rows_to_predict: np.ndarray | None = None
+        # Progress of step 0's [[X]] (minutes at 30,000 rows): on_progress(done, total) after
+        # each chunk of ENCRYPT_CHUNK_ROWS rows, when set (acml.train sets it for its bar).
+        self.on_progress = None
 
     @property
     def n_samples(self) -> int:
@@ -316,9 +322,19 @@ class DataParty:
         """[[X]], fresh randomness per ciphertext, encrypted with CRT by the key owner; packed,
         each row's d features k per plaintext (the backward slots), n × ⌈d/k⌉ ciphertexts."""
         if self.public.packing is None:
-            return self._encrypt(self.features, self.features.decode())
-        return self._encrypt(Fixed(self.public.packing.backward.pack(self.features.values, axis=1),
-                                   self.features.scale))
+            features, values = self.features, self.features.decode()
+        else:
+            features = Fixed(self.public.packing.backward.pack(self.features.values, axis=1),
+                             self.features.scale)
+            values = None
+        if self.on_progress is None or self.flaws.enabled():
+            return self._encrypt(features, values)
+        chunks, total = [], features.shape[0]
+        for start in range(0, total, ENCRYPT_CHUNK_ROWS):  # the same ciphertexts, in chunks
+            stop = min(start + ENCRYPT_CHUNK_ROWS, total)
+            chunks.append(self._encrypt(features[start:stop]).ciphertexts)
+            self.on_progress(stop, total)
+        return EncryptedArray(self.public_key, np.concatenate(chunks, axis=0), features.scale)
 
     # step 1 -------------------------------------------------------------------------------
     def select_rows(self, rows) -> None:
