@@ -205,8 +205,7 @@ class VerticalMLPClassifier(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X) -> np.ndarray:
         """(m, k) probabilities, columns in ``classes_`` order, from the encrypted prediction."""
-        import acml
-        return acml.probabilities(self.predict_scores(X))
+        return nn.probabilities(self.predict_scores(X))
 
     def predict(self, X) -> np.ndarray:
         """The predicted labels (values of ``classes_``), from the encrypted prediction."""

@@ -649,3 +649,40 @@ def classification_report(labels, predicted, scores=None, n_classes: int | None 
         report.update(average="macro", **{key: float(np.mean([c[key] for c in per_class]))
                                           for key in ("precision", "recall", "f1")})
     return report
+
+
+def probabilities(scores) -> np.ndarray:
+    """(m, k) class probabilities, columns in class order, from a model's scores: P(class 1)
+    of shape (m,) becomes the columns 1 − p, p; a softmax (m, k) is returned as it is."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim == 1:
+        return np.column_stack([1.0 - scores, scores])
+    return scores
+
+
+def check_class_ids(labels, n_outputs: int) -> None:
+    """y must be 1-D class ids 0..k−1 (k = 2 for a single output unit), finite, integer-valued,
+    with at least two classes present. An empty y is allowed: a label party that only predicts.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be a 1-D array of class ids, got shape {labels.shape}")
+    if labels.size == 0:
+        return
+    if labels.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(labels) | (labels != np.round(labels)))
+        if bad.size:
+            row = int(bad[0])
+            raise ValueError(f"label row {row}: value {labels[row]} is not an integer class id")
+    elif labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype}")
+    n_classes = 2 if n_outputs == 1 else n_outputs
+    outside = np.flatnonzero((labels < 0) | (labels >= n_classes))
+    if outside.size:
+        row = int(outside[0])
+        raise ValueError(f"label row {row}: class {labels[row]} is outside 0..{n_classes - 1} "
+                         f"(the network has {n_outputs} output unit(s))")
+    classes = np.unique(labels)
+    if classes.size < 2:
+        raise ValueError(f"the labels hold a single class ({classes[0]}); training needs at "
+                         "least two")

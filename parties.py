@@ -443,34 +443,6 @@ class DataParty:
 # ----------------------------------------------------------------------------------------------
 # Party B
 # ----------------------------------------------------------------------------------------------
-def check_labels(labels: np.ndarray, n_outputs: int) -> None:
-    """y must be 1-D class ids 0..k−1 (k = 2 for a single output unit), finite, integer-valued,
-    with at least two classes present. An empty y is allowed: a label party that only predicts.
-    """
-    labels = np.asarray(labels)
-    if labels.ndim != 1:
-        raise ValueError(f"labels must be a 1-D array of class ids, got shape {labels.shape}")
-    if labels.size == 0:
-        return
-    if labels.dtype.kind == "f":
-        bad = np.flatnonzero(~np.isfinite(labels) | (labels != np.round(labels)))
-        if bad.size:
-            row = int(bad[0])
-            raise ValueError(f"label row {row}: value {labels[row]} is not an integer class id")
-    elif labels.dtype.kind not in "iu":
-        raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype}")
-    n_classes = 2 if n_outputs == 1 else n_outputs
-    outside = np.flatnonzero((labels < 0) | (labels >= n_classes))
-    if outside.size:
-        row = int(outside[0])
-        raise ValueError(f"label row {row}: class {labels[row]} is outside 0..{n_classes - 1} "
-                         f"(the network has {n_outputs} output unit(s))")
-    classes = np.unique(labels)
-    if classes.size < 2:
-        raise ValueError(f"the labels hold a single class ({classes[0]}); training needs at "
-                         "least two")
-
-
 @dataclass
 class Prediction:
     """What prediction from checkpoints gives the label party, row by row.
@@ -520,7 +492,7 @@ class LabelParty:
         self.packing = packing
         self.labels = np.asarray(y)
         self.layer_sizes = tuple(int(s) for s in layer_sizes)
-        check_labels(self.labels, self.layer_sizes[-1])
+        nn.check_class_ids(self.labels, self.layer_sizes[-1])
         self.model = nn.MLP(self.layer_sizes, activation=activation, seed=seed,
                             first_layer_weight=False)
         self.optimizer = nn.SGD(self.plan.snap_lr(lr), momentum=momentum)
