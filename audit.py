@@ -371,9 +371,9 @@ def attack_weak_masks(view: PartyView) -> np.ndarray:
 
     In step 1 the data party decrypts U = X·W_B + ε_B and sends V = U + X·ε_acc = X·W + ε_B. With
     ε_B from U[−1024, 1024] (or N(0, 1) in z's units), V is X·W plus small noise, and least
-    squares over the batches' rows returns W — which no party may hold. With ε_B uniform over
-    ±2^wide_mask_bits (about n/4), V is uniform: the fit falls outside the public bound on W, and
-    the attacker is left with 0.
+    squares over the batches' rows returns W — which no party may hold. With the real ε_B,
+    uniform mod n, V is a uniform residue: the fit falls outside the public bound on W, and the
+    attacker is left with 0.
     """
     own = view.own
     return _fit_weight(_data_party_products(

@@ -163,7 +163,10 @@ class Message:
         if self.receiver == DATA:
             if self.reason:
                 return f"decrypts, revealed by design: {self.reason}"
-            return f"decrypts to {hidden}"
+            # The label party's masks are residues uniform mod n by default (mask_range="mod_n"):
+            # the declared widths are the bound it checks, the hiding is perfect.
+            return (f"decrypts a residue the label party masked uniformly mod n (perfect hiding; "
+                    f"declared: {self.value_bits}-bit values, {self.mask_bits}-bit mask)")
         return "ciphertext under the data party's key"
 
 
