@@ -25,3 +25,22 @@ def insecure_keypair(bits):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
         return paillier.generate_keypair(bits, allow_insecure=True)
+
+
+def one_line_error(capsys, argv, code=2):
+    """Run the CLI; demand ``code`` and exactly one line on stderr; return that line."""
+    import acml
+    assert acml.main(argv) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def write_csv(path, header, rows):
+    """A small CSV file, for the tests of the CLI and the loaders."""
+    import csv
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path

@@ -4,7 +4,6 @@ before any work starts; and the report a user sees (classes, baselines, precisio
 Small keys and tiny data throughout: every training here takes a second or two.
 """
 
-import csv
 import json
 import os
 import secrets
@@ -27,28 +26,13 @@ import parties
 import transport
 import wire
 from channel import DATA, LABEL, PUBLIC
-from conftest import insecure_keypair
+from conftest import insecure_keypair, one_line_error, write_csv
 from plan import FixedPointPlan, TrainingPlan
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL_KEY = ["--key-bits", "512", "--insecure-small-key"]
 TINY = ["--dataset", "wine", "--hidden", "2", "--epochs", "1", "--quiet", *SMALL_KEY]
 
-
-def one_line_error(capsys, argv, code=2):
-    """Run the CLI; demand ``code`` and exactly one line on stderr; return that line."""
-    assert acml.main(argv) == code
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    return err[0]
-
-
-def write_csv(path, header, rows):
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 def three_class_csvs(tmp_path, n=60):

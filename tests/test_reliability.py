@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import acml
+from conftest import one_line_error, write_csv
 import checkpoint
 import rundir
 import data
@@ -62,21 +63,6 @@ def trained(keypair, tmp_path_factory):
                         checkpoint_dir=directory, standardizer=scaler)
     return directory, result, train_set, test_set, raw_test
 
-
-def one_line_error(capsys, argv):
-    """Run the CLI; demand exit code 2 and exactly one line on stderr; return that line."""
-    assert acml.main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    return err[0]
-
-
-def write_csv(path, header, rows):
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 def copy_checkpoint(directory, tmp_path, name="copy"):
