@@ -31,13 +31,14 @@ import numpy as np
 import checkpoint
 import rundir
 import data
+import kernels
 import nn
 import protocol
 import channel as channel_module
 from channel import Channel, leakage_lines
 from flaws import SECURE, InsecureFlaws
 from fixed import Fixed
-from parties import BottomModel, DataParty, LabelParty, Prediction, make_bottom, split_offline
+from parties import BottomModel, DataParty, LabelParty, Prediction, make_bottom
 from plan import FixedPointPlan, check_features, check_sigma
 
 DEFAULT_KEY_BITS = 2048
@@ -291,7 +292,8 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
         metrics["plaintext_test_report"] = plain_report
     metrics.update(channel.metrics())
     # Online per step; the randomizer pools' precomputation (offline) apart, as step "pool".
-    metrics["step_seconds"] = split_offline(metrics["step_seconds"], data_party, label_party)
+    metrics["step_seconds"] = kernels.split_offline(metrics["step_seconds"], data_party,
+                                                    label_party)
     if resume:
         metrics["resumed_after_epoch"] = first_epoch
         metrics["checkpoint_notes"] = pair.notes

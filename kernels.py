@@ -34,7 +34,9 @@ from paillier import OP_COUNTS, EncryptedArray, PrivateKey, PublicKey
 
 __all__ = [
     "Slots", "encrypted_matmul", "encrypt_array", "decrypt_residues", "rerandomize",
-    "randomizers", "RandomizerPool", "worker_count", "SizedExecutor", "dask_executor",
+    "randomizers", "RandomizerPool", "EpochPool", "epoch_pool", "prepare_pool",
+    "data_party_need", "label_party_need", "split_offline", "worker_count", "SizedExecutor",
+    "dask_executor",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -541,6 +543,90 @@ class RandomizerPool:
     def __repr__(self):
         return (f"RandomizerPool({self.randomness}, {len(self)} ready, "
                 f"offline {self.offline_seconds:.3f} s)")
+
+
+class EpochPool(RandomizerPool):
+    """A party's RandomizerPool kept one epoch ahead.  need(epoch) is how many randomizers the
+    batches of that epoch take, counted from the public plan (data_party_need,
+    label_party_need); prepare(epoch) tops the pool up to it (offline work, timed in
+    offline_seconds); setup_seconds is the part of it done during step 0."""
+
+    def __init__(self, key, need, *, executor=None, workers=None):
+        super().__init__(key, executor=executor, workers=workers)
+        self.need, self.setup_seconds = need, 0.0
+
+    def prepare(self, epoch):
+        return self.top_up(self.need(epoch))
+
+
+def epoch_pool(enabled, key, public, executor=None):
+    """At the end of step 0 (plan.Public known): None unless `enabled`, else an EpochPool for
+    `key` -- the data party's PrivateKey (data_party_need) or the label party's PublicKey
+    (label_party_need) -- filled for the session's first epoch (the time in setup_seconds)."""
+    if not enabled:
+        return None
+    need = (data_party_need if isinstance(key, PrivateKey) else label_party_need)(public)
+    pool = EpochPool(key, need, executor=executor).prepare(public.training.epochs_completed)
+    pool.setup_seconds = pool.offline_seconds
+    return pool
+
+
+def prepare_pool(pool, epoch):
+    """Between epochs: top `pool` (an EpochPool or None) up for `epoch`."""
+    if pool is not None:
+        pool.prepare(epoch)
+
+
+def data_party_need(public):
+    """The data party's encryptions per epoch, from plan.Public: packed, each batch's
+    [[X_batch]]; with a bottom model, each batch's [[α]] and [[ε_acc]]; and in the session's
+    first epoch step 0's [[X]] (no bottom model), which is encrypted just after the fill."""
+    def need(epoch):
+        if epoch >= public.training.epochs:
+            return 0
+        total = 0
+        if epoch == public.training.epochs_completed and not public.bottom:
+            total += int(np.prod(public.features_shape()))
+        if public.packing is None and not public.bottom:
+            return total
+        extra = int(np.prod(public.weight_shape())) if public.bottom else 0
+        return total + sum(int(np.prod(public.rows_shape(len(rows)))) + extra
+                           for rows in public.batches(epoch))
+    return need
+
+
+def label_party_need(public):
+    """The label party's randomizers per epoch: per batch the encrypted masks ε_B (product
+    shape) and ε_B' (gradient shape), and with a bottom model step 4b's re-randomisation of
+    [[δ·Wᵀ]] (m × inputs)."""
+    def need(epoch):
+        if epoch >= public.training.epochs:
+            return 0
+        per_batch = int(np.prod(public.gradient_shape()))
+        return sum(int(np.prod(public.product_shape(len(rows)))) + per_batch
+                   + (len(rows) * public.n_inputs if public.bottom else 0)
+                   for rows in public.batches(epoch))
+    return need
+
+
+def encryptions_of_zero(public_key, count, *, executor=None, pool=None):
+    """`count` fresh encryptions of 0, as ints mod n²: (1 + 0·n)·ρ = ρ, a randomizer each, from
+    `pool` or computed now.  Twin: encrypt_array(public_key, zeros)."""
+    OP_COUNTS["encrypt"] += count
+    return _randomizers_for(public_key, count, None, executor, None, pool)
+
+
+def split_offline(step_seconds, *parties):
+    """A channel's seconds per step with the parties' pool filling moved to a step "pool": step
+    0 less the fill done during setup; "pool" every fill (setup's and between epochs', which no
+    step timed).  Steps 1-4 are online time already."""
+    steps = dict(step_seconds)
+    pools = [party.randomizer_pool for party in parties
+             if getattr(party, "randomizer_pool", None) is not None]
+    if pools:
+        steps["0"] = max(steps.get("0", 0.0) - sum(pool.setup_seconds for pool in pools), 0.0)
+        steps["pool"] = sum(pool.offline_seconds for pool in pools)
+    return steps
 
 
 def _randomizers_for(public_key, count, randomness, executor, workers, pool):

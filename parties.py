@@ -198,13 +198,7 @@ class DataParty:
         self.flaws = insecure_flaws
         warn_insecure(insecure_flaws, "data")
         self.mask_source = mask_source or insecure_flaws.mask_source()
-        self.executor = executor
-        # Randomness off the critical path: at setup and after each epoch the party fills a
-        # pool with the next epoch's randomizers (textbook r^n by CRT: the distribution of
-        # PrivateKey.encrypt), so each encryption in the batches is one multiplication.
-        self.precompute = bool(precompute)
-        self.randomizer_pool: kernels.RandomizerPool | None = None
-        self.setup_offline_seconds = 0.0  # the part of step 0 spent filling the pool
+        self.executor, self.precompute, self.randomizer_pool = executor, precompute, None
         self.restored = restored
         self.noise_acc: Fixed | None = None if restored is None else restored.share
         self.epochs_completed = 0 if restored is None else restored.epochs_completed
@@ -230,14 +224,13 @@ class DataParty:
         """Width of the interactive layer's input: k with a bottom model, else d."""
         return self.n_features if self.bottom is None else self.bottom.width
 
-    def _encrypt(self, fixed: Fixed, real_values=None, *, pooled: bool = True) -> EncryptedArray:
-        """Encrypt with the CRT fast path, a fresh r per value — unless a flaw says not; with a
-        randomizer pool (``pooled``), r^n comes precomputed from it."""
+    def _encrypt(self, fixed: Fixed, real_values=None) -> EncryptedArray:
+        """Encrypt with the CRT fast path, a fresh r per value — unless a flaw says not."""
         if self.flaws.no_paillier_randomness:
             encrypted = encrypt_without_randomness(self.public_key, fixed)
         else:
             encrypted = kernels.encrypt_array(self._private_key, fixed, executor=self.executor,
-                                              pool=self.randomizer_pool if pooled else None)
+                                              pool=self.randomizer_pool)
         if self.flaws.public_exponents and real_values is not None:
             exponents = [phe_exponent(v) for v in np.asarray(real_values).ravel().tolist()]
             encrypted = ExponentTaggedArray(self.public_key, encrypted.ciphertexts,
@@ -317,45 +310,18 @@ class DataParty:
                              f"party derives {None if derived is None else derived.to_dict()}")
 
     def begin(self, public: Public) -> None:
-        """The end of step 0: the public facts of the session, which every step reads; then the
-        first epoch's randomizers into the pool (offline work, timed apart)."""
-        self.public = public
-        if (self.precompute and not self.flaws.no_paillier_randomness
-                and self._rows_to_predict is None):
-            self.randomizer_pool = kernels.RandomizerPool(self._private_key,
-                                                          executor=self.executor)
-            self.setup_offline_seconds = self._fill_pool(self.epochs_completed)
-
-    def randomizers_per_epoch(self, epoch: int) -> int:
-        """How many encryptions this party makes in the batches of ``epoch``, from the public
-        plan: packed, each batch's [[X_batch]]; with a bottom model, [[α]] and [[ε_acc]]."""
-        if self.public is None or self.training is None or epoch >= self.training.epochs:
-            return 0
-        per_batch = 0 if (self.public.packing is None and self.bottom is None) else 1
-        if not per_batch:
-            return 0
-        total = 0
-        for rows in self.public.batches(epoch):
-            total += int(np.prod(self.public.rows_shape(len(rows))))
-            if self.bottom is not None:
-                total += int(np.prod(self.public.weight_shape()))
-        return total
-
-    def _fill_pool(self, epoch: int) -> float:
-        """Top the pool up to ``epoch``'s need; the seconds it took (offline)."""
-        if self.randomizer_pool is None:
-            return 0.0
-        before = self.randomizer_pool.offline_seconds
-        self.randomizer_pool.top_up(self.randomizers_per_epoch(epoch))
-        return self.randomizer_pool.offline_seconds - before
+        """End of step 0: the public facts; ``precompute``: the epoch's r^n, kernels.EpochPool."""
+        self.public, ready = public, self.precompute and not self.flaws.no_paillier_randomness
+        self.randomizer_pool = kernels.epoch_pool(ready and self._rows_to_predict is None,
+                                                  self._private_key, public, self.executor)
 
     def encrypt_features(self) -> EncryptedArray:
         """[[X]], fresh randomness per ciphertext, encrypted with CRT by the key owner; packed,
         each row's d features k per plaintext (the backward slots), n × ⌈d/k⌉ ciphertexts."""
         if self.public.packing is None:
-            return self._encrypt(self.features, self.features.decode(), pooled=False)
+            return self._encrypt(self.features, self.features.decode())
         return self._encrypt(Fixed(self.public.packing.backward.pack(self.features.values, axis=1),
-                                   self.features.scale), pooled=False)
+                                   self.features.scale))
 
     # step 1 -------------------------------------------------------------------------------
     def select_rows(self, rows) -> None:
@@ -435,9 +401,8 @@ class DataParty:
         self.noise_acc = self.noise_acc + Fixed.from_ints(noise, self.plan.w_frac_bits)
 
     def finish_epoch(self, epochs_completed: int) -> None:
-        """Between epochs (outside every step's timer): the next epoch's randomizers."""
         self.epochs_completed = epochs_completed
-        self._fill_pool(epochs_completed)
+        kernels.prepare_pool(self.randomizer_pool, epochs_completed)  # offline, between epochs
 
     # prediction ---------------------------------------------------------------------------
     def set_rows_to_predict(self, X_new) -> None:
@@ -526,8 +491,7 @@ class LabelParty:
                  insecure_flaws: InsecureFlaws = SECURE, mask_source: MaskSource | None = None,
                  executor=None, packing: bool = True, public_key: PublicKey | None = None,
                  restored: Restored | None = None, allow_insecure: bool = False,
-                 mask_range: str = "mod_n", allow_insecure_sigma: bool = False,
-                 precompute: bool = True):
+                 mask_range: str = "mod_n", allow_insecure_sigma: bool = False, precompute=True):
         self.plan = plan or FixedPointPlan()
         if restored is None:  # a checkpoint's plan met the policy when it was first built
             check_sigma(self.plan.sigma, allow_insecure_sigma)
@@ -540,12 +504,7 @@ class LabelParty:
         self.flaws = insecure_flaws
         warn_insecure(insecure_flaws, "label")
         self.mask_source = mask_source or insecure_flaws.mask_source()
-        self.executor = executor
-        # Randomness off the critical path: the masks' encryptions (and step 4b's
-        # re-randomisation) take DJN randomizers from a pool filled at setup and between epochs.
-        self.precompute = bool(precompute)
-        self.randomizer_pool: kernels.RandomizerPool | None = None
-        self.setup_offline_seconds = 0.0  # the part of step 0 spent filling the pool
+        self.executor, self.precompute, self.randomizer_pool = executor, precompute, None
         self.packing = packing
         self.labels = np.asarray(y)
         self.layer_sizes = tuple(int(s) for s in layer_sizes)
@@ -654,35 +613,10 @@ class LabelParty:
         return None if layout is None else layout.to_dict()
 
     def begin(self, public: Public) -> None:
-        """The end of step 0: the public facts of the session, which every step reads; then the
-        first epoch's randomizers into the pool (offline work, timed apart)."""
+        """The end of step 0: the public facts, which every step reads; the epoch's DJN pool."""
         self.public = public
-        if self.precompute and len(self.labels):
-            self.randomizer_pool = kernels.RandomizerPool(self.public_key,
-                                                          executor=self.executor)
-            self.setup_offline_seconds = self._fill_pool(self.epochs_completed)
-
-    def randomizers_per_epoch(self, epoch: int) -> int:
-        """How many randomizers the batches of ``epoch`` take, from the public plan: per batch
-        the encrypted masks ε_B (product shape) and ε_B' (gradient shape), and with a bottom
-        model step 4b's re-randomisation of [[δ·Wᵀ]] (m × inputs)."""
-        if self.public is None or epoch >= self.epochs:
-            return 0
-        total = 0
-        for rows in self.public.batches(epoch):
-            total += int(np.prod(self.public.product_shape(len(rows))))
-            total += int(np.prod(self.public.gradient_shape()))
-            if self.public.bottom:
-                total += len(rows) * self.public.n_inputs
-        return total
-
-    def _fill_pool(self, epoch: int) -> float:
-        """Top the pool up to ``epoch``'s need; the seconds it took (offline)."""
-        if self.randomizer_pool is None:
-            return 0.0
-        before = self.randomizer_pool.offline_seconds
-        self.randomizer_pool.top_up(self.randomizers_per_epoch(epoch))
-        return self.randomizer_pool.offline_seconds - before
+        self.randomizer_pool = kernels.epoch_pool(self.precompute and len(self.labels) > 0,
+                                                  self.public_key, public, self.executor)
 
     def keep_encrypted_features(self, encrypted: EncryptedArray) -> None:
         self.encrypted_features = encrypted
@@ -806,14 +740,11 @@ class LabelParty:
         shape, n = encrypted.shape, self.public_key.n
         if self.mask_range == "mod_n" and self.mask_source.draws_residues():
             mask = self.mask_source.residues(shape, n, self.public.mask_bits)
-            fresh = kernels.encrypt_array(self.public_key,
-                                           Fixed.from_ints(np.zeros(shape, dtype=np.int64),
-                                                           encrypted.scale),
-                                           executor=self.executor, pool=self.randomizer_pool)
+            fresh = kernels.encryptions_of_zero(self.public_key, mask.size, executor=self.executor,
+                                                pool=self.randomizer_pool)  # [[0]] = ρ each
             nsquare = self.public_key.nsquare
             flat = [c * r * (1 + int(m) * n) % nsquare for c, r, m in zip(
-                encrypted.ciphertexts.ravel().tolist(), fresh.ciphertexts.ravel().tolist(),
-                mask.ravel().tolist())]
+                encrypted.ciphertexts.ravel().tolist(), fresh, mask.ravel().tolist())]
             return EncryptedArray(self.public_key, object_array(flat, shape),
                                   encrypted.scale), mask
         mask = self.mask_source.uniform(shape, self.public.mask_bits, encrypted.scale)
@@ -839,9 +770,8 @@ class LabelParty:
             self.weight_bound += 1 << self._update_noise_bits
 
     def finish_epoch(self, epochs_completed: int) -> None:
-        """Between epochs (outside every step's timer): the next epoch's randomizers."""
         self.epochs_completed = epochs_completed
-        self._fill_pool(epochs_completed)
+        kernels.prepare_pool(self.randomizer_pool, epochs_completed)  # offline, between epochs
 
     # prediction ---------------------------------------------------------------------------
     def expect_prediction(self, count) -> None:
@@ -868,19 +798,3 @@ class LabelParty:
             confidence = scores[np.arange(len(class_ids)), class_ids]
         return Prediction(class_ids, [class_names[k] for k in class_ids], scores, confidence,
                           list(class_names))
-
-
-def split_offline(step_seconds: dict, *parties) -> dict:
-    """The channel's seconds per step with the parties' pool filling moved to a step "pool":
-    step 0 less the pool filled during setup, "pool" every fill (setup's and between epochs').
-    Every other step is online time already; the sum of all entries is unchanged but for the
-    fills between epochs, which no step timed."""
-    steps = dict(step_seconds)
-    pools = [party for party in parties if getattr(party, "randomizer_pool", None) is not None]
-    if not pools:
-        return steps
-    in_setup = sum(party.setup_offline_seconds for party in pools)
-    if "0" in steps:
-        steps["0"] = max(steps["0"] - in_setup, 0.0)
-    steps["pool"] = sum(party.randomizer_pool.offline_seconds for party in pools)
-    return steps

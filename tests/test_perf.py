@@ -71,7 +71,7 @@ def test_pools_are_sized_from_the_public_plan_and_never_fall_short(keypair, over
     result = acml.train(small_split(48), None, config(**overrides), keypair=keypair)
     for party in (result.data_party, result.label_party):
         pool = party.randomizer_pool
-        planned = sum(party.randomizers_per_epoch(epoch) for epoch in range(2))
+        planned = sum(pool.need(epoch) for epoch in range(2))
         assert planned > 0
         assert pool.shortfall == 0 and len(pool) == 0 and pool.filled == planned
 
@@ -84,7 +84,8 @@ def test_step_seconds_report_the_pool_as_offline_work_apart_from_setup(keypair):
     steps, raw = result.metrics["step_seconds"], result.channel.step_seconds
     fills = sum(p.randomizer_pool.offline_seconds
                 for p in (result.data_party, result.label_party))
-    in_setup = result.data_party.setup_offline_seconds + result.label_party.setup_offline_seconds
+    in_setup = (result.data_party.randomizer_pool.setup_seconds
+                + result.label_party.randomizer_pool.setup_seconds)
     assert steps["pool"] == pytest.approx(fills) and fills > 0
     assert steps["0"] == pytest.approx(max(raw["0"] - in_setup, 0.0))
     for step in ("1", "2", "3", "4"):
