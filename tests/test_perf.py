@@ -126,3 +126,69 @@ def test_top_up_fills_only_the_missing_randomizers(keypair):
     assert len(pool) == 5 and pool.filled == 5
     pool.top_up(2)
     assert pool.filled == 5
+
+
+# -- a real cluster: dask.distributed ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def dask_cluster():
+    """A two-worker dask.distributed LocalCluster in this process (threads: fast to start)."""
+    distributed = pytest.importorskip("dask.distributed")
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                       dashboard_address=None)
+    client = distributed.Client(cluster)
+    yield cluster, client
+    client.close()
+    cluster.close()
+
+
+def test_dask_executor_is_sized_by_the_clusters_real_workers(dask_cluster):
+    _, client = dask_cluster
+    assert kernels.worker_count(kernels.dask_executor(client)) == 2
+
+
+@pytest.mark.parametrize("overrides", [{}, {"bottom": 3}], ids=["packed", "bottom"])
+def test_weights_on_a_dask_cluster_are_bit_identical_to_no_executor(keypair, dask_cluster,
+                                                                     overrides):
+    """Every kernel (matmul, CRT encryption and decryption, the pools' randomizers) on the
+    cluster's workers: the same weights, bit for bit, as with no executor."""
+    _, client = dask_cluster
+    train_set = small_split(48)
+    on_cluster = acml.train(train_set, None, config(**overrides), keypair=keypair,
+                            executor=kernels.dask_executor(client))
+    here = acml.train(train_set, None, config(**overrides), keypair=keypair)
+    assert_same_weights(on_cluster, here)
+
+
+def test_cli_train_with_dask_trains_like_the_run_without(dask_cluster, tmp_path, monkeypatch):
+    """`train --dask ADDRESS` connects to that scheduler, sizes its tasks by the cluster's
+    workers and trains the same model as without (W does not depend on the key or the masks,
+    so the same --init-seed gives the same losses and weight gap)."""
+    cluster, _ = dask_cluster
+    sized = []
+    original = kernels.dask_executor
+    monkeypatch.setattr(kernels, "dask_executor",
+                        lambda client: sized.append(original(client)) or sized[-1])
+    argv = ["train", "--dataset", "wine", "--hidden", "2", "--epochs", "1", "--quiet",
+            "--key-bits", "512", "--insecure-small-key", "--init-seed", "0"]
+    reports = []
+    for extra in (["--dask", cluster.scheduler_address], []):
+        out = tmp_path / f"report{len(reports)}.json"
+        assert acml.main([*argv, *extra, "--json", str(out)]) == 0
+        reports.append(__import__("json").loads(out.read_text()))
+    assert [executor.workers for executor in sized] == [2]
+    for key in ("final_loss", "max_abs_weight_diff", "plaintext_final_loss"):
+        assert reports[0][key] == reports[1][key]
+
+
+def test_cli_dask_and_workers_are_alternatives(capsys):
+    argv = ["train", "--dataset", "wine", "--quiet", "--key-bits", "512", "--insecure-small-key",
+            "--workers", "2", "--dask", "tcp://127.0.0.1:1"]
+    assert acml.main(argv) == 2
+    assert "--dask and --workers are alternatives" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("role", ["data", "label"])
+def test_each_party_role_takes_its_own_dask_cluster(role, capsys):
+    with pytest.raises(SystemExit):
+        acml.main(["party", role, "--help"])
+    assert "--dask SCHEDULER_ADDRESS" in capsys.readouterr().out
