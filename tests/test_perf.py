@@ -189,6 +189,5 @@ def test_cli_dask_and_workers_are_alternatives(capsys):
 
 @pytest.mark.parametrize("role", ["data", "label"])
 def test_each_party_role_takes_its_own_dask_cluster(role, capsys):
-    with pytest.raises(SystemExit):
-        acml.main(["party", role, "--help"])
+    acml.main(["party", role, "--help"])  # help exits 0 through main
     assert "--dask SCHEDULER_ADDRESS" in capsys.readouterr().out
