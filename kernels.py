@@ -549,11 +549,14 @@ class EpochPool(RandomizerPool):
     """A party's RandomizerPool kept one epoch ahead.  need(epoch) is how many randomizers the
     batches of that epoch take, counted from the public plan (data_party_need,
     label_party_need); prepare(epoch) tops the pool up to it (offline work, timed in
-    offline_seconds); setup_seconds is the part of it done during step 0."""
+    offline_seconds).  setup_seconds: the part of it done during step 0; step0_count and
+    step0_seconds: randomizers for step 0's own encryptions ([[X]]), filled first, taken
+    first, and counted as step 0's work, not offline."""
 
     def __init__(self, key, need, *, executor=None, workers=None):
         super().__init__(key, executor=executor, workers=workers)
         self.need, self.setup_seconds = need, 0.0
+        self.step0_count, self.step0_seconds = 0, 0.0
 
     def prepare(self, epoch):
         return self.top_up(self.need(epoch))
@@ -561,13 +564,19 @@ class EpochPool(RandomizerPool):
 
 def epoch_pool(enabled, key, public, executor=None):
     """At the end of step 0 (plan.Public known): None unless `enabled`, else an EpochPool for
-    `key` -- the data party's PrivateKey (data_party_need) or the label party's PublicKey
-    (label_party_need) -- filled for the session's first epoch (the time in setup_seconds)."""
+    `key` -- the data party's PrivateKey (data_party_need; first, step 0's [[X]] when there is
+    no bottom model) or the label party's PublicKey (label_party_need) -- filled for the
+    session's first epoch (that time in setup_seconds)."""
     if not enabled:
         return None
     need = (data_party_need if isinstance(key, PrivateKey) else label_party_need)(public)
-    pool = EpochPool(key, need, executor=executor).prepare(public.training.epochs_completed)
-    pool.setup_seconds = pool.offline_seconds
+    pool = EpochPool(key, need, executor=executor)
+    if isinstance(key, PrivateKey) and not public.bottom:
+        pool.step0_count = int(np.prod(public.features_shape()))
+        pool.fill(pool.step0_count)
+        pool.step0_seconds = pool.offline_seconds
+    pool.fill(need(public.training.epochs_completed))  # on top of step 0's, not topping up
+    pool.setup_seconds = pool.offline_seconds - pool.step0_seconds
     return pool
 
 
@@ -579,19 +588,14 @@ def prepare_pool(pool, epoch):
 
 def data_party_need(public):
     """The data party's encryptions per epoch, from plan.Public: packed, each batch's
-    [[X_batch]]; with a bottom model, each batch's [[α]] and [[ε_acc]]; and in the session's
-    first epoch step 0's [[X]] (no bottom model), which is encrypted just after the fill."""
+    [[X_batch]]; with a bottom model, each batch's [[α]] and [[ε_acc]]; unpacked without one,
+    none (step 0's [[X]] serves every epoch)."""
     def need(epoch):
-        if epoch >= public.training.epochs:
+        if epoch >= public.training.epochs or (public.packing is None and not public.bottom):
             return 0
-        total = 0
-        if epoch == public.training.epochs_completed and not public.bottom:
-            total += int(np.prod(public.features_shape()))
-        if public.packing is None and not public.bottom:
-            return total
         extra = int(np.prod(public.weight_shape())) if public.bottom else 0
-        return total + sum(int(np.prod(public.rows_shape(len(rows)))) + extra
-                           for rows in public.batches(epoch))
+        return sum(int(np.prod(public.rows_shape(len(rows)))) + extra
+                   for rows in public.batches(epoch))
     return need
 
 
@@ -617,15 +621,16 @@ def encryptions_of_zero(public_key, count, *, executor=None, pool=None):
 
 
 def split_offline(step_seconds, *parties):
-    """A channel's seconds per step with the parties' pool filling moved to a step "pool": step
-    0 less the fill done during setup; "pool" every fill (setup's and between epochs', which no
-    step timed).  Steps 1-4 are online time already."""
+    """A channel's seconds per step with the parties' pool filling for the epochs moved to a
+    step "pool": step 0 less the epochs' fill done during setup; "pool" every epoch's fill
+    (setup's and between epochs', which no step timed).  Step 0's own randomness ([[X]]) stays
+    in step 0.  Steps 1-4 are online time already."""
     steps = dict(step_seconds)
     pools = [party.randomizer_pool for party in parties
              if getattr(party, "randomizer_pool", None) is not None]
     if pools:
         steps["0"] = max(steps.get("0", 0.0) - sum(pool.setup_seconds for pool in pools), 0.0)
-        steps["pool"] = sum(pool.offline_seconds for pool in pools)
+        steps["pool"] = sum(pool.offline_seconds - pool.step0_seconds for pool in pools)
     return steps
 
 

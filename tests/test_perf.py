@@ -73,7 +73,9 @@ def test_pools_are_sized_from_the_public_plan_and_never_fall_short(keypair, over
         pool = party.randomizer_pool
         planned = sum(pool.need(epoch) for epoch in range(2))
         assert planned > 0
-        assert pool.shortfall == 0 and len(pool) == 0 and pool.filled == planned
+        assert pool.shortfall == 0 and len(pool) == 0
+        assert pool.filled == planned + pool.step0_count  # step 0's [[X]] first, if any
+    assert (result.data_party.randomizer_pool.step0_count > 0) == (not overrides)
 
 
 def test_step_seconds_report_the_pool_as_offline_work_apart_from_setup(keypair):
@@ -82,7 +84,7 @@ def test_step_seconds_report_the_pool_as_offline_work_apart_from_setup(keypair):
     train_set = small_split(48)
     result = acml.train(train_set, None, config(), keypair=keypair)
     steps, raw = result.metrics["step_seconds"], result.channel.step_seconds
-    fills = sum(p.randomizer_pool.offline_seconds
+    fills = sum(p.randomizer_pool.offline_seconds - p.randomizer_pool.step0_seconds
                 for p in (result.data_party, result.label_party))
     in_setup = (result.data_party.randomizer_pool.setup_seconds
                 + result.label_party.randomizer_pool.setup_seconds)
