@@ -21,6 +21,13 @@ What is measured:
   only and is compared per sample.
 * Where the packed epoch's time goes: the seconds spent inside the big-integer kernels
   (kernels._kernel_*: modular exponentiations, multi-exponentiation, CRT), against the rest.
+* Every protocol epoch as online (steps 1–4) + offline (the randomizer pools' filling, step
+  "pool" of acml.train's step_seconds); every epoch target is judged on the sum.
+* The epoch's arithmetic floor: the multi-exponentiations' modular multiplications, counted on
+  the kernel's own arguments, and the decryptions, priced at the measured cost of one
+  multiplication (the least of the rounds, as for the epochs).
+* The targets of issue 15, each with its measured ratio and met / missed; ``--quick`` (tiny
+  sizes, a smoke test) records the ratios but gives no verdict.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ same decryptions otherwise).
     rerandomize        = EncryptedArray.rerandomize, optionally on an executor or from a pool
     randomizers        = PublicKey.randomizer, many at once, optionally on an executor
     RandomizerPool     randomizers computed ahead of need (offline), taken once each (online);
-                       a public key's (DJN) or the key owner's (textbook r^n by CRT)
+                       a public key's (DJN) or the key owner's (textbook r^n by CRT);
+                       EpochPool keeps one a party's next epoch ahead (epoch_pool, split_offline)
     worker_count       how many pieces to cut work into (SizedExecutor, dask_executor)
 
 DJN randomizers come from backend.FixedBaseTable (twin: powmod), one table per key and
