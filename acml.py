@@ -28,6 +28,7 @@ import numpy as np
 
 import rundir
 import data
+import kernels
 import nn
 import protocol
 import channel as channel_module
@@ -148,7 +149,7 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
           config: Config | None = None, *, progress: bool = False, keypair=None,
           checkpoint_dir=None, resume: bool = False, standardizer=None, executor=None,
           transcript=None, insecure_flaws: InsecureFlaws = SECURE,
-          estimate: bool | None = None) -> Result:
+          estimate: bool | None = None, precompute: bool = True) -> Result:
     """Train encrypted (two parties) and plaintext (the twin) on the same batches, and compare.
 
     ``checkpoint_dir``: after every epoch each party saves its own file there
@@ -161,6 +162,8 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
 
     ``executor`` (any concurrent.futures.Executor, e.g. a ProcessPoolExecutor or a dask client's
     get_executor()) runs the modular exponentiations of both parties; None runs them here.
+    ``precompute`` (new runs): each party fills a pool of randomizers ahead of need (at setup
+    and between epochs); ``step_seconds`` then reports that offline work as step "pool".
     ``transcript`` (a text file open for writing) receives every message as a JSON line.
     ``insecure_flaws`` switches known flaws on in both parties, for teaching (flaws.py).
 
@@ -208,13 +211,15 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
                                init_seed=config.init_seed, bottom=config.bottom,
                                insecure_flaws=insecure_flaws, executor=executor,
                                update_noise=config.update_noise,
-                               allow_insecure_sigma=config.allow_insecure_sigma)
+                               allow_insecure_sigma=config.allow_insecure_sigma,
+                               precompute=precompute)
         label_party = LabelParty(train_set.y, sizes, activation=config.activation, lr=config.lr,
                                  momentum=config.momentum, batch_size=config.batch_size,
                                  epochs=config.epochs, seed=config.seed, plan=config.plan,
                                  insecure_flaws=insecure_flaws, executor=executor,
                                  packing=config.packing, allow_insecure=config.allow_insecure,
-                                 allow_insecure_sigma=config.allow_insecure_sigma)
+                                 allow_insecure_sigma=config.allow_insecure_sigma,
+                                 precompute=precompute)
     channel = Channel(data_party=data_party, label_party=label_party, sigma=config.plan.sigma,
                       transcript=transcript)
     run_estimate = None
@@ -309,6 +314,9 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
     if run_estimate is not None:
         metrics["estimate"] = {key: value for key, value in run_estimate.items() if key != "line"}
         metrics["estimate"]["measured_seconds"] = time.perf_counter() - start
+    # Online per step; the randomizer pools' precomputation (offline) apart, as step "pool".
+    metrics["step_seconds"] = kernels.split_offline(metrics["step_seconds"], data_party,
+                                                    label_party)
     if resume:
         metrics["resumed_after_epoch"] = first_epoch
         metrics["checkpoint_notes"] = pair.notes

@@ -249,6 +249,8 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
                         help="one value per ciphertext (the same weights, many times slower)")
     crypto.add_argument("--workers", type=WORKERS, default=1,
                         help="processes for the modular exponentiations (default 1: this one)")
+    crypto.add_argument("--dask", metavar="SCHEDULER_ADDRESS", default=None,
+                        help=DASK_HELP + " (both parties' work, in this one process)")
 
 
 def datasets_from_args(args):
@@ -319,7 +321,7 @@ def command_train(args) -> int:
     check_key_fits(config.plan, config.key_bits, config.batch_size, n_inputs)
     if args.key_bits == DEFAULT_KEY_BITS:
         print(f"note: {KEY_BITS_NOTE}", file=sys.stderr)
-    with warnings.catch_warnings(), workers(args.workers) as executor:
+    with warnings.catch_warnings(), workers(args.workers, args.dask) as executor:
         warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
         result = with_transcript(args.transcript, lambda transcript: acml.train(
             train_set, test_set, config, progress=not args.quiet,
@@ -415,7 +417,7 @@ def command_party(args) -> int:
         bar[0](None)
 
     total_batches = [0]
-    with warnings.catch_warnings(), workers(args.workers) as executor:
+    with warnings.catch_warnings(), workers(args.workers, args.dask) as executor:
         warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
         if args.role == "data":
             run = with_transcript(args.transcript, lambda transcript: _data_party(
@@ -548,6 +550,9 @@ def add_party_parser(commands) -> None:
                           help="allow --sigma under 40 (tests and demos only: NOT secure)")
         role.add_argument("--workers", type=WORKERS, default=1,
                           help="processes for this party's modular exponentiations (default 1)")
+        role.add_argument("--dask", metavar="SCHEDULER_ADDRESS", default=None,
+                          help=DASK_HELP + " (this party's own cluster; the data party's "
+                               "workers receive its private key factors p and q)")
         role.add_argument("--transcript", help="write every message this party sends or "
                                                "receives as JSON lines")
         role.add_argument("--json", help="write this party's report as JSON to this path")
@@ -624,10 +629,42 @@ def _prepare_worker(parent_pid: int) -> None:
     exit_with_parent(parent_pid)
 
 
+DASK_HELP = ("run the modular exponentiations on the dask.distributed cluster whose scheduler "
+             "is at this address (tcp://host:port), cut into as many tasks as it has worker "
+             "threads")
+
+
 @contextmanager
-def workers(count: int):
-    """A process pool of ``count`` workers for the modular exponentiations (None for 1).
+def dask_cluster(address: str):
+    """An executor on the dask.distributed cluster at ``address`` (kernels.dask_executor: sized
+    by the cluster's real worker threads); the client is closed on the way out. Only this
+    process's own party uses it."""
+    try:
+        from dask.distributed import Client
+    except ImportError:
+        raise UsageError("--dask needs dask.distributed: pip install 'dask[distributed]'") from None
+    import kernels
+    try:
+        client = Client(address, timeout=30)
+    except (OSError, TimeoutError, ValueError) as error:
+        raise UsageError(f"--dask: no dask scheduler at {address}: {error}") from None
+    try:
+        yield kernels.dask_executor(client)
+    finally:
+        client.close()
+
+
+@contextmanager
+def workers(count: int, dask_address: str | None = None):
+    """A process pool of ``count`` workers for the modular exponentiations (None for 1), or
+    with ``dask_address`` the executor of that dask cluster (then --workers must stay 1).
     Each worker exits when this process dies, even by kill -9 (exit_with_parent)."""
+    if dask_address is not None:
+        if count > 1:
+            raise UsageError("--dask and --workers are alternatives: give one")
+        with dask_cluster(dask_address) as executor:
+            yield executor
+        return
     if count <= 1:
         yield None
         return

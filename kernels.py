@@ -11,7 +11,9 @@ same decryptions otherwise).
     decrypt_residues   = PrivateKey.decrypt_residues, optionally on an executor
     rerandomize        = EncryptedArray.rerandomize, optionally on an executor or from a pool
     randomizers        = PublicKey.randomizer, many at once, optionally on an executor
-    RandomizerPool     randomizers computed ahead of need (offline), taken once each (online)
+    RandomizerPool     randomizers computed ahead of need (offline), taken once each (online);
+                       a public key's (DJN) or the key owner's (textbook r^n by CRT);
+                       EpochPool keeps one a party's next epoch ahead (epoch_pool, split_offline)
     worker_count       how many pieces to cut work into (SizedExecutor, dask_executor)
 
 DJN randomizers come from backend.FixedBaseTable (twin: powmod), one table per key and
@@ -33,7 +35,9 @@ from paillier import OP_COUNTS, EncryptedArray, PrivateKey, PublicKey
 
 __all__ = [
     "Slots", "encrypted_matmul", "encrypt_array", "decrypt_residues", "rerandomize",
-    "randomizers", "RandomizerPool", "worker_count", "SizedExecutor", "dask_executor",
+    "randomizers", "RandomizerPool", "EpochPool", "epoch_pool", "prepare_pool",
+    "data_party_need", "label_party_need", "split_offline", "worker_count", "SizedExecutor",
+    "dask_executor",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -436,14 +440,30 @@ def _kernel_randomizers(n, djn_base, exponent_bits, drawn):
     return [int(table.power(alpha)) for alpha in drawn]
 
 
-def randomizers(public_key, count, *, randomness=None, executor=None, workers=None):
+def _kernel_crt_randomizers(constants, parts_p, parts_q):
+    """The key owner's textbook randomizers r^n mod n² from the CRT parts of r, as ints:
+    _kernel_crt_encrypt of m = 0 (so (1 + m·n)·ρ mod n² is that kernel's ciphertext of m)."""
+    k = _crt_namespace(constants)
+    return [int(PrivateKey._crt_encrypt_parts(0, mpz(s_p), mpz(s_q), k))
+            for s_p, s_q in zip(parts_p, parts_q)]
+
+
+def randomizers(key, count, *, randomness=None, executor=None, workers=None):
     """`count` fresh randomizers, as public_key.randomizer(randomness) draws them.
 
     The secrets (r or α) are drawn here from `secrets`; the exponentiations (DJN: look-ups in
     a FixedBaseTable, one per process) run here or on `executor`.  The same values either way
-    for the same secrets.
+    for the same secrets.  A PrivateKey with textbook randomness computes r^n mod p² and mod q²
+    from uniform CRT parts (as PrivateKey.encrypt does: the exact textbook distribution, about
+    3x cheaper than r^n mod n²); its kernels then receive p and q.
     """
     kind = paillier.randomness_kind(randomness)
+    if isinstance(key, PrivateKey) and kind == "textbook":
+        parts = [key.random_crt_parts() for _ in range(count)]
+        return [mpz(rho) for rho in _spread_flat(
+            executor, workers, _kernel_crt_randomizers, (_crt_constants(key),),
+            [[s_p for s_p, _ in parts], [s_q for _, s_q in parts]])]
+    public_key = key.public_key if isinstance(key, PrivateKey) else key
     if kind == "djn":
         drawn = [public_key.random_djn_exponent() for _ in range(count)]
         shared = (public_key.n, public_key.djn_base, public_key.djn_exponent_bits)
@@ -464,19 +484,29 @@ class RandomizerPool:
     c·ρ mod n²: one multiplication online.  A randomizer must never serve twice (two
     ciphertexts sharing ρ reveal the difference of their plaintexts' encodings to anyone
     who divides them), so take() forgets what it hands out.  Thread-safe.
+
+    `key` a PublicKey (anyone's pool; DJN by default), or the key owner's PrivateKey: then
+    randomness None means "textbook", computed by CRT (the distribution of PrivateKey.encrypt,
+    no DJN assumption), and encrypt_array(private_key, ..., pool=pool) draws from it.
     """
 
-    def __init__(self, public_key, *, randomness=None, executor=None, workers=None):
-        if not isinstance(public_key, PublicKey):
-            raise TypeError(f"public_key must be a PublicKey, got {type(public_key).__name__}")
-        self.public_key, self.randomness = public_key, paillier.randomness_kind(randomness)
+    def __init__(self, key, *, randomness=None, executor=None, workers=None):
+        if isinstance(key, PrivateKey):
+            self.key, self.public_key = key, key.public_key
+            randomness = "textbook" if randomness is None else randomness
+        elif isinstance(key, PublicKey):
+            self.key = self.public_key = key
+        else:
+            raise TypeError(f"key must be a PublicKey or PrivateKey, got {type(key).__name__}")
+        self.randomness = paillier.randomness_kind(randomness)
         self.executor, self.workers = executor, workers
+        self.filled = 0
         self.offline_seconds = self.online_seconds = 0.0
         self.shortfall = 0
         self._ready, self._lock = collections.deque(), threading.Lock()
 
     def _make(self, count):
-        return randomizers(self.public_key, count, randomness=self.randomness,
+        return randomizers(self.key, count, randomness=self.randomness,
                            executor=self.executor, workers=self.workers)
 
     def fill(self, count):
@@ -485,6 +515,7 @@ class RandomizerPool:
         made = self._make(as_int(count, "count"))
         with self._lock:
             self._ready.extend(made)
+            self.filled += len(made)
             self.offline_seconds += time.perf_counter() - start
         return self
 
@@ -502,12 +533,106 @@ class RandomizerPool:
                 self.online_seconds += time.perf_counter() - start
         return taken
 
+    def top_up(self, count):
+        """Fill until at least `count` randomizers are ready (offline); returns the pool."""
+        missing = as_int(count, "count") - len(self)
+        return self.fill(missing) if missing > 0 else self
+
     def __len__(self):
         return len(self._ready)
 
     def __repr__(self):
         return (f"RandomizerPool({self.randomness}, {len(self)} ready, "
                 f"offline {self.offline_seconds:.3f} s)")
+
+
+class EpochPool(RandomizerPool):
+    """A party's RandomizerPool kept one epoch ahead.  need(epoch) is how many randomizers the
+    batches of that epoch take, counted from the public plan (data_party_need,
+    label_party_need); prepare(epoch) tops the pool up to it (offline work, timed in
+    offline_seconds).  setup_seconds: the part of it done during step 0; step0_count and
+    step0_seconds: randomizers for step 0's own encryptions ([[X]]), filled first, taken
+    first, and counted as step 0's work, not offline."""
+
+    def __init__(self, key, need, *, executor=None, workers=None):
+        super().__init__(key, executor=executor, workers=workers)
+        self.need, self.setup_seconds = need, 0.0
+        self.step0_count, self.step0_seconds = 0, 0.0
+
+    def prepare(self, epoch):
+        return self.top_up(self.need(epoch))
+
+
+def epoch_pool(enabled, key, public, executor=None):
+    """At the end of step 0 (plan.Public known): None unless `enabled`, else an EpochPool for
+    `key` -- the data party's PrivateKey (data_party_need; first, step 0's [[X]] when there is
+    no bottom model) or the label party's PublicKey (label_party_need) -- filled for the
+    session's first epoch (that time in setup_seconds)."""
+    if not enabled:
+        return None
+    need = (data_party_need if isinstance(key, PrivateKey) else label_party_need)(public)
+    pool = EpochPool(key, need, executor=executor)
+    if isinstance(key, PrivateKey) and not public.bottom:
+        pool.step0_count = int(np.prod(public.features_shape()))
+        pool.fill(pool.step0_count)
+        pool.step0_seconds = pool.offline_seconds
+    pool.fill(need(public.training.epochs_completed))  # on top of step 0's, not topping up
+    pool.setup_seconds = pool.offline_seconds - pool.step0_seconds
+    return pool
+
+
+def prepare_pool(pool, epoch):
+    """Between epochs: top `pool` (an EpochPool or None) up for `epoch`."""
+    if pool is not None:
+        pool.prepare(epoch)
+
+
+def data_party_need(public):
+    """The data party's encryptions per epoch, from plan.Public: packed, each batch's
+    [[X_batch]]; with a bottom model, each batch's [[α]] and [[ε_acc]]; unpacked without one,
+    none (step 0's [[X]] serves every epoch)."""
+    def need(epoch):
+        if epoch >= public.training.epochs or (public.packing is None and not public.bottom):
+            return 0
+        extra = int(np.prod(public.weight_shape())) if public.bottom else 0
+        return sum(int(np.prod(public.rows_shape(len(rows)))) + extra
+                   for rows in public.batches(epoch))
+    return need
+
+
+def label_party_need(public):
+    """The label party's randomizers per epoch: per batch the encrypted masks ε_B (product
+    shape) and ε_B' (gradient shape), and with a bottom model step 4b's re-randomisation of
+    [[δ·Wᵀ]] (m × inputs)."""
+    def need(epoch):
+        if epoch >= public.training.epochs:
+            return 0
+        per_batch = int(np.prod(public.gradient_shape()))
+        return sum(int(np.prod(public.product_shape(len(rows)))) + per_batch
+                   + (len(rows) * public.n_inputs if public.bottom else 0)
+                   for rows in public.batches(epoch))
+    return need
+
+
+def encryptions_of_zero(public_key, count, *, executor=None, pool=None):
+    """`count` fresh encryptions of 0, as ints mod n²: (1 + 0·n)·ρ = ρ, a randomizer each, from
+    `pool` or computed now.  Twin: encrypt_array(public_key, zeros)."""
+    OP_COUNTS["encrypt"] += count
+    return _randomizers_for(public_key, count, None, executor, None, pool)
+
+
+def split_offline(step_seconds, *parties):
+    """A channel's seconds per step with the parties' pool filling for the epochs moved to a
+    step "pool": step 0 less the epochs' fill done during setup; "pool" every epoch's fill
+    (setup's and between epochs', which no step timed).  Step 0's own randomness ([[X]]) stays
+    in step 0.  Steps 1-4 are online time already."""
+    steps = dict(step_seconds)
+    pools = [party.randomizer_pool for party in parties
+             if getattr(party, "randomizer_pool", None) is not None]
+    if pools:
+        steps["0"] = max(steps.get("0", 0.0) - sum(pool.setup_seconds for pool in pools), 0.0)
+        steps["pool"] = sum(pool.offline_seconds - pool.step0_seconds for pool in pools)
+    return steps
 
 
 def _randomizers_for(public_key, count, randomness, executor, workers, pool):
@@ -528,16 +653,25 @@ def encrypt_array(key, fixed, *, executor=None, workers=None, randomness=None, p
     r drawn as its CRT parts, no extra assumption, twin PrivateKey.encrypt; randomness="djn"
     uses h_s^α mod p² and mod q² from two half-size tables (about 10x cheaper at 2048 bits;
     the same ciphertext as PublicKey DJN for the same α, its twin).
+    With a `pool` (RandomizerPool(key): a PrivateKey takes only its own): (1 + m·n)·ρ mod n², ρ
+    taken from the pool (a private key's pool holds CRT-computed textbook r^n by default).
     PublicKey: (1 + m·n)·ρ mod n² with ρ from randomizers(randomness) or from `pool`; twin
     PublicKey.encrypt.  The secrets are drawn here; the exponentiations run in this process or
     on `executor`.  Same distribution as the twin.
     """
     if not isinstance(fixed, Fixed):
         raise TypeError(f"encrypt_array expects a Fixed array, got {type(fixed).__name__}")
-    if isinstance(key, PrivateKey):
-        if pool is not None:
-            raise ValueError("the key owner's CRT encryption draws its own randomness: "
-                             "pools serve PublicKey encryption")
+    if isinstance(key, PrivateKey) and pool is not None:
+        # Precomputed randomizers (the key owner's CRT r^n, or DJN): one multiplication each.
+        if pool.key is not key:
+            raise ValueError("the key owner's encryption takes only a pool built from its own "
+                             "private key (RandomizerPool(private_key))")
+        public_key = key.public_key
+        residues = public_key._encode_array(fixed.values).ravel().tolist()
+        rhos = _randomizers_for(public_key, len(residues), randomness, executor, workers, pool)
+        _, n, nsquare = public_key._moduli()
+        flat = [(1 + m * n) * rho % nsquare for m, rho in zip(residues, rhos)]
+    elif isinstance(key, PrivateKey):
         public_key = key.public_key
         residues = public_key._encode_array(fixed.values).ravel().tolist()
         if randomness is None or paillier.randomness_kind(randomness) == "textbook":

@@ -171,7 +171,7 @@ class DataParty:
                  bottom=None, insecure_flaws: InsecureFlaws = SECURE,
                  mask_source: MaskSource | None = None, executor=None,
                  restored: Restored | None = None, update_noise: float = 0.0,
-                 allow_insecure_sigma: bool = False):
+                 allow_insecure_sigma: bool = False, precompute: bool = True):
         self.plan = plan or FixedPointPlan()
         if restored is None:  # a checkpoint's plan met the policy when it was first built
             check_sigma(self.plan.sigma, allow_insecure_sigma)
@@ -201,7 +201,7 @@ class DataParty:
         self.flaws = insecure_flaws
         warn_insecure(insecure_flaws, "data")
         self.mask_source = mask_source or insecure_flaws.mask_source()
-        self.executor = executor
+        self.executor, self.precompute, self.randomizer_pool = executor, precompute, None
         self.restored = restored
         self.noise_acc: Fixed | None = None if restored is None else restored.share
         self.epochs_completed = 0 if restored is None else restored.epochs_completed
@@ -235,7 +235,8 @@ class DataParty:
         if self.flaws.no_paillier_randomness:
             encrypted = encrypt_without_randomness(self.public_key, fixed)
         else:
-            encrypted = kernels.encrypt_array(self._private_key, fixed, executor=self.executor)
+            encrypted = kernels.encrypt_array(self._private_key, fixed, executor=self.executor,
+                                              pool=self.randomizer_pool)
         if self.flaws.public_exponents and real_values is not None:
             exponents = [phe_exponent(v) for v in np.asarray(real_values).ravel().tolist()]
             encrypted = ExponentTaggedArray(self.public_key, encrypted.ciphertexts,
@@ -315,8 +316,10 @@ class DataParty:
                              f"party derives {None if derived is None else derived.to_dict()}")
 
     def begin(self, public: Public) -> None:
-        """The end of step 0: the public facts of the session, which every step reads."""
-        self.public = public
+        """End of step 0: the public facts; ``precompute``: the epoch's r^n, kernels.EpochPool."""
+        self.public, ready = public, self.precompute and not self.flaws.no_paillier_randomness
+        self.randomizer_pool = kernels.epoch_pool(ready and self._rows_to_predict is None,
+                                                  self._private_key, public, self.executor)
 
     def encrypt_features(self) -> EncryptedArray:
         """[[X]], fresh randomness per ciphertext, encrypted with CRT by the key owner; packed,
@@ -415,6 +418,7 @@ class DataParty:
 
     def finish_epoch(self, epochs_completed: int) -> None:
         self.epochs_completed = epochs_completed
+        kernels.prepare_pool(self.randomizer_pool, epochs_completed)  # offline, between epochs
 
     # prediction ---------------------------------------------------------------------------
     def set_rows_to_predict(self, X_new) -> None:
@@ -475,7 +479,7 @@ class LabelParty:
                  insecure_flaws: InsecureFlaws = SECURE, mask_source: MaskSource | None = None,
                  executor=None, packing: bool = True, public_key: PublicKey | None = None,
                  restored: Restored | None = None, allow_insecure: bool = False,
-                 mask_range: str = "mod_n", allow_insecure_sigma: bool = False):
+                 mask_range: str = "mod_n", allow_insecure_sigma: bool = False, precompute=True):
         self.plan = plan or FixedPointPlan()
         if restored is None:  # a checkpoint's plan met the policy when it was first built
             check_sigma(self.plan.sigma, allow_insecure_sigma)
@@ -488,7 +492,7 @@ class LabelParty:
         self.flaws = insecure_flaws
         warn_insecure(insecure_flaws, "label")
         self.mask_source = mask_source or insecure_flaws.mask_source()
-        self.executor = executor
+        self.executor, self.precompute, self.randomizer_pool = executor, precompute, None
         self.packing = packing
         self.labels = np.asarray(y)
         self.layer_sizes = tuple(int(s) for s in layer_sizes)
@@ -597,8 +601,10 @@ class LabelParty:
         return None if layout is None else layout.to_dict()
 
     def begin(self, public: Public) -> None:
-        """The end of step 0: the public facts of the session, which every step reads."""
+        """The end of step 0: the public facts, which every step reads; the epoch's DJN pool."""
         self.public = public
+        self.randomizer_pool = kernels.epoch_pool(self.precompute and len(self.labels) > 0,
+                                                  self.public_key, public, self.executor)
 
     def keep_encrypted_features(self, encrypted: EncryptedArray) -> None:
         self.encrypted_features = encrypted
@@ -688,7 +694,8 @@ class LabelParty:
         """
         encrypted_part = self._delta @ self._encrypted_noise_acc.T
         self._encrypted_noise_acc = None
-        return (encrypted_part + self._delta @ self.weight_share.T).rerandomize()
+        return kernels.rerandomize(encrypted_part + self._delta @ self.weight_share.T,
+                                   executor=self.executor, pool=self.randomizer_pool)
 
     # step 4 -------------------------------------------------------------------------------
     def masked_gradient(self, rows) -> EncryptedArray:
@@ -725,19 +732,17 @@ class LabelParty:
         shape, n = encrypted.shape, self.public_key.n
         if self.mask_range == "mod_n" and self.mask_source.draws_residues():
             mask = self.mask_source.residues(shape, n, self.public.mask_bits)
-            fresh = kernels.encrypt_array(self.public_key,
-                                           Fixed.from_ints(np.zeros(shape, dtype=np.int64),
-                                                           encrypted.scale),
-                                           executor=self.executor)
+            fresh = kernels.encryptions_of_zero(self.public_key, mask.size, executor=self.executor,
+                                                pool=self.randomizer_pool)  # [[0]] = ρ each
             nsquare = self.public_key.nsquare
             flat = [c * r * (1 + int(m) * n) % nsquare for c, r, m in zip(
-                encrypted.ciphertexts.ravel().tolist(), fresh.ciphertexts.ravel().tolist(),
-                mask.ravel().tolist())]
+                encrypted.ciphertexts.ravel().tolist(), fresh, mask.ravel().tolist())]
             return EncryptedArray(self.public_key, object_array(flat, shape),
                                   encrypted.scale), mask
         mask = self.mask_source.uniform(shape, self.public.mask_bits, encrypted.scale)
         masked = encrypted + kernels.encrypt_array(
-            self.public_key, Fixed.from_ints(mask, encrypted.scale), executor=self.executor)
+            self.public_key, Fixed.from_ints(mask, encrypted.scale), executor=self.executor,
+            pool=self.randomizer_pool)
         return masked, mask
 
     def update_weight_share(self, masked: np.ndarray, batch_size: int) -> None:
@@ -757,6 +762,7 @@ class LabelParty:
 
     def finish_epoch(self, epochs_completed: int) -> None:
         self.epochs_completed = epochs_completed
+        kernels.prepare_pool(self.randomizer_pool, epochs_completed)  # offline, between epochs
 
     # prediction ---------------------------------------------------------------------------
     def expect_prediction(self, count) -> None:
