@@ -8,15 +8,26 @@ import pytest
 import paillier
 
 
-@pytest.fixture(params=["python", "gmpy2"])
-def backend(request):
-    """Run the test once per paillier arithmetic backend (gmpy2 is skipped if not installed)."""
+def each_backend(request):
+    """Switch paillier to the backend ``request.param`` for one test (skip gmpy2 if absent)."""
     try:
         switch = paillier.use_backend(request.param)
     except ValueError as error:
         pytest.skip(str(error))
     with switch:
         yield request.param
+
+
+@pytest.fixture(params=["python", "gmpy2"])
+def backend(request):
+    """Run the test once per paillier arithmetic backend (gmpy2 is skipped if not installed)."""
+    yield from each_backend(request)
+
+
+@pytest.fixture(params=["python", "gmpy2"])
+def arithmetic(request):
+    """The same, for tests that import the module `backend` (named apart from it)."""
+    yield from each_backend(request)
 
 
 @functools.lru_cache(maxsize=None)
@@ -44,3 +55,15 @@ def write_csv(path, header, rows):
         writer.writerow(header)
         writer.writerows(rows)
     return path
+
+
+def small_split(n_rows=32, name="breast_cancer"):
+    """A seeded subset of a built-in dataset, split 3:1 and standardised on the training part."""
+    import acml
+    import data
+    import numpy as np
+    dataset = data.load_builtin(name)
+    keep = np.sort(np.random.default_rng(0).permutation(len(dataset.y))[:n_rows])
+    dataset = data.Dataset(dataset.X[keep], dataset.y[keep], dataset.ids[keep],
+                           dataset.feature_names, dataset.class_names, name)
+    return acml.prepare(dataset, test_fraction=0.25, seed=0)

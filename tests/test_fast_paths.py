@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import acml
-import data
+from conftest import small_split
 import nn
 import kernels
 import paillier
@@ -45,14 +45,6 @@ def keypair():
 def two_workers():
     with ProcessPoolExecutor(2) as executor:
         yield executor
-
-
-def small_split(n_rows, name="breast_cancer"):
-    dataset = data.load_builtin(name)
-    keep = np.sort(np.random.default_rng(0).permutation(len(dataset.y))[:n_rows])
-    dataset = data.Dataset(dataset.X[keep], dataset.y[keep], dataset.ids[keep],
-                           dataset.feature_names, dataset.class_names, name)
-    return acml.prepare(dataset, test_fraction=0.25, seed=0)
 
 
 def config(**overrides):

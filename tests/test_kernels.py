@@ -20,17 +20,6 @@ from fixed import Fixed, max_abs_bits, object_array
 KEY_BITS = 256
 
 
-@pytest.fixture(params=["python", "gmpy2"])
-def arithmetic(request):
-    """Once per arithmetic backend (named apart from the module `backend`)."""
-    try:
-        switch = paillier.use_backend(request.param)
-    except ValueError as error:
-        pytest.skip(str(error))
-    with switch:
-        yield request.param
-
-
 @pytest.fixture(scope="module")
 def keypair():
     return insecure_keypair(KEY_BITS)

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import insecure_keypair
+from conftest import insecure_keypair, small_split
 
 import acml
 import rundir
-import data
 import protocol
 from channel import CIPHERTEXT, MASKED, PUBLIC, REVEALED, Channel, LeakageError, MaskSource
 from fixed import Fixed
@@ -36,14 +35,6 @@ def keypair():
 
 def parse(name):
     return ast.parse((ROOT / name).read_text(encoding="utf-8"), filename=name)
-
-
-def small_split(n_rows=32, name="breast_cancer"):
-    dataset = data.load_builtin(name)
-    keep = np.sort(np.random.default_rng(0).permutation(len(dataset.y))[:n_rows])
-    dataset = data.Dataset(dataset.X[keep], dataset.y[keep], dataset.ids[keep],
-                           dataset.feature_names, dataset.class_names, name)
-    return acml.prepare(dataset, test_fraction=0.25, seed=0)
 
 
 def config(**overrides):
