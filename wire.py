@@ -605,8 +605,12 @@ def accept_peer(listener: socket.socket, token: bytes, *, timeout: float = DEFAU
             outcome = (_handshake(connection, _prove_as_data, token, handshake_timeout, context,
                                   server_side=True), where, None)
         except Exception as error:  # noqa: BLE001 — one refused stranger must not end the wait
+            with lock:  # queued before the stranger sees the close, so the log keeps the order
+                pending.discard(connection)
+                if not finished.is_set():
+                    results.put((None, where, error))
             connection.close()
-            outcome = (None, where, error)
+            return
         with lock:
             pending.discard(connection)
             if finished.is_set():  # another connection won, or the wait is over
