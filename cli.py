@@ -209,8 +209,9 @@ def add_model_options(parser) -> None:
     model.add_argument("--momentum", type=MOMENTUM, default=Config.momentum,
                        help="in [0, 1), for the layers above the first (the first is plain "
                             "SGD; default 0)")
-    model.add_argument("--seed", type=SEED, default=0,
-                       help="public seed: the split, the batch order and the layers above")
+    model.add_argument("--seed", type=SEED, default=Config.seed,
+                       help="public seed: the split, the batch order and the layers above "
+                            f"(default {Config.seed}, see nn.HEADLINE)")
 
 
 def add_seed_and_bottom_options(parser) -> None:

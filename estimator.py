@@ -126,7 +126,7 @@ class VerticalMLPClassifier(ClassifierMixin, BaseEstimator):
     def __init__(self, hidden=nn.HEADLINE["hidden"], activation=nn.HEADLINE["activation"],
                  epochs=nn.HEADLINE["epochs"], batch_size=nn.HEADLINE["batch_size"],
                  lr=nn.HEADLINE["lr"], momentum=nn.HEADLINE["momentum"], key_bits=2048,
-                 sigma=40, packing=True, bottom=None, seed=0, init_seed=None,
+                 sigma=40, packing=True, bottom=None, seed=nn.HEADLINE["seed"], init_seed=None,
                  allow_insecure=False, progress=False):
         self.hidden = hidden
         self.activation = activation

@@ -387,34 +387,40 @@ class MLP:
 
 
 # --------------------------------------------------------------------------------------------
-# The headline run's settings (``python acml.py train``: German credit, split seed 0)
+# The headline run's settings (``python acml.py train``: German credit, public seed 1)
 # --------------------------------------------------------------------------------------------
 
 # Chosen by a plaintext study (the encrypted run equals nn.train_plaintext up to quantisation):
 # German credit, data.train_test_split(test_fraction=0.2, seed=s), data.Standardizer on the
-# training part, nn.MLP(sizes, activation, seed=0) with layers[0].W redrawn from 10 init seeds
-# (mimicking the data party's secret W0 seed). Baselines on split 0: majority class 0.700,
-# scikit-learn LogisticRegression accuracy 0.680, AUC 0.7271. Measured (split 0, 10 seeds):
+# training part, W0 redrawn from several init seeds (as the data party's secret W0 is). A grid
+# over width (8, 16, 32; two hidden layers too), epochs (3-20), lr (0.03-0.3), batch (32, 64),
+# momentum (0-0.9), scored over splits 0-9 x 4-5 W0 draws: no setting beats scikit-learn's
+# LogisticRegression by more than 0.005 AUC on average (best: width 32, AUC 0.788 vs 0.783) —
+# on German credit logistic regression is about as good as it gets. tanh, not relu, is what
+# fixes the ranking (the old relu (8,) lr 0.1 headline: AUC 0.62 on split 0); width 16 costs
+# half of 32's encrypted work (rows x epochs x width) for 0.003-0.009 less AUC; more epochs
+# overfit; momentum 0.9 on the layers above did not help; class weighting ("balanced") cost
+# 0.06 accuracy for +0.002 AUC, so there is none; the decision threshold stays 0.5.
 #
-#   setting                              acc mean/min    AUC mean/min    splits 1-4: acc-majority, AUC-logreg
-#   relu  (8,)  3 ep lr 0.1  batch 64    0.689 / 0.645   0.620 / 0.548   +0.005  -0.139   (the old headline)
-#   tanh  (8,)  3 ep lr 0.3  batch 64    0.685 / 0.670   0.709 / 0.683   +0.060  -0.014
-#   tanh (16,)  3 ep lr 0.3  batch 64    0.696 / 0.680   0.732 / 0.718   +0.070  -0.005   <- chosen
-#   tanh (32,)  3 ep lr 0.3  batch 64    0.692 / 0.675   0.733 / 0.719   +0.072  -0.001
-#   tanh (16,)  5 ep lr 0.3  batch 64    0.675 / 0.650   0.722 / 0.704   +0.058  -0.007
-#   relu (32,)  3 ep lr 0.3  batch 64    0.703 / 0.670   0.699 / 0.675   +0.051  -0.032
+# The seed. The public seed draws the split, the batch order and the layers above. Seed 0's
+# split is the one outlier of ten: logistic regression scores 0.680 on it, below the majority
+# class (0.700), against 0.730-0.795 on seeds 1-9, so nothing shows on it whether a model
+# learned. The default is seed 1: the smallest of the three seeds (1, 5, 6) whose split is
+# closest to logistic regression's median over seeds 0-9 in both accuracy and AUC. Measured
+# (seed s for split, batches and top layers; 10 W0 draws each; majority class 0.700 on all):
 #
-# tanh, not relu, is what fixes the ranking (AUC 0.62 -> 0.73). Split 0 is a hard split: no
-# model clearly beats the majority class on it (logistic regression 0.680, a random forest
-# 0.705), so the accuracy margin is measured over splits 0-4 instead, where these settings beat
-# the majority class by +0.056 and come within 0.003 of logistic regression's AUC. Width 16 over 32: the
-# interactive layer's encrypted cost grows with rows x epochs x width, and 16 costs half.
-# More epochs overfit (3 > 5 > 10). Momentum 0.9 on the layers above did not help; class
-# weighting ("balanced") cost 0.06 accuracy for +0.002 AUC, so there is none; the decision
-# threshold stays 0.5. Stability: max |delta| = 0.027 at lr 0.3 (the protocol's bound is 16);
-# tanh keeps |delta| < 0.5 even at lr 30, while relu (8,) blows up from lr 10.
+#   seed                      0      1      2      3      4      5      6      7      8      9    mean
+#   logreg accuracy         0.680  0.765  0.795  0.740  0.775  0.760  0.760  0.765  0.730  0.775  0.755
+#   HEADLINE accuracy       0.694  0.766  0.770  0.729  0.773  0.755  0.750  0.742  0.754  0.762  0.750
+#   logreg AUC              0.727  0.779  0.812  0.756  0.844  0.779  0.784  0.773  0.791  0.785  0.783
+#   HEADLINE AUC            0.728  0.786  0.803  0.730  0.834  0.776  0.778  0.758  0.803  0.786  0.778
+#
+# On seed 1 the worst of the 10 W0 draws still scores accuracy 0.750 and AUC 0.767. Stability:
+# max |delta| = 0.027 at lr 0.3 (the protocol's bound is 16); tanh keeps |delta| < 0.5 even at
+# lr 30, while relu (8,) blows up from lr 10.
 # tests/test_nn.py::test_headline_defaults_beat_baselines re-measures this.
-HEADLINE = dict(hidden=(16,), activation="tanh", epochs=3, lr=0.3, batch_size=64, momentum=0.0)
+HEADLINE = dict(hidden=(16,), activation="tanh", epochs=3, lr=0.3, batch_size=64, momentum=0.0,
+                seed=1)
 
 # --------------------------------------------------------------------------------------------
 # Optimiser and training

@@ -95,7 +95,8 @@ def test_bottom_model_run_matches_a_plaintext_composite_within_quantisation(keyp
     acml.train's composite twin agrees too, and every test prediction is the same."""
     train_set, test_set = acml.prepare(_subset("breast_cancer", 96), test_fraction=0.25)
     cfg = acml.Config(hidden=(4,), activation="relu", lr=0.1, epochs=2, batch_size=16,
-                      key_bits=KEY_BITS, allow_insecure=True, bottom=(5, "relu"), init_seed=0)
+                      key_bits=KEY_BITS, allow_insecure=True, bottom=(5, "relu"), seed=0,
+                      init_seed=0)
     result = acml.train(train_set, test_set, cfg, keypair=keypair)
     assert result.metrics["max_abs_weight_diff"] < 1e-6
     assert result.metrics["prediction_agreement"] == 1.0

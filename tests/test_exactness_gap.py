@@ -23,7 +23,7 @@ def synthetic(rows=400, columns=6, seed=0):
 
 def gaps(plan, epochs=4, **changes):
     X, y = synthetic()
-    cfg = acml.Config(hidden=(8,), epochs=epochs, batch_size=32, plan=plan, **changes)
+    cfg = acml.Config(hidden=(8,), epochs=epochs, batch_size=32, plan=plan, seed=0, **changes)
     return [gap for _, _, gap in acml.fixed_point_gap(X, y, cfg, n_classes=2)]
 
 

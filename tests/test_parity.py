@@ -50,7 +50,7 @@ def parties():
 
 def config(**overrides):
     base = dict(hidden=(3,), activation="relu", epochs=2, batch_size=16, lr=0.1, momentum=0.5, key_bits=KEY_BITS,
-                allow_insecure=True, init_seed=0)
+                allow_insecure=True, seed=0, init_seed=0)
     base.update(overrides)
     return acml.Config(**base)
 

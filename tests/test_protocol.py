@@ -40,7 +40,7 @@ def small_split(name, n_rows, seed=0):
 
 def config(**overrides):
     base = dict(hidden=(4,), activation="relu", epochs=2, batch_size=16, lr=0.1,
-                key_bits=KEY_BITS, allow_insecure=True,
+                key_bits=KEY_BITS, allow_insecure=True, seed=0,
                 init_seed=0)  # W0's seed: the data party's own
     base.update(overrides)
     return acml.Config(**base)
@@ -54,7 +54,7 @@ def fixed_point_reference(train_set, cfg):
     plan = cfg.plan
     sizes = cfg.layer_sizes(train_set.X.shape[1], train_set.n_classes)
     features = Fixed.encode(train_set.X, plan.x_frac_bits)
-    weight = Fixed.encode(nn.init_layer(sizes, 0, cfg.activation, cfg.seed).W, plan.w_frac_bits)
+    weight = Fixed.encode(nn.init_layer(sizes, 0, cfg.activation, cfg.init_seed).W, plan.w_frac_bits)
     top = nn.MLP(sizes, activation=cfg.activation, seed=cfg.seed, first_layer_weight=False)
     optimizer = nn.SGD(plan.snap_lr(cfg.lr), cfg.momentum)
     lr_int = plan.quantize_lr(cfg.lr)

@@ -47,7 +47,7 @@ def wine_subset(n_rows=100, seed=0):
 
 def config(**overrides):
     base = dict(hidden=(3,), epochs=2, batch_size=32, lr=0.1, key_bits=KEY_BITS,
-                allow_insecure=True, init_seed=0)  # W0's seed: the data party's own
+                allow_insecure=True, seed=0, init_seed=0)  # W0's seed: the data party's own
     base.update(overrides)
     return acml.Config(**base)
 
@@ -56,7 +56,8 @@ def config(**overrides):
 def trained(keypair, tmp_path_factory):
     """Two epochs on a wine subset with momentum, checkpointed after each epoch."""
     raw = wine_subset()
-    train_set, test_set, scaler = acml.prepare(raw, test_fraction=0.25, return_standardizer=True)
+    train_set, test_set, scaler = acml.prepare(raw, test_fraction=0.25, seed=0,
+                                               return_standardizer=True)
     _, raw_test = data.train_test_split(raw, test_fraction=0.25, seed=0)
     directory = tmp_path_factory.mktemp("checkpoint")
     result = acml.train(train_set, test_set, config(momentum=0.9), keypair=keypair,
@@ -717,7 +718,8 @@ def bottom_runs(keypair, tmp_path_factory):
     """With Config(bottom=4) and momentum: 3 epochs straight, and 2 epochs then resumed for a
     third, each checkpointed; plus the raw test rows for prediction."""
     raw = wine_subset()
-    train_set, test_set, scaler = acml.prepare(raw, test_fraction=0.25, return_standardizer=True)
+    train_set, test_set, scaler = acml.prepare(raw, test_fraction=0.25, seed=0,
+                                               return_standardizer=True)
     _, raw_test = data.train_test_split(raw, test_fraction=0.25, seed=0)
     straight = tmp_path_factory.mktemp("bottom_straight")
     resumed = tmp_path_factory.mktemp("bottom_resumed")

@@ -88,7 +88,8 @@ def run_pair(keypair, feature_ids, X, label_ids, y, n_classes, cfg, *, test_frac
     a checkpoint, say); ``data_options``/``label_options`` go to run_data_party/run_label_party."""
     data_options = dict(data_options)
     if keypair is not None:
-        data_options = dict(keypair=keypair, init_seed=cfg.seed, **data_options)
+        init_seed = cfg.seed if cfg.init_seed is None else cfg.init_seed
+        data_options = dict(keypair=keypair, init_seed=init_seed, **data_options)
     listener = wire.listen("127.0.0.1", 0)
     port = listener.getsockname()[1]
     out = {}
