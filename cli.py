@@ -411,6 +411,8 @@ def command_party(args) -> int:
     check_sigma(args.sigma, args.insecure_sigma)
     if args.role == "data" and not args.predict:
         check_key_bits(args.key_bits, args.insecure_small_key)
+    if args.role == "label":
+        check_block_rows(args.block_rows, args.batch_size)
     check_outputs(args)
     tls_files = {"--tls-cert": args.tls_cert, "--tls-key": args.tls_key,
                  "--tls-ca": args.tls_ca}
@@ -503,7 +505,6 @@ def _label_party(args, token, tls, frame_cap, executor, progress, transcript):
     if not (args.labels and args.label_column and args.id_column):
         raise UsageError("party label needs --labels, --id-column and --label-column "
                          "(or --predict with --checkpoint-dir)")
-    check_block_rows(args.block_rows, args.batch_size)
     ids, y, class_names = data.load_labels_csv(args.labels, args.id_column, args.label_column)
     config = Config(hidden=args.hidden, activation=args.activation, epochs=args.epochs,
                     batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
