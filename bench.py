@@ -51,10 +51,10 @@ from fixed import Fixed
 
 FULL = dict(key_bits=(1024, 2048), epoch_key_bits=2048, repeats=20, keygen_repeats=3,
             matmul_shape=(8, 30, 8), rows=None, batch_size=64, hidden=8, phe_rows=64,
-            packed_rounds=2, mulmod_repeats=20000)
+            packed_rounds=2, mulmod_repeats=20000, block_rows=16)
 QUICK = dict(key_bits=(256, 512), epoch_key_bits=512, repeats=3, keygen_repeats=1,
              matmul_shape=(2, 6, 3), rows=40, batch_size=16, hidden=4, phe_rows=8,
-             packed_rounds=1, mulmod_repeats=2000)
+             packed_rounds=1, mulmod_repeats=2000, block_rows=4)
 TARGETS = {  # name: (what, target, "min": reached >= target | "max": reached <= target);
     # {bits}: the largest key of the primitives; {workers}: the worker count. An epoch's
     # seconds are online + offline (the pools' filling) throughout: nothing is left out.
@@ -239,11 +239,13 @@ def _epoch_seconds(step_seconds: dict) -> float:
 
 
 def protocol_epoch(train_set, sizes, keypair, *, packing: bool, executor=None,
-                   kernel_timer: dict | None = None) -> dict:
-    """One epoch of the real protocol through acml.train; times per step, ops per step."""
+                   kernel_timer: dict | None = None, block_rows: int = 0) -> dict:
+    """One epoch of the real protocol through acml.train; times per step, ops per step.
+    ``block_rows``: batches of row blocks, each block encrypted once in step 0 (setup s)
+    instead of every batch's rows in the epoch (acml.Config.block_rows)."""
     config = acml.Config(hidden=(sizes["hidden"],), epochs=1, batch_size=sizes["batch_size"],
                          key_bits=keypair[0].n.bit_length(), allow_insecure=True,
-                         packing=packing)
+                         packing=packing, block_rows=block_rows)
     restore = _time_kernels(kernel_timer) if kernel_timer is not None else None
     try:
         result = acml.train(train_set, None, config, keypair=keypair, executor=executor)
@@ -470,6 +472,9 @@ def run(*, quick: bool = False, workers: int = 2, json_path: str | None = None,
             out("... packed, 1 process ...")
             _keep_fastest(epochs, "packed", protocol_epoch(train_set, sizes, keypair,
                                                            packing=True))
+            out(f"... packed with row blocks of {sizes['block_rows']}, 1 process ...")
+            _keep_fastest(epochs, "packed_blocks", protocol_epoch(
+                train_set, sizes, keypair, packing=True, block_rows=sizes["block_rows"]))
             if pool is not None:
                 out(f"... packed on {workers} workers ...")
                 _keep_fastest(epochs, "packed_workers", protocol_epoch(

@@ -268,7 +268,7 @@ def _meta_int(meta: dict, key: str, path) -> int:
 DATA_TRAINING_KEYS = ("n_hidden", "activation", "lr", "batch_size", "epochs", "seed",
                       "fixed_point", "epochs_completed", "insecure_flaws")
 LABEL_TRAINING_KEYS = ("layer_sizes", "activation", "lr", "momentum", "batch_size", "epochs",
-                       "seed")
+                       "seed")  # and "block_rows", newer: a checkpoint without it batched rows (0)
 
 
 def _meta_dict(meta: dict, key: str, required: tuple, path) -> dict:
@@ -391,7 +391,7 @@ class DataPartyState:
         except ValueError as error:
             raise ValueError(f"{path}: corrupted checkpoint: bad private key ({error})") from None
         plan = _plan_from(meta, path)
-        training = _meta_dict(meta, "training", DATA_TRAINING_KEYS, path)
+        training = {"block_rows": 0, **_meta_dict(meta, "training", DATA_TRAINING_KEYS, path)}
         n_hidden = _meta_int(training, "n_hidden", path)
         bottom = None
         if bottom_meta is not None:
@@ -526,7 +526,8 @@ class LabelPartyState:
             raise ValueError(f"{len(names)} class names for {n_classes} classes")
         training = {"layer_sizes": list(sizes), "activation": party.model.activation,
                     "lr": party.lr, "momentum": party.optimizer.momentum,
-                    "batch_size": party.batch_size, "epochs": party.epochs, "seed": party.seed}
+                    "batch_size": party.batch_size, "epochs": party.epochs, "seed": party.seed,
+                    "block_rows": party.block_rows}
         parameters = {name: np.array(value, dtype=np.float64)
                       for name, value, _ in party.model.top_named_params()}
         return cls(party.public_key, party.plan, training,
@@ -578,7 +579,7 @@ class LabelPartyState:
     def load(cls, path, *, allow_insecure: bool = False) -> "LabelPartyState":
         """Read and validate a label party's file: one-line ValueError for anything wrong."""
         meta, arrays = _read_checkpoint(path, LABEL)
-        training = _meta_dict(meta, "training", LABEL_TRAINING_KEYS, path)
+        training = {"block_rows": 0, **_meta_dict(meta, "training", LABEL_TRAINING_KEYS, path)}
         sizes = training["layer_sizes"]
         if not (isinstance(sizes, list) and len(sizes) >= 2 and all(
                 isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes)):
@@ -623,7 +624,8 @@ class LabelPartyState:
                            momentum=t["momentum"], batch_size=t["batch_size"],
                            epochs=t["epochs"] if epochs is None else epochs, seed=t["seed"],
                            plan=self.plan, executor=executor, packing=packing,
-                           public_key=self.public_key, restored=restored)
+                           public_key=self.public_key, restored=restored,
+                           block_rows=t["block_rows"])
         if y is not None and integers_digest(party.labels) != self.labels_sha256:
             raise ValueError("these are not the labels the label party's checkpoint was trained "
                              "on (their sha256 differs): resume with the same rows and settings")
@@ -660,7 +662,7 @@ def check_checkpoint_pair(data_state: DataPartyState, label_state: LabelPartySta
                          f"weight share {label_state.weight_share.shape}")
     shared = {"n_hidden": label_state.layer_sizes[1], **{
         key: label_state.training[key]
-        for key in ("activation", "lr", "batch_size", "epochs", "seed")}}
+        for key in ("activation", "lr", "batch_size", "epochs", "seed", "block_rows")}}
     for key, value in shared.items():
         if data_state.training.get(key) != value:
             raise ValueError(f"{prefix}: the data party's training plan has {key} = "

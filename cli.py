@@ -31,7 +31,7 @@ from acml import DEFAULT_KEY_BITS, KEY_BITS_NOTE, REVEAL_FLAG, Config
 from channel import LeakageError
 from flaws import InsecureFlawWarning
 from parties import INIT_SEED_BITS
-from plan import (MAX_BATCH_SIZE, MAX_EPOCHS, MAX_HIDDEN, MAX_LR, MAX_PLAN_BITS, MIN_SECURE_SIGMA,
+from plan import (MAX_BATCH_SIZE, MAX_BLOCK_ROWS, MAX_EPOCHS, MAX_HIDDEN, MAX_LR, MAX_PLAN_BITS, MIN_SECURE_SIGMA,
                   SEED_LIMIT, FixedPointPlan)
 
 
@@ -140,6 +140,7 @@ SIGMA = _integer(1, MAX_PLAN_BITS)
 EPOCHS = _integer(1, MAX_EPOCHS)
 BATCH_SIZE = _integer(1, MAX_BATCH_SIZE)
 SEED = _integer(0, SEED_LIMIT - 1)
+BLOCK_ROWS = _integer(0, MAX_BLOCK_ROWS)
 INIT_SEED = _integer(0, INIT_SEED_LIMIT - 1)
 WIDTH = _integer(1, MAX_HIDDEN)
 WORKERS = _integer(1, MAX_WORKERS)
@@ -153,6 +154,14 @@ def check_sigma(sigma: int, insecure: bool) -> None:
     if sigma < MIN_SECURE_SIGMA and not insecure:
         raise UsageError(f"--sigma {sigma} is under the secure minimum of {MIN_SECURE_SIGMA} bits; "
                          "add --insecure-sigma for tests and demos")
+
+
+def check_block_rows(block_rows: int, batch_size: int) -> None:
+    """A batch is batch_size / block_rows whole blocks; that the blocks fit the packed slots
+    is checked at setup, where the key is known (plan.Public.derive_packing)."""
+    if block_rows and batch_size % block_rows:
+        raise UsageError(f"--block-rows {block_rows}: --batch-size {batch_size} must be a "
+                         "multiple of it (or --block-rows 0, row batches)")
 
 
 def check_output_file(flag: str, path) -> None:
@@ -212,6 +221,10 @@ def add_model_options(parser) -> None:
     model.add_argument("--seed", type=SEED, default=Config.seed,
                        help="public seed: the split, the batch order and the layers above "
                             f"(default {Config.seed}, see nn.HEADLINE)")
+    model.add_argument("--block-rows", type=BLOCK_ROWS, default=0, metavar="B",
+                       help="batch whole fixed blocks of B rows (B divides --batch-size, at most "
+                            "the rows one packed ciphertext holds: 19 at 2048 bits), so step 0 "
+                            "encrypts each block once; 0: row batches (default)")
 
 
 def add_seed_and_bottom_options(parser) -> None:
@@ -285,12 +298,14 @@ def check_key_bits(bits: int, insecure: bool) -> None:
 def config_from_args(args) -> Config:
     check_key_bits(args.key_bits, args.insecure_small_key)
     check_sigma(args.sigma, args.insecure_sigma)
+    check_block_rows(args.block_rows, args.batch_size)
     return Config(hidden=args.hidden, activation=args.activation, epochs=args.epochs,
                   batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                   key_bits=args.key_bits, seed=args.seed, allow_insecure=args.insecure_small_key,
                   plan=FixedPointPlan(sigma=args.sigma), bottom=args.bottom,
                   init_seed=args.init_seed, allow_insecure_sigma=args.insecure_sigma,
-                  packing=args.packing, update_noise=getattr(args, "update_noise", 0.0))
+                  packing=args.packing, update_noise=getattr(args, "update_noise", 0.0),
+                  block_rows=args.block_rows)
 
 
 def check_key_fits(plan: FixedPointPlan, key_bits: int, batch_size: int, n_inputs: int) -> None:
@@ -397,6 +412,8 @@ def command_party(args) -> int:
     check_sigma(args.sigma, args.insecure_sigma)
     if args.role == "data" and not args.predict:
         check_key_bits(args.key_bits, args.insecure_small_key)
+    if args.role == "label":
+        check_block_rows(args.block_rows, args.batch_size)
     check_outputs(args)
     tls_files = {"--tls-cert": args.tls_cert, "--tls-key": args.tls_key,
                  "--tls-ca": args.tls_ca}
@@ -494,7 +511,7 @@ def _label_party(args, token, tls, frame_cap, executor, progress, transcript):
                     batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                     seed=args.seed, plan=FixedPointPlan(sigma=args.sigma),
                     allow_insecure=args.insecure_small_key, packing=args.packing,
-                    allow_insecure_sigma=args.insecure_sigma)
+                    allow_insecure_sigma=args.insecure_sigma, block_rows=args.block_rows)
     connection = wire.connect_peer(host, port, token, timeout=args.timeout,
                                    max_frame_bytes=frame_cap, tls=tls)
     return transport.run_label_party(connection, ids, y, len(class_names), config,

@@ -565,15 +565,16 @@ class EpochPool(RandomizerPool):
 
 def epoch_pool(enabled, key, public, executor=None):
     """At the end of step 0 (plan.Public known): None unless `enabled`, else an EpochPool for
-    `key` -- the data party's PrivateKey (data_party_need; first, step 0's [[X]] when there is
-    no bottom model) or the label party's PublicKey (label_party_need) -- filled for the
-    session's first epoch (that time in setup_seconds)."""
+    `key` -- the data party's PrivateKey (data_party_need; first, step 0's own encryptions,
+    public.step0_ciphertexts: [[X]] without a bottom model, [[X_blocks]] with row blocks) or
+    the label party's PublicKey (label_party_need) -- filled for the session's first epoch
+    (that time in setup_seconds)."""
     if not enabled:
         return None
     need = (data_party_need if isinstance(key, PrivateKey) else label_party_need)(public)
     pool = EpochPool(key, need, executor=executor)
-    if isinstance(key, PrivateKey) and not public.bottom:
-        pool.step0_count = int(np.prod(public.features_shape()))
+    if isinstance(key, PrivateKey) and public.step0_ciphertexts():
+        pool.step0_count = public.step0_ciphertexts()
         pool.fill(pool.step0_count)
         pool.step0_seconds = pool.offline_seconds
     pool.fill(need(public.training.epochs_completed))  # on top of step 0's, not topping up
@@ -590,9 +591,9 @@ def prepare_pool(pool, epoch):
 def data_party_need(public):
     """The data party's encryptions per epoch, from plan.Public: packed, each batch's
     [[X_batch]]; with a bottom model, each batch's [[α]] and [[ε_acc]]; unpacked without one,
-    none (step 0's [[X]] serves every epoch)."""
+    or packed with row blocks, none (step 0's [[X]] or [[X_blocks]] serves every epoch)."""
     def need(epoch):
-        if epoch >= public.training.epochs or (public.packing is None and not public.bottom):
+        if epoch >= public.training.epochs or not public.encrypts_each_batch():
             return 0
         extra = int(np.prod(public.weight_shape())) if public.bottom else 0
         return sum(int(np.prod(public.rows_shape(len(rows)))) + extra

@@ -468,18 +468,57 @@ class SGD:
         self.velocity = {str(name): np.array(value, dtype=np.float64) for name, value in state.items()}
 
 
-def minibatches(n: int, batch_size: int, *, seed: int, epoch: int) -> list[np.ndarray]:
+def minibatches(n: int, batch_size: int, *, seed: int, epoch: int,
+                block_rows: int = 0) -> list[np.ndarray]:
     """Indices 0..n-1 shuffled by ``np.random.default_rng([seed, epoch]).permutation(n)`` and
     cut into consecutive batches of ``batch_size`` (the last may be shorter). Both parties call
-    this with the same public (seed, epoch) to agree on the batch order without talking."""
+    this with the same public (seed, epoch) to agree on the batch order without talking.
+    ``block_rows`` > 0: the batches of :func:`block_minibatches` instead."""
+    if block_rows:
+        return block_minibatches(n, batch_size, block_rows, seed=seed, epoch=epoch)
     if n < 1 or batch_size < 1:
         raise ValueError(f"need n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
     order = np.random.default_rng([_check_seed(seed), _check_seed(epoch)]).permutation(n)
     return [order[start:start + batch_size] for start in range(0, n, batch_size)]
 
 
+def row_blocks(n: int, block_rows: int, *, seed: int) -> list[np.ndarray]:
+    """The fixed row blocks of a run: ``default_rng([seed, 0, 1]).permutation(n)`` cut into
+    blocks of ``block_rows`` rows, the same in every epoch; the last block holds the n mod b
+    rows left over, if any. (The trailing 1 keeps this stream apart from minibatches'.)"""
+    if n < 1 or isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) \
+            or block_rows < 1:
+        raise ValueError(f"need n >= 1 and block_rows >= 1, got n={n}, block_rows={block_rows!r}")
+    order = np.random.default_rng([_check_seed(seed), 0, 1]).permutation(n)
+    return [order[start:start + block_rows] for start in range(0, n, block_rows)]
+
+
+def block_minibatches(n: int, batch_size: int, block_rows: int, *, seed: int,
+                      epoch: int) -> list[np.ndarray]:
+    """Batches made of whole row blocks (:func:`row_blocks`): each epoch shuffles the ORDER of
+    the full blocks by ``default_rng([seed, epoch, 2])`` (the short block, if any, always goes
+    last) and cuts it into runs of batch_size / block_rows blocks; the last batch may be
+    shorter. A batch lists its blocks' rows block after block.
+
+    Why: the rows that share a block share one packed ciphertext in step 1, so the data party
+    can encrypt every block once, at setup, instead of every batch afresh (protocol.setup).
+    The caveat: rows of one block always meet in the same batch, so the batches are less
+    random than a row shuffle's (README, Performance, measures what that does to training).
+    """
+    blocks = row_blocks(n, block_rows, seed=seed)
+    if batch_size < 1 or batch_size % block_rows:
+        raise ValueError(f"the batch size {batch_size} must be a positive multiple of "
+                         f"block_rows {block_rows}")
+    full = n // block_rows
+    order = list(np.random.default_rng([_check_seed(seed), _check_seed(epoch), 2])
+                 .permutation(full)) + list(range(full, len(blocks)))
+    per_batch = batch_size // block_rows
+    return [np.concatenate([blocks[index] for index in order[start:start + per_batch]])
+            for start in range(0, len(order), per_batch)]
+
+
 def train_plaintext(mlp: MLP, X, y, *, epochs: int, batch_size: int, lr: float, seed: int = 0,
-                    momentum: float = 0.0,
+                    momentum: float = 0.0, block_rows: int = 0,
                     callback: Callable[[int, int, float], None] | None = None) -> dict:
     """Train ``mlp`` in place on (X, y) with minibatch SGD; the reference the protocol must match.
 
@@ -487,6 +526,7 @@ def train_plaintext(mlp: MLP, X, y, *, epochs: int, batch_size: int, lr: float, 
     (W0 -= lr * dW0, never momentum), every other parameter (``mlp.top_named_params()``) by
     ``SGD(lr, momentum)``. Returns {"batch_loss": [...], "epoch_loss": [...]}, where an epoch's
     loss is the batch losses' mean weighted by batch size (the mean per-example loss seen).
+    ``block_rows``: the batch order of :func:`block_minibatches` (0: of :func:`minibatches`).
     A run whose loss or weights stop being finite raises FloatingPointError (a one-line
     message naming the epoch and batch) instead of returning nan weights.
     """
@@ -504,7 +544,8 @@ def train_plaintext(mlp: MLP, X, y, *, epochs: int, batch_size: int, lr: float, 
     first = mlp.layers[0]
     for epoch in range(int(epochs)):
         weighted_loss = 0.0
-        for batch_index, rows in enumerate(minibatches(X.shape[0], batch_size, seed=seed, epoch=epoch)):
+        for batch_index, rows in enumerate(minibatches(X.shape[0], batch_size, seed=seed, epoch=epoch,
+                                                           block_rows=block_rows)):
             # A diverging run overflows to inf/nan; numpy's warnings are replaced by the check
             # below, which stops at the first non-finite loss instead of returning nan weights.
             with np.errstate(over="ignore", invalid="ignore"):

@@ -341,12 +341,12 @@ class DataParty:
 
     # step 1 -------------------------------------------------------------------------------
     def select_rows(self, rows) -> None:
-        """Unpacked, without a bottom model: this batch's rows of X, as in step 0's [[X]]."""
+        """Without a bottom model, unpacked or with row blocks: this batch's rows of X."""
         self._batch_inputs = self.features[rows]
 
     def encrypt_rows(self, rows) -> EncryptedArray:
         """Packed step 1: [[X_batch]], ⌈m/k⌉ × d fresh ciphertexts (the public batch order
-        makes this reveal nothing new)."""
+        makes this reveal nothing new); in step 0 with row blocks, every block's rows."""
         return self._encrypt_inputs(self.features[rows], None)
 
     def encrypt_bottom_output(self, rows) -> EncryptedArray:
@@ -479,7 +479,8 @@ class LabelParty:
                  insecure_flaws: InsecureFlaws = SECURE, mask_source: MaskSource | None = None,
                  executor=None, packing: bool = True, public_key: PublicKey | None = None,
                  restored: Restored | None = None, allow_insecure: bool = False,
-                 mask_range: str = "mod_n", allow_insecure_sigma: bool = False, precompute=True):
+                 mask_range: str = "mod_n", allow_insecure_sigma: bool = False, precompute=True,
+                 block_rows: int = 0):
         self.plan = plan or FixedPointPlan()
         if restored is None:  # a checkpoint's plan met the policy when it was first built
             check_sigma(self.plan.sigma, allow_insecure_sigma)
@@ -506,6 +507,7 @@ class LabelParty:
                 setattr(self.model.layers[int(index)], attribute, np.array(value, np.float64))
             self.optimizer.load_state_dict(restored.velocity)
         self.lr, self.batch_size, self.epochs, self.seed = lr, batch_size, epochs, seed
+        self.block_rows = block_rows  # batches of whole row blocks (plan.TrainingPlan)
         self.lr_int = self.plan.quantize_lr(lr)
         self.restored = restored
         if (public_key is None) != (restored is None):
@@ -517,7 +519,7 @@ class LabelParty:
         self.weight_bound: int | None = None if restored is None else restored.weight_bound
         self.epochs_completed = 0 if restored is None else restored.epochs_completed
         self.public: Public | None = None
-        self.encrypted_features: EncryptedArray | None = None
+        self.encrypted_features = self.encrypted_blocks = None  # [[X]], [[X_blocks]] of step 0
         self.losses: list[float] = []
         self.predictions: np.ndarray | None = None  # scores of the last prediction
         self.preactivation: np.ndarray | None = None  # z of the last step 1 (its own view)
@@ -589,7 +591,7 @@ class LabelParty:
         """Hyper-parameters the data party needs: all public."""
         return TrainingPlan(self.layer_sizes[1], self.model.activation, self.lr, self.batch_size,
                             self.epochs, self.seed, self.plan, self.epochs_completed,
-                            self.flaws.enabled())
+                            self.flaws.enabled(), self.block_rows)
 
     def accept_weight_share(self, share: np.ndarray) -> None:
         self.weight_share = Fixed.from_ints(share, self.plan.w_frac_bits)
@@ -609,6 +611,9 @@ class LabelParty:
     def keep_encrypted_features(self, encrypted: EncryptedArray) -> None:
         self.encrypted_features = encrypted
 
+    def keep_encrypted_blocks(self, encrypted: EncryptedArray) -> None:
+        self.encrypted_blocks = encrypted
+
     # step 1 -------------------------------------------------------------------------------
     def keep_batch_inputs(self, encrypted: EncryptedArray) -> None:
         """This batch's [[X_batch]], [[α]] or [[X_new]]: the interactive layer's input. For a
@@ -622,8 +627,10 @@ class LabelParty:
         self._batch_inputs = encrypted
 
     def select_rows(self, rows) -> None:
-        """Unpacked, without a bottom model: this batch's rows of step 0's [[X]]."""
-        self._batch_inputs = self.encrypted_features[rows]
+        """Unpacked, without a bottom model: this batch's rows of step 0's [[X]]; packed with
+        row blocks, this batch's blocks of step 0's [[X_blocks]]."""
+        self._batch_inputs = (self.encrypted_blocks[self.public.blocks_of(rows)]
+                              if self.public.encrypts_blocks() else self.encrypted_features[rows])
 
     def masked_product(self, n_rows: int) -> EncryptedArray:
         """[[U]] = [[X]]·W_B + [[ε_B]]; the fresh encryption of ε_B re-randomises the result.

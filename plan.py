@@ -16,7 +16,7 @@ the initial weights and the batch order — never of the random masks.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
@@ -305,6 +305,7 @@ SEED_LIMIT = 1 << 63
 MAX_SAMPLES = 10 ** 7  # rows a data party may declare (the "shapes" of step 0) ...
 MAX_INPUTS = 10 ** 5  # ... and inputs of the interactive layer
 MAX_FLAW_NAMES = 16  # names in a list of insecure switches (flaws.py has 6)
+MAX_BLOCK_ROWS = 256  # rows per block: far above the ~19 rows a 2048-bit plaintext packs
 
 
 def _check_int(value, name: str, low: int, high: int) -> int:
@@ -321,6 +322,9 @@ class TrainingPlan:
     ``epochs_completed`` is 0 for a new run and the epoch both checkpoints were saved after when
     resuming. ``insecure_flaws`` names the label party's INSECURE teaching switches (flaws.py):
     they change what its messages declare, so the data party must know them too.
+    ``block_rows`` > 0 batches whole fixed row blocks (nn.block_minibatches) instead of
+    shuffled rows, so that step 0 can encrypt each block once (0, the default: row batches;
+    a plan without the field, from an older checkpoint or peer, means 0).
     """
 
     n_hidden: int
@@ -332,6 +336,7 @@ class TrainingPlan:
     fixed_point: FixedPointPlan
     epochs_completed: int = 0
     insecure_flaws: tuple = ()
+    block_rows: int = 0
 
     def to_dict(self) -> dict:
         out = {item.name: getattr(self, item.name) for item in fields(self)}
@@ -344,6 +349,7 @@ class TrainingPlan:
         """Validate every field of a received plan (type, range, resource cap): ValueError."""
         if not isinstance(payload, dict):
             raise ValueError(f"the training plan must be a JSON object, got {type(payload).__name__}")
+        payload = {"block_rows": 0, **payload}
         expected = {item.name for item in fields(cls)}
         missing, unknown = expected - set(payload), set(payload) - expected
         if missing or unknown:
@@ -361,15 +367,20 @@ class TrainingPlan:
         if not isinstance(flaws, (list, tuple)) or not all(isinstance(f, str) for f in flaws):
             raise ValueError(f"the training plan's insecure_flaws must be a list of names, "
                              f"got {flaws!r}")
+        batch_size = _check_int(payload["batch_size"], "batch_size", 1, MAX_BATCH_SIZE)
+        block_rows = _check_int(payload["block_rows"], "block_rows", 0, MAX_BLOCK_ROWS)
+        if block_rows and batch_size % block_rows:
+            raise ValueError(f"the training plan's batch_size {batch_size} is not a multiple of "
+                             f"its block_rows {block_rows}")
         return cls(n_hidden=_check_int(payload["n_hidden"], "n_hidden", 1, MAX_HIDDEN),
                    activation=payload["activation"], lr=float(lr),
-                   batch_size=_check_int(payload["batch_size"], "batch_size", 1, MAX_BATCH_SIZE),
+                   batch_size=batch_size,
                    epochs=_check_int(payload["epochs"], "epochs", 1, MAX_EPOCHS),
                    seed=_check_int(payload["seed"], "seed", 0, SEED_LIMIT - 1),
                    fixed_point=FixedPointPlan.from_dict(payload["fixed_point"]),
                    epochs_completed=_check_int(payload["epochs_completed"], "epochs_completed",
                                                0, MAX_EPOCHS),
-                   insecure_flaws=tuple(flaws))
+                   insecure_flaws=tuple(flaws), block_rows=block_rows)
 
 
 @dataclass(frozen=True)
@@ -408,8 +419,45 @@ class Public:
 
     def batches(self, epoch: int) -> list[np.ndarray]:
         """The batch order of ``epoch``, from the public seed: both parties derive it alone."""
-        return nn.minibatches(self.n_samples, self.training.batch_size,
-                              seed=self.training.seed, epoch=epoch)
+        return nn.minibatches(self.n_samples, self.training.batch_size, seed=self.training.seed,
+                              epoch=epoch, block_rows=self.training.block_rows)
+
+    # -- row blocks: each encrypted once at setup, when the plan batches blocks and packs ------
+    def encrypts_blocks(self) -> bool:
+        """Step 0 sends [[X_blocks]] and step 1 selects from it (block_rows > 0, packed)."""
+        return self.packing is not None and self.training.block_rows > 0
+
+    def encrypts_each_batch(self) -> bool:
+        """Step 1 encrypts the batch's input afresh: [[α]], or packed rows without blocks."""
+        return self.bottom or (self.packing is not None and not self.encrypts_blocks())
+
+    def row_blocks(self) -> list[np.ndarray]:
+        return nn.row_blocks(self.n_samples, self.training.block_rows, seed=self.training.seed)
+
+    def rows_by_block(self) -> np.ndarray:
+        """Every row, block after block: the rows [[X_blocks]] packs, b to a ciphertext."""
+        return np.concatenate(self.row_blocks())
+
+    def blocks_shape(self) -> tuple:
+        """[[X_blocks]]: one packed ciphertext per block and input, the block's rows its slots."""
+        return (len(self.row_blocks()), self.n_inputs)
+
+    def blocks_of(self, rows) -> np.ndarray:
+        """The indices of the blocks a batch is made of, in the batch's order (ValueError
+        unless the rows are whole blocks, block after block)."""
+        blocks, size = self.row_blocks(), self.training.block_rows
+        block_of_row = np.empty(self.n_samples, dtype=np.int64)
+        for index, block in enumerate(blocks):
+            block_of_row[block] = index
+        chosen = block_of_row[np.asarray(rows)[::size]]
+        if not np.array_equal(np.concatenate([blocks[i] for i in chosen]), rows):
+            raise ValueError("the batch's rows are not whole row blocks, block after block")
+        return chosen
+
+    def step0_ciphertexts(self) -> int:
+        """The data party's encryptions in step 0: [[X]], and [[X_blocks]] with blocks."""
+        count = int(np.prod(self.features_shape())) if not self.bottom else 0
+        return count + (int(np.prod(self.blocks_shape())) if self.encrypts_blocks() else 0)
 
     def packable(self) -> bool:
         """Packing needs a fixed [[X]] (no bottom model) and the real protocol: the insecure
@@ -417,11 +465,21 @@ class Public:
         return not self.bottom and not self.data_flaws and not self.training.insecure_flaws
 
     def derive_packing(self) -> PackingLayout | None:
-        """The layout both parties derive from the facts above (None where it would not help)."""
+        """The layout both parties derive from the facts above (None where it would not help).
+        With row blocks, step 1 packs one block per ciphertext: its slots are the block's rows
+        (ValueError if a block would not fit one ciphertext)."""
         if not self.packable():
             return None
-        return useful_packing(self.plan, self.public_key, self.training.batch_size,
-                              self.n_inputs, self.training.lr)
+        layout = useful_packing(self.plan, self.public_key, self.training.batch_size,
+                                self.n_inputs, self.training.lr)
+        block_rows = self.training.block_rows
+        if layout is None or not block_rows:
+            return layout
+        if block_rows > layout.forward.slots:  # a block is ONE packed ciphertext per input
+            raise ValueError(f"block_rows {block_rows} exceeds the {layout.forward.slots} rows "
+                             "one packed ciphertext of step 1 holds with this key and plan "
+                             f"(CLI: --block-rows {layout.forward.slots} or less)")
+        return replace(layout, forward=kernels.Slots(layout.forward.slot_bits, block_rows))
 
     # -- the shapes and widths each message declares ------------------------------------------
     def rows_shape(self, m: int) -> tuple:

@@ -57,6 +57,9 @@ def setup(channel, *, start: str = "new") -> Public:
       same from the public facts and refuses any other (plan.PackingLayout).
     * A → B ``[[X]]`` (ciphertext), training only and without a bottom model: every training row
       once, a fresh r for each value, cached for every epoch (packed: k features per ciphertext).
+    * A → B ``[[X_blocks]]`` (ciphertext), only when the plan batches row blocks and packs:
+      each block's rows packed along the rows, one ciphertext per block and feature, kept for
+      every epoch's step 1. B learns nothing new: which rows form a block is public.
     """
     if start not in STARTS:
         raise ValueError(f"setup's start must be one of {STARTS}, got {start!r}")
@@ -89,6 +92,11 @@ def setup(channel, *, start: str = "new") -> Public:
                          make=lambda data: data.encrypt_features(),
                          take=lambda label, encrypted: label.keep_encrypted_features(encrypted),
                          shape=public.features_shape())
+        if start != "predict" and public.encrypts_blocks():
+            channel.send(0, DATA, LABEL, "[[X_blocks]]", CIPHERTEXT,
+                         make=lambda data: data.encrypt_rows(public.rows_by_block()),
+                         take=lambda label, encrypted: label.keep_encrypted_blocks(encrypted),
+                         shape=public.blocks_shape())
     return public
 
 
@@ -104,7 +112,8 @@ def step1_forward_interactive(channel, public: Public, rows) -> None:
 
     0. The batch's encrypted input at B. With a bottom model, A → B ``[[α]]`` (ciphertext),
        α = bottom(X[rows]), encrypted afresh every batch; packed, A → B ``[[X_batch]]``
-       (ciphertext), the batch's rows k per ciphertext; otherwise both parties pick the rows
+       (ciphertext), the batch's rows k per ciphertext; packed with row blocks, both parties
+       pick the batch's blocks of step 0's [[X_blocks]]; otherwise both parties pick the rows
        of step 0's [[X]] (the batch order is public).
     1. B computes [[U]] = [[X]]·W_B + [[ε_B]] with a fresh ε_B, as wide as the key allows, and
        sends B → A ``[[X·W_B + ε_B]]`` (ciphertext). A decrypts U: ε_B hides X·W_B from it.
@@ -118,12 +127,12 @@ def step1_forward_interactive(channel, public: Public, rows) -> None:
                          make=lambda data: data.encrypt_bottom_output(rows),
                          take=lambda label, encrypted: label.keep_batch_inputs(encrypted),
                          shape=public.rows_shape(m))
-        elif public.packing is not None:
+        elif public.encrypts_each_batch():
             channel.send(1, DATA, LABEL, "[[X_batch]]", CIPHERTEXT,
                          make=lambda data: data.encrypt_rows(rows),
                          take=lambda label, encrypted: label.keep_batch_inputs(encrypted),
                          shape=public.rows_shape(m))
-        else:
+        else:  # the rows of step 0's [[X]], or with row blocks the blocks of [[X_blocks]]
             channel.at(DATA, lambda data: data.select_rows(rows))
             channel.at(LABEL, lambda label: label.select_rows(rows))
         first_layer_forward(channel, public, "1", m, Z_REASON)

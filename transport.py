@@ -631,7 +631,8 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
                                seed=config.seed, plan=config.plan, executor=executor,
                                packing=config.packing, insecure_flaws=insecure_flaws,
                                allow_insecure=config.allow_insecure,
-                               allow_insecure_sigma=config.allow_insecure_sigma)
+                               allow_insecure_sigma=config.allow_insecure_sigma,
+                               block_rows=config.block_rows)
         else:
             state.check_resumable(config.label_settings(sizes), config.epochs)
             party = state.restore(labels[train_rows], epochs=config.epochs, executor=executor,

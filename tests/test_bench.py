@@ -10,7 +10,7 @@ import pytest
 import acml
 
 OPERATIONS = ("keygen", "encrypt", "decrypt", "mul_const", "matmul_per_term")
-WAYS = ("packed", "packed_workers", "unpacked", "plaintext", "phe")
+WAYS = ("packed", "packed_workers", "packed_blocks", "unpacked", "plaintext", "phe")
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_quick_bench_json_has_one_epoch_four_ways_with_steps_and_operations(quic
         assert epochs[way]["rows"] > 0 and epochs[way]["seconds"] >= 0
         assert epochs[way]["per_sample"] == pytest.approx(epochs[way]["seconds"]
                                                           / epochs[way]["rows"])
-    for way in ("packed", "packed_workers", "unpacked", "phe"):
+    for way in ("packed", "packed_workers", "packed_blocks", "unpacked", "phe"):
         assert {"1", "2", "3", "4"} <= set(epochs[way]["step_seconds"])
         assert epochs[way]["step_ops"]["1"]["mul_const"] > 0
         assert epochs[way]["step_ops"]["4"]["mul_const"] > 0
@@ -66,6 +66,16 @@ def test_quick_bench_operation_counts_show_packing_and_a_faithful_peer(quick_rep
         assert epochs["packed_workers"]["step_ops"][step] == epochs["packed"]["step_ops"][step]
         assert (epochs["phe"]["step_ops"][step]["mul_const"] / epochs["phe"]["rows"]
                 == unpacked / epochs["unpacked"]["rows"])
+
+
+def test_quick_bench_row_blocks_encrypt_nothing_in_the_epoch(quick_report):
+    """The row-blocks epoch encrypts no batch input in step 1 (its blocks were encrypted in
+    step 0), where the row-batches epoch does, with as many step-1 products or fewer."""
+    epochs = quick_report["epochs"]
+    assert epochs["packed"]["step_ops"]["1"].get("encrypt", 0) > 0
+    blocks = epochs["packed_blocks"]["step_ops"]["1"]
+    assert blocks.get("encrypt", 0) < epochs["packed"]["step_ops"]["1"]["encrypt"]
+    assert epochs["packed_blocks"]["slots"]["forward"]["slots"] == 4
 
 
 def test_quick_bench_reports_every_target_ratio_but_gives_no_verdict(quick_run):

@@ -59,7 +59,8 @@ def fixed_point_reference(train_set, cfg):
     optimizer = nn.SGD(plan.snap_lr(cfg.lr), cfg.momentum)
     lr_int = plan.quantize_lr(cfg.lr)
     for epoch in range(cfg.epochs):
-        for rows in nn.minibatches(len(train_set.y), cfg.batch_size, seed=cfg.seed, epoch=epoch):
+        for rows in nn.minibatches(len(train_set.y), cfg.batch_size, seed=cfg.seed, epoch=epoch,
+                                   block_rows=cfg.block_rows):
             z = (features[rows] @ weight).decode() + top.layers[0].b
             _, dlogits = top.loss_and_grad(top.forward_top(z), train_set.y[rows])
             delta = top.backward_top(dlogits)
@@ -248,8 +249,8 @@ def test_data_party_receives_only_public_plan_and_masked_ciphertexts(binary_run)
             assert message.mask_bits >= message.value_bits + result.channel.sigma
     plan = next(line for line in lines if line["name"] == "training plan")["payload"]
     assert set(plan) == {"n_hidden", "activation", "lr", "batch_size", "epochs", "seed",
-                         "fixed_point", "epochs_completed", "insecure_flaws"}
-    assert plan["epochs_completed"] == 0 and plan["insecure_flaws"] == []
+                         "fixed_point", "epochs_completed", "insecure_flaws", "block_rows"}
+    assert plan["epochs_completed"] == 0 and plan["insecure_flaws"] == [] and not plan["block_rows"]
 
 
 def test_masked_gradient_is_independent_of_the_secret(keypair):
