@@ -26,6 +26,11 @@ What is measured:
 * The epoch's arithmetic floor: the multi-exponentiations' modular multiplications, counted on
   the kernel's own arguments, and the decryptions, priced at the measured cost of one
   multiplication (the least of the rounds, as for the epochs).
+* Two processes on this machine (transport.run_data_party here, run_label_party in a spawned
+  process, over localhost): the packed German credit run for ``two_process_epochs`` epochs,
+  with the parties filling their pools while they wait for each other (idlefill.py) and
+  without, in alternation; each epoch's wall time at both parties, the pools' fill at setup
+  included (see :func:`two_process_epochs`).
 * The targets of issue 15, each with its measured ratio and met / missed; ``--quick`` (tiny
   sizes, a smoke test) records the ratios but gives no verdict.
 """
@@ -51,10 +56,12 @@ from fixed import Fixed
 
 FULL = dict(key_bits=(1024, 2048), epoch_key_bits=2048, repeats=20, keygen_repeats=3,
             matmul_shape=(8, 30, 8), rows=None, batch_size=64, hidden=8, phe_rows=64,
-            packed_rounds=2, mulmod_repeats=20000, block_rows=16)
+            packed_rounds=2, mulmod_repeats=20000, block_rows=16, two_process_epochs=3,
+            two_process_rounds=2)
 QUICK = dict(key_bits=(256, 512), epoch_key_bits=512, repeats=3, keygen_repeats=1,
              matmul_shape=(2, 6, 3), rows=40, batch_size=16, hidden=4, phe_rows=8,
-             packed_rounds=1, mulmod_repeats=2000, block_rows=4)
+             packed_rounds=1, mulmod_repeats=2000, block_rows=4, two_process_epochs=2,
+             two_process_rounds=1)
 TARGETS = {  # name: (what, target, "min": reached >= target | "max": reached <= target);
     # {bits}: the largest key of the primitives; {workers}: the worker count. An epoch's
     # seconds are online + offline (the pools' filling) throughout: nothing is left out.
@@ -68,6 +75,9 @@ TARGETS = {  # name: (what, target, "min": reached >= target | "max": reached <=
         "epoch (packed, {workers} workers, online + offline) vs phe, per sample", 100.0, "min"),
     "epoch_vs_floor": ("epoch (1 process, online + offline) / its arithmetic floor", 1.5, "max"),
     "workers_vs_one": ("{workers} workers vs 1, packed epoch", 1.7, "min"),
+    "two_processes_vs_phe_per_sample": (
+        "epoch (packed, 2 processes, online + offline) vs phe, per sample", 100.0,
+        "min"),
 }
 
 
@@ -266,6 +276,68 @@ def protocol_epoch(train_set, sizes, keypair, *, packing: bool, executor=None,
         report["slots"] = {"forward": layout.forward.to_dict(),
                            "backward": layout.backward.to_dict()}
     return report
+
+
+def _label_process(port, token, ids, y, config, idle_fill, results) -> None:
+    """The label party's session in its own process (bench.two_process_epochs); its metrics,
+    or its error as one line, go back on ``results``."""
+    import transport
+    import wire
+    try:
+        connection = wire.connect_peer("127.0.0.1", port, token)
+        session = transport.run_label_party(connection, ids, y, 2, config, test_fraction=0.0,
+                                            align="public-ids", idle_fill=idle_fill)
+        results.put(session.metrics())
+    except Exception as error:  # the parent reports it
+        results.put({"error": f"{type(error).__name__}: {error}"})
+
+
+def two_process_epochs(train_set, sizes, keypair, *, idle_fill: bool) -> dict:
+    """The packed protocol over ``sizes["two_process_epochs"]`` epochs as two processes on this
+    machine: the data party here, the label party in a spawned process, over localhost (ids
+    aligned in the clear, which is not timed; no test rows).
+
+    One epoch's seconds, judged like the in-process epochs on online + offline: (the pools'
+    fill at setup, the longer of the two parties', which fill at once + the epochs' wall time,
+    the longer of the two parties') / epochs. An epoch's wall time includes the fill between
+    epochs and whatever the parties' idle filling did not hide. ``steady_seconds``: the same
+    over the epochs after the first (whose pools were filled during the epoch before)."""
+    import multiprocessing
+    import transport
+    import wire
+    epochs, rows = sizes["two_process_epochs"], len(train_set.y)
+    config = acml.Config(hidden=(sizes["hidden"],), epochs=epochs, batch_size=sizes["batch_size"],
+                         key_bits=keypair[0].n.bit_length(), allow_insecure=True, packing=True)
+    token = secrets.token_hex(32).encode()
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    listener = wire.listen("127.0.0.1", 0)
+    label = context.Process(target=_label_process, args=(
+        listener.getsockname()[1], token, list(train_set.ids), train_set.y, config, idle_fill,
+        results))
+    label.start()
+    try:
+        connection = wire.accept_peer(listener, token)
+        data = transport.run_data_party(connection, list(train_set.ids), train_set.X,
+                                        keypair=keypair, init_seed=0, align="public-ids",
+                                        idle_fill=idle_fill).metrics()
+        label_metrics = results.get(timeout=600)
+    finally:
+        listener.close()
+        label.join(60)
+    if "error" in label_metrics:
+        raise RuntimeError(f"the label party's process failed: {label_metrics['error']}")
+    parties = {"data": data, "label": label_metrics}
+    setup = max(m["pool"]["setup_seconds"] for m in parties.values())
+    walls = [max(pair) for pair in zip(data["epoch_seconds"], label_metrics["epoch_seconds"])]
+    seconds = (setup + sum(walls)) / epochs
+    steady = sum(walls[1:]) / max(epochs - 1, 1)
+    return {"rows": rows, "epochs": epochs, "idle_fill": idle_fill, "seconds": seconds,
+            "per_sample": seconds / rows, "setup_fill_seconds": setup, "epoch_walls": walls,
+            "steady_seconds": steady, "steady_per_sample": steady / rows,
+            "parties": {role: {"step_seconds": m["step_seconds"], "pool": m["pool"],
+                               "idle_fill": m["idle_fill"], "epoch_seconds": m["epoch_seconds"]}
+                        for role, m in parties.items()}}
 
 
 def _keep_fastest(epochs: dict, name: str, run: dict) -> None:
@@ -482,6 +554,13 @@ def run(*, quick: bool = False, workers: int = 2, json_path: str | None = None,
         out(f"... unpacked{f' on {workers} workers' if pool else ''} ...")
         epochs["unpacked"] = protocol_epoch(train_set, sizes, keypair, packing=False,
                                             executor=pool)
+        two = report["two_processes"] = {}
+        for _ in range(sizes["two_process_rounds"]):
+            for name, idle in (("idle filling off", False), ("idle filling on", True)):
+                out(f"... two processes on {os.cpu_count()} cpus, "
+                    f"{sizes['two_process_epochs']} epochs, {name} ...")
+                _keep_fastest(two, name, two_process_epochs(train_set, sizes, keypair,
+                                                            idle_fill=idle))
         out("... plaintext ...")
         epochs["plaintext"] = plaintext_epoch(train_set, sizes)
         out(f"... the phe peer on {min(sizes['phe_rows'], len(train_set.y))} rows ...")
@@ -516,6 +595,8 @@ def run(*, quick: bool = False, workers: int = 2, json_path: str | None = None,
         "epoch_vs_phe_per_sample": _ratio(epochs["phe"]["per_sample"], best["per_sample"]),
         "epoch_vs_floor": _ratio(packed["seconds"], floor["seconds"]),
         "workers_vs_one": _ratio(packed["seconds"], best["seconds"]),
+        "two_processes_vs_phe_per_sample": _ratio(
+            epochs["phe"]["per_sample"], report["two_processes"]["idle filling on"]["per_sample"]),
     }
     largest = sizes["key_bits"][-1]
     ratios = report["ratios"] = {}
@@ -533,6 +614,16 @@ def run(*, quick: bool = False, workers: int = 2, json_path: str | None = None,
     report["ratios"]["online_epoch_vs_floor"] = {
         "what": "online only: epoch (1 process) / its arithmetic floor",
         "reached": _ratio(packed["online_seconds"], floor["seconds"])}
+    two = report["two_processes"]
+    report["ratios"]["two_processes_no_idle_vs_phe_per_sample"] = {
+        "what": "the same, 2 processes, idle filling off",
+        "reached": _ratio(epochs["phe"]["per_sample"], two["idle filling off"]["per_sample"])}
+    report["ratios"]["two_processes_steady_vs_phe_per_sample"] = {
+        "what": "2 processes, idle filling on, epochs after the first vs phe",
+        "reached": _ratio(epochs["phe"]["per_sample"], two["idle filling on"]["steady_per_sample"])}
+    report["ratios"]["idle_fill_on_vs_off"] = {
+        "what": "2 processes: epoch with idle filling off / on",
+        "reached": _ratio(two["idle filling off"]["seconds"], two["idle filling on"]["seconds"])}
     out(format_table(report))
     if json_path:
         import checkpoint  # its atomic write; timings only, nothing private: not 0600
@@ -590,6 +681,7 @@ def format_table(report: dict) -> str:
         lines.append(f"  packed slots: step 1 {slots['forward']['slots']} × "
                      f"{slots['forward']['slot_bits']} bits, step 4 "
                      f"{slots['backward']['slots']} × {slots['backward']['slot_bits']} bits")
+    lines += _two_process_lines(report["two_processes"])
     profile = report["profile"]
     lines.append(f"\nPacked run, 1 process: {100 * profile['kernel_fraction']:.0f}% of setup + "
                  "epoch inside the big-integer kernels:")
@@ -615,3 +707,22 @@ def format_table(report: dict) -> str:
                  f"after {report['machine']['load_average_after'][0]:.2f} on "
                  f"{report['machine']['cpus']} cpus")
     return "\n".join(lines)
+
+
+def _two_process_lines(two: dict) -> list:
+    lines = []
+    for name, row in two.items():
+        if not lines:
+            lines += [f"\nTwo processes over localhost, {row['epochs']} epochs of {row['rows']} "
+                      "rows (each the faster of its rounds): seconds",
+                      f"  {'way':<18}{'epoch s':>9}{'ms/sample':>11}{'setup fill':>12}"
+                      f"{'epochs after the 1st':>22}  pool filled (data, label), hidden in idle"]
+        pools = [row["parties"][role]["pool"] for role in ("data", "label")]
+        lines.append(f"  {name:<18}{row['seconds']:>9.3f}{1e3 * row['per_sample']:>11.3f}"
+                     f"{row['setup_fill_seconds']:>12.2f}{row['steady_seconds']:>22.3f}  "
+                     + ", ".join(f"{p['seconds']:.2f} ({p['hidden_seconds']:.2f})"
+                                 for p in pools))
+    if lines:
+        lines.append("  (epoch = (setup fill + every epoch's wall time, each the longer of the "
+                     "two parties') / epochs)")
+    return lines

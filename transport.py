@@ -23,6 +23,8 @@ import numpy as np
 
 import acml
 import checkpoint
+import idlefill
+import kernels
 import rundir
 import data
 import nn
@@ -38,11 +40,14 @@ from wire import TransportError
 
 class SocketChannel(Channel):
     """The channel of one process: ``party`` (a DataParty or LabelParty) runs here as ``role``,
-    the other across ``connection``."""
+    the other across ``connection``. ``idle_fill``: while it waits for a frame, the party here
+    fills its randomizer pool for the epoch ahead (idlefill.py)."""
 
-    def __init__(self, connection, role: str, party, *, sigma: int = 40, transcript=None):
+    def __init__(self, connection, role: str, party, *, sigma: int = 40, transcript=None,
+                 idle_fill: bool = True):
         super().__init__(**{f"{role}_party": party}, sigma=sigma, transcript=transcript)
         self.connection, self.role = connection, role
+        self.idle = idlefill.IdleFill(idle_fill)
         self._integer_lists = {}  # message name -> (count, max count, max width): see
         # expect_integers
         # "TLSv1.3" on a TLS connection, None on plain TCP (frames authenticated, not encrypted)
@@ -84,6 +89,8 @@ class SocketChannel(Channel):
             if message.name in self._integer_lists:
                 self._check_integer_list(message, layout, *self._integer_lists[message.name])
 
+        self.idle.wait(self.local[self.role], lambda: idlefill.peer_ready(self.connection.sock),
+                       message.step)
         header, body = self.connection.receive_frame(message.where, expect=check)
         self._integer_lists.pop(message.name, None)
         return decode_payload(header["layout"], body, self.public_key, message.where,
@@ -408,6 +415,7 @@ class Session:
     seconds: float
     test_labels: np.ndarray | None = None
     class_names: list | None = None  # the label party's, in class-id order
+    epoch_seconds: list | None = None  # wall time of each epoch here, its pool's fill included
 
     def metrics(self) -> dict:
         public, connection = self.public, self.channel.connection
@@ -421,6 +429,18 @@ class Session:
                         "bytes_received": connection.bytes_received,
                         "tls": self.channel.tls_version}}
         out.update(self.channel.metrics())
+        # Online per step, as in one process: the pool's filling (at setup, between epochs and
+        # while waiting for the peer) apart, as step "pool".
+        idle = self.channel.idle
+        out["step_seconds"] = idle.split(kernels.split_offline(out["step_seconds"], self.party))
+        out["idle_fill"] = idle.report()
+        pool = getattr(self.party, "randomizer_pool", None)
+        if pool is not None:
+            out["pool"] = {"seconds": pool.offline_seconds - pool.step0_seconds,
+                           "setup_seconds": pool.setup_seconds,
+                           "hidden_seconds": idle.seconds, "filled": pool.filled,
+                           "shortfall": pool.shortfall}
+        out["epoch_seconds"] = list(self.epoch_seconds or [])
         if self.role == LABEL:
             party, n_batches = self.party, -(-self.n_train // public.training.batch_size)
             out.update({"layer_sizes": list(party.layer_sizes),
@@ -467,6 +487,7 @@ class Session:
         lines += [f"wall time          {m['seconds']:.1f} s, both parties and the wire",
                   "time per step      " + "   ".join(
                       f"{step}: {seconds:.1f} s" for step, seconds in m["step_seconds"].items()),
+                  *_pool_lines(m),
                   f"on the wire        {wire['frames_sent']} frames "
                   f"({wire['bytes_sent'] / 1e6:.2f} MB) sent, {wire['frames_received']} "
                   f"({wire['bytes_received'] / 1e6:.2f} MB) received; every frame "
@@ -474,6 +495,32 @@ class Session:
                                        "not encrypted (no TLS)"),
                   "", "what crossed, and what the receiver learns from one such message:"]
         return "\n".join(lines + leakage_lines(m["leakage"]))
+
+
+def _pool_lines(m) -> list:
+    """The report's line on the randomizer pool: its filling, and how much was hidden."""
+    if "pool" not in m:
+        return []
+    pool = m["pool"]
+    return [f"randomizer pool    {pool['seconds']:.1f} s filled offline (step \"pool\"), "
+            f"{pool['hidden_seconds']:.1f} s of it while waiting for the peer, in "
+            f"{m['idle_fill']['slices']} slices" + ("" if m["idle_fill"]["enabled"] else
+                                                    " (idle filling off)")]
+
+
+class _EpochClock:
+    """after_epoch for protocol.train that also notes each epoch's wall time at this party
+    (from the start of training; each epoch's own pool fill between epochs included)."""
+
+    def __init__(self, save):
+        self.save, self.seconds, self._mark = save, [], time.perf_counter()
+
+    def __call__(self, epochs_completed: int) -> None:
+        now = time.perf_counter()
+        self.seconds.append(now - self._mark)
+        if self.save is not None:
+            self.save(epochs_completed)
+        self._mark = time.perf_counter()  # a checkpoint's writing is no epoch's time
 
 
 def label_model_fingerprint(model) -> str:
@@ -505,7 +552,7 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
                    checkpoint_dir=None, resume: bool = False, feature_names=None,
                    allow_insecure: bool = False, insecure_flaws=SECURE,
                    transcript=None, allow_insecure_sigma: bool = False,
-                   align: str = PSI) -> Session:
+                   align: str = PSI, idle_fill: bool = True) -> Session:
     """The data party's whole session over an authenticated connection.
 
     Align on the common ids (``align``: "psi", private set intersection, or "public-ids",
@@ -520,6 +567,9 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
     own. ``resume=True`` loads it instead of ``keypair`` and ``init_seed``: the key pair, ε_acc,
     the bottom model and the standardisation fitted before; the same ids, split and seed give
     the same training rows (the checkpoint's sha256 of the features must match).
+
+    ``idle_fill``: while waiting for the label party, fill the randomizer pool for the epoch
+    ahead (idlefill.py); the same weights either way.
     """
     start_time = time.perf_counter()
     try:
@@ -547,7 +597,8 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
                                  f"takes {state.n_features} ({', '.join(state.feature_names)})")
             n_inputs = state.bottom.width if state.bottom is not None else X.shape[1]
         id_list = Alignment(ids, align=align, n_inputs=n_inputs)
-        channel = SocketChannel(connection, DATA, id_list, sigma=plan.sigma, transcript=transcript)
+        channel = SocketChannel(connection, DATA, id_list, sigma=plan.sigma, transcript=transcript,
+                                idle_fill=idle_fill)
         align_ids(channel)
         if state is not None:
             state = saved.states[agree_epoch(channel, saved)]
@@ -570,7 +621,8 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
         save = None if path is None else rundir.saver(
             checkpoint_dir, data_party=party, feature_names=feature_names,
             feature_mean=scaler.mean, feature_std=scaler.std)
-        protocol.train(channel, public, after_epoch=save, after_batch=_watch(progress))
+        clock = _EpochClock(save)
+        protocol.train(channel, public, after_epoch=clock, after_batch=_watch(progress))
         if len(test_rows):
             party.set_rows_to_predict(scaler.transform(features[test_rows]))
             protocol.predict(channel, public)
@@ -579,13 +631,13 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
         connection.close()
     return Session(DATA, party, channel, public, len(id_list.keys), id_list.n_other_ids,
                    len(id_list.common), len(train_rows), len(test_rows),
-                   time.perf_counter() - start_time)
+                   time.perf_counter() - start_time, epoch_seconds=clock.seconds)
 
 
 def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction: float = 0.2,
                     executor=None, progress=None, checkpoint_dir=None, resume: bool = False,
                     class_names=None, insecure_flaws=SECURE, transcript=None,
-                    align: str = PSI) -> Session:
+                    align: str = PSI, idle_fill: bool = True) -> Session:
     """The label party's whole session over an authenticated connection.
 
     ``config`` is an ``acml.Config`` (hidden widths, activation, lr, momentum, batch size,
@@ -597,7 +649,8 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
 
     ``checkpoint_dir``: after every epoch this party saves its own file there, and only its
     own. ``resume=True`` loads it, checks that this run's settings are the checkpoint's but for
-    ``config.epochs``, and goes on from the epoch it was saved after.
+    ``config.epochs``, and goes on from the epoch it was saved after. ``idle_fill``: as for
+    :func:`run_data_party`.
     """
     start_time = time.perf_counter()
     try:
@@ -615,7 +668,7 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
             state.check_resumable(config.label_settings(state.layer_sizes), config.epochs)
         id_list = Alignment(ids, align=align, test_fraction=test_fraction, seed=config.seed)
         channel = SocketChannel(connection, LABEL, id_list, sigma=config.plan.sigma,
-                                transcript=transcript)
+                                transcript=transcript, idle_fill=idle_fill)
         align_ids(channel)
         if state is not None:
             state = saved.states[agree_epoch(channel, saved)]
@@ -641,7 +694,8 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
         public = protocol.setup(channel, start="resume" if resume else "new")
         save = None if path is None else rundir.saver(checkpoint_dir, label_party=party,
                                                           class_names=class_names)
-        protocol.train(channel, public, after_epoch=save, after_batch=_watch(progress))
+        clock = _EpochClock(save)
+        protocol.train(channel, public, after_epoch=clock, after_batch=_watch(progress))
         if len(test_rows):
             protocol.predict(channel, public)
         channel.finish()
@@ -650,7 +704,7 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
     return Session(LABEL, party, channel, public, len(id_list.keys), id_list.n_other_ids,
                    len(id_list.common), len(train_rows), len(test_rows),
                    time.perf_counter() - start_time, labels[test_rows],
-                   None if class_names is None else list(class_names))
+                   None if class_names is None else list(class_names), clock.seconds)
 
 
 # ----------------------------------------------------------------------------------------------
