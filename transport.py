@@ -4,7 +4,8 @@
   it runs ``make`` and the checks and writes one frame (wire.py); receiving, it reads the next
   frame, refuses it unless its declaration is exactly the one the protocol expects next (step,
   sender, receiver, name, kind, reason, shape and widths, which both sides compute from public
-  facts), decodes it, runs the same checks and then ``take``.
+  facts), decodes it, runs the same checks and then ``take``. A streamed message is one frame
+  per row block, each naming its block (index, count, rows), which the receiver computes too.
 * :func:`align_ids` is the step before step 0: the ids both parties hold, by private set
   intersection (psi.py) or, if both choose it, in the clear; and the public split.
 * :func:`run_data_party` and :func:`run_label_party` are one session each: align, split, then
@@ -31,8 +32,9 @@ import psi
 from channel import DATA, LABEL, PUBLIC, REVEALED, Channel, leakage_lines
 from flaws import SECURE
 from parties import DataParty, LabelParty
-from payload import check_layout, decode_payload, encode_payload
-from plan import MAX_EPOCHS, MAX_INPUTS, SEED_LIMIT, FixedPointPlan, check_sigma
+from payload import check_layout, decode_payload, encode_payload, one_line
+from plan import (MAX_EPOCHS, MAX_INPUTS, SEED_LIMIT, STREAM_CHUNKS, FixedPointPlan,
+                  check_sigma)
 from wire import TransportError
 
 
@@ -40,8 +42,10 @@ class SocketChannel(Channel):
     """The channel of one process: ``party`` (a DataParty or LabelParty) runs here as ``role``,
     the other across ``connection``."""
 
-    def __init__(self, connection, role: str, party, *, sigma: int = 40, transcript=None):
-        super().__init__(**{f"{role}_party": party}, sigma=sigma, transcript=transcript)
+    def __init__(self, connection, role: str, party, *, sigma: int = 40, transcript=None,
+                 stream_chunks: int = STREAM_CHUNKS):
+        super().__init__(**{f"{role}_party": party}, sigma=sigma, transcript=transcript,
+                         stream_chunks=stream_chunks)
         self.connection, self.role = connection, role
         self._integer_lists = {}  # message name -> (count, max count, max width): see
         # expect_integers
@@ -54,10 +58,21 @@ class SocketChannel(Channel):
         self.local[self.role] = party
         self._check_mask_source(self.role, party.mask_source)
 
-    def _transmit(self, message, payload) -> None:
+    def _transmit(self, message, payload, block=None) -> None:
+        """One frame; a row block of a streamed message also says which (``block``)."""
         layout, body = encode_payload(payload)
-        self.connection.send_frame({"type": "message", "declaration": message.declaration(),
-                                    "layout": layout}, body, what=message.where)
+        header = {"type": "message", "declaration": message.declaration(), "layout": layout}
+        if block is not None:
+            header["block"] = block
+        self.connection.send_frame(header, body, what=_block_where(message, block))
+
+    def _transmit_block(self, message, index, slices, block) -> None:
+        self._transmit(message, block, _block_header(index, slices))
+
+    def _receive_block(self, message, index, slices):
+        rows = slices[index]
+        return self._receive(message, _block_header(index, slices),
+                             (rows.stop - rows.start, *message.shape[1:]))
 
     def expect_integers(self, name: str, *, count: int | None = None,
                         max_count: int | None = None, max_width: int) -> None:
@@ -66,28 +81,34 @@ class SocketChannel(Channel):
         its body is read. The id alignment uses it; the protocol's own messages declare shapes."""
         self._integer_lists[name] = (count, max_count, max_width)
 
-    def _receive(self, message):
-        """The next frame, if it is ``message``: its declaration and payload layout (dtype,
-        shape, element count, integer width) are checked before its body is read, the payload
-        only then decoded."""
-        expected = message.declaration()
+    def _receive(self, message, block=None, shape=None):
+        """The next frame, if it is ``message`` (or its row block ``block``, of ``shape``): its
+        declaration, which block it is and its payload layout (dtype, shape, element count,
+        integer width) are checked before its body is read, the payload only then decoded."""
+        expected, where = message.declaration(), _block_where(message, block)
+        shape = message.shape if block is None else shape
 
         def check(header):
             got = header.get("declaration") if header.get("type") == "message" else None
             if got != expected:
                 raise TransportError(f"{self.connection.peer} sent {_describe(got)} where the "
                                      f"protocol expects {message.where} ({message.kind})")
+            if header.get("block") != block:
+                raise TransportError(f"{where}: {self.connection.peer} sent "
+                                     f"{_describe_block(header.get('block'))}; this side expects "
+                                     f"{_describe_block(block)} (both parties must stream alike: "
+                                     "--stream-chunks)")
             layout = header.get("layout")
             if not isinstance(layout, dict):
-                raise TransportError(f"{message.where}: the frame has no payload layout")
-            check_layout(layout, message.where, expected_shape=message.shape)
+                raise TransportError(f"{where}: the frame has no payload layout")
+            check_layout(layout, where, expected_shape=shape)
             if message.name in self._integer_lists:
                 self._check_integer_list(message, layout, *self._integer_lists[message.name])
 
-        header, body = self.connection.receive_frame(message.where, expect=check)
+        header, body = self.connection.receive_frame(where, expect=check)
         self._integer_lists.pop(message.name, None)
-        return decode_payload(header["layout"], body, self.public_key, message.where,
-                              expected_shape=message.shape)
+        return decode_payload(header["layout"], body, self.public_key, where,
+                              expected_shape=shape)
 
     @staticmethod
     def _check_integer_list(message, layout, count, max_count, max_width) -> None:
@@ -111,6 +132,25 @@ class SocketChannel(Channel):
         if header.get("type") != "done" or body:
             raise TransportError(f"{self.connection.peer} sent a {header.get('type')!r} frame "
                                  "where the session ends")
+
+
+def _block_header(index: int, slices) -> dict:
+    """What a streamed message's frame says of its row block: both sides compute it alone."""
+    return {"index": index, "of": len(slices), "rows": [slices[index].start, slices[index].stop]}
+
+
+def _describe_block(block) -> str:
+    if block is None:
+        return "no row block"
+    if not isinstance(block, dict) or not isinstance(block.get("index"), int):
+        return "a frame whose row block is no block"
+    return (f"row block {block['index'] + 1} of {one_line(block.get('of'))[:20]} "
+            f"(rows {one_line(block.get('rows'))[:40]})")
+
+
+def _block_where(message, block) -> str:
+    return message.where if block is None else (f"{message.where}, row block "
+                                                f"{block['index'] + 1} of {block['of']}")
 
 
 def _describe(declaration) -> str:
@@ -505,7 +545,7 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
                    checkpoint_dir=None, resume: bool = False, feature_names=None,
                    allow_insecure: bool = False, insecure_flaws=SECURE,
                    transcript=None, allow_insecure_sigma: bool = False,
-                   align: str = PSI) -> Session:
+                   align: str = PSI, stream_chunks: int = STREAM_CHUNKS) -> Session:
     """The data party's whole session over an authenticated connection.
 
     Align on the common ids (``align``: "psi", private set intersection, or "public-ids",
@@ -520,6 +560,10 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
     own. ``resume=True`` loads it instead of ``keypair`` and ``init_seed``: the key pair, ε_acc,
     the bottom model and the standardisation fitted before; the same ids, split and seed give
     the same training rows (the checkpoint's sha256 of the features must match).
+
+    ``stream_chunks``: the row blocks in which steps 1's and 4's ciphertexts cross (each
+    decrypted on arrival while the label party computes the next); the label party must choose
+    the same, or the first block is refused (plan.stream_slices).
     """
     start_time = time.perf_counter()
     try:
@@ -547,7 +591,8 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
                                  f"takes {state.n_features} ({', '.join(state.feature_names)})")
             n_inputs = state.bottom.width if state.bottom is not None else X.shape[1]
         id_list = Alignment(ids, align=align, n_inputs=n_inputs)
-        channel = SocketChannel(connection, DATA, id_list, sigma=plan.sigma, transcript=transcript)
+        channel = SocketChannel(connection, DATA, id_list, sigma=plan.sigma, transcript=transcript,
+                                stream_chunks=stream_chunks)
         align_ids(channel)
         if state is not None:
             state = saved.states[agree_epoch(channel, saved)]
@@ -585,7 +630,7 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
 def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction: float = 0.2,
                     executor=None, progress=None, checkpoint_dir=None, resume: bool = False,
                     class_names=None, insecure_flaws=SECURE, transcript=None,
-                    align: str = PSI) -> Session:
+                    align: str = PSI, stream_chunks: int = STREAM_CHUNKS) -> Session:
     """The label party's whole session over an authenticated connection.
 
     ``config`` is an ``acml.Config`` (hidden widths, activation, lr, momentum, batch size,
@@ -597,7 +642,8 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
 
     ``checkpoint_dir``: after every epoch this party saves its own file there, and only its
     own. ``resume=True`` loads it, checks that this run's settings are the checkpoint's but for
-    ``config.epochs``, and goes on from the epoch it was saved after.
+    ``config.epochs``, and goes on from the epoch it was saved after. ``stream_chunks``: as for
+    :func:`run_data_party`, and the same.
     """
     start_time = time.perf_counter()
     try:
@@ -615,7 +661,7 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
             state.check_resumable(config.label_settings(state.layer_sizes), config.epochs)
         id_list = Alignment(ids, align=align, test_fraction=test_fraction, seed=config.seed)
         channel = SocketChannel(connection, LABEL, id_list, sigma=config.plan.sigma,
-                                transcript=transcript)
+                                transcript=transcript, stream_chunks=stream_chunks)
         align_ids(channel)
         if state is not None:
             state = saved.states[agree_epoch(channel, saved)]
@@ -657,7 +703,7 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
 # ----------------------------------------------------------------------------------------------
 def predict_as_data(connection, ids, X, checkpoint_dir, *, feature_names=None,
                     source: str = "features", executor=None, allow_insecure: bool = False,
-                    transcript=None) -> Session:
+                    transcript=None, stream_chunks: int = STREAM_CHUNKS) -> Session:
     """The data party's side of a prediction: its checkpoint, its new rows (raw, as in the
     features file), their ids (sent to the label party, public, so its output names the rows)."""
     start_time = time.perf_counter()
@@ -668,7 +714,7 @@ def predict_as_data(connection, ids, X, checkpoint_dir, *, feature_names=None,
         party = state.restore(rows, same_features=False, executor=executor)
         party.set_rows_to_predict(rows)
         channel = SocketChannel(connection, DATA, party, sigma=state.plan.sigma,
-                                transcript=transcript)
+                                transcript=transcript, stream_chunks=stream_chunks)
         channel.send("predict", DATA, LABEL, "ids to predict", PUBLIC,
                      make=lambda _: [str(value) for value in ids], take=None)
         public = protocol.setup(channel, start="predict")
@@ -681,7 +727,7 @@ def predict_as_data(connection, ids, X, checkpoint_dir, *, feature_names=None,
 
 
 def predict_as_label(connection, checkpoint_dir, *, executor=None, allow_insecure: bool = False,
-                     transcript=None):
+                     transcript=None, stream_chunks: int = STREAM_CHUNKS):
     """The label party's side of a prediction: (its session, the ids, its Prediction)."""
     start_time = time.perf_counter()
     received = {}
@@ -690,7 +736,7 @@ def predict_as_label(connection, checkpoint_dir, *, executor=None, allow_insecur
                                                 allow_insecure=allow_insecure)
         party = state.restore(executor=executor)
         channel = SocketChannel(connection, LABEL, party, sigma=state.plan.sigma,
-                                transcript=transcript)
+                                transcript=transcript, stream_chunks=stream_chunks)
         channel.send("predict", DATA, LABEL, "ids to predict", PUBLIC, make=None,
                      take=lambda _, ids: received.update(ids=_check_ids(ids)))
         public = protocol.setup(channel, start="predict")
