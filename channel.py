@@ -374,10 +374,11 @@ class Channel:
                 self._check_payload(m, made, pending)
             rows = RowBlocks.of(made)
             for index, block in enumerate(slices):
-                part, drawn = rows.compute(block), None
-                if not whole and source is not None:  # this block's masks (the first's: make's)
-                    drawn, pending = (pending or []) + source.take_pending(), None
-                self._check_payload(self._block_message(m, block), part, drawn)
+                part = rows.compute(block)  # whole: a slice of the array just checked
+                if not whole:  # checked with the masks drawn for it (the first: and make's)
+                    drawn = None if source is None else (pending or []) + source.take_pending()
+                    pending = None
+                    self._check_payload(self._block_message(m, block), part, drawn)
                 self._transmit_block(m, index, slices, part)
                 blocks.append(part)
         if m.receiver in self.local:
