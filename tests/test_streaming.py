@@ -238,3 +238,23 @@ def test_streamed_training_gives_bit_identical_weights_on_off_and_in_one_process
     protocol_rows = [[row for row in run["label"].channel.report() if row["step"] != "align"]
                      for run in (off, on)]  # the alignment's sizes vary with its random group
     assert protocol_rows[0] == protocol_rows[1]  # elements; the protocol's do not
+
+
+def test_frames_over_tcp_are_not_held_back_by_nagle():
+    """A streamed message is several frames in one direction, each several small writes:
+    with Nagle's algorithm each write waits for the peer's (delayed) ACK, ~40 ms a frame.
+    Every TCP connection the wire makes sets TCP_NODELAY, at both ends."""
+    import socket as sockets
+    listener = wire.listen("127.0.0.1", 0)
+    port, accepted = listener.getsockname()[1], []
+    thread = threading.Thread(target=lambda: accepted.append(
+        wire.accept_peer(listener, b"a-shared-test-token-of-32-bytes!", timeout=10)),
+        daemon=True)
+    thread.start()
+    connected = wire.connect_peer("127.0.0.1", port, b"a-shared-test-token-of-32-bytes!",
+                                  timeout=10)
+    thread.join(10)
+    listener.close()
+    for connection in (connected, accepted[0]):
+        assert connection.sock.getsockopt(sockets.IPPROTO_TCP, sockets.TCP_NODELAY)
+        connection.close()
