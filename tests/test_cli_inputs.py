@@ -278,7 +278,8 @@ def test_train_parser_errors_are_one_line_naming_the_flag(capsys, no_training, f
     ("data", "--max-frame-mb", "0"), ("label", "--max-frame-mb", "1e12"),
     ("data", "--init-seed", "-5"), ("label", "--seed", "-1"), ("label", "--lr", "inf"),
     ("label", "--test-fraction", "1.5"), ("label", "--momentum", "2"),
-    ("data", "--key-bits", "abc"), ("label", "--epochs", "-3")])
+    ("data", "--key-bits", "abc"), ("label", "--epochs", "-3"),
+    ("data", "--stream-chunks", "0"), ("label", "--stream-chunks", "1025")])
 def test_party_parser_errors_are_one_line_naming_the_flag(capsys, tmp_path, no_training,
                                                           role, flag, value):
     argv = party_argv(role, tmp_path, flag, value)

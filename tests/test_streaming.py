@@ -5,6 +5,7 @@ Every test names the property it protects. Loopback sockets, 512-bit keys throug
 insecure flag, tiny data, every wait bounded; nothing is timed.
 """
 
+import io
 import json
 import socket
 import threading
@@ -221,17 +222,25 @@ def test_streamed_training_gives_bit_identical_weights_on_off_and_in_one_process
     reference = in_process(keypair, parties, cfg)
     feature_ids, X, label_ids, y, class_names = parties
     names = [f"x{j}" for j in range(X.shape[1])]
-    runs = {}
+    runs, transcripts = {}, {}
     for chunks in (1, 3):
+        transcripts[chunks] = io.StringIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out = run_pair(keypair, feature_ids, X, label_ids, y, len(class_names), cfg,
                            test_fraction=TEST_FRACTION,
                            data_options=dict(feature_names=names, stream_chunks=chunks),
-                           label_options=dict(class_names=class_names, stream_chunks=chunks))
+                           label_options=dict(class_names=class_names, stream_chunks=chunks,
+                                              transcript=transcripts[chunks]))
         assert "data_error" not in out and "label_error" not in out, out
         assert_same_weights(out["data"].party, out["label"].party, reference)
         runs[chunks] = out
+    lines = {chunks: [json.loads(line) for line in text.getvalue().splitlines()]
+             for chunks, text in transcripts.items()}
+    assert [(r["step"], r["name"]) for r in lines[1]] == [(r["step"], r["name"]) for r in lines[3]]
+    for line in lines[3]:  # a streamed message is one line holding the whole array
+        if line["name"] == NAME:
+            assert len(line["payload"]["ciphertexts"]) == np.prod(line["shape"])
     off, on = runs[1], runs[3]
     assert on["data"].channel.connection.frames_received > \
         off["data"].channel.connection.frames_received
