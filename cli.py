@@ -565,8 +565,8 @@ def add_party_parser(commands) -> None:
                                f"in (0, {MAX_TIMEOUT:g}] (default {wire.DEFAULT_TIMEOUT:g})")
         role.add_argument("--stream-chunks", type=STREAM, default=STREAM_CHUNKS,
                           help="send the ciphertexts of steps 1 and 4 in up to this many row "
-                               f"blocks, decrypted as they arrive; both parties alike (default "
-                               f"{STREAM_CHUNKS}: whole)")
+                               "blocks, decrypted as they arrive; both parties alike (default "
+                               f"{STREAM_CHUNKS}; 1: whole)")
         role.add_argument("--max-frame-mb", type=FRAME_MB, default=256,
                           help=f"refuse larger messages, in (0, {MAX_FRAME_MB:g}] (default 256)")
         role.add_argument("--align", choices=transport.ALIGNMENTS, default=transport.PSI,
