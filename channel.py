@@ -15,6 +15,13 @@ sides, so both sides check them. The kinds:
 * ``public`` — the public key, shapes, hyper-parameters: never an array. Only public payloads
   are returned by ``send``, because only they exist in both processes.
 
+A ciphertext message declared ``stream=True`` may cross in row blocks (plan.stream_slices, from
+its public shape and the channel's ``stream_chunks``): the sender's ``make`` may return
+:class:`RowBlocks`, computed block by block as the channel sends them, and in two processes the
+receiver's ``take`` gets the blocks one by one as they arrive, each checked like a whole
+message, so the receiver works on the first while the sender computes the next. It is still ONE
+message: one declaration, one line in the report and the transcript, its size summed.
+
 :class:`Channel` runs both parties in one process. ``transport.SocketChannel`` runs one and
 carries the frames to the other; the script (protocol.py) is the same for both.
 
@@ -31,7 +38,7 @@ import random
 import secrets
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -39,6 +46,7 @@ import paillier
 from fixed import max_abs_bits, object_array
 from encoding import to_decimal
 from paillier import EncryptedArray, PublicKey
+from plan import check_stream_chunks, stream_slices
 
 DATA, LABEL = "data", "label"
 PARTIES = (DATA, LABEL)
@@ -116,6 +124,35 @@ class MaskSource:
         """The draws since the last call, and forget them."""
         drawn, self.pending = self.pending, []
         return drawn
+
+
+class RowBlocks:
+    """A 2-d ciphertext array that its sender computes block of rows by block of rows, when the
+    channel asks: ``compute(rows)`` returns the EncryptedArray of the rows ``rows`` (a slice),
+    and draws their masks then. Only for arrays whose rows are independent of one another
+    (each output element its own multi-exponentiation, each its own mask)."""
+
+    def __init__(self, shape, compute):
+        self.shape = tuple(int(size) for size in shape)
+        self.compute = compute
+
+    @classmethod
+    def of(cls, payload):
+        """``payload`` if it is RowBlocks; a whole array (a party that computes it at once) is
+        cut into its own row slices."""
+        if isinstance(payload, cls):
+            return payload
+        if not isinstance(payload, EncryptedArray) or payload.ndim != 2:
+            raise LeakageError(f"a streamed message needs a 2-d EncryptedArray or RowBlocks, got "
+                               f"{type(payload).__name__}")
+        return cls(payload.shape, lambda rows: payload[rows])
+
+
+def join_row_blocks(blocks, where: str) -> EncryptedArray:
+    """The row blocks of one streamed message, as the one array they are."""
+    if len({(block.public_key, block.scale) for block in blocks}) != 1:
+        raise LeakageError(f"{where}: the row blocks differ in their key or scale")
+    return blocks[0]._new(np.concatenate([block.ciphertexts for block in blocks], axis=0))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -265,12 +302,16 @@ class Channel:
     ``keep_payloads`` keeps every payload in ``messages`` (the audit reads them); otherwise only
     declarations, counts and sizes are kept, so memory does not grow with the run. ``transcript``
     (a text file open for writing) receives every message as one JSON line as it crosses.
+    ``stream_chunks``: the row blocks of a streamed message (1: computed whole). In one process
+    the blocks are joined before ``take``, so it changes no result, only the order of the work.
     """
 
     def __init__(self, *, data_party=None, label_party=None, sigma: int = 40,
-                 mode: str = "raise", keep_payloads: bool = False, transcript=None):
+                 mode: str = "raise", keep_payloads: bool = False, transcript=None,
+                 stream_chunks: int = 1):
         if mode not in MODES:
             raise ValueError(f"channel mode must be one of {MODES}, got {mode!r}")
+        self.stream_chunks = check_stream_chunks(stream_chunks)
         self.local = {party: obj for party, obj in ((DATA, data_party), (LABEL, label_party))
                       if obj is not None}
         if not self.local:
@@ -290,13 +331,16 @@ class Channel:
     # -- the two calls the script makes -----------------------------------------------------
     def send(self, step, sender: str, receiver: str, name: str, kind: str, *, make, take,
              shape=None, mask_bits: int | None = None, value_bits: int | None = None,
-             reason: str | None = None):
+             reason: str | None = None, stream: bool = False):
         """One message: ``make(sender party)`` where the sender lives, the checks, then
         ``take(receiver party, payload)`` where the receiver lives. Returns the payload if it
-        is public (both processes hold it), else None."""
+        is public (both processes hold it), else None. ``stream``: a 2-d ciphertext array that
+        may cross in row blocks (:meth:`_send_streamed`)."""
         message = Message(str(step), sender, receiver, name, kind, reason, mask_bits, value_bits,
                           None if shape is None else tuple(int(s) for s in shape))
         self._check_declaration(message)
+        if stream:
+            return self._send_streamed(message, make, take)
         payload = None
         if sender in self.local:
             payload = make(self.local[sender])
@@ -311,6 +355,53 @@ class Channel:
             take(self.local[receiver], payload)
         self._record(message, payload)
         return payload if kind == PUBLIC else None
+
+    def _send_streamed(self, m: Message, make, take) -> None:
+        """A ciphertext message in the row blocks of plan.stream_slices. The sender computes,
+        checks (shape, ciphertexts, the masks drawn for that block) and sends each block before
+        it computes the next; the receiver checks each block as it arrives and ``take`` gets an
+        iterator of them (in one process: the joined array). One record, sizes summed."""
+        if m.kind != CIPHERTEXT or m.shape is None or len(m.shape) != 2:
+            raise LeakageError(f"{m.where}: only a 2-d ciphertext array with a declared shape "
+                               "can be streamed")
+        slices, blocks = stream_slices(m.shape[0], self.stream_chunks), []
+        if m.sender in self.local:
+            made = make(self.local[m.sender])
+            source = self.local[m.sender].mask_source
+            pending = None if source is None else source.take_pending()
+            whole = not isinstance(made, RowBlocks)
+            if whole:  # computed at once (a party of own_leaks.py, say): its masks checked whole
+                self._check_payload(m, made, pending)
+            rows = RowBlocks.of(made)
+            for index, block in enumerate(slices):
+                part = rows.compute(block)  # whole: a slice of the array just checked
+                if not whole:  # checked with the masks drawn for it (the first: and make's)
+                    drawn = None if source is None else (pending or []) + source.take_pending()
+                    pending = None
+                    self._check_payload(self._block_message(m, block), part, drawn)
+                self._transmit_block(m, index, slices, part)
+                blocks.append(part)
+        if m.receiver in self.local:
+            arriving = blocks if m.sender in self.local else self._arriving(m, slices, blocks)
+            take(self.local[m.receiver],
+                 join_row_blocks(blocks, m.where) if m.sender in self.local else arriving)
+            if len(blocks) != len(slices):
+                raise LeakageError(f"{m.where}: the receiver took {len(blocks)} of the "
+                                   f"{len(slices)} row blocks")
+        self._record(m, join_row_blocks(blocks, m.where))
+
+    @staticmethod
+    def _block_message(m: Message, block: slice) -> Message:
+        """The declaration one row block is checked against: the message's, with its rows."""
+        return replace(m, shape=(block.stop - block.start, *m.shape[1:]))
+
+    def _arriving(self, m: Message, slices, blocks):
+        """The row blocks as they arrive, each checked before ``take`` sees it."""
+        for index, block in enumerate(slices):
+            part = self._receive_block(m, index, slices)
+            self._check_payload(self._block_message(m, block), part, None)
+            blocks.append(part)
+            yield part
 
     def at(self, party: str, work) -> None:
         """Work at one party alone, nothing crosses: ``work(party)`` where it lives."""
@@ -338,6 +429,12 @@ class Channel:
 
     def _receive(self, message: Message):
         raise LeakageError(f"{message.where}: neither party runs here")  # both are local
+
+    def _transmit_block(self, message: Message, index: int, slices, block) -> None:
+        pass
+
+    def _receive_block(self, message: Message, index: int, slices):
+        raise LeakageError(f"{message.where}: neither party runs here")
 
     # -- checks ------------------------------------------------------------------------------
     def _violation(self, m: Message, text: str, flaws=()) -> None:

@@ -31,8 +31,8 @@ from acml import DEFAULT_KEY_BITS, KEY_BITS_NOTE, REVEAL_FLAG, Config
 from channel import LeakageError
 from flaws import InsecureFlawWarning
 from parties import INIT_SEED_BITS
-from plan import (MAX_BATCH_SIZE, MAX_BLOCK_ROWS, MAX_EPOCHS, MAX_HIDDEN, MAX_LR, MAX_PLAN_BITS, MIN_SECURE_SIGMA,
-                  SEED_LIMIT, FixedPointPlan)
+from plan import (MAX_BATCH_SIZE, MAX_BLOCK_ROWS, MAX_EPOCHS, MAX_HIDDEN, MAX_LR, MAX_PLAN_BITS,
+                  MAX_STREAM_CHUNKS, MIN_SECURE_SIGMA, SEED_LIMIT, STREAM_CHUNKS, FixedPointPlan)
 
 
 class UsageError(ValueError):
@@ -144,6 +144,7 @@ BLOCK_ROWS = _integer(0, MAX_BLOCK_ROWS)
 INIT_SEED = _integer(0, INIT_SEED_LIMIT - 1)
 WIDTH = _integer(1, MAX_HIDDEN)
 WORKERS = _integer(1, MAX_WORKERS)
+STREAM = _integer(1, MAX_STREAM_CHUNKS)
 MOMENTUM = _real(0.0, 1.0, low_open=False, high_open=True)
 TIMEOUT = _real(0.0, MAX_TIMEOUT, what="a number of seconds")
 FRAME_MB = _real(0.0, MAX_FRAME_MB, what="a number of MiB")
@@ -483,7 +484,7 @@ def _data_party(args, token, tls, frame_cap, executor, progress, transcript):
                                          feature_names=feature_names, source=args.features,
                                          executor=executor,
                                          allow_insecure=args.insecure_small_key,
-                                         transcript=transcript)
+                                         transcript=transcript, stream_chunks=args.stream_chunks)
     return transport.run_data_party(connection, ids, X, keypair=keypair,
                                     plan=FixedPointPlan(sigma=args.sigma),
                                     init_seed=args.init_seed, bottom=args.bottom,
@@ -492,7 +493,7 @@ def _data_party(args, token, tls, frame_cap, executor, progress, transcript):
                                     feature_names=feature_names,
                                     allow_insecure=args.insecure_small_key, transcript=transcript,
                                     allow_insecure_sigma=args.insecure_sigma,
-                                    align=args.align)
+                                    align=args.align, stream_chunks=args.stream_chunks)
 
 
 def _label_party(args, token, tls, frame_cap, executor, progress, transcript):
@@ -502,7 +503,7 @@ def _label_party(args, token, tls, frame_cap, executor, progress, transcript):
                                        max_frame_bytes=frame_cap, tls=tls)
         return transport.predict_as_label(connection, args.checkpoint_dir, executor=executor,
                                           allow_insecure=args.insecure_small_key,
-                                          transcript=transcript)
+                                          transcript=transcript, stream_chunks=args.stream_chunks)
     if not (args.labels and args.label_column and args.id_column):
         raise UsageError("party label needs --labels, --id-column and --label-column "
                          "(or --predict with --checkpoint-dir)")
@@ -518,7 +519,8 @@ def _label_party(args, token, tls, frame_cap, executor, progress, transcript):
                                      test_fraction=args.test_fraction, executor=executor,
                                      progress=progress, checkpoint_dir=args.checkpoint_dir,
                                      resume=args.resume, class_names=class_names,
-                                     transcript=transcript, align=args.align)
+                                     transcript=transcript, align=args.align,
+                                     stream_chunks=args.stream_chunks)
 
 
 def add_party_parser(commands) -> None:
@@ -579,6 +581,10 @@ def add_party_parser(commands) -> None:
         role.add_argument("--timeout", type=TIMEOUT, default=wire.DEFAULT_TIMEOUT,
                           help="seconds to wait for the peer: to connect, and for each message, "
                                f"in (0, {MAX_TIMEOUT:g}] (default {wire.DEFAULT_TIMEOUT:g})")
+        role.add_argument("--stream-chunks", type=STREAM, default=STREAM_CHUNKS,
+                          help="send the ciphertexts of steps 1 and 4 in up to this many row "
+                               "blocks, decrypted as they arrive; both parties alike (default "
+                               f"{STREAM_CHUNKS}; 1: whole)")
         role.add_argument("--max-frame-mb", type=FRAME_MB, default=256,
                           help=f"refuse larger messages, in (0, {MAX_FRAME_MB:g}] (default 256)")
         role.add_argument("--align", choices=transport.ALIGNMENTS, default=transport.PSI,

@@ -13,7 +13,7 @@ import numbers
 import numpy as np
 
 __all__ = ["Fixed", "object_array", "as_object_array", "elementwise", "map_values", "max_abs_bits",
-           "check_scale"]
+           "mod_n", "decode_signed", "check_scale"]
 
 
 def object_array(items, shape):
@@ -63,6 +63,18 @@ def max_abs_bits(values):
     """
     flat = np.asarray(values, dtype=object).ravel().tolist()
     return max((abs(int(value)).bit_length() for value in flat), default=0)
+
+
+def mod_n(values, n: int) -> np.ndarray:
+    """Reduce an object array of ints into [0, n)."""
+    return np.asarray(values, dtype=object) % n
+
+
+def decode_signed(values, public_key) -> np.ndarray:
+    """Residues mod n back to signed ints (``public_key.decode_residue`` on each); OverflowError
+    if any lies in the middle third."""
+    return np.vectorize(lambda v: int(public_key.decode_residue(int(v))), otypes=[object])(
+        np.asarray(values, dtype=object))
 
 
 def check_scale(scale):

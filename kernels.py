@@ -9,6 +9,7 @@ same decryptions otherwise).
     encrypted_matmul   = EncryptedArray.__matmul__, by Straus multi-exponentiation
     encrypt_array      = PublicKey.encrypt / PrivateKey.encrypt, optionally on an executor
     decrypt_residues   = PrivateKey.decrypt_residues, optionally on an executor
+    decrypt_rows       the same, of a streamed message's row blocks as they arrive
     rerandomize        = EncryptedArray.rerandomize, optionally on an executor or from a pool
     randomizers        = PublicKey.randomizer, many at once, optionally on an executor
     RandomizerPool     randomizers computed ahead of need (offline), taken once each (online);
@@ -37,7 +38,7 @@ __all__ = [
     "Slots", "encrypted_matmul", "encrypt_array", "decrypt_residues", "rerandomize",
     "randomizers", "RandomizerPool", "EpochPool", "epoch_pool", "prepare_pool",
     "data_party_need", "label_party_need", "split_offline", "worker_count", "SizedExecutor",
-    "dask_executor",
+    "dask_executor", "decrypt_rows",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -719,3 +720,13 @@ def decrypt_residues(private_key, encrypted, *, executor=None, workers=None):
                         [encrypted.ciphertexts.ravel().tolist()])
     OP_COUNTS["decrypt"] += len(flat)
     return object_array([int(m) for m in flat], encrypted.shape)
+
+
+def decrypt_rows(private_key, encrypted, *, executor=None):
+    """decrypt_residues of an EncryptedArray, or of a streamed message's row blocks (any
+    iterable of EncryptedArrays, in row order): each block is decrypted as soon as it arrives,
+    while its sender computes the next. The same integers either way, joined along the rows."""
+    if isinstance(encrypted, EncryptedArray):
+        return decrypt_residues(private_key, encrypted, executor=executor)
+    blocks = [decrypt_residues(private_key, block, executor=executor) for block in encrypted]
+    return np.concatenate(blocks, axis=0)

@@ -115,7 +115,7 @@ class SelectingLabelParty(LabelParty):
             E[feature, k] = 1 << self._shift()
         deviant = Fixed(self.weight_share.values + E, self.weight_share.scale)
         product = kernels.encrypted_matmul(self._batch_inputs, deviant, executor=self.executor)
-        masked, self._forward_mask = self._add_wide_mask(product, n_rows)
+        masked, self._forward_mask = self._add_wide_mask(product)
         return masked
 
     def unmask_preactivation(self, noisy: np.ndarray, n_rows: int) -> None:

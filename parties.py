@@ -20,10 +20,10 @@ import numpy as np
 import nn
 import kernels
 import paillier
-from channel import MaskSource
+from channel import MaskSource, RowBlocks
 from flaws import SECURE, ExponentTaggedArray, InsecureFlaws, encrypt_without_randomness, \
     phe_exponent, warn_insecure
-from fixed import Fixed, max_abs_bits, object_array
+from fixed import Fixed, decode_signed, max_abs_bits, mod_n, object_array
 from paillier import EncryptedArray, PublicKey
 from plan import (MAX_FLAW_NAMES, MAX_INPUTS, MAX_SAMPLES, SHARE_GROWTH_BITS, FixedPointPlan,
                   Public, TrainingPlan, check_sigma, encode_features,
@@ -36,17 +36,6 @@ MAX_PREDICTION_ROWS = 1 << 20  # the most rows the label party accepts in one pr
 UPDATE_NOISE_CLIP = 6.0  # |ξ| ≤ 6 in N = η·σ·ξ: a public bound on the noise, for B's weight bound
 MASK_RANGES = ("mod_n", "interval")  # the label party's masks ε_B, ε_B': uniform in Z_n, or
 # (INSECURE against a deviating data party, leak L3) uniform on [−2**b, 2**b), about n/6 to n/3
-
-
-def mod_n(values, n: int) -> np.ndarray:
-    """Reduce an object array of ints into [0, n)."""
-    return np.asarray(values, dtype=object) % n
-
-
-def decode_signed(values, public_key: PublicKey) -> np.ndarray:
-    """Residues mod n back to signed ints; OverflowError if any lies in the middle third."""
-    return np.vectorize(lambda v: int(public_key.decode_residue(int(v))), otypes=[object])(
-        np.asarray(values, dtype=object))
 
 
 class BottomModel:
@@ -357,8 +346,8 @@ class DataParty:
 
     def decrypt_masked_product(self, masked_product: EncryptedArray) -> None:
         """U = X·W_B + ε_B: ε_B hides X·W_B from this party."""
-        self._product = kernels.decrypt_residues(self._private_key, masked_product,
-                                                  executor=self.executor)
+        self._product = kernels.decrypt_rows(self._private_key, masked_product,
+                                             executor=self.executor)
 
     def add_own_part(self) -> np.ndarray:
         """V = U + X·ε_acc (mod n). Packed, X·ε_acc goes into the same slots as X·W_B."""
@@ -383,8 +372,8 @@ class DataParty:
     # step 4 -------------------------------------------------------------------------------
     def decrypt_masked_gradient(self, masked_gradient: EncryptedArray) -> None:
         """G' = Xᵀδ + ε_B': ε_B' hides Xᵀδ from this party."""
-        self._gradient = kernels.decrypt_residues(self._private_key, masked_gradient,
-                                                   executor=self.executor)
+        self._gradient = kernels.decrypt_rows(self._private_key, masked_gradient,
+                                              executor=self.executor)
 
     def mask_gradient(self, batch_size: int) -> np.ndarray:
         """Add a fresh mask ε_A to G' and fold η·ε_A into ε_acc. Packed, ε_A is drawn per slot
@@ -632,7 +621,7 @@ class LabelParty:
         self._batch_inputs = (self.encrypted_blocks[self.public.blocks_of(rows)]
                               if self.public.encrypts_blocks() else self.encrypted_features[rows])
 
-    def masked_product(self, n_rows: int) -> EncryptedArray:
+    def masked_product(self, n_rows: int) -> RowBlocks:
         """[[U]] = [[X]]·W_B + [[ε_B]]; the fresh encryption of ε_B re-randomises the result.
 
         First, privately: W_B must be within the public bound the declared width assumes, and,
@@ -646,9 +635,7 @@ class LabelParty:
                                 "beyond the plan's bound)")
         if self.public.packing is not None:
             self.public.packing.check_preactivation_fits(self.layer_sizes[0], self.weight_bound)
-        product = kernels.encrypted_matmul(self._batch_inputs, self.weight_share,
-                                            executor=self.executor)
-        masked, self._forward_mask = self._add_wide_mask(product, n_rows)
+        masked, self._forward_mask = self._masked_matmul(self._batch_inputs, self.weight_share)
         return masked
 
     def _unmask(self, received: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -705,19 +692,30 @@ class LabelParty:
                                    executor=self.executor, pool=self.randomizer_pool)
 
     # step 4 -------------------------------------------------------------------------------
-    def masked_gradient(self, rows) -> EncryptedArray:
+    def masked_gradient(self, rows) -> RowBlocks:
         """[[G']] = [[X]]ᵀ·δ + [[ε_B']] (packed: k features per ciphertext, k gradients per
         plaintext, one wide ε_B' over each whole plaintext). [[X]] is step 0's, at the batch's
         rows; with a bottom model, this batch's [[α]]."""
         inputs = (self._batch_inputs if self.encrypted_features is None
                   else self.encrypted_features[rows])
-        gradient = kernels.encrypted_matmul(inputs.T, self._delta, executor=self.executor)
+        masked, self._backward_mask = self._masked_matmul(inputs.T, self._delta)
         # |ΔW| ≤ η·Σ_r |X_rt|·|δ_rj| ≤ η · 2**(x bits) · max_j Σ_r |δ_rj|: the bound's growth.
         column_sums = [sum(abs(int(v)) for v in column) for column in self._delta.values.T.tolist()]
         self._weight_bound_growth = (self.lr_int << (self.plan.x_int_bits + self.plan.x_frac_bits)
                                      ) * max(column_sums, default=0)
-        masked, self._backward_mask = self._add_wide_mask(gradient)
         return masked
+
+    def _masked_matmul(self, inputs: EncryptedArray, weights: Fixed):
+        """([[inputs·weights + ε]] as channel.RowBlocks, ε): each block of rows computed and
+        masked (its own fresh ε rows) when the channel sends it — every output element is its
+        own multi-exponentiation, so a block is just those outputs. ε fills in as they go."""
+        mask = np.empty((inputs.shape[0], weights.shape[1]), dtype=object)
+
+        def rows(block: slice) -> EncryptedArray:
+            product = kernels.encrypted_matmul(inputs[block], weights, executor=self.executor)
+            masked, mask[block] = self._add_wide_mask(product)
+            return masked
+        return RowBlocks(mask.shape, rows), mask
 
     def _check_incoming(self, encrypted: EncryptedArray, shape, what: str) -> None:
         """Every ciphertext array the data party sent must have the shape the protocol expects
@@ -727,7 +725,7 @@ class LabelParty:
             raise ValueError(f"the data party's {what} has shape {got}, the protocol expects "
                              f"{tuple(shape)}")
 
-    def _add_wide_mask(self, encrypted: EncryptedArray, n_rows: int | None = None):
+    def _add_wide_mask(self, encrypted: EncryptedArray):
         """([[v + ε]], ε) for a fresh ε that hides v from the key owner, and fresh randomness.
 
         ``mask_range`` "mod_n" (the default): ε uniform in Z_n, so v + ε mod n is uniform

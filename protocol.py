@@ -13,7 +13,9 @@ plain SGD would hold. Neither party ever holds W.
 How to read it. Every message is one ``channel.send(step, sender, receiver, name, kind, ...)``:
 ``make`` is what the sender computes (run only where the sender lives), ``take`` what the
 receiver does with it (run only where the receiver lives); ``shape``, ``mask_bits`` and
-``value_bits`` are plain values, from public facts, that both sides check (channel.py). Work
+``value_bits`` are plain values, from public facts, that both sides check (channel.py);
+``stream=True`` lets a big ciphertext array cross in row blocks, so that in two processes the
+receiver decrypts the first while the sender computes the rest (the same array either way). Work
 that crosses nothing is ``channel.at(party, ...)``. The script itself reads only :class:`Public`
 (plan.py): facts both processes hold after step 0. So the very same script runs with both
 parties in one process (``channel.Channel``) or each in its own (``transport.SocketChannel``).
@@ -144,7 +146,7 @@ def first_layer_forward(channel, public: Public, step: str, m: int, reason: str)
                  make=lambda label: label.masked_product(m),
                  take=lambda data, encrypted: data.decrypt_masked_product(encrypted),
                  shape=public.product_shape(m), mask_bits=public.mask_bits,
-                 value_bits=public.product_bits())
+                 value_bits=public.product_bits(), stream=True)
     channel.send(step, DATA, LABEL, "X·W + ε_B", REVEALED,
                  make=lambda data: data.add_own_part(),
                  take=lambda label, noisy: label.unmask_preactivation(noisy, m),
@@ -215,7 +217,7 @@ def step4_backward_interactive(channel, public: Public, rows) -> None:
                      make=lambda label: label.masked_gradient(rows),
                      take=lambda data, encrypted: data.decrypt_masked_gradient(encrypted),
                      shape=public.gradient_shape(), mask_bits=public.mask_bits,
-                     value_bits=public.masked_gradient_bits(m))
+                     value_bits=public.masked_gradient_bits(m), stream=True)
         # Packed or not, every value B can read out of it hides one gradient under its own ε_A.
         channel.send(4, DATA, LABEL, "Xᵀδ + ε_B' + ε_A", MASKED,
                      make=lambda data: data.mask_gradient(m),

@@ -4,8 +4,9 @@
   it runs ``make`` and the checks and writes one frame (wire.py); receiving, it reads the next
   frame, refuses it unless its declaration is exactly the one the protocol expects next (step,
   sender, receiver, name, kind, reason, shape and widths, which both sides compute from public
-  facts), decodes it, runs the same checks and then ``take``.
-* :func:`align_ids` is the step before step 0: the ids both parties hold, by private set
+  facts), decodes it, runs the same checks and then ``take``. A streamed message is one frame
+  per row block, each naming its block (index, count, rows), which the receiver computes too.
+* :func:`align.align_ids` is the step before step 0: the ids both parties hold, by private set
   intersection (psi.py) or, if both choose it, in the clear; and the public split.
 * :func:`run_data_party` and :func:`run_label_party` are one session each: align, split, then
   protocol.setup, protocol.train and protocol.predict — the very script that runs in one
@@ -29,12 +30,13 @@ import rundir
 import data
 import nn
 import protocol
-import psi
-from channel import DATA, LABEL, PUBLIC, REVEALED, Channel, leakage_lines
+from align import (  # noqa: F401 — the CLI and notebook 07 read two of these as transport.*
+    ALIGNMENTS, GROUP_ELEMENT_WIDTH, PSI, Alignment, align_ids, check_id_list)
+from channel import DATA, LABEL, PUBLIC, Channel, leakage_lines
 from flaws import SECURE
 from parties import DataParty, LabelParty
-from payload import check_layout, decode_payload, encode_payload
-from plan import MAX_EPOCHS, MAX_INPUTS, SEED_LIMIT, FixedPointPlan, check_sigma
+from payload import check_layout, decode_payload, encode_payload, one_line
+from plan import MAX_EPOCHS, STREAM_CHUNKS, FixedPointPlan, check_sigma
 from wire import TransportError
 
 
@@ -44,8 +46,9 @@ class SocketChannel(Channel):
     fills its randomizer pool for the epoch ahead (idlefill.py)."""
 
     def __init__(self, connection, role: str, party, *, sigma: int = 40, transcript=None,
-                 idle_fill: bool = True):
-        super().__init__(**{f"{role}_party": party}, sigma=sigma, transcript=transcript)
+                 idle_fill: bool = True, stream_chunks: int = STREAM_CHUNKS):
+        super().__init__(**{f"{role}_party": party}, sigma=sigma, transcript=transcript,
+                         stream_chunks=stream_chunks)
         self.connection, self.role = connection, role
         self.idle = idlefill.IdleFill(idle_fill)
         self._integer_lists = {}  # message name -> (count, max count, max width): see
@@ -59,10 +62,21 @@ class SocketChannel(Channel):
         self.local[self.role] = party
         self._check_mask_source(self.role, party.mask_source)
 
-    def _transmit(self, message, payload) -> None:
+    def _transmit(self, message, payload, block=None) -> None:
+        """One frame; a row block of a streamed message also says which (``block``)."""
         layout, body = encode_payload(payload)
-        self.connection.send_frame({"type": "message", "declaration": message.declaration(),
-                                    "layout": layout}, body, what=message.where)
+        header = {"type": "message", "declaration": message.declaration(), "layout": layout}
+        if block is not None:
+            header["block"] = block
+        self.connection.send_frame(header, body, what=_block_where(message, block))
+
+    def _transmit_block(self, message, index, slices, block) -> None:
+        self._transmit(message, block, _block_header(index, slices))
+
+    def _receive_block(self, message, index, slices):
+        rows = slices[index]
+        return self._receive(message, _block_header(index, slices),
+                             (rows.stop - rows.start, *message.shape[1:]))
 
     def expect_integers(self, name: str, *, count: int | None = None,
                         max_count: int | None = None, max_width: int) -> None:
@@ -71,30 +85,36 @@ class SocketChannel(Channel):
         its body is read. The id alignment uses it; the protocol's own messages declare shapes."""
         self._integer_lists[name] = (count, max_count, max_width)
 
-    def _receive(self, message):
-        """The next frame, if it is ``message``: its declaration and payload layout (dtype,
-        shape, element count, integer width) are checked before its body is read, the payload
-        only then decoded."""
-        expected = message.declaration()
+    def _receive(self, message, block=None, shape=None):
+        """The next frame, if it is ``message`` (or its row block ``block``, of ``shape``): its
+        declaration, which block it is and its payload layout (dtype, shape, element count,
+        integer width) are checked before its body is read, the payload only then decoded."""
+        expected, where = message.declaration(), _block_where(message, block)
+        shape = message.shape if block is None else shape
 
         def check(header):
             got = header.get("declaration") if header.get("type") == "message" else None
             if got != expected:
                 raise TransportError(f"{self.connection.peer} sent {_describe(got)} where the "
                                      f"protocol expects {message.where} ({message.kind})")
+            if header.get("block") != block:
+                raise TransportError(f"{where}: {self.connection.peer} sent "
+                                     f"{_describe_block(header.get('block'))}; this side expects "
+                                     f"{_describe_block(block)} (both parties must stream alike: "
+                                     "--stream-chunks)")
             layout = header.get("layout")
             if not isinstance(layout, dict):
-                raise TransportError(f"{message.where}: the frame has no payload layout")
-            check_layout(layout, message.where, expected_shape=message.shape)
+                raise TransportError(f"{where}: the frame has no payload layout")
+            check_layout(layout, where, expected_shape=shape)
             if message.name in self._integer_lists:
                 self._check_integer_list(message, layout, *self._integer_lists[message.name])
 
         self.idle.wait(self.local[self.role], lambda: idlefill.peer_ready(self.connection.sock),
                        message.step)
-        header, body = self.connection.receive_frame(message.where, expect=check)
+        header, body = self.connection.receive_frame(where, expect=check)
         self._integer_lists.pop(message.name, None)
-        return decode_payload(header["layout"], body, self.public_key, message.where,
-                              expected_shape=message.shape)
+        return decode_payload(header["layout"], body, self.public_key, where,
+                              expected_shape=shape)
 
     @staticmethod
     def _check_integer_list(message, layout, count, max_count, max_width) -> None:
@@ -120,6 +140,25 @@ class SocketChannel(Channel):
                                  "where the session ends")
 
 
+def _block_header(index: int, slices) -> dict:
+    """What a streamed message's frame says of its row block: both sides compute it alone."""
+    return {"index": index, "of": len(slices), "rows": [slices[index].start, slices[index].stop]}
+
+
+def _describe_block(block) -> str:
+    if block is None:
+        return "no row block"
+    if not isinstance(block, dict) or not isinstance(block.get("index"), int):
+        return "a frame whose row block is no block"
+    return (f"row block {block['index'] + 1} of {one_line(block.get('of'))[:20]} "
+            f"(rows {one_line(block.get('rows'))[:40]})")
+
+
+def _block_where(message, block) -> str:
+    return message.where if block is None else (f"{message.where}, row block "
+                                                f"{block['index'] + 1} of {block['of']}")
+
+
 def _describe(declaration) -> str:
     if not isinstance(declaration, dict):
         return "a frame that is no protocol message"
@@ -127,206 +166,6 @@ def _describe(declaration) -> str:
             f"({declaration.get('kind')}, {declaration.get('sender')} → "
             f"{declaration.get('receiver')}, shape {declaration.get('shape')}, widths "
             f"{declaration.get('mask_bits')}/{declaration.get('value_bits')})")
-
-
-# ----------------------------------------------------------------------------------------------
-# Before step 0: the ids both parties hold, and the split
-# ----------------------------------------------------------------------------------------------
-PSI, PUBLIC_IDS = "psi", "public-ids"
-ALIGNMENTS = (PSI, PUBLIC_IDS)
-
-PSI_REASONS = {
-    "label ids, blinded": "the label party's ids, each hashed and blinded by its secret "
-                          "exponent (DH PSI): the data party learns how many ids the label party "
-                          "holds, and after the exchange the intersection",
-    "label ids, blinded twice": "the label party's blinded ids raised to the data party's "
-                                "secret exponent, in the order received (DH PSI): the label party "
-                                "learns which of its own ids the data party holds too",
-    "data ids, blinded": "the data party's ids, each hashed and blinded by its secret exponent, "
-                         "shuffled (DH PSI): the label party learns how many ids the data party "
-                         "holds, and after the exchange the intersection",
-    "data ids, blinded twice": "the data party's blinded ids raised to the label party's secret "
-                               "exponent, in the order received (DH PSI): the data party learns "
-                               "which of its own ids the label party holds too",
-}
-GROUP_ELEMENT_WIDTH = psi.ELEMENT_BYTES + 1  # bytes per element on the wire, with a sign bit
-
-
-def check_alignment(align: str) -> str:
-    if align not in ALIGNMENTS:
-        raise ValueError(f"align must be one of {', '.join(ALIGNMENTS)}, got {align!r}")
-    return align
-
-
-class Alignment:
-    """What a party brings to the alignment: its ids and the way to align them; at the label
-    party also the public split (test fraction, seed), at the data party the interactive
-    layer's input width. Afterwards: ``common`` (the shared ids, sorted as text), ``rows``
-    (this party's rows holding them, in that order) and ``n_other_ids``.
-
-    ``align="psi"`` (the default): private set intersection (psi.py); each party learns the
-    intersection and the other's number of ids, nothing about an id only the other holds.
-    ``align="public-ids"``: each party sends its whole id list in the clear; each learns all of
-    the other's ids. Both parties must choose the same; the label party's first message names
-    its choice and the data party refuses another."""
-
-    mask_source = None  # it draws no masks
-
-    def __init__(self, ids, *, align: str = PSI, test_fraction=None, seed=None, n_inputs=None):
-        self.keys = [str(value) for value in ids]
-        if not self.keys:
-            raise data.DataError("no ids to align: this party's file holds no rows")
-        data.common_rows(self.keys, ())  # refuses a duplicate id before anything is sent
-        self.align = check_alignment(align)
-        self.test_fraction, self.seed, self.n_inputs = test_fraction, seed, n_inputs
-        self.common: list[str] = []
-        self.rows = np.zeros(0, dtype=np.int64)
-        self.n_other_ids = 0
-        self.side = None  # the psi.LabelSide or psi.DataSide, with align="psi"
-
-    # -- what the label party says first, and the data party's answer ------------------------
-    def plan(self) -> dict:
-        return {"align": self.align, "test_fraction": self.test_fraction, "seed": self.seed}
-
-    def take_plan(self, plan) -> None:
-        if not isinstance(plan, dict) or set(plan) != {"align", "test_fraction", "seed"}:
-            raise TransportError("the label party's alignment message needs exactly align, "
-                                 "test_fraction and seed")
-        if plan["align"] != self.align:
-            raise ValueError(f"the label party aligns the ids by {plan['align']!r}, this party "
-                             f"by {self.align!r}: both must choose the same (--align)")
-        data.check_split(plan["test_fraction"], plan["seed"])
-        if plan["seed"] >= SEED_LIMIT:
-            raise TransportError(f"the label party's seed {plan['seed']} is not below 2**63")
-        self.test_fraction, self.seed = plan["test_fraction"], plan["seed"]
-
-    def take_width(self, width) -> None:
-        if not isinstance(width, dict) or set(width) != {"n_inputs"}:
-            raise TransportError("the data party's input width message needs exactly n_inputs")
-        n_inputs = width["n_inputs"]
-        if isinstance(n_inputs, bool) or not isinstance(n_inputs, int) or not \
-                1 <= n_inputs <= MAX_INPUTS:
-            raise TransportError(f"the data party declares {n_inputs!r} inputs; the cap is "
-                                 f"1..{MAX_INPUTS:,}")
-        self.n_inputs = n_inputs
-
-    # -- the outcome -------------------------------------------------------------------------
-    def settle(self, own_common_keys, n_other_ids: int) -> None:
-        """The shared ids (of this party's own, as text) in the joint order: sorted as text."""
-        self.common, self.rows = data.common_rows(self.keys, own_common_keys)
-        self.n_other_ids = n_other_ids
-
-    def take_public_ids(self, ids) -> None:
-        _check_id_list(ids, "the other party's ids")
-        self.settle(ids, len(ids))
-
-    def settle_psi(self) -> None:
-        self.settle([self.keys[row] for row in self.side.rows], self.side.their_count)
-
-    def take_fingerprint(self, fingerprint) -> None:
-        if fingerprint != self.side.fingerprint:
-            raise ValueError("the two parties' intersections differ (their fingerprints do not "
-                             "match): refusing to train on rows that may not be the same people")
-
-
-MAX_IDS = 10 ** 7  # ids in one alignment message (plan.MAX_SAMPLES rows at most are trained)
-MAX_ID_CHARS = 1024  # characters in one id
-
-
-def _check_id_list(ids, what: str) -> None:
-    """A peer's id list: a JSON list of at most MAX_IDS strings of at most MAX_ID_CHARS each."""
-    if not isinstance(ids, list):
-        raise TransportError(f"{what} are not a list, got {type(ids).__name__}")
-    if len(ids) > MAX_IDS:
-        raise TransportError(f"{what}: {len(ids):,} ids, more than the cap of {MAX_IDS:,}")
-    for position, key in enumerate(ids):
-        if not isinstance(key, str) or len(key) > MAX_ID_CHARS:
-            raise TransportError(f"{what}: entry {position} is not a string of at most "
-                                 f"{MAX_ID_CHARS} characters: {str(key)[:40]!r}")
-
-
-def align_ids(channel: SocketChannel) -> None:
-    """Before step 0: each party learns the ids both hold (``common``, sorted as text) and its
-    own rows holding them (``rows``), and the data party the public split.
-
-    B → A ``alignment and split`` (public: the way to align, test fraction, seed);
-    A → B ``input width`` (public); then the ids, by private set intersection or in the clear
-    (:func:`align_by_psi`, :func:`align_by_public_ids`)."""
-    channel.send("align", LABEL, DATA, "alignment and split", PUBLIC,
-                 make=lambda label: label.plan(), take=lambda ids, plan: ids.take_plan(plan))
-    channel.send("align", DATA, LABEL, "input width", PUBLIC,
-                 make=lambda ids: {"n_inputs": ids.n_inputs},
-                 take=lambda label, width: label.take_width(width))
-    here = channel.local[channel.role]
-    (align_by_psi if here.align == PSI else align_by_public_ids)(channel)
-    if not here.common:
-        raise data.DataError("no id is shared by this party's file and the other party's")
-
-
-def align_by_public_ids(channel: SocketChannel) -> None:
-    """B → A ``ids`` (public), A → B ``ids`` (public): each learns ALL of the other's ids."""
-    channel.send("align", LABEL, DATA, "ids", PUBLIC, make=lambda label: label.keys,
-                 take=lambda ids, keys: ids.take_public_ids(keys))
-    channel.send("align", DATA, LABEL, "ids", PUBLIC, make=lambda ids: ids.keys,
-                 take=lambda label, keys: label.take_public_ids(keys))
-
-
-def align_by_psi(channel: SocketChannel) -> None:
-    """Diffie–Hellman private set intersection (psi.py), four revealed messages and two public
-    fingerprints of the intersection, which each party compares with its own:
-
-        B → A  label ids, blinded          [H(b)^β], shuffled
-        A → B  label ids, blinded twice    [H(b)^βα], in the order received
-        A → B  data ids, blinded           [H(a)^α], shuffled
-        B → A  data ids, blinded twice     [H(a)^αβ], in the order received
-        A → B  intersection fingerprint    sha256 of the sorted H(x)^αβ both hold
-        B → A  intersection fingerprint
-
-    Each list is checked for its length (at most MAX_IDS) and width before it is read
-    (expect_integers)."""
-    here = channel.local[channel.role]
-    side_type = psi.LabelSide if channel.role == LABEL else psi.DataSide
-    here.side = side_type(here.keys)  # blinds this party's ids (duplicates: refused before)
-    own = len(here.keys)
-    if channel.role == LABEL:
-        channel.expect_integers("label ids, blinded twice", count=own,
-                                max_width=GROUP_ELEMENT_WIDTH)
-        channel.expect_integers("data ids, blinded", max_count=MAX_IDS,
-                                max_width=GROUP_ELEMENT_WIDTH)
-    else:
-        channel.expect_integers("label ids, blinded", max_count=MAX_IDS,
-                                max_width=GROUP_ELEMENT_WIDTH)
-        channel.expect_integers("data ids, blinded twice", count=own,
-                                max_width=GROUP_ELEMENT_WIDTH)
-    answers = {}
-
-    def send(sender, receiver, name, make, take):
-        channel.send("align", sender, receiver, name, REVEALED, make=make, take=take,
-                     reason=PSI_REASONS[name])
-
-    def answer_first(ids, first):
-        answers["twice"], answers["blinded"] = ids.side.answer(first)
-
-    def keep(name):
-        return lambda label, values: answers.__setitem__(name, values)
-
-    def answer_second(label, blinded):
-        answers["fourth"] = label.side.answer(answers["twice"], blinded)
-        label.settle_psi()
-
-    def finish(ids, fourth):
-        ids.side.finish(fourth)
-        ids.settle_psi()
-
-    send(LABEL, DATA, "label ids, blinded", lambda label: label.side.first_message(),
-         answer_first)
-    send(DATA, LABEL, "label ids, blinded twice", lambda ids: answers["twice"], keep("twice"))
-    send(DATA, LABEL, "data ids, blinded", lambda ids: answers["blinded"], answer_second)
-    send(LABEL, DATA, "data ids, blinded twice", lambda label: answers["fourth"], finish)
-    for sender, receiver in ((DATA, LABEL), (LABEL, DATA)):
-        channel.send("align", sender, receiver, "intersection fingerprint", PUBLIC,
-                     make=lambda party: party.side.fingerprint,
-                     take=lambda party, fingerprint: party.take_fingerprint(fingerprint))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -552,7 +391,8 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
                    checkpoint_dir=None, resume: bool = False, feature_names=None,
                    allow_insecure: bool = False, insecure_flaws=SECURE,
                    transcript=None, allow_insecure_sigma: bool = False,
-                   align: str = PSI, idle_fill: bool = True) -> Session:
+                   align: str = PSI, idle_fill: bool = True,
+                   stream_chunks: int = STREAM_CHUNKS) -> Session:
     """The data party's whole session over an authenticated connection.
 
     Align on the common ids (``align``: "psi", private set intersection, or "public-ids",
@@ -569,7 +409,10 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
     the same training rows (the checkpoint's sha256 of the features must match).
 
     ``idle_fill``: while waiting for the label party, fill the randomizer pool for the epoch
-    ahead (idlefill.py); the same weights either way.
+    ahead (idlefill.py); the same weights either way. ``stream_chunks``: the row blocks in which
+    steps 1's and 4's ciphertexts cross (each decrypted on arrival while the label party
+    computes the next); the label party must choose the same, or the first block is refused
+    (plan.stream_slices).
     """
     start_time = time.perf_counter()
     try:
@@ -598,7 +441,7 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
             n_inputs = state.bottom.width if state.bottom is not None else X.shape[1]
         id_list = Alignment(ids, align=align, n_inputs=n_inputs)
         channel = SocketChannel(connection, DATA, id_list, sigma=plan.sigma, transcript=transcript,
-                                idle_fill=idle_fill)
+                                idle_fill=idle_fill, stream_chunks=stream_chunks)
         align_ids(channel)
         if state is not None:
             state = saved.states[agree_epoch(channel, saved)]
@@ -637,7 +480,8 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
 def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction: float = 0.2,
                     executor=None, progress=None, checkpoint_dir=None, resume: bool = False,
                     class_names=None, insecure_flaws=SECURE, transcript=None,
-                    align: str = PSI, idle_fill: bool = True) -> Session:
+                    align: str = PSI, idle_fill: bool = True,
+                    stream_chunks: int = STREAM_CHUNKS) -> Session:
     """The label party's whole session over an authenticated connection.
 
     ``config`` is an ``acml.Config`` (hidden widths, activation, lr, momentum, batch size,
@@ -649,8 +493,8 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
 
     ``checkpoint_dir``: after every epoch this party saves its own file there, and only its
     own. ``resume=True`` loads it, checks that this run's settings are the checkpoint's but for
-    ``config.epochs``, and goes on from the epoch it was saved after. ``idle_fill``: as for
-    :func:`run_data_party`.
+    ``config.epochs``, and goes on from the epoch it was saved after. ``idle_fill`` and
+    ``stream_chunks``: as for :func:`run_data_party` (``stream_chunks`` must be the same).
     """
     start_time = time.perf_counter()
     try:
@@ -668,7 +512,8 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
             state.check_resumable(config.label_settings(state.layer_sizes), config.epochs)
         id_list = Alignment(ids, align=align, test_fraction=test_fraction, seed=config.seed)
         channel = SocketChannel(connection, LABEL, id_list, sigma=config.plan.sigma,
-                                transcript=transcript, idle_fill=idle_fill)
+                                transcript=transcript, idle_fill=idle_fill,
+                                stream_chunks=stream_chunks)
         align_ids(channel)
         if state is not None:
             state = saved.states[agree_epoch(channel, saved)]
@@ -712,7 +557,7 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
 # ----------------------------------------------------------------------------------------------
 def predict_as_data(connection, ids, X, checkpoint_dir, *, feature_names=None,
                     source: str = "features", executor=None, allow_insecure: bool = False,
-                    transcript=None) -> Session:
+                    transcript=None, stream_chunks: int = STREAM_CHUNKS) -> Session:
     """The data party's side of a prediction: its checkpoint, its new rows (raw, as in the
     features file), their ids (sent to the label party, public, so its output names the rows)."""
     start_time = time.perf_counter()
@@ -723,7 +568,7 @@ def predict_as_data(connection, ids, X, checkpoint_dir, *, feature_names=None,
         party = state.restore(rows, same_features=False, executor=executor)
         party.set_rows_to_predict(rows)
         channel = SocketChannel(connection, DATA, party, sigma=state.plan.sigma,
-                                transcript=transcript)
+                                transcript=transcript, stream_chunks=stream_chunks)
         channel.send("predict", DATA, LABEL, "ids to predict", PUBLIC,
                      make=lambda _: [str(value) for value in ids], take=None)
         public = protocol.setup(channel, start="predict")
@@ -736,7 +581,7 @@ def predict_as_data(connection, ids, X, checkpoint_dir, *, feature_names=None,
 
 
 def predict_as_label(connection, checkpoint_dir, *, executor=None, allow_insecure: bool = False,
-                     transcript=None):
+                     transcript=None, stream_chunks: int = STREAM_CHUNKS):
     """The label party's side of a prediction: (its session, the ids, its Prediction)."""
     start_time = time.perf_counter()
     received = {}
@@ -745,7 +590,7 @@ def predict_as_label(connection, checkpoint_dir, *, executor=None, allow_insecur
                                                 allow_insecure=allow_insecure)
         party = state.restore(executor=executor)
         channel = SocketChannel(connection, LABEL, party, sigma=state.plan.sigma,
-                                transcript=transcript)
+                                transcript=transcript, stream_chunks=stream_chunks)
         channel.send("predict", DATA, LABEL, "ids to predict", PUBLIC, make=None,
                      take=lambda _, ids: received.update(ids=_check_ids(ids)))
         public = protocol.setup(channel, start="predict")
@@ -763,5 +608,5 @@ def predict_as_label(connection, checkpoint_dir, *, executor=None, allow_insecur
 
 
 def _check_ids(ids) -> list[str]:
-    _check_id_list(ids, "the data party's ids to predict")
+    check_id_list(ids, "the data party's ids to predict")
     return ids

@@ -278,6 +278,11 @@ class Connection:
     def __init__(self, sock: socket.socket, *, timeout: float = DEFAULT_TIMEOUT,
                  max_frame_bytes: int = MAX_FRAME_BYTES, peer: str = "the peer"):
         self.sock = sock
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Without it, Nagle's algorithm holds each small write (a frame is six) until the
+            # peer acknowledges the last, and the peer delays its ACK: ~40 ms per frame, 88 ms
+            # per ping-pong of two frames measured on localhost (0.3 ms with it).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.timeout = float(timeout)
         self.max_header_bytes = MAX_HEADER_BYTES
         self.max_frame_bytes = int(max_frame_bytes)

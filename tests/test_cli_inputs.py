@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import acml
+import align
 import cli
 import nn
 import paillier
@@ -278,7 +279,8 @@ def test_train_parser_errors_are_one_line_naming_the_flag(capsys, no_training, f
     ("data", "--max-frame-mb", "0"), ("label", "--max-frame-mb", "1e12"),
     ("data", "--init-seed", "-5"), ("label", "--seed", "-1"), ("label", "--lr", "inf"),
     ("label", "--test-fraction", "1.5"), ("label", "--momentum", "2"),
-    ("data", "--key-bits", "abc"), ("label", "--epochs", "-3")])
+    ("data", "--key-bits", "abc"), ("label", "--epochs", "-3"),
+    ("data", "--stream-chunks", "0"), ("label", "--stream-chunks", "1025")])
 def test_party_parser_errors_are_one_line_naming_the_flag(capsys, tmp_path, no_training,
                                                           role, flag, value):
     argv = party_argv(role, tmp_path, flag, value)
@@ -398,7 +400,7 @@ def test_alignment_messages_are_validated_with_caps(take, message, needle):
 
 def test_more_ids_than_the_cap_are_refused(monkeypatch):
     """In the clear (--align public-ids): the list itself is refused."""
-    monkeypatch.setattr(transport, "MAX_IDS", 3)
+    monkeypatch.setattr(align, "MAX_IDS", 3)
     with pytest.raises(wire.TransportError, match="4 ids, more than the cap of 3"):
         transport.Alignment(["a"], align="public-ids").take_public_ids(["a", "b", "c", "d"])
 
@@ -406,7 +408,7 @@ def test_more_ids_than_the_cap_are_refused(monkeypatch):
 def test_more_blinded_ids_than_the_cap_are_refused_before_the_body_is_read(monkeypatch):
     """By PSI (the default): the data party refuses the label party's blinded ids from the
     frame's declared length, before reading them."""
-    monkeypatch.setattr(transport, "MAX_IDS", 3)
+    monkeypatch.setattr(align, "MAX_IDS", 3)
     data_side, label_side = socket_channels()
     label_side.local[LABEL] = transport.Alignment(["a", "b", "c", "d"], test_fraction=0.2,
                                                   seed=0)
