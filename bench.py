@@ -10,10 +10,12 @@ file, inside the functions that use it.
 
 What is measured:
 
-* Primitives at each key size, ours against phe's public API: key generation, encryption
-  (ours at the key owner, with CRT; phe has no key-owner path, so its ``encrypt`` is the peer;
-  our public-key path is listed too), decryption, ciphertext × constant, and the encrypted
-  matmul [[X]]·W (our simple per-term path, our multi-exponentiation, and that on workers).
+* Primitives at each key size, ours against phe's public API: key generation (ours with safe
+  primes, the default, and with random primes, every draw's time), encryption (ours at the key
+  owner: fixed-base with safe primes, and that key's per-element CRT path beside it; phe has no
+  key-owner path, so its ``encrypt`` is the peer; our public-key path is listed too),
+  decryption, ciphertext × constant, and the encrypted matmul [[X]]·W (our simple per-term
+  path, our multi-exponentiation, and that on workers).
 * One protocol epoch on German credit (steps 1–4 over every batch; setup reported apart):
   packed in one process and packed on workers (each the faster of two runs, alternated),
   unpacked on workers, the plaintext MLP, and the same four steps written on phe (unpacked,

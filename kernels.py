@@ -677,9 +677,9 @@ def encrypt_array(key, fixed, *, executor=None, workers=None, randomness=None, p
     PrivateKey: the key owner's CRT path.  By default (randomness None or "textbook") uniform
     r, no extra assumption, twin PrivateKey.encrypt: for safe primes as subgroup exponents
     through fixed-base tables mod p² and q² (each worker builds its own once), else as CRT
-    parts; randomness="djn"
-    uses h_s^α mod p² and mod q² from two half-size tables (about 10x cheaper at 2048 bits;
-    the same ciphertext as PublicKey DJN for the same α, its twin).
+    parts.  randomness="djn" uses h_s^α mod p² and mod q² from two half-size tables (about
+    10x cheaper than r^n at 2048 bits; the same ciphertext as PublicKey DJN for the same α,
+    its twin), and adds DJN's assumption.
     With a `pool` (RandomizerPool(key): a PrivateKey takes only its own): (1 + m·n)·ρ mod n², ρ
     taken from the pool (a private key's pool holds CRT-computed textbook r^n by default).
     PublicKey: (1 + m·n)·ρ mod n² with ρ from randomizers(randomness) or from `pool`; twin
