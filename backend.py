@@ -189,8 +189,8 @@ def random_safe_prime(bits):
 
 
 def is_safe_prime(p):
-    """Whether the odd prime p is safe, p = 2·p' + 1 with p' prime (p itself is not tested:
-    callers have checked it).  One primality test of (p - 1)/2, skipped when p ≢ 3 (mod 4),
+    """Whether the odd prime p > 7 is safe, p = 2·p' + 1 with p' prime (p itself is not tested:
+    callers have checked it; 5 and 7, safe but tiny, give False).  One primality test of (p - 1)/2, skipped when p ≢ 3 (mod 4),
     i.e. when (p - 1)/2 is even, as it is for about half of all primes."""
     p = as_int(p, "p")
     return p > 7 and p % 4 == 3 and is_probable_prime((p - 1) // 2)
