@@ -21,7 +21,8 @@ __all__ = [
     "use_backend", "current_backend", "mpz", "powmod", "invert", "is_probable_prime",
     "random_prime", "random_safe_prime", "is_safe_prime", "primitive_root",
     "SafePrimeSubgroup", "FixedBaseTable",
-    "fixed_base_table", "units_problem", "min_prime_distance", "prime_pair_problem", "hash_to_unit", "as_int",
+    "fixed_base_table", "units_problem", "min_prime_distance", "prime_pair_problem",
+    "hash_to_unit", "as_int",
     "describe_int",
 ]
 
@@ -189,9 +190,10 @@ def random_safe_prime(bits):
 
 
 def is_safe_prime(p):
-    """Whether the odd prime p > 7 is safe, p = 2·p' + 1 with p' prime (p itself is not tested:
-    callers have checked it; 5 and 7, safe but tiny, give False).  One primality test of (p - 1)/2, skipped when p ≢ 3 (mod 4),
-    i.e. when (p - 1)/2 is even, as it is for about half of all primes."""
+    """Whether the odd prime p > 7 is safe, p = 2·p' + 1 with p' prime (p itself is not
+    tested: callers have checked it; 5 and 7, safe but tiny, give False).  One primality test
+    of (p - 1)/2, skipped when p ≢ 3 (mod 4), i.e. when (p - 1)/2 is even, as it is for about
+    half of all primes."""
     p = as_int(p, "p")
     return p > 7 and p % 4 == 3 and is_probable_prime((p - 1) // 2)
 

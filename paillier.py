@@ -58,9 +58,9 @@ import numpy as np
 
 import encoding
 from backend import (
-    as_int, current_backend, describe_int, fixed_base_table, hash_to_unit, invert,
-    SafePrimeSubgroup, units_problem, is_probable_prime, is_safe_prime, mpz, powmod, prime_pair_problem,
-    random_prime, random_safe_prime, use_backend,
+    SafePrimeSubgroup, as_int, current_backend, describe_int, fixed_base_table, hash_to_unit,
+    invert, is_probable_prime, is_safe_prime, mpz, powmod, prime_pair_problem, random_prime,
+    random_safe_prime, units_problem, use_backend,
 )
 from fixed import Fixed, as_object_array, check_scale, elementwise, map_values, object_array
 from encoding import int_from_text, int_to_text
