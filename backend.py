@@ -8,6 +8,7 @@ is_prime).  Numbers made under one backend stay valid under the other: gmpy2's m
 interoperate.  Neither is constant time.
 """
 
+import functools
 import hashlib
 import math
 import numbers
@@ -18,7 +19,10 @@ from types import SimpleNamespace
 
 __all__ = [
     "use_backend", "current_backend", "mpz", "powmod", "invert", "is_probable_prime",
-    "random_prime", "FixedBaseTable", "fixed_base_table", "min_prime_distance", "prime_pair_problem", "hash_to_unit", "as_int",
+    "random_prime", "random_safe_prime", "is_safe_prime", "primitive_root",
+    "SafePrimeSubgroup", "FixedBaseTable",
+    "fixed_base_table", "units_problem", "min_prime_distance", "prime_pair_problem",
+    "hash_to_unit", "as_int",
     "describe_int",
 ]
 
@@ -144,6 +148,106 @@ def random_prime(bits):
             return candidate
 
 
+_WHEEL_PRIMES = (3, 5, 7, 11, 13)
+_WHEEL = 4 * math.prod(_WHEEL_PRIMES)  # 60,060
+
+
+@functools.lru_cache(maxsize=1)
+def _safe_prime_wheel():
+    """The residues c mod _WHEEL that a safe prime c = 2·c' + 1 > 23 can have: c ≡ 3 (mod 4),
+    so that c' is odd, and for each wheel prime ℓ neither ℓ | c (c ≢ 0) nor ℓ | c' (c ≢ 1)."""
+    return [c for c in range(3, _WHEEL, 4) if all(c % ell > 1 for ell in _WHEEL_PRIMES)]
+
+
+def random_safe_prime(bits):
+    """A uniform random safe prime p = 2·p' + 1 (p' prime) of exactly `bits` bits, the top two
+    set, from `secrets`.
+
+    Candidates are uniform among the numbers with the top two bits set whose residue mod
+    60,060 a safe prime can have (a wheel: 1,485 of the 60,060, so a tenth of the candidates
+    random_prime would look at); one gcd throws out those where p or p' has another factor
+    under 2000; a base-2 Fermat test on p, one modular exponentiation, throws out nearly all
+    the rest; the survivors pass the full is_probable_prime on p' and on p.  Every safe prime
+    of that size passes the wheel and the sieve, so rejection sampling of uniform candidates
+    is uniform over them.  Safe primes are rare (density about 1/ln(p)² against 1/ln(p)), so
+    this is much slower than random_prime: thousands of Fermat tests per prime at 1024 bits
+    (bench.py measures the key generation).
+    """
+    if bits < 16:
+        raise ValueError(f"a safe prime needs at least 16 bits here, got {bits}")
+    low, high, wheel = 0b11 << (bits - 2), 1 << bits, _safe_prime_wheel()
+    first_turn, turns = low // _WHEEL, high // _WHEEL - low // _WHEEL + 1
+    while True:
+        candidate = (first_turn + secrets.randbelow(turns)) * _WHEEL + secrets.choice(wheel)
+        if not low <= candidate < high:  # the first and last turns overhang the range
+            continue
+        half = candidate >> 1
+        if (math.gcd(candidate, _SMALL_PRIMES_PRODUCT) == 1
+                and math.gcd(half, _SMALL_PRIMES_PRODUCT) == 1
+                and powmod(2, candidate - 1, candidate) == 1
+                and is_probable_prime(half) and is_probable_prime(candidate)):
+            return candidate
+
+
+def is_safe_prime(p):
+    """Whether the odd prime p > 7 is safe, p = 2·p' + 1 with p' prime (p itself is not
+    tested: callers have checked it; 5 and 7, safe but tiny, give False).  One primality test
+    of (p - 1)/2, skipped when p ≢ 3 (mod 4), i.e. when (p - 1)/2 is even, as it is for about
+    half of all primes."""
+    p = as_int(p, "p")
+    return p > 7 and p % 4 == 3 and is_probable_prime((p - 1) // 2)
+
+
+def primitive_root(p):
+    """The least primitive root u mod the safe prime p = 2·p' + 1: a generator of Z*_p.
+
+    Z*_p has order p - 1 = 2·p', so an element's order is 1, 2, p' or 2·p': u generates iff
+    u² ≢ 1 and u^p' ≢ 1 (mod p).  For 1 < u < p - 1 the first holds, and u^p' is Legendre's
+    symbol (u/p), so the primitive roots are exactly the quadratic non-residues other than
+    p - 1: half of Z*_p, the search ends after about two tries.  Only for safe p (it does not
+    factor p - 1 otherwise): ValueError if p is not one.
+    """
+    p = as_int(p, "p")
+    if not is_safe_prime(p):
+        raise ValueError("primitive_root needs a safe prime p = 2·p' + 1 with p' prime")
+    half = (p - 1) // 2
+    for u in range(2, p - 1):
+        if powmod(u, 2, p) != 1 and powmod(u, half, p) != 1:
+            return u
+    raise AssertionError("a safe prime has primitive roots")  # unreachable
+
+
+class SafePrimeSubgroup:
+    """H_p = {x^p mod p² : x in Z*_p}, the subgroup of order p - 1 of Z*_(p²), for a safe prime
+    p, given by a fixed generator so that x^p mod p² for a uniform x costs table look-ups.
+
+    x -> x^p mod p² depends only on x mod p ((x + t·p)^p ≡ x^p mod p², binomial theorem) and is
+    one-to-one from Z*_p onto H_p.  With u = primitive_root(p), a uniform in [0, p - 1) makes
+    x = u^a mod p uniform in Z*_p, and x^p = g^a mod p² for g = u^p mod p² (the generator of
+    H_p).  So drawing a and computing g^a has exactly the distribution of drawing x and
+    computing x^p: nothing is assumed.  Attributes: prime, square, primitive_root, generator,
+    exponent_bits (a < p - 1 < 2^exponent_bits).
+    """
+
+    def __init__(self, p):
+        self.prime, self.square = as_int(p, "p"), as_int(p, "p") ** 2
+        self.primitive_root = primitive_root(self.prime)  # ValueError unless p is safe
+        self.generator = int(powmod(self.primitive_root, self.prime, self.square))
+        self.exponent_bits = self.prime.bit_length()
+
+    def random_exponent(self):
+        """a uniform in [0, p - 1), from `secrets`."""
+        return secrets.randbelow(self.prime - 1)
+
+    def table(self):
+        """The FixedBaseTable of the generator mod p² (fixed_base_table: built once per backend
+        and process; about 9 MB at p of 1024 bits)."""
+        return fixed_base_table(self.generator, self.square, self.exponent_bits)
+
+    def __repr__(self):
+        return f"SafePrimeSubgroup(<{self.prime.bit_length()}-bit p>)"  # p is a secret
+
+
 def min_prime_distance(n_bits):
     """|p - q| must reach 2^(n_bits/2 - 100) (FIPS 186's distance): Fermat's method, which
     factors n quickly when p and q are close, then needs about 2^200 steps or more."""
@@ -191,6 +295,33 @@ def hash_to_unit(n, label):
         x = int.from_bytes(stream[:wanted], "big") % n
         if x > 1 and math.gcd(x, n) == 1:
             return x
+
+
+def units_problem(values, n):
+    """Where the integer array `values` first holds no unit mod n² coprime to n, as a phrase
+    (" at index (i, j) lies outside [1, n²)"...); None when every entry is an integer in
+    [1, n²) with gcd(entry, n) = 1.  paillier.check_ciphertexts words the error."""
+    nsquare = n * n
+    for flat_index, c in enumerate(values.ravel().tolist()):
+        if isinstance(c, bool) or not isinstance(c, numbers.Integral):
+            problem = f"is a {type(c).__name__}, not an integer"
+        elif not 0 < c < nsquare:
+            problem = "lies outside [1, n²)"
+        elif math.gcd(c, n) != 1:
+            problem = "is not coprime to n"
+        else:
+            continue
+        index = tuple(int(i) for i in _unravel(flat_index, values.shape))
+        return f"{' at index ' + str(index) if values.shape else ''} {problem}"
+    return None
+
+
+def _unravel(flat_index, shape):
+    index = []
+    for size in reversed(shape):
+        flat_index, position = divmod(flat_index, size)
+        index.append(position)
+    return reversed(index)
 
 
 def as_int(value, what):
@@ -263,7 +394,8 @@ class FixedBaseTable:
 
 
 _TABLES = {}  # (backend, base, modulus, exponent_bits) -> FixedBaseTable, most recent last
-_KEPT_TABLES = 3  # each is megabytes at 2048 bits
+_KEPT_TABLES = 4  # each is megabytes at 2048 bits; the label party's h_s and the key owner's
+# g_p and g_q tables may live in one process (or one worker) together, with room for one more
 _TABLES_LOCK = threading.Lock()  # the parties may run in two threads of one process
 
 

@@ -1,6 +1,9 @@
 """How integers and integer arrays travel as text and bytes (no cryptography here).
 
     int_to_text / int_from_text     one integer as "0x<hex>" (no length limit; decimal read too)
+    signed_to_residue / residue_to_signed
+                                    a signed integer as a residue mod n and back, with the
+                                    overflow band between (paillier.PublicKey's encoding)
     array_to_bytes / array_from_bytes
                                     4-byte header length, JSON header, then fixed-width
                                     big-endian integers in C order
@@ -16,7 +19,8 @@ import json
 import math
 
 __all__ = ["int_to_text", "int_from_text", "to_decimal", "from_decimal", "array_to_bytes",
-           "array_from_bytes", "array_to_json", "array_from_json"]
+           "array_from_bytes", "array_to_json", "array_from_json", "signed_to_residue",
+           "residue_to_signed"]
 
 _HEX_DIGITS = frozenset("0123456789abcdef")
 
@@ -150,3 +154,34 @@ def array_from_json(text, form, fingerprint):
         raise ValueError(
             f"encrypted JSON must list {math.prod(shape)} ciphertexts for shape {shape}")
     return shape, scale, [int_from_text(string, "ciphertext") for string in strings]
+
+
+def _size(value):
+    return str(value) if abs(value) < 10**30 else f"a {abs(value).bit_length()}-bit number"
+
+
+def signed_to_residue(v, n, max_int):
+    """Signed integer v -> residue v mod n; OverflowError if |v| > max_int (paillier uses
+    max_int = (n - 1) // 3, so that the middle band of Z_n holds no valid encoding)."""
+    if abs(v) > max_int:
+        raise OverflowError(
+            f"|value| = {_size(abs(v))} exceeds max_int = (n - 1) // 3 "
+            f"({max_int.bit_length()} bits), the largest encodable magnitude"
+        )
+    return v % n
+
+
+def residue_to_signed(x, n, max_int):
+    """Residue x in [0, n) -> signed integer: x <= max_int gives x; x >= n - max_int gives
+    x - n; the middle band max_int < x < n - max_int can only come from overflow and raises
+    OverflowError (ValueError for x outside [0, n))."""
+    if not 0 <= x < n:
+        raise ValueError(f"residue must lie in [0, n), got {_size(x)}")
+    if x <= max_int:
+        return x
+    if x >= n - max_int:
+        return x - n
+    raise OverflowError(
+        "decrypted residue lies in the overflow band (max_int, n - max_int): the plaintext "
+        f"exceeded max_int = (n - 1) // 3 ({max_int.bit_length()} bits) in magnitude"
+    )

@@ -18,7 +18,8 @@ same decryptions otherwise).
     worker_count       how many pieces to cut work into (SizedExecutor, dask_executor)
 
 DJN randomizers come from backend.FixedBaseTable (twin: powmod), one table per key and
-process; the key owner may use two half-size tables, mod p² and mod q² (encrypt_array).
+process; the key owner's textbook randomness, for safe primes, from two half-size tables of
+g_p mod p² and g_q mod q² (backend.SafePrimeSubgroup), or DJN's h_s mod p² and q² if asked.
 """
 
 import collections
@@ -179,7 +180,8 @@ class Slots:
 # machines: a ProcessPoolExecutor, or a dask.distributed client's get_executor().  All
 # randomness is drawn by the caller, in this process, so a kernel is a deterministic function
 # of its arguments and results are identical however the work is spread.  Caveat: the key
-# owner's kernels receive p and q; give them only executors on machines the key owner trusts.
+# owner's kernels receive p and q (and g_p, g_q, from which each worker builds its own tables);
+# give them only executors on machines the key owner trusts.
 
 
 def worker_count(executor, workers=None):
@@ -403,14 +405,30 @@ def _kernel_crt_djn_encrypt(constants, djn_base, exponent_bits, residues, alphas
     k = _crt_namespace(constants)
     table_p = fixed_base_table(djn_base % k.psquare, k.psquare, exponent_bits)
     table_q = fixed_base_table(djn_base % k.qsquare, k.qsquare, exponent_bits)
-    out = []
-    for m, alpha in zip(residues, alphas):
-        g_to_m = 1 + mpz(m) * k.n
-        c_p = g_to_m * table_p.power(alpha) % k.psquare
-        c_q = g_to_m * table_q.power(alpha) % k.qsquare
-        out.append(int(c_q + k.qsquare * ((c_p - c_q) * k.qsquare_inverse_mod_psquare
-                                          % k.psquare)))
-    return out
+    return [int(PrivateKey._crt_encrypt_powers(mpz(m), table_p.power(alpha),
+                                               table_q.power(alpha), k))
+            for m, alpha in zip(residues, alphas)]
+
+
+def _subgroup_generators(private_key):
+    """What a worker needs to build the key owner's two fixed-base tables itself, as ints:
+    (g_p, p², exponent bits, g_q, q², exponent bits).  Never the tables (megabytes each)."""
+    return tuple(int(value) for subgroup in private_key.subgroups
+                 for value in (subgroup.generator, subgroup.square, subgroup.exponent_bits))
+
+
+def _kernel_crt_fixed_base_encrypt(constants, generators, residues, exponents_p, exponents_q):
+    """The key owner's encryption for safe primes: (1 + m·n)·g_p^a_p mod p² and mod q² from the
+    process' FixedBaseTables of g_p and g_q (built on its first call, kept per modulus by
+    backend.fixed_base_table), recombined by CRT.  Twin: PrivateKey.encrypt; the textbook
+    ciphertext of r with r^q ≡ u_p^a_p (mod p), r^p ≡ u_q^a_q (mod q)."""
+    k = _crt_namespace(constants)
+    g_p, psquare, bits_p, g_q, qsquare, bits_q = generators
+    table_p = fixed_base_table(g_p, psquare, bits_p)
+    table_q = fixed_base_table(g_q, qsquare, bits_q)
+    return [int(PrivateKey._crt_encrypt_powers(mpz(m), table_p.power(a_p), table_q.power(a_q),
+                                               k))
+            for m, a_p, a_q in zip(residues, exponents_p, exponents_q)]
 
 
 def _kernel_crt_decrypt(constants, ciphertexts):
@@ -455,10 +473,17 @@ def randomizers(key, count, *, randomness=None, executor=None, workers=None):
     The secrets (r or α) are drawn here from `secrets`; the exponentiations (DJN: look-ups in
     a FixedBaseTable, one per process) run here or on `executor`.  The same values either way
     for the same secrets.  A PrivateKey with textbook randomness computes r^n mod p² and mod q²
-    from uniform CRT parts (as PrivateKey.encrypt does: the exact textbook distribution, about
-    3x cheaper than r^n mod n²); its kernels then receive p and q.
+    as PrivateKey.encrypt does, the exact textbook distribution: for safe primes g_p^a_p and
+    g_q^a_q from fixed-base tables (encrypt_array's kernel with m = 0), else from uniform CRT
+    parts (about 3x cheaper than r^n mod n²); its kernels then receive p and q (and g_p, g_q).
     """
     kind = paillier.randomness_kind(randomness)
+    if isinstance(key, PrivateKey) and kind == "textbook" and key.subgroups:
+        exponents = [key.random_subgroup_exponents() for _ in range(count)]
+        return [mpz(rho) for rho in _spread_flat(
+            executor, workers, _kernel_crt_fixed_base_encrypt,
+            (_crt_constants(key), _subgroup_generators(key)),
+            [[0] * count, [a_p for a_p, _ in exponents], [a_q for _, a_q in exponents]])]
     if isinstance(key, PrivateKey) and kind == "textbook":
         parts = [key.random_crt_parts() for _ in range(count)]
         return [mpz(rho) for rho in _spread_flat(
@@ -652,9 +677,11 @@ def encrypt_array(key, fixed, *, executor=None, workers=None, randomness=None, p
     """Encrypt a Fixed array with fresh randomness for every element, optionally on workers.
 
     PrivateKey: the key owner's CRT path.  By default (randomness None or "textbook") uniform
-    r drawn as its CRT parts, no extra assumption, twin PrivateKey.encrypt; randomness="djn"
-    uses h_s^α mod p² and mod q² from two half-size tables (about 10x cheaper at 2048 bits;
-    the same ciphertext as PublicKey DJN for the same α, its twin).
+    r, no extra assumption, twin PrivateKey.encrypt: for safe primes as subgroup exponents
+    through fixed-base tables mod p² and q² (each worker builds its own once), else as CRT
+    parts.  randomness="djn" uses h_s^α mod p² and mod q² from two half-size tables (about
+    10x cheaper than r^n at 2048 bits; the same ciphertext as PublicKey DJN for the same α,
+    its twin), and adds DJN's assumption.
     With a `pool` (RandomizerPool(key): a PrivateKey takes only its own): (1 + m·n)·ρ mod n², ρ
     taken from the pool (a private key's pool holds CRT-computed textbook r^n by default).
     PublicKey: (1 + m·n)·ρ mod n² with ρ from randomizers(randomness) or from `pool`; twin
@@ -676,7 +703,13 @@ def encrypt_array(key, fixed, *, executor=None, workers=None, randomness=None, p
     elif isinstance(key, PrivateKey):
         public_key = key.public_key
         residues = public_key._encode_array(fixed.values).ravel().tolist()
-        if randomness is None or paillier.randomness_kind(randomness) == "textbook":
+        textbook = randomness is None or paillier.randomness_kind(randomness) == "textbook"
+        if textbook and key.subgroups:  # safe primes: fixed-base, the same distribution
+            exponents = [key.random_subgroup_exponents() for _ in residues]
+            columns = [residues, [a_p for a_p, _ in exponents], [a_q for _, a_q in exponents]]
+            kernel = _kernel_crt_fixed_base_encrypt
+            shared = (_crt_constants(key), _subgroup_generators(key))
+        elif textbook:
             parts = [key.random_crt_parts() for _ in residues]
             columns = [residues, [s_p for s_p, _ in parts], [s_q for _, s_q in parts]]
             kernel, shared = _kernel_crt_encrypt, (_crt_constants(key),)

@@ -2,7 +2,7 @@
 
 The cryptosystem (Paillier, EUROCRYPT 1999), with the usual choice g = n + 1:
 
-    keys        n = p·q for random primes p != q of equal size, λ = lcm(p-1, q-1)
+    keys        n = p·q for random (safe) primes p != q of equal size, λ = lcm(p-1, q-1)
     encrypt     c = g^m · r^n  mod n²  =  (1 + m·n) · r^n  mod n²     (r uniform in Z*_n)
     decrypt     m = L(c^λ mod n², n) · μ  mod n,   L(u, n) = (u - 1) / n,
                 μ = L(g^λ mod n², n)^-1 mod n
@@ -28,8 +28,16 @@ This ADDS an assumption: that h_s^α with a short α is indistinguishable from a
 residue (the short-exponent / subgroup-indistinguishability assumption DJN state; HEU, Intel
 IPCL and ABY rely on it too).  It buys a half-length exponent of a fixed base, which
 backend.FixedBaseTable turns into ~n_bits/14 multiplications: >10x cheaper than r^n.
-Decryption is unchanged.  The key owner's CRT encryption keeps uniform r by default (no new
-assumption; kernels.encrypt_array(private_key, ..., randomness="djn") opts in).
+Decryption is unchanged.
+
+The key owner's own encryption ([[X]], which the label party holds) keeps uniform r, the
+textbook distribution, with NO new assumption, at fixed-base speed when p and q are safe primes
+(generate_keypair's default).  Mod p², r^n depends only on s_p = r^q mod p, uniform in Z*_p; a
+primitive root u_p is known (p - 1 = 2p', factored), so s_p = u_p^a, a uniform in [0, p - 1),
+and s_p^p = g_p^a mod p², one fixed g_p = u_p^p (backend.SafePrimeSubgroup; likewise q): the
+same ciphertexts at a FixedBaseTable's cost; a safe-prime key takes seconds to make.  Other
+keys (old checkpoints, phe's, a user's p, q) keep per-element CRT; kernels.encrypt_array(
+private_key, ..., randomness="djn") still opts in to DJN, with its assumption.
 
 Ciphertexts are plain integers, compatible with python-paillier (`phe`) given the same p and q.
 Arithmetic runs on gmpy2 or pure Python ints (module backend; `use_backend("python")`).
@@ -50,8 +58,9 @@ import numpy as np
 
 import encoding
 from backend import (
-    as_int, current_backend, describe_int, fixed_base_table, hash_to_unit, invert,
-    is_probable_prime, mpz, powmod, prime_pair_problem, random_prime, use_backend,
+    SafePrimeSubgroup, as_int, current_backend, describe_int, fixed_base_table, hash_to_unit,
+    invert, is_probable_prime, is_safe_prime, mpz, powmod, prime_pair_problem, random_prime,
+    random_safe_prime, units_problem, use_backend,
 )
 from fixed import Fixed, as_object_array, check_scale, elementwise, map_values, object_array
 from encoding import int_from_text, int_to_text
@@ -117,13 +126,16 @@ def L(u, n):
     return (u - 1) // n
 
 
-def generate_keypair(n_length=2048, *, allow_insecure=False):
+def generate_keypair(n_length=2048, *, allow_insecure=False, safe_primes=True):
     """Generate (PublicKey, PrivateKey) with a modulus n of exactly `n_length` bits.
 
     p and q are random primes of n_length/2 bits each with their top two bits set, so
     p·q >= (1.5·2^(n_length/2 - 1))² > 2^(n_length - 1): n has exactly n_length bits.  A pair
     is redrawn until PrivateKey would accept it (prime_pair_problem: distinct, gcd(n, φ(n)) = 1,
     |p - q| >= 2^(n_length/2 - 100)).
+
+    safe_primes=True (default): uniform safe primes (backend.random_safe_prime; seconds at 2048
+    bits, bench.py measures it) for fixed-base encryption (module docstring).  False: any primes.
 
     Policy (check_key_size): n_length < 1024 raises ValueError unless allow_insecure=True (for
     tests); n_length < 128 always raises; so does an odd n_length; < 2048 emits
@@ -145,7 +157,8 @@ def generate_keypair(n_length=2048, *, allow_insecure=False):
         )
     half = n_length // 2
     while True:
-        p, q = random_prime(half), random_prime(half)
+        draw = random_safe_prime if safe_primes else random_prime
+        p, q = draw(half), draw(half)
         if prime_pair_problem(p, q) is None:
             break
     assert (p * q).bit_length() == n_length
@@ -318,35 +331,15 @@ class PublicKey:
         """Raise ValueError unless c is an integer in [1, n²) with gcd(c, n) = 1."""
         check_ciphertexts(as_object_array(as_int(c, "ciphertext")), self)
 
-    # -- signed integers as residues --------------------------------------------------------------
-
+    # -- signed integers as residues (encoding.signed_to_residue) ------------------------------
     def encode_residue(self, v):
         """Signed integer v -> residue v mod n; OverflowError if |v| > max_int = (n - 1) // 3."""
-        v = as_int(v, "value")
-        if abs(v) > self.max_int:
-            raise OverflowError(
-                f"|value| = {describe_int(abs(v))} exceeds max_int = (n - 1) // 3 "
-                f"({self.max_int.bit_length()} bits), the largest encodable magnitude"
-            )
-        return v % self.n
+        return encoding.signed_to_residue(as_int(v, "value"), self.n, self.max_int)
 
     def decode_residue(self, x):
-        """Residue x in [0, n) -> signed integer.
-
-        x <= max_int gives x; x >= n - max_int gives x - n; anything in between (the middle
-        band max_int < x < n - max_int) can only come from overflow and raises OverflowError.
-        """
-        x = as_int(x, "residue")
-        if not 0 <= x < self.n:
-            raise ValueError(f"residue must lie in [0, n), got {describe_int(x)}")
-        if x <= self.max_int:
-            return x
-        if x >= self.n - self.max_int:
-            return x - self.n
-        raise OverflowError(
-            "decrypted residue lies in the overflow band (max_int, n - max_int): the plaintext "
-            f"exceeded max_int = (n - 1) // 3 ({self.max_int.bit_length()} bits) in magnitude"
-        )
+        """Residue x in [0, n) -> signed integer: x <= max_int gives x, x >= n - max_int gives
+        x - n; the middle band between can only come from overflow: OverflowError."""
+        return encoding.residue_to_signed(as_int(x, "residue"), self.n, self.max_int)
 
     def _encode_array(self, values):
         """encode_residue over an object array, naming the index of an overflowing element."""
@@ -423,7 +416,7 @@ class PrivateKey:
             raise ValueError(problem)
         check_key_size(public_key.n.bit_length(), allow_insecure=allow_insecure)
         self.public_key, self.p, self.q = public_key, p, q
-        self._typed = {}
+        self._typed, self._subgroups = {}, None  # per-backend constants; (H_p, H_q) or ()
 
     def _constants(self):
         """Per-backend CRT constants (cached): p², q², h_p, h_q, q^-1 mod p, (q²)^-1 mod p²..."""
@@ -470,14 +463,42 @@ class PrivateKey:
         gcd(p, q-1) = 1, which gcd(n, φ(n)) = 1 guarantees), so drawing s_p and s_q uniformly
         is drawing r uniformly: the key owner may skip the r^q step altogether.
         """
-        g_to_m = 1 + m * k.n
-        c_p = g_to_m * k.powmod(s_p, k.p, k.psquare) % k.psquare
-        c_q = g_to_m * k.powmod(s_q, k.q, k.qsquare) % k.qsquare
+        return PrivateKey._crt_encrypt_powers(m, k.powmod(s_p, k.p, k.psquare),
+                                              k.powmod(s_q, k.q, k.qsquare), k)
+
+    @staticmethod
+    def _crt_encrypt_powers(m, rho_p, rho_q, k):
+        """(1 + m·n)·ρ mod n² from ρ_p = r^n mod p² and ρ_q = r^n mod q² (Garner's CRT)."""
+        c_p, c_q = (1 + m * k.n) * rho_p % k.psquare, (1 + m * k.n) * rho_q % k.qsquare
         return c_q + k.qsquare * ((c_p - c_q) * k.qsquare_inverse_mod_psquare % k.psquare)
 
     def random_crt_parts(self):
         """Fresh encryption randomness as its CRT parts (s_p, s_q), uniform in Z*_p × Z*_q."""
         return 1 + secrets.randbelow(self.p - 1), 1 + secrets.randbelow(self.q - 1)
+
+    @property
+    def subgroups(self):
+        """(H_p, H_q), backend.SafePrimeSubgroup (u_p, g_p = u_p^p mod p², table) of p and q if
+        both are safe primes, else None; decided on first use ((p-1)/2 prime?) and kept."""
+        if self._subgroups is None:
+            safe = is_safe_prime(self.p) and is_safe_prime(self.q)
+            self._subgroups = (SafePrimeSubgroup(self.p), SafePrimeSubgroup(self.q)) if safe else ()
+        return self._subgroups or None
+
+    def random_subgroup_exponents(self):
+        """(a_p, a_q) uniform in [0, p-1) × [0, q-1): s_p = u_p^a_p mod p is then uniform in
+        Z*_p, as random_crt_parts draws it, and s_p^p mod p² = g_p^a_p (SafePrimeSubgroup)."""
+        return tuple(subgroup.random_exponent() for subgroup in self.subgroups)
+
+    def _fresh_encryptor(self):
+        """m -> (1 + m·n)·r^n mod n², r fresh and uniform: for safe primes ρ_p = g_p^a_p from
+        a fixed-base table (look-ups, no squarings), else from CRT parts.  One distribution."""
+        k = self._constants()
+        if not self.subgroups:
+            return lambda m: self._crt_encrypt_parts(m, *self.random_crt_parts(), k)
+        tables = [subgroup.table() for subgroup in self.subgroups]
+        return lambda m: self._crt_encrypt_powers(m, *[table.power(a) for table, a in zip(
+            tables, self.random_subgroup_exponents())], k)
 
     def raw_decrypt(self, c):
         """The residue m in [0, n) encrypted in c (CRT path); ValueError for a non-ciphertext."""
@@ -488,23 +509,21 @@ class PrivateKey:
         """(1 + m·n) · r^n mod n² computed mod p² and mod q², then recombined by CRT.
 
         Bit-for-bit the public textbook ciphertext for the same r, about 2.5x cheaper; without
-        r, the randomness is drawn directly as its CRT parts (about 3.5x cheaper).
+        r, fresh uniform randomness drawn as _fresh_encryptor does (fixed-base for safe primes).
         """
         public_key = self.public_key
         m = public_key._check_plaintext_residue(m)
         if r is None:
-            return self._crt_encrypt_parts(m, *self.random_crt_parts(), self._constants())
+            return self._fresh_encryptor()(m)
         return self._crt_encrypt(m, public_key._check_r(r), self._constants())
 
     def encrypt(self, fixed):
-        """Encrypt a Fixed array with the key owner's CRT fast path (fresh randomness each)."""
+        """Encrypt a Fixed array with the key owner's CRT fast path (fresh uniform r each)."""
         if not isinstance(fixed, Fixed):
             raise TypeError(f"encrypt expects a Fixed array, got {type(fixed).__name__}")
         public_key = self.public_key
-        residues = public_key._encode_array(fixed.values)
-        constants = self._constants()
-        ciphertexts = [self._crt_encrypt_parts(m, *self.random_crt_parts(), constants)
-                       for m in residues.ravel().tolist()]
+        encrypt = self._fresh_encryptor()
+        ciphertexts = [encrypt(m) for m in public_key._encode_array(fixed.values).ravel().tolist()]
         OP_COUNTS["encrypt"] += len(ciphertexts)
         return EncryptedArray(public_key, object_array(ciphertexts, fixed.shape), fixed.scale)
 
@@ -775,18 +794,7 @@ def check_ciphertexts(ciphertexts, public_key, where=None):
     """
     if isinstance(ciphertexts, EncryptedArray):
         ciphertexts = ciphertexts.ciphertexts
-    values = np.asarray(ciphertexts, dtype=object)
-    n, nsquare = public_key.n, public_key.nsquare
-    for flat_index, c in enumerate(values.ravel().tolist()):
-        if isinstance(c, bool) or not isinstance(c, numbers.Integral):
-            problem = f"is a {type(c).__name__}, not an integer"
-        elif not 0 < c < nsquare:
-            problem = "lies outside [1, n²)"
-        elif math.gcd(c, n) != 1:
-            problem = "is not coprime to n"
-        else:
-            continue
-        index = tuple(map(int, np.unravel_index(flat_index, values.shape)))
-        at = f" at index {index}" if values.shape else ""
+    problem = units_problem(np.asarray(ciphertexts, dtype=object), public_key.n)
+    if problem is not None:
         prefix = f"{where}: " if where else ""
-        raise ValueError(f"{prefix}ciphertext{at} {problem}, so it is no Paillier ciphertext")
+        raise ValueError(f"{prefix}ciphertext{problem}, so it is no Paillier ciphertext")

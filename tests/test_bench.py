@@ -119,7 +119,26 @@ def test_quick_bench_reports_the_arithmetic_floor_and_online_offline_split(quick
     profile = quick_report["profile"]
     assert 0 < profile["kernel_fraction"] <= 1
     assert {"multiexp", "crt_decrypt"} <= set(profile["kernel_seconds"]) <= {
-        "multiexp", "crt_encrypt", "randomizers", "crt_randomizers", "crt_decrypt"}
+        "multiexp", "crt_encrypt", "crt_fixed_base_encrypt", "randomizers", "crt_randomizers",
+        "crt_decrypt"}
+    assert "crt_fixed_base_encrypt" in profile["kernel_seconds"]  # safe primes: the new path
+
+
+def test_quick_bench_compares_fixed_base_with_per_element_crt_and_both_key_generations(
+        quick_report):
+    """Every key size reports the key owner's fixed-base and per-element CRT encryption with
+    their ratio (recorded, no target), and key generation with safe and with random primes,
+    each draw's time."""
+    for rows in quick_report["primitives"].values():
+        encrypt, keygen = rows["encrypt"], rows["keygen"]
+        assert encrypt["acml"] > 0 and encrypt["acml_crt_per_element"] > 0
+        assert encrypt["fixed_base_vs_crt"] == pytest.approx(
+            encrypt["acml_crt_per_element"] / encrypt["acml"])
+        assert len(keygen["acml_draws"]) == len(keygen["acml_random_primes_draws"]) >= 1
+        assert keygen["acml"] == pytest.approx(sum(keygen["acml_draws"])
+                                               / len(keygen["acml_draws"]))
+    ratio = quick_report["ratios"]["key_owner_fixed_base_vs_crt"]
+    assert ratio["reached"] > 0 and "target" not in ratio
 
 
 def test_quick_bench_json_compares_djn_and_textbook_randomizers(quick_report):

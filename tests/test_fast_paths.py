@@ -171,6 +171,7 @@ def test_two_workers_compute_the_same_integers_as_this_process(keypair, two_work
     values = Fixed.from_ints(rng.integers(-10 ** 6, 10 ** 6, size=(5, 3)).astype(object), 2)
     weights = Fixed.from_ints(rng.integers(-2 ** 50, 2 ** 50, size=(3, 4)).astype(object), 0)
     draws = {"parts": [private_key.random_crt_parts() for _ in range(15)],
+             "exponents": [private_key.random_subgroup_exponents() for _ in range(15)],
              "r": [public_key.random_r() for _ in range(15)],
              "alpha": [public_key.random_djn_exponent() for _ in range(15)]}
 
@@ -181,6 +182,7 @@ def test_two_workers_compute_the_same_integers_as_this_process(keypair, two_work
     results = []
     for executor in (None, two_workers):
         monkeypatch.setattr(private_key, "random_crt_parts", replay("parts"))
+        monkeypatch.setattr(private_key, "random_subgroup_exponents", replay("exponents"))
         monkeypatch.setattr(public_key, "random_r", replay("r"))
         monkeypatch.setattr(public_key, "random_djn_exponent", replay("alpha"))
         owner = kernels.encrypt_array(private_key, values, executor=executor)

@@ -285,9 +285,9 @@ def test_negative_constants_cost_one_inverse_never_an_n_sized_exponent(small_key
     assert exponents == [3]
     assert public_key.decode_residue(private_key.raw_decrypt(product)) == -15
 
-    exponents.clear()
     weights = Fixed.from_ints([[-2, 3], [-1, -4]], 0)
-    matrix = private_key.encrypt(Fixed.from_ints([[1, 2]], 0))
+    matrix = private_key.encrypt(Fixed.from_ints([[1, 2]], 0))  # (its first use finds u_p)
+    exponents.clear()
     assert private_key.decrypt(matrix @ weights).equals(Fixed.from_ints([[-4, -5]], 0))
     assert max(exponents) <= 4
 

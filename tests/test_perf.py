@@ -97,16 +97,19 @@ def test_step_seconds_report_the_pool_as_offline_work_apart_from_setup(keypair):
 
 
 def test_key_owner_pool_gives_the_crt_ciphertexts_for_the_same_randomness(keypair, monkeypatch):
-    """A private key's pool holds textbook r^n computed by CRT: encrypting from it gives bit for
-    bit PrivateKey.encrypt's ciphertexts for the same CRT parts (the same distribution, no DJN
-    assumption); a public key's pool is refused by the key owner."""
+    """A private key's pool holds textbook r^n computed by CRT (fixed-base for safe primes):
+    encrypting from it gives bit for bit PrivateKey.encrypt's ciphertexts for the same drawn
+    randomness (the same distribution, no DJN assumption); a public key's pool is refused by
+    the key owner."""
     public_key, private_key = keypair
+    assert private_key.subgroups, "the default key has safe primes: the fixed-base path"
     plain = Fixed.from_ints(np.arange(-6, 6, dtype=object).reshape(3, 4), 0)
-    parts = [private_key.random_crt_parts() for _ in range(plain.values.size)]
+    exponents = [private_key.random_subgroup_exponents() for _ in range(plain.values.size)]
 
     def replay():
-        draws = iter(parts)
-        monkeypatch.setattr(type(private_key), "random_crt_parts", lambda self: next(draws))
+        draws = iter(exponents)
+        monkeypatch.setattr(type(private_key), "random_subgroup_exponents",
+                            lambda self: next(draws))
 
     replay()
     expected = private_key.encrypt(plain)

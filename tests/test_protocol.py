@@ -99,9 +99,12 @@ def binary_run(keypair):
     return train_set, test_set, cfg, result, transcript_lines(transcript)
 
 
-def test_encrypted_first_layer_is_bit_identical_to_the_fixed_point_reference(binary_run):
+def test_encrypted_first_layer_is_bit_identical_to_the_fixed_point_reference(binary_run,
+                                                                             keypair):
     """Exactness: W_B + ε_acc equals the unencrypted fixed-point run integer for integer, and
-    the layers above are bit-identical floats — encryption and masks change nothing."""
+    the layers above are bit-identical floats — encryption and masks change nothing.  The key
+    has safe primes, so the data party's encryptions took the fixed-base path."""
+    assert keypair[1].subgroups is not None
     train_set, _, cfg, result, _ = binary_run
     *_, (weight, top) = fixed_point_reference(train_set, cfg)
     joint = result.label_party.weight_share + result.data_party.noise_acc
