@@ -16,21 +16,11 @@ from conftest import insecure_keypair
 
 import idlefill
 import kernels
-from test_parity import (KEY_BITS, N_ROWS, TEST_FRACTION, assert_same_weights, config,
-                         in_process)
-from test_transport import run_pair, two_party_data
+from test_parity import (KEY_BITS, TEST_FRACTION, assert_same_weights, config,  # noqa: F401
+                         in_process, keypair, parties)  # keypair, parties: the parity fixtures
+from test_transport import run_pair
 
 EPOCHS = 3
-
-
-@pytest.fixture(scope="module")
-def keypair():
-    return insecure_keypair(KEY_BITS)
-
-
-@pytest.fixture(scope="module")
-def parties():
-    return two_party_data("breast_cancer", n_rows=N_ROWS)
 
 
 def pair(keypair, parties, idle_fill, *, test_fraction=TEST_FRACTION):
