@@ -26,18 +26,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-import rundir
-import data
-import kernels
+from jobs import run_directory
+from jobs import data
+from speed import kernels
 import nn
 import protocol
 import channel as channel_module
 from channel import Channel, leakage_lines
-from flaws import SECURE, InsecureFlaws
+from attacks.flaws import SECURE, InsecureFlaws
 from fixed import Fixed
 from parties import BottomModel, DataParty, LabelParty, Prediction, make_bottom
 from plan import FixedPointPlan, check_features, check_sigma
-from model import MODEL_FORMAT, REVEAL_FLAG, PlainModel, export_model, load_model
+from jobs.export import MODEL_FORMAT, REVEAL_FLAG, PlainModel, export_model, load_model
 
 __all__ = ["Config", "Result", "load_split", "prepare", "train", "predict", "export_model",
            "load_model", "PlainModel", "joint_first_layer",
@@ -199,7 +199,7 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
                              "pass no keypair")
         # The latest epoch BOTH parties saved: after a crash between the two writes, the data
         # party's newest file is passed over and that epoch trained again, bit for bit.
-        pair = rundir.find_pair(checkpoint_dir, allow_insecure=config.allow_insecure,
+        pair = run_directory.find_pair(checkpoint_dir, allow_insecure=config.allow_insecure,
                                     resuming=True)
         data_state, label_state = pair.data, pair.label
         asked_bottom = make_bottom(config.bottom, train_set.X.shape[1], 0)
@@ -211,7 +211,7 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
                                           packing=config.packing)
     else:
         if checkpoint_dir is not None:
-            rundir.refuse_to_overwrite(checkpoint_dir)
+            run_directory.refuse_to_overwrite(checkpoint_dir)
         data_party = DataParty(train_set.X, plan=config.plan, key_bits=config.key_bits,
                                allow_insecure=config.allow_insecure, keypair=keypair,
                                init_seed=config.init_seed, bottom=config.bottom,
@@ -246,7 +246,7 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
     first_epoch = public.training.epochs_completed
     n_batches = -(-len(train_set.y) // config.batch_size)
     bar = progress_bar((config.epochs - first_epoch) * n_batches, label_party) if progress else None
-    save = None if checkpoint_dir is None else rundir.saver(
+    save = None if checkpoint_dir is None else run_directory.saver(
         checkpoint_dir, data_party=data_party, label_party=label_party,
         feature_names=train_set.feature_names, feature_mean=feature_mean,
         feature_std=feature_std, class_names=train_set.class_names)
@@ -529,7 +529,7 @@ def measure_costs(private_key, plan: FixedPointPlan, n_hidden: int, share_bits: 
     product as wide as the run's (``n_inputs`` terms in step 1, ``batch_size`` in step 4: the
     terms of one output share their squarings). Operation counters are left as they were."""
     import random
-    import kernels
+    from speed import kernels
     from paillier import OP_COUNTS
     saved = dict(OP_COUNTS)
     draw = random.Random(0)  # public test values: only their sizes matter here
@@ -712,7 +712,7 @@ def predict(checkpoint_dir, X, *, feature_names=None, ids=None, source: str = "f
     share is combined with the other's. With ``feature_names``, the columns of X are matched to
     the training features by name (any order, none missing, none extra).
     """
-    data_state, label_state = rundir.load_pair(checkpoint_dir, allow_insecure=allow_insecure)
+    data_state, label_state = run_directory.load_pair(checkpoint_dir, allow_insecure=allow_insecure)
     X = data_state.rows_to_predict(X, feature_names=feature_names, ids=ids, source=source)
     data_party = data_state.restore(X, same_features=False, executor=executor)
     data_party.set_rows_to_predict(X)
@@ -726,14 +726,14 @@ def __getattr__(name):
     """``acml.VerticalMLPClassifier`` (estimator.py), imported on first use: the library and
     the CLI do not import scikit-learn until the estimator is asked for."""
     if name == "VerticalMLPClassifier":
-        from estimator import VerticalMLPClassifier
+        from tools.estimator import VerticalMLPClassifier
         return VerticalMLPClassifier
     raise AttributeError(f"module 'acml' has no attribute {name!r}")
 
 
 def main(argv=None) -> int:
     """The command line (cli.py): ``python acml.py train``, ``party``, ``audit``, ``bench``…"""
-    import cli  # the CLI imports the benchmark and the audit; the library imports neither
+    from tools import cli  # the CLI imports the benchmark and the audit; the library imports neither
     return cli.main(argv)
 
 

@@ -57,7 +57,7 @@ from types import SimpleNamespace
 import numpy as np
 
 import encoding
-from backend import (
+from speed.backend import (
     SafePrimeSubgroup, as_int, current_backend, describe_int, fixed_base_table, hash_to_unit,
     invert, is_probable_prime, is_safe_prime, mpz, powmod, prime_pair_problem, random_prime,
     random_safe_prime, units_problem, use_backend,

@@ -18,10 +18,10 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 import nn
-import kernels
+from speed import kernels
 import paillier
 from channel import MaskSource, RowBlocks
-from flaws import SECURE, ExponentTaggedArray, InsecureFlaws, encrypt_without_randomness, \
+from attacks.flaws import SECURE, ExponentTaggedArray, InsecureFlaws, encrypt_without_randomness, \
     phe_exponent, warn_insecure
 from fixed import Fixed, decode_signed, max_abs_bits, mod_n, object_array
 from paillier import EncryptedArray, PublicKey

@@ -21,8 +21,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import numpy as np
 
 import nn
-import kernels
-
+from speed import kernels
 from fixed import Fixed
 from paillier import PublicKey
 

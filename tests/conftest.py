@@ -60,7 +60,7 @@ def write_csv(path, header, rows):
 def small_split(n_rows=32, name="breast_cancer"):
     """A seeded subset of a built-in dataset, split 3:1 and standardised on the training part."""
     import acml
-    import data
+    from jobs import data
     import numpy as np
     dataset = data.load_builtin(name)
     keep = np.sort(np.random.default_rng(0).permutation(len(dataset.y))[:n_rows])

@@ -12,11 +12,11 @@ import pytest
 from conftest import insecure_keypair
 
 import acml
-import data
-import psi
-import transport
-import wire
-
+from jobs import data
+from network import psi
+from network import alignment
+from network import transport
+from network import wire
 TOKEN = b"0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0"
 TIMEOUT = 10.0
 
@@ -44,10 +44,10 @@ def align_pair(label_ids, data_ids, *, label_align="psi", data_align="psi"):
 
     def run(role, connection, make):
         try:
-            alignment = make()
-            channel = transport.SocketChannel(connection, role, alignment)
-            transport.align_ids(channel)
-            out[role] = alignment
+            id_list = make()
+            channel = transport.SocketChannel(connection, role, id_list)
+            alignment.align_ids(channel)
+            out[role] = id_list
         except Exception as error:  # handed to the test
             out[role] = error
         finally:
@@ -55,10 +55,10 @@ def align_pair(label_ids, data_ids, *, label_align="psi", data_align="psi"):
 
     threads = [threading.Thread(target=run, daemon=True, args=(
                    "data", data_connection,
-                   lambda: transport.Alignment(data_ids, align=data_align, n_inputs=3))),
+                   lambda: alignment.Alignment(data_ids, align=data_align, n_inputs=3))),
                threading.Thread(target=run, daemon=True, args=(
                    "label", label_connection,
-                   lambda: transport.Alignment(label_ids, align=label_align,
+                   lambda: alignment.Alignment(label_ids, align=label_align,
                                                test_fraction=0.25, seed=1)))]
     for thread in threads:
         thread.start()
@@ -117,16 +117,16 @@ def test_the_data_party_refuses_another_alignment_than_its_own():
                                 "'psi': both must choose the same (--align)")
     assert isinstance(out["label"], wire.TransportError)  # it sent no id: the plan comes first
     with pytest.raises(ValueError, match="align must be one of psi, public-ids"):
-        transport.Alignment(["a"], align="clear")
+        alignment.Alignment(["a"], align="clear")
 
 
 def test_different_intersections_are_refused_by_their_fingerprints():
-    alignment = transport.Alignment(["a"])
-    alignment.side = psi.LabelSide(["a"])
-    alignment.side.fingerprint = "0" * 64
-    alignment.take_fingerprint("0" * 64)
+    id_list = alignment.Alignment(["a"])
+    id_list.side = psi.LabelSide(["a"])
+    id_list.side.fingerprint = "0" * 64
+    id_list.take_fingerprint("0" * 64)
     with pytest.raises(ValueError, match="intersections differ"):
-        alignment.take_fingerprint("1" * 64)
+        id_list.take_fingerprint("1" * 64)
 
 
 # ----------------------------------------------------------------------------------------------

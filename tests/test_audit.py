@@ -12,11 +12,11 @@ import pytest
 from conftest import insecure_keypair
 
 import acml
-import audit
+from attacks import audit
 import nn
 import protocol
 from channel import Channel, LeakageError, MaskSource
-from flaws import SECURE, InsecureFlaws, InsecureFlawWarning
+from attacks.flaws import SECURE, InsecureFlaws, InsecureFlawWarning
 from parties import BottomModel, DataParty, LabelParty
 from plan import wide_mask_bits
 
@@ -164,7 +164,7 @@ def test_cli_train_with_bottom_option(tmp_path):
 
 
 def _subset(name, n_rows):
-    import data
+    from jobs import data
     dataset = data.load_builtin(name)
     keep = np.sort(np.random.default_rng(0).permutation(len(dataset.y))[:n_rows])
     return data.Dataset(dataset.X[keep], dataset.y[keep], dataset.ids[keep],
@@ -347,7 +347,7 @@ def test_audit_cli_prints_the_table_and_writes_json(audits, monkeypatch, tmp_pat
     """`acml.py audit --json PATH`: one table row per flaw, the small-key note, and JSON with the
     flaws' rows (the promised keys) beside the protocol's own leaks (tests/test_own_leaks.py
     checks those rows); exit code 0 when every expectation holds."""
-    import own_leaks
+    from attacks import own_leaks
     rows = list(audits.values())
     monkeypatch.setattr(audit, "run_audit", lambda keypair=None, key_bits=0: rows)
     monkeypatch.setattr(own_leaks, "run_own_leaks", lambda keypair=None, key_bits=0, **_: [])

@@ -96,7 +96,7 @@ def test_quick_bench_reports_every_target_ratio_but_gives_no_verdict(quick_run):
 def test_full_bench_verdicts_follow_each_targets_direction():
     """The issue's targets, each with its direction: "min" targets are met at reached ≥ target,
     the floor's "max" at reached ≤ target (no benchmark runs here)."""
-    import bench
+    from tools import bench
     assert bench.TARGETS["epoch_vs_floor"][1:] == (1.5, "max")
     assert bench.TARGETS["epoch_vs_phe_per_sample_one_process"][1:] == (50.0, "min")
     assert bench.TARGETS["epoch_vs_phe_per_sample"][1:] == (100.0, "min")

@@ -7,7 +7,7 @@ import pytest
 from conftest import insecure_keypair, one_line_error
 
 import acml
-import checkpoint
+from jobs import checkpoint
 import nn
 from plan import TrainingPlan, FixedPointPlan
 from test_protocol import fixed_point_reference, small_split

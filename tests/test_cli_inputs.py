@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 
 import acml
-import align
-import cli
+from network import alignment
+from tools import cli
 import nn
 import paillier
 import parties
-import transport
-import wire
+from network import transport
+from network import wire
 from channel import DATA, LABEL, PUBLIC
 from conftest import insecure_keypair, one_line_error, write_csv
 from plan import FixedPointPlan, TrainingPlan
@@ -336,9 +336,9 @@ def socket_channels():
     """A SocketChannel pair over a real socket pair: the label side and the data side."""
     left, right = socket.socketpair()
     data_side = transport.SocketChannel(wire.Connection(left, timeout=10), DATA,
-                                        transport.Alignment(["1"], n_inputs=1))
+                                        alignment.Alignment(["1"], n_inputs=1))
     label_side = transport.SocketChannel(wire.Connection(right, timeout=10), LABEL,
-                                         transport.Alignment(["1"], test_fraction=0.2, seed=0))
+                                         alignment.Alignment(["1"], test_fraction=0.2, seed=0))
     return data_side, label_side
 
 
@@ -379,7 +379,7 @@ def test_the_shapes_message_is_validated_with_caps(message, needle):
     assert needle in str(caught.value) and len(str(caught.value)) < 400
 
 
-# The alignment's messages (transport.Alignment): the label party's plan (the way to align, the
+# The alignment's messages (alignment.Alignment): the label party's plan (the way to align, the
 # split), the data party's input width, and with --align public-ids each party's id list.
 @pytest.mark.parametrize("take,message,needle", [
     ("take_plan", [1], "needs exactly align, test_fraction and seed"),
@@ -394,29 +394,29 @@ def test_the_shapes_message_is_validated_with_caps(message, needle):
     ("take_width", [1], "needs exactly n_inputs")])
 def test_alignment_messages_are_validated_with_caps(take, message, needle):
     with pytest.raises((ValueError, wire.TransportError)) as caught:
-        getattr(transport.Alignment(["a"]), take)(message)
+        getattr(alignment.Alignment(["a"]), take)(message)
     assert needle in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_more_ids_than_the_cap_are_refused(monkeypatch):
     """In the clear (--align public-ids): the list itself is refused."""
-    monkeypatch.setattr(align, "MAX_IDS", 3)
+    monkeypatch.setattr(alignment, "MAX_IDS", 3)
     with pytest.raises(wire.TransportError, match="4 ids, more than the cap of 3"):
-        transport.Alignment(["a"], align="public-ids").take_public_ids(["a", "b", "c", "d"])
+        alignment.Alignment(["a"], align="public-ids").take_public_ids(["a", "b", "c", "d"])
 
 
 def test_more_blinded_ids_than_the_cap_are_refused_before_the_body_is_read(monkeypatch):
     """By PSI (the default): the data party refuses the label party's blinded ids from the
     frame's declared length, before reading them."""
-    monkeypatch.setattr(align, "MAX_IDS", 3)
+    monkeypatch.setattr(alignment, "MAX_IDS", 3)
     data_side, label_side = socket_channels()
-    label_side.local[LABEL] = transport.Alignment(["a", "b", "c", "d"], test_fraction=0.2,
+    label_side.local[LABEL] = alignment.Alignment(["a", "b", "c", "d"], test_fraction=0.2,
                                                   seed=0)
     failures = {}
 
     def label_runs():
         try:
-            transport.align_ids(label_side)
+            alignment.align_ids(label_side)
         except Exception as error:  # the data party hangs up after refusing
             failures["label"] = error
 
@@ -424,7 +424,7 @@ def test_more_blinded_ids_than_the_cap_are_refused_before_the_body_is_read(monke
     thread.start()
     try:
         with pytest.raises(wire.TransportError, match="4 ids, more than the cap of 3"):
-            transport.align_ids(data_side)
+            alignment.align_ids(data_side)
     finally:
         data_side.connection.close()
         thread.join(20)

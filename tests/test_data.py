@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import data
-from data import DataError
+from jobs import data
+from jobs.data import DataError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -77,7 +77,7 @@ def test_unknown_builtin_name_lists_the_valid_names():
 
 def test_dmba_datasets_load_without_importing_dmba_or_matplotlib():
     """dmba's __init__ imports matplotlib and prints; data.py must only locate its files."""
-    code = ("import sys, data; data.load_builtin('german_credit'); "
+    code = ("import sys; from jobs import data; data.load_builtin('german_credit'); "
             "assert 'dmba' not in sys.modules and 'matplotlib' not in sys.modules, sorted(sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

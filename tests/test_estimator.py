@@ -11,7 +11,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import acml
-import data
+from jobs import data
 import paillier
 from plan import FixedPointPlan
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import acml
-import data
+from jobs import data
 from plan import FixedPointPlan
 
 pytestmark = pytest.mark.filterwarnings("ignore::paillier.InsecureKeyWarning")

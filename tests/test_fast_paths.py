@@ -16,13 +16,13 @@ from hypothesis import strategies as st
 import acml
 from conftest import small_split
 import nn
-import kernels
+from speed import kernels
 import paillier
 import plan as plan_module
 import protocol
 from channel import Channel, uniform_mask
 from fixed import Fixed
-from kernels import Slots
+from speed.kernels import Slots
 from parties import DataParty, LabelParty
 from plan import (PACKING_HEADROOM_BITS, FixedPointPlan, PackingLayout, packing_layout,
                   wide_mask_bits)

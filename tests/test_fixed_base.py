@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from conftest import insecure_keypair
 
-import backend
-import kernels
+from speed import backend
+from speed import kernels
 import paillier
 from fixed import Fixed
 

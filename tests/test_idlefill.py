@@ -1,4 +1,4 @@
-"""Two processes fill their randomizer pools while they wait for each other (idlefill.py).
+"""Two processes fill their randomizer pools while they wait for each other (idle_fill.py).
 
 The properties: idle filling changes no result (two processes, with it and without, give the
 in-process weights bit for bit); the pool never holds more than the rest of the epoch and the
@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import pytest
 from conftest import insecure_keypair
 
-import idlefill
-import kernels
+from network import idle_fill
+from speed import kernels
 from test_parity import (KEY_BITS, TEST_FRACTION, assert_same_weights, config,  # noqa: F401
                          in_process, keypair, parties)  # keypair, parties: the parity fixtures
 from test_transport import run_pair
@@ -137,11 +137,11 @@ def test_a_waiting_party_checks_the_socket_before_every_slice():
     def ready():
         calls.append(len(party.randomizer_pool))
         return len(calls) > 3
-    filler = idlefill.IdleFill()
+    filler = idle_fill.IdleFill()
     filler.wait(party, ready, "1")
     assert filler.slices == 3 and len(calls) == 4
-    assert calls == [0, idlefill.SLICE, 2 * idlefill.SLICE, 3 * idlefill.SLICE]
-    assert len(party.randomizer_pool) == filler.randomizers == 3 * idlefill.SLICE
+    assert calls == [0, idle_fill.SLICE, 2 * idle_fill.SLICE, 3 * idle_fill.SLICE]
+    assert len(party.randomizer_pool) == filler.randomizers == 3 * idle_fill.SLICE
     assert set(filler.step_seconds) == {"1"}
 
 
@@ -149,22 +149,22 @@ def test_a_silent_peer_gets_no_more_than_the_cap_and_a_ready_one_no_slice():
     """Never ready: the party fills up to the rest of this epoch and the next (200 here) and
     stops; a frame already waiting in the socket: no slice at all; filling off: nothing."""
     party = _Party(need=100)
-    filler = idlefill.IdleFill()
+    filler = idle_fill.IdleFill()
     filler.wait(party, lambda: False, "1")
-    assert len(party.randomizer_pool) == 200 and filler.slices == -(-200 // idlefill.SLICE)
+    assert len(party.randomizer_pool) == 200 and filler.slices == -(-200 // idle_fill.SLICE)
     filler.wait(party, lambda: False, "1")
     assert len(party.randomizer_pool) == 200  # full: a second wait adds nothing
     here, there = socket.socketpair()
     try:
-        assert not idlefill.peer_ready(here)
+        assert not idle_fill.peer_ready(here)
         there.sendall(b"ACML")
-        assert idlefill.peer_ready(here)
-        fresh, waiting = _Party(need=100), idlefill.IdleFill()
-        waiting.wait(fresh, lambda: idlefill.peer_ready(here), "4")
+        assert idle_fill.peer_ready(here)
+        fresh, waiting = _Party(need=100), idle_fill.IdleFill()
+        waiting.wait(fresh, lambda: idle_fill.peer_ready(here), "4")
         assert waiting.slices == 0 and len(fresh.randomizer_pool) == 0
     finally:
         here.close()
         there.close()
-    off = idlefill.IdleFill(enabled=False)
+    off = idle_fill.IdleFill(enabled=False)
     off.wait(_Party(need=100), lambda: False, "1")
     assert off.slices == 0

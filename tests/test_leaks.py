@@ -5,7 +5,7 @@ defeats the Gram attack while the update stays exact."""
 import numpy as np
 import pytest
 
-import leaks
+from attacks import leaks
 import nn
 
 N_ROWS, HIDDEN, EPOCHS = 48, 8, 8  # n·h·(E−1) = 2688 ≥ n(n+1)/2 = 1176 equations

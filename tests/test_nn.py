@@ -6,7 +6,7 @@ import functools
 import numpy as np
 import pytest
 
-import data
+from jobs import data
 import nn
 
 GRADIENT_TOLERANCE = 1e-6

@@ -22,12 +22,11 @@ from conftest import insecure_keypair
 import acml
 import encoding
 import channel
-import checkpoint
-import rundir
-import data
-import transport
-import wire
-
+from jobs import checkpoint
+from jobs import run_directory
+from jobs import data
+from network import transport
+from network import wire
 KEY_BITS = 512
 TIMEOUT = 30.0
 TOKEN = b"a-shared-test-token-of-32-bytes!"
@@ -59,7 +58,7 @@ def train(wine, directory, epochs, **options):
 
 def joint(directory):
     """W = W_B + ε_acc and the label party's layers, from a directory's main files."""
-    data_state, label_state = rundir.load_pair(directory, allow_insecure=True)
+    data_state, label_state = run_directory.load_pair(directory, allow_insecure=True)
     return ((label_state.weight_share + data_state.noise_acc).values, label_state.parameters,
             label_state.velocity, label_state.epochs_completed)
 
@@ -126,7 +125,7 @@ def test_a_corrupted_newest_file_of_one_party_resumes_from_the_epoch_before(wine
     raw[len(raw) // 2] ^= 0xFF
     path.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match="corrupted"):  # prediction never takes an older model
-        rundir.load_pair(directory, allow_insecure=True)
+        run_directory.load_pair(directory, allow_insecure=True)
     result = train(wine, directory, 3, resume=True)
     assert result.metrics["resumed_after_epoch"] == 1
     assert_same_model(straight, directory)
@@ -296,7 +295,7 @@ def alive(pid: int) -> bool:
 def test_pool_workers_exit_when_their_parent_is_killed():
     script = textwrap.dedent("""
         import os, sys, time
-        import cli
+        from tools import cli
         with cli.workers(2) as executor:
             list(executor.map(abs, range(4)))
             print(" ".join(str(pid) for pid in executor._processes), flush=True)

@@ -7,9 +7,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-import audit
-import own_leaks
-import leaks
+from attacks import audit
+from attacks import own_leaks
+from attacks import leaks
 import paillier
 import protocol
 from channel import Channel, LeakageError
@@ -71,7 +71,7 @@ def test_update_noise_keeps_the_protocol_exact_bit_for_bit(keypair):
 
 def test_acml_twin_replays_the_update_noise(keypair):
     import acml
-    import data
+    from jobs import data
     dataset = data.load_builtin("breast_cancer")
     train_set, test_set = acml.prepare(data.take(dataset, np.arange(120), ""))
     config = acml.Config(hidden=(4,), epochs=1, batch_size=32, key_bits=KEY_BITS,

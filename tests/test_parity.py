@@ -21,14 +21,14 @@ import pytest
 from conftest import insecure_keypair
 
 import acml
-import checkpoint
-import rundir
-import data
+from jobs import checkpoint
+from jobs import run_directory
+from jobs import data
 import nn
-import transport
-import wire
+from network import transport
+from network import wire
 from channel import DATA, LeakageError
-from flaws import InsecureFlaws, InsecureFlawWarning
+from attacks.flaws import InsecureFlaws, InsecureFlawWarning
 from fixed import Fixed
 from test_transport import (ROOT, TIMEOUT, TOKEN, cli, environment, label_args, run_pair,
                             start_data_party, two_party_data, write_csvs)
@@ -174,8 +174,8 @@ def test_two_process_prediction_equals_in_process_prediction_on_both_checkpoints
     assert ids == [str(key) for key in new_ids]
     both = tmp_path / "both"
     both.mkdir()
-    shutil.copy(rundir.party_path(bottom_runs["data_dir"], "data"), both)
-    shutil.copy(rundir.party_path(bottom_runs["label_dir"], "label"), both)
+    shutil.copy(run_directory.party_path(bottom_runs["data_dir"], "data"), both)
+    shutil.copy(run_directory.party_path(bottom_runs["label_dir"], "label"), both)
     for directory in (both, bottom_runs["reference_dir"]):
         expected = acml.predict(directory, new_X, feature_names=names, allow_insecure=True)
         assert prediction.scores.dtype == expected.scores.dtype
@@ -280,10 +280,10 @@ def test_cli_train_and_the_two_process_cli_pair_train_and_predict_bit_identicall
     finally:
         finish(data_process)
 
-    one_data, one_label = rundir.load_pair(one_dir, allow_insecure=True)
-    two_data = checkpoint.DataPartyState.load(rundir.party_path(data_dir, "data"),
+    one_data, one_label = run_directory.load_pair(one_dir, allow_insecure=True)
+    two_data = checkpoint.DataPartyState.load(run_directory.party_path(data_dir, "data"),
                                               allow_insecure=True)
-    two_label = checkpoint.LabelPartyState.load(rundir.party_path(label_dir, "label"),
+    two_label = checkpoint.LabelPartyState.load(run_directory.party_path(label_dir, "label"),
                                                 allow_insecure=True)
     one_w, two_w = (one_label.weight_share + one_data.noise_acc,
                     two_label.weight_share + two_data.noise_acc)

@@ -7,8 +7,8 @@ import pytest
 from conftest import insecure_keypair
 
 import acml
-import data
-import kernels
+from jobs import data
+from speed import kernels
 from fixed import Fixed
 
 KEY_BITS = 384

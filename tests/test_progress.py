@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import acml
-import data
+from jobs import data
 import paillier
 import parties
 from channel import Channel

@@ -11,7 +11,7 @@ import pytest
 from conftest import insecure_keypair
 
 import acml
-import data
+from jobs import data
 import nn
 import paillier
 import protocol

@@ -13,9 +13,7 @@ import numpy as np
 import pytest
 import sympy
 
-import psi
-
-
+from network import psi
 def run(label_ids, data_ids):
     """The four messages between the two sides, kept for inspection."""
     label, data = psi.LabelSide(label_ids), psi.DataSide(data_ids)

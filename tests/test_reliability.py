@@ -14,9 +14,9 @@ import pytest
 
 import acml
 from conftest import one_line_error, write_csv
-import checkpoint
-import rundir
-import data
+from jobs import checkpoint
+from jobs import run_directory
+from jobs import data
 import nn
 import paillier
 import parties
@@ -378,7 +378,7 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one_at_the_cli(tmp_pat
     assert acml.main(["train", *common, "--epochs", "3", "--checkpoint-dir", str(resumed),
                       "--resume"]) == 0
     assert "resumed from" in capsys.readouterr().err
-    states = [rundir.load_pair(d, allow_insecure=True) for d in (straight, resumed)]
+    states = [run_directory.load_pair(d, allow_insecure=True) for d in (straight, resumed)]
     (data_a, label_a), (data_b, label_b) = states
     assert data_a.public_key != data_b.public_key
     assert not np.array_equal(label_a.weight_share.values, label_b.weight_share.values)
@@ -489,13 +489,13 @@ def test_mismatched_checkpoint_pair_is_refused(trained, keypair, tmp_path):
     mixed = copy_checkpoint(directory, tmp_path, "mixed")
     shutil.copy(other / "label_party.npz", mixed / "label_party.npz")
     with pytest.raises(ValueError, match="do not belong together: the data party's key"):
-        rundir.load_pair(mixed, allow_insecure=True)
+        run_directory.load_pair(mixed, allow_insecure=True)
     early = tmp_path / "early"
     acml.train(train_set, None, config(epochs=1), keypair=keypair, checkpoint_dir=early)
     skewed = copy_checkpoint(directory, tmp_path, "skewed")
     shutil.copy(early / "label_party.npz", skewed / "label_party.npz")
     with pytest.raises(ValueError, match="after epoch 2, the label party's after epoch 1"):
-        rundir.load_pair(skewed, allow_insecure=True)
+        run_directory.load_pair(skewed, allow_insecure=True)
 
 
 def test_a_checkpoint_key_shorter_than_allowed_needs_the_insecure_flag(trained, tmp_path,
@@ -504,7 +504,7 @@ def test_a_checkpoint_key_shorter_than_allowed_needs_the_insecure_flag(trained, 
     explicitly allowed; prediction at the CLI says which flag."""
     directory, *_ = trained
     with pytest.raises(ValueError, match="384-bit key is under 1024 bits"):
-        rundir.load_pair(directory)
+        run_directory.load_pair(directory)
     features = write_csv(tmp_path / "new.csv", ["id", "x"], [[0, 1.0]])
     line = one_line_error(capsys, ["predict", "--checkpoint-dir", str(directory),
                                    "--features", str(features), "--id-column", "id"])
@@ -533,7 +533,7 @@ def test_prediction_from_checkpoints_equals_plaintext_prediction(trained):
     gives the same classes as the float64 exported model."""
     directory, _, _, test_set, raw_test = trained
     prediction = acml.predict(directory, raw_test.X, allow_insecure=True)
-    data_state, label_state = rundir.load_pair(directory, allow_insecure=True)
+    data_state, label_state = run_directory.load_pair(directory, allow_insecure=True)
     weight = label_state.weight_share + data_state.noise_acc
     plan = data_state.plan
     z = (Fixed.encode(test_set.X, plan.x_frac_bits) @ weight).decode()
@@ -627,7 +627,7 @@ def test_cli_predict_binary_writes_both_named_probabilities(tmp_path, capsys):
                       "--epochs", "1", "--batch-size", "16", "--init-seed", "0",
                       "--checkpoint-dir", str(directory), *CLI_SMALL_KEY]) == 0
     capsys.readouterr()
-    _, label_state = rundir.load_pair(directory, allow_insecure=True)
+    _, label_state = run_directory.load_pair(directory, allow_insecure=True)
     assert label_state.class_names == ["no", "yes"] and label_state.layer_sizes[-1] == 1
     out = tmp_path / "predictions.csv"
     assert acml.main(["predict", "--checkpoint-dir", str(directory), "--features",
@@ -741,7 +741,7 @@ def test_bottom_model_resumed_run_is_bit_identical_to_an_uninterrupted_one(botto
     integer, the bottom model's W and b, every top-layer array and velocity bit for bit, and
     the exported models equal. The resumed setup sends no [[X]]: step 1 sends [[α]] instead."""
     straight, resumed, straight_result, resumed_result, *_ = bottom_runs
-    (data_a, label_a), (data_b, label_b) = [rundir.load_pair(d, allow_insecure=True)
+    (data_a, label_a), (data_b, label_b) = [run_directory.load_pair(d, allow_insecure=True)
                                             for d in (straight, resumed)]
     assert label_a.epochs_completed == label_b.epochs_completed == 3
     assert not np.array_equal(label_a.weight_share.values, label_b.weight_share.values)
@@ -822,7 +822,7 @@ def test_bottom_model_prediction_from_checkpoints_equals_the_plaintext_forward_p
     identical classes."""
     straight, _, _, _, _, raw_test = bottom_runs
     prediction = acml.predict(straight, raw_test.X, allow_insecure=True)
-    data_state, label_state = rundir.load_pair(straight, allow_insecure=True)
+    data_state, label_state = run_directory.load_pair(straight, allow_insecure=True)
     plan = data_state.plan
     alpha = data_state.bottom.forward(data_state.standardize(raw_test.X))
     z = (Fixed.encode(alpha, plan.x_frac_bits) @ (label_state.weight_share
@@ -939,7 +939,7 @@ def test_cli_trains_resumes_predicts_and_exports_with_a_bottom_model(tmp_path, c
     assert acml.main(["train", *common, "--epochs", "1"]) == 0
     assert acml.main(["train", *common, "--epochs", "2", "--resume"]) == 0
     assert "resumed from" in capsys.readouterr().err
-    data_state, _ = rundir.load_pair(directory, allow_insecure=True)
+    data_state, _ = run_directory.load_pair(directory, allow_insecure=True)
     assert data_state.epochs_completed == 2 and data_state.bottom.width == 4
     line = one_line_error(capsys, ["train", "--dataset", "wine", "--hidden", "3",
                                    *CLI_SMALL_KEY, "--checkpoint-dir", str(directory),

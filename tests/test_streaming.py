@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from conftest import insecure_keypair
 
-import transport
-import wire
+from network import transport
+from network import wire
 from channel import DATA, LABEL, Channel, LeakageError, RowBlocks
 from fixed import Fixed
 from plan import stream_slices

@@ -21,10 +21,10 @@ import pytest
 from conftest import insecure_keypair
 
 import acml
-import data
+from jobs import data
 import paillier
-import transport
-import wire
+from network import transport
+from network import wire
 from channel import Channel, LeakageError
 from fixed import Fixed
 from plan import FixedPointPlan

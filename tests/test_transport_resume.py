@@ -11,8 +11,8 @@ import pytest
 from conftest import insecure_keypair
 
 import acml
-import checkpoint
-import transport
+from jobs import checkpoint
+from network import transport
 import test_transport
 from test_transport import KEY_BITS, TIMEOUT, two_party_data
 
@@ -91,7 +91,7 @@ def test_resumed_over_tcp_equals_an_uninterrupted_run_bit_for_bit(runs):
 
 def test_each_party_saves_only_its_own_file_in_its_own_directory(runs):
     """The data party's directory holds only its own files, data_party.npz (epoch 3) and
-    data_party.epoch-2.npz (the epoch before, kept by rundir.save_epoch), the label party's
+    data_party.epoch-2.npz (the epoch before, kept by run_directory.save_epoch), the label party's
     only label_party.npz and label_party.epoch-2.npz; the main files together are a consistent
     pair after epoch 3, under the data party's key."""
     data_dir, label_dir = runs["data_dir"], runs["label_dir"]

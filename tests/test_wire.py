@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 from conftest import insecure_keypair
 
-import wire
-
+from network import wire
 TOKEN = b"0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0"  # 64 hex digits
 HOST = "127.0.0.1"
 TIMEOUT = 5.0

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import checkpoint
+from jobs import checkpoint
 import nn
-import rundir
+from jobs import run_directory
 from parties import BottomModel
 
 REVEAL_FLAG = "--i-understand-this-reveals-the-weights"
@@ -38,7 +38,7 @@ def export_model(checkpoint_dir, out, *, i_understand_this_reveals_the_weights: 
     if not i_understand_this_reveals_the_weights:
         raise ValueError("export combines both parties' shares into the plaintext weights, "
                          f"which then stop being private; consent with {REVEAL_FLAG}")
-    data_state, label_state = rundir.load_pair(checkpoint_dir, allow_insecure=True)
+    data_state, label_state = run_directory.load_pair(checkpoint_dir, allow_insecure=True)
     sizes = list(label_state.layer_sizes)
     model = nn.MLP(sizes, activation=label_state.training["activation"])
     architecture = {"format": MODEL_FORMAT, "version": 1, "layer_sizes": sizes,

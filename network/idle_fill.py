@@ -34,8 +34,7 @@ from __future__ import annotations
 import select
 import time
 
-import kernels
-
+from speed import kernels
 SLICE = 4  # DJN randomizers (a public key's pool) per slice and per worker: ~2 ms at 2048 bits
 # The key owner's textbook r^n by CRT costs about 10x a DJN one: one per slice and per worker,
 # so that a frame that arrives mid-slice waits for one randomizer at most.

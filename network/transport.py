@@ -6,7 +6,7 @@
   sender, receiver, name, kind, reason, shape and widths, which both sides compute from public
   facts), decodes it, runs the same checks and then ``take``. A streamed message is one frame
   per row block, each naming its block (index, count, rows), which the receiver computes too.
-* :func:`align.align_ids` is the step before step 0: the ids both parties hold, by private set
+* :func:`alignment.align_ids` is the step before step 0: the ids both parties hold, by private set
   intersection (psi.py) or, if both choose it, in the clear; and the public split.
 * :func:`run_data_party` and :func:`run_label_party` are one session each: align, split, then
   protocol.setup, protocol.train and protocol.predict — the very script that runs in one
@@ -23,34 +23,33 @@ from dataclasses import dataclass
 import numpy as np
 
 import acml
-import checkpoint
-import idlefill
-import kernels
-import rundir
-import data
+from jobs import checkpoint
+from network.idle_fill import IdleFill, peer_ready
+from speed import kernels
+from jobs import run_directory
+from jobs import data
 import nn
 import protocol
-from align import (  # noqa: F401 — the CLI and notebook 07 read two of these as transport.*
-    ALIGNMENTS, GROUP_ELEMENT_WIDTH, PSI, Alignment, align_ids, check_id_list)
+from network.alignment import PSI, Alignment, align_ids, check_id_list
 from channel import DATA, LABEL, PUBLIC, Channel, leakage_lines
-from flaws import SECURE
+from attacks.flaws import SECURE
 from parties import DataParty, LabelParty
-from payload import check_layout, decode_payload, encode_payload, one_line
+from network.frames import check_layout, decode_payload, encode_payload, one_line
 from plan import MAX_EPOCHS, STREAM_CHUNKS, FixedPointPlan, check_sigma
-from wire import TransportError
+from network.wire import TransportError
 
 
 class SocketChannel(Channel):
     """The channel of one process: ``party`` (a DataParty or LabelParty) runs here as ``role``,
     the other across ``connection``. ``idle_fill``: while it waits for a frame, the party here
-    fills its randomizer pool for the epoch ahead (idlefill.py)."""
+    fills its randomizer pool for the epoch ahead (idle_fill.py)."""
 
     def __init__(self, connection, role: str, party, *, sigma: int = 40, transcript=None,
                  idle_fill: bool = True, stream_chunks: int = STREAM_CHUNKS):
         super().__init__(**{f"{role}_party": party}, sigma=sigma, transcript=transcript,
                          stream_chunks=stream_chunks)
         self.connection, self.role = connection, role
-        self.idle = idlefill.IdleFill(idle_fill)
+        self.idle = IdleFill(idle_fill)
         self._integer_lists = {}  # message name -> (count, max count, max width): see
         # expect_integers
         # "TLSv1.3" on a TLS connection, None on plain TCP (frames authenticated, not encrypted)
@@ -109,7 +108,7 @@ class SocketChannel(Channel):
             if message.name in self._integer_lists:
                 self._check_integer_list(message, layout, *self._integer_lists[message.name])
 
-        self.idle.wait(self.local[self.role], lambda: idlefill.peer_ready(self.connection.sock),
+        self.idle.wait(self.local[self.role], lambda: peer_ready(self.connection.sock),
                        message.step)
         header, body = self.connection.receive_frame(where, expect=check)
         self._integer_lists.pop(message.name, None)
@@ -173,22 +172,22 @@ def _describe(declaration) -> str:
 # ----------------------------------------------------------------------------------------------
 def _own_checkpoint(checkpoint_dir, role: str, resume: bool, allow_insecure: bool = False):
     """(this party's main file in ``checkpoint_dir``, its saved states): a usable file must
-    exist to resume (rundir.saved_states, its latest epoch and the one before), and none
+    exist to resume (run_directory.saved_states, its latest epoch and the one before), and none
     otherwise. (None, None) without a directory; saved states None for a new run."""
     if checkpoint_dir is None:
         if resume:
             raise ValueError("resume needs the checkpoint directory to resume from")
         return None, None
-    path = rundir.party_path(checkpoint_dir, role)
+    path = run_directory.party_path(checkpoint_dir, role)
     if not resume:
-        rundir.refuse_to_overwrite(checkpoint_dir, (role,))
+        run_directory.refuse_to_overwrite(checkpoint_dir, (role,))
         return path, None
-    saved = rundir.saved_states(checkpoint_dir, role, allow_insecure=allow_insecure)
+    saved = run_directory.saved_states(checkpoint_dir, role, allow_insecure=allow_insecure)
     if saved.duplicated:
         raise ValueError(f"{checkpoint_dir}: two files of {role} party state hold one epoch; "
                          "the saver never leaves that — keep one of them")
     if not saved.states:
-        raise ValueError("nothing to resume: " + rundir.nothing_saved(checkpoint_dir, role,
+        raise ValueError("nothing to resume: " + run_directory.nothing_saved(checkpoint_dir, role,
                                                                           saved))
     return path, saved
 
@@ -218,7 +217,7 @@ def agree_epoch(channel: SocketChannel, saved) -> int:
 
     def choose(_, offered):
         got["offered"] = _epochs(offered, "the data party's checkpointed epochs")
-        got["epoch"] = rundir.pick_epoch(got["offered"], mine)
+        got["epoch"] = run_directory.pick_epoch(got["offered"], mine)
 
     def take_choice(_, epoch):
         if epoch is not None and epoch not in mine:
@@ -409,7 +408,7 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
     the same training rows (the checkpoint's sha256 of the features must match).
 
     ``idle_fill``: while waiting for the label party, fill the randomizer pool for the epoch
-    ahead (idlefill.py); the same weights either way. ``stream_chunks``: the row blocks in which
+    ahead (idle_fill.py); the same weights either way. ``stream_chunks``: the row blocks in which
     steps 1's and 4's ciphertexts cross (each decrypted on arrival while the label party
     computes the next); the label party must choose the same, or the first block is refused
     (plan.stream_slices).
@@ -461,7 +460,7 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
             party = state.restore(scaler.transform(features[train_rows]), executor=executor)
         channel.seat(party)
         public = protocol.setup(channel, start="resume" if resume else "new")
-        save = None if path is None else rundir.saver(
+        save = None if path is None else run_directory.saver(
             checkpoint_dir, data_party=party, feature_names=feature_names,
             feature_mean=scaler.mean, feature_std=scaler.std)
         clock = _EpochClock(save)
@@ -537,7 +536,7 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
                                   packing=config.packing)
         channel.seat(party)
         public = protocol.setup(channel, start="resume" if resume else "new")
-        save = None if path is None else rundir.saver(checkpoint_dir, label_party=party,
+        save = None if path is None else run_directory.saver(checkpoint_dir, label_party=party,
                                                           class_names=class_names)
         clock = _EpochClock(save)
         protocol.train(channel, public, after_epoch=clock, after_batch=_watch(progress))
@@ -562,7 +561,7 @@ def predict_as_data(connection, ids, X, checkpoint_dir, *, feature_names=None,
     features file), their ids (sent to the label party, public, so its output names the rows)."""
     start_time = time.perf_counter()
     try:
-        state = checkpoint.DataPartyState.load(rundir.party_path(checkpoint_dir, DATA),
+        state = checkpoint.DataPartyState.load(run_directory.party_path(checkpoint_dir, DATA),
                                                allow_insecure=allow_insecure)
         rows = state.rows_to_predict(X, feature_names=feature_names, ids=ids, source=source)
         party = state.restore(rows, same_features=False, executor=executor)
@@ -586,7 +585,7 @@ def predict_as_label(connection, checkpoint_dir, *, executor=None, allow_insecur
     start_time = time.perf_counter()
     received = {}
     try:
-        state = checkpoint.LabelPartyState.load(rundir.party_path(checkpoint_dir, LABEL),
+        state = checkpoint.LabelPartyState.load(run_directory.party_path(checkpoint_dir, LABEL),
                                                 allow_insecure=allow_insecure)
         party = state.restore(executor=executor)
         channel = SocketChannel(connection, LABEL, party, sigma=state.plan.sigma,

@@ -74,7 +74,7 @@ import time
 from dataclasses import dataclass
 
 # The payloads, and the error every refusal raises, live in payload.py; wire re-exports them.
-from payload import (TransportError, check_layout, decode_payload,  # noqa: F401 (re-exported)
+from network.frames import (TransportError, check_layout, decode_payload,  # noqa: F401 (re-exported)
                      encode_payload, one_line, refuse_constant)
 
 VERSION = "acml-tcp-2"

@@ -30,7 +30,7 @@ What is measured:
   multiplication (the least of the rounds, as for the epochs).
 * Two processes on this machine (transport.run_data_party here, run_label_party in a spawned
   process, over localhost): the packed German credit run for ``two_process_epochs`` epochs,
-  with the parties filling their pools while they wait for each other (idlefill.py) and
+  with the parties filling their pools while they wait for each other (idle_fill.py) and
   without, in alternation; each epoch's wall time at both parties, the pools' fill at setup
   included (see :func:`two_process_epochs`).
 * The targets of issue 15, each with its measured ratio and met / missed; ``--quick`` (tiny
@@ -50,8 +50,8 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 import acml
-import backend
-import kernels
+from speed import backend
+from speed import kernels
 import nn
 import paillier
 from fixed import Fixed
@@ -304,8 +304,8 @@ def protocol_epoch(train_set, sizes, keypair, *, packing: bool, executor=None,
 def _label_process(port, token, ids, y, config, idle_fill, results) -> None:
     """The label party's session in its own process (bench.two_process_epochs); its metrics,
     or its error as one line, go back on ``results``."""
-    import transport
-    import wire
+    from network import transport
+    from network import wire
     try:
         connection = wire.connect_peer("127.0.0.1", port, token)
         session = transport.run_label_party(connection, ids, y, 2, config, test_fraction=0.0,
@@ -326,8 +326,8 @@ def two_process_epochs(train_set, sizes, keypair, *, idle_fill: bool) -> dict:
     epochs and whatever the parties' idle filling did not hide. ``steady_seconds``: the same
     over the epochs after the first (whose pools were filled during the epoch before)."""
     import multiprocessing
-    import transport
-    import wire
+    from network import transport
+    from network import wire
     epochs, rows = sizes["two_process_epochs"], len(train_set.y)
     config = acml.Config(hidden=(sizes["hidden"],), epochs=epochs, batch_size=sizes["batch_size"],
                          key_bits=keypair[0].n.bit_length(), allow_insecure=True, packing=True)
@@ -653,7 +653,7 @@ def run(*, quick: bool = False, workers: int = 2, json_path: str | None = None,
         "reached": _ratio(two["idle filling off"]["seconds"], two["idle filling on"]["seconds"])}
     out(format_table(report))
     if json_path:
-        import checkpoint  # its atomic write; timings only, nothing private: not 0600
+        from jobs import checkpoint  # its atomic write; timings only, nothing private: not 0600
         checkpoint.write_atomically(json_path, lambda handle: json.dump(report, handle, indent=2),
                                     mode="w", private=False)
     return report

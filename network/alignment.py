@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import numpy as np
 
-import data
-import psi
+from jobs import data
+from network import psi
 from channel import DATA, LABEL, PUBLIC, REVEALED
 from plan import MAX_INPUTS, SEED_LIMIT
-from wire import TransportError
+from network.wire import TransportError
 
 
 PSI, PUBLIC_IDS = "psi", "public-ids"

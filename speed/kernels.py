@@ -31,7 +31,7 @@ from types import SimpleNamespace
 import numpy as np
 
 import paillier
-from backend import as_int, current_backend, describe_int, fixed_base_table, mpz
+from speed.backend import as_int, current_backend, describe_int, fixed_base_table, mpz
 from fixed import Fixed, object_array
 from paillier import OP_COUNTS, EncryptedArray, PrivateKey, PublicKey
 

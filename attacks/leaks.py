@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-import data
+from jobs import data
 import nn
 
 try:  # scikit-learn's dependency; oversubscribed BLAS threads make small SVDs ~10x slower here

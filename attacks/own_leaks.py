@@ -22,10 +22,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-import kernels
-import leaks
+from speed import kernels
+from attacks import leaks
 import protocol
-from audit import DEFAULT_KEY_BITS, GRADIENTS, Auditor, Run, Scenario, _plain, simulate
+from attacks.audit import DEFAULT_KEY_BITS, GRADIENTS, Auditor, Run, Scenario, _plain, simulate
 from channel import DATA, LABEL
 from fixed import Fixed
 from paillier import EncryptedArray

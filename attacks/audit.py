@@ -30,13 +30,13 @@ from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
-import data
+from jobs import data
 import nn
 import paillier
 import protocol
-from leaks import separation_auc
+from attacks.leaks import separation_auc
 from channel import DATA, LABEL, MASK_WIDTH_SLACK, Channel, Finding, Message, uniform_mask
-from flaws import (FLOAT_MANTISSA_BITS, PHE_LOG2_BASE, SECURE, SEEDED_MASK_SEED_BITS,
+from attacks.flaws import (FLOAT_MANTISSA_BITS, PHE_LOG2_BASE, SECURE, SEEDED_MASK_SEED_BITS,
                    InsecureFlaws, InsecureFlawWarning)
 from fixed import Fixed
 from paillier import EncryptedArray

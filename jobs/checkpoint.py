@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import data
+from jobs import data
 import nn
 import paillier
 from fixed import Fixed

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 
 from channel import DATA, LABEL
-from checkpoint import (CHECKPOINT_FILES, DataPartyState, LabelPartyState, party_name,
+from jobs.checkpoint import (CHECKPOINT_FILES, DataPartyState, LabelPartyState, party_name,
                         check_checkpoint_pair)
 
 _EPOCH_FILE = re.compile(r"(data|label)_party\.epoch-([0-9]{1,9})\.npz")

@@ -164,7 +164,7 @@ class VerticalMLPClassifier(ClassifierMixin, BaseEstimator):
         """Train both parties on (X, y) with acml.train (no test split; no standardisation)."""
         import warnings
         import acml
-        import data
+        from jobs import data
         import paillier
         config = self.config()
         X, names = _features(X, "X")

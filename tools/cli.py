@@ -21,15 +21,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import acml
-import checkpoint
-import data
+from jobs import checkpoint
+from jobs import data
 import nn
 import paillier
-import transport
-import wire
+from network import alignment
+from network import transport
+from network import wire
 from acml import DEFAULT_KEY_BITS, KEY_BITS_NOTE, REVEAL_FLAG, Config
 from channel import LeakageError
-from flaws import InsecureFlawWarning
+from attacks.flaws import InsecureFlawWarning
 from parties import INIT_SEED_BITS
 from plan import (MAX_BATCH_SIZE, MAX_BLOCK_ROWS, MAX_EPOCHS, MAX_HIDDEN, MAX_LR, MAX_PLAN_BITS,
                   MAX_STREAM_CHUNKS, MIN_SECURE_SIGMA, SEED_LIMIT, STREAM_CHUNKS, FixedPointPlan)
@@ -587,7 +588,7 @@ def add_party_parser(commands) -> None:
                                f"{STREAM_CHUNKS}; 1: whole)")
         role.add_argument("--max-frame-mb", type=FRAME_MB, default=256,
                           help=f"refuse larger messages, in (0, {MAX_FRAME_MB:g}] (default 256)")
-        role.add_argument("--align", choices=transport.ALIGNMENTS, default=transport.PSI,
+        role.add_argument("--align", choices=alignment.ALIGNMENTS, default=alignment.PSI,
                           help="how the parties find their common ids: psi (private set "
                                "intersection: each learns the intersection and the other's "
                                "number of ids, nothing else; default) or public-ids (each "
@@ -613,9 +614,8 @@ def add_party_parser(commands) -> None:
 
 
 def command_audit(args) -> int:
-    import audit  # the audits pull in every flaw's machinery: only load them when asked
-    import own_leaks
-
+    from attacks import audit  # the audits pull in every flaw's machinery: only load them when asked
+    from attacks import own_leaks
     check_output_file("--json", args.json)
     key_bits = audit.DEFAULT_KEY_BITS if args.key_bits is None else args.key_bits
     if args.key_bits is not None:  # the audit's default small key needs no flag
@@ -639,7 +639,7 @@ def command_audit(args) -> int:
 
 
 def command_bench(args) -> int:
-    import bench  # benchmarks are not the library: loaded only for this command
+    from tools import bench  # benchmarks are not the library: loaded only for this command
 
     check_output_file("--json", args.json)
     bench.run(quick=args.quick, workers=args.workers, json_path=args.json)
@@ -667,7 +667,7 @@ def dask_cluster(address: str):
         from dask.distributed import Client
     except ImportError:
         raise UsageError("--dask needs dask.distributed: pip install 'dask[distributed]'") from None
-    import kernels
+    from speed import kernels
     try:
         client = Client(address, timeout=30)
     except (OSError, TimeoutError, ValueError) as error:
