@@ -30,7 +30,7 @@ from channel import DATA, LABEL, PUBLIC
 from conftest import insecure_keypair, one_line_error, write_csv
 from plan import FixedPointPlan, TrainingPlan
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SMALL_KEY = ["--key-bits", "512", "--insecure-small-key"]
 TINY = ["--dataset", "wine", "--hidden", "2", "--epochs", "1", "--quiet", *SMALL_KEY]
 

@@ -11,7 +11,7 @@ import pytest
 from jobs import data
 from jobs.data import DataError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write(tmp_path, name, text):

@@ -29,7 +29,7 @@ from channel import Channel, LeakageError
 from fixed import Fixed
 from plan import FixedPointPlan
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 KEY_BITS = 512
 TOKEN = b"a-shared-test-token-of-32-bytes!"
 WRONG_TOKEN = b"not-the-shared-token-but-as-long!"  # long and varied enough to be sent at all
