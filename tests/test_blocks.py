@@ -1,4 +1,4 @@
-"""Row blocks (``block_rows``, issue #15 item 4): batches made of whole fixed row blocks, so
+"""Row blocks (``block_rows``): batches made of whole fixed row blocks, so
 that the data party encrypts each block once at setup and step 1 sends no [[X_batch]]. The
 weights must stay exactly those of the same batch order without encryption. Small keys."""
 

@@ -1,4 +1,4 @@
-"""The protocol's own leaks (issue 13): each attack succeeds on the unmitigated real protocol and
+"""The protocol's own leaks: each attack succeeds on the unmitigated real protocol and
 fails with its mitigation on; exactness with the L1 noise on; keys that are not keys refused."""
 
 import warnings

@@ -1,10 +1,11 @@
-"""Nothing lost (issue 14): a crash between the two parties' checkpoint writes costs one epoch,
+"""Nothing lost: a crash between the two parties' checkpoint writes costs one epoch,
 not the run; forged archives are refused from their headers; big integers of any length; stale
 temporaries cleaned; pool workers die with their parent; no payloads kept; private files 0600.
 Small keys through the explicit insecure flags, tiny data, every wait bounded."""
 
 import json
 import os
+import pathlib
 import signal
 import stat
 import subprocess
@@ -302,7 +303,7 @@ def test_pool_workers_exit_when_their_parent_is_killed():
             time.sleep(120)
     """)
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                              cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+                              cwd=pathlib.Path(__file__).resolve().parents[2])
     try:
         pids = [int(pid) for pid in parent.stdout.readline().split()]
         assert len(pids) == 2 and all(alive(pid) for pid in pids)

@@ -1,4 +1,4 @@
-"""Reliability (issue #8): bad input fails in one line and writes nothing half-way; each party
+"""Reliability: bad input fails in one line and writes nothing half-way; each party
 checkpoints only its own state; a resumed run is bit-identical to an uninterrupted one;
 prediction from checkpoints equals plaintext prediction; export needs explicit consent.
 Small keys (through the explicit insecure flags) and small datasets keep this file fast."""

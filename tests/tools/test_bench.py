@@ -94,7 +94,7 @@ def test_quick_bench_reports_every_target_ratio_but_gives_no_verdict(quick_run):
 
 
 def test_full_bench_verdicts_follow_each_targets_direction():
-    """The issue's targets, each with its direction: "min" targets are met at reached ≥ target,
+    """The benchmark's speed targets, each with its direction: "min" targets are met at reached ≥ target,
     the floor's "max" at reached ≤ target (no benchmark runs here)."""
     from tools import bench
     assert bench.TARGETS["epoch_vs_floor"][1:] == (1.5, "max")
