@@ -363,6 +363,12 @@ def load_labels_csv(path, id_column: str, label_column: str, *,
     return ids, y, class_names
 
 
+def _first_duplicate(keys):
+    """The first id (text) that occurs a second time in ``keys``, in order; None if none does."""
+    seen = set()
+    return next((key for key in keys if key in seen or seen.add(key)), None)
+
+
 def pair_rows_by_id(feature_ids, label_ids, *, allow_unmatched: bool = False,
                     feature_source: str = "features file", label_source: str = "labels file"):
     """Row indices (feature_rows, label_rows) pairing equal ids, in the features file's order:
@@ -377,9 +383,8 @@ def pair_rows_by_id(feature_ids, label_ids, *, allow_unmatched: bool = False,
     feature_keys = [str(value) for value in feature_ids]
     label_keys = [str(value) for value in label_ids]
     for keys, source in ((feature_keys, feature_source), (label_keys, label_source)):
-        if len(set(keys)) != len(keys):
-            seen = set()
-            duplicate = next(key for key in keys if key in seen or seen.add(key))
+        duplicate = _first_duplicate(keys)
+        if duplicate is not None:
             raise DataError(f"{source}: duplicate id {duplicate!r}")
     label_row = {key: row for row, key in enumerate(label_keys)}
     if not allow_unmatched:
@@ -592,9 +597,8 @@ def common_rows(own_ids, other_ids) -> tuple[list[str], np.ndarray]:
     that order). Each party computes it alone once the ids are exchanged, so that row i at the
     data party and row i at the label party are the same example."""
     keys = [str(value) for value in own_ids]
-    if len(set(keys)) != len(keys):
-        seen = set()
-        duplicate = next(key for key in keys if key in seen or seen.add(key))
+    duplicate = _first_duplicate(keys)
+    if duplicate is not None:
         raise DataError(f"duplicate id {duplicate!r}; each row needs its own id")
     common = sorted(set(keys) & {str(value) for value in other_ids})
     position = {key: row for row, key in enumerate(keys)}

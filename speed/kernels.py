@@ -690,19 +690,14 @@ def encrypt_array(key, fixed, *, executor=None, workers=None, randomness=None, p
     """
     if not isinstance(fixed, Fixed):
         raise TypeError(f"encrypt_array expects a Fixed array, got {type(fixed).__name__}")
-    if isinstance(key, PrivateKey) and pool is not None:
-        # Precomputed randomizers (the key owner's CRT r^n, or DJN): one multiplication each.
-        if pool.key is not key:
-            raise ValueError("the key owner's encryption takes only a pool built from its own "
-                             "private key (RandomizerPool(private_key))")
-        public_key = key.public_key
-        residues = public_key.encode_residues(fixed.values).ravel().tolist()
-        rhos = _randomizers_for(public_key, len(residues), randomness, executor, workers, pool)
-        _, n, nsquare = public_key.moduli()
-        flat = [(1 + m * n) * rho % nsquare for m, rho in zip(residues, rhos)]
-    elif isinstance(key, PrivateKey):
-        public_key = key.public_key
-        residues = public_key.encode_residues(fixed.values).ravel().tolist()
+    if not isinstance(key, (PrivateKey, PublicKey)):
+        raise TypeError(f"key must be a PublicKey or PrivateKey, got {type(key).__name__}")
+    if isinstance(key, PrivateKey) and pool is not None and pool.key is not key:
+        raise ValueError("the key owner's encryption takes only a pool built from its own "
+                         "private key (RandomizerPool(private_key))")
+    public_key = key.public_key if isinstance(key, PrivateKey) else key
+    residues = public_key.encode_residues(fixed.values).ravel().tolist()
+    if isinstance(key, PrivateKey) and pool is None:
         textbook = randomness is None or paillier.randomness_kind(randomness) == "textbook"
         if textbook and key.subgroups:  # safe primes: fixed-base, the same distribution
             exponents = [key.random_subgroup_exponents() for _ in residues]
@@ -718,14 +713,12 @@ def encrypt_array(key, fixed, *, executor=None, workers=None, randomness=None, p
             kernel = _kernel_crt_djn_encrypt
             shared = (_crt_constants(key), public_key.djn_base, public_key.djn_exponent_bits)
         flat = [mpz(c) for c in _spread_flat(executor, workers, kernel, shared, columns)]
-    elif isinstance(key, PublicKey):
-        public_key = key
-        residues = public_key.encode_residues(fixed.values).ravel().tolist()
+    else:
+        # A public key's randomizers, or a pool's (the key owner's precomputed CRT r^n, or
+        # DJN): one multiplication each.
         rhos = _randomizers_for(public_key, len(residues), randomness, executor, workers, pool)
         _, n, nsquare = public_key.moduli()
         flat = [(1 + m * n) * rho % nsquare for m, rho in zip(residues, rhos)]
-    else:
-        raise TypeError(f"key must be a PublicKey or PrivateKey, got {type(key).__name__}")
     OP_COUNTS["encrypt"] += len(flat)
     return EncryptedArray(public_key, object_array(flat, fixed.shape), fixed.scale)
 
