@@ -39,7 +39,8 @@ same ciphertexts at a FixedBaseTable's cost; a safe-prime key takes seconds to m
 keys (old checkpoints, phe's, a user's p, q) keep per-element CRT; kernels.encrypt_array(
 private_key, ..., randomness="djn") still opts in to DJN, with its assumption.
 
-Ciphertexts are plain integers, compatible with python-paillier (`phe`) given the same p and q.
+Ciphertexts are plain integers, compatible with python-paillier (`phe`) given the same p and q;
+the last section writes keys and ciphertext arrays as text and bytes (hex, no pickle).
 Arithmetic runs on gmpy2 or pure Python ints (module backend; `use_backend("python")`).
 Caveats: this is an educational reference, not audited cryptography; Python big-int arithmetic
 is not constant time, so it leaks timing to anyone who can measure it.
