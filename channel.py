@@ -43,8 +43,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 import paillier
-from fixed import max_abs_bits, object_array
-from encoding import to_decimal
+from fixed import max_abs_bits, object_array, to_decimal
 from paillier import EncryptedArray, PublicKey
 from plan import check_stream_chunks, stream_slices
 
@@ -152,7 +151,7 @@ def join_row_blocks(blocks, where: str) -> EncryptedArray:
     """The row blocks of one streamed message, as the one array they are."""
     if len({(block.public_key, block.scale) for block in blocks}) != 1:
         raise LeakageError(f"{where}: the row blocks differ in their key or scale")
-    return blocks[0]._new(np.concatenate([block.ciphertexts for block in blocks], axis=0))
+    return blocks[0].with_ciphertexts(np.concatenate([block.ciphertexts for block in blocks], axis=0))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,7 +267,7 @@ def nbytes_of(payload, public_key) -> int:
 
 
 def jsonable(payload):
-    """A payload as JSON values: big integers as decimal strings (of any length, encoding.to_decimal).
+    """A payload as JSON values: big integers as decimal strings (of any length, fixed.to_decimal).
     No pickle, ever."""
     if isinstance(payload, PublicKey):
         return {"n": to_decimal(payload.n)}

@@ -2,9 +2,10 @@
 
 A real number x is stored as the integer round(x · 2^scale), ONE public `scale` per array.
 Arithmetic on Fixed arrays is exact integer arithmetic on numpy object arrays of Python ints;
-paillier.EncryptedArray mirrors it under encryption.  This module also holds the two small
-object-array helpers the rest of the code shares: `object_array` (build one from a list) and
-`max_abs_bits` (the bit budget of an integer array).
+paillier.EncryptedArray mirrors it under encryption.  This module also holds the small
+integer helpers the rest of the code shares: `object_array` (build an object array from a list),
+`max_abs_bits` (the bit budget of an integer array), and `to_decimal` / `from_decimal` (the
+decimal numeral of an integer of any length, for text people read).
 """
 
 import math
@@ -13,7 +14,7 @@ import numbers
 import numpy as np
 
 __all__ = ["Fixed", "object_array", "as_object_array", "elementwise", "map_values", "max_abs_bits",
-           "mod_n", "decode_signed", "check_scale"]
+           "check_scale", "to_decimal", "from_decimal"]
 
 
 def object_array(items, shape):
@@ -65,16 +66,40 @@ def max_abs_bits(values):
     return max((abs(int(value)).bit_length() for value in flat), default=0)
 
 
-def mod_n(values, n: int) -> np.ndarray:
-    """Reduce an object array of ints into [0, n)."""
-    return np.asarray(values, dtype=object) % n
+# Decimal text of any length, for what people read (checkpoints' integers, transcripts): Python
+# refuses str(n) and int(text) beyond 4,300 digits, so convert in pieces split by powers of ten.
+# The text is the ordinary decimal numeral, so files written before stay readable.
+CHUNK = 4000  # digits per piece: under Python's default limit of 4,300
+_POWER = 10 ** CHUNK
 
 
-def decode_signed(values, public_key) -> np.ndarray:
-    """Residues mod n back to signed ints (``public_key.decode_residue`` on each); OverflowError
-    if any lies in the middle third."""
-    return np.vectorize(lambda v: int(public_key.decode_residue(int(v))), otypes=[object])(
-        np.asarray(values, dtype=object))
+def to_decimal(value: int) -> str:
+    """The decimal numeral of ``value`` (sign included), whatever its length."""
+    value = int(value)
+    if value < 0:
+        return "-" + to_decimal(-value)
+    if value < _POWER:
+        return str(value)
+    pieces = []  # least significant first, each exactly CHUNK digits but the last
+    while value >= _POWER:
+        value, piece = divmod(value, _POWER)
+        pieces.append(str(piece).zfill(CHUNK))
+    pieces.append(str(value))
+    return "".join(reversed(pieces))
+
+
+def from_decimal(text: str) -> int:
+    """The integer a decimal numeral (optionally signed with "-") stands for, whatever its
+    length. The caller checks that ``text`` is a numeral."""
+    if text.startswith("-"):
+        return -from_decimal(text[1:])
+    if len(text) <= CHUNK:
+        return int(text)
+    head = len(text) % CHUNK or CHUNK
+    value = int(text[:head])
+    for start in range(head, len(text), CHUNK):
+        value = value * _POWER + int(text[start:start + CHUNK])
+    return value
 
 
 def check_scale(scale):

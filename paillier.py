@@ -39,7 +39,8 @@ same ciphertexts at a FixedBaseTable's cost; a safe-prime key takes seconds to m
 keys (old checkpoints, phe's, a user's p, q) keep per-element CRT; kernels.encrypt_array(
 private_key, ..., randomness="djn") still opts in to DJN, with its assumption.
 
-Ciphertexts are plain integers, compatible with python-paillier (`phe`) given the same p and q.
+Ciphertexts are plain integers, compatible with python-paillier (`phe`) given the same p and q;
+the last section writes keys and ciphertext arrays as text and bytes (hex, no pickle).
 Arithmetic runs on gmpy2 or pure Python ints (module backend; `use_backend("python")`).
 Caveats: this is an educational reference, not audited cryptography; Python big-int arithmetic
 is not constant time, so it leaks timing to anyone who can measure it.
@@ -56,14 +57,12 @@ from types import SimpleNamespace
 
 import numpy as np
 
-import encoding
 from speed.backend import (
     SafePrimeSubgroup, as_int, current_backend, describe_int, fixed_base_table, hash_to_unit,
     invert, is_probable_prime, is_safe_prime, mpz, powmod, prime_pair_problem, random_prime,
     random_safe_prime, units_problem, use_backend,
 )
 from fixed import Fixed, as_object_array, check_scale, elementwise, map_values, object_array
-from encoding import int_from_text, int_to_text
 
 
 def __getattr__(name):
@@ -76,7 +75,8 @@ def __getattr__(name):
 __all__ = [
     "BACKEND", "use_backend", "current_backend", "mpz", "powmod", "invert", "is_probable_prime",
     "InsecureKeyWarning", "generate_keypair", "PublicKey", "PrivateKey", "L", "decrypt_textbook",
-    "EncryptedArray", "OP_COUNTS", "reset_op_counts",
+    "EncryptedArray", "OP_COUNTS", "reset_op_counts", "signed_to_residue", "residue_to_signed",
+    "mod_n", "decode_signed", "int_to_text", "int_from_text",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -178,6 +178,58 @@ def randomness_kind(randomness):
     return kind
 
 
+# ---------------------------------------------------------------------------------------------
+# Signed integers as residues mod n
+#
+# Plaintexts live in Z_n.  A signed v with |v| <= max_int = (n - 1) // 3 is stored as v mod n:
+# positives fill [0, max_int], negatives [n - max_int, n), and the middle band between, about
+# n/3 wide, holds no valid encoding, so a result that overflowed into it is caught on decoding.
+# ---------------------------------------------------------------------------------------------
+
+
+def _size(value):
+    return str(value) if abs(value) < 10**30 else f"a {abs(value).bit_length()}-bit number"
+
+
+def signed_to_residue(v, n, max_int):
+    """Signed integer v -> residue v mod n; OverflowError if |v| > max_int (paillier uses
+    max_int = (n - 1) // 3, so that the middle band of Z_n holds no valid encoding)."""
+    if abs(v) > max_int:
+        raise OverflowError(
+            f"|value| = {_size(abs(v))} exceeds max_int = (n - 1) // 3 "
+            f"({max_int.bit_length()} bits), the largest encodable magnitude"
+        )
+    return v % n
+
+
+def residue_to_signed(x, n, max_int):
+    """Residue x in [0, n) -> signed integer: x <= max_int gives x; x >= n - max_int gives
+    x - n; the middle band max_int < x < n - max_int can only come from overflow and raises
+    OverflowError (ValueError for x outside [0, n))."""
+    if not 0 <= x < n:
+        raise ValueError(f"residue must lie in [0, n), got {_size(x)}")
+    if x <= max_int:
+        return x
+    if x >= n - max_int:
+        return x - n
+    raise OverflowError(
+        "decrypted residue lies in the overflow band (max_int, n - max_int): the plaintext "
+        f"exceeded max_int = (n - 1) // 3 ({max_int.bit_length()} bits) in magnitude"
+    )
+
+
+def mod_n(values, n: int) -> np.ndarray:
+    """Reduce an object array of ints into [0, n)."""
+    return np.asarray(values, dtype=object) % n
+
+
+def decode_signed(values, public_key) -> np.ndarray:
+    """Residues mod n back to signed ints (``public_key.decode_residue`` on each); OverflowError
+    if any lies in the middle third."""
+    return np.vectorize(lambda v: int(public_key.decode_residue(int(v))), otypes=[object])(
+        np.asarray(values, dtype=object))
+
+
 class PublicKey:
     """Paillier public key (n, g = n + 1).
 
@@ -217,8 +269,10 @@ class PublicKey:
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def _moduli(self):
-        """(backend, n, n²) with n and n² already in the backend's integer type (cached)."""
+    def moduli(self):
+        """(backend, n, n²) with n and n² already in the current backend's integer type (cached
+        per backend): what any code doing arithmetic mod n² on this key's ciphertexts needs
+        (EncryptedArray here, speed.kernels' fast paths).  Public information only."""
         backend = current_backend()
         typed = self._typed.get(backend.name)
         if typed is None:
@@ -288,7 +342,7 @@ class PublicKey:
         "textbook": ρ = r^n mod n², r uniform in Z*_n.  "djn": ρ = h_s^α mod n², α uniform of
         djn_exponent_bits (a half-length exponent of a fixed base: ~10x cheaper at 2048 bits).
         """
-        backend, n, nsquare = self._moduli()
+        backend, n, nsquare = self.moduli()
         if randomness_kind(randomness) == "textbook":
             return backend.powmod(self.random_r(), n, nsquare)
         return self.djn_randomizer(self.random_djn_exponent())
@@ -303,13 +357,13 @@ class PublicKey:
 
     def raw_add(self, c1, c2):
         """E(a) · E(b) mod n² = E(a + b mod n)."""
-        nsquare = self._moduli()[2]
+        nsquare = self.moduli()[2]
         return c1 * c2 % nsquare
 
     def raw_add_plain(self, c, m):
         """E(a) · (1 + m·n) mod n² = E(a + m mod n) for a residue m in [0, n)."""
         m = self._check_plaintext_residue(m)
-        _, n, nsquare = self._moduli()
+        _, n, nsquare = self.moduli()
         return c * (1 + m * n) % nsquare
 
     def raw_mul_const(self, c, k):
@@ -318,7 +372,7 @@ class PublicKey:
         k < 0 uses (E(a)^-1)^|k|: one modular inverse, never the n-sized exponent k mod n.
         """
         k = as_int(k, "k")
-        backend, _, nsquare = self._moduli()
+        backend, _, nsquare = self.moduli()
         if k < 0:
             return backend.powmod(backend.invert(c, nsquare), -k, nsquare)
         return backend.powmod(c, k, nsquare)
@@ -331,18 +385,20 @@ class PublicKey:
         """Raise ValueError unless c is an integer in [1, n²) with gcd(c, n) = 1."""
         check_ciphertexts(as_object_array(as_int(c, "ciphertext")), self)
 
-    # -- signed integers as residues (encoding.signed_to_residue) ------------------------------
+    # -- signed integers as residues (signed_to_residue above) --------------------------------
     def encode_residue(self, v):
         """Signed integer v -> residue v mod n; OverflowError if |v| > max_int = (n - 1) // 3."""
-        return encoding.signed_to_residue(as_int(v, "value"), self.n, self.max_int)
+        return signed_to_residue(as_int(v, "value"), self.n, self.max_int)
 
     def decode_residue(self, x):
         """Residue x in [0, n) -> signed integer: x <= max_int gives x, x >= n - max_int gives
         x - n; the middle band between can only come from overflow: OverflowError."""
-        return encoding.residue_to_signed(as_int(x, "residue"), self.n, self.max_int)
+        return residue_to_signed(as_int(x, "residue"), self.n, self.max_int)
 
-    def _encode_array(self, values):
-        """encode_residue over an object array, naming the index of an overflowing element."""
+    def encode_residues(self, values):
+        """encode_residue over an object array of signed ints -> their residues mod n, same
+        shape; OverflowError names the index of an element with |v| > max_int.  For whoever
+        encrypts an array itself (speed.kernels, the attacks' baselines)."""
         return map_values(self.encode_residue, values)
 
     # -- arrays -----------------------------------------------------------------------------------
@@ -351,9 +407,9 @@ class PublicKey:
         """Encrypt a Fixed array element by element, a fresh randomizer(randomness) each."""
         if not isinstance(fixed, Fixed):
             raise TypeError(f"encrypt expects a Fixed array, got {type(fixed).__name__}")
-        residues = self._encode_array(fixed.values)
+        residues = self.encode_residues(fixed.values)
         kind = randomness_kind(randomness)
-        _, n, nsquare = self._moduli()
+        _, n, nsquare = self.moduli()
         ciphertexts = [(1 + m * n) * self.randomizer(kind) % nsquare
                        for m in residues.ravel().tolist()]
         OP_COUNTS["encrypt"] += len(ciphertexts)
@@ -418,8 +474,15 @@ class PrivateKey:
         self.public_key, self.p, self.q = public_key, p, q
         self._typed, self._subgroups = {}, None  # per-backend constants; (H_p, H_q) or ()
 
-    def _constants(self):
-        """Per-backend CRT constants (cached): p², q², h_p, h_q, q^-1 mod p, (q²)^-1 mod p²..."""
+    def crt_constants(self):
+        """The constants of CRT decryption and encryption, in the current backend's integer
+        type (cached per backend), as a namespace k: k.n, k.p, k.q, k.psquare, k.qsquare,
+        k.hp, k.hq, k.q_inverse_mod_p, k.qsquare_inverse_mod_psquare, k.q_mod_p_minus_1,
+        k.p_mod_q_minus_1, and k.powmod.
+
+        They CONTAIN p AND q: this is the private key.  Only for the key owner's own code and
+        its own worker processes (speed.kernels sends them to its workers); never to another
+        party, never into a transcript or a log."""
         backend = current_backend()
         constants = self._typed.get(backend.name)
         if constants is None:
@@ -440,7 +503,10 @@ class PrivateKey:
         return constants
 
     @staticmethod
-    def _crt_decrypt(c, k):
+    def crt_decrypt(c, k):
+        """The residue m in [0, n) in ciphertext c, from k = crt_constants(): m_p and m_q by
+        Paillier's per-prime formula, recombined by Garner's CRT.  c is not checked (callers
+        check it first: raw_decrypt, decrypt_residues)."""
         m_p = L(k.powmod(c, k.p - 1, k.psquare), k.p) * k.hp % k.p
         m_q = L(k.powmod(c, k.q - 1, k.qsquare), k.q) * k.hq % k.q
         # Garner's recombination: the unique m in [0, n) with m ≡ m_p (mod p), m ≡ m_q (mod q).
@@ -453,21 +519,21 @@ class PrivateKey:
         # Fermat.  Two half-length exponents, one of them mod p, instead of n mod p².
         s_p = k.powmod(r, k.q_mod_p_minus_1, k.p)
         s_q = k.powmod(r, k.p_mod_q_minus_1, k.q)
-        return PrivateKey._crt_encrypt_parts(m, s_p, s_q, k)
+        return PrivateKey.crt_encrypt_parts(m, s_p, s_q, k)
 
     @staticmethod
-    def _crt_encrypt_parts(m, s_p, s_q, k):
+    def crt_encrypt_parts(m, s_p, s_q, k):
         """(1 + m·n)·r^n mod n² from the CRT parts of r: s_p = r^q mod p, s_q = r^p mod q.
 
         r -> (r^q mod p, r^p mod q) is a bijection from Z*_n onto Z*_p × Z*_q (gcd(q, p-1) =
         gcd(p, q-1) = 1, which gcd(n, φ(n)) = 1 guarantees), so drawing s_p and s_q uniformly
         is drawing r uniformly: the key owner may skip the r^q step altogether.
         """
-        return PrivateKey._crt_encrypt_powers(m, k.powmod(s_p, k.p, k.psquare),
+        return PrivateKey.crt_encrypt_powers(m, k.powmod(s_p, k.p, k.psquare),
                                               k.powmod(s_q, k.q, k.qsquare), k)
 
     @staticmethod
-    def _crt_encrypt_powers(m, rho_p, rho_q, k):
+    def crt_encrypt_powers(m, rho_p, rho_q, k):
         """(1 + m·n)·ρ mod n² from ρ_p = r^n mod p² and ρ_q = r^n mod q² (Garner's CRT)."""
         c_p, c_q = (1 + m * k.n) * rho_p % k.psquare, (1 + m * k.n) * rho_q % k.qsquare
         return c_q + k.qsquare * ((c_p - c_q) * k.qsquare_inverse_mod_psquare % k.psquare)
@@ -493,17 +559,17 @@ class PrivateKey:
     def _fresh_encryptor(self):
         """m -> (1 + m·n)·r^n mod n², r fresh and uniform: for safe primes ρ_p = g_p^a_p from
         a fixed-base table (look-ups, no squarings), else from CRT parts.  One distribution."""
-        k = self._constants()
+        k = self.crt_constants()
         if not self.subgroups:
-            return lambda m: self._crt_encrypt_parts(m, *self.random_crt_parts(), k)
+            return lambda m: self.crt_encrypt_parts(m, *self.random_crt_parts(), k)
         tables = [subgroup.table() for subgroup in self.subgroups]
-        return lambda m: self._crt_encrypt_powers(m, *[table.power(a) for table, a in zip(
+        return lambda m: self.crt_encrypt_powers(m, *[table.power(a) for table, a in zip(
             tables, self.random_subgroup_exponents())], k)
 
     def raw_decrypt(self, c):
         """The residue m in [0, n) encrypted in c (CRT path); ValueError for a non-ciphertext."""
         self.public_key.check_ciphertext(c)
-        return int(self._crt_decrypt(c, self._constants()))
+        return int(self.crt_decrypt(c, self.crt_constants()))
 
     def raw_encrypt(self, m, r=None):
         """(1 + m·n) · r^n mod n² computed mod p² and mod q², then recombined by CRT.
@@ -515,7 +581,7 @@ class PrivateKey:
         m = public_key._check_plaintext_residue(m)
         if r is None:
             return self._fresh_encryptor()(m)
-        return self._crt_encrypt(m, public_key._check_r(r), self._constants())
+        return self._crt_encrypt(m, public_key._check_r(r), self.crt_constants())
 
     def encrypt(self, fixed):
         """Encrypt a Fixed array with the key owner's CRT fast path (fresh uniform r each)."""
@@ -523,11 +589,14 @@ class PrivateKey:
             raise TypeError(f"encrypt expects a Fixed array, got {type(fixed).__name__}")
         public_key = self.public_key
         encrypt = self._fresh_encryptor()
-        ciphertexts = [encrypt(m) for m in public_key._encode_array(fixed.values).ravel().tolist()]
+        residues = public_key.encode_residues(fixed.values).ravel().tolist()
+        ciphertexts = [encrypt(m) for m in residues]
         OP_COUNTS["encrypt"] += len(ciphertexts)
         return EncryptedArray(public_key, object_array(ciphertexts, fixed.shape), fixed.scale)
 
-    def _check_owner(self, encrypted):
+    def check_owner(self, encrypted):
+        """TypeError unless `encrypted` is an EncryptedArray, ValueError unless it is under this
+        key's public key: the check before any decryption (here and in speed.kernels)."""
         if not isinstance(encrypted, EncryptedArray):
             raise TypeError(f"expected an EncryptedArray, got {type(encrypted).__name__}")
         if encrypted.public_key != self.public_key:
@@ -538,9 +607,9 @@ class PrivateKey:
 
         For values masked uniformly mod n, where the signed reading would be meaningless.
         """
-        self._check_owner(encrypted)
-        constants = self._constants()
-        residues = [int(self._crt_decrypt(c, constants))
+        self.check_owner(encrypted)
+        constants = self.crt_constants()
+        residues = [int(self.crt_decrypt(c, constants))
                     for c in encrypted.ciphertexts.ravel().tolist()]
         OP_COUNTS["decrypt"] += len(residues)
         return object_array(residues, encrypted.shape)
@@ -591,7 +660,10 @@ class EncryptedArray:
         self.ciphertexts = as_object_array(np.asarray(ciphertexts, dtype=object))
         self.scale = check_scale(scale)
 
-    def _new(self, ciphertexts, scale=None):
+    def with_ciphertexts(self, ciphertexts, scale=None):
+        """An EncryptedArray under the same public key holding `ciphertexts` (trusted, as
+        __init__), at this array's scale unless `scale` is given: for results computed from
+        this array's ciphertexts (here, speed.kernels, channel's row blocks)."""
         return EncryptedArray(self.public_key, ciphertexts, self.scale if scale is None else scale)
 
     @property
@@ -607,10 +679,10 @@ class EncryptedArray:
         return self.transpose()
 
     def transpose(self, *axes):
-        return self._new(self.ciphertexts.transpose(*axes))
+        return self.with_ciphertexts(self.ciphertexts.transpose(*axes))
 
     def __getitem__(self, index):
-        return self._new(as_object_array(self.ciphertexts[index]))
+        return self.with_ciphertexts(as_object_array(self.ciphertexts[index]))
 
     def _check_same_key(self, other):
         if other.public_key != self.public_key:
@@ -630,7 +702,7 @@ class EncryptedArray:
 
     def __add__(self, other):
         """E(a) + E(b) -> E(a·b mod n²); E(a) + b -> E(a) · (1 + b·n) mod n².  Same scale."""
-        _, n, nsquare = self.public_key._moduli()
+        _, n, nsquare = self.public_key.moduli()
         if isinstance(other, EncryptedArray):
             self._check_same_key(other)
             self._check_same_scale(other, "add")
@@ -638,23 +710,23 @@ class EncryptedArray:
                                  self.ciphertexts, other.ciphertexts)
         elif isinstance(other, Fixed):
             self._check_same_scale(other, "add")
-            residues = self.public_key._encode_array(other.values)
+            residues = self.public_key.encode_residues(other.values)
             result = elementwise(lambda c, m: c * (1 + m * n) % nsquare,
                                  self.ciphertexts, residues)
         else:
             return NotImplemented
         OP_COUNTS["add"] += result.size
-        return self._new(result)
+        return self.with_ciphertexts(result)
 
     __radd__ = __add__
 
     def __neg__(self):
         """E(-a) = E(a)^-1 mod n² (one inverse per element)."""
-        backend, _, nsquare = self.public_key._moduli()
+        backend, _, nsquare = self.public_key.moduli()
         inverse = backend.invert
         result = elementwise(lambda c: inverse(c, nsquare), self.ciphertexts)
         OP_COUNTS["mul_const"] += result.size
-        return self._new(result)
+        return self.with_ciphertexts(result)
 
     def __sub__(self, other):
         if isinstance(other, (Fixed, EncryptedArray)):
@@ -674,7 +746,7 @@ class EncryptedArray:
             return NotImplemented
         result = elementwise(self.public_key.raw_mul_const, self.ciphertexts, other.values)
         OP_COUNTS["mul_const"] += result.size
-        return self._new(result, self.scale + other.scale)
+        return self.with_ciphertexts(result, self.scale + other.scale)
 
     __rmul__ = __mul__
 
@@ -689,7 +761,7 @@ class EncryptedArray:
         if self.ndim != 2 or other.ndim != 2 or self.shape[1] != other.shape[0]:
             raise ValueError(
                 f"encrypted matmul needs (m, k) @ (k, h), got {self.shape} @ {other.shape}")
-        backend, _, nsquare = self.public_key._moduli()
+        backend, _, nsquare = self.public_key.moduli()
         power = self.public_key.raw_mul_const
         rows, inner, cols = self.shape[0], self.shape[1], other.shape[1]
         out = np.empty((rows, cols), dtype=object)
@@ -702,7 +774,7 @@ class EncryptedArray:
                 out[i, j] = product
         OP_COUNTS["mul_const"] += rows * cols * inner
         OP_COUNTS["add"] += rows * cols * max(inner - 1, 0)
-        return self._new(out, self.scale + other.scale)
+        return self.with_ciphertexts(out, self.scale + other.scale)
 
     def __rmatmul__(self, other):
         """W @ [[A]] = ([[A]].T @ W.T).T."""
@@ -715,13 +787,13 @@ class EncryptedArray:
 
     def sum(self, axis=None):
         """Homomorphic sum over an axis (or everything): the product of the ciphertexts."""
-        backend, _, nsquare = self.public_key._moduli()
+        backend, _, nsquare = self.public_key.moduli()
         multiply = np.frompyfunc(lambda c1, c2: c1 * c2 % nsquare, 2, 1)
         ciphertexts = self.ciphertexts.reshape(-1) if axis is None else self.ciphertexts
         result = as_object_array(multiply.reduce(ciphertexts, axis=0 if axis is None else axis,
                                                  initial=backend.mpz(1)))
         OP_COUNTS["add"] += self.ciphertexts.size - result.size
-        return self._new(result)
+        return self.with_ciphertexts(result)
 
     def rerandomize(self, *, randomness=None):
         """Multiply every ciphertext by a fresh randomizer(randomness): same plaintexts,
@@ -731,7 +803,7 @@ class EncryptedArray:
         result = elementwise(lambda c: c * public_key.randomizer(kind) % nsquare,
                              self.ciphertexts)
         OP_COUNTS["rerandomize"] += result.size
-        return self._new(result)
+        return self.with_ciphertexts(result)
 
     # -- serialisation (no pickle) -------------------------------------------------------------
 
@@ -742,25 +814,25 @@ class EncryptedArray:
     def to_bytes(self):
         """4-byte header length, JSON header (format, shape, scale, width, key fingerprint),
         then every ciphertext as a fixed-width big-endian integer in C order (wire)."""
-        return encoding.array_to_bytes(self._header(), self.ciphertexts.ravel().tolist(),
-                                   _ciphertext_width(self.public_key))
+        return _array_to_bytes(self._header(), self.ciphertexts.ravel().tolist(),
+                               _ciphertext_width(self.public_key))
 
     @classmethod
     def from_bytes(cls, data, public_key):
         """Parse to_bytes output, validating the header, the length, the key fingerprint and
         (check_ciphertexts) every ciphertext; ValueError otherwise."""
-        shape, scale, integers = encoding.array_from_bytes(
+        shape, scale, integers = _array_from_bytes(
             data, _FORMAT, _key(public_key).fingerprint, _ciphertext_width(public_key))
         return cls._checked(public_key, object_array(integers, shape), scale)
 
     def to_json(self):
         """JSON text: the header fields plus the ciphertexts as "0x" hex strings (C order)."""
-        return encoding.array_to_json(self._header(), self.ciphertexts.ravel().tolist())
+        return _array_to_json(self._header(), self.ciphertexts.ravel().tolist())
 
     @classmethod
     def from_json(cls, text, public_key):
         """Inverse of to_json (also reads decimal strings), validated as from_bytes."""
-        shape, scale, integers = encoding.array_from_json(text, _FORMAT, _key(public_key).fingerprint)
+        shape, scale, integers = _array_from_json(text, _FORMAT, _key(public_key).fingerprint)
         return cls._checked(public_key, object_array(integers, shape), scale)
 
     @classmethod
@@ -798,3 +870,112 @@ def check_ciphertexts(ciphertexts, public_key, where=None):
     if problem is not None:
         prefix = f"{where}: " if where else ""
         raise ValueError(f"{prefix}ciphertext{problem}, so it is no Paillier ciphertext")
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys and ciphertext arrays as text and bytes
+#
+# Integers travel as "0x" + hex: Python refuses int <-> decimal str conversions of more than
+# 4,300 digits (about 14,000 bits: a ciphertext under a 7,200-bit key), and they take quadratic
+# time; hex is linear and has no limit.  An array is a JSON header (format, shape, scale, key
+# fingerprint) plus its ciphertexts, either as bytes (4-byte header length, the header with
+# "width", then fixed-width big-endian integers in C order) or as JSON (the header's fields plus
+# "ciphertexts", a list of hex strings).  The readers check only the framing and the header
+# against what the caller expects; EncryptedArray._checked checks the integers themselves.
+# ---------------------------------------------------------------------------------------------
+
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+def int_to_text(value):
+    """A non-negative integer as "0x" + lowercase hex digits."""
+    if isinstance(value, bool) or not hasattr(value, "__index__") or value < 0:
+        raise ValueError(f"int_to_text takes a non-negative integer, got {type(value).__name__}")
+    return hex(int(value))
+
+
+def int_from_text(text, what="integer"):
+    """Inverse of int_to_text; also reads plain decimal digits (the older format)."""
+    if isinstance(text, str) and text.isascii():
+        if text[:2] == "0x" and len(text) > 2 and _HEX_DIGITS.issuperset(text[2:]):
+            return int(text, 16)
+        if text.isdigit():
+            try:
+                return int(text)
+            except ValueError:  # more decimal digits than Python converts
+                raise ValueError(f"{what} has {len(text)} decimal digits, too many to read; "
+                                 "write it in hex (int_to_text)") from None
+    raise ValueError(f"{what} must be a string of hex digits after 0x (or decimal digits), "
+                     f"got {str(text)[:20]!r}")
+
+
+def _check_array_header(header, form, fingerprint):
+    """Validate a serialised array's header; return (shape, scale)."""
+    if not isinstance(header, dict) or header.get("format") != form:
+        raise ValueError(f"not an encrypted array payload (expected format {form!r})")
+    if header.get("key") != fingerprint:
+        raise ValueError(
+            "payload was encrypted under a different public key "
+            f"(fingerprint {str(header.get('key'))[:12]}, this key {fingerprint[:12]})")
+    shape = header.get("shape")
+    if not isinstance(shape, list) or not all(
+            isinstance(size, int) and not isinstance(size, bool) and size >= 0 for size in shape):
+        raise ValueError(f"payload shape must be a list of non-negative ints, got {shape!r}")
+    scale = header.get("scale")
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 0:
+        raise ValueError(f"payload scale must be an int >= 0, got {scale!r}")
+    return tuple(shape), scale
+
+
+def _array_to_bytes(header, integers, width):
+    """Header length (4 bytes), the JSON header plus "width", then each integer in `width`
+    big-endian bytes."""
+    text = json.dumps({**header, "width": width}, sort_keys=True).encode()
+    body = b"".join(int(value).to_bytes(width, "big") for value in integers)
+    return len(text).to_bytes(4, "big") + text + body
+
+
+def _array_from_bytes(data, form, fingerprint, width):
+    """Parse _array_to_bytes output: (shape, scale, list of ints); ValueError for a truncated
+    or corrupt payload, a foreign key, a wrong width or a body of the wrong length."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"from_bytes expects bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) < 4:
+        raise ValueError("encrypted payload is truncated: no header length")
+    header_length = int.from_bytes(data[:4], "big")
+    if 4 + header_length > len(data):
+        raise ValueError("encrypted payload is truncated inside its header")
+    try:
+        header = json.loads(data[4:4 + header_length].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"encrypted payload header is corrupt: {error}") from None
+    shape, scale = _check_array_header(header, form, fingerprint)
+    if header.get("width") != width:
+        raise ValueError(
+            f"header says {header.get('width')!r} bytes per ciphertext, the key needs {width}")
+    body, count = data[4 + header_length:], math.prod(shape)
+    if len(body) != count * width:
+        raise ValueError(
+            f"encrypted payload has {len(body)} ciphertext bytes, expected {count} × {width}")
+    return shape, scale, [int.from_bytes(body[i * width:(i + 1) * width], "big")
+                          for i in range(count)]
+
+
+def _array_to_json(header, integers):
+    """JSON text: the header's fields plus "ciphertexts", a list of int_to_text strings."""
+    return json.dumps({**header, "ciphertexts": [int_to_text(value) for value in integers]})
+
+
+def _array_from_json(text, form, fingerprint):
+    """Parse _array_to_json output: (shape, scale, list of ints), with the same header checks."""
+    try:
+        data = json.loads(text)
+    except (TypeError, json.JSONDecodeError) as error:
+        raise ValueError(f"encrypted JSON does not parse: {error}") from None
+    shape, scale = _check_array_header(data, form, fingerprint)
+    strings = data.get("ciphertexts")
+    if not isinstance(strings, list) or len(strings) != math.prod(shape):
+        raise ValueError(
+            f"encrypted JSON must list {math.prod(shape)} ciphertexts for shape {shape}")
+    return shape, scale, [int_from_text(string, "ciphertext") for string in strings]

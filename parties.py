@@ -23,8 +23,8 @@ import paillier
 from channel import MaskSource, RowBlocks
 from attacks.flaws import SECURE, ExponentTaggedArray, InsecureFlaws, encrypt_without_randomness, \
     phe_exponent, warn_insecure
-from fixed import Fixed, decode_signed, max_abs_bits, mod_n, object_array
-from paillier import EncryptedArray, PublicKey
+from fixed import Fixed, max_abs_bits, object_array
+from paillier import EncryptedArray, PublicKey, decode_signed, mod_n
 from plan import (MAX_FLAW_NAMES, MAX_INPUTS, MAX_SAMPLES, SHARE_GROWTH_BITS, FixedPointPlan,
                   Public, TrainingPlan, check_sigma, encode_features,
                   weight_share_bits)

@@ -125,7 +125,7 @@ def encrypt_without_randomness(public_key: PublicKey, fixed: Fixed) -> Encrypted
     """INSECURE (flaw 1): c = (1 + m·n) mod n², Paillier with r = 1. Deterministic, and anyone
     who knows n reads m = (c − 1)/n."""
     n, nsquare = public_key.n, public_key.nsquare
-    residues = public_key._encode_array(fixed.values)
+    residues = public_key.encode_residues(fixed.values)
     ciphertexts = object_array([(1 + m * n) % nsquare for m in residues.ravel().tolist()],
                                fixed.shape)
     paillier.OP_COUNTS["encrypt"] += residues.size

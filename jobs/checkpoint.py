@@ -24,7 +24,7 @@ import nn
 import paillier
 from fixed import Fixed
 from paillier import PublicKey
-from encoding import from_decimal, to_decimal
+from fixed import from_decimal, to_decimal
 from channel import DATA, LABEL
 from parties import BottomModel, DataParty, LabelParty, Restored
 from plan import FixedPointPlan, check_features

@@ -7,7 +7,7 @@ the labels; the two are joined on a shared example id. So a user supplies two CS
     labels.csv    id,label,...      (only the label column is used; labels may be any text)
 
 Each party loads only its own file (``load_features_csv`` / ``load_labels_csv``) and the two
-agree on row order with ``align``; ``load_csv_pair`` does all three in one process.
+agree on row order with ``pair_rows_by_id``; ``load_csv_pair`` does all three in one process.
 
 Bad input raises ``DataError`` with one line naming the file, the 1-based line number in the
 file (the header is line 1) and the column. Nothing is silently dropped, filled or coerced.
@@ -363,9 +363,17 @@ def load_labels_csv(path, id_column: str, label_column: str, *,
     return ids, y, class_names
 
 
-def align(feature_ids, label_ids, *, allow_unmatched: bool = False,
-          feature_source: str = "features file", label_source: str = "labels file"):
-    """Row indices (feature_rows, label_rows) pairing equal ids, in the features file's order.
+def _first_duplicate(keys):
+    """The first id (text) that occurs a second time in ``keys``, in order; None if none does."""
+    seen = set()
+    return next((key for key in keys if key in seen or seen.add(key)), None)
+
+
+def pair_rows_by_id(feature_ids, label_ids, *, allow_unmatched: bool = False,
+                    feature_source: str = "features file", label_source: str = "labels file"):
+    """Row indices (feature_rows, label_rows) pairing equal ids, in the features file's order:
+    both id lists in one process, in the clear (load_csv_pair; two processes align their ids
+    over the wire instead, network/alignment.py).
 
     ``feature_ids[feature_rows] == label_ids[label_rows]`` elementwise. By default every id must
     appear on both sides: an id on one side only is a DataError giving the count and the first
@@ -375,9 +383,8 @@ def align(feature_ids, label_ids, *, allow_unmatched: bool = False,
     feature_keys = [str(value) for value in feature_ids]
     label_keys = [str(value) for value in label_ids]
     for keys, source in ((feature_keys, feature_source), (label_keys, label_source)):
-        if len(set(keys)) != len(keys):
-            seen = set()
-            duplicate = next(key for key in keys if key in seen or seen.add(key))
+        duplicate = _first_duplicate(keys)
+        if duplicate is not None:
             raise DataError(f"{source}: duplicate id {duplicate!r}")
     label_row = {key: row for row, key in enumerate(label_keys)}
     if not allow_unmatched:
@@ -412,9 +419,9 @@ def load_csv_pair(features_csv, labels_csv, *, id_column: str, label_column: str
         raise DataError(f"{features_csv}: contains the label column {label_column!r}; remove it "
                         f"(the data party must not hold the labels)")
     label_ids, y, class_names = load_labels_csv(labels_csv, id_column, label_column)
-    feature_rows, label_rows = align(feature_ids, label_ids, allow_unmatched=allow_unmatched,
-                                     feature_source=f"features file {features_csv}",
-                                     label_source=f"labels file {labels_csv}")
+    feature_rows, label_rows = pair_rows_by_id(
+        feature_ids, label_ids, allow_unmatched=allow_unmatched,
+        feature_source=f"features file {features_csv}", label_source=f"labels file {labels_csv}")
     y = y[label_rows]
     if len(np.unique(y)) < 2:
         raise DataError(f"{labels_csv}: after joining on {id_column!r} only one class remains")
@@ -590,9 +597,8 @@ def common_rows(own_ids, other_ids) -> tuple[list[str], np.ndarray]:
     that order). Each party computes it alone once the ids are exchanged, so that row i at the
     data party and row i at the label party are the same example."""
     keys = [str(value) for value in own_ids]
-    if len(set(keys)) != len(keys):
-        seen = set()
-        duplicate = next(key for key in keys if key in seen or seen.add(key))
+    duplicate = _first_duplicate(keys)
+    if duplicate is not None:
         raise DataError(f"duplicate id {duplicate!r}; each row needs its own id")
     common = sorted(set(keys) & {str(value) for value in other_ids})
     position = {key: row for row, key in enumerate(keys)}

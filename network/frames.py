@@ -12,7 +12,7 @@ and for integers their width) and its body the raw bytes:
 Nothing is ever unpickled. :func:`check_layout` judges a layout before the body is read (the
 receiver passes it, with the shape the protocol expects, as ``Connection.receive_frame``'s
 ``expect``); :func:`decode_payload` runs it again, checks the body's length against it, and
-only then builds values. Every failure is one line of :class:`TransportError`.
+only then builds values. Every failure is one line of wire.py's :class:`TransportError`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import math
 
 import numpy as np
 
+from network.wire import TransportError, one_line, refuse_constant
 from paillier import EncryptedArray, PublicKey
 
 MAX_DIMENSIONS = 32  # of an array on the wire (numpy's own limit is 64)
@@ -29,18 +30,6 @@ MAX_ELEMENTS = 1 << 26  # of any array on the wire
 MAX_INT_ELEMENTS = 1 << 21  # Python ints built from one frame (each costs ~40 bytes + width)
 MAX_INT_WIDTH = 1 << 16  # bytes per integer on the wire: far above any key size in use
 MAX_PUBLIC_KEY_BYTES = 64 * 1024
-
-
-class TransportError(ConnectionError):
-    """The wire failed: a timeout, a disconnect, a malformed, forged or unexpected frame."""
-
-
-def one_line(text) -> str:
-    return " ".join(str(text).split())
-
-
-def refuse_constant(name):
-    raise ValueError(f"{name} is not JSON")
 
 
 def _is_int_array(payload) -> bool:

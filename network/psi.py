@@ -226,8 +226,11 @@ class DataSide(_Side):
         return self._intersect(mine_doubled, self._theirs_doubled)
 
 
-def align(label_ids, data_ids, *, exponent_bits: int = EXPONENT_BITS):
-    """Both sides in one process: (label rows, data rows), row i of each the same id."""
+def intersect_in_one_process(label_ids, data_ids, *,
+                             exponent_bits: int = EXPONENT_BITS):
+    """Both sides of the intersection in one process (to check and to teach it; two processes
+    run it over the wire, network/alignment.py): (label rows, data rows), row i of each the
+    same id."""
     label, data = LabelSide(label_ids, exponent_bits=exponent_bits), DataSide(
         data_ids, exponent_bits=exponent_bits)
     reblinded, blinded = data.answer(label.first_message())

@@ -34,9 +34,9 @@ from network.alignment import PSI, Alignment, align_ids, check_id_list
 from channel import DATA, LABEL, PUBLIC, Channel, leakage_lines
 from attacks.flaws import SECURE
 from parties import DataParty, LabelParty
-from network.frames import check_layout, decode_payload, encode_payload, one_line
+from network.frames import check_layout, decode_payload, encode_payload
 from plan import MAX_EPOCHS, STREAM_CHUNKS, FixedPointPlan, check_sigma
-from network.wire import TransportError
+from network.wire import TransportError, one_line
 
 
 class SocketChannel(Channel):

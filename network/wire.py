@@ -52,8 +52,8 @@ hopeless; a password does not. Make one with::
 
     python -c "import secrets; print(secrets.token_hex(32))"
 
-What a message frame's body holds, and how it is checked before it is decoded, is payload.py
-(:func:`encode_payload`, :func:`decode_payload`, :func:`check_layout`, re-exported here).
+What a message frame's body holds, and how it is checked before it is decoded, is frames.py
+(:func:`encode_payload`, :func:`decode_payload`, :func:`check_layout`).
 Nothing is ever unpickled. Without TLS the frames are authenticated but not encrypted: masked
 values and public messages can be read by anyone on the path.
 """
@@ -73,9 +73,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-# The payloads, and the error every refusal raises, live in payload.py; wire re-exports them.
-from network.frames import (TransportError, check_layout, decode_payload,  # noqa: F401 (re-exported)
-                     encode_payload, one_line, refuse_constant)
 
 VERSION = "acml-tcp-2"
 MAGIC = b"ACML"
@@ -100,6 +97,22 @@ HANDSHAKE_TIMEOUT_NAME = "--handshake-timeout"
 MIN_TOKEN_BYTES = 32
 MIN_HEX_TOKEN_DIGITS = 64  # a hex token carries 4 bits per character: 64 digits = 32 bytes
 MIN_TOKEN_SYMBOLS = 8  # distinct characters: refuses "aaaa…" and "0000…" outright
+
+
+class TransportError(ConnectionError):
+    """The wire failed: a timeout, a disconnect, a malformed, forged or unexpected frame (the
+    frame bodies' checks in frames.py raise it too)."""
+
+
+def one_line(text) -> str:
+    """``text`` (anything str() takes) with every run of whitespace one space: a peer's words
+    quoted in an error stay on the error's one line."""
+    return " ".join(str(text).split())
+
+
+def refuse_constant(name):
+    """json.loads' parse_constant for untrusted JSON: NaN and ±Infinity are no JSON."""
+    raise ValueError(f"{name} is not JSON")
 
 
 

@@ -386,7 +386,7 @@ def _crt_namespace(constants):
 
 
 def _crt_constants(private_key):
-    k = private_key._constants()
+    k = private_key.crt_constants()
     return _ints([k.n, k.p, k.q, k.psquare, k.qsquare, k.hp, k.hq, k.q_inverse_mod_p,
                   k.qsquare_inverse_mod_psquare])
 
@@ -394,7 +394,7 @@ def _crt_constants(private_key):
 def _kernel_crt_encrypt(constants, residues, parts_p, parts_q):
     """The key owner's CRT encryption from the randomness' CRT parts, as ints."""
     k = _crt_namespace(constants)
-    return [int(PrivateKey._crt_encrypt_parts(mpz(m), mpz(s_p), mpz(s_q), k))
+    return [int(PrivateKey.crt_encrypt_parts(mpz(m), mpz(s_p), mpz(s_q), k))
             for m, s_p, s_q in zip(residues, parts_p, parts_q)]
 
 
@@ -405,7 +405,7 @@ def _kernel_crt_djn_encrypt(constants, djn_base, exponent_bits, residues, alphas
     k = _crt_namespace(constants)
     table_p = fixed_base_table(djn_base % k.psquare, k.psquare, exponent_bits)
     table_q = fixed_base_table(djn_base % k.qsquare, k.qsquare, exponent_bits)
-    return [int(PrivateKey._crt_encrypt_powers(mpz(m), table_p.power(alpha),
+    return [int(PrivateKey.crt_encrypt_powers(mpz(m), table_p.power(alpha),
                                                table_q.power(alpha), k))
             for m, alpha in zip(residues, alphas)]
 
@@ -426,7 +426,7 @@ def _kernel_crt_fixed_base_encrypt(constants, generators, residues, exponents_p,
     g_p, psquare, bits_p, g_q, qsquare, bits_q = generators
     table_p = fixed_base_table(g_p, psquare, bits_p)
     table_q = fixed_base_table(g_q, qsquare, bits_q)
-    return [int(PrivateKey._crt_encrypt_powers(mpz(m), table_p.power(a_p), table_q.power(a_q),
+    return [int(PrivateKey.crt_encrypt_powers(mpz(m), table_p.power(a_p), table_q.power(a_q),
                                                k))
             for m, a_p, a_q in zip(residues, exponents_p, exponents_q)]
 
@@ -434,7 +434,7 @@ def _kernel_crt_fixed_base_encrypt(constants, generators, residues, exponents_p,
 def _kernel_crt_decrypt(constants, ciphertexts):
     """The key owner's CRT decryption to residues in [0, n), as ints."""
     k = _crt_namespace(constants)
-    return [int(PrivateKey._crt_decrypt(mpz(c), k)) for c in ciphertexts]
+    return [int(PrivateKey.crt_decrypt(mpz(c), k)) for c in ciphertexts]
 
 
 def _spread_flat(executor, workers, kernel, shared, columns):
@@ -463,7 +463,7 @@ def _kernel_crt_randomizers(constants, parts_p, parts_q):
     """The key owner's textbook randomizers r^n mod n² from the CRT parts of r, as ints:
     _kernel_crt_encrypt of m = 0 (so (1 + m·n)·ρ mod n² is that kernel's ciphertext of m)."""
     k = _crt_namespace(constants)
-    return [int(PrivateKey._crt_encrypt_parts(0, mpz(s_p), mpz(s_q), k))
+    return [int(PrivateKey.crt_encrypt_parts(0, mpz(s_p), mpz(s_q), k))
             for s_p, s_q in zip(parts_p, parts_q)]
 
 
@@ -690,19 +690,14 @@ def encrypt_array(key, fixed, *, executor=None, workers=None, randomness=None, p
     """
     if not isinstance(fixed, Fixed):
         raise TypeError(f"encrypt_array expects a Fixed array, got {type(fixed).__name__}")
-    if isinstance(key, PrivateKey) and pool is not None:
-        # Precomputed randomizers (the key owner's CRT r^n, or DJN): one multiplication each.
-        if pool.key is not key:
-            raise ValueError("the key owner's encryption takes only a pool built from its own "
-                             "private key (RandomizerPool(private_key))")
-        public_key = key.public_key
-        residues = public_key._encode_array(fixed.values).ravel().tolist()
-        rhos = _randomizers_for(public_key, len(residues), randomness, executor, workers, pool)
-        _, n, nsquare = public_key._moduli()
-        flat = [(1 + m * n) * rho % nsquare for m, rho in zip(residues, rhos)]
-    elif isinstance(key, PrivateKey):
-        public_key = key.public_key
-        residues = public_key._encode_array(fixed.values).ravel().tolist()
+    if not isinstance(key, (PrivateKey, PublicKey)):
+        raise TypeError(f"key must be a PublicKey or PrivateKey, got {type(key).__name__}")
+    if isinstance(key, PrivateKey) and pool is not None and pool.key is not key:
+        raise ValueError("the key owner's encryption takes only a pool built from its own "
+                         "private key (RandomizerPool(private_key))")
+    public_key = key.public_key if isinstance(key, PrivateKey) else key
+    residues = public_key.encode_residues(fixed.values).ravel().tolist()
+    if isinstance(key, PrivateKey) and pool is None:
         textbook = randomness is None or paillier.randomness_kind(randomness) == "textbook"
         if textbook and key.subgroups:  # safe primes: fixed-base, the same distribution
             exponents = [key.random_subgroup_exponents() for _ in residues]
@@ -718,14 +713,12 @@ def encrypt_array(key, fixed, *, executor=None, workers=None, randomness=None, p
             kernel = _kernel_crt_djn_encrypt
             shared = (_crt_constants(key), public_key.djn_base, public_key.djn_exponent_bits)
         flat = [mpz(c) for c in _spread_flat(executor, workers, kernel, shared, columns)]
-    elif isinstance(key, PublicKey):
-        public_key = key
-        residues = public_key._encode_array(fixed.values).ravel().tolist()
-        rhos = _randomizers_for(public_key, len(residues), randomness, executor, workers, pool)
-        _, n, nsquare = public_key._moduli()
-        flat = [(1 + m * n) * rho % nsquare for m, rho in zip(residues, rhos)]
     else:
-        raise TypeError(f"key must be a PublicKey or PrivateKey, got {type(key).__name__}")
+        # A public key's randomizers, or a pool's (the key owner's precomputed CRT r^n, or
+        # DJN): one multiplication each.
+        rhos = _randomizers_for(public_key, len(residues), randomness, executor, workers, pool)
+        _, n, nsquare = public_key.moduli()
+        flat = [(1 + m * n) * rho % nsquare for m, rho in zip(residues, rhos)]
     OP_COUNTS["encrypt"] += len(flat)
     return EncryptedArray(public_key, object_array(flat, fixed.shape), fixed.scale)
 
@@ -738,17 +731,17 @@ def rerandomize(encrypted, *, executor=None, workers=None, randomness=None, pool
     public_key = encrypted.public_key
     flat = encrypted.ciphertexts.ravel().tolist()
     rhos = _randomizers_for(public_key, len(flat), randomness, executor, workers, pool)
-    nsquare = public_key._moduli()[2]
+    nsquare = public_key.moduli()[2]
     OP_COUNTS["rerandomize"] += len(flat)
-    return encrypted._new(object_array([c * rho % nsquare for c, rho in zip(flat, rhos)],
-                                       encrypted.shape))
+    return encrypted.with_ciphertexts(
+        object_array([c * rho % nsquare for c, rho in zip(flat, rhos)], encrypted.shape))
 
 
 def decrypt_residues(private_key, encrypted, *, executor=None, workers=None):
     """private_key.decrypt_residues(encrypted) (the twin), optionally spread over an executor."""
     if not isinstance(private_key, PrivateKey):
         raise TypeError(f"expected a PrivateKey, got {type(private_key).__name__}")
-    private_key._check_owner(encrypted)
+    private_key.check_owner(encrypted)
     flat = _spread_flat(executor, workers, _kernel_crt_decrypt, (_crt_constants(private_key),),
                         [encrypted.ciphertexts.ravel().tolist()])
     OP_COUNTS["decrypt"] += len(flat)

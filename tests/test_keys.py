@@ -13,7 +13,6 @@ import sympy
 from conftest import insecure_keypair
 
 import paillier
-import encoding
 from fixed import Fixed, object_array
 from paillier import EncryptedArray, PrivateKey, PublicKey
 
@@ -189,4 +188,4 @@ def test_the_older_decimal_format_still_loads(small_keypair):
 def test_int_from_text_refuses_anything_but_hex_or_decimal_digits(bad):
     """Only "0x" + lowercase hex digits, or plain decimal digits."""
     with pytest.raises(ValueError):
-        encoding.int_from_text(bad)
+        paillier.int_from_text(bad)

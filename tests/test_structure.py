@@ -1,6 +1,7 @@
 """The structure the redesign promises, checked: protocol.py is a short script that reads only
 public facts and declares every message; the parties own their state; the channel's checks
-hold whatever σ says; the import circle stays broken; and the fast paths change no bit.
+hold whatever σ says; the import circle stays broken; the fast paths change no bit; and no
+module reaches into another module's private names.
 
 Small keys (512 bits, through the explicit insecure flag) and tiny data keep it fast."""
 
@@ -360,3 +361,76 @@ def test_an_executor_gives_the_same_bits_as_this_process(fast_path_runs):
     """Running the exponentiations on an executor (two threads) changes where they run, not a
     single bit of W_B + ε_acc or of the layers above."""
     _assert_same_bits(fast_path_runs["packed"], fast_path_runs["packed, executor"])
+
+
+# ----------------------------------------------------------------------------------------------
+# No module reaches into another module's private names
+# ----------------------------------------------------------------------------------------------
+PACKAGES = sorted(path.parent.name for path in ROOT.glob("*/__init__.py")
+                  if path.parent.name != "tests")
+PROJECT_MODULES = ({path.stem for path in ROOT.glob("*.py")} | set(PACKAGES)
+                   | {f"{package}.{path.stem}" for package in PACKAGES
+                      for path in (ROOT / package).glob("*.py")})
+
+
+def _is_private(attribute):
+    return attribute.startswith("_") and not (attribute.startswith("__")
+                                              and attribute.endswith("__"))
+
+
+def foreign_private_accesses(tree):
+    """(line, source text) of every reach into another module's private name: ``X._y`` where
+    X is bound by an import of a project module in this file (a module, a class, any object),
+    and ``X.Y._z`` (any depth) where X is an imported project module.  ``self._y``,
+    ``cls._y``, dunders and the standard library's names are not flagged."""
+    imported, modules = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in PROJECT_MODULES:
+                    bound = alias.asname or alias.name.split(".")[0]
+                    imported.add(bound)
+                    modules.add(bound)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 \
+                and node.module in PROJECT_MODULES:
+            for alias in node.names:
+                bound = alias.asname or alias.name
+                imported.add(bound)
+                if f"{node.module}.{alias.name}" in PROJECT_MODULES:
+                    modules.add(bound)
+    found = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Attribute) and _is_private(node.attr)):
+            continue
+        root, depth = node.value, 1
+        while isinstance(root, ast.Attribute):
+            root, depth = root.value, depth + 1
+        if isinstance(root, ast.Name) and (root.id in modules
+                                           or (depth == 1 and root.id in imported)):
+            found.append((node.lineno, ast.unparse(node)))
+    return found
+
+
+def test_the_private_name_check_flags_reaches_and_spares_own_names():
+    """The check below can fail: it flags ``PrivateKey._x``, ``paillier._y``,
+    ``paillier.PrivateKey._z`` and ``kernels._w`` (a module from a package), and spares
+    ``self._a``, ``cls._b``, a dunder and the standard library's ``os._exit``."""
+    source = "\n".join([
+        "import os", "import paillier", "from paillier import PrivateKey",
+        "from speed import kernels",
+        "PrivateKey._x", "paillier._y", "paillier.PrivateKey._z", "kernels._w",
+        "self._a", "cls._b", "paillier.__name__", "os._exit", "PrivateKey.__init__"])
+    flagged = [text for _, text in foreign_private_accesses(ast.parse(source))]
+    assert sorted(flagged) == sorted(["PrivateKey._x", "paillier._y", "paillier.PrivateKey._z",
+                                      "kernels._w"])
+
+
+def test_no_module_uses_another_modules_private_names():
+    """Every module (top level and the folders, not the tests) reaches another module only
+    through its public names: no ``imported._name``, no ``module.Class._name``."""
+    files = sorted(ROOT.glob("*.py")) + sorted(path for package in PACKAGES
+                                               for path in (ROOT / package).glob("*.py"))
+    assert len(files) > 20 and ROOT / "speed" / "kernels.py" in files
+    reaches = [f"{path.relative_to(ROOT)} line {line}: {text}" for path in files
+               for line, text in foreign_private_accesses(parse(path.relative_to(ROOT)))]
+    assert reaches == []

@@ -140,14 +140,14 @@ def primitives(bits: int, sizes: dict, executor=None) -> dict:
 
     phe_encrypted = [phe_public.encrypt(v) for v in values]
     private.encrypt(fixed)  # this key's fixed-base tables, built outside the timings below
-    residues = public._encode_array(fixed.values).ravel().tolist()
-    crt = private._constants()
+    residues = public.encode_residues(fixed.values).ravel().tolist()
+    crt = private.crt_constants()
     encrypt = _fastest({"acml": lambda: private.encrypt(fixed),
                         "phe": lambda: [phe_public.encrypt(v) for v in values],
                         "acml_public_key": lambda: public.encrypt(fixed),
                         # the same key's per-element CRT path (what keys without safe primes
                         # take): s_p^p mod p² and s_q^q mod q², variable base, per element
-                        "acml_crt_per_element": lambda: [private._crt_encrypt_parts(
+                        "acml_crt_per_element": lambda: [private.crt_encrypt_parts(
                             m, *private.random_crt_parts(), crt) for m in residues]})
     out["encrypt"] = {name: seconds / repeats for name, seconds in encrypt.items()}
     out["encrypt"]["fixed_base_vs_crt"] = _ratio(out["encrypt"]["acml_crt_per_element"],

@@ -112,11 +112,11 @@ def test_ids_are_compared_as_text_and_blank_lines_are_skipped(tmp_path):
     assert list(dataset.ids) == ["007", "7"] and list(dataset.y) == [0, 1]
 
 
-def test_align_returns_matching_row_indices_and_inner_join_on_request():
-    feature_rows, label_rows = data.align(["a", "b", "c"], ["c", "a", "b"])
+def test_pair_rows_by_id_returns_matching_row_indices_and_inner_join_on_request():
+    feature_rows, label_rows = data.pair_rows_by_id(["a", "b", "c"], ["c", "a", "b"])
     np.testing.assert_array_equal(feature_rows, [0, 1, 2])
     np.testing.assert_array_equal(label_rows, [1, 2, 0])
-    feature_rows, label_rows = data.align(["a", "b", "c"], ["c", "z", "a"], allow_unmatched=True)
+    feature_rows, label_rows = data.pair_rows_by_id(["a", "b", "c"], ["c", "z", "a"], allow_unmatched=True)
     np.testing.assert_array_equal(feature_rows, [0, 2])
     np.testing.assert_array_equal(label_rows, [2, 0])
 

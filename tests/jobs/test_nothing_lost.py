@@ -21,13 +21,14 @@ import pytest
 from conftest import insecure_keypair
 
 import acml
-import encoding
 import channel
+import fixed
 from jobs import checkpoint
 from jobs import run_directory
 from jobs import data
 from network import transport
 from network import wire
+
 KEY_BITS = 512
 TIMEOUT = 30.0
 TOKEN = b"a-shared-test-token-of-32-bytes!"
@@ -253,13 +254,13 @@ def test_integers_of_20000_digits_round_trip_in_checkpoints_and_transcripts():
     back = checkpoint._integers({"x": strings}, "x", (2, 2), "file")
     assert all(int(a) == int(b) for a, b in zip(back.ravel(), values.ravel()))
     text = json.dumps(channel.jsonable({"values": values}))
-    assert [encoding.from_decimal(v) for v in json.loads(text)["values"]] == values.ravel().tolist()
+    assert [fixed.from_decimal(v) for v in json.loads(text)["values"]] == values.ravel().tolist()
     for value in (0, 9, 10 ** 4000, 10 ** 4000 - 1, 10 ** 8000 + 12345, -(10 ** 12000)):
-        assert encoding.from_decimal(encoding.to_decimal(value)) == value
+        assert fixed.from_decimal(fixed.to_decimal(value)) == value
     old_limit = sys.get_int_max_str_digits()
     sys.set_int_max_str_digits(0)
     try:
-        assert encoding.to_decimal(big) == str(big)  # the plain decimal numeral
+        assert fixed.to_decimal(big) == str(big)  # the plain decimal numeral
     finally:
         sys.set_int_max_str_digits(old_limit)
 

@@ -77,7 +77,7 @@ def test_the_same_set_in_two_orders_aligns_completely():
     label, data, _ = run(ids, shuffled)
     check_aligned(ids, shuffled, label, data)
     assert len(label.rows) == 40
-    rows_label, rows_data = psi.align(ids, shuffled)
+    rows_label, rows_data = psi.intersect_in_one_process(ids, shuffled)
     assert [ids[r] for r in rows_label] == [shuffled[r] for r in rows_data]
 
 

@@ -24,6 +24,7 @@ import acml
 from jobs import data
 import paillier
 from network import transport
+from network import frames
 from network import wire
 from channel import Channel, LeakageError
 from fixed import Fixed
@@ -273,8 +274,8 @@ def test_each_process_holds_only_its_own_party_and_runs_only_its_work():
 def test_payloads_round_trip_the_wire_exactly(payload):
     """Signed big integers (at every byte boundary), float64 bits and public JSON come back
     exactly as they were sent."""
-    header, body = wire.encode_payload(payload)
-    got = wire.decode_payload(header, body, None, "test")
+    header, body = frames.encode_payload(payload)
+    got = frames.decode_payload(header, body, None, "test")
     if isinstance(payload, np.ndarray):
         assert got.shape == payload.shape
         assert [repr(v) for v in got.ravel()] == [repr(v) for v in payload.ravel()]
@@ -286,11 +287,11 @@ def test_ciphertexts_and_the_public_key_round_trip_the_wire(keypair):
     """[[values]] and n survive encoding; ciphertexts are checked against the declared key."""
     public_key = keypair[0]
     encrypted = public_key.encrypt(Fixed.from_ints(np.array([[1, -2], [3, 4]], dtype=object), 5))
-    header, body = wire.encode_payload(encrypted)
-    got = wire.decode_payload(header, body, public_key, "test")
+    header, body = frames.encode_payload(encrypted)
+    got = frames.decode_payload(header, body, public_key, "test")
     assert got.scale == 5 and np.array_equal(keypair[1].decrypt(got).values, [[1, -2], [3, 4]])
-    header, body = wire.encode_payload(public_key)
-    assert wire.decode_payload(header, body, None, "test") == public_key
+    header, body = frames.encode_payload(public_key)
+    assert frames.decode_payload(header, body, None, "test") == public_key
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,17 +307,17 @@ def test_ciphertexts_under_another_key_or_out_of_range_are_refused(keypair):
         warnings.simplefilter("ignore")
         other, _ = paillier.generate_keypair(KEY_BITS, allow_insecure=True)
     foreign = other.encrypt(Fixed.from_ints(np.array([1], dtype=object), 0))
-    header, body = wire.encode_payload(foreign)
+    header, body = frames.encode_payload(foreign)
     with pytest.raises(wire.TransportError, match="different public key"):
-        wire.decode_payload(header, body, public_key, "test")
+        frames.decode_payload(header, body, public_key, "test")
     genuine = public_key.encrypt(Fixed.from_ints(np.array([1], dtype=object), 0))
-    header, body = wire.encode_payload(genuine)
+    header, body = frames.encode_payload(genuine)
     width = (public_key.nsquare.bit_length() + 7) // 8
     zero = body[:len(body) - width] + b"\0" * width  # ciphertext 0 is no ciphertext
     with pytest.raises(wire.TransportError, match="outside"):
-        wire.decode_payload(header, zero, public_key, "test")
+        frames.decode_payload(header, zero, public_key, "test")
     with pytest.raises(wire.TransportError, match="frame says shape"):
-        wire.decode_payload({**header, "shape": [2]}, body, public_key, "test")
+        frames.decode_payload({**header, "shape": [2]}, body, public_key, "test")
 
 
 def _channel_pair():
@@ -358,7 +359,7 @@ def test_a_frame_that_is_not_the_next_expected_message_is_refused():
 
 def _send_raw(channel, declaration, payload):
     """A peer that skips its own checks: the frame goes out exactly as given."""
-    layout, body = wire.encode_payload(payload)
+    layout, body = frames.encode_payload(payload)
     full = {"reason": None, "mask_bits": None, "value_bits": None, "shape": None, **declaration}
     channel.connection.send_frame({"type": "message", "declaration": full, "layout": layout},
                                   body)

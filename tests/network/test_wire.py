@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from conftest import insecure_keypair
 
+from network import frames
 from network import wire
 TOKEN = b"0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0"  # 64 hex digits
 HOST = "127.0.0.1"
@@ -627,8 +628,8 @@ def test_a_missing_certificate_file_is_one_line_naming_it(tmp_path):
     {"ids": ["a", "b"], "n": 3}, [1, 2.5, None, "x"], 7,
 ])
 def test_payloads_round_trip_exactly(payload):
-    header, body = wire.encode_payload(payload)
-    back = wire.decode_payload(json.loads(json.dumps(header)), body, None, "test")
+    header, body = frames.encode_payload(payload)
+    back = frames.decode_payload(json.loads(json.dumps(header)), body, None, "test")
     if isinstance(payload, np.ndarray):
         assert back.shape == payload.shape and [int(v) if payload.dtype.kind != "f" else v
                                                  for v in payload.ravel()] == list(back.ravel())
@@ -641,14 +642,14 @@ def test_ciphertexts_and_the_public_key_round_trip_and_a_foreign_key_is_refused(
     other_public, _ = insecure_keypair(264)
     from fixed import Fixed
     encrypted = public.encrypt(Fixed.encode(np.array([[0.5, -1.0, 2.0]]), 8))
-    header, body = wire.encode_payload(encrypted)
-    back = wire.decode_payload(header, body, public, "test", expected_shape=[None, 3])
+    header, body = frames.encode_payload(encrypted)
+    back = frames.decode_payload(header, body, public, "test", expected_shape=[None, 3])
     assert np.allclose(private.decrypt(back).decode(), [[0.5, -1.0, 2.0]])
-    assert wire.decode_payload(*wire.encode_payload(public), None, "key") == public
+    assert frames.decode_payload(*frames.encode_payload(public), None, "key") == public
     with pytest.raises(wire.TransportError, match="different public key"):
-        wire.decode_payload(header, body, other_public, "test")
+        frames.decode_payload(header, body, other_public, "test")
     with pytest.raises(wire.TransportError, match="before the data party's public key"):
-        wire.decode_payload(header, body, None, "test")
+        frames.decode_payload(header, body, None, "test")
 
 
 @pytest.mark.parametrize("header, body, words", [
@@ -673,7 +674,7 @@ def test_ciphertexts_and_the_public_key_round_trip_and_a_foreign_key_is_refused(
 def test_malformed_or_unexpected_payloads_are_one_transport_error_line(header, body, words):
     expected = [3] if words == "expects [3]" else None
     with pytest.raises(wire.TransportError) as caught:
-        wire.decode_payload(header, body, None, "step 1 message 'm'", expected_shape=expected)
+        frames.decode_payload(header, body, None, "step 1 message 'm'", expected_shape=expected)
     assert words in str(caught.value) and "\n" not in str(caught.value)
     assert str(caught.value).startswith("step 1 message 'm'")
 
@@ -684,22 +685,22 @@ def test_a_16_mib_frame_of_tiny_integers_is_refused_before_any_object_is_built()
     tracemalloc.start()
     try:
         with pytest.raises(wire.TransportError, match="more than the cap of 2097152"):
-            wire.decode_payload(header, body, None, "masked")
+            frames.decode_payload(header, body, None, "masked")
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert peak < 1024 * 1024
     with pytest.raises(wire.TransportError, match="expects"):
-        wire.check_layout(header, "masked", expected_shape=[10])
+        frames.check_layout(header, "masked", expected_shape=[10])
 
 
 def test_check_layout_serves_as_expect_and_refuses_the_frame_before_its_body():
     data, label = connected_pair()
     try:
-        header, body = wire.encode_payload(np.zeros((4, 2)))
+        header, body = frames.encode_payload(np.zeros((4, 2)))
         label.send_frame({**header, "type": "message"}, body, what="Z")
         with pytest.raises(wire.TransportError, match=r"declares shape \[4, 2\].*\[3, 2\]"):
-            data.receive_frame("Z", expect=lambda h: wire.check_layout(
+            data.receive_frame("Z", expect=lambda h: frames.check_layout(
                 h, "Z", expected_shape=[3, 2]))
     finally:
         data.close()

@@ -151,11 +151,11 @@ def test_crt_parts_encrypt_exactly_like_the_textbook_with_the_matching_r(backend
     """Drawing (s_p, s_q) instead of r is drawing r: for s_p = r^q mod p, s_q = r^p mod q the
     key owner's ciphertext is the textbook (1 + m·n)·r^n mod n²."""
     public_key, private_key = keypair
-    constants = private_key._constants()
+    constants = private_key.crt_constants()
     for m in (0, 1, public_key.n - 1, 123456789):
         r = int(public_key.random_r())
         parts = pow(r, private_key.q, private_key.p), pow(r, private_key.p, private_key.q)
-        assert (int(private_key._crt_encrypt_parts(m, *parts, constants))
+        assert (int(private_key.crt_encrypt_parts(m, *parts, constants))
                 == int(public_key.raw_encrypt(m, r)))
     ciphertext = private_key.raw_encrypt(77)
     assert private_key.raw_decrypt(ciphertext) == 77

@@ -131,11 +131,11 @@ def test_fixed_base_ciphertext_is_the_old_paths_and_the_textbook_one(keypair, ar
     public textbook (1 + m·n)·r^n mod n² for the matching r; all decrypt to the plaintexts."""
     public_key, private_key = keypair
     values = plain_values()
-    residues = public_key._encode_array(values.values).ravel().tolist()
+    residues = public_key.encode_residues(values.values).ravel().tolist()
     draws = [private_key.random_subgroup_exponents() for _ in residues]
     (subgroup_p, subgroup_q) = private_key.subgroups
-    constants = private_key._constants()
-    old_path = [int(private_key._crt_encrypt_parts(
+    constants = private_key.crt_constants()
+    old_path = [int(private_key.crt_encrypt_parts(
         m, pow(subgroup_p.primitive_root, a_p, private_key.p),
         pow(subgroup_q.primitive_root, a_q, private_key.q), constants))
         for m, (a_p, a_q) in zip(residues, draws)]
@@ -210,10 +210,10 @@ def test_a_key_without_safe_primes_keeps_the_per_element_crt_path(random_prime_k
                                    allow_insecure=True)
     assert reloaded.subgroups is None
     values = plain_values()
-    residues = public_key._encode_array(values.values).ravel().tolist()
+    residues = public_key.encode_residues(values.values).ravel().tolist()
     parts = [reloaded.random_crt_parts() for _ in residues]
-    constants = reloaded._constants()
-    expected = [int(reloaded._crt_encrypt_parts(m, *part, constants))
+    constants = reloaded.crt_constants()
+    expected = [int(reloaded.crt_encrypt_parts(m, *part, constants))
                 for m, part in zip(residues, parts)]
 
     def refuse(*_):
