@@ -113,12 +113,14 @@ def _readme_curve():
 
 def test_readme_privacy_table_matches_what_the_code_measures():
     """Protects the README's privacy/utility table: every (dataset, ε) row is there; ε = ∞ is
-    deterministic and must match to 0.005; a finite ε draws fresh noise, so its accuracy and
-    AUC must be within 0.2 of the README's (near chance either way)."""
+    deterministic and must match to 0.005; a finite ε draws fresh noise, and a model trained on
+    near-pure noise flips between predicting the majority and the minority class, so there the
+    AUC must be within 0.2 of the README's and the accuracy within 0.35 (near chance either way)."""
     table = _readme_curve()
     for dataset in ("german_credit", "breast_cancer"):
         for row in leaks.input_perturbation_curve(dataset):
             accuracy, auc = table[(dataset, row["epsilon"])]
-            slack = 0.005 if math.isinf(row["epsilon"]) else 0.2
-            assert abs(row["test_accuracy"] - accuracy) <= slack, (dataset, row["epsilon"])
-            assert abs(row["test_auc"] - auc) <= slack, (dataset, row["epsilon"])
+            exact = math.isinf(row["epsilon"])
+            assert abs(row["test_accuracy"] - accuracy) <= (0.005 if exact else 0.35), (
+                dataset, row["epsilon"])
+            assert abs(row["test_auc"] - auc) <= (0.005 if exact else 0.2), (dataset, row["epsilon"])
