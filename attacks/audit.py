@@ -147,7 +147,6 @@ class Scenario:
     bottom: object = None
     seed: int = 0
     features: int | None = None  # keep the first d columns only (None: all)
-    update_noise: float = 0.0  # the data party's mitigation of leak L1 (σ; 0 = off)
     mask_range: str = "mod_n"  # the label party's ε_B, ε_B': "mod_n" or (INSECURE) "interval"
     test_rows: int = 0  # held-out rows the run predicts at the end (accuracy, AUC)
 
@@ -221,7 +220,7 @@ def simulate(scenario: Scenario, flaws: InsecureFlaws = SECURE, *, keypair,
         warnings.simplefilter("ignore", InsecureFlawWarning)
         data_party = (data_party_class or DataParty)(
             X, keypair=keypair, init_seed=scenario.seed, bottom=scenario.bottom,
-            insecure_flaws=flaws, update_noise=scenario.update_noise,
+            insecure_flaws=flaws,
             **deviation.get("data", {}))
         # Unpacked: one value per ciphertext, as in the implementations whose flaws these are,
         # so that each attack reads its values directly (packing changes the layout, not the

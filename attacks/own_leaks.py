@@ -5,8 +5,9 @@ is. Each attack reads one curious party's own view of a real run (its diary, its
 own object), or is that party deviating from the script, and each mitigation is measured with
 its price (`python acml.py audit` prints both tables):
 
-* L1 (label party, semi-honest): z across epochs gives X·Xᵀ, then X from a few known rows.
-  Mitigation: noise on W's trajectory through ε_acc (``update_noise``).
+* L1 (label party, semi-honest): the column space of z across two epochs gives X from d + 2
+  known rows (X·Xᵀ without any). No noise on W can stop it; the mitigation measured is input
+  perturbation with (ε, δ)-DP (privacy/input_perturbation.py), as a privacy/utility curve.
 * L2 (label party, malicious): multiplying by W_B + 2^k·E reads X exactly. No cheap check.
 * L3 (data party, malicious): masks uniform only on an interval leak W_B to crafted
   plaintexts. Mitigation: masks uniform mod n (the default).
@@ -42,8 +43,8 @@ EXACT = Scenario("breast_cancer", rows=48, hidden=(8,), batch_size=16, epochs=4)
 PREDICT = Scenario("breast_cancer", rows=48, hidden=(4,), batch_size=16, epochs=1, features=4)
 GRAM_EPOCHS = (2, 3, 4, 5, 6, 8)
 GRAM_KNOWN_ROWS = 10  # rows of X the label party already knows (public records, its customers)
-GRAM_NOISE = (0.0, 0.01, 0.1, 1.0)  # σ of the update noise, in the gradient's units
-L1_FAILS_ABOVE = leaks.ATTACK_FAILS_ABOVE  # relative error of X·Xᵀ above which L1 failed
+L1_SUCCEEDS_ABOVE = 0.99  # R² of X over the rows B did not know
+L1_FAILS_BELOW = 0.5  # R² (against the TRUE X) below which the mitigation holds
 L2_SHIFT_SLACK_BITS = 2
 L3_TAIL = 16  # large multipliers after the geometric part of the chain
 L3_CHAIN = 192  # multipliers in the crafted prediction message (rows of [[X_new]])
@@ -61,9 +62,9 @@ def label_view(run: Run, epochs: int | None = None) -> leaks.LabelPartyView:
 
 
 def attack_gram(run: Run, epochs: int, known_rows: int = GRAM_KNOWN_ROWS) -> dict:
-    """L1 from the label party's view: X·Xᵀ by least squares on z across epochs, then X from
-    ``known_rows`` rows it already knows (orthogonal Procrustes). Scored against the features
-    the data party encoded (truth), which the attack never reads."""
+    """The old L1 estimator, kept for comparison: X·Xᵀ by least squares on z across epochs (it
+    needs n·h·(E − 1) ≥ n(n+1)/2), then X from ``known_rows`` rows (orthogonal Procrustes).
+    Scored against the features the data party encoded (truth), which the attack never reads."""
     result = leaks.gram_attack(label_view(run, epochs), allow_underdetermined=True)
     X = run.data_party.features.decode()  # ground truth: X as the protocol computes with it
     truth = X @ X.T
@@ -78,6 +79,24 @@ def attack_gram(run: Run, epochs: int, known_rows: int = GRAM_KNOWN_ROWS) -> dic
     return {**row, "relative_error": leaks.relative_error(result.G, truth),
             "relative_error_projected": leaks.relative_error(projected, truth),
             "known_rows": known_rows, "r2_of_X": leaks.r_squared(estimate[rest], X[rest])}
+
+
+def attack_column_space(run: Run, epochs: int, known_rows: int | None = None) -> dict:
+    """L1 from the label party's view of the real run: the column-space attack after ``epochs``
+    epochs, X from ``known_rows`` rows it already knows (default d + 2), and X·Xᵀ without any.
+    Scored against X_q, the features the data party encoded (z − b = X_q·W exactly)."""
+    X = run.data_party.features.decode()  # ground truth, never read by the attack
+    n, d = X.shape
+    known_rows = d + 2 if known_rows is None else int(known_rows)
+    known = np.random.default_rng([run.scenario.seed, 0x0C0]).permutation(n)[:known_rows]
+    rest = np.setdiff1d(np.arange(n), known)
+    result = leaks.column_space_attack(label_view(run, epochs), d, known_rows=known,
+                                       X_known=X[known])
+    return {"epochs": epochs, "known_rows": known_rows, "determined": result.determined,
+            "reason": result.reason, "null_dimension": result.null_dimension,
+            "r2_of_X": leaks.r_squared(result.X[rest], X[rest]),
+            "gram_relative_error_without_known_rows": (
+                leaks.relative_error(result.G, X @ X.T) if result.G is not None else None)}
 
 
 class SelectingLabelParty(LabelParty):
@@ -275,42 +294,42 @@ class OwnLeakAuditor:
         return simulate(scenario, keypair=self.keypair, **kwargs)
 
     def gram(self) -> OwnLeak:
-        scenario = replace(GRAM, epochs=6, test_rows=0) if self.quick else GRAM
-        epochs = [e for e in GRAM_EPOCHS if e <= scenario.epochs]
+        scenario = replace(GRAM, epochs=3, test_rows=0) if self.quick else GRAM
         run = self._run(scenario)
-        curve = [attack_gram(run, e) for e in epochs]
-        best = curve[-1]
+        curve = [attack_column_space(run, e) for e in range(1, scenario.epochs + 1)]
+        at_two = curve[1]
+        determined_at = next((row["epochs"] for row in curve if row["determined"]), None)
         findings = len(run.findings())
-        noise_curve = []
-        for sigma in (GRAM_NOISE[:1] + GRAM_NOISE[-2:] if self.quick else GRAM_NOISE):
-            noisy = run if sigma == 0 else self._run(replace(scenario, update_noise=sigma))
-            attack = attack_gram(noisy, scenario.epochs)
-            noise_curve.append({"update_noise": sigma, **{k: attack[k] for k in (
-                "relative_error", "relative_error_projected", "r2_of_X", "determined")},
-                "test_accuracy": noisy.truth.get("test_accuracy"),
-                "test_auc": noisy.truth.get("test_auc")})
-        error = best["relative_error"]
-        mitigated = noise_curve[-1]
-        mitigated_error = min(v for v in (mitigated["relative_error"],
-                                          mitigated["relative_error_projected"]) if v is not None)
-        d = run.data_party.n_features
-        needed = math.ceil(scenario.rows * (scenario.rows + 1) / 2
-                           / (scenario.rows * scenario.hidden[0])) + 1
+        d, h = run.data_party.n_features, scenario.hidden[0]
+        if self.quick:
+            dp_curve = {"breast_cancer": leaks.input_perturbation_curve(
+                "breast_cancer", (1.0, float("inf")))}
+        else:
+            dp_curve = {name: leaks.input_perturbation_curve(name)
+                        for name in ("german_credit", "breast_cancer")}
+        finite = [row for rows in dp_curve.values() for row in rows if row["epsilon"] <= 1.0]
+        mitigated = max(row["attack_r2"] for row in finite)
+        comparison = None if self.quick else attack_gram(run, scenario.epochs)
         return OwnLeak(
-            "L1", "X·Xᵀ from z across epochs, then X from a few known rows", LABEL, SEMI_HONEST,
-            f"{scenario.rows} rows, d = {d}, h = {scenario.hidden[0]}, batches of "
-            f"{scenario.batch_size}, E epochs: needs n·h·(E − 1) ≥ n(n+1)/2, E ≥ {needed} "
-            f"here; {GRAM_KNOWN_ROWS} rows known for X",
-            "relative error ||Ĝ − X·Xᵀ||_F / ||X·Xᵀ||_F", error,
-            f"succeeds when < 1e-6 after {scenario.epochs} epochs; the mitigation holds when > "
-            f"{L1_FAILS_ABOVE} (raw and rank-d projected)", bool(error is not None and error < 1e-6),
-            f"update_noise σ = {mitigated['update_noise']} (DataParty(update_noise=σ), "
-            "Config(update_noise=σ)): fresh N = η·σ·ξ folded into ε_acc every batch",
-            mitigated_error, bool(mitigated_error > L1_FAILS_ABOVE),
-            "test accuracy / AUC in the curve (noise moves W off the SGD path); 0 channel "
-            "findings either way", curve,
-            {"privacy_utility": noise_curve, "channel_findings": findings,
-             "r2_of_X": best["r2_of_X"]})
+            "L1", "X from the column space of z (2 epochs)", LABEL, SEMI_HONEST,
+            f"{scenario.rows} rows, d = {d}, h = {h} ≥ d, batches of {scenario.batch_size} > d; "
+            f"{d + 2} rows of X known (d + 2); any noise on W's updates changes nothing",
+            "R² of X over the rows B did not know, after 2 epochs", at_two["r2_of_X"],
+            f"succeeds when > {L1_SUCCEEDS_ABOVE}; the mitigation holds when the R² against the "
+            f"TRUE X stays < {L1_FAILS_BELOW} at every ε ≤ 1",
+            bool(at_two["r2_of_X"] > L1_SUCCEEDS_ABOVE),
+            f"input perturbation, ({', '.join(f'{e:g}' for e in leaks.CURVE_EPSILONS)}; "
+            f"δ = {leaks.CURVE_DELTA:g})-DP per row: rows clipped to ||x|| ≤ √d, Gaussian noise "
+            "added once before step 0 (privacy/input_perturbation.py; the value shown is the "
+            "largest attack R² at ε ≤ 1)",
+            mitigated, bool(mitigated < L1_FAILS_BELOW),
+            "test accuracy / AUC in the curve (noise on every feature of every row)",
+            [{"dataset": name, **point} for name, points in dp_curve.items() for point in points],
+            {"epochs_curve": curve, "channel_findings": findings,
+             "determined_from_epoch": determined_at,
+             "gram_relative_error_without_known_rows": at_two[
+                 "gram_relative_error_without_known_rows"],
+             "old_gram_attack_at_last_epoch": comparison})
 
     def select(self) -> OwnLeak:
         scenario = replace(EXACT, epochs=2) if self.quick else EXACT
@@ -437,14 +456,11 @@ def format_own_leaks(rows: list[OwnLeak]) -> str:
         lines.append(f"{row.leak}. {row.title} ({row.model} {row.party} party)")
         lines.append(f"   condition:  {row.condition}")
         lines.append(f"   measured:   {row.metric} = {_number(row.value)}; {row.threshold}")
-        for point in row.curve:
+        for point in row.details.get("epochs_curve", []) + row.curve:
             lines.append("      " + ", ".join(f"{k} {_number(v) if isinstance(v, float) or v is None else v}"
                                               for k, v in point.items() if k != "reason"))
-        for point in row.details.get("privacy_utility", []):
-            lines.append("      noise " + ", ".join(f"{k} {_number(v) if isinstance(v, float) or v is None else v}"
-                                                     for k, v in point.items()))
         lines.append(f"   mitigation: {row.mitigation}; price: {row.price}")
-        extra = {k: v for k, v in row.details.items() if k != "privacy_utility"}
+        extra = {k: v for k, v in row.details.items() if k != "epochs_curve"}
         if extra:
             lines.append(f"   details:    {extra}")
     return "\n".join(lines)

@@ -1,6 +1,5 @@
 """Tests for leaks.py: the two by-design leaks are real (the attacks work from one party's own
-view), the attack says so when its view cannot determine the answer, and the mitigation's noise
-defeats the Gram attack while the update stays exact."""
+view), and the attack says so when its view cannot determine the answer."""
 
 import numpy as np
 import pytest
@@ -144,18 +143,65 @@ def test_label_attack_reads_only_rows_and_input_gradients():
     assert nn.roc_auc(labels[:4], scores[:4]) == 1.0
 
 
-# ---- mitigation ---------------------------------------------------------------------------------
+# ---- the column-space attack (leak 1, strongest form) -------------------------------------------
 
 
-def test_mitigation_noise_makes_the_gram_attack_fail(rows):
-    """Protects the mitigation: noise σ = 0.01 (≈ half the size of a step's update) on W's
-    trajectory leaves B's system determined but its answer wrong — relative error > 0.5 for the
-    raw estimate and for its rank-d PSD projection."""
-    X, y = rows
-    result = leaks.gram_attack(record(X, y, noise_scale=0.01).label_view)
-    assert result.determined
-    assert leaks.relative_error(result.G, X @ X.T) > leaks.ATTACK_FAILS_ABOVE
-    assert leaks.relative_error(leaks.project_gram(result.G, X.shape[1]), X @ X.T) > 0.5
+def _view(X, y, hidden, epochs, batch_size):
+    return leaks.train_and_record(X, y, [X.shape[1], hidden, 1], epochs=epochs,
+                                  batch_size=batch_size, lr=0.1, seed=0, init_seed=1).label_view
+
+
+def test_column_space_attack_recovers_X_from_two_epochs_and_d_plus_2_known_rows():
+    """Protects the L1 claim in its strongest form: on a default-style run (German credit, 800
+    rows, d = 30, h = 32, batches of 64) two epochs of z and d + 2 known rows give the other
+    rows of X with R² > 0.99, and X·Xᵀ with no known row at all; one epoch does not."""
+    X, y, _, _ = leaks.load_rows("german_credit", 800)
+    d = X.shape[1]
+    view = _view(X, y, 32, 2, 64)
+    known = np.arange(d + 2)
+    one = leaks.column_space_attack(leaks.first_steps(view, 13), d, known_rows=known,
+                                    X_known=X[known])
+    assert not one.determined and one.G is None
+    two = leaks.column_space_attack(view, d, known_rows=known, X_known=X[known])
+    assert two.determined and two.null_dimension == d
+    assert leaks.r_squared(two.X[d + 2:], X[d + 2:]) > 0.99
+    assert leaks.relative_error(two.G, X @ X.T) < 1e-6
+
+
+def test_column_space_attack_ignores_any_noise_on_the_weights():
+    """Protects the reason update noise was withdrawn: z − b = X_B·W_t for ANY W_t, so replacing
+    every W_t by an unrelated random matrix leaves the recovered X exact (R² > 0.999)."""
+    X, y, _, _ = leaks.load_rows("breast_cancer", 48, features=8)
+    view = _view(X, y, 8, 2, 16)
+    rng = np.random.default_rng(3)
+    scrambled = leaks.LabelPartyView(view.n_rows, [
+        leaks.LabelStep(s.rows, X[s.rows] @ rng.standard_normal((8, 8)) + s.bias, s.bias,
+                        s.delta, s.lr) for s in view.steps])
+    known = np.arange(10)
+    result = leaks.column_space_attack(scrambled, 8, known_rows=known, X_known=X[known])
+    assert result.determined and leaks.r_squared(result.X[10:], X[10:]) > 0.999
+    assert result.gram_residual > 0.1  # the SGD rule no longer holds: the Gram step says so
+
+
+def test_column_space_attack_refuses_h_below_d():
+    """Protects against a silently wrong answer: with h < d, z spans only part of col(X_B)."""
+    X, y, _, _ = leaks.load_rows("breast_cancer", 48, features=16)
+    with pytest.raises(ValueError, match="h ≥ d"):
+        leaks.column_space_attack(_view(X, y, 8, 2, 16), 16)
+
+
+def test_gram_attack_covers_h_below_d_with_enough_epochs():
+    """Protects the h < d case: the Gram equations (which use the SGD rule) determine X·Xᵀ
+    once n·h·(E − 1) ≥ n(n+1)/2, and d + 2 known rows then give X (d = 16, h = 8)."""
+    X, y, _, _ = leaks.load_rows("breast_cancer", 48, features=16)
+    result = leaks.gram_attack(_view(X, y, 8, 8, 16))
+    assert leaks.relative_error(result.G, X @ X.T) < 1e-6
+    known = np.arange(18)
+    estimate = leaks.complete_from_known_rows(result.G, known, X[known])
+    assert leaks.r_squared(estimate[18:], X[18:]) > 0.99
+
+
+# ---- the recorder ---------------------------------------------------------------------------------
 
 
 def test_recorder_trains_exactly_like_nn_train_plaintext_without_noise(rows):
@@ -168,46 +214,3 @@ def test_recorder_trains_exactly_like_nn_train_plaintext_without_noise(rows):
         assert np.array_equal(a, b), name
 
 
-def test_noisy_update_is_seeded_and_is_plain_sgd_plus_the_noise(rows):
-    """Protects reproducibility (same noise seed, same run) and the update's definition."""
-    X, y = rows
-    first = record(X, y, epochs=1, noise_scale=0.01, noise_seed=3).mlp.layers[0].W
-    again = record(X, y, epochs=1, noise_scale=0.01, noise_seed=3).mlp.layers[0].W
-    other = record(X, y, epochs=1, noise_scale=0.01, noise_seed=4).mlp.layers[0].W
-    assert np.array_equal(first, again) and not np.array_equal(first, other)
-    rng = np.random.default_rng(0)
-    W, Xb, delta, noise = (rng.standard_normal(s) for s in ((3, 2), (4, 3), (4, 2), (3, 2)))
-    assert np.allclose(leaks.mitigated_first_layer_update(W, Xb, delta, 0.5, noise),
-                       W - 0.5 * Xb.T @ delta + noise, rtol=0, atol=1e-15)
-
-
-def test_fixed_point_mitigation_is_exact_and_moves_W_by_the_noise_through_noise_acc():
-    """Protects exactness: in integers at W's scale, W_B + (ε_acc + N) is exactly the noisy
-    step of W = W_B + ε_acc, with Python ints far beyond 64 bits."""
-    rng = np.random.default_rng(1)
-    frac = 56
-    noise = leaks.update_noise((3, 2), 0.01, 0.1, np.random.default_rng(2), frac_bits=frac)
-    assert all(isinstance(v, int) for v in noise.ravel())
-    weight_share = np.array([[int(v) << 90 for v in row] for row in rng.integers(-9, 9, (3, 2))],
-                            dtype=object)
-    noise_acc = np.array([[int(v) << 100 for v in row] for row in rng.integers(-9, 9, (3, 2))],
-                         dtype=object)
-    X_int = np.array(rng.integers(-2 ** 20, 2 ** 20, (4, 3)), dtype=object)
-    delta_int = np.array(rng.integers(-2 ** 28, 2 ** 28, (4, 2)), dtype=object)
-    lr_int = 6554
-    W = weight_share + noise_acc
-    stepped_acc = noise_acc - lr_int * X_int.T.dot(delta_int)  # the protocol's own update
-    assert np.array_equal(weight_share + leaks.fold_noise_into_noise_acc(stepped_acc, noise),
-                          leaks.mitigated_first_layer_update_int(W, X_int, delta_int, lr_int, noise))
-
-
-def test_privacy_utility_curve_reports_where_the_attack_fails_and_what_it_costs():
-    """Protects the curve's contract: σ = 0 is the successful attack, σ = 0.01 a failed one,
-    each row with the held-out accuracy and AUC it costs."""
-    curve = leaks.privacy_utility_curve([0.0, 0.01], n=N_ROWS, n_test=100, hidden=HIDDEN,
-                                        epochs=EPOCHS)
-    clean, noisy = curve
-    assert not clean["attack_fails"] and clean["relative_error"] < 1e-6 and clean["r2"] > 0.99
-    assert noisy["attack_fails"] and noisy["relative_error"] > 0.5
-    for row in curve:
-        assert 0.5 < row["test_accuracy"] <= 1.0 and 0.5 < row["test_auc"] <= 1.0

@@ -1,0 +1,156 @@
+"""Input perturbation: (ε, δ)-differential privacy for each row of X, paid once, before step 0.
+
+The label party B learns z = X_B·W + b for every batch, and from those z across two epochs it
+recovers X itself (attacks/leaks.py, :func:`leaks.column_space_attack`). No noise on W's path
+can stop that: z − b = X_B·W_t holds exactly whatever moved W_t. What does stop it is that the X
+the protocol ever computes with is already private. The data party, before step 0,
+
+1. standardises X with statistics it treats as **public** (see "Assumptions");
+2. clips every row to L2 norm ≤ C:  x ← x · min(1, C / ||x||₂);
+3. adds independent Gaussian noise N(0, σ²) to every entry, drawn from the operating system's
+   CSPRNG (``random.SystemRandom``), never from numpy;
+
+and then runs the protocol on the noisy X̃ (and perturbs every row it asks to predict the same
+way). Everything the label party sees afterwards — z in every epoch, predictions, whatever a
+deviating label party computes from [[X̃]] (leak L2 reads X̃, not X) — is a function of X̃, so
+the guarantee survives it all (post-processing).
+
+The guarantee. Neighbouring datasets differ in the feature vector of ONE record (replace-one: the
+data party's row x_i changed to any other x_i'). After clipping, ||clip(x) − clip(x')||₂ ≤ 2C,
+and row i's output depends on row i only, so the release is the Gaussian mechanism with L2
+sensitivity Δ = 2C, and σ = Δ · σ₁(ε, δ), where σ₁ is the smallest noise for sensitivity 1 that
+satisfies (ε, δ)-DP exactly (the analytic Gaussian mechanism, Balle & Wang 2018), computed by
+Google's ``dp_accounting.get_sigma_gaussian``. A different row's noise is independent, so every
+record gets (ε, δ) at once (parallel composition, not n-fold composition).
+
+Assumptions and what is NOT protected:
+* The adversary is the label party (with any side knowledge, including other rows, the labels
+  and σ). Record ids, the row count, which ids are in the intersection (membership) and the
+  labels are not protected by this mechanism; nor is the data party from itself.
+* The standardisation statistics (mean, std per column) are treated as public: the guarantee
+  holds for fixed statistics. If they are computed from the same data, they are an extra release
+  this ε does not cover (each moves by at most range/n when one row changes, but nothing bounds
+  the range). Compute them from public or earlier-released data, or spend budget on them.
+* The clip bound C must not be chosen from the data: the default C = √d is the RMS row norm of
+  standardised data, fixed by the public width d alone.
+* A record perturbed twice (trained on, then predicted; or two training runs) pays twice: the
+  data party must perturb each record once and reuse X̃ (``compose`` measures the cost of k
+  releases with dp_accounting's PLD accountant otherwise).
+* The noise is continuous Gaussian in float64; the protocol then quantises X̃ to fixed point
+  (post-processing, no loss). Floating-point side channels of the sampler are not addressed.
+* ε = ∞ switches the mechanism off: ``perturb`` returns X unchanged (no clipping either).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+
+import dp_accounting
+
+_SYSTEM_RANDOM = random.SystemRandom()
+
+
+def _check_budget(epsilon, delta) -> tuple[float, float]:
+    try:
+        epsilon = float(epsilon)
+    except (TypeError, ValueError):
+        raise ValueError(f"epsilon must be a number > 0 (or inf), got {epsilon!r}") from None
+    try:
+        delta = float(delta)
+    except (TypeError, ValueError):
+        raise ValueError(f"delta must be a number in (0, 1), got {delta!r}") from None
+    if math.isnan(epsilon) or epsilon <= 0:
+        raise ValueError(f"epsilon must be > 0 (or inf to switch the noise off), got {epsilon!r}")
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+    return epsilon, delta
+
+
+def clip_rows(X, clip: float) -> np.ndarray:
+    """Every row scaled to L2 norm ≤ ``clip`` (rows already inside are unchanged)."""
+    X = np.asarray(X, dtype=np.float64)
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    scale = np.minimum(1.0, clip / np.where(norms > 0, norms, 1.0))
+    return X * scale
+
+
+def system_gaussian(count: int, sigma: float) -> np.ndarray:
+    """``count`` independent N(0, σ²) draws from the OS CSPRNG (random.SystemRandom.gauss)."""
+    gauss = _SYSTEM_RANDOM.gauss
+    return np.fromiter((gauss(0.0, sigma) for _ in range(int(count))), dtype=np.float64,
+                       count=int(count))
+
+
+class InputPerturbation:
+    """x̃ = clip_C(x) + N(0, σ² I) per row: (ε, δ)-DP for each row under replace-one.
+
+    ``epsilon`` > 0 (``math.inf``: off), ``delta`` in (0, 1), ``clip`` C > 0 in standardised
+    units (default √d of the X first perturbed: data-independent). ``sigma`` is fixed once C is
+    known; ``perturb(X)`` takes float64 (n, d) standardised rows and returns new noisy rows.
+    """
+
+    def __init__(self, epsilon: float, delta: float, clip: float | None = None):
+        self.epsilon, self.delta = _check_budget(epsilon, delta)
+        if clip is not None:
+            clip = float(clip)
+            if not (math.isfinite(clip) and clip > 0):
+                raise ValueError(f"clip must be a finite number > 0, got {clip!r}")
+        self.clip = clip
+        self.enabled = math.isfinite(self.epsilon)
+        # σ for sensitivity 1, from dp_accounting's analytic Gaussian mechanism
+        self.unit_sigma = (dp_accounting.get_sigma_gaussian(self.epsilon, self.delta)
+                           if self.enabled else 0.0)
+
+    @property
+    def sensitivity(self) -> float | None:
+        """L2 sensitivity under replace-one: 2C (None until C is known)."""
+        return None if self.clip is None else 2.0 * self.clip
+
+    @property
+    def sigma(self) -> float | None:
+        """The per-entry noise standard deviation σ = 2C·σ₁(ε, δ)."""
+        return None if self.clip is None else self.sensitivity * self.unit_sigma
+
+    def perturb(self, X) -> np.ndarray:
+        """Clip every row to norm ≤ C and add N(0, σ²) to every entry (a new array)."""
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2:
+            raise ValueError(f"perturb expects a 2-D array of rows, got shape {X.shape}")
+        bad = np.argwhere(~np.isfinite(X))
+        if bad.size:
+            row, column = bad[0]
+            raise ValueError(f"perturb: value {X[row, column]!r} in row {row}, column {column} "
+                             "is not finite")
+        if self.clip is None:
+            self.clip = math.sqrt(X.shape[1])  # public: d only
+        if not self.enabled:
+            return X.copy()
+        clipped = clip_rows(X, self.clip)
+        return clipped + system_gaussian(X.size, self.sigma).reshape(X.shape)
+
+    def compose(self, releases: int) -> float:
+        """ε after ``releases`` perturbations of the same record at this δ (PLD accountant).
+        The mechanism is meant to be applied once per record; this prices doing it again."""
+        if not self.enabled:
+            return math.inf
+        accountant = dp_accounting.pld.PLDAccountant(
+            dp_accounting.NeighboringRelation.REPLACE_ONE)
+        # GaussianDpEvent's noise multiplier is σ over the sensitivity of ADD/REMOVE; under
+        # REPLACE_ONE the accountant doubles the sensitivity, so pass σ / C = 2·σ₁.
+        event = dp_accounting.GaussianDpEvent(2.0 * self.unit_sigma)
+        accountant.compose(event, int(releases))
+        return float(accountant.get_epsilon(self.delta))
+
+    def describe(self) -> str:
+        if not self.enabled:
+            return "input perturbation off (ε = ∞): X is used as it is"
+        clip = "√d" if self.clip is None else f"{self.clip:.4g}"
+        sigma = "2C·σ₁" if self.sigma is None else f"{self.sigma:.4g}"
+        return (f"input perturbation: ({self.epsilon:g}, {self.delta:g})-DP per row under "
+                f"replace-one; rows clipped to L2 norm ≤ C = {clip}, then N(0, σ²) per entry with "
+                f"σ = 2C·{self.unit_sigma:.4g} = {sigma} (analytic Gaussian mechanism, "
+                "dp_accounting), noise from random.SystemRandom; standardisation statistics "
+                "treated as public; ids, membership and labels not protected")
