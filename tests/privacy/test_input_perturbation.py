@@ -13,7 +13,7 @@ from scipy.stats import norm
 from attacks import leaks
 from privacy.input_perturbation import InputPerturbation, clip_rows
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def analytic_delta(sigma: float, epsilon: float) -> float:
