@@ -7,8 +7,9 @@ the protocol ever computes with is already private. The data party, before step 
 
 1. standardises X with statistics it treats as **public** (see "Assumptions");
 2. clips every row to L2 norm ≤ C:  x ← x · min(1, C / ||x||₂);
-3. adds independent Gaussian noise N(0, σ²) to every entry, drawn from the operating system's
-   CSPRNG (``random.SystemRandom``), never from numpy;
+3. adds independent Gaussian noise N(0, σ²) to every entry, from a secret 256-bit seed drawn
+   with ``secrets`` and expanded by SHAKE-256 (a cryptographic stream), never from numpy's
+   generator;
 
 and then runs the protocol on the noisy X̃ (and perturbs every row it asks to predict the same
 way). Everything the label party sees afterwards — z in every epoch, predictions, whatever a
@@ -43,14 +44,16 @@ Assumptions and what is NOT protected:
 
 from __future__ import annotations
 
+import hashlib
 import math
-import random
+import secrets
 
 import numpy as np
 
 import dp_accounting
 
-_SYSTEM_RANDOM = random.SystemRandom()
+SEED_BITS = 256
+NOISE_DOMAIN = b"acml input perturbation v1"
 
 
 def _check_budget(epsilon, delta) -> tuple[float, float]:
@@ -77,11 +80,26 @@ def clip_rows(X, clip: float) -> np.ndarray:
     return X * scale
 
 
-def system_gaussian(count: int, sigma: float) -> np.ndarray:
-    """``count`` independent N(0, σ²) draws from the OS CSPRNG (random.SystemRandom.gauss)."""
-    gauss = _SYSTEM_RANDOM.gauss
-    return np.fromiter((gauss(0.0, sigma) for _ in range(int(count))), dtype=np.float64,
-                       count=int(count))
+def gaussian_noise(count: int, sigma: float, seed: int) -> np.ndarray:
+    """``count`` independent N(0, σ²) draws from the secret ``seed`` (Box–Muller).
+
+    SHAKE-256(domain ‖ seed) is read as 64-bit words; each word's top 53 bits give a uniform
+    u ∈ (0, 1) (the +0.5 keeps 0 out, so log u is finite), and each pair (u₁, u₂) gives
+    √(−2 ln u₁)·(cos 2πu₂, sin 2πu₂). The stream is as unpredictable as the seed, which only
+    the data party holds; numpy does the arithmetic, never the drawing. A given seed gives the
+    same noise on every machine (IEEE float64), which is what lets one process and two
+    processes train on the very same noisy rows when the seed is fixed.
+    """
+    count = int(count)
+    if not 0 <= seed < 1 << SEED_BITS:
+        raise ValueError(f"the noise seed must be an integer in [0, 2**{SEED_BITS}), got {seed!r}")
+    pairs = (count + 1) // 2
+    stream = hashlib.shake_256(NOISE_DOMAIN + seed.to_bytes(SEED_BITS // 8, "big"))
+    words = np.frombuffer(stream.digest(16 * pairs), dtype=">u8")
+    uniform = ((words >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53
+    radius = np.sqrt(-2.0 * np.log(uniform[:pairs]))
+    angle = 2.0 * np.pi * uniform[pairs:]
+    return sigma * np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:count]
 
 
 class InputPerturbation:
@@ -90,15 +108,26 @@ class InputPerturbation:
     ``epsilon`` > 0 (``math.inf``: off), ``delta`` in (0, 1), ``clip`` C > 0 in standardised
     units (default √d of the X first perturbed: data-independent). ``sigma`` is fixed once C is
     known; ``perturb(X)`` takes float64 (n, d) standardised rows and returns new noisy rows.
+
+    ``seed``: the secret behind the noise, 256 bits from ``secrets`` unless given (tests, and a
+    data party that must reproduce its own run, give it). Each call of ``perturb`` reads its own
+    stream, SHAKE-256(seed ‖ call number): the training rows and the rows to predict never share
+    noise.
     """
 
-    def __init__(self, epsilon: float, delta: float, clip: float | None = None):
+    def __init__(self, epsilon: float, delta: float, clip: float | None = None, *,
+                 seed: int | None = None):
         self.epsilon, self.delta = _check_budget(epsilon, delta)
         if clip is not None:
             clip = float(clip)
             if not (math.isfinite(clip) and clip > 0):
                 raise ValueError(f"clip must be a finite number > 0, got {clip!r}")
         self.clip = clip
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
+                                 or not 0 <= seed < 1 << SEED_BITS):
+            raise ValueError(f"seed must be an integer in [0, 2**{SEED_BITS}), got {seed!r}")
+        self._seed = secrets.randbits(SEED_BITS) if seed is None else seed
+        self.calls = 0  # perturb calls so far: call k reads the stream of (seed, k)
         self.enabled = math.isfinite(self.epsilon)
         # σ for sensitivity 1, from dp_accounting's analytic Gaussian mechanism
         self.unit_sigma = (dp_accounting.get_sigma_gaussian(self.epsilon, self.delta)
@@ -129,7 +158,11 @@ class InputPerturbation:
         if not self.enabled:
             return X.copy()
         clipped = clip_rows(X, self.clip)
-        return clipped + system_gaussian(X.size, self.sigma).reshape(X.shape)
+        call_seed = int.from_bytes(hashlib.sha256(
+            self._seed.to_bytes(SEED_BITS // 8, "big") + self.calls.to_bytes(8, "big")).digest(),
+            "big")
+        self.calls += 1
+        return clipped + gaussian_noise(X.size, self.sigma, call_seed).reshape(X.shape)
 
     def compose(self, releases: int) -> float:
         """ε after ``releases`` perturbations of the same record at this δ (PLD accountant).
@@ -152,5 +185,5 @@ class InputPerturbation:
         return (f"input perturbation: ({self.epsilon:g}, {self.delta:g})-DP per row under "
                 f"replace-one; rows clipped to L2 norm ≤ C = {clip}, then N(0, σ²) per entry with "
                 f"σ = 2C·{self.unit_sigma:.4g} = {sigma} (analytic Gaussian mechanism, "
-                "dp_accounting), noise from random.SystemRandom; standardisation statistics "
+                "dp_accounting), noise from a secret seed (secrets, SHAKE-256); standardisation statistics "
                 "treated as public; ids, membership and labels not protected")
