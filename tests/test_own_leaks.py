@@ -69,21 +69,6 @@ def test_update_noise_keeps_the_protocol_exact_bit_for_bit(keypair):
     assert np.array_equal(np.asarray(joint, dtype=object), W)
 
 
-def test_acml_twin_replays_the_update_noise(keypair):
-    import acml
-    from jobs import data
-    dataset = data.load_builtin("breast_cancer")
-    train_set, test_set = acml.prepare(data.take(dataset, np.arange(120), ""))
-    config = acml.Config(hidden=(4,), epochs=1, batch_size=32, key_bits=KEY_BITS,
-                         allow_insecure=True, init_seed=3, update_noise=0.5)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = acml.train(train_set, test_set, config, keypair=keypair)
-    assert result.data_party.update_noise_drawn  # the noise is on
-    assert result.metrics["max_abs_weight_diff"] < 1e-5  # quantisation only: same trajectory
-    assert result.metrics["predictions_differing"] == 0
-
-
 def test_l2_selecting_label_party_reads_x_exactly_unseen(keypair):
     scenario = replace(own_leaks.EXACT, epochs=2)
     honest = run(keypair, scenario)
