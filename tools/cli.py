@@ -668,19 +668,27 @@ DASK_HELP = ("run the modular exponentiations on the dask.distributed cluster wh
 @contextmanager
 def dask_cluster(address: str):
     """An executor on the dask.distributed cluster at ``address`` (kernels.dask_executor: sized
-    by the cluster's real worker threads); the client is closed on the way out. Only this
-    process's own party uses it."""
+    by the cluster's real worker threads), whose workers first receive the code they run
+    (cluster.ship_code); a worker that cannot run it is one line, not a traceback. The client is
+    closed on the way out. Only this process's own party uses it."""
     try:
         from dask.distributed import Client
     except ImportError:
         raise UsageError("--dask needs dask.distributed: pip install 'dask[distributed]'") from None
+    from jobs import cluster
     from speed import kernels
     try:
         client = Client(address, timeout=30)
     except (OSError, TimeoutError, ValueError) as error:
         raise UsageError(f"--dask: no dask scheduler at {address}: {error}") from None
     try:
+        cluster.ship_code(client)
         yield kernels.dask_executor(client)
+    except cluster.WorkerCodeError as error:
+        raise UsageError(f"--dask {address}: {error}") from None
+    except ImportError as error:  # a worker that joined without the code, or lost it
+        raise UsageError(f"--dask {address}: a task failed to import: "
+                         f"{cluster.describe(error)}") from None
     finally:
         client.close()
 
