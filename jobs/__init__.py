@@ -1,1 +1,1 @@
-"""Running a job: data sets, checkpoints and the run directory, the exported model."""
+"""Running a job: the one-process run and its settings, split, twin, report, estimate and progress; data sets, checkpoints, the exported model; a dask cluster's code."""

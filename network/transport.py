@@ -22,12 +22,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import acml
 from jobs import checkpoint
 from network.idle_fill import IdleFill, peer_ready
 from speed import kernels
 from jobs import run_directory
 from jobs import data
+from jobs.report import classes_line, plural, test_report_lines
 import nn
 import protocol
 from network.alignment import PSI, Alignment, align_ids, check_id_list
@@ -288,7 +288,7 @@ class Session:
                 out["batch_losses"] = list(party.losses)
             n_classes = max(2, party.layer_sizes[-1])
             names = self.class_names or [str(k) for k in range(n_classes)]
-            out.update(classes=acml.classes_line(names), class_names=list(names))
+            out.update(classes=classes_line(names), class_names=list(names))
             if self.n_test and self.test_labels is not None:
                 report = nn.classification_report(self.test_labels, party.classes(),
                                                   party.predictions, n_classes)
@@ -310,7 +310,7 @@ class Session:
                  f"{m['n_other_ids']}; the data party's {m['key_bits']}-bit Paillier key",
                  f"training plan: {t['n_hidden']} units ({t['activation']}) in the first layer "
                  f"over {m['n_inputs']} inputs, η = {t['lr']}, batches of {t['batch_size']}, "
-                 f"{acml.plural(t['epochs'], 'epoch')}, seed {t['seed']}, "
+                 f"{plural(t['epochs'], 'epoch')}, seed {t['seed']}, "
                  f"σ = {t['fixed_point']['sigma']}"]
         if "classes" in m:
             lines.append(f"classes            {m['classes']}")
@@ -318,7 +318,7 @@ class Session:
             lines.append(f"resumed            from the checkpoints after epoch "
                          f"{m['resumed_after_epoch']}")
         if "test_report" in m:
-            lines += acml.test_report_lines({"encrypted": m["test_report"]}, m["class_names"])
+            lines += test_report_lines({"encrypted": m["test_report"]}, m["class_names"])
         if "final_loss" in m:
             lines.append(f"final loss         {m['final_loss']:.6f} (mean over the last epoch)")
         wire = m["wire"]
@@ -483,8 +483,8 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
                     stream_chunks: int = STREAM_CHUNKS) -> Session:
     """The label party's whole session over an authenticated connection.
 
-    ``config`` is an ``acml.Config`` (hidden widths, activation, lr, momentum, batch size,
-    epochs, seed, fixed-point plan, packing); its key size and bottom model are the data party's
+    ``config`` is an ``acml.Config`` (jobs/settings.py: hidden widths, activation, lr, momentum,
+    batch size, epochs, seed, fixed-point plan, packing); its key size and bottom model are the data party's
     business. Aligns the ids (``align``: "psi", private set intersection, the default, or
     "public-ids", the id lists in the clear; the data party must choose the same), sends the
     split (public), builds the network over the data party's declared input width, then

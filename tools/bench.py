@@ -49,7 +49,9 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-import acml
+from jobs import simulation
+from jobs.settings import Config
+from jobs.split import load_split
 from speed import backend
 from speed import kernels
 import nn
@@ -259,7 +261,7 @@ def arithmetic_floor(counts: dict, costs: dict, key_bits: int) -> dict:
 # One epoch, four ways
 # ----------------------------------------------------------------------------------------------
 def _dataset(sizes: dict):
-    train_set, _ = acml.load_split("german_credit")
+    train_set, _ = load_split("german_credit")
     if sizes["rows"] is not None:
         train_set.X, train_set.y = train_set.X[:sizes["rows"]], train_set.y[:sizes["rows"]]
         train_set.ids = train_set.ids[:sizes["rows"]]
@@ -273,15 +275,16 @@ def _epoch_seconds(step_seconds: dict) -> float:
 
 def protocol_epoch(train_set, sizes, keypair, *, packing: bool, executor=None,
                    kernel_timer: dict | None = None, block_rows: int = 0) -> dict:
-    """One epoch of the real protocol through acml.train; times per step, ops per step.
+    """One epoch of the real protocol through acml.train (jobs/simulation.py); times per step,
+    ops per step.
     ``block_rows``: batches of row blocks, each block encrypted once in step 0 (setup s)
-    instead of every batch's rows in the epoch (acml.Config.block_rows)."""
-    config = acml.Config(hidden=(sizes["hidden"],), epochs=1, batch_size=sizes["batch_size"],
-                         key_bits=keypair[0].n.bit_length(), allow_insecure=True,
-                         packing=packing, block_rows=block_rows)
+    instead of every batch's rows in the epoch (Config.block_rows)."""
+    config = Config(hidden=(sizes["hidden"],), epochs=1, batch_size=sizes["batch_size"],
+                    key_bits=keypair[0].n.bit_length(), allow_insecure=True, packing=packing,
+                    block_rows=block_rows)
     restore = _time_kernels(kernel_timer) if kernel_timer is not None else None
     try:
-        result = acml.train(train_set, None, config, keypair=keypair, executor=executor)
+        result = simulation.train(train_set, None, config, keypair=keypair, executor=executor)
     finally:
         if restore is not None:
             restore()
@@ -329,8 +332,8 @@ def two_process_epochs(train_set, sizes, keypair, *, idle_fill: bool) -> dict:
     from network import transport
     from network import wire
     epochs, rows = sizes["two_process_epochs"], len(train_set.y)
-    config = acml.Config(hidden=(sizes["hidden"],), epochs=epochs, batch_size=sizes["batch_size"],
-                         key_bits=keypair[0].n.bit_length(), allow_insecure=True, packing=True)
+    config = Config(hidden=(sizes["hidden"],), epochs=epochs, batch_size=sizes["batch_size"],
+                    key_bits=keypair[0].n.bit_length(), allow_insecure=True, packing=True)
     token = secrets.token_hex(32).encode()
     context = multiprocessing.get_context("spawn")
     results = context.Queue()

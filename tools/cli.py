@@ -1,6 +1,8 @@
 """The command line: ``python acml.py train | predict | export | party | audit | bench``.
 
-Every bad input ends in one line on stderr and exit code 2; the library (acml.py) does the work.
+Every bad input ends in one line on stderr and exit code 2; the library does the work (the
+one-process run of jobs/simulation.py, the two-process sessions of network/transport.py). This
+module builds on jobs/ and not on acml.py, whose ``main`` loads it: the imports form no circle.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-import acml
 from jobs import checkpoint
 from jobs import data
 import nn
@@ -28,12 +29,17 @@ import paillier
 from network import alignment
 from network import transport
 from network import wire
-from acml import DEFAULT_KEY_BITS, KEY_BITS_NOTE, REVEAL_FLAG, Config
+from jobs import simulation
+from jobs.export import REVEAL_FLAG, export_model
+from jobs.progress import batch_bar
+from jobs.settings import DEFAULT_KEY_BITS, KEY_BITS_NOTE, Config
+from jobs.split import prepare
 from channel import LeakageError
 from attacks.flaws import InsecureFlawWarning
 from parties import INIT_SEED_BITS
 from plan import (MAX_BATCH_SIZE, MAX_BLOCK_ROWS, MAX_EPOCHS, MAX_HIDDEN, MAX_LR, MAX_PLAN_BITS,
-                  MAX_STREAM_CHUNKS, MIN_SECURE_SIGMA, SEED_LIMIT, STREAM_CHUNKS, FixedPointPlan)
+                  MAX_STREAM_CHUNKS, MIN_SECURE_SIGMA, SEED_LIMIT, STREAM_CHUNKS, FixedPointPlan,
+                  check_sigma)
 
 
 class UsageError(ValueError):
@@ -151,11 +157,13 @@ TIMEOUT = _real(0.0, MAX_TIMEOUT, what="a number of seconds")
 FRAME_MB = _real(0.0, MAX_FRAME_MB, what="a number of MiB")
 
 
-def check_sigma(sigma: int, insecure: bool) -> None:
-    """The σ policy at the command line: under 40 bits only with --insecure-sigma."""
-    if sigma < MIN_SECURE_SIGMA and not insecure:
-        raise UsageError(f"--sigma {sigma} is under the secure minimum of {MIN_SECURE_SIGMA} bits; "
-                         "add --insecure-sigma for tests and demos")
+def check_sigma_flag(sigma: int, insecure: bool) -> None:
+    """plan.check_sigma's policy (under 40 bits only with --insecure-sigma), checked before any
+    work and said as the usage error it is."""
+    try:
+        check_sigma(sigma, insecure, "--sigma")
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def check_block_rows(block_rows: int, batch_size: int) -> None:
@@ -285,8 +293,8 @@ def datasets_from_args(args):
         dataset = data.load_builtin(args.dataset or "german_credit")
     if not 0.0 < args.test_fraction < 1.0:
         raise UsageError(f"--test-fraction must lie in (0, 1), got {args.test_fraction}")
-    # Two party CSVs split as the two parties would (unstratified): see acml.prepare.
-    return acml.prepare(dataset, test_fraction=args.test_fraction, seed=args.seed,
+    # Two party CSVs split as the two parties would (unstratified): see split.prepare.
+    return prepare(dataset, test_fraction=args.test_fraction, seed=args.seed,
                         return_standardizer=True, stratified=not args.features)
 
 
@@ -299,15 +307,14 @@ def check_key_bits(bits: int, insecure: bool) -> None:
 
 def config_from_args(args) -> Config:
     check_key_bits(args.key_bits, args.insecure_small_key)
-    check_sigma(args.sigma, args.insecure_sigma)
+    check_sigma_flag(args.sigma, args.insecure_sigma)
     check_block_rows(args.block_rows, args.batch_size)
     return Config(hidden=args.hidden, activation=args.activation, epochs=args.epochs,
                   batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                   key_bits=args.key_bits, seed=args.seed, allow_insecure=args.insecure_small_key,
                   plan=FixedPointPlan(sigma=args.sigma), bottom=args.bottom,
                   init_seed=args.init_seed, allow_insecure_sigma=args.insecure_sigma,
-                  packing=args.packing, update_noise=getattr(args, "update_noise", 0.0),
-                  block_rows=args.block_rows)
+                  packing=args.packing, block_rows=args.block_rows)
 
 
 def check_key_fits(plan: FixedPointPlan, key_bits: int, batch_size: int, n_inputs: int) -> None:
@@ -341,8 +348,8 @@ def command_train(args) -> int:
         print(f"note: {KEY_BITS_NOTE}", file=sys.stderr)
     with warnings.catch_warnings(), workers(args.workers, args.dask) as executor:
         warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
-        result = with_transcript(args.transcript, lambda transcript: acml.train(
-            train_set, test_set, config, progress=not args.quiet,
+        result = with_transcript(args.transcript, lambda transcript: simulation.train(
+            train_set, test_set, config, progress=not args.quiet, estimate=not args.quiet,
             checkpoint_dir=args.checkpoint_dir, resume=args.resume, standardizer=scaler,
             executor=executor, transcript=transcript))
     if args.resume:
@@ -362,7 +369,7 @@ def command_predict(args) -> int:
     ids, X, names = data.load_features_csv(args.features, args.id_column)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
-        prediction = acml.predict(args.checkpoint_dir, X, feature_names=names, ids=ids,
+        prediction = simulation.predict(args.checkpoint_dir, X, feature_names=names, ids=ids,
                              source=args.features, allow_insecure=args.insecure_small_key)
 
     write_predictions(args.out, args.id_column, ids, prediction)
@@ -374,7 +381,7 @@ def command_export(args) -> int:
         raise UsageError("export combines both parties' shares into the plaintext weights, which "
                          f"then stop being private; add {REVEAL_FLAG} to consent")
     check_output_file("--out", args.out)
-    arrays = acml.export_model(args.checkpoint_dir, args.out, i_understand_this_reveals_the_weights=True)
+    arrays = export_model(args.checkpoint_dir, args.out, i_understand_this_reveals_the_weights=True)
     names = [name for name in arrays if name.startswith(("bottom.", "layers."))]
     print(f"wrote {args.out}: {', '.join(names)}"
           " — these weights are no longer private", file=sys.stderr)
@@ -411,7 +418,7 @@ def command_party(args) -> int:
                          "--resume")
     if getattr(args, "out", None) and not args.predict:
         raise UsageError("--out is for party label --predict; the report goes to --json")
-    check_sigma(args.sigma, args.insecure_sigma)
+    check_sigma_flag(args.sigma, args.insecure_sigma)
     if args.role == "data" and not args.predict:
         check_key_bits(args.key_bits, args.insecure_small_key)
     if args.role == "label":
@@ -433,7 +440,7 @@ def command_party(args) -> int:
 
     def progress(done):
         if not bar:
-            bar.append(acml.progress_bar(total_batches[0]))
+            bar.append(batch_bar(total_batches[0]))
         bar[0](None)
 
     total_batches = [0]
@@ -661,19 +668,27 @@ DASK_HELP = ("run the modular exponentiations on the dask.distributed cluster wh
 @contextmanager
 def dask_cluster(address: str):
     """An executor on the dask.distributed cluster at ``address`` (kernels.dask_executor: sized
-    by the cluster's real worker threads); the client is closed on the way out. Only this
-    process's own party uses it."""
+    by the cluster's real worker threads), whose workers first receive the code they run
+    (cluster.ship_code); a worker that cannot run it is one line, not a traceback. The client is
+    closed on the way out. Only this process's own party uses it."""
     try:
         from dask.distributed import Client
     except ImportError:
         raise UsageError("--dask needs dask.distributed: pip install 'dask[distributed]'") from None
+    from jobs import cluster
     from speed import kernels
     try:
         client = Client(address, timeout=30)
     except (OSError, TimeoutError, ValueError) as error:
         raise UsageError(f"--dask: no dask scheduler at {address}: {error}") from None
     try:
+        cluster.ship_code(client)
         yield kernels.dask_executor(client)
+    except cluster.WorkerCodeError as error:
+        raise UsageError(f"--dask {address}: {error}") from None
+    except ImportError as error:  # a worker that joined without the code, or lost it
+        raise UsageError(f"--dask {address}: a task failed to import: "
+                         f"{cluster.describe(error)}") from None
     finally:
         client.close()
 
@@ -721,10 +736,6 @@ def build_parser() -> argparse.ArgumentParser:
     train_parser = commands.add_parser("train", help="train encrypted and plaintext, compare")
     add_training_options(train_parser)
     train_parser.add_argument("--json", help="write the report as JSON to this path")
-    train_parser.add_argument("--update-noise", type=float, default=0.0, metavar="SIGMA",
-                              help="mitigation of leak L1: the data party adds noise η·σ·ξ to "
-                                   "every first-layer update through ε_acc (default 0: off; "
-                                   "see `audit` for its price)")
     train_parser.add_argument("--transcript", help="write every message as JSON lines")
     train_parser.add_argument("--quiet", action="store_true", help="no progress bar")
     train_parser.add_argument("--checkpoint-dir", metavar="DIR",

@@ -7,7 +7,9 @@
 
 A module of its own because it is the only part of ACML that leans on scikit-learn (its base
 classes give get_params/set_params, clone and score); the protocol and the parties stay pure
-numpy, and ``import acml`` does not import scikit-learn until the estimator is asked for.
+numpy, and ``import acml`` does not import scikit-learn until the estimator is asked for. It
+builds on jobs/ (the run behind ``acml.train`` is jobs/simulation.py's), never on acml.py,
+which imports it: no import circle.
 
 ``fit`` is ``acml.train`` on (X, y): the same parties, the same checked channel, the same
 fixed-point plan, so the fitted weights equal ``acml.train``'s for the same settings and seeds.
@@ -55,6 +57,12 @@ except ImportError:  # pragma: no cover - exercised only without scikit-learn
             return float(np.average(matches, weights=sample_weight))
 
 import nn
+import paillier
+from jobs import data
+from jobs.export import PlainModel
+from jobs.settings import Config
+from jobs.simulation import predict_encrypted, train
+from jobs.twin import joint_first_layer
 from plan import FixedPointPlan, check_features, check_sigma
 
 
@@ -145,27 +153,21 @@ class VerticalMLPClassifier(ClassifierMixin, BaseEstimator):
 
     def config(self):
         """The acml.Config these parameters mean (checked as the CLI checks its flags)."""
-        import acml
-        import paillier
         check_sigma(self.sigma, self.allow_insecure, "sigma")
         if not self.allow_insecure and self.key_bits < paillier.INSECURE_KEY_BITS:
             raise ValueError(f"key_bits {self.key_bits} is under {paillier.INSECURE_KEY_BITS} "
                              "bits and not secure; pass allow_insecure=True for tests and demos")
         hidden = (self.hidden,) if isinstance(self.hidden, int) else tuple(self.hidden)
-        return acml.Config(hidden=hidden, activation=self.activation, epochs=self.epochs,
-                           batch_size=self.batch_size, lr=self.lr, momentum=self.momentum,
-                           key_bits=self.key_bits, seed=self.seed,
-                           allow_insecure=self.allow_insecure,
-                           plan=FixedPointPlan(sigma=self.sigma),
-                           allow_insecure_sigma=self.allow_insecure, bottom=self.bottom,
-                           init_seed=self.init_seed, packing=self.packing)
+        return Config(hidden=hidden, activation=self.activation, epochs=self.epochs,
+                      batch_size=self.batch_size, lr=self.lr, momentum=self.momentum,
+                      key_bits=self.key_bits, seed=self.seed, allow_insecure=self.allow_insecure,
+                      plan=FixedPointPlan(sigma=self.sigma),
+                      allow_insecure_sigma=self.allow_insecure, bottom=self.bottom,
+                      init_seed=self.init_seed, packing=self.packing)
 
     def fit(self, X, y):
         """Train both parties on (X, y) with acml.train (no test split; no standardisation)."""
         import warnings
-        import acml
-        from jobs import data
-        import paillier
         config = self.config()
         X, names = _features(X, "X")
         classes, ids = encode_labels(y, X.shape[0])
@@ -177,7 +179,8 @@ class VerticalMLPClassifier(ClassifierMixin, BaseEstimator):
         with warnings.catch_warnings():
             if self.allow_insecure:
                 warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
-            result = acml.train(dataset, None, config, progress=self.progress)
+            result = train(dataset, None, config, progress=self.progress,
+                           estimate=self.progress)
         self.classes_ = classes
         self.n_features_in_ = X.shape[1]
         self.feature_names_ = names
@@ -192,7 +195,6 @@ class VerticalMLPClassifier(ClassifierMixin, BaseEstimator):
     def predict_scores(self, X) -> np.ndarray:
         """The label party's scores from the encrypted prediction: P(classes_[1]) of shape
         (m,) for two classes, the softmax (m, k) otherwise."""
-        import acml
         self._check_fitted()
         X, _ = _features(X, "X")
         if X.shape[1] != self.n_features_in_:
@@ -200,8 +202,8 @@ class VerticalMLPClassifier(ClassifierMixin, BaseEstimator):
                              f"{self.n_features_in_}")
         result = self.result_
         check_features(X, result.data_party.plan, what="X", names=self.feature_names_)
-        return acml.predict_encrypted(result.channel, result.data_party, result.label_party, X,
-                                      progress=self.progress)
+        return predict_encrypted(result.channel, result.data_party, result.label_party, X,
+                                 progress=self.progress)
 
     def predict_proba(self, X) -> np.ndarray:
         """(m, k) probabilities, columns in ``classes_`` order, from the encrypted prediction."""
@@ -217,7 +219,6 @@ class VerticalMLPClassifier(ClassifierMixin, BaseEstimator):
         """The plaintext model W = W_B + ε_acc, as acml.PlainModel (no standardisation: the
         identity). Combining the shares is possible only because both parties live here; it
         ends the weights' privacy, hence the explicit consent (as acml.export_model)."""
-        import acml
         self._check_fitted()
         if not i_understand_this_reveals_the_weights:
             raise ValueError("to_plain_model combines both parties' shares into the plaintext "
@@ -226,11 +227,11 @@ class VerticalMLPClassifier(ClassifierMixin, BaseEstimator):
         label = result.label_party
         mlp = nn.MLP(list(label.layer_sizes), activation=label.model.activation,
                      loss=label.model.loss)
-        mlp.layers[0].W = acml.joint_first_layer(result.data_party, label)
+        mlp.layers[0].W = joint_first_layer(result.data_party, label)
         mlp.layers[0].b = label.model.layers[0].b.copy()
         for mine, theirs in zip(mlp.layers[1:], label.model.layers[1:]):
             mine.W, mine.b = theirs.W.copy(), theirs.b.copy()
         bottom = result.data_party.bottom
         width = self.n_features_in_
-        return acml.PlainModel(mlp, np.zeros(width), np.ones(width), list(self.feature_names_),
-                               list(self.classes_), None if bottom is None else bottom.copy())
+        return PlainModel(mlp, np.zeros(width), np.ones(width), list(self.feature_names_),
+                          list(self.classes_), None if bottom is None else bottom.copy())

@@ -8,6 +8,8 @@ import pytest
 
 import acml
 from jobs import data
+from jobs import estimate
+from jobs import simulation
 import paillier
 import parties
 from channel import Channel
@@ -72,17 +74,40 @@ def test_estimate_is_within_a_factor_of_3_of_the_measured_time():
     assert 1 / 3 < ratio < 3, estimate
 
 
-def test_train_prints_the_estimate_before_the_run(capsys):
-    acml.train(dataset(64), dataset(16, seed=1, name="test"), config(), progress=True)
+def test_train_prints_the_estimate_before_the_run_when_asked(capsys):
+    acml.train(dataset(64), dataset(16, seed=1, name="test"), config(), progress=True,
+               estimate=True)
     err = capsys.readouterr().err
     assert err.index("estimated: about") < err.index("step 0: encrypting [[X]]")
     assert "measured now; an estimate" in err and "encrypted prediction" in err
 
 
+def test_without_estimate_the_first_paillier_work_in_train_is_the_runs_own(capsys, monkeypatch):
+    """The estimate is optional: unless asked, train times nothing (even with bars), so the
+    first ciphertext one meets stepping through train is step 0's [[X]]."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the estimate ran without being asked")
+    monkeypatch.setattr(estimate, "measure_costs", refuse)
+    result = acml.train(dataset(64), dataset(16, seed=1, name="test"), config(), progress=True)
+    assert "estimated: about" not in capsys.readouterr().err
+    assert "estimate" not in result.metrics
+
+
+def test_cli_train_prints_the_estimate_unless_quiet(capsys):
+    argv = ["train", "--dataset", "wine", "--hidden", "2", "--epochs", "1", "--key-bits", "512",
+            "--insecure-small-key", "--init-seed", "0"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert acml.main(argv) == 0
+        assert "estimated: about" in capsys.readouterr().err
+        assert acml.main([*argv, "--quiet"]) == 0
+        assert "estimated: about" not in capsys.readouterr().err
+
+
 def test_chunked_prediction_equals_one_call(monkeypatch):
     train_set, test_set = dataset(64), dataset(50, seed=1, name="test")
     whole = acml.train(train_set, test_set, config())
-    monkeypatch.setattr(acml, "PREDICTION_CHUNK_ROWS", 16)
+    monkeypatch.setattr(simulation, "PREDICTION_CHUNK_ROWS", 16)
     chunked = acml.train(train_set, test_set, config())
     assert chunked.metrics["test_report"] == whole.metrics["test_report"]
     assert chunked.metrics["prediction_agreement"] == whole.metrics["prediction_agreement"]

@@ -20,6 +20,7 @@ import pytest
 
 import acml
 from network import alignment
+from jobs import simulation
 from tools import cli
 import nn
 import paillier
@@ -52,7 +53,7 @@ def no_training(monkeypatch):
     """Any bad input must be refused before training: training here fails the test."""
     def refuse(*args, **kwargs):
         raise AssertionError("training started despite bad input")
-    monkeypatch.setattr(acml, "train", refuse)
+    monkeypatch.setattr(simulation, "train", refuse)
     monkeypatch.setattr(transport, "run_data_party", refuse)
     monkeypatch.setattr(transport, "run_label_party", refuse)
     monkeypatch.setattr(paillier, "generate_keypair", refuse)
@@ -303,7 +304,7 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_no_file(capsys, tmp_path, monkey
     def interrupted(*args, transcript=None, **kwargs):
         transcript.write('{"half": ')  # mid-way through a streamed transcript
         raise KeyboardInterrupt
-    monkeypatch.setattr(acml, "train", interrupted)
+    monkeypatch.setattr(simulation, "train", interrupted)
     line = one_line_error(capsys, ["train", *TINY, "--transcript", str(tmp_path / "t.jsonl"),
                                    "--json", str(tmp_path / "r.json")], code=130)
     assert line.startswith("acml.py train: interrupted") and "Traceback" not in line

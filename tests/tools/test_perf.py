@@ -2,9 +2,15 @@
 where the randomness was computed or where the arithmetic ran. Small keys; no timing is
 asserted anywhere (bench.py measures speed)."""
 
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pytest
-from conftest import insecure_keypair
+from conftest import insecure_keypair, one_line_error
 
 import acml
 from jobs import data
@@ -12,6 +18,7 @@ from speed import kernels
 from fixed import Fixed
 
 KEY_BITS = 384
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -164,25 +171,98 @@ def test_weights_on_a_dask_cluster_are_bit_identical_to_no_executor(keypair, das
     assert_same_weights(on_cluster, here)
 
 
-def test_cli_train_with_dask_trains_like_the_run_without(dask_cluster, tmp_path, monkeypatch):
-    """`train --dask ADDRESS` connects to that scheduler, sizes its tasks by the cluster's
-    workers and trains the same model as without (W does not depend on the key or the masks,
-    so the same --init-seed gives the same losses and weight gap)."""
-    cluster, _ = dask_cluster
-    sized = []
-    original = kernels.dask_executor
-    monkeypatch.setattr(kernels, "dask_executor",
-                        lambda client: sized.append(original(client)) or sized[-1])
-    argv = ["train", "--dataset", "wine", "--hidden", "2", "--epochs", "1", "--quiet",
+# A cluster in a process of its own, started from an empty directory without PYTHONPATH: neither
+# its scheduler nor its two worker processes can import this project unless the client ships it.
+CLUSTER_SCRIPT = """
+import sys
+from distributed import LocalCluster
+cluster = LocalCluster(processes=True, n_workers=2, threads_per_worker=1, dashboard_address=None)
+print(cluster.scheduler_address, flush=True)
+sys.stdin.read()  # until the test closes stdin
+cluster.close()
+"""
+TINY_RUN = ["train", "--dataset", "wine", "--hidden", "2", "--epochs", "1", "--quiet",
             "--key-bits", "512", "--insecure-small-key", "--init-seed", "0"]
-    reports = []
-    for extra in (["--dask", cluster.scheduler_address], []):
-        out = tmp_path / f"report{len(reports)}.json"
-        assert acml.main([*argv, *extra, "--json", str(out)]) == 0
-        reports.append(__import__("json").loads(out.read_text()))
-    assert [executor.workers for executor in sized] == [2]
-    for key in ("final_loss", "max_abs_weight_diff", "plaintext_final_loss"):
-        assert reports[0][key] == reports[1][key]
+
+
+@pytest.fixture(scope="module")
+def separate_cluster(tmp_path_factory):
+    pytest.importorskip("dask.distributed")
+    folder = tmp_path_factory.mktemp("cluster")
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    process = subprocess.Popen([sys.executable, "-c", CLUSTER_SCRIPT], cwd=folder,
+                               env=environment, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+    try:
+        address = process.stdout.readline().strip()
+        assert address.startswith("tcp://"), "the cluster did not start"
+        yield address
+    finally:
+        process.stdin.close()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def refuse_upload(self, plugin, name=None):
+    raise ModuleNotFoundError("No module named 'numpy'")  # as a worker without numpy says
+
+
+def import_fails_in_a_task(*args, **kwargs):
+    raise ModuleNotFoundError("No module named 'speed'")  # as dask re-raises a worker's error
+
+
+# These run before the upload test below, on the same cluster: none of them ships the code.
+@pytest.mark.parametrize("where", ["workers", "upload", "task"])
+def test_a_cluster_that_cannot_run_the_code_is_one_line(separate_cluster, where, capsys,
+                                                        monkeypatch):
+    """A cluster whose workers cannot import the code ends in one line naming the cluster and
+    the missing module, exit 2, never a traceback: workers that never received it (the client
+    skips the upload: the real failure of a real cluster), an upload that fails over there,
+    and a task that fails to import mid-run."""
+    from distributed import Client
+    from jobs import cluster, simulation
+    if where == "workers":
+        monkeypatch.setattr(cluster, "ship_code", lambda client: cluster.probe(client))
+    elif where == "upload":
+        monkeypatch.setattr(Client, "register_plugin", refuse_upload)
+    else:
+        monkeypatch.setattr(cluster, "ship_code", lambda client: None)
+        monkeypatch.setattr(simulation, "train", import_fails_in_a_task)
+    line = one_line_error(capsys, [*TINY_RUN, "--dask", separate_cluster])
+    assert line.startswith(f"acml.py train: error: --dask {separate_cluster}: ")
+    assert "No module named" in line and "Traceback" not in line
+    if where == "workers":
+        assert "cannot run the kernels: ModuleNotFoundError: No module named 'speed'" in line
+
+
+def trained_weights(checkpoint_dir, tmp_path):
+    """Every weight of the run saved in ``checkpoint_dir``, joined (export_model)."""
+    arrays = acml.export_model(checkpoint_dir, tmp_path / f"{Path(checkpoint_dir).name}.npz",
+                               i_understand_this_reveals_the_weights=True)
+    return {name: value for name, value in arrays.items()
+            if name.startswith(("layers.", "bottom."))}
+
+
+def test_cli_train_on_a_cluster_in_other_processes_trains_like_the_run_without(
+        separate_cluster, tmp_path):
+    """`python acml.py train --dask ADDRESS` against a cluster whose scheduler and workers run
+    in other processes, in another directory: the client ships the code they run, and the
+    weights equal the run's without dask, bit for bit (W does not depend on the key or the
+    masks, so the same --init-seed gives the same weights)."""
+    done = subprocess.run([sys.executable, "acml.py", *TINY_RUN, "--dask", separate_cluster,
+                           "--checkpoint-dir", str(tmp_path / "on_cluster")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert acml.main([*TINY_RUN, "--checkpoint-dir", str(tmp_path / "here")]) == 0
+        on_cluster = trained_weights(tmp_path / "on_cluster", tmp_path)
+        here = trained_weights(tmp_path / "here", tmp_path)
+    assert sorted(on_cluster) == sorted(here) and "layers.0.W" in here
+    for name, value in here.items():
+        assert np.array_equal(on_cluster[name], value), name
 
 
 def test_cli_dask_and_workers_are_alternatives(capsys):

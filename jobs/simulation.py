@@ -1,0 +1,241 @@
+"""Both parties in one process, and beside them the plaintext twin: the run behind ``acml.train``.
+
+Each party holds only its own state and every message goes through the checked channel of
+protocol.py, as in two processes (network/transport.py); what one process adds is the
+omniscient comparison with the twin (twin.py), which no party could compute.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+import nn
+import paillier
+import protocol
+from attacks.flaws import SECURE, InsecureFlaws
+from channel import Channel
+from jobs import run_directory
+from jobs.estimate import estimate_run
+from jobs.progress import PREDICTION_CHUNK_ROWS, batches, encrypting_rows, phase_bar
+from jobs.report import format_report, run_metrics, test_metrics
+from jobs.settings import Config
+from jobs.twin import max_weight_diff, train_twin, twin_predictions
+from parties import DataParty, LabelParty, Prediction, make_bottom
+from plan import check_features, check_sigma
+from speed import kernels
+
+
+@dataclass
+class Result:
+    data_party: DataParty
+    label_party: LabelParty
+    channel: Channel
+    plaintext: nn.MLP
+    losses: list
+    plaintext_losses: list
+    seconds: float
+    metrics: dict
+
+    def summary(self) -> str:
+        return format_report(self.metrics)
+
+
+def train(train_set, test_set=None, config: Config | None = None, *, progress: bool = False,
+          keypair=None, checkpoint_dir=None, resume: bool = False, standardizer=None,
+          executor=None, transcript=None, insecure_flaws: InsecureFlaws = SECURE,
+          estimate: bool = False, precompute: bool = True) -> Result:
+    """Train encrypted (two parties) and plaintext (the twin) on the same batches, and compare.
+
+    ``checkpoint_dir``: after every epoch each party saves its own file there
+    (``data_party.npz``, ``label_party.npz``; see checkpoint.DataPartyState/LabelPartyState).
+    ``standardizer`` — the data party's, from ``prepare(..., return_standardizer=True)`` — is
+    saved with the data party, so that prediction applies it to new rows. ``resume=True``
+    continues from those files up to ``config.epochs``: the same data and settings are required,
+    the key pair comes from the data party's file, and [[X]] is encrypted afresh. ``losses``
+    then covers the resumed epochs only.
+
+    ``executor`` (any concurrent.futures.Executor, e.g. a ProcessPoolExecutor or a dask client's
+    get_executor()) runs the modular exponentiations of both parties; None runs them here.
+    ``precompute`` (new runs): each party fills a pool of randomizers ahead of need (at setup
+    and between epochs); ``step_seconds`` then reports that offline work as step "pool".
+    ``transcript`` (a text file open for writing) receives every message as a JSON line.
+    ``insecure_flaws`` switches known flaws on in both parties, for teaching (flaws.py).
+
+    ``progress`` shows tqdm bars on stderr for step 0's [[X]], the batches and the prediction.
+    ``estimate`` (off unless asked; the CLI asks unless --quiet) first times a few Paillier
+    operations with the run's key and prints the time the run should take (estimate.py); the
+    estimate, beside the measured time, goes to ``metrics["estimate"]``.
+    """
+    config = config or Config()
+    sizes = check_run(train_set, test_set, config, checkpoint_dir, resume, keypair)
+    start = time.perf_counter()
+
+    # The two parties, each with only its own state: new, or each from its own checkpoint.
+    if resume:
+        pair = run_directory.find_pair(checkpoint_dir, allow_insecure=config.allow_insecure,
+                                       resuming=True)
+        keypair = pair.data.keypair
+        data_party, label_party = resumed_parties(pair, train_set, config, sizes, executor)
+        feature_mean, feature_std = pair.data.feature_mean, pair.data.feature_std
+    else:
+        if checkpoint_dir is not None:
+            run_directory.refuse_to_overwrite(checkpoint_dir)
+        keypair = keypair or paillier.generate_keypair(config.key_bits,
+                                                       allow_insecure=config.allow_insecure)
+        data_party, label_party = new_parties(train_set, config, sizes, keypair, executor,
+                                              insecure_flaws, precompute)
+        feature_mean = None if standardizer is None else standardizer.mean
+        feature_std = None if standardizer is None else standardizer.std
+    channel = Channel(data_party=data_party, label_party=label_party, sigma=config.plan.sigma,
+                      transcript=transcript)
+
+    run_estimate = None
+    if estimate:  # optional, and its own step: it times ciphertexts of its own, not the run's
+        run_estimate = estimate_run(keypair[1], config, len(train_set.y), sizes[0],
+                                    0 if test_set is None else len(test_set.y),
+                                    epochs_done=label_party.epochs_completed,
+                                    flaws_enabled=bool(insecure_flaws.enabled()))
+        if progress:
+            print(run_estimate["line"], file=sys.stderr)
+
+    # The protocol: setup (step 0), then the epochs (steps 1, 2, 3, 4b, 4), as in protocol.py.
+    with encrypting_rows(data_party, len(train_set.y),
+                         shown=progress and not resume and config.bottom is None):
+        public = protocol.setup(channel, start="resume" if resume else "new")
+    first_epoch = public.training.epochs_completed
+    n_batches = -(-len(train_set.y) // config.batch_size)
+    save = None if checkpoint_dir is None else run_directory.saver(
+        checkpoint_dir, data_party=data_party, label_party=label_party,
+        feature_names=train_set.feature_names, feature_mean=feature_mean,
+        feature_std=feature_std, class_names=train_set.class_names)
+    with batches((config.epochs - first_epoch) * n_batches, label_party,
+                 shown=progress) as bar:
+        protocol.train(channel, public, after_epoch=save, after_batch=bar)
+    encrypted_seconds = time.perf_counter() - start
+
+    # The twin starts where the two parties started: the layers above from the public seed, the
+    # first layer (and any bottom model) from the data party's own init seed, which only this
+    # omniscient simulation can read — the label party never learns W0.
+    plaintext, plaintext_bottom, history = train_twin(train_set, config, sizes,
+                                                      data_party.init_seed)
+
+    # The report: the two runs compared, on the training batches and on the test rows.
+    metrics = run_metrics(train_set, config, sizes, data_party, label_party, public,
+                          history["batch_loss"], encrypted_seconds,
+                          max_weight_diff(data_party, label_party, plaintext, plaintext_bottom))
+    if test_set is not None:
+        scores = predict_encrypted(channel, data_party, label_party, test_set.X,
+                                   progress=progress)
+        predicted = label_party.model.classes_from_scores(scores)
+        plain_predicted, plain_scores = twin_predictions(plaintext, plaintext_bottom, test_set.X)
+        metrics.update(test_metrics(test_set.y, len(train_set.class_names), predicted, scores,
+                                    plain_predicted, plain_scores))
+    metrics.update(channel.metrics())
+    if run_estimate is not None:
+        metrics["estimate"] = {key: value for key, value in run_estimate.items() if key != "line"}
+        metrics["estimate"]["measured_seconds"] = time.perf_counter() - start
+    # Online per step; the randomizer pools' precomputation (offline) apart, as step "pool".
+    metrics["step_seconds"] = kernels.split_offline(metrics["step_seconds"], data_party,
+                                                    label_party)
+    if resume:
+        metrics["resumed_after_epoch"] = first_epoch
+        metrics["checkpoint_notes"] = pair.notes
+    return Result(data_party, label_party, channel, plaintext, label_party.losses,
+                  list(history["batch_loss"]), encrypted_seconds, metrics)
+
+
+def check_run(train_set, test_set, config: Config, checkpoint_dir, resume: bool,
+              keypair) -> tuple:
+    """The layer sizes, once the inputs pass: σ's policy, every feature within the plan's
+    bound (one line naming the row and the column otherwise), and a resume that has its
+    checkpoint directory and takes its key pair from there."""
+    check_sigma(config.plan.sigma, config.allow_insecure_sigma, "Config.plan.sigma")
+    for dataset in (train_set, test_set):
+        if dataset is not None:
+            check_features(dataset.X, config.plan, what=dataset.name,
+                           names=dataset.feature_names, ids=dataset.ids)
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume needs the checkpoint directory to resume from")
+    if resume and keypair is not None:
+        raise ValueError("resume takes the key pair from the data party's checkpoint; "
+                         "pass no keypair")
+    return config.layer_sizes(train_set.X.shape[1], train_set.n_classes)
+
+
+def new_parties(train_set, config: Config, sizes, keypair, executor,
+                insecure_flaws: InsecureFlaws, precompute: bool):
+    """The data party (features, the key pair, W0's mask) and the label party (labels, the
+    network), each built from its own inputs only."""
+    data_party = DataParty(train_set.X, plan=config.plan, key_bits=config.key_bits,
+                           allow_insecure=config.allow_insecure, keypair=keypair,
+                           init_seed=config.init_seed, bottom=config.bottom,
+                           insecure_flaws=insecure_flaws, executor=executor,
+                           allow_insecure_sigma=config.allow_insecure_sigma,
+                           precompute=precompute)
+    label_party = LabelParty(train_set.y, sizes, activation=config.activation, lr=config.lr,
+                             momentum=config.momentum, batch_size=config.batch_size,
+                             epochs=config.epochs, seed=config.seed, plan=config.plan,
+                             insecure_flaws=insecure_flaws, executor=executor,
+                             packing=config.packing, allow_insecure=config.allow_insecure,
+                             allow_insecure_sigma=config.allow_insecure_sigma,
+                             precompute=precompute, block_rows=config.block_rows)
+    return data_party, label_party
+
+
+def resumed_parties(pair, train_set, config: Config, sizes, executor):
+    """Both parties from the latest epoch BOTH saved (run_directory.find_pair): after a crash
+    between the two writes, the data party's newest file is passed over and that epoch trained
+    again, bit for bit. Each checkpoint must match this run's data and settings."""
+    data_state, label_state = pair.data, pair.label
+    asked_bottom = make_bottom(config.bottom, train_set.X.shape[1], 0)
+    data_state.check_resumable(asked_bottom, config.key_bits)
+    label_state.check_resumable(config.label_settings(sizes), config.epochs)
+    data_party = data_state.restore(train_set.X, executor=executor)
+    label_party = label_state.restore(train_set.y, epochs=config.epochs, executor=executor,
+                                      packing=config.packing)
+    return data_party, label_party
+
+
+def predict_encrypted(channel, data_party: DataParty, label_party: LabelParty, X, *,
+                      progress: bool = False) -> np.ndarray:
+    """The label party's scores for rows X (standardised as the training rows), by the real
+    encrypted prediction (protocol.predict), PREDICTION_CHUNK_ROWS rows at a time: the same
+    scores as one call (each row's z is exact on its own), with a tqdm bar when ``progress``."""
+    X = np.asarray(X, dtype=np.float64)
+    public = data_party.public
+    bar = phase_bar(len(X), "encrypted prediction", "row") if progress else None
+    scores = []
+    for start in range(0, len(X), PREDICTION_CHUNK_ROWS):
+        stop = min(start + PREDICTION_CHUNK_ROWS, len(X))
+        data_party.set_rows_to_predict(X[start:stop])
+        protocol.predict(channel, public)
+        scores.append(label_party.predictions)
+        if bar is not None:
+            bar(stop, len(X))
+    if bar is not None:
+        bar.close()
+    return np.concatenate(scores, axis=0)
+
+
+def predict(checkpoint_dir, X, *, feature_names=None, ids=None, source: str = "features",
+            allow_insecure: bool = False, executor=None) -> Prediction:
+    """Encrypted prediction on new rows X (raw, as in the features file) from both checkpoints.
+
+    The data party standardises X with its saved mean and std, applies its bottom model if it
+    has one, and encrypts the result; the label party runs step 1 with its weight share and the
+    layers above (protocol.setup with start "predict", then protocol.predict). Neither party's
+    share is combined with the other's. With ``feature_names``, the columns of X are matched to
+    the training features by name (any order, none missing, none extra).
+    """
+    data_state, label_state = run_directory.load_pair(checkpoint_dir, allow_insecure=allow_insecure)
+    X = data_state.rows_to_predict(X, feature_names=feature_names, ids=ids, source=source)
+    data_party = data_state.restore(X, same_features=False, executor=executor)
+    data_party.set_rows_to_predict(X)
+    label_party = label_state.restore(executor=executor)
+    channel = Channel(data_party=data_party, label_party=label_party, sigma=data_state.plan.sigma)
+    protocol.predict(channel, protocol.setup(channel, start="predict"))
+    return label_party.prediction(label_state.class_names)
