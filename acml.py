@@ -29,11 +29,12 @@ import numpy as np
 from jobs import run_directory
 from jobs import data
 from speed import kernels
+from speed.engine import FastEngine
 import nn
 import protocol
 import channel as channel_module
 from channel import Channel, leakage_lines
-from attacks.flaws import SECURE, InsecureFlaws
+from attacks.flaws import SECURE, InsecureFlaws, party_classes
 from fixed import Fixed
 from parties import BottomModel, DataParty, LabelParty, Prediction, make_bottom
 from plan import FixedPointPlan, check_features, check_sigma
@@ -73,11 +74,6 @@ class Config:
     # to reproduce a run exactly (the tests do).
     init_seed: int | None = None
     packing: bool = True  # several values per ciphertext in steps 1 and 4 (same W either way)
-    # Mitigation of leak L1 (the Gram attack on z across epochs): σ of the fresh noise
-    # N = η·σ·ξ the data party adds to every first-layer update through ε_acc. 0 (off) by
-    # default: measured by `python acml.py audit`, it costs accuracy at the σ that stops the
-    # attack (see the README's threat model).
-    update_noise: float = 0.0
     # Batches of whole fixed row blocks of this many rows (nn.block_minibatches), so that the
     # data party encrypts each block once at setup instead of every batch's rows; 0: row
     # batches. At most the rows one packed ciphertext holds (19 at 2048 bits, the default plan).
@@ -190,9 +186,6 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
     start = time.perf_counter()
     feature_mean = None if standardizer is None else standardizer.mean
     feature_std = None if standardizer is None else standardizer.std
-    if resume and config.update_noise:
-        raise ValueError("update_noise is not resumable yet: the plaintext twin needs the "
-                         "noise of every epoch, and a checkpoint does not keep it")
     if resume:
         if keypair is not None:
             raise ValueError("resume takes the key pair from the data party's checkpoint; "
@@ -206,26 +199,26 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
         data_state.check_resumable(asked_bottom, config.key_bits)
         label_state.check_resumable(config.label_settings(sizes), config.epochs)
         feature_mean, feature_std = data_state.feature_mean, data_state.feature_std
-        data_party = data_state.restore(train_set.X, executor=executor)
-        label_party = label_state.restore(train_set.y, epochs=config.epochs, executor=executor,
+        data_party = data_state.restore(train_set.X, engine=FastEngine(executor=executor))
+        label_party = label_state.restore(train_set.y, epochs=config.epochs,
+                                          engine=FastEngine(executor=executor),
                                           packing=config.packing)
     else:
         if checkpoint_dir is not None:
             run_directory.refuse_to_overwrite(checkpoint_dir)
-        data_party = DataParty(train_set.X, plan=config.plan, key_bits=config.key_bits,
-                               allow_insecure=config.allow_insecure, keypair=keypair,
-                               init_seed=config.init_seed, bottom=config.bottom,
-                               insecure_flaws=insecure_flaws, executor=executor,
-                               update_noise=config.update_noise,
-                               allow_insecure_sigma=config.allow_insecure_sigma,
-                               precompute=precompute)
-        label_party = LabelParty(train_set.y, sizes, activation=config.activation, lr=config.lr,
-                                 momentum=config.momentum, batch_size=config.batch_size,
-                                 epochs=config.epochs, seed=config.seed, plan=config.plan,
-                                 insecure_flaws=insecure_flaws, executor=executor,
-                                 packing=config.packing, allow_insecure=config.allow_insecure,
-                                 allow_insecure_sigma=config.allow_insecure_sigma,
-                                 precompute=precompute, block_rows=config.block_rows)
+        data_class, label_class = party_classes(insecure_flaws)
+        data_party = data_class(train_set.X, plan=config.plan, key_bits=config.key_bits,
+                                allow_insecure=config.allow_insecure, keypair=keypair,
+                                init_seed=config.init_seed, bottom=config.bottom,
+                                engine=FastEngine(executor=executor, precompute=precompute),
+                                allow_insecure_sigma=config.allow_insecure_sigma)
+        label_party = label_class(train_set.y, sizes, activation=config.activation, lr=config.lr,
+                                  momentum=config.momentum, batch_size=config.batch_size,
+                                  epochs=config.epochs, seed=config.seed, plan=config.plan,
+                                  engine=FastEngine(executor=executor, precompute=precompute),
+                                  packing=config.packing, allow_insecure=config.allow_insecure,
+                                  allow_insecure_sigma=config.allow_insecure_sigma,
+                                  block_rows=config.block_rows)
     channel = Channel(data_party=data_party, label_party=label_party, sigma=config.plan.sigma,
                       transcript=transcript)
     run_estimate = None
@@ -262,18 +255,14 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
     plaintext = nn.MLP(sizes, activation=config.activation, seed=config.seed)
     plaintext.layers[0].W = nn.init_layer(sizes, 0, config.activation, data_party.init_seed).W
     plaintext_bottom = make_bottom(config.bottom, train_set.X.shape[1], data_party.init_seed)
-    # With update noise the twin replays the very noise the data party drew (its own record,
-    # read here only because this simulation is omniscient), after each first-layer step.
-    replay = noise_replay(plaintext, data_party)
     if plaintext_bottom is None:
         history = nn.train_plaintext(plaintext, train_set.X, train_set.y, epochs=config.epochs,
                                      batch_size=config.batch_size,
                                      lr=config.plan.snap_lr(config.lr), seed=config.seed,
-                                     momentum=config.momentum, block_rows=config.block_rows,
-                                     callback=replay)
+                                     momentum=config.momentum, block_rows=config.block_rows)
     else:
         history = train_plaintext_composite(plaintext_bottom, plaintext, train_set.X, train_set.y,
-                                            config, after_batch=replay)
+                                            config)
 
     metrics = {
         "dataset": train_set.name,
@@ -324,8 +313,8 @@ def train(train_set: data.Dataset, test_set: data.Dataset | None = None,
         metrics["estimate"] = {key: value for key, value in run_estimate.items() if key != "line"}
         metrics["estimate"]["measured_seconds"] = time.perf_counter() - start
     # Online per step; the randomizer pools' precomputation (offline) apart, as step "pool".
-    metrics["step_seconds"] = kernels.split_offline(metrics["step_seconds"], data_party,
-                                                    label_party)
+    metrics["step_seconds"] = kernels.split_offline(metrics["step_seconds"], data_party.engine,
+                                                    label_party.engine)
     if resume:
         metrics["resumed_after_epoch"] = first_epoch
         metrics["checkpoint_notes"] = pair.notes
@@ -351,8 +340,8 @@ def fixed_point_gap(X, y, config: Config | None = None, *, n_classes: int | None
     tests/test_protocol.py) against float64 on the same batches from the same W0.
 
     A measuring tool (the README's exactness-gap table): yields ``(epoch, steps, gap)``, the gap
-    over every weight and bias of every layer. W0 comes from ``config.seed`` (no bottom model,
-    no update noise). No party can compute this in a real run; nothing here is encrypted.
+    over every weight and bias of every layer. W0 comes from ``config.seed`` (no bottom model).
+    No party can compute this in a real run; nothing here is encrypted.
     """
     config = config or Config()
     X = np.asarray(X, dtype=np.float64)
@@ -394,20 +383,6 @@ def fixed_point_gap(X, y, config: Config | None = None, *, n_classes: int | None
             if mine.W is not None:
                 gaps.append(np.abs(mine.W - theirs.W).max())
         yield epoch + 1, steps, float(max(gaps))
-
-
-def noise_replay(plaintext: nn.MLP, data_party: DataParty):
-    """A callback for the twin (None without update noise): after batch t it adds the data
-    party's own N_t (decoded from W's fixed-point scale) to the twin's first-layer W."""
-    drawn = data_party.update_noise_drawn
-    if not drawn:
-        return None
-    steps = iter(drawn)
-    scale = data_party.plan.w_frac_bits
-
-    def replay(*_):
-        plaintext.layers[0].W = plaintext.layers[0].W + Fixed.from_ints(next(steps), scale).decode()
-    return replay
 
 
 def train_plaintext_composite(bottom: BottomModel, mlp: nn.MLP, X, y,
@@ -714,9 +689,9 @@ def predict(checkpoint_dir, X, *, feature_names=None, ids=None, source: str = "f
     """
     data_state, label_state = run_directory.load_pair(checkpoint_dir, allow_insecure=allow_insecure)
     X = data_state.rows_to_predict(X, feature_names=feature_names, ids=ids, source=source)
-    data_party = data_state.restore(X, same_features=False, executor=executor)
+    data_party = data_state.restore(X, same_features=False, engine=FastEngine(executor=executor))
     data_party.set_rows_to_predict(X)
-    label_party = label_state.restore(executor=executor)
+    label_party = label_state.restore(engine=FastEngine(executor=executor))
     channel = Channel(data_party=data_party, label_party=label_party, sigma=data_state.plan.sigma)
     protocol.predict(channel, protocol.setup(channel, start="predict"))
     return label_party.prediction(label_state.class_names)

@@ -6,7 +6,7 @@ own object), or is that party deviating from the script, and each mitigation is 
 its price (`python acml.py audit` prints both tables):
 
 * L1 (label party, semi-honest): z across epochs gives X·Xᵀ, then X from a few known rows.
-  Mitigation: noise on W's trajectory through ε_acc (``update_noise``).
+  No mitigation is implemented (noise on W's trajectory was measured to protect nothing).
 * L2 (label party, malicious): multiplying by W_B + 2^k·E reads X exactly. No cheap check.
 * L3 (data party, malicious): masks uniform only on an interval leak W_B to crafted
   plaintexts. Mitigation: masks uniform mod n (the default).
@@ -22,7 +22,6 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from speed import kernels
 from attacks import leaks
 import protocol
 from attacks.audit import DEFAULT_KEY_BITS, GRADIENTS, Auditor, Run, Scenario, _plain, simulate
@@ -42,7 +41,6 @@ EXACT = Scenario("breast_cancer", rows=48, hidden=(8,), batch_size=16, epochs=4)
 PREDICT = Scenario("breast_cancer", rows=48, hidden=(4,), batch_size=16, epochs=1, features=4)
 GRAM_EPOCHS = (2, 3, 4, 5, 6, 8)
 GRAM_KNOWN_ROWS = 10  # rows of X the label party already knows (public records, its customers)
-GRAM_NOISE = (0.0, 0.01, 0.1, 1.0)  # σ of the update noise, in the gradient's units
 L1_FAILS_ABOVE = leaks.ATTACK_FAILS_ABOVE  # relative error of X·Xᵀ above which L1 failed
 L2_SHIFT_SLACK_BITS = 2
 L3_TAIL = 16  # large multipliers after the geometric part of the chain
@@ -114,13 +112,14 @@ class SelectingLabelParty(LabelParty):
         for k, feature in enumerate(self._selected):
             E[feature, k] = 1 << self._shift()
         deviant = Fixed(self.weight_share.values + E, self.weight_share.scale)
-        product = kernels.encrypted_matmul(self._batch_inputs, deviant, executor=self.executor)
-        masked, self._forward_mask = self._add_wide_mask(product)
-        return masked
+        inputs = self.batch_inputs
+        self.forward_mask = self.draw_mask((inputs.shape[0], deviant.shape[1]),
+                                           inputs.scale + deviant.scale)
+        return self.engine.masked_matmul(inputs, deviant, self.forward_mask)
 
     def unmask_preactivation(self, noisy: np.ndarray, n_rows: int) -> None:
-        z_int = self._unmask(noisy, self._forward_mask)
-        self._forward_mask = None
+        z_int = self.unmask(noisy, self.forward_mask)
+        self.forward_mask = None
         shift = 1 << self._shift()
         read = np.vectorize(lambda v: (int(v) + shift // 2) // shift, otypes=[object])(z_int)
         z_int = z_int - read * shift
@@ -183,12 +182,12 @@ class MultiplierDataParty(DataParty):
             for i, t in enumerate(chain):
                 rows[a * len(chain) + i, feature] = t
         self._crafted = rows
-        return self._encrypt(Fixed(rows, self.plan.x_frac_bits))
+        return self.encrypt(Fixed(rows, self.plan.x_frac_bits))
 
     def add_own_part(self) -> np.ndarray:
         if self._crafted is None:
             return super().add_own_part()
-        U, self._product = self._product, None
+        U, self.decrypted_product = self.decrypted_product, None
         chain, bound = self._chain()
         n, half = self.public_key.n, 1 << self.public.mask_bits  # ε_B ∈ [−half, half)
         h = U.shape[1]
@@ -281,18 +280,7 @@ class OwnLeakAuditor:
         curve = [attack_gram(run, e) for e in epochs]
         best = curve[-1]
         findings = len(run.findings())
-        noise_curve = []
-        for sigma in (GRAM_NOISE[:1] + GRAM_NOISE[-2:] if self.quick else GRAM_NOISE):
-            noisy = run if sigma == 0 else self._run(replace(scenario, update_noise=sigma))
-            attack = attack_gram(noisy, scenario.epochs)
-            noise_curve.append({"update_noise": sigma, **{k: attack[k] for k in (
-                "relative_error", "relative_error_projected", "r2_of_X", "determined")},
-                "test_accuracy": noisy.truth.get("test_accuracy"),
-                "test_auc": noisy.truth.get("test_auc")})
         error = best["relative_error"]
-        mitigated = noise_curve[-1]
-        mitigated_error = min(v for v in (mitigated["relative_error"],
-                                          mitigated["relative_error_projected"]) if v is not None)
         d = run.data_party.n_features
         needed = math.ceil(scenario.rows * (scenario.rows + 1) / 2
                            / (scenario.rows * scenario.hidden[0])) + 1
@@ -302,15 +290,13 @@ class OwnLeakAuditor:
             f"{scenario.batch_size}, E epochs: needs n·h·(E − 1) ≥ n(n+1)/2, E ≥ {needed} "
             f"here; {GRAM_KNOWN_ROWS} rows known for X",
             "relative error ||Ĝ − X·Xᵀ||_F / ||X·Xᵀ||_F", error,
-            f"succeeds when < 1e-6 after {scenario.epochs} epochs; the mitigation holds when > "
-            f"{L1_FAILS_ABOVE} (raw and rank-d projected)", bool(error is not None and error < 1e-6),
-            f"update_noise σ = {mitigated['update_noise']} (DataParty(update_noise=σ), "
-            "Config(update_noise=σ)): fresh N = η·σ·ξ folded into ε_acc every batch",
-            mitigated_error, bool(mitigated_error > L1_FAILS_ABOVE),
-            "test accuracy / AUC in the curve (noise moves W off the SGD path); 0 channel "
-            "findings either way", curve,
-            {"privacy_utility": noise_curve, "channel_findings": findings,
-             "r2_of_X": best["r2_of_X"]})
+            f"succeeds when < 1e-6 after {scenario.epochs} epochs",
+            bool(error is not None and error < 1e-6),
+            "none implemented: noise on W's trajectory through ε_acc was measured to protect "
+            "nothing", None, None, "—", curve,
+            {"channel_findings": findings, "r2_of_X": best["r2_of_X"],
+             "test_accuracy": run.truth.get("test_accuracy"),
+             "test_auc": run.truth.get("test_auc")})
 
     def select(self) -> OwnLeak:
         scenario = replace(EXACT, epochs=2) if self.quick else EXACT

@@ -45,45 +45,6 @@ def test_l1_gram_attack_succeeds_unmitigated_and_is_underdetermined_early(keypai
     assert len(result.findings()) == 0  # invisible to every check
 
 
-def test_l1_fails_with_update_noise(keypair):
-    noisy = run(keypair, replace(SMALL_GRAM, update_noise=0.1))
-    attack = own_leaks.attack_gram(noisy, 6)
-    assert min(attack["relative_error"], attack["relative_error_projected"]) > own_leaks.L1_FAILS_ABOVE
-
-
-def test_update_noise_keeps_the_protocol_exact_bit_for_bit(keypair):
-    """W_B + ε_acc equals the integer replay W0 − Σ η·Xᵀδ + Σ N exactly, with the noise the data
-    party drew and the δ the label party held."""
-    scenario = replace(own_leaks.GRAM, rows=32, epochs=2, test_rows=0, update_noise=0.5)
-    result = run(keypair, scenario)
-    plan, data_party, label_party = result.data_party.plan, result.data_party, result.label_party
-    assert len(data_party.update_noise_drawn) == len(result.diary[audit.LABEL])
-    W = Fixed.from_ints(result.diary[audit.DATA][0]["noise_acc"], plan.w_frac_bits).values + \
-        result.diary[audit.LABEL][0]["weight_share"]
-    lr_int = plan.quantize_lr(scenario.lr)
-    for entry, noise in zip(result.diary[audit.LABEL], data_party.update_noise_drawn):
-        delta = Fixed.encode(entry["delta"], plan.delta_frac_bits).values
-        W = leaks.mitigated_first_layer_update_int(W, data_party.features.values[entry["rows"]],
-                                                   delta, lr_int, noise)
-    joint = (label_party.weight_share + data_party.noise_acc).values
-    assert np.array_equal(np.asarray(joint, dtype=object), W)
-
-
-def test_acml_twin_replays_the_update_noise(keypair):
-    import acml
-    from jobs import data
-    dataset = data.load_builtin("breast_cancer")
-    train_set, test_set = acml.prepare(data.take(dataset, np.arange(120), ""))
-    config = acml.Config(hidden=(4,), epochs=1, batch_size=32, key_bits=KEY_BITS,
-                         allow_insecure=True, init_seed=3, update_noise=0.5)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = acml.train(train_set, test_set, config, keypair=keypair)
-    assert result.data_party.update_noise_drawn  # the noise is on
-    assert result.metrics["max_abs_weight_diff"] < 1e-5  # quantisation only: same trajectory
-    assert result.metrics["predictions_differing"] == 0
-
-
 def test_l2_selecting_label_party_reads_x_exactly_unseen(keypair):
     scenario = replace(own_leaks.EXACT, epochs=2)
     honest = run(keypair, scenario)

@@ -306,8 +306,7 @@ def config_from_args(args) -> Config:
                   key_bits=args.key_bits, seed=args.seed, allow_insecure=args.insecure_small_key,
                   plan=FixedPointPlan(sigma=args.sigma), bottom=args.bottom,
                   init_seed=args.init_seed, allow_insecure_sigma=args.insecure_sigma,
-                  packing=args.packing, update_noise=getattr(args, "update_noise", 0.0),
-                  block_rows=args.block_rows)
+                  packing=args.packing, block_rows=args.block_rows)
 
 
 def check_key_fits(plan: FixedPointPlan, key_bits: int, batch_size: int, n_inputs: int) -> None:
@@ -721,10 +720,6 @@ def build_parser() -> argparse.ArgumentParser:
     train_parser = commands.add_parser("train", help="train encrypted and plaintext, compare")
     add_training_options(train_parser)
     train_parser.add_argument("--json", help="write the report as JSON to this path")
-    train_parser.add_argument("--update-noise", type=float, default=0.0, metavar="SIGMA",
-                              help="mitigation of leak L1: the data party adds noise η·σ·ξ to "
-                                   "every first-layer update through ε_acc (default 0: off; "
-                                   "see `audit` for its price)")
     train_parser.add_argument("--transcript", help="write every message as JSON lines")
     train_parser.add_argument("--quiet", action="store_true", help="no progress bar")
     train_parser.add_argument("--checkpoint-dir", metavar="DIR",
