@@ -554,7 +554,7 @@ def estimate_run(data_party: DataParty, config: Config, n_rows: int, n_inputs: i
     from plan import useful_packing, weight_share_bits
     n_hidden = config.layer_sizes(n_inputs, 2)[1]
     packing = None
-    if config.packing and config.bottom is None and not data_party.flaws.enabled():
+    if config.packing and config.bottom is None and not data_party.flaws:
         packing = useful_packing(config.plan, data_party.public_key, config.batch_size,
                                  n_inputs, config.lr)
     counts = operation_counts(n_rows, n_inputs, n_hidden, config.batch_size,

@@ -6,6 +6,11 @@ only through its own methods, which protocol.py calls through the channel (``mak
 * :class:`LabelParty` (B): the labels y, A's public key, the weight share W_B = W − ε_acc, the
   first layer's bias and every layer above (an :class:`nn.MLP` without the first weight).
 
+Each method is the math of its step; its Paillier work goes through the party's ``engine``, a
+handful of operations named after the math (encrypt, decrypt, matmul, add_mask, masked_matmul,
+rerandomize): paillier.TextbookEngine by default, or speed.engine.FastEngine for the same
+numbers, faster. Every mask is drawn here, by the party, before anything is computed with it.
+
 A party restored from its checkpoint is built by ``DataParty.restored`` / ``LabelParty.restored``
 (checkpoint.py), never by writing into it from outside.
 """
