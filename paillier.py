@@ -873,6 +873,66 @@ def check_ciphertexts(ciphertexts, public_key, where=None):
 
 
 # ---------------------------------------------------------------------------------------------
+# The arithmetic the two parties need, the textbook way
+# ---------------------------------------------------------------------------------------------
+class TextbookEngine:
+    """The arithmetic of the protocol's steps, as the operations above compute it: nothing else.
+
+    parties.py calls only these methods for its Paillier work, so that each party method reads
+    as the math of its step. This engine does each operation value by value with the plain
+    encryption, decryption, addition and multiplication by a constant of this file: no packing,
+    no precomputed randomness, no workers, no streaming. speed/engine.py's FastEngine has the
+    same methods and gives the same plaintexts (and the same weights, bit for bit), faster.
+
+    The masks are drawn by the parties, never here: an engine only adds them under encryption.
+    """
+
+    def encrypt(self, private_key, fixed, *, progress=None):
+        """[[fixed]]: each value encrypted with a fresh r (the key owner's PrivateKey.encrypt).
+        ``progress(done, total)``, if given, hears of the rows once all are done."""
+        encrypted = private_key.encrypt(fixed)
+        if progress is not None:
+            progress(fixed.shape[0], fixed.shape[0])
+        return encrypted
+
+    def decrypt(self, private_key, encrypted):
+        """The residues in [0, n) of [[v]]. ``encrypted`` may also be the row blocks of a
+        streamed message (any iterable of EncryptedArrays in row order): decrypted one by one."""
+        if isinstance(encrypted, EncryptedArray):
+            return private_key.decrypt_residues(encrypted)
+        blocks = [private_key.decrypt_residues(block) for block in encrypted]
+        return np.concatenate(blocks, axis=0)
+
+    def matmul(self, encrypted, weights):
+        """[[A]]·W for plaintext weights W: out[i, j] = Π_t [[A[i, t]]]^W[t, j] mod n²."""
+        return encrypted @ weights
+
+    def add_mask(self, encrypted, mask):
+        """[[v + ε mod n]] = [[v]] · E(ε mod n) with a fresh r: adds the integer mask ε and, with
+        the fresh r, re-randomises the result (its randomness no longer tells how v was made)."""
+        public_key = encrypted.public_key
+        fresh = [public_key.raw_encrypt(int(value) % public_key.n)
+                 for value in np.asarray(mask, dtype=object).ravel().tolist()]
+        OP_COUNTS["encrypt"] += len(fresh)
+        return encrypted + EncryptedArray(public_key, object_array(fresh, encrypted.shape),
+                                          encrypted.scale)
+
+    def masked_matmul(self, encrypted, weights, mask):
+        """[[A·W + ε]]: the product, then the mask ε (already drawn, of the product's shape)."""
+        return self.add_mask(self.matmul(encrypted, weights), mask)
+
+    def rerandomize(self, encrypted):
+        """The same plaintexts under fresh randomness: each ciphertext times a fresh r^n."""
+        return encrypted.rerandomize()
+
+    def start(self, key, public, *, training):
+        """The end of step 0 (the public facts known). Nothing to prepare, the textbook way."""
+
+    def finish_epoch(self, epochs_completed):
+        """Between epochs. Nothing to prepare, the textbook way."""
+
+
+# ---------------------------------------------------------------------------------------------
 # Keys and ciphertext arrays as text and bytes
 #
 # Integers travel as "0x" + hex: Python refuses int <-> decimal str conversions of more than

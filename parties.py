@@ -6,6 +6,11 @@ only through its own methods, which protocol.py calls through the channel (``mak
 * :class:`LabelParty` (B): the labels y, A's public key, the weight share W_B = W − ε_acc, the
   first layer's bias and every layer above (an :class:`nn.MLP` without the first weight).
 
+Each method is the math of its step; its Paillier work goes through the party's ``engine``, a
+handful of operations named after the math (encrypt, decrypt, matmul, add_mask, masked_matmul,
+rerandomize): paillier.TextbookEngine by default, or speed.engine.FastEngine for the same
+numbers, faster. Every mask is drawn here, by the party, before anything is computed with it.
+
 A party restored from its checkpoint is built by ``DataParty.restored`` / ``LabelParty.restored``
 (checkpoint.py), never by writing into it from outside.
 """
@@ -13,29 +18,22 @@ A party restored from its checkpoint is built by ``DataParty.restored`` / ``Labe
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
 import nn
-from speed import kernels
 import paillier
-from channel import MaskSource, RowBlocks
-from attacks.flaws import SECURE, ExponentTaggedArray, InsecureFlaws, encrypt_without_randomness, \
-    phe_exponent, warn_insecure
-from fixed import Fixed, max_abs_bits, object_array
+from channel import MaskSource
+from fixed import Fixed, max_abs_bits
 from paillier import EncryptedArray, PublicKey, decode_signed, mod_n
-from plan import (MAX_FLAW_NAMES, MAX_INPUTS, MAX_SAMPLES, SHARE_GROWTH_BITS, FixedPointPlan,
-                  Public, TrainingPlan, check_sigma, encode_features,
+from plan import (FLAW_NAMES, MAX_FLAW_NAMES, MAX_INPUTS, MAX_SAMPLES, SHARE_GROWTH_BITS,
+                  FixedPointPlan, Public, TrainingPlan, check_sigma, encode_features,
                   weight_share_bits)
 
-INSECURE_FLAW_NAMES = frozenset(item.name for item in fields(InsecureFlaws))
 INIT_SEED_BITS = 128  # the data party's secret seed of W0: beyond any search
 BOTTOM_SEED_STREAM = 0xB07  # the bottom layer's init stream: apart from every MLP layer's index
 MAX_PREDICTION_ROWS = 1 << 20  # the most rows the label party accepts in one prediction
-UPDATE_NOISE_CLIP = 6.0  # |ξ| ≤ 6 in N = η·σ·ξ: a public bound on the noise, for B's weight bound
-MASK_RANGES = ("mod_n", "interval")  # the label party's masks ε_B, ε_B': uniform in Z_n, or
-# (INSECURE against a deviating data party, leak L3) uniform on [−2**b, 2**b), about n/6 to n/3
 
 
 class BottomModel:
@@ -136,9 +134,6 @@ def check_start(start: str, restored: Restored | None, party: str) -> None:
 # ----------------------------------------------------------------------------------------------
 # Party A
 # ----------------------------------------------------------------------------------------------
-ENCRYPT_CHUNK_ROWS = 256  # rows of [[X]] per progress report in step 0
-
-
 class DataParty:
     """Party A: owns the features X, the Paillier key pair and noise_acc (ε_acc).
 
@@ -147,37 +142,27 @@ class DataParty:
     128 bits from ``secrets`` unless given (the tests give it, to compare with a plaintext twin).
 
     ``bottom`` (a width k, a pair (k, activation), or a :class:`BottomModel`) puts a bottom
-    model under the interactive layer (step 4b). ``insecure_flaws`` switches on known flaws for
-    the audit (flaws.py; warns). ``executor`` (any concurrent.futures.Executor) runs its modular
-    exponentiations; its CRT kernels then receive p and q, so use only machines it trusts.
-    ``restored`` is its checkpoint's state (checkpoint.py), when resuming or predicting.
-    ``allow_insecure_sigma`` accepts a plan whose σ is under plan.MIN_SECURE_SIGMA (40 bits):
-    tests and demos only (plan.check_sigma).
+    model under the interactive layer (step 4b). ``engine`` does its Paillier arithmetic:
+    paillier.TextbookEngine by default, speed.engine.FastEngine (what acml.train and the command
+    line use) for the same numbers, faster. ``restored`` is its checkpoint's state
+    (checkpoint.py), when resuming or predicting. ``allow_insecure_sigma`` accepts a plan whose
+    σ is under plan.MIN_SECURE_SIGMA (40 bits): tests and demos only (plan.check_sigma).
+
+    ``flaws`` names the INSECURE flaws it declares in step 0: none here. The parties of
+    attacks/flaws.py, subclasses that each deviate in one method, declare theirs, so that the
+    channel and the audit see them.
     """
+
+    flaws: tuple[str, ...] = ()
 
     def __init__(self, X, *, plan: FixedPointPlan | None = None, key_bits: int = 2048,
                  allow_insecure: bool = False, keypair=None, init_seed: int | None = None,
-                 bottom=None, insecure_flaws: InsecureFlaws = SECURE,
-                 mask_source: MaskSource | None = None, executor=None,
-                 restored: Restored | None = None, update_noise: float = 0.0,
-                 allow_insecure_sigma: bool = False, precompute: bool = True):
+                 bottom=None, engine=None, mask_source: MaskSource | None = None,
+                 restored: Restored | None = None, allow_insecure_sigma: bool = False):
         self.plan = plan or FixedPointPlan()
         if restored is None:  # a checkpoint's plan met the policy when it was first built
             check_sigma(self.plan.sigma, allow_insecure_sigma)
         X = np.asarray(X, dtype=np.float64)
-        update_noise = float(update_noise)
-        if not (np.isfinite(update_noise) and update_noise >= 0):
-            raise ValueError(f"update_noise must be a finite σ ≥ 0, got {update_noise!r}")
-        # Mitigation of leak L1: fresh noise N = η·σ·ξ on every first-layer update, folded into
-        # ε_acc (the label party cannot remove it). Its generator is seeded from `secrets` here
-        # and never leaves this party; ``update_noise_drawn`` is the party's own record of every
-        # N it drew (integers at W's scale), which the omniscient plaintext twin replays.
-        self.update_noise = update_noise
-        self._noise_rng = (np.random.default_rng(secrets.randbits(128)) if update_noise > 0
-                           else None)
-        self.update_noise_drawn: list[np.ndarray] = []
-        self._noise_bits: int | None = None  # the bound declared in step 0
-        self.input_gradients_received: list[np.ndarray] = []  # step 4b: δ·Wᵀ, decrypted
         if X.ndim != 2 or X.shape[1] == 0 or (X.shape[0] == 0 and restored is None):
             raise ValueError(f"features must be a non-empty 2-D array, got shape {X.shape}")
         self.features = encode_features(X, self.plan)
@@ -187,23 +172,22 @@ class DataParty:
         self.init_seed = secrets.randbits(INIT_SEED_BITS) if init_seed is None else init_seed
         self.bottom = make_bottom(bottom, X.shape[1], self.init_seed)
         self._raw_features = X if self.bottom is not None else None
-        self.flaws = insecure_flaws
-        warn_insecure(insecure_flaws, "data")
-        self.mask_source = mask_source or insecure_flaws.mask_source()
-        self.executor, self.precompute, self.randomizer_pool = executor, precompute, None
+        self.engine = engine or paillier.TextbookEngine()
+        self.mask_source = mask_source or MaskSource()
         self.restored = restored
         self.noise_acc: Fixed | None = None if restored is None else restored.share
         self.epochs_completed = 0 if restored is None else restored.epochs_completed
         self.training: TrainingPlan | None = None
         self.lr_int: int | None = None
         self.public: Public | None = None
-        self._batch_inputs: Fixed | None = None  # the interactive layer's input of this batch
-        self._batch_values = None  # its real values (only the public-exponent flaw reads them)
-        self._product: np.ndarray | None = None  # U = X·W_B + ε_B, decrypted
-        self._gradient: np.ndarray | None = None  # G' = Xᵀδ + ε_B', decrypted
+        self.input_gradients_received: list[np.ndarray] = []  # step 4b: δ·Wᵀ, decrypted
         self._rows_to_predict: np.ndarray | None = None
-        # Progress of step 0's [[X]] (minutes at 30,000 rows): on_progress(done, total) after
-        # each chunk of ENCRYPT_CHUNK_ROWS rows, when set (acml.train sets it for its bar).
+        # What this party keeps from one message to the next (each set and cleared in its step):
+        self.batch_inputs: Fixed | None = None  # step 1 → 1: the batch's X (or α), for X·ε_acc
+        self.decrypted_product: np.ndarray | None = None  # step 1 → 1: U = X·W_B + ε_B, decrypted
+        self.decrypted_gradient: np.ndarray | None = None  # step 4 → 4: G' = Xᵀδ + ε_B', decrypted
+        # Progress of step 0's [[X]] (minutes at 30,000 rows): on_progress(done, total), when
+        # set (acml.train sets it for its bar).
         self.on_progress = None
 
     @property
@@ -219,43 +203,23 @@ class DataParty:
         """Width of the interactive layer's input: k with a bottom model, else d."""
         return self.n_features if self.bottom is None else self.bottom.width
 
-    def _encrypt(self, fixed: Fixed, real_values=None) -> EncryptedArray:
-        """Encrypt with the CRT fast path, a fresh r per value — unless a flaw says not."""
-        if self.flaws.no_paillier_randomness:
-            encrypted = encrypt_without_randomness(self.public_key, fixed)
-        else:
-            encrypted = kernels.encrypt_array(self._private_key, fixed, executor=self.executor,
-                                              pool=self.randomizer_pool)
-        if self.flaws.public_exponents and real_values is not None:
-            exponents = [phe_exponent(v) for v in np.asarray(real_values).ravel().tolist()]
-            encrypted = ExponentTaggedArray(self.public_key, encrypted.ciphertexts,
-                                            encrypted.scale, np.reshape(exponents, fixed.shape))
-        return encrypted
+    def encrypt(self, fixed: Fixed, *, progress=None) -> EncryptedArray:
+        """[[fixed]] under this party's key, a fresh r per value (every encryption it sends)."""
+        return self.engine.encrypt(self._private_key, fixed, progress=progress)
 
-    def _encrypt_inputs(self, inputs: Fixed, values) -> EncryptedArray:
-        """This batch's interactive-layer input, kept for the own part of step 1, encrypted
+    def encrypt_inputs(self, inputs: Fixed) -> EncryptedArray:
+        """This batch's interactive-layer input, kept for step 1's own part X·ε_acc, encrypted
         (packed along the rows, k per ciphertext, when the layout packs)."""
-        self._batch_inputs, self._batch_values = inputs, values
-        if self.public.packing is None:
-            return self._encrypt(inputs, values)
-        return self._encrypt(Fixed(self.public.packing.forward.pack(inputs.values, axis=0),
-                                   inputs.scale))
+        self.batch_inputs = inputs
+        if self.public.packing is not None:
+            inputs = Fixed(self.public.packing.forward.pack(inputs.values, axis=0), inputs.scale)
+        return self.encrypt(inputs)
 
     # step 0 -------------------------------------------------------------------------------
     def shapes(self, start: str) -> dict:
         n_samples = len(self._rows_to_predict) if start == "predict" else self.n_samples
-        shapes = {"start": start, "n_samples": n_samples, "n_inputs": self.n_inputs,
-                  "bottom": self.bottom is not None, "insecure_flaws": list(self.flaws.enabled())}
-        if self.update_noise > 0 and start != "predict":
-            self._noise_bits = self.update_noise_bits()
-            shapes["update_noise_bits"] = self._noise_bits  # public: a bound, not N
-        return shapes
-
-    def update_noise_bits(self) -> int:
-        """|N_int| < 2**bits for every noise entry: σ·UPDATE_NOISE_CLIP at W's scale (η ≤ 1
-        assumed; a larger η·σ·ξ is clipped to the bound)."""
-        return int(np.ceil(np.log2(self.update_noise * UPDATE_NOISE_CLIP
-                                   * 2.0 ** self.plan.w_frac_bits + 2)))
+        return {"start": start, "n_samples": n_samples, "n_inputs": self.n_inputs,
+                "bottom": self.bottom is not None, "insecure_flaws": list(self.flaws)}
 
     def accept_training_plan(self, payload, start: str) -> None:
         """Check the label party's plan against this party's own: the same fixed-point plan, a
@@ -289,13 +253,13 @@ class DataParty:
         if max_abs_bits(weight0.values) >= self.plan.weight_bits:
             raise OverflowError(f"initial weights exceed the plan's bound "
                                 f"2**{self.plan.weight_int_bits}")
-        if self.flaws.zero_initial_noise:  # INSECURE (flaw 2): the label party's share is W0
-            noise = np.zeros(weight0.shape, dtype=np.int64)
-        else:
-            noise = self.mask_source.uniform(weight0.shape, self.plan.noise_acc_bits(),
-                                             self.plan.w_frac_bits)
-        self.noise_acc = Fixed.from_ints(noise, self.plan.w_frac_bits)
+        self.noise_acc = Fixed.from_ints(self.draw_initial_noise(weight0.shape),
+                                         self.plan.w_frac_bits)
         return (weight0 - self.noise_acc).values
+
+    def draw_initial_noise(self, shape) -> np.ndarray:
+        """ε_acc at the start: uniform, σ bits wider than W0, so W0 − ε_acc hides W0."""
+        return self.mask_source.uniform(shape, self.plan.noise_acc_bits(), self.plan.w_frac_bits)
 
     def check_packing(self, public: Public, proposed) -> None:
         """The label party's layout must be none, or the one these public facts give."""
@@ -305,75 +269,66 @@ class DataParty:
                              f"party derives {None if derived is None else derived.to_dict()}")
 
     def begin(self, public: Public) -> None:
-        """End of step 0: the public facts; ``precompute``: the epoch's r^n, kernels.EpochPool."""
-        self.public, ready = public, self.precompute and not self.flaws.no_paillier_randomness
-        self.randomizer_pool = kernels.epoch_pool(ready and self._rows_to_predict is None,
-                                                  self._private_key, public, self.executor)
+        """End of step 0: the public facts, which every step reads; the engine's preparations."""
+        self.public = public
+        self.engine.start(self._private_key, public, training=self._rows_to_predict is None)
 
     def encrypt_features(self) -> EncryptedArray:
-        """[[X]], fresh randomness per ciphertext, encrypted with CRT by the key owner; packed,
-        each row's d features k per plaintext (the backward slots), n × ⌈d/k⌉ ciphertexts."""
-        if self.public.packing is None:
-            features, values = self.features, self.features.decode()
-        else:
-            features = Fixed(self.public.packing.backward.pack(self.features.values, axis=1),
-                             self.features.scale)
-            values = None
-        if self.on_progress is None or self.flaws.enabled():
-            return self._encrypt(features, values)
-        chunks, total = [], features.shape[0]
-        for start in range(0, total, ENCRYPT_CHUNK_ROWS):  # the same ciphertexts, in chunks
-            stop = min(start + ENCRYPT_CHUNK_ROWS, total)
-            chunks.append(self._encrypt(features[start:stop]).ciphertexts)
-            self.on_progress(stop, total)
-        return EncryptedArray(self.public_key, np.concatenate(chunks, axis=0), features.scale)
+        """[[X]], fresh randomness per ciphertext, encrypted by the key owner; packed, each
+        row's d features k per plaintext (the backward slots), n × ⌈d/k⌉ ciphertexts."""
+        features = self.features
+        if self.public.packing is not None:
+            features = Fixed(self.public.packing.backward.pack(features.values, axis=1),
+                             features.scale)
+        return self.encrypt(features, progress=self.on_progress)
 
     # step 1 -------------------------------------------------------------------------------
     def select_rows(self, rows) -> None:
-        """Without a bottom model, unpacked or with row blocks: this batch's rows of X."""
-        self._batch_inputs = self.features[rows]
+        """The paper's path (step 0's [[X]], or its row blocks): this batch's rows of X."""
+        self.batch_inputs = self.features[rows]
 
     def encrypt_rows(self, rows) -> EncryptedArray:
         """Packed step 1: [[X_batch]], ⌈m/k⌉ × d fresh ciphertexts (the public batch order
         makes this reveal nothing new); in step 0 with row blocks, every block's rows."""
-        return self._encrypt_inputs(self.features[rows], None)
+        return self.encrypt_inputs(self.features[rows])
 
     def encrypt_bottom_output(self, rows) -> EncryptedArray:
         """With a bottom model: α = bottom(X[rows]), checked, encoded and freshly encrypted."""
         alpha = self.bottom.forward(self._raw_features[rows])
-        return self._encrypt_inputs(encode_features(alpha, self.plan, what="bottom output"),
-                                    alpha)
+        return self.encrypt_inputs(encode_features(alpha, self.plan, what="bottom output"))
 
-    def decrypt_masked_product(self, masked_product: EncryptedArray) -> None:
-        """U = X·W_B + ε_B: ε_B hides X·W_B from this party."""
-        self._product = kernels.decrypt_rows(self._private_key, masked_product,
-                                             executor=self.executor)
+    def decrypt_masked_product(self, masked_product) -> None:
+        """U = X·W_B + ε_B, kept until the next message: ε_B hides X·W_B from this party."""
+        self.decrypted_product = self.engine.decrypt(self._private_key, masked_product)
 
     def add_own_part(self) -> np.ndarray:
-        """V = U + X·ε_acc (mod n). Packed, X·ε_acc goes into the same slots as X·W_B."""
-        own_part = (self._batch_inputs @ self.noise_acc).values
+        """V = U + X·ε_acc (mod n) = X·W + ε_B. Packed, X·ε_acc goes into the same slots as
+        X·W_B."""
+        own_part = (self.batch_inputs @ self.noise_acc).values
         if self.public.packing is not None:
             # X·ε_acc alone spills over the slots; only the sum z = X·W has to fit them.
             own_part = self.public.packing.forward.pack(own_part, axis=0, intermediate=True)
-        product, self._product = self._product, None
-        return mod_n(product + own_part, self.public_key.n)
+        noisy = mod_n(self.decrypted_product + own_part, self.public_key.n)
+        self.decrypted_product = None
+        return noisy
 
     # step 4b ------------------------------------------------------------------------------
     def encrypt_noise_acc(self) -> EncryptedArray:
         """[[ε_acc]], fresh r per value: the label party needs it for δ·(W_B + ε_acc)ᵀ."""
-        return self._encrypt(self.noise_acc)
+        return self.encrypt(self.noise_acc)
 
     def update_bottom(self, encrypted_input_gradient: EncryptedArray) -> None:
         """Decrypt ∂L/∂α = δ·Wᵀ (exact, at scale δ + W) and take a plain SGD step on the bottom."""
-        gradient = self._private_key.decrypt(encrypted_input_gradient).decode()
+        residues = self.engine.decrypt(self._private_key, encrypted_input_gradient)
+        gradient = Fixed(decode_signed(residues, self.public_key),
+                         encrypted_input_gradient.scale).decode()
         self.input_gradients_received.append(gradient)  # its own view: what leak L4 reads
         self.bottom.backward_step(gradient, self.plan.snap_lr(self.training.lr))
 
     # step 4 -------------------------------------------------------------------------------
-    def decrypt_masked_gradient(self, masked_gradient: EncryptedArray) -> None:
-        """G' = Xᵀδ + ε_B': ε_B' hides Xᵀδ from this party."""
-        self._gradient = kernels.decrypt_rows(self._private_key, masked_gradient,
-                                              executor=self.executor)
+    def decrypt_masked_gradient(self, masked_gradient) -> None:
+        """G' = Xᵀδ + ε_B', kept until the next message: ε_B' hides Xᵀδ from this party."""
+        self.decrypted_gradient = self.engine.decrypt(self._private_key, masked_gradient)
 
     def mask_gradient(self, batch_size: int) -> np.ndarray:
         """Add a fresh mask ε_A to G' and fold η·ε_A into ε_acc. Packed, ε_A is drawn per slot
@@ -383,31 +338,15 @@ class DataParty:
                                         self.plan.x_frac_bits + self.plan.delta_frac_bits)
         self.noise_acc = self.noise_acc + Fixed.from_ints(self.lr_int * mask,
                                                           self.plan.w_frac_bits)
-        if self.update_noise > 0:
-            self._add_update_noise()
         if self.public.packing is not None:
             mask = self.public.packing.backward.pack(mask, axis=0)
-        gradient, self._gradient = self._gradient, None
-        return mod_n(gradient + mask, self.public_key.n)
-
-    def _add_update_noise(self) -> None:
-        """ε_acc ← ε_acc + N, N = round(η·σ·ξ·2**w_frac), ξ ~ N(0, 1) clipped to ±6: W moves
-        by N exactly (integers at W's scale), W_B does not, and the label party never sees N."""
-        shape = self.noise_acc.shape
-        xi = np.clip(self._noise_rng.standard_normal(shape), -UPDATE_NOISE_CLIP, UPDATE_NOISE_CLIP)
-        scaled = self.plan.snap_lr(self.training.lr) * self.update_noise * xi
-        noise = np.empty(xi.size, dtype=object)
-        limit = (1 << self._noise_bits) - 1 if self._noise_bits is not None else None
-        noise[:] = [int(round(v * 2.0 ** self.plan.w_frac_bits)) for v in scaled.ravel()]
-        if limit is not None:
-            noise[:] = [max(-limit, min(limit, v)) for v in noise.tolist()]
-        noise = noise.reshape(shape)
-        self.update_noise_drawn.append(noise)
-        self.noise_acc = self.noise_acc + Fixed.from_ints(noise, self.plan.w_frac_bits)
+        masked = mod_n(self.decrypted_gradient + mask, self.public_key.n)
+        self.decrypted_gradient = None
+        return masked
 
     def finish_epoch(self, epochs_completed: int) -> None:
         self.epochs_completed = epochs_completed
-        kernels.prepare_pool(self.randomizer_pool, epochs_completed)  # offline, between epochs
+        self.engine.finish_epoch(epochs_completed)  # offline, between epochs
 
     # prediction ---------------------------------------------------------------------------
     def set_rows_to_predict(self, X_new) -> None:
@@ -427,10 +366,9 @@ class DataParty:
         """[[X_new]] (or [[bottom(X_new)]]), packed along the rows as in step 1."""
         values = self._rows_to_predict
         if self.bottom is not None:
-            values = self.bottom.forward(values)
-            return self._encrypt_inputs(encode_features(values, self.plan, what="bottom output"),
-                                        values)
-        return self._encrypt_inputs(encode_features(values, self.plan), values)
+            return self.encrypt_inputs(encode_features(self.bottom.forward(values), self.plan,
+                                                       what="bottom output"))
+        return self.encrypt_inputs(encode_features(values, self.plan))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -452,37 +390,31 @@ class Prediction:
     classes: list
 
 
-
 class LabelParty:
     """Party B: owns the labels y, the weight share W_B = W − ε_acc, and the layers above.
 
     ``model`` is an :class:`nn.MLP` built without the first layer's weight: the label party keeps
     the first layer's bias and every layer above, and runs them with the plaintext code.
-    ``packing`` lets it propose packed slots in step 0 (where they help). ``restored`` is its
-    checkpoint's state (checkpoint.py); ``losses`` and ``predictions`` are what it ends with.
-    ``allow_insecure_sigma``: as for :class:`DataParty`, a σ under 40 bits for tests and demos.
+    ``packing`` lets it propose packed slots in step 0 (where they help). ``engine``: as for
+    :class:`DataParty`. ``restored`` is its checkpoint's state (checkpoint.py); ``losses`` and
+    ``predictions`` are what it ends with. ``allow_insecure_sigma``: as for :class:`DataParty`,
+    a σ under 40 bits for tests and demos. ``flaws``: as for :class:`DataParty`.
     """
+
+    flaws: tuple[str, ...] = ()
 
     def __init__(self, y, layer_sizes, *, activation="relu", lr=0.1, momentum=0.0,
                  batch_size=64, epochs=1, seed=0, plan: FixedPointPlan | None = None,
-                 insecure_flaws: InsecureFlaws = SECURE, mask_source: MaskSource | None = None,
-                 executor=None, packing: bool = True, public_key: PublicKey | None = None,
-                 restored: Restored | None = None, allow_insecure: bool = False,
-                 mask_range: str = "mod_n", allow_insecure_sigma: bool = False, precompute=True,
+                 engine=None, mask_source: MaskSource | None = None, packing: bool = True,
+                 public_key: PublicKey | None = None, restored: Restored | None = None,
+                 allow_insecure: bool = False, allow_insecure_sigma: bool = False,
                  block_rows: int = 0):
         self.plan = plan or FixedPointPlan()
         if restored is None:  # a checkpoint's plan met the policy when it was first built
             check_sigma(self.plan.sigma, allow_insecure_sigma)
-        if mask_range not in MASK_RANGES:
-            raise ValueError(f"mask_range must be one of {MASK_RANGES}, got {mask_range!r}")
-        # "mod_n": ε_B, ε_B' uniform in Z_n, so whatever the data party encrypted, what it
-        # decrypts is uniform mod n. "interval": the old [−2**b, 2**b), INSECURE (leak L3).
-        self.mask_range = mask_range
         self.allow_insecure = bool(allow_insecure)
-        self.flaws = insecure_flaws
-        warn_insecure(insecure_flaws, "label")
-        self.mask_source = mask_source or insecure_flaws.mask_source()
-        self.executor, self.precompute, self.randomizer_pool = executor, precompute, None
+        self.engine = engine or paillier.TextbookEngine()
+        self.mask_source = mask_source or MaskSource()
         self.packing = packing
         self.labels = np.asarray(y)
         self.layer_sizes = tuple(int(s) for s in layer_sizes)
@@ -512,14 +444,16 @@ class LabelParty:
         self.losses: list[float] = []
         self.predictions: np.ndarray | None = None  # scores of the last prediction
         self.preactivation: np.ndarray | None = None  # z of the last step 1 (its own view)
-        self._batch_inputs: EncryptedArray | None = None
-        self._forward_mask = self._backward_mask = None
-        self._dlogits = self._delta = None
         self._last_delta: Fixed | None = None  # δ of the last step 3, kept for own_delta()
-        self._update_noise_bits: int | None = None  # the data party's declared noise bound
-        self._weight_bound_growth = 0
-        self._encrypted_noise_acc: EncryptedArray | None = None
         self._expected_predictions = 0
+        # What this party keeps from one message to the next (each set and cleared in its step):
+        self.batch_inputs: EncryptedArray | None = None  # step 1: [[X]] (or [[α]]) of the batch
+        self.forward_mask: np.ndarray | None = None  # ε_B, from [[X·W_B + ε_B]] until X·W + ε_B
+        self.dlogits: np.ndarray | None = None  # step 2 → 3: ∂L/∂logits
+        self.delta: Fixed | None = None  # step 3 → 4b, 4: δ = ∂L/∂z at its fixed-point scale
+        self.encrypted_noise_acc: EncryptedArray | None = None  # step 4b: [[ε_acc]]
+        self.backward_mask: np.ndarray | None = None  # ε_B', from [[Xᵀδ + ε_B']] until its reply
+        self.weight_bound_growth = 0  # step 4: how far this batch's update can move |W|
 
     # step 0 -------------------------------------------------------------------------------
     def accept_public_key(self, public_key: PublicKey, start: str) -> None:
@@ -544,14 +478,12 @@ class LabelParty:
 
     def check_shapes(self, shapes, start: str) -> None:
         """The data party's counts must fit the labels and the network, and its start ours."""
-        base = {"start", "n_samples", "n_inputs", "bottom", "insecure_flaws"}
-        if not isinstance(shapes, dict) or set(shapes) not in (base, base | {"update_noise_bits"}):
-            raise ValueError(f"the data party's shapes are malformed: {str(shapes)[:200]}")
-        noise_bits = shapes.get("update_noise_bits")
-        if noise_bits is not None and (isinstance(noise_bits, bool) or not isinstance(
-                noise_bits, int) or not 0 <= noise_bits <= self.plan.weight_bits):
-            raise ValueError(f"the data party declares update noise of {noise_bits!r} bits; "
-                             f"at most the weights' {self.plan.weight_bits} bits")
+        expected = {"start", "n_samples", "n_inputs", "bottom", "insecure_flaws"}
+        if not isinstance(shapes, dict) or set(shapes) != expected:
+            unknown = sorted(set(shapes) - expected) if isinstance(shapes, dict) else []
+            raise ValueError(f"the data party's shapes are malformed"
+                             f"{' (unknown fields: ' + ', '.join(unknown)[:80] + ')' if unknown else ''}"
+                             f": {str(shapes)[:200]}")
         if shapes["start"] != start:
             raise ValueError(f"the data party starts {str(shapes['start'])[:40]!r}, the label "
                              f"party {start!r}")
@@ -565,7 +497,7 @@ class LabelParty:
                              f"got {shapes['bottom']!r}")
         flaws = shapes["insecure_flaws"]
         if not isinstance(flaws, list) or len(flaws) > MAX_FLAW_NAMES or not all(
-                isinstance(name, str) and name in INSECURE_FLAW_NAMES for name in flaws):
+                isinstance(name, str) and name in FLAW_NAMES for name in flaws):
             raise ValueError(f"the data party's shapes: insecure_flaws must be a list of flaw "
                              f"names (at most {MAX_FLAW_NAMES}), got {str(flaws)[:80]}")
         if start != "predict" and shapes["n_samples"] != len(self.labels):
@@ -574,13 +506,12 @@ class LabelParty:
         if shapes["n_inputs"] != self.layer_sizes[0]:
             raise ValueError(f"the data party's interactive layer takes {shapes['n_inputs']} "
                              f"inputs, the network's input width is {self.layer_sizes[0]}")
-        self._update_noise_bits = noise_bits
 
     def training_plan(self) -> TrainingPlan:
         """Hyper-parameters the data party needs: all public."""
         return TrainingPlan(self.layer_sizes[1], self.model.activation, self.lr, self.batch_size,
                             self.epochs, self.seed, self.plan, self.epochs_completed,
-                            self.flaws.enabled(), self.block_rows)
+                            tuple(self.flaws), self.block_rows)
 
     def accept_weight_share(self, share: np.ndarray) -> None:
         self.weight_share = Fixed.from_ints(share, self.plan.w_frac_bits)
@@ -592,10 +523,10 @@ class LabelParty:
         return None if layout is None else layout.to_dict()
 
     def begin(self, public: Public) -> None:
-        """The end of step 0: the public facts, which every step reads; the epoch's DJN pool."""
+        """The end of step 0: the public facts, which every step reads; the engine's
+        preparations."""
         self.public = public
-        self.randomizer_pool = kernels.epoch_pool(self.precompute and len(self.labels) > 0,
-                                                  self.public_key, public, self.executor)
+        self.engine.start(self.public_key, public, training=len(self.labels) > 0)
 
     def keep_encrypted_features(self, encrypted: EncryptedArray) -> None:
         self.encrypted_features = encrypted
@@ -604,25 +535,26 @@ class LabelParty:
         self.encrypted_blocks = encrypted
 
     # step 1 -------------------------------------------------------------------------------
+    def select_rows(self, rows) -> None:
+        """The paper's path: this batch's rows of step 0's [[X]]; packed with row blocks, this
+        batch's blocks of step 0's [[X_blocks]]."""
+        self.batch_inputs = (self.encrypted_blocks[self.public.blocks_of(rows)]
+                             if self.public.encrypts_blocks() else self.encrypted_features[rows])
+
     def keep_batch_inputs(self, encrypted: EncryptedArray) -> None:
-        """This batch's [[X_batch]], [[α]] or [[X_new]]: the interactive layer's input. For a
-        prediction, its shape must be that of the rows announced (no extra rows)."""
+        """This batch's [[α]] or [[X_batch]], or a prediction's [[X_new]]: the interactive
+        layer's input. For a prediction, its shape must be that of the rows announced."""
         if self._expected_predictions:
             self._check_incoming(encrypted, self.public.rows_shape(self._expected_predictions),
                                  "[[X_new]]")
         elif not isinstance(encrypted, EncryptedArray):
             raise ValueError(f"the data party's batch input is {type(encrypted).__name__}, not "
                              "a ciphertext array")
-        self._batch_inputs = encrypted
+        self.batch_inputs = encrypted
 
-    def select_rows(self, rows) -> None:
-        """Unpacked, without a bottom model: this batch's rows of step 0's [[X]]; packed with
-        row blocks, this batch's blocks of step 0's [[X_blocks]]."""
-        self._batch_inputs = (self.encrypted_blocks[self.public.blocks_of(rows)]
-                              if self.public.encrypts_blocks() else self.encrypted_features[rows])
-
-    def masked_product(self, n_rows: int) -> RowBlocks:
-        """[[U]] = [[X]]·W_B + [[ε_B]]; the fresh encryption of ε_B re-randomises the result.
+    def masked_product(self, n_rows: int):
+        """[[U]] = [[X]]·W_B + [[ε_B]], ε_B fresh and uniform mod n (drawn here, in full); its
+        fresh encryption re-randomises the result.
 
         First, privately: W_B must be within the public bound the declared width assumes, and,
         packed, every slot of z = X·W must fit: |z| ≤ d · 2**(x bits) · weight_bound, else
@@ -635,18 +567,26 @@ class LabelParty:
                                 "beyond the plan's bound)")
         if self.public.packing is not None:
             self.public.packing.check_preactivation_fits(self.layer_sizes[0], self.weight_bound)
-        masked, self._forward_mask = self._masked_matmul(self._batch_inputs, self.weight_share)
-        return masked
+        inputs, weights = self.batch_inputs, self.weight_share
+        self.forward_mask = self.draw_mask((inputs.shape[0], weights.shape[1]),
+                                           inputs.scale + weights.scale)
+        return self.engine.masked_matmul(inputs, weights, self.forward_mask)
 
-    def _unmask(self, received: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def draw_mask(self, shape, scale: int) -> np.ndarray:
+        """ε_B or ε_B': uniform in Z_n, so v + ε mod n is uniform whatever v is — even a v the
+        data party crafted under its own key (leak L3 of an interval mask); removed exactly mod
+        n. ``scale``: the fractional bits of the value it hides (a uniform residue ignores it)."""
+        return self.mask_source.residues(shape, self.public_key.n, self.public.mask_bits, scale)
+
+    def unmask(self, received: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """What the data party sent back, minus this party's own mask, as signed integers: the
         mask cancels exactly mod n (OverflowError if the result is no small signed value)."""
         return decode_signed(mod_n(received - mask, self.public_key.n), self.public_key)
 
     def unmask_preactivation(self, noisy: np.ndarray, n_rows: int) -> None:
         """z = V − ε_B + b = X·W + b, as floats (packed: unpacked slot by slot)."""
-        z_int = self._unmask(noisy, self._forward_mask)
-        self._forward_mask = None
+        z_int = self.unmask(noisy, self.forward_mask)
+        self.forward_mask = None
         if self.public.packing is not None:
             z_int = self.public.packing.forward.unpack(z_int, n_rows, axis=0)
         z = Fixed.from_ints(z_int, self.plan.z_frac_bits).decode()
@@ -655,13 +595,13 @@ class LabelParty:
     # steps 2 and 3 ------------------------------------------------------------------------
     def forward_rest(self, rows) -> None:
         logits = self.model.forward_top(self.preactivation)
-        loss, self._dlogits = self.model.loss_and_grad(logits, self.labels[rows])
+        loss, self.dlogits = self.model.loss_and_grad(logits, self.labels[rows])
         self.losses.append(float(loss))
 
     def backward_rest(self) -> None:
         """δ = ∂L/∂z; update the bias and the layers above; keep δ at its fixed-point scale."""
-        delta = self.model.backward_top(self._dlogits)
-        self._dlogits = None
+        delta = self.model.backward_top(self.dlogits)
+        self.dlogits = None
         self.model.layers[0].backward_bias(delta)
         self.optimizer.step(self.model.top_named_params())
         limit = 2.0 ** self.plan.delta_int_bits
@@ -669,7 +609,7 @@ class LabelParty:
             raise OverflowError(f"step 3: |δ| = {np.abs(delta).max():g} exceeds the fixed-point "
                                 f"bound {limit:g} (delta_int_bits={self.plan.delta_int_bits}); "
                                 "lower the learning rate or raise the bound")
-        self._delta = self._last_delta = Fixed.encode(delta, self.plan.delta_frac_bits)
+        self.delta = self._last_delta = Fixed.encode(delta, self.plan.delta_frac_bits)
 
     def own_delta(self) -> np.ndarray | None:
         """δ of the last step 3 as this party holds it (quantised, decoded): read-only, its own
@@ -678,7 +618,7 @@ class LabelParty:
 
     # step 4b ------------------------------------------------------------------------------
     def keep_encrypted_noise_acc(self, encrypted: EncryptedArray) -> None:
-        self._encrypted_noise_acc = encrypted
+        self.encrypted_noise_acc = encrypted
 
     def input_gradient(self) -> EncryptedArray:
         """[[δ·Wᵀ]] = δ·W_Bᵀ + δ·[[ε_acc]]ᵀ, re-randomised, at scale δ + W (exact).
@@ -686,36 +626,24 @@ class LabelParty:
         Re-randomising matters: the product's randomness is a function of δ and of the r's of
         the data party's own [[ε_acc]], so without fresh r^n it could test guesses of δ.
         """
-        encrypted_part = self._delta @ self._encrypted_noise_acc.T
-        self._encrypted_noise_acc = None
-        return kernels.rerandomize(encrypted_part + self._delta @ self.weight_share.T,
-                                   executor=self.executor, pool=self.randomizer_pool)
+        encrypted_part = self.engine.matmul(self.encrypted_noise_acc, self.delta.T).T
+        self.encrypted_noise_acc = None
+        return self.engine.rerandomize(encrypted_part + self.delta @ self.weight_share.T)
 
     # step 4 -------------------------------------------------------------------------------
-    def masked_gradient(self, rows) -> RowBlocks:
-        """[[G']] = [[X]]ᵀ·δ + [[ε_B']] (packed: k features per ciphertext, k gradients per
-        plaintext, one wide ε_B' over each whole plaintext). [[X]] is step 0's, at the batch's
-        rows; with a bottom model, this batch's [[α]]."""
-        inputs = (self._batch_inputs if self.encrypted_features is None
-                  else self.encrypted_features[rows])
-        masked, self._backward_mask = self._masked_matmul(inputs.T, self._delta)
+    def masked_gradient(self, rows):
+        """[[G']] = [[X]]ᵀ·δ + [[ε_B']], ε_B' fresh and uniform mod n (packed: k features per
+        ciphertext, k gradients per plaintext, one ε_B' over each whole plaintext). [[X]] is
+        step 0's, at the batch's rows; with a bottom model or packed, this batch's input."""
+        inputs = (self.encrypted_features[rows] if self.encrypted_features is not None
+                  else self.batch_inputs).T
+        self.backward_mask = self.draw_mask((inputs.shape[0], self.delta.shape[1]),
+                                            inputs.scale + self.delta.scale)
         # |ΔW| ≤ η·Σ_r |X_rt|·|δ_rj| ≤ η · 2**(x bits) · max_j Σ_r |δ_rj|: the bound's growth.
-        column_sums = [sum(abs(int(v)) for v in column) for column in self._delta.values.T.tolist()]
-        self._weight_bound_growth = (self.lr_int << (self.plan.x_int_bits + self.plan.x_frac_bits)
-                                     ) * max(column_sums, default=0)
-        return masked
-
-    def _masked_matmul(self, inputs: EncryptedArray, weights: Fixed):
-        """([[inputs·weights + ε]] as channel.RowBlocks, ε): each block of rows computed and
-        masked (its own fresh ε rows) when the channel sends it — every output element is its
-        own multi-exponentiation, so a block is just those outputs. ε fills in as they go."""
-        mask = np.empty((inputs.shape[0], weights.shape[1]), dtype=object)
-
-        def rows(block: slice) -> EncryptedArray:
-            product = kernels.encrypted_matmul(inputs[block], weights, executor=self.executor)
-            masked, mask[block] = self._add_wide_mask(product)
-            return masked
-        return RowBlocks(mask.shape, rows), mask
+        column_sums = [sum(abs(int(v)) for v in column) for column in self.delta.values.T.tolist()]
+        self.weight_bound_growth = (self.lr_int << (self.plan.x_int_bits + self.plan.x_frac_bits)
+                                    ) * max(column_sums, default=0)
+        return self.engine.masked_matmul(inputs, self.delta, self.backward_mask)
 
     def _check_incoming(self, encrypted: EncryptedArray, shape, what: str) -> None:
         """Every ciphertext array the data party sent must have the shape the protocol expects
@@ -725,35 +653,10 @@ class LabelParty:
             raise ValueError(f"the data party's {what} has shape {got}, the protocol expects "
                              f"{tuple(shape)}")
 
-    def _add_wide_mask(self, encrypted: EncryptedArray):
-        """([[v + ε]], ε) for a fresh ε that hides v from the key owner, and fresh randomness.
-
-        ``mask_range`` "mod_n" (the default): ε uniform in Z_n, so v + ε mod n is uniform
-        whatever v is — even a v the data party crafted under its own key; the label party
-        removes ε exactly mod n. "interval": ε uniform on [−2**b, 2**b) (b = public.mask_bits),
-        an interval of n/6 to n/3 only — a deviating data party reads v through it (leak L3).
-        A flawed mask source (flaws.py) keeps its flaw either way.
-        """
-        shape, n = encrypted.shape, self.public_key.n
-        if self.mask_range == "mod_n" and self.mask_source.draws_residues():
-            mask = self.mask_source.residues(shape, n, self.public.mask_bits)
-            fresh = kernels.encryptions_of_zero(self.public_key, mask.size, executor=self.executor,
-                                                pool=self.randomizer_pool)  # [[0]] = ρ each
-            nsquare = self.public_key.nsquare
-            flat = [c * r * (1 + int(m) * n) % nsquare for c, r, m in zip(
-                encrypted.ciphertexts.ravel().tolist(), fresh, mask.ravel().tolist())]
-            return EncryptedArray(self.public_key, object_array(flat, shape),
-                                  encrypted.scale), mask
-        mask = self.mask_source.uniform(shape, self.public.mask_bits, encrypted.scale)
-        masked = encrypted + kernels.encrypt_array(
-            self.public_key, Fixed.from_ints(mask, encrypted.scale), executor=self.executor,
-            pool=self.randomizer_pool)
-        return masked, mask
-
     def update_weight_share(self, masked: np.ndarray, batch_size: int) -> None:
         """G̃ = T − ε_B' = Xᵀδ + ε_A; W_B ← W_B − η·G̃ (exact, at W's scale)."""
-        gradient = self._unmask(masked, self._backward_mask)
-        self._backward_mask = self._delta = None
+        gradient = self.unmask(masked, self.backward_mask)
+        self.backward_mask = self.delta = None
         if self.public.packing is not None:
             # Every slot holds Xᵀδ + ε_A, below 2**gradient_bits + 2**gradient_mask_bits.
             bound = self.plan.gradient_mask_bits(batch_size) + 1
@@ -761,13 +664,11 @@ class LabelParty:
                                                            value_bits=bound)
         self.weight_share = self.weight_share - Fixed.from_ints(self.lr_int * gradient,
                                                                 self.plan.w_frac_bits)
-        self.weight_bound += self._weight_bound_growth
-        if self._update_noise_bits is not None:  # the data party's noise moves W too
-            self.weight_bound += 1 << self._update_noise_bits
+        self.weight_bound += self.weight_bound_growth
 
     def finish_epoch(self, epochs_completed: int) -> None:
         self.epochs_completed = epochs_completed
-        kernels.prepare_pool(self.randomizer_pool, epochs_completed)  # offline, between epochs
+        self.engine.finish_epoch(epochs_completed)  # offline, between epochs
 
     # prediction ---------------------------------------------------------------------------
     def expect_prediction(self, count) -> None:

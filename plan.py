@@ -335,6 +335,10 @@ SEED_LIMIT = 1 << 63
 MAX_SAMPLES = 10 ** 7  # rows a data party may declare (the "shapes" of step 0) ...
 MAX_INPUTS = 10 ** 5  # ... and inputs of the interactive layer
 MAX_FLAW_NAMES = 16  # names in a list of insecure switches (flaws.py has 6)
+# The INSECURE flaws a party may declare in step 0 (attacks/flaws.py: InsecureFlaws, whose fields
+# these are, and the party subclasses that have them). Public: the channel and the audit read them.
+FLAW_NAMES = ("no_paillier_randomness", "zero_initial_noise", "weak_masks", "public_exponents",
+              "seeded_mask_rng", "plaintext_input_gradient")
 MAX_BLOCK_ROWS = 256  # rows per block: far above the ~19 rows a 2048-bit plaintext packs
 
 

@@ -15,7 +15,8 @@ How to read it. Every message is one ``channel.send(step, sender, receiver, name
 receiver does with it (run only where the receiver lives); ``shape``, ``mask_bits`` and
 ``value_bits`` are plain values, from public facts, that both sides check (channel.py);
 ``stream=True`` lets a big ciphertext array cross in row blocks, so that in two processes the
-receiver decrypts the first while the sender computes the rest (the same array either way). Work
+receiver decrypts the first while the sender computes the rest (the same array either way; the
+sender's engine decides, speed/engine.py; its masks are drawn in full before the first block). Work
 that crosses nothing is ``channel.at(party, ...)``. The script itself reads only :class:`Public`
 (plan.py): facts both processes hold after step 0. So the very same script runs with both
 parties in one process (``channel.Channel``) or each in its own (``transport.SocketChannel``).
@@ -112,31 +113,31 @@ Z_REASON = ("the first layer's pre-activation z = X·W + b, once the label party
 def step1_forward_interactive(channel, public: Public, rows) -> None:
     """Step 1: z = X·W + b reaches the label party; neither party sees the other's share.
 
-    0. The batch's encrypted input at B. With a bottom model, A → B ``[[α]]`` (ciphertext),
-       α = bottom(X[rows]), encrypted afresh every batch; packed, A → B ``[[X_batch]]``
-       (ciphertext), the batch's rows k per ciphertext; packed with row blocks, both parties
-       pick the batch's blocks of step 0's [[X_blocks]]; otherwise both parties pick the rows
-       of step 0's [[X]] (the batch order is public).
-    1. B computes [[U]] = [[X]]·W_B + [[ε_B]] with a fresh ε_B, as wide as the key allows, and
-       sends B → A ``[[X·W_B + ε_B]]`` (ciphertext). A decrypts U: ε_B hides X·W_B from it.
+    0. The batch's encrypted input at B. The paper's path: both parties pick the batch's rows of
+       step 0's [[X]] (the batch order is public), or with row blocks its blocks of
+       [[X_blocks]]. With a bottom model instead, A → B ``[[α]]`` (ciphertext), α =
+       bottom(X[rows]), encrypted afresh every batch; packed without row blocks, A → B
+       ``[[X_batch]]`` (ciphertext), the batch's rows k per ciphertext.
+    1. B computes [[U]] = [[X]]·W_B + [[ε_B]] with a fresh ε_B, uniform mod n, and sends
+       B → A ``[[X·W_B + ε_B]]`` (ciphertext). A decrypts U: ε_B hides X·W_B from it.
     2. A → B ``X·W + ε_B`` = U + X·ε_acc (revealed): B removes ε_B and adds b, and so learns
        z = X·W + b, by design.
     """
     m = len(rows)
     with channel.timed("1"):
-        if public.bottom:
+        if not public.encrypts_each_batch():  # the paper's [[X]], cached in step 0
+            channel.at(DATA, lambda data: data.select_rows(rows))
+            channel.at(LABEL, lambda label: label.select_rows(rows))
+        elif public.bottom:
             channel.send(1, DATA, LABEL, "[[α]]", CIPHERTEXT,
                          make=lambda data: data.encrypt_bottom_output(rows),
                          take=lambda label, encrypted: label.keep_batch_inputs(encrypted),
                          shape=public.rows_shape(m))
-        elif public.encrypts_each_batch():
+        else:
             channel.send(1, DATA, LABEL, "[[X_batch]]", CIPHERTEXT,
                          make=lambda data: data.encrypt_rows(rows),
                          take=lambda label, encrypted: label.keep_batch_inputs(encrypted),
                          shape=public.rows_shape(m))
-        else:  # the rows of step 0's [[X]], or with row blocks the blocks of [[X_blocks]]
-            channel.at(DATA, lambda data: data.select_rows(rows))
-            channel.at(LABEL, lambda label: label.select_rows(rows))
         first_layer_forward(channel, public, "1", m, Z_REASON)
 
 

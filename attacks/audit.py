@@ -37,7 +37,8 @@ import protocol
 from attacks.leaks import separation_auc
 from channel import DATA, LABEL, MASK_WIDTH_SLACK, Channel, Finding, Message, uniform_mask
 from attacks.flaws import (FLOAT_MANTISSA_BITS, PHE_LOG2_BASE, SECURE, SEEDED_MASK_SEED_BITS,
-                   InsecureFlaws, InsecureFlawWarning)
+                           InsecureFlaws, InsecureFlawWarning, IntervalMaskLabelParty,
+                           party_classes)
 from fixed import Fixed
 from paillier import EncryptedArray
 from parties import DataParty, LabelParty
@@ -148,6 +149,7 @@ class Scenario:
     seed: int = 0
     features: int | None = None  # keep the first d columns only (None: all)
     mask_range: str = "mod_n"  # the label party's ε_B, ε_B': "mod_n" or (INSECURE) "interval"
+    # (flaws.IntervalMaskLabelParty)
     test_rows: int = 0  # held-out rows the run predicts at the end (accuracy, AUC)
 
 
@@ -205,7 +207,8 @@ def load_rows(scenario: Scenario, *, test: bool = False):
 
 def simulate(scenario: Scenario, flaws: InsecureFlaws = SECURE, *, keypair,
              data_party_class=None, label_party_class=None, **deviation) -> Run:
-    """Run the protocol on ``scenario`` with ``flaws`` and the channel in reporting mode.
+    """Run the protocol on ``scenario`` with ``flaws`` (the parties of flaws.party_classes, on
+    ``data_party_class`` and ``label_party_class`` if given) and the channel in reporting mode.
 
     ``protocol.train_epoch`` runs it, with each party noting its own state before every batch
     (what a curious party would keep): the data party ε_acc, the label party its share W_B, its
@@ -218,17 +221,21 @@ def simulate(scenario: Scenario, flaws: InsecureFlaws = SECURE, *, keypair,
     sizes = (inputs, *scenario.hidden, 1 if n_classes == 2 else n_classes)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InsecureFlawWarning)
-        data_party = (data_party_class or DataParty)(
-            X, keypair=keypair, init_seed=scenario.seed, bottom=scenario.bottom,
-            insecure_flaws=flaws,
-            **deviation.get("data", {}))
+        if scenario.mask_range not in ("mod_n", "interval"):
+            raise ValueError(f"mask_range must be 'mod_n' or 'interval', got "
+                             f"{scenario.mask_range!r}")
+        interval = scenario.mask_range == "interval"
+        data_class, label_class = party_classes(
+            flaws, data=data_party_class or DataParty,
+            label=label_party_class or (IntervalMaskLabelParty if interval else LabelParty))
+        data_party = data_class(X, keypair=keypair, init_seed=scenario.seed,
+                                bottom=scenario.bottom, **deviation.get("data", {}))
         # Unpacked: one value per ciphertext, as in the implementations whose flaws these are,
         # so that each attack reads its values directly (packing changes the layout, not the
         # leaks).
-        label_party = (label_party_class or LabelParty)(
+        label_party = label_class(
             y, sizes, lr=scenario.lr, batch_size=scenario.batch_size, epochs=scenario.epochs,
-            seed=scenario.seed, insecure_flaws=flaws, packing=False, allow_insecure=True,
-            mask_range=scenario.mask_range, **deviation.get("label", {}))
+            seed=scenario.seed, packing=False, allow_insecure=True, **deviation.get("label", {}))
     channel = Channel(data_party=data_party, label_party=label_party, mode="report",
                       keep_payloads=True)
     public = protocol.setup(channel)

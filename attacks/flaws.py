@@ -1,8 +1,10 @@
 """INSECURE variants, for teaching only: the six known flaws of production ACML implementations.
 
-Each re-creates one flaw of a system that implements the paper, behind its own switch: off by
-default, and loud (InsecureFlawWarning) when on. The channel's checks catch each one, and
-audit.py attacks each from the curious party's own view. Never use them on real data.
+Each re-creates one flaw of a system that implements the paper, as a party that deviates from
+the real one (parties.py) in one overridden method — :func:`party_classes` builds the pair for
+a set of :class:`InsecureFlaws` — and declares its flaws in step 0, loud
+(InsecureFlawWarning) when built. The channel's checks catch each one, and audit.py attacks
+each from the curious party's own view. Never use them on real data.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 import paillier
+import plan
 from channel import MaskSource
-from fixed import object_array
-from fixed import Fixed
+from fixed import Fixed, object_array
 from paillier import EncryptedArray, PublicKey
+from parties import DataParty, LabelParty
 
 
 class InsecureFlawWarning(UserWarning):
@@ -78,6 +81,8 @@ class InsecureFlaws:
 
 
 SECURE = InsecureFlaws()
+if tuple(item.name for item in fields(InsecureFlaws)) != plan.FLAW_NAMES:
+    raise ImportError("InsecureFlaws and plan.FLAW_NAMES must name the same flaws, in order")
 
 
 def warn_insecure(flaws: InsecureFlaws, party: str) -> None:
@@ -95,6 +100,10 @@ class SeededMaskSource(MaskSource):
     def __init__(self, seed: int | None = None):
         self.seed = secrets.randbits(SEEDED_MASK_SEED_BITS) if seed is None else int(seed)
         super().__init__(random.Random(self.seed))
+
+    def residues(self, shape, n: int, bits: int, scale: int = 0) -> np.ndarray:
+        """Its masks mod n are its uniform draws too (predictable ones), as FATE's were."""
+        return self.uniform(shape, bits, scale)
 
 
 class WeakMaskSource(MaskSource):
@@ -119,6 +128,10 @@ class WeakMaskSource(MaskSource):
             flat = [int(round(self.generator.gauss(0.0, 1.0) * 2.0 ** scale))
                     for _ in range(size)]
         return object_array(flat, shape)
+
+    def residues(self, shape, n: int, bits: int, scale: int = 0) -> np.ndarray:
+        """Its masks mod n are just as narrow."""
+        return self.uniform(shape, bits, scale)
 
 
 def encrypt_without_randomness(public_key: PublicKey, fixed: Fixed) -> EncryptedArray:
@@ -160,3 +173,125 @@ class ExponentTaggedArray(EncryptedArray):
     def __getitem__(self, index):
         return ExponentTaggedArray(self.public_key, self.ciphertexts[index], self.scale,
                                    self.exponents[index])
+
+
+# ----------------------------------------------------------------------------------------------
+# The flawed parties: each a real party with one method overridden
+# ----------------------------------------------------------------------------------------------
+class _Insecure:
+    """What every flawed party shares: ``insecure`` (its InsecureFlaws), declared in step 0 as
+    ``flaws``, and a loud warning when it is built."""
+
+    insecure: InsecureFlaws = SECURE
+
+    def __init__(self, *args, **kwargs):
+        warn_insecure(self.insecure, "data" if isinstance(self, DataParty) else "label")
+        super().__init__(*args, **kwargs)
+
+
+class UnrandomizedDataParty(_Insecure, DataParty):
+    """INSECURE (flaw 1): encrypts as c = 1 + m·n mod n², no r^n (encrypt_without_randomness)."""
+
+    insecure = InsecureFlaws(no_paillier_randomness=True)
+    flaws = insecure.enabled()
+
+    def encrypt(self, fixed: Fixed, *, progress=None) -> EncryptedArray:
+        return encrypt_without_randomness(self.public_key, fixed)
+
+
+class ZeroInitialNoiseDataParty(_Insecure, DataParty):
+    """INSECURE (flaw 2): ε_acc starts at 0, so W0 − ε_acc, the label party's share, is W0."""
+
+    insecure = InsecureFlaws(zero_initial_noise=True)
+    flaws = insecure.enabled()
+
+    def draw_initial_noise(self, shape) -> np.ndarray:
+        return np.zeros(shape, dtype=np.int64)
+
+
+class PublicExponentsDataParty(_Insecure, DataParty):
+    """INSECURE (flaw 4): every ciphertext it sends travels with its value's phe exponent."""
+
+    insecure = InsecureFlaws(public_exponents=True)
+    flaws = insecure.enabled()
+
+    def encrypt(self, fixed: Fixed, *, progress=None) -> EncryptedArray:
+        encrypted = super().encrypt(fixed, progress=progress)
+        exponents = [phe_exponent(v) for v in fixed.decode().ravel().tolist()]
+        return ExponentTaggedArray(self.public_key, encrypted.ciphertexts, encrypted.scale,
+                                   np.reshape(exponents, fixed.shape))
+
+
+class FlawedMasksDataParty(_Insecure, DataParty):
+    """INSECURE (flaws 3 and 5): its masks come from ``insecure.mask_source()`` — weak
+    (WeakMaskSource) or seeded (SeededMaskSource) — unless given one."""
+
+    insecure = InsecureFlaws(seeded_mask_rng=True)
+    flaws = insecure.enabled()
+
+    def __init__(self, *args, mask_source=None, **kwargs):
+        super().__init__(*args, mask_source=mask_source or self.insecure.mask_source(), **kwargs)
+
+
+class FlawedMasksLabelParty(_Insecure, LabelParty):
+    """INSECURE (flaws 3 and 5): as :class:`FlawedMasksDataParty`, for ε_B and ε_B'."""
+
+    insecure = InsecureFlaws(seeded_mask_rng=True)
+    flaws = insecure.enabled()
+
+    def __init__(self, *args, mask_source=None, **kwargs):
+        super().__init__(*args, mask_source=mask_source or self.insecure.mask_source(), **kwargs)
+
+
+class DeclaredFlawsDataParty(_Insecure, DataParty):
+    """Declares its flaws and deviates in nothing: ``plaintext_input_gradient`` is the script's
+    (protocol.py sends step 4b's δ·Wᵀ without its reason when either party declares it)."""
+
+    insecure = InsecureFlaws(plaintext_input_gradient=True)
+    flaws = insecure.enabled()
+
+
+class DeclaredFlawsLabelParty(_Insecure, LabelParty):
+    """The label party's declaration of the same flaws (its training plan names them)."""
+
+    insecure = InsecureFlaws(plaintext_input_gradient=True)
+    flaws = insecure.enabled()
+
+
+class IntervalMaskLabelParty(LabelParty):
+    """INSECURE against a deviating data party (leak L3; own_leaks.py): ε_B and ε_B' uniform on
+    [−2**b, 2**b) (b = public.mask_bits), an interval of n/6 to n/3 of Z_n only, instead of
+    uniform mod n. A data party that encrypts crafted plaintexts reads W_B through it."""
+
+    def draw_mask(self, shape, scale: int) -> np.ndarray:
+        return self.mask_source.uniform(shape, self.public.mask_bits, scale)
+
+
+DATA_PARTY_FLAWS = {  # the flaw, the data party that has it (overriding one method)
+    "public_exponents": PublicExponentsDataParty,
+    "no_paillier_randomness": UnrandomizedDataParty,
+    "zero_initial_noise": ZeroInitialNoiseDataParty,
+    "weak_masks": FlawedMasksDataParty,
+    "seeded_mask_rng": FlawedMasksDataParty,
+}
+LABEL_PARTY_FLAWS = {"weak_masks": FlawedMasksLabelParty, "seeded_mask_rng": FlawedMasksLabelParty}
+
+
+def party_classes(flaws: InsecureFlaws = SECURE, *, data=DataParty, label=LabelParty):
+    """(data party class, label party class) with ``flaws``: the real ones (or ``data`` and
+    ``label``, say a deviation of own_leaks.py) for none; else subclasses of them built from
+    the flawed parties above, each flaw's method overridden, every flaw declared by both (the
+    audit's runs switch the same flaws on at both parties)."""
+    enabled = flaws.enabled()
+    if not enabled:
+        return data, label
+
+    def build(table, base, declared):
+        # In the table's order (an overriding encrypt that adds to another's comes first).
+        mixins = list(dict.fromkeys(cls for name, cls in table.items() if name in enabled))
+        mixins = mixins or [declared]
+        return type(f"Flawed{base.__name__}", (*mixins, base),
+                    {"insecure": flaws, "flaws": enabled,
+                     "__doc__": f"{base.__name__} with the INSECURE flaws {', '.join(enabled)}."})
+    return (build(DATA_PARTY_FLAWS, data, DeclaredFlawsDataParty),
+            build(LABEL_PARTY_FLAWS, label, DeclaredFlawsLabelParty))

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from speed import kernels
 from attacks import leaks
 import protocol
 from attacks.audit import DEFAULT_KEY_BITS, GRADIENTS, Auditor, Run, Scenario, _plain, simulate
@@ -133,13 +132,14 @@ class SelectingLabelParty(LabelParty):
         for k, feature in enumerate(self._selected):
             E[feature, k] = 1 << self._shift()
         deviant = Fixed(self.weight_share.values + E, self.weight_share.scale)
-        product = kernels.encrypted_matmul(self._batch_inputs, deviant, executor=self.executor)
-        masked, self._forward_mask = self._add_wide_mask(product)
-        return masked
+        inputs = self.batch_inputs
+        self.forward_mask = self.draw_mask((inputs.shape[0], deviant.shape[1]),
+                                           inputs.scale + deviant.scale)
+        return self.engine.masked_matmul(inputs, deviant, self.forward_mask)
 
     def unmask_preactivation(self, noisy: np.ndarray, n_rows: int) -> None:
-        z_int = self._unmask(noisy, self._forward_mask)
-        self._forward_mask = None
+        z_int = self.unmask(noisy, self.forward_mask)
+        self.forward_mask = None
         shift = 1 << self._shift()
         read = np.vectorize(lambda v: (int(v) + shift // 2) // shift, otypes=[object])(z_int)
         z_int = z_int - read * shift
@@ -202,12 +202,12 @@ class MultiplierDataParty(DataParty):
             for i, t in enumerate(chain):
                 rows[a * len(chain) + i, feature] = t
         self._crafted = rows
-        return self._encrypt(Fixed(rows, self.plan.x_frac_bits))
+        return self.encrypt(Fixed(rows, self.plan.x_frac_bits))
 
     def add_own_part(self) -> np.ndarray:
         if self._crafted is None:
             return super().add_own_part()
-        U, self._product = self._product, None
+        U, self.decrypted_product = self.decrypted_product, None
         chain, bound = self._chain()
         n, half = self.public_key.n, 1 << self.public.mask_bits  # ε_B ∈ [−half, half)
         h = U.shape[1]

@@ -463,13 +463,13 @@ class DataPartyState:
             raise ValueError(f"the checkpoint's key has {self.public_key.n.bit_length()} bits, "
                              f"this run asks for {key_bits}; resume with the same key size")
 
-    def restore(self, X, *, same_features: bool = True, executor=None) -> DataParty:
+    def restore(self, X, *, same_features: bool = True, engine=None) -> DataParty:
         """A DataParty with this state, holding the (standardised) features X.
 
         ``same_features`` (resuming): X must be the very training features of the checkpoint —
         the party re-encrypts [[X]] from them (or, with a bottom model, computes α from them
         batch by batch). Pass False to hold new rows for prediction. The bottom model, if any, is
-        a fresh copy of the saved one.
+        a fresh copy of the saved one. ``engine``: as for DataParty.
         """
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self.n_features:
@@ -479,7 +479,7 @@ class DataPartyState:
         restored = Restored(Fixed.from_ints(self.noise_acc.values, self.noise_acc.scale),
                             dict(self.training), self.epochs_completed)
         party = DataParty(X, plan=self.plan, keypair=self.keypair, bottom=bottom,
-                          init_seed=self.init_seed, executor=executor, restored=restored)
+                          init_seed=self.init_seed, engine=engine, restored=restored)
         if same_features and integers_digest(party.features.values) != self.features_sha256:
             raise ValueError("these are not the features the data party's checkpoint was trained "
                              "on (their sha256 differs): resume with the same rows and settings")
@@ -610,10 +610,11 @@ class LabelPartyState:
                    [str(name) for name in names], str(meta.get("labels_sha256")),
                    _optional_big_int(meta, "weight_bound", path))
 
-    def restore(self, y=None, *, epochs: int | None = None, executor=None,
+    def restore(self, y=None, *, epochs: int | None = None, engine=None,
                 packing: bool = True) -> LabelParty:
         """A LabelParty with this state. ``y`` (resuming) must be the checkpoint's own labels;
-        None gives a party that only predicts. ``epochs`` replaces the planned epoch count."""
+        None gives a party that only predicts. ``epochs`` replaces the planned epoch count.
+        ``engine``: as for LabelParty."""
         t = self.training
         labels = np.zeros(0, dtype=np.int64) if y is None else np.asarray(y)
         restored = Restored(Fixed.from_ints(self.weight_share.values, self.weight_share.scale),
@@ -623,7 +624,7 @@ class LabelPartyState:
         party = LabelParty(labels, t["layer_sizes"], activation=t["activation"], lr=t["lr"],
                            momentum=t["momentum"], batch_size=t["batch_size"],
                            epochs=t["epochs"] if epochs is None else epochs, seed=t["seed"],
-                           plan=self.plan, executor=executor, packing=packing,
+                           plan=self.plan, engine=engine, packing=packing,
                            public_key=self.public_key, restored=restored,
                            block_rows=t["block_rows"])
         if y is not None and integers_digest(party.labels) != self.labels_sha256:

@@ -16,7 +16,7 @@ import numpy as np
 import nn
 import paillier
 import protocol
-from attacks.flaws import SECURE, InsecureFlaws
+from attacks.flaws import SECURE, InsecureFlaws, party_classes
 from channel import Channel
 from jobs import run_directory
 from jobs.estimate import estimate_run
@@ -27,6 +27,7 @@ from jobs.twin import max_weight_diff, train_twin, twin_predictions
 from parties import DataParty, LabelParty, Prediction, make_bottom
 from plan import check_features, check_sigma
 from speed import kernels
+from speed.engine import FastEngine
 
 
 @dataclass
@@ -139,8 +140,8 @@ def train(train_set, test_set=None, config: Config | None = None, *, progress: b
         metrics["estimate"] = {key: value for key, value in run_estimate.items() if key != "line"}
         metrics["estimate"]["measured_seconds"] = time.perf_counter() - start
     # Online per step; the randomizer pools' precomputation (offline) apart, as step "pool".
-    metrics["step_seconds"] = kernels.split_offline(metrics["step_seconds"], data_party,
-                                                    label_party)
+    metrics["step_seconds"] = kernels.split_offline(metrics["step_seconds"], data_party.engine,
+                                                    label_party.engine)
     if resume:
         metrics["resumed_after_epoch"] = first_epoch
         metrics["checkpoint_notes"] = pair.notes
@@ -170,19 +171,19 @@ def new_parties(train_set, config: Config, sizes, keypair, executor,
                 insecure_flaws: InsecureFlaws, precompute: bool):
     """The data party (features, the key pair, W0's mask) and the label party (labels, the
     network), each built from its own inputs only."""
-    data_party = DataParty(train_set.X, plan=config.plan, key_bits=config.key_bits,
-                           allow_insecure=config.allow_insecure, keypair=keypair,
-                           init_seed=config.init_seed, bottom=config.bottom,
-                           insecure_flaws=insecure_flaws, executor=executor,
-                           allow_insecure_sigma=config.allow_insecure_sigma,
-                           precompute=precompute)
-    label_party = LabelParty(train_set.y, sizes, activation=config.activation, lr=config.lr,
-                             momentum=config.momentum, batch_size=config.batch_size,
-                             epochs=config.epochs, seed=config.seed, plan=config.plan,
-                             insecure_flaws=insecure_flaws, executor=executor,
-                             packing=config.packing, allow_insecure=config.allow_insecure,
-                             allow_insecure_sigma=config.allow_insecure_sigma,
-                             precompute=precompute, block_rows=config.block_rows)
+    data_class, label_class = party_classes(insecure_flaws)  # the real parties unless asked
+    data_party = data_class(train_set.X, plan=config.plan, key_bits=config.key_bits,
+                            allow_insecure=config.allow_insecure, keypair=keypair,
+                            init_seed=config.init_seed, bottom=config.bottom,
+                            engine=FastEngine(executor=executor, precompute=precompute),
+                            allow_insecure_sigma=config.allow_insecure_sigma)
+    label_party = label_class(train_set.y, sizes, activation=config.activation, lr=config.lr,
+                              momentum=config.momentum, batch_size=config.batch_size,
+                              epochs=config.epochs, seed=config.seed, plan=config.plan,
+                              engine=FastEngine(executor=executor, precompute=precompute),
+                              packing=config.packing, allow_insecure=config.allow_insecure,
+                              allow_insecure_sigma=config.allow_insecure_sigma,
+                              block_rows=config.block_rows)
     return data_party, label_party
 
 
@@ -194,9 +195,9 @@ def resumed_parties(pair, train_set, config: Config, sizes, executor):
     asked_bottom = make_bottom(config.bottom, train_set.X.shape[1], 0)
     data_state.check_resumable(asked_bottom, config.key_bits)
     label_state.check_resumable(config.label_settings(sizes), config.epochs)
-    data_party = data_state.restore(train_set.X, executor=executor)
-    label_party = label_state.restore(train_set.y, epochs=config.epochs, executor=executor,
-                                      packing=config.packing)
+    data_party = data_state.restore(train_set.X, engine=FastEngine(executor=executor))
+    label_party = label_state.restore(train_set.y, epochs=config.epochs,
+                                      engine=FastEngine(executor=executor), packing=config.packing)
     return data_party, label_party
 
 
@@ -233,9 +234,9 @@ def predict(checkpoint_dir, X, *, feature_names=None, ids=None, source: str = "f
     """
     data_state, label_state = run_directory.load_pair(checkpoint_dir, allow_insecure=allow_insecure)
     X = data_state.rows_to_predict(X, feature_names=feature_names, ids=ids, source=source)
-    data_party = data_state.restore(X, same_features=False, executor=executor)
+    data_party = data_state.restore(X, same_features=False, engine=FastEngine(executor=executor))
     data_party.set_rows_to_predict(X)
-    label_party = label_state.restore(executor=executor)
+    label_party = label_state.restore(engine=FastEngine(executor=executor))
     channel = Channel(data_party=data_party, label_party=label_party, sigma=data_state.plan.sigma)
     protocol.predict(channel, protocol.setup(channel, start="predict"))
     return label_party.prediction(label_state.class_names)

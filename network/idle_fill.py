@@ -72,7 +72,7 @@ class IdleFill:
         """How many more randomizers ``party``'s pool may hold now: what the session takes up
         to the end of the next epoch, less what the pool has already made or made on the spot
         (pool.filled + pool.shortfall). 0 without a pool."""
-        pool = getattr(party, "randomizer_pool", None)
+        pool = getattr(getattr(party, "engine", None), "randomizer_pool", None)  # a FastEngine's
         if pool is None or not hasattr(pool, "need"):
             return 0
         next_epoch = party.epochs_completed + 1
@@ -93,7 +93,7 @@ class IdleFill:
             if room <= 0 or ready():
                 break
             start = time.perf_counter() if start is None else start
-            pool = party.randomizer_pool
+            pool = party.engine.randomizer_pool
             per_worker = self.slice_size if pool.key is pool.public_key else \
                 self.key_owner_slice
             count = min(room, per_worker * kernels.worker_count(pool.executor, pool.workers))

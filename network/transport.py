@@ -32,8 +32,8 @@ import nn
 import protocol
 from network.alignment import PSI, Alignment, align_ids, check_id_list
 from channel import DATA, LABEL, PUBLIC, Channel, leakage_lines
-from attacks.flaws import SECURE
-from parties import DataParty, LabelParty
+from attacks.flaws import SECURE, party_classes
+from speed.engine import FastEngine
 from network.frames import check_layout, decode_payload, encode_payload
 from plan import MAX_EPOCHS, STREAM_CHUNKS, FixedPointPlan, check_sigma
 from network.wire import TransportError, one_line
@@ -270,9 +270,10 @@ class Session:
         # Online per step, as in one process: the pool's filling (at setup, between epochs and
         # while waiting for the peer) apart, as step "pool".
         idle = self.channel.idle
-        out["step_seconds"] = idle.split(kernels.split_offline(out["step_seconds"], self.party))
+        out["step_seconds"] = idle.split(kernels.split_offline(out["step_seconds"],
+                                                             self.party.engine))
         out["idle_fill"] = idle.report()
-        pool = getattr(self.party, "randomizer_pool", None)
+        pool = getattr(self.party.engine, "randomizer_pool", None)
         if pool is not None:
             out["pool"] = {"seconds": pool.offline_seconds - pool.step0_seconds,
                            "setup_seconds": pool.setup_seconds,
@@ -449,15 +450,17 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
         features = X[id_list.rows]
         if state is None:
             scaler = data.Standardizer().fit(features[train_rows])
-            party = DataParty(scaler.transform(features[train_rows]), plan=plan, keypair=keypair,
-                              init_seed=init_seed, bottom=bottom, executor=executor,
-                              insecure_flaws=insecure_flaws,
-                              allow_insecure_sigma=allow_insecure_sigma)
+            data_class, _ = party_classes(insecure_flaws)
+            party = data_class(scaler.transform(features[train_rows]), plan=plan,
+                               keypair=keypair, init_seed=init_seed, bottom=bottom,
+                               engine=FastEngine(executor=executor),
+                               allow_insecure_sigma=allow_insecure_sigma)
         else:
             # The standardisation fitted before, not refitted: the rows must encode exactly
             # as they did, which restore() checks against the checkpoint's sha256.
             scaler = state.standardizer()
-            party = state.restore(scaler.transform(features[train_rows]), executor=executor)
+            party = state.restore(scaler.transform(features[train_rows]),
+                                  engine=FastEngine(executor=executor))
         channel.seat(party)
         public = protocol.setup(channel, start="resume" if resume else "new")
         save = None if path is None else run_directory.saver(
@@ -522,18 +525,19 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
             raise data.DataError("the training rows shared with the data party hold one class")
         sizes = config.layer_sizes(id_list.n_inputs, n_classes)
         if state is None:
-            party = LabelParty(labels[train_rows], sizes, activation=config.activation,
-                               lr=config.lr, momentum=config.momentum,
-                               batch_size=config.batch_size, epochs=config.epochs,
-                               seed=config.seed, plan=config.plan, executor=executor,
-                               packing=config.packing, insecure_flaws=insecure_flaws,
-                               allow_insecure=config.allow_insecure,
-                               allow_insecure_sigma=config.allow_insecure_sigma,
-                               block_rows=config.block_rows)
+            _, label_class = party_classes(insecure_flaws)
+            party = label_class(labels[train_rows], sizes, activation=config.activation,
+                                lr=config.lr, momentum=config.momentum,
+                                batch_size=config.batch_size, epochs=config.epochs,
+                                seed=config.seed, plan=config.plan,
+                                engine=FastEngine(executor=executor), packing=config.packing,
+                                allow_insecure=config.allow_insecure,
+                                allow_insecure_sigma=config.allow_insecure_sigma,
+                                block_rows=config.block_rows)
         else:
             state.check_resumable(config.label_settings(sizes), config.epochs)
-            party = state.restore(labels[train_rows], epochs=config.epochs, executor=executor,
-                                  packing=config.packing)
+            party = state.restore(labels[train_rows], epochs=config.epochs,
+                                  engine=FastEngine(executor=executor), packing=config.packing)
         channel.seat(party)
         public = protocol.setup(channel, start="resume" if resume else "new")
         save = None if path is None else run_directory.saver(checkpoint_dir, label_party=party,
@@ -564,7 +568,7 @@ def predict_as_data(connection, ids, X, checkpoint_dir, *, feature_names=None,
         state = checkpoint.DataPartyState.load(run_directory.party_path(checkpoint_dir, DATA),
                                                allow_insecure=allow_insecure)
         rows = state.rows_to_predict(X, feature_names=feature_names, ids=ids, source=source)
-        party = state.restore(rows, same_features=False, executor=executor)
+        party = state.restore(rows, same_features=False, engine=FastEngine(executor=executor))
         party.set_rows_to_predict(rows)
         channel = SocketChannel(connection, DATA, party, sigma=state.plan.sigma,
                                 transcript=transcript, stream_chunks=stream_chunks)
@@ -587,7 +591,7 @@ def predict_as_label(connection, checkpoint_dir, *, executor=None, allow_insecur
     try:
         state = checkpoint.LabelPartyState.load(run_directory.party_path(checkpoint_dir, LABEL),
                                                 allow_insecure=allow_insecure)
-        party = state.restore(executor=executor)
+        party = state.restore(engine=FastEngine(executor=executor))
         channel = SocketChannel(connection, LABEL, party, sigma=state.plan.sigma,
                                 transcript=transcript, stream_chunks=stream_chunks)
         channel.send("predict", DATA, LABEL, "ids to predict", PUBLIC, make=None,

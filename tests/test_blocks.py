@@ -117,7 +117,7 @@ def test_data_party_needs_no_randomizers_per_epoch_with_row_blocks(block_run, ke
     step-1 encryption is left), and nothing was computed online or left over."""
     train_set, cfg, _ = block_run
     result = acml.train(train_set, None, cfg, keypair=keypair)  # no prediction after it
-    pool, public = result.data_party.randomizer_pool, result.data_party.public
+    pool, public = result.data_party.engine.randomizer_pool, result.data_party.public
     assert [pool.need(epoch) for epoch in range(cfg.epochs)] == [0] * cfg.epochs
     n_blocks = -(-len(train_set.y) // BLOCK_ROWS)
     assert pool.step0_count == (np.prod(public.features_shape())

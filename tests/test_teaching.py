@@ -15,6 +15,7 @@ import pytest
 import protocol
 from channel import Channel, MaskSource
 from conftest import insecure_keypair
+from attacks.flaws import IntervalMaskLabelParty
 from parties import DataParty, LabelParty
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -150,8 +151,8 @@ class RecordingMasks(MaskSource):
         self.draws.append(("interval", bits, mask))
         return mask
 
-    def residues(self, shape, n, bits):
-        mask = super().residues(shape, n, bits)
+    def residues(self, shape, n, bits, scale=0):
+        mask = super().residues(shape, n, bits, scale)
         self.draws.append(("mod n", bits, mask))
         return mask
 
@@ -160,17 +161,16 @@ def test_protocol_md_mask_table_is_what_the_code_draws():
     """PROTOCOL.md, section 5: A's masks (ε_acc at noise_acc_bits, ε_A at gradient_mask_bits(m))
     are uniform on [−2**b, 2**b); B's (ε_B, then ε_B') are residues uniform mod n by default, and
     on the old interval of plan.wide_mask_bits(n) (a third of Z_n at most) with
-    mask_range="interval". If the code changes, this fails and the table must be rewritten."""
+    flaws.IntervalMaskLabelParty. If the code changes, this fails and the table must be rewritten."""
     keypair = insecure_keypair(256)
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((16, 4)), np.arange(16) % 2
     n = keypair[0].n
-    for mask_range, label_kind in (("mod_n", "mod n"), ("interval", "interval")):
+    for label_class, label_kind in ((LabelParty, "mod n"), (IntervalMaskLabelParty, "interval")):
         data_masks, label_masks = RecordingMasks(), RecordingMasks()
         data_party = DataParty(X, keypair=keypair, init_seed=0, mask_source=data_masks)
-        label_party = LabelParty(y, (4, 3, 1), batch_size=16, seed=0, packing=False,
-                                 mask_source=label_masks, allow_insecure=True,
-                                 mask_range=mask_range)
+        label_party = label_class(y, (4, 3, 1), batch_size=16, seed=0, packing=False,
+                                  mask_source=label_masks, allow_insecure=True)
         session = Channel(data_party=data_party, label_party=label_party)
         public = protocol.setup(session)
         protocol.train_batch(session, public, np.arange(16))

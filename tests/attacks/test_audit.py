@@ -16,7 +16,7 @@ from attacks import audit
 import nn
 import protocol
 from channel import Channel, LeakageError, MaskSource
-from attacks.flaws import SECURE, InsecureFlaws, InsecureFlawWarning
+from attacks.flaws import SECURE, InsecureFlaws, InsecureFlawWarning, party_classes
 from parties import BottomModel, DataParty, LabelParty
 from plan import wide_mask_bits
 
@@ -39,10 +39,11 @@ def make_parties(X, y, keypair, *, hidden=4, batch_size=16, bottom=None, flaws=S
     sizes = (X.shape[1] if bottom is None else bottom[0], hidden, out)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InsecureFlawWarning)
-        data_party = DataParty(X, keypair=keypair, init_seed=0, bottom=bottom,
-                               insecure_flaws=flaws, mask_source=sources.get("data_source"))
-        label_party = LabelParty(y, sizes, batch_size=batch_size, seed=0, insecure_flaws=flaws,
-                                 packing=packing, mask_source=sources.get("label_source"), allow_insecure=True)
+        data_class, label_class = party_classes(flaws)
+        data_party = data_class(X, keypair=keypair, init_seed=0, bottom=bottom,
+                                mask_source=sources.get("data_source"))
+        label_party = label_class(y, sizes, batch_size=batch_size, seed=0, packing=packing,
+                                  mask_source=sources.get("label_source"), allow_insecure=True)
     return data_party, label_party
 
 
@@ -69,7 +70,7 @@ def test_step4b_input_gradient_is_exactly_delta_times_w_transpose(keypair):
         protocol.step1_forward_interactive(channel, public, rows)
         protocol.step2_forward_rest(channel, rows)
         protocol.step3_backward_rest(channel)
-        delta = label_party._delta  # δ at its fixed-point scale: the label party's own
+        delta = label_party.delta  # δ at its fixed-point scale: the label party's own
         bottom_before = data_party.bottom.layer.W.copy()
         protocol.step4b_input_gradient(channel, public, len(rows))
         sent = channel.messages[-1]
@@ -182,13 +183,13 @@ def test_flaw_switches_are_off_by_default_and_loud_when_on(keypair):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         default = DataParty(X, keypair=keypair)
-    assert default.flaws == SECURE
+    assert default.flaws == ()
     assert isinstance(default.mask_source.generator, random.SystemRandom)
     for name in audit.FLAW_NAMES:
         flaws = InsecureFlaws(**{name: "normal" if name == "weak_masks" else True})
         assert flaws.enabled() == (name,)
         with pytest.warns(InsecureFlawWarning, match=f"INSECURE.*{name}"):
-            LabelParty(y, (X.shape[1], 2, 3), insecure_flaws=flaws, allow_insecure=True)
+            party_classes(flaws)[1](y, (X.shape[1], 2, 3), allow_insecure=True)
     with pytest.raises(ValueError, match="weak_masks"):
         InsecureFlaws(weak_masks="tiny")
     with pytest.raises(TypeError, match="zero_initial_noise"):
@@ -206,6 +207,10 @@ def test_every_mask_goes_through_the_party_mask_source(keypair):
         def _draw(self, shape, bits, scale):
             self.requests.append((tuple(shape), bits))
             return super()._draw(shape, bits, scale)
+
+        def residues(self, shape, n, bits, scale=0):
+            self.requests.append((tuple(shape), bits))
+            return super().residues(shape, n, bits, scale)
 
     X, y = rows_of("wine", 16)
     data_source, label_source = CountingSource(), CountingSource()

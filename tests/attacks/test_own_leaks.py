@@ -13,7 +13,6 @@ from attacks import leaks
 import paillier
 import protocol
 from channel import Channel, LeakageError
-from fixed import Fixed
 from parties import DataParty, LabelParty
 
 KEY_BITS = 256

@@ -12,6 +12,7 @@ from jobs import estimate
 from jobs import simulation
 import paillier
 import parties
+from speed.engine import ENCRYPT_CHUNK_ROWS, FastEngine
 from channel import Channel
 import protocol
 from plan import FixedPointPlan
@@ -38,7 +39,8 @@ def test_step0_encryption_reports_progress_in_chunks():
     train_set = dataset(600)
     cfg = config()
     keypair = paillier.generate_keypair(512, allow_insecure=True)
-    data_party = parties.DataParty(train_set.X, plan=cfg.plan, keypair=keypair, init_seed=1)
+    data_party = parties.DataParty(train_set.X, plan=cfg.plan, keypair=keypair, init_seed=1,
+                                   engine=FastEngine())  # the engine that reports in chunks
     label_party = parties.LabelParty(train_set.y, cfg.layer_sizes(4, 2), lr=cfg.lr,
                                      batch_size=32, epochs=1, plan=cfg.plan, allow_insecure=True,
                                      packing=False)
@@ -46,7 +48,7 @@ def test_step0_encryption_reports_progress_in_chunks():
     data_party.on_progress = lambda done, total: calls.append((done, total))
     channel = Channel(data_party=data_party, label_party=label_party, sigma=cfg.plan.sigma)
     public = protocol.setup(channel)
-    chunk = parties.ENCRYPT_CHUNK_ROWS
+    chunk = ENCRYPT_CHUNK_ROWS
     assert calls == [(chunk, 600), (2 * chunk, 600), (600, 600)]
     # the chunks make the same [[X]]: it decrypts to the features, row for row
     decrypted = keypair[1].decrypt(label_party.encrypted_features).values

@@ -85,7 +85,7 @@ def test_the_pool_never_holds_more_than_the_rest_of_the_epoch_and_the_next(keypa
         prepare(pool, epoch)
     monkeypatch.setattr(kernels, "prepare_pool", at_epoch_end)
     out = pair(keypair, parties, True, test_fraction=0.0)
-    pools = {role: out[role].party.randomizer_pool for role in ("data", "label")}
+    pools = {role: out[role].party.engine.randomizer_pool for role in ("data", "label")}
     assert out["data"].channel.idle.randomizers > 0
     for pool, held, epoch in seen:
         assert held <= pool.step0_count + pool.need(epoch) + pool.need(epoch + 1)
@@ -122,8 +122,8 @@ class _Party:
 
     def __init__(self, need, epochs=3):
         public_key = insecure_keypair(KEY_BITS)[0]
-        self.randomizer_pool = kernels.EpochPool(
-            public_key, lambda epoch: need if epoch < epochs else 0)
+        self.engine = SimpleNamespace(randomizer_pool=kernels.EpochPool(
+            public_key, lambda epoch: need if epoch < epochs else 0))
         self.epochs_completed = 0
         self.public = SimpleNamespace(training=SimpleNamespace(epochs_completed=0))
 
@@ -135,13 +135,13 @@ def test_a_waiting_party_checks_the_socket_before_every_slice():
     party, calls = _Party(need=100), []
 
     def ready():
-        calls.append(len(party.randomizer_pool))
+        calls.append(len(party.engine.randomizer_pool))
         return len(calls) > 3
     filler = idle_fill.IdleFill()
     filler.wait(party, ready, "1")
     assert filler.slices == 3 and len(calls) == 4
     assert calls == [0, idle_fill.SLICE, 2 * idle_fill.SLICE, 3 * idle_fill.SLICE]
-    assert len(party.randomizer_pool) == filler.randomizers == 3 * idle_fill.SLICE
+    assert len(party.engine.randomizer_pool) == filler.randomizers == 3 * idle_fill.SLICE
     assert set(filler.step_seconds) == {"1"}
 
 
@@ -151,9 +151,9 @@ def test_a_silent_peer_gets_no_more_than_the_cap_and_a_ready_one_no_slice():
     party = _Party(need=100)
     filler = idle_fill.IdleFill()
     filler.wait(party, lambda: False, "1")
-    assert len(party.randomizer_pool) == 200 and filler.slices == -(-200 // idle_fill.SLICE)
+    assert len(party.engine.randomizer_pool) == 200 and filler.slices == -(-200 // idle_fill.SLICE)
     filler.wait(party, lambda: False, "1")
-    assert len(party.randomizer_pool) == 200  # full: a second wait adds nothing
+    assert len(party.engine.randomizer_pool) == 200  # full: a second wait adds nothing
     here, there = socket.socketpair()
     try:
         assert not idle_fill.peer_ready(here)
@@ -161,7 +161,7 @@ def test_a_silent_peer_gets_no_more_than_the_cap_and_a_ready_one_no_slice():
         assert idle_fill.peer_ready(here)
         fresh, waiting = _Party(need=100), idle_fill.IdleFill()
         waiting.wait(fresh, lambda: idle_fill.peer_ready(here), "4")
-        assert waiting.slices == 0 and len(fresh.randomizer_pool) == 0
+        assert waiting.slices == 0 and len(fresh.engine.randomizer_pool) == 0
     finally:
         here.close()
         there.close()

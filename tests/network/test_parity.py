@@ -208,7 +208,7 @@ def test_workers_over_tcp_equal_the_in_process_run_bit_for_bit(keypair, parties,
         data_party, label_party = over_tcp(keypair, parties, cfg,
                                            data_options=dict(executor=data_pool),
                                            label_options=dict(executor=label_pool))
-    assert data_party.executor is data_pool and label_party.executor is label_pool
+    assert data_party.engine.executor is data_pool and label_party.engine.executor is label_pool
     assert_same_weights(data_party, label_party, reference)
 
 

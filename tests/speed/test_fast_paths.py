@@ -328,7 +328,7 @@ def test_label_party_weight_bound_grows_by_its_formula_and_bounds_w(keypair):
             protocol.step1_forward_interactive(channel, public, rows)
             protocol.step2_forward_rest(channel, rows)
             protocol.step3_backward_rest(channel)
-            delta = label_party._delta  # δ at its fixed-point scale, which step 4 consumes
+            delta = label_party.delta  # δ at its fixed-point scale, which step 4 consumes
             protocol.step4_backward_interactive(channel, public, rows)
             bound += (label_party.lr_int << x_bits) * max(
                 sum(abs(int(v)) for v in column) for column in delta.values.T)

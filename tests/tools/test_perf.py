@@ -66,8 +66,8 @@ def test_weights_are_bit_identical_with_and_without_randomizer_pools(keypair, ov
     train_set = small_split(48)
     pooled = acml.train(train_set, None, config(**overrides), keypair=keypair)
     plain = acml.train(train_set, None, config(**overrides), keypair=keypair, precompute=False)
-    assert pooled.label_party.randomizer_pool is not None
-    assert plain.label_party.randomizer_pool is None
+    assert pooled.label_party.engine.randomizer_pool is not None
+    assert plain.label_party.engine.randomizer_pool is None
     assert_same_weights(pooled, plain)
 
 
@@ -77,12 +77,12 @@ def test_pools_are_sized_from_the_public_plan_and_never_fall_short(keypair, over
     randomizer it precomputed has been used exactly once, and none was computed online."""
     result = acml.train(small_split(48), None, config(**overrides), keypair=keypair)
     for party in (result.data_party, result.label_party):
-        pool = party.randomizer_pool
+        pool = party.engine.randomizer_pool
         planned = sum(pool.need(epoch) for epoch in range(2))
         assert planned > 0
         assert pool.shortfall == 0 and len(pool) == 0
         assert pool.filled == planned + pool.step0_count  # step 0's [[X]] first, if any
-    assert (result.data_party.randomizer_pool.step0_count > 0) == (not overrides)
+    assert (result.data_party.engine.randomizer_pool.step0_count > 0) == (not overrides)
 
 
 def test_step_seconds_report_the_pool_as_offline_work_apart_from_setup(keypair):
@@ -91,10 +91,10 @@ def test_step_seconds_report_the_pool_as_offline_work_apart_from_setup(keypair):
     train_set = small_split(48)
     result = acml.train(train_set, None, config(), keypair=keypair)
     steps, raw = result.metrics["step_seconds"], result.channel.step_seconds
-    fills = sum(p.randomizer_pool.offline_seconds - p.randomizer_pool.step0_seconds
+    fills = sum(p.engine.randomizer_pool.offline_seconds - p.engine.randomizer_pool.step0_seconds
                 for p in (result.data_party, result.label_party))
-    in_setup = (result.data_party.randomizer_pool.setup_seconds
-                + result.label_party.randomizer_pool.setup_seconds)
+    in_setup = (result.data_party.engine.randomizer_pool.setup_seconds
+                + result.label_party.engine.randomizer_pool.setup_seconds)
     assert steps["pool"] == pytest.approx(fills) and fills > 0
     assert steps["0"] == pytest.approx(max(raw["0"] - in_setup, 0.0))
     for step in ("1", "2", "3", "4"):
