@@ -588,7 +588,7 @@ class Channel:
 
 
 # What the parties learn over a whole run, with the numbers `python acml.py audit` measured on
-# the real protocol (256-bit demo keys; tests/test_own_leaks.py keeps each attack succeeding
+# the real protocol (256-bit demo keys; tests/attacks/test_own_leaks.py keeps each attack succeeding
 # unmitigated and failing mitigated). One message's line above says what ONE message reveals.
 CUMULATIVE_LEAKS = [
     "what the parties learn over the whole run (measured by `python acml.py audit`):",

@@ -12,7 +12,7 @@ agree on row order with ``pair_rows_by_id``; ``load_csv_pair`` does all three in
 Bad input raises ``DataError`` with one line naming the file, the 1-based line number in the
 file (the header is line 1) and the column. Nothing is silently dropped, filled or coerced.
 
-What is refused, and why (each has a test in tests/test_data.py):
+What is refused, and why (each has a test in tests/jobs/test_data.py):
 
 * files: missing, not UTF-8 / not gzip, empty, header only, a duplicate or empty header name,
   a row with more or fewer fields than the header, a header that looks ``;``- or tab-separated;

@@ -1,8 +1,8 @@
 """The fast paths: packing, multi-exponentiation, workers and precomputed randomness.
 
 Every function here computes exactly what a simple, readable function in paillier.py computes,
-only faster; each docstring names that twin, and tests/test_fast_paths.py and
-tests/test_kernels.py check they agree (bit-identical ciphertexts for the same randomness, the
+only faster; each docstring names that twin, and tests/speed/test_fast_paths.py and
+tests/speed/test_kernels.py check they agree (bit-identical ciphertexts for the same randomness, the
 same decryptions otherwise).
 
     Slots              several signed values per plaintext (packing; pure integer algebra)

@@ -36,9 +36,28 @@ def test_ci_runs_the_readme_test_command_exactly_as_written():
     assert installs and installs[0] < len(ci_lines) - 1
 
 
-def test_every_module_the_readme_layout_names_exists():
-    """The layout table names files that are really there."""
-    names = re.findall(r"^\| `([\w./]+)` \|", README, re.M)
-    assert {"paillier.py", "nn.py", "protocol.py", "acml.py"} <= set(names)
-    for name in names:
-        assert (ROOT / name).exists(), name
+def layout_entries():
+    """The first word of each line of the README's layout tree (the fenced block after
+    "## Layout")."""
+    return [line.split()[0] for line in commands_after("## Layout") if line.strip()]
+
+
+def test_the_readme_layout_names_what_is_there_and_all_of_it():
+    """The layout tree is the truth about the repository: every path it names exists, every
+    top-level module and every code folder is named, and no folder is named twice."""
+    entries = layout_entries()
+    assert {"paillier.py", "nn.py", "protocol.py", "acml.py", "parties.py"} <= set(entries)
+    assert len(entries) == len(set(entries))
+    for entry in entries:
+        assert (ROOT / entry).exists(), entry
+    top_level = {path.name for path in ROOT.glob("*.py")}
+    folders = {f"{path.parent.name}/" for path in ROOT.glob("*/__init__.py")}
+    assert top_level | folders <= set(entries), sorted((top_level | folders) - set(entries))
+
+
+def test_every_code_folder_says_its_job_in_one_line():
+    """Each folder of machinery opens with a one-line docstring: its purpose, readable from the
+    file tree alone."""
+    for init in ROOT.glob("*/__init__.py"):
+        text = init.read_text().strip()
+        assert text.startswith('"""') and text.endswith('"""') and "\n" not in text, init

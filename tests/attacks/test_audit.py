@@ -350,7 +350,7 @@ def test_flaw6_declared_leak_is_measured_and_reported(audits):
 
 def test_audit_cli_prints_the_table_and_writes_json(audits, monkeypatch, tmp_path, capsys):
     """`acml.py audit --json PATH`: one table row per flaw, the small-key note, and JSON with the
-    flaws' rows (the promised keys) beside the protocol's own leaks (tests/test_own_leaks.py
+    flaws' rows (the promised keys) beside the protocol's own leaks (tests/attacks/test_own_leaks.py
     checks those rows); exit code 0 when every expectation holds."""
     from attacks import own_leaks
     rows = list(audits.values())

@@ -297,7 +297,7 @@ def test_ciphertexts_and_the_public_key_round_trip_the_wire(keypair):
 # ----------------------------------------------------------------------------------------------
 # Malformed and unexpected frames
 # ----------------------------------------------------------------------------------------------
-# (frame-level and payload-level refusals: tests/test_wire.py)
+# (frame-level and payload-level refusals: tests/network/test_wire.py)
 
 
 def test_ciphertexts_under_another_key_or_out_of_range_are_refused(keypair):
@@ -749,7 +749,7 @@ def test_a_tls_session_of_a_real_training_over_the_cli_equals_the_in_process_run
     """Both parties with --tls-cert/--tls-key/--tls-ca (certificates from trustme): the session
     runs over TLS 1.3, says so, and trains exactly what the in-process run trains. An idle
     connection opened first is dropped after the data party's own --handshake-timeout, named
-    as such (that it delays nobody is tests/test_wire.py's subject)."""
+    as such (that it delays nobody is tests/network/test_wire.py's subject)."""
     feature_ids, X, label_ids, y, class_names = two_party_data(n_rows=60)
     features, labels, token = write_csvs(tmp_path, feature_ids, X, label_ids, y)
     tls = _certificates(tmp_path)

@@ -18,7 +18,7 @@ from speed import kernels
 from fixed import Fixed
 
 KEY_BITS = 384
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
