@@ -33,7 +33,7 @@ import sys
 from jobs.export import MODEL_FORMAT, REVEAL_FLAG, PlainModel, export_model, load_model
 from jobs.settings import DEFAULT_KEY_BITS, Config
 from jobs.simulation import Result, predict, train
-from jobs.split import load_split, prepare
+from jobs.data import load_split, prepare
 from jobs.twin import fixed_point_gap, joint_first_layer, max_weight_diff
 
 __all__ = ["Config", "Result", "load_split", "prepare", "train", "predict", "export_model",

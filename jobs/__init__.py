@@ -1,1 +1,1 @@
-"""Running a job: the one-process run and its settings, split, twin, report, estimate and progress; data sets, checkpoints, the exported model; a dask cluster's code."""
+"""Running a job: the one-process run and its settings, the plaintext twin, reports, the estimate and progress; data sets and their split, checkpoints, the exported model."""

@@ -1,1 +1,1 @@
-"""Faster arithmetic: the same results as paillier.py, sooner (gmpy2, packing, multi-exponentiation, randomizer pools, workers)."""
+"""Faster arithmetic, the same bits as paillier.py: gmpy2, packing, multi-exponentiation, randomizer pools, the fast engine, workers and dask clusters."""

@@ -51,7 +51,7 @@ import numpy as np
 
 from jobs import simulation
 from jobs.settings import Config
-from jobs.split import load_split
+from jobs.data import load_split
 from speed import backend
 from speed import kernels
 import nn

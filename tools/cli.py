@@ -33,7 +33,7 @@ from jobs import simulation
 from jobs.export import REVEAL_FLAG, export_model
 from jobs.progress import batch_bar
 from jobs.settings import DEFAULT_KEY_BITS, KEY_BITS_NOTE, Config
-from jobs.split import prepare
+from jobs.data import prepare
 from channel import LeakageError
 from attacks.flaws import InsecureFlawWarning
 from parties import INIT_SEED_BITS
@@ -675,7 +675,7 @@ def dask_cluster(address: str):
         from dask.distributed import Client
     except ImportError:
         raise UsageError("--dask needs dask.distributed: pip install 'dask[distributed]'") from None
-    from jobs import cluster
+    from speed import cluster
     from speed import kernels
     try:
         client = Client(address, timeout=30)

@@ -222,7 +222,8 @@ def test_a_cluster_that_cannot_run_the_code_is_one_line(separate_cluster, where,
     skips the upload: the real failure of a real cluster), an upload that fails over there,
     and a task that fails to import mid-run."""
     from distributed import Client
-    from jobs import cluster, simulation
+    from speed import cluster
+    from jobs import simulation
     if where == "workers":
         monkeypatch.setattr(cluster, "ship_code", lambda client: cluster.probe(client))
     elif where == "upload":
