@@ -14,7 +14,7 @@ import numbers
 import numpy as np
 
 __all__ = ["Fixed", "object_array", "as_object_array", "elementwise", "map_values", "max_abs_bits",
-           "check_scale", "to_decimal", "from_decimal"]
+           "check_scale", "to_decimal", "from_decimal", "as_int", "describe_int"]
 
 
 def object_array(items, shape):
@@ -54,6 +54,19 @@ def map_values(function, values):
             index = tuple(map(int, np.unravel_index(flat_index, values.shape)))
             raise OverflowError(f"at index {index}: {error}") from None
     return object_array(out, values.shape)
+
+
+def as_int(value, what):
+    """``value`` as a Python int; TypeError naming ``what`` for anything that is not an integer
+    (a float, a bool, a string)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{what} must be an integer, got {type(value).__name__} {value!r}")
+    return int(value)
+
+
+def describe_int(value):
+    """A readable rendering of a possibly huge integer for error messages."""
+    return str(value) if abs(value) < 10**30 else f"a {abs(value).bit_length()}-bit number"
 
 
 def max_abs_bits(values):

@@ -58,11 +58,12 @@ from types import SimpleNamespace
 import numpy as np
 
 from speed.backend import (
-    SafePrimeSubgroup, as_int, current_backend, describe_int, fixed_base_table, hash_to_unit,
+    SafePrimeSubgroup, current_backend, fixed_base_table, hash_to_unit,
     invert, is_probable_prime, is_safe_prime, mpz, powmod, prime_pair_problem, random_prime,
     random_safe_prime, units_problem, use_backend,
 )
-from fixed import Fixed, as_object_array, check_scale, elementwise, map_values, object_array
+from fixed import (Fixed, as_int, as_object_array, check_scale, describe_int, elementwise,
+                   map_values, object_array)
 
 
 def __getattr__(name):

@@ -44,6 +44,8 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 
+import math
+
 import numpy as np
 
 from jobs import data
@@ -868,3 +870,19 @@ def input_perturbation_curve(dataset: str = "german_credit", epsilons=CURVE_EPSI
                      "test_accuracy": accuracy, "test_auc": test_auc,
                      "majority_accuracy": float(max(np.mean(y_test), 1 - np.mean(y_test)))})
     return rows
+
+
+def curve_table(curves: dict) -> list[str]:
+    """The privacy/utility curve as the README's Markdown table, one line per (dataset, ε):
+    ``curves`` maps a dataset name to input_perturbation_curve's rows. The attack's R² is
+    printed as "< 0" when the attack does worse than guessing each feature's mean."""
+    lines = ["| dataset | ε | σ | attack R² | best linear map R² | test accuracy | test AUC |",
+             "|---|---|---|---|---|---|---|"]
+    for name, rows in curves.items():
+        for row in rows:
+            epsilon = "∞" if math.isinf(row["epsilon"]) else f"{row['epsilon']:g}"
+            attack = "< 0" if row["attack_r2"] < 0 else f"{row['attack_r2']:.3f}"
+            lines.append(f"| {name} | {epsilon} | {row['sigma']:.3g} | {attack} | "
+                         f"{row['linear_oracle_r2']:.3f} | {row['test_accuracy']:.3f} | "
+                         f"{row['test_auc']:.3f} |")
+    return lines

@@ -1,5 +1,5 @@
-"""The arithmetic underneath paillier.py: one backend of number-theory primitives, and the
-small integer helpers every module shares.
+"""The arithmetic underneath paillier.py: one backend of number-theory primitives (primes, safe
+primes, subgroups, fixed-base tables), gmpy2 when installed.
 
 Two backends compute the same functions: gmpy2 (GMP; used when importable and the environment
 variable ACML_PURE_PYTHON is not "1") and Python's own int.  `use_backend("python")` switches
@@ -16,6 +16,8 @@ import os
 import secrets
 import threading
 from types import SimpleNamespace
+
+from fixed import as_int, describe_int
 
 __all__ = [
     "use_backend", "current_backend", "mpz", "powmod", "invert", "is_probable_prime",
@@ -322,17 +324,6 @@ def _unravel(flat_index, shape):
         flat_index, position = divmod(flat_index, size)
         index.append(position)
     return reversed(index)
-
-
-def as_int(value, what):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{what} must be an integer, got {type(value).__name__} {value!r}")
-    return int(value)
-
-
-def describe_int(value):
-    """A readable rendering of a possibly huge integer for error messages."""
-    return str(value) if abs(value) < 10**30 else f"a {abs(value).bit_length()}-bit number"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ precomputed a whole epoch ahead, workers on an executor, and products computed r
 block as the channel streams them.
 
 The parties call the same methods whichever engine they hold; the plaintexts, and so every
-weight, are the same bit for bit (tests/test_engines.py). Packing is no engine's business: the
+weight, are the same bit for bit (tests/speed/test_engine.py). Packing is no engine's business: the
 slots are a public layout (plan.PackingLayout) the parties pack and unpack themselves.
 
 Caveat: with an ``executor``, the key owner's CRT kernels receive p and q (speed/kernels.py);

@@ -31,147 +31,17 @@ from types import SimpleNamespace
 import numpy as np
 
 import paillier
-from speed.backend import as_int, current_backend, describe_int, fixed_base_table, mpz
+from speed.backend import current_backend, fixed_base_table, mpz
+from fixed import as_int
 from fixed import Fixed, object_array
 from paillier import OP_COUNTS, EncryptedArray, PrivateKey, PublicKey
 
 __all__ = [
-    "Slots", "encrypted_matmul", "encrypt_array", "decrypt_residues", "rerandomize",
+    "encrypted_matmul", "encrypt_array", "decrypt_residues", "rerandomize",
     "randomizers", "RandomizerPool", "EpochPool", "epoch_pool", "prepare_pool",
     "data_party_need", "label_party_need", "split_offline", "worker_count", "SizedExecutor",
     "dask_executor", "decrypt_rows",
 ]
-
-# ---------------------------------------------------------------------------------------------
-# Packing
-# ---------------------------------------------------------------------------------------------
-
-
-class Slots:
-    """Several signed integers in ONE Paillier plaintext, in slots of `slot_bits` bits each.
-
-    A group of up to `slots` values v_0, v_1, ..., v_(k-1) is packed into one integer
-
-        P = v_0 + v_1·2^B + v_2·2^(2B) + ... + v_(k-1)·2^((k-1)B),      B = slot_bits
-
-    which is then encoded mod n like any signed value.  Pictured, most significant slot left:
-
-        bit:  (k-1)B            ...      2B               B                0
-              | slot k-1: v_(k-1) | ... | slot 1: v_1     | slot 0: v_0      |
-                                          ^ a negative v_0 borrows 1 from here
-
-    Why it works: packing is linear, so everything Paillier computes on a packed plaintext
-    acts on every slot at once.  E(P)^w = E(Σ_s (w·v_s)·2^(sB)); the product of E(P_t)^(w_t)
-    over t holds Σ_t w_t·v_(s,t) in slot s; adding E(Q) adds the slots of Q.  One modular
-    exponentiation thus does the work of k.  All of it is exact integer arithmetic mod n, so
-    what a slot holds is decided only by the FINAL integer: intermediate values may overflow
-    their slots freely as long as the final one does not (masks added to the whole plaintext
-    mod n cancel exactly and never touch the slots).
-
-    Signed values need no offset: unpacking reads balanced digits from the least significant
-    slot up, digit = the remainder of the running value mod 2^B taken in [-2^(B-1), 2^(B-1)),
-    and subtracts it (a borrow from the slot above when the digit is negative).  If every
-    |v_s| < 2^(B-1), the balanced base-2^B expansion of P is unique, so the digits ARE the v_s.
-
-    The caveat is the bound: a value with |v_s| >= 2^(B-1) corrupts its neighbour, silently,
-    as far as the digits can tell.  So callers must prove the bound of every final slot value
-    beforehand and size B from it (`unpack` also refuses digits above a declared bound, and any
-    bits left above the last slot, with OverflowError).  The whole P obeys |P| < 2^packed_bits.
-    """
-
-    __slots__ = ("slot_bits", "slots")
-
-    def __init__(self, slot_bits, slots):
-        self.slot_bits = as_int(slot_bits, "slot_bits")
-        self.slots = as_int(slots, "slots")
-        if self.slot_bits < 2 or self.slots < 1:
-            raise ValueError(f"need slot_bits >= 2 and slots >= 1, got {slot_bits}, {slots}")
-
-    def packed_bits(self, value_bits, slots=None):
-        """|P| < 2^packed_bits when every |v_s| < 2^value_bits (value_bits <= slot_bits)."""
-        used = self.slots if slots is None else slots
-        # Σ_s |v_s|·2^(sB) < 2^value_bits · 2^((k-1)B) · (1 + 2^-B + 2^-2B + ...) < 2^(...+1).
-        return (used - 1) * self.slot_bits + value_bits + 1
-
-    def groups(self, count):
-        """How many packed integers `count` values need."""
-        return -(-count // self.slots)
-
-    def pack(self, values, axis=0, intermediate=False):
-        """Pack an integer array along `axis`, `slots` consecutive entries per integer.
-
-        The result has groups(count) entries along that axis (the last group may be short).
-        OverflowError if some |value| >= 2^(slot_bits-1), which would not unpack -- unless
-        `intermediate`: a term that is only ever read back as part of a sum (the map is linear,
-        so only the final slots must fit; the caller proves that bound instead).
-        """
-        values = np.moveaxis(np.asarray(values, dtype=object), axis, 0)
-        count, limit = values.shape[0], 1 << (self.slot_bits - 1)
-        flat = values.reshape(count, -1).tolist()
-        packed = []
-        for group in range(self.groups(count)):
-            rows = flat[group * self.slots:(group + 1) * self.slots]
-            totals = [0] * len(rows[0]) if rows else []
-            for slot, row in enumerate(rows):
-                shift = slot * self.slot_bits
-                for column, value in enumerate(row):
-                    value = int(value)
-                    if not (intermediate or -limit < value < limit):
-                        raise OverflowError(
-                            f"value {describe_int(value)} at position {group * self.slots + slot} "
-                            f"does not fit a signed {self.slot_bits}-bit slot")
-                    totals[column] += value << shift
-            packed.append(totals)
-        out = object_array([v for row in packed for v in row],
-                           (len(packed),) + values.shape[1:])
-        return np.moveaxis(out, 0, axis)
-
-    def unpack(self, packed, count, axis=0, value_bits=None):
-        """Inverse of pack: `count` signed values along `axis` from the packed integers.
-
-        OverflowError if a digit reaches 2^value_bits (the caller's proven bound; default
-        slot_bits - 1), or if bits remain above a group's last used slot.
-        """
-        packed = np.moveaxis(np.asarray(packed, dtype=object), axis, 0)
-        if packed.shape[0] != self.groups(count):
-            raise ValueError(f"{count} values need {self.groups(count)} packed integers, "
-                             f"got {packed.shape[0]}")
-        bits = self.slot_bits - 1 if value_bits is None else value_bits
-        if bits > self.slot_bits - 1:
-            raise ValueError(f"{bits}-bit values cannot be read from {self.slot_bits}-bit slots")
-        width, half, limit = 1 << self.slot_bits, 1 << (self.slot_bits - 1), 1 << bits
-        flat = packed.reshape(packed.shape[0], -1).tolist()
-        out = []
-        for group, row in enumerate(flat):
-            used = min(self.slots, count - group * self.slots)
-            digits = [[] for _ in range(used)]
-            for column, total in enumerate(row):
-                total = int(total)
-                for slot in range(used):
-                    digit = (total + half) % width - half
-                    if not -limit < digit < limit:
-                        raise OverflowError(
-                            f"slot {slot} of packed integer {group}, column {column}: "
-                            f"the digit {describe_int(digit)} reaches the proven bound 2^{bits}")
-                    digits[slot].append(digit)
-                    total = (total - digit) >> self.slot_bits
-                if total:
-                    raise OverflowError(f"packed integer {group}, column {column} has bits "
-                                        f"above its {used} slots of {self.slot_bits} bits")
-            out.extend(digits)
-        result = object_array([v for row in out for v in row], (count,) + packed.shape[1:])
-        return np.moveaxis(result, 0, axis)
-
-    def to_dict(self):
-        return {"slot_bits": self.slot_bits, "slots": self.slots}
-
-    def __eq__(self, other):
-        return (isinstance(other, Slots) and self.slot_bits == other.slot_bits
-                and self.slots == other.slots)
-
-    def __repr__(self):
-        return f"Slots(slot_bits={self.slot_bits}, slots={self.slots})"
-
 
 # -- where the heavy arithmetic runs ------------------------------------------------------------
 #

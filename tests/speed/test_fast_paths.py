@@ -22,7 +22,7 @@ import plan as plan_module
 import protocol
 from channel import Channel, uniform_mask
 from fixed import Fixed
-from speed.kernels import Slots
+from plan import Slots
 from parties import DataParty, LabelParty
 from plan import (PACKING_HEADROOM_BITS, FixedPointPlan, PackingLayout, packing_layout,
                   wide_mask_bits)
