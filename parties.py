@@ -191,6 +191,13 @@ class DataParty:
         self.on_progress = None
 
     @property
+    def private_key(self) -> paillier.PrivateKey:
+        """This party's own secret key (p, q). For this party's own code only — its checkpoint,
+        its own view of what it received (the audit) — never for a message: nothing in the
+        protocol sends it."""
+        return self._private_key
+
+    @property
     def n_samples(self) -> int:
         return self.features.shape[0]
 

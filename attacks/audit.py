@@ -185,7 +185,7 @@ class Run:
         """The channel's run-time findings, then the transcript audit's (with A's key)."""
         return self.channel.findings + audit_transcript(
             self.channel.messages, self.data_party.public_key, sigma=self.channel.sigma,
-            private_key=self.data_party._private_key)
+            private_key=self.data_party.private_key)
 
     def to_pixels(self, standardized_rows) -> np.ndarray:
         """Undo the standardisation: recovered rows back in the dataset's own units."""
@@ -383,7 +383,7 @@ def attack_weak_masks(view: PartyView) -> np.ndarray:
     """
     own = view.own
     return _fit_weight(_data_party_products(
-        view, lambda m: own._private_key.decrypt_residues(m.payload)), own.plan)
+        view, lambda m: own.private_key.decrypt_residues(m.payload)), own.plan)
 
 
 def find_mask_seed(view: PartyView, seed_bits: int = SEEDED_MASK_SEED_BITS):
@@ -396,7 +396,7 @@ def find_mask_seed(view: PartyView, seed_bits: int = SEEDED_MASK_SEED_BITS):
     own = view.own
     n = own.public_key.n
     first = next(m for m in view.messages if m.kind == "ciphertext" and m.mask_bits is not None)
-    residues = own._private_key.decrypt_residues(first.payload[:1, :2]).ravel().tolist()
+    residues = own.private_key.decrypt_residues(first.payload[:1, :2]).ravel().tolist()
     offset, limit = 1 << first.mask_bits, 1 << first.value_bits
     for seed in range(1 << seed_bits):
         generator = random.Random(seed)
@@ -423,7 +423,7 @@ def attack_seeded_masks(view: PartyView) -> tuple[list[np.ndarray], int | None]:
     for message in view.messages:
         if message.kind == "ciphertext" and message.mask_bits is not None:
             masks = uniform_mask(message.payload.shape, message.mask_bits, generator)
-            residues = own._private_key.decrypt_residues(message.payload)
+            residues = own.private_key.decrypt_residues(message.payload)
             unmasked[id(message)] = np.asarray((residues - masks) % n, dtype=object)
     pairs = _data_party_products(view, lambda m: unmasked[id(m)])
     return [_fit_weight([pair], own.plan) for pair in pairs], seed
@@ -463,7 +463,7 @@ def attack_labels_from_gradients(view: PartyView) -> tuple[np.ndarray, dict]:
     messages = view.received("[[δ·Wᵀ]]") or view.received("[[X·W_B + ε_B]]")
     blocks, rows = [], []
     for message, entry in zip(messages, view.diary):
-        residues = own._private_key.decrypt_residues(message.payload)
+        residues = own.private_key.decrypt_residues(message.payload)
         blocks.append(np.array([[float(_centred(r, n)) for r in row] for row in residues.tolist()]))
         rows.append(entry["rows"])
     gradients, rows = np.vstack(blocks), np.concatenate(rows)

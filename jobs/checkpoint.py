@@ -345,7 +345,7 @@ class DataPartyState:
         bottom = party.bottom
         if bottom is not None:
             bottom = bottom.copy()
-        return cls((party.public_key, party._private_key), party.plan, party.training.to_dict(),
+        return cls((party.public_key, party.private_key), party.plan, party.training.to_dict(),
                    Fixed.from_ints(party.noise_acc.values, party.noise_acc.scale),
                    int(epochs_completed), [str(name) for name in names], mean.copy(), std.copy(),
                    integers_digest(party.features.values), bottom, party.init_seed)

@@ -75,7 +75,7 @@ def test_step4b_input_gradient_is_exactly_delta_times_w_transpose(keypair):
         protocol.step4b_input_gradient(channel, public, len(rows))
         sent = channel.messages[-1]
         assert sent.name == "[[δ·Wᵀ]]"
-        gradient = data_party._private_key.decrypt(sent.payload)  # what the data party reads
+        gradient = data_party.private_key.decrypt(sent.payload)  # what the data party reads
         assert gradient.scale == delta.scale + weight.scale
         assert np.array_equal(gradient.values, (delta @ weight.T).values)
         plain = delta.decode() @ weight.decode().T
@@ -134,7 +134,7 @@ def test_step4b_declares_the_label_leak_and_is_not_flagged(keypair):
         "ciphertext", "label", "data", 2)
     assert "LABEL" in row["learned"] and "revealed by design" in row["learned"]
     assert audit.audit_transcript(channel.messages, keypair[0],
-                                  private_key=data_party._private_key) == []
+                                  private_key=data_party.private_key) == []
 
 
 def test_bottom_model_can_be_given_as_an_nn_layer(keypair):

@@ -104,7 +104,7 @@ def test_l4_labels_from_input_gradient(keypair):
 def test_masks_mod_n_are_uniform_residues_and_training_stays_exact(keypair):
     result = run(keypair, replace(own_leaks.EXACT, rows=32, epochs=1))
     seen = [int(v) for m in result.channel.messages if m.name == "[[X·W_B + ε_B]]"
-            for v in result.data_party._private_key.decrypt_residues(m.payload).ravel()]
+            for v in result.data_party.private_key.decrypt_residues(m.payload).ravel()]
     n = keypair[0].n
     middle = sum((n - 1) // 3 < v < n - (n - 1) // 3 for v in seen) / len(seen)
     assert 0.2 < middle < 0.47  # uniform mod n: about a third in the band no signed value uses
