@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -28,6 +29,7 @@ from fixed import from_decimal, to_decimal
 from channel import DATA, LABEL
 from parties import BottomModel, DataParty, LabelParty, Restored
 from plan import FixedPointPlan, check_features
+from privacy import input_perturbation
 
 # ----------------------------------------------------------------------------------------------
 # Checkpoints: each party saves its own state, to its own file, without pickle.
@@ -319,6 +321,12 @@ class DataPartyState:
     # The seed A drew W0 (and its bottom model) from: A's own secret, kept so that a resumed
     # simulation can still rebuild its plaintext twin from the same start.
     init_seed: int | None = None
+    # A's input perturbation: its public facts {"epsilon", "delta", "clip"} (None: off; a
+    # checkpoint from before it existed loads as off), and the secret seed of its training
+    # rows' noise, kept (beside the private key) so that a resumed run perturbs the same rows
+    # the same way and the features' sha256 still matches.
+    perturbation: dict | None = None
+    perturbation_seed: int | None = None
 
     @property
     def public_key(self) -> PublicKey:
@@ -331,9 +339,10 @@ class DataPartyState:
 
     @classmethod
     def of(cls, party: DataParty, *, epochs_completed: int, feature_names=None,
-           feature_mean=None, feature_std=None) -> "DataPartyState":
+           feature_mean=None, feature_std=None, input_perturbation=None) -> "DataPartyState":
         """Snapshot a data party after ``epochs_completed`` epochs. Without a standardisation,
-        new rows are taken as they come (mean 0, std 1)."""
+        new rows are taken as they come (mean 0, std 1). ``input_perturbation``: the
+        InputPerturbation its training rows went through (None: none)."""
         if party.noise_acc is None or party.training is None or party.public is None:
             raise ValueError("the data party has no training state yet: run setup first")
         d = party.n_features
@@ -348,7 +357,8 @@ class DataPartyState:
         return cls((party.public_key, party.private_key), party.plan, party.training.to_dict(),
                    Fixed.from_ints(party.noise_acc.values, party.noise_acc.scale),
                    int(epochs_completed), [str(name) for name in names], mean.copy(), std.copy(),
-                   integers_digest(party.features.values), bottom, party.init_seed)
+                   integers_digest(party.features.values), bottom, party.init_seed,
+                   *_perturbation_of(input_perturbation))
 
     def save(self, path) -> None:
         public_key, private_key = self.keypair
@@ -357,7 +367,10 @@ class DataPartyState:
                 "training": self.training, "noise_acc_scale": self.noise_acc.scale,
                 "feature_names": self.feature_names, "features_sha256": self.features_sha256,
                 "bottom_model": None,
-                "init_seed": None if self.init_seed is None else to_decimal(self.init_seed)}
+                "init_seed": None if self.init_seed is None else to_decimal(self.init_seed),
+                "input_perturbation": self.perturbation,
+                "input_perturbation_seed": None if self.perturbation_seed is None
+                else to_decimal(self.perturbation_seed)}
         arrays = {"public_key.n": _decimal_strings(public_key.n),
                   "private_key.p": _decimal_strings(private_key.p),
                   "private_key.q": _decimal_strings(private_key.q),
@@ -411,7 +424,54 @@ class DataPartyState:
                    Fixed.from_ints(noise, plan.w_frac_bits), _meta_int(meta, "epochs_completed",
                                                                        path),
                    [str(name) for name in names], _floats(arrays, "standardizer.mean", (d,), path),
-                   std, str(meta.get("features_sha256")), bottom, _optional_big_int(meta, "init_seed", path))
+                   std, str(meta.get("features_sha256")), bottom, _optional_big_int(meta, "init_seed", path),
+                   *_perturbation_meta(meta, path))
+
+    def check_same_perturbation(self, budget: tuple | None) -> None:
+        """A resumed run must ask for the input perturbation it was trained with:
+        ``budget`` (ε, δ) as input_perturbation.check_options gives it, or None (off)."""
+        saved = None if self.perturbation is None else (self.perturbation["epsilon"],
+                                                        self.perturbation["delta"])
+        if saved != budget:
+            def describe(value):
+                return "off" if value is None else f"ε = {value[0]:g}, δ = {value[1]:g}"
+            raise ValueError(f"the checkpoint's data party trained with input perturbation "
+                             f"{describe(saved)}, this run asks for {describe(budget)}; resume "
+                             "with the same --dp-epsilon and --dp-delta")
+
+    def input_perturbation(self, *, purpose: str, budget: tuple | None = None):
+        """The data party's InputPerturbation with the checkpoint's clip bound C, or None (off).
+
+        purpose "train": the checkpoint's own budget and training seed (a resumed run perturbs
+        the very same rows). "predict": ``budget`` if given, else the checkpoint's, with a new
+        seed — 256 bits from ``secrets``, or derived from init_seed when the checkpoint has one
+        (reproduction only: then every prediction from this checkpoint reuses one noise
+        stream, and rows predicted in two calls at the same position share their noise)."""
+        if purpose == "train":
+            if self.perturbation is None:
+                return None
+            return input_perturbation.for_data_party(
+                (self.perturbation["epsilon"], self.perturbation["delta"]), purpose="train",
+                seed=self.perturbation_seed, clip=self.perturbation["clip"])
+        if budget is None and self.perturbation is not None:
+            budget = (self.perturbation["epsilon"], self.perturbation["delta"])
+        clip = None if self.perturbation is None else self.perturbation["clip"]
+        return input_perturbation.for_data_party(budget, purpose="predict",
+                                                 init_seed=self.init_seed, clip=clip)
+
+    def perturb_rows_to_predict(self, X, dp_epsilon=None, dp_delta=None,
+                                names=("--dp-epsilon", "--dp-delta")) -> np.ndarray:
+        """Standardised rows to predict, perturbed as the training rows were (the checkpoint's
+        ε, δ, C; a new noise seed). ``dp_epsilon``/``dp_delta`` given: that budget instead
+        (ε = ∞: unperturbed), also for a run trained without perturbation."""
+        if dp_epsilon is None and dp_delta is None:
+            budget = None
+        else:
+            budget = input_perturbation.check_options(dp_epsilon, dp_delta, names=names)
+            if budget is None:  # ε = ∞, asked for: these rows as they are
+                return np.asarray(X, dtype=np.float64)
+        perturbation = self.input_perturbation(purpose="predict", budget=budget)
+        return input_perturbation.perturb_rows(perturbation, X, self.plan)
 
     def standardizer(self) -> data.Standardizer:
         """The standardisation fitted at training, to apply to the same rows or new ones."""
@@ -631,6 +691,44 @@ class LabelPartyState:
             raise ValueError("these are not the labels the label party's checkpoint was trained "
                              "on (their sha256 differs): resume with the same rows and settings")
         return party
+
+
+def _perturbation_of(perturbation) -> tuple:
+    """(public facts, secret seed) of an InputPerturbation for the data party's checkpoint."""
+    if perturbation is None:
+        return None, None
+    return ({"epsilon": perturbation.epsilon, "delta": perturbation.delta,
+             "clip": perturbation.clip}, perturbation.seed)
+
+
+def _perturbation_meta(meta: dict, path) -> tuple:
+    """(facts, seed) of the data party's input perturbation, validated; both None when the
+    checkpoint has none (off, or saved before input perturbation existed)."""
+    facts = meta.get("input_perturbation")
+    seed = _optional_big_int(meta, "input_perturbation_seed", path)
+    if facts is None:
+        if seed is not None:
+            raise ValueError(f"{path}: corrupted checkpoint: an input perturbation seed "
+                             "without its settings")
+        return None, None
+    if not isinstance(facts, dict) or set(facts) != {"epsilon", "delta", "clip"}:
+        raise ValueError(f"{path}: corrupted checkpoint: input_perturbation should be "
+                         f"{{epsilon, delta, clip}}, got {facts!r}")
+    numbers = {}
+    for key in ("epsilon", "delta", "clip"):
+        value = facts[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{path}: corrupted checkpoint: input_perturbation {key} "
+                             f"{value!r} is not a finite number > 0")
+        numbers[key] = float(value)
+    if numbers["delta"] >= 1:
+        raise ValueError(f"{path}: corrupted checkpoint: input_perturbation delta "
+                         f"{numbers['delta']!r} is not in (0, 1)")
+    if seed is None or seed >= 1 << input_perturbation.SEED_BITS:
+        raise ValueError(f"{path}: corrupted checkpoint: the input perturbation needs its "
+                         f"seed, an integer below 2**{input_perturbation.SEED_BITS}")
+    return numbers, seed
 
 
 def _optional_big_int(meta: dict, key: str, path) -> int | None:

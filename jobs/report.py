@@ -73,6 +73,11 @@ def format_report(metrics: dict) -> str:
                  f"{metrics['plaintext_final_loss']:.6f}")
     lines.append(f"max |W − W_plain|  {metrics['max_abs_weight_diff']:.3e} over all layers "
                  "(fixed-point quantisation)")
+    if metrics.get("input_perturbation"):
+        dp = metrics["input_perturbation"]
+        lines.append(f"input rows         perturbed by the data party: ({dp['epsilon']:g}, "
+                     f"{dp['delta']:g})-DP per row, clipped to C = {dp['clip']:.4g}, "
+                     f"σ = {dp['sigma']:.4g}; both runs train on the noisy rows")
     lines.append(f"wall time          {metrics['seconds']:.1f} s encrypted training")
     if metrics.get("packing"):
         lines.append(f"packing            {metrics['packing']['forward']['slots']} rows per "

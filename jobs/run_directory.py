@@ -224,7 +224,8 @@ def save_epoch(state, checkpoint_dir, role: str) -> None:
 
 
 def saver(checkpoint_dir, *, data_party=None, label_party=None, feature_names=None,
-          feature_mean=None, feature_std=None, class_names=None, started: float | None = None):
+          feature_mean=None, feature_std=None, class_names=None, started: float | None = None,
+          input_perturbation=None):
     """``after_epoch`` for protocol.train: each party present in this process saves its own
     files in ``checkpoint_dir`` (save_epoch). (In one process the two writes are separate, as on
     two machines.) Temporary files a killed run left for these parties, older than ``started``
@@ -243,7 +244,9 @@ def saver(checkpoint_dir, *, data_party=None, label_party=None, feature_names=No
         if data_party is not None:
             save_epoch(DataPartyState.of(data_party, epochs_completed=epochs_completed,
                                          feature_names=feature_names, feature_mean=feature_mean,
-                                         feature_std=feature_std), checkpoint_dir, DATA)
+                                         feature_std=feature_std,
+                                         input_perturbation=input_perturbation),
+                       checkpoint_dir, DATA)
         if label_party is not None:
             save_epoch(LabelPartyState.of(label_party, epochs_completed=epochs_completed,
                                           class_names=class_names), checkpoint_dir, LABEL)

@@ -41,6 +41,11 @@ class Config:
     # data party encrypts each block once at setup instead of every batch's rows; 0: row
     # batches. At most the rows one packed ciphertext holds (19 at 2048 bits, the default plan).
     block_rows: int = 0
+    # The data party's input perturbation, (ε, δ)-DP for each row of X (privacy/): off when
+    # dp_epsilon is None; dp_delta None with ε given means input_perturbation.DEFAULT_DELTA.
+    # Its own choice, like init_seed: the label party neither needs nor can check it.
+    dp_epsilon: float | None = None
+    dp_delta: float | None = None
 
     def label_settings(self, layer_sizes) -> dict:
         """The label party's own settings, as its checkpoint records them (all but epochs)."""

@@ -7,6 +7,7 @@ omniscient comparison with the twin (twin.py), which no party could compute.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from jobs.settings import Config
 from jobs.twin import max_weight_diff, train_twin, twin_predictions
 from parties import DataParty, LabelParty, Prediction, make_bottom
 from plan import check_features, check_sigma
+from privacy import input_perturbation
 from speed import kernels
 from speed.engine import FastEngine
 
@@ -40,6 +42,9 @@ class Result:
     plaintext_losses: list
     seconds: float
     metrics: dict
+    # The data party's input perturbation (None: off). Rows predicted later with this run
+    # (the estimator) are perturbed by it too, each call with noise of its own.
+    input_perturbation: input_perturbation.InputPerturbation | None = None
 
     def summary(self) -> str:
         return format_report(self.metrics)
@@ -70,21 +75,37 @@ def train(train_set, test_set=None, config: Config | None = None, *, progress: b
     ``estimate`` (off unless asked; the CLI asks unless --quiet) first times a few Paillier
     operations with the run's key and prints the time the run should take (estimate.py); the
     estimate, beside the measured time, goes to ``metrics["estimate"]``.
+
+    ``config.dp_epsilon`` (and ``dp_delta``): the data party's input perturbation. It clips and
+    perturbs its standardised training rows once, before step 0, and the test rows before it
+    asks for their prediction (privacy/input_perturbation.py); everything after is the protocol
+    on the noisy rows. The twin trains on the SAME noisy rows — it is the omniscient simulation,
+    reading the data party's rows as they entered the protocol — so the exactness comparison
+    still holds. Resuming takes the budget and the noise seed from the data party's checkpoint.
     """
     config = config or Config()
     sizes = check_run(train_set, test_set, config, checkpoint_dir, resume, keypair)
+    budget = input_perturbation.check_options(config.dp_epsilon, config.dp_delta,
+                                              names=("Config.dp_epsilon", "Config.dp_delta"))
     start = time.perf_counter()
 
     # The two parties, each with only its own state: new, or each from its own checkpoint.
     if resume:
         pair = run_directory.find_pair(checkpoint_dir, allow_insecure=config.allow_insecure,
                                        resuming=True)
+        pair.data.check_same_perturbation(budget)
+        perturbation = pair.data.input_perturbation(purpose="train")
+        train_set, test_set = perturbed_sets(perturbation, train_set, test_set, config)
         keypair = pair.data.keypair
         data_party, label_party = resumed_parties(pair, train_set, config, sizes, executor)
         feature_mean, feature_std = pair.data.feature_mean, pair.data.feature_std
     else:
         if checkpoint_dir is not None:
             run_directory.refuse_to_overwrite(checkpoint_dir)
+        # The data party's side, before it builds itself: its rows as the protocol will see them.
+        perturbation = input_perturbation.for_data_party(budget, purpose="train",
+                                                         init_seed=config.init_seed)
+        train_set, test_set = perturbed_sets(perturbation, train_set, test_set, config)
         keypair = keypair or paillier.generate_keypair(config.key_bits,
                                                        allow_insecure=config.allow_insecure)
         data_party, label_party = new_parties(train_set, config, sizes, keypair, executor,
@@ -112,7 +133,8 @@ def train(train_set, test_set=None, config: Config | None = None, *, progress: b
     save = None if checkpoint_dir is None else run_directory.saver(
         checkpoint_dir, data_party=data_party, label_party=label_party,
         feature_names=train_set.feature_names, feature_mean=feature_mean,
-        feature_std=feature_std, class_names=train_set.class_names)
+        feature_std=feature_std, class_names=train_set.class_names,
+        input_perturbation=perturbation)
     with batches((config.epochs - first_epoch) * n_batches, label_party,
                  shown=progress) as bar:
         protocol.train(channel, public, after_epoch=save, after_batch=bar)
@@ -136,6 +158,8 @@ def train(train_set, test_set=None, config: Config | None = None, *, progress: b
         metrics.update(test_metrics(test_set.y, len(train_set.class_names), predicted, scores,
                                     plain_predicted, plain_scores))
     metrics.update(channel.metrics())
+    if perturbation is not None:
+        metrics["input_perturbation"] = perturbation.settings()
     if run_estimate is not None:
         metrics["estimate"] = {key: value for key, value in run_estimate.items() if key != "line"}
         metrics["estimate"]["measured_seconds"] = time.perf_counter() - start
@@ -146,7 +170,21 @@ def train(train_set, test_set=None, config: Config | None = None, *, progress: b
         metrics["resumed_after_epoch"] = first_epoch
         metrics["checkpoint_notes"] = pair.notes
     return Result(data_party, label_party, channel, plaintext, label_party.losses,
-                  list(history["batch_loss"]), encrypted_seconds, metrics)
+                  list(history["batch_loss"]), encrypted_seconds, metrics, perturbation)
+
+
+def perturbed_sets(perturbation, train_set, test_set, config: Config):
+    """The data party's rows as the protocol sees them: the training rows perturbed (call 0 of
+    the seed's stream), then the test rows (call 1), each clamped into the plan's range. The
+    labels, ids and names are untouched; with ``perturbation`` None, the sets themselves."""
+    if perturbation is None:
+        return train_set, test_set
+    train_set = dataclasses.replace(train_set, X=input_perturbation.perturb_rows(
+        perturbation, train_set.X, config.plan))
+    if test_set is not None:
+        test_set = dataclasses.replace(test_set, X=input_perturbation.perturb_rows(
+            perturbation, test_set.X, config.plan))
+    return train_set, test_set
 
 
 def check_run(train_set, test_set, config: Config, checkpoint_dir, resume: bool,
@@ -223,7 +261,8 @@ def predict_encrypted(channel, data_party: DataParty, label_party: LabelParty, X
 
 
 def predict(checkpoint_dir, X, *, feature_names=None, ids=None, source: str = "features",
-            allow_insecure: bool = False, executor=None) -> Prediction:
+            allow_insecure: bool = False, executor=None, dp_epsilon=None,
+            dp_delta=None) -> Prediction:
     """Encrypted prediction on new rows X (raw, as in the features file) from both checkpoints.
 
     The data party standardises X with its saved mean and std, applies its bottom model if it
@@ -231,9 +270,15 @@ def predict(checkpoint_dir, X, *, feature_names=None, ids=None, source: str = "f
     layers above (protocol.setup with start "predict", then protocol.predict). Neither party's
     share is combined with the other's. With ``feature_names``, the columns of X are matched to
     the training features by name (any order, none missing, none extra).
+
+    Input perturbation: the data party perturbs the standardised rows as it perturbed its
+    training rows (the checkpoint's ε, δ and C), with a fresh noise seed
+    (DataPartyState.input_perturbation). ``dp_epsilon``/``dp_delta`` replace the checkpoint's
+    budget (ε = ∞: these rows unperturbed), and perturb the rows of a run trained without it.
     """
     data_state, label_state = run_directory.load_pair(checkpoint_dir, allow_insecure=allow_insecure)
     X = data_state.rows_to_predict(X, feature_names=feature_names, ids=ids, source=source)
+    X = data_state.perturb_rows_to_predict(X, dp_epsilon, dp_delta)
     data_party = data_state.restore(X, same_features=False, engine=FastEngine(executor=executor))
     data_party.set_rows_to_predict(X)
     label_party = label_state.restore(engine=FastEngine(executor=executor))

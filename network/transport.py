@@ -36,6 +36,7 @@ from attacks.flaws import SECURE, party_classes
 from speed.engine import FastEngine
 from network.frames import check_layout, decode_payload, encode_payload
 from plan import MAX_EPOCHS, STREAM_CHUNKS, FixedPointPlan, check_sigma
+from privacy import input_perturbation
 from network.wire import TransportError, one_line
 
 
@@ -392,7 +393,8 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
                    allow_insecure: bool = False, insecure_flaws=SECURE,
                    transcript=None, allow_insecure_sigma: bool = False,
                    align: str = PSI, idle_fill: bool = True,
-                   stream_chunks: int = STREAM_CHUNKS) -> Session:
+                   stream_chunks: int = STREAM_CHUNKS, dp_epsilon=None,
+                   dp_delta=None) -> Session:
     """The data party's whole session over an authenticated connection.
 
     Align on the common ids (``align``: "psi", private set intersection, or "public-ids",
@@ -413,9 +415,15 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
     steps 1's and 4's ciphertexts cross (each decrypted on arrival while the label party
     computes the next); the label party must choose the same, or the first block is refused
     (plan.stream_slices).
+
+    ``dp_epsilon``/``dp_delta``: input perturbation (privacy/input_perturbation.py), this
+    party's own choice: its standardised training rows are perturbed once before step 0, its
+    test rows before their prediction, exactly as in the one-process run (the same rows, bit
+    for bit, when ``init_seed`` is given). Resuming, the checkpoint's budget and seed.
     """
     start_time = time.perf_counter()
     try:
+        budget = input_perturbation.check_options(dp_epsilon, dp_delta)
         path, saved = _own_checkpoint(checkpoint_dir, DATA, resume, allow_insecure)
         state = None
         if resume:
@@ -427,6 +435,7 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
                 raise ValueError(f"the checkpoint's fixed-point plan {state.plan.to_dict()} "
                                  f"differs from this run's {plan.to_dict()}")
             plan = state.plan
+            state.check_same_perturbation(budget)
         plan = plan or FixedPointPlan()
         if state is None:  # the σ policy before any id leaves
             check_sigma(plan.sigma, allow_insecure_sigma)
@@ -450,8 +459,12 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
         features = X[id_list.rows]
         if state is None:
             scaler = data.Standardizer().fit(features[train_rows])
+            perturbation = input_perturbation.for_data_party(budget, purpose="train",
+                                                             init_seed=init_seed)
+            rows = input_perturbation.perturb_rows(
+                perturbation, scaler.transform(features[train_rows]), plan)
             data_class, _ = party_classes(insecure_flaws)
-            party = data_class(scaler.transform(features[train_rows]), plan=plan,
+            party = data_class(rows, plan=plan,
                                keypair=keypair, init_seed=init_seed, bottom=bottom,
                                engine=FastEngine(executor=executor),
                                allow_insecure_sigma=allow_insecure_sigma)
@@ -459,17 +472,20 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
             # The standardisation fitted before, not refitted: the rows must encode exactly
             # as they did, which restore() checks against the checkpoint's sha256.
             scaler = state.standardizer()
-            party = state.restore(scaler.transform(features[train_rows]),
-                                  engine=FastEngine(executor=executor))
+            perturbation = state.input_perturbation(purpose="train")
+            party = state.restore(input_perturbation.perturb_rows(
+                perturbation, scaler.transform(features[train_rows]), plan),
+                engine=FastEngine(executor=executor))
         channel.seat(party)
         public = protocol.setup(channel, start="resume" if resume else "new")
         save = None if path is None else run_directory.saver(
             checkpoint_dir, data_party=party, feature_names=feature_names,
-            feature_mean=scaler.mean, feature_std=scaler.std)
+            feature_mean=scaler.mean, feature_std=scaler.std, input_perturbation=perturbation)
         clock = _EpochClock(save)
         protocol.train(channel, public, after_epoch=clock, after_batch=_watch(progress))
         if len(test_rows):
-            party.set_rows_to_predict(scaler.transform(features[test_rows]))
+            party.set_rows_to_predict(input_perturbation.perturb_rows(
+                perturbation, scaler.transform(features[test_rows]), plan))
             protocol.predict(channel, public)
         channel.finish()
     finally:
@@ -560,14 +576,18 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
 # ----------------------------------------------------------------------------------------------
 def predict_as_data(connection, ids, X, checkpoint_dir, *, feature_names=None,
                     source: str = "features", executor=None, allow_insecure: bool = False,
-                    transcript=None, stream_chunks: int = STREAM_CHUNKS) -> Session:
+                    transcript=None, stream_chunks: int = STREAM_CHUNKS, dp_epsilon=None,
+                    dp_delta=None) -> Session:
     """The data party's side of a prediction: its checkpoint, its new rows (raw, as in the
-    features file), their ids (sent to the label party, public, so its output names the rows)."""
+    features file), their ids (sent to the label party, public, so its output names the rows).
+    The rows are perturbed as the checkpoint's training rows were, or with ``dp_epsilon``/
+    ``dp_delta`` instead (DataPartyState.perturb_rows_to_predict)."""
     start_time = time.perf_counter()
     try:
         state = checkpoint.DataPartyState.load(run_directory.party_path(checkpoint_dir, DATA),
                                                allow_insecure=allow_insecure)
         rows = state.rows_to_predict(X, feature_names=feature_names, ids=ids, source=source)
+        rows = state.perturb_rows_to_predict(rows, dp_epsilon, dp_delta)
         party = state.restore(rows, same_features=False, engine=FastEngine(executor=executor))
         party.set_rows_to_predict(rows)
         channel = SocketChannel(connection, DATA, party, sigma=state.plan.sigma,

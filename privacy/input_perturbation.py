@@ -40,6 +40,16 @@ Assumptions and what is NOT protected:
 * The noise is continuous Gaussian in float64; the protocol then quantises X̃ to fixed point
   (post-processing, no loss). Floating-point side channels of the sampler are not addressed.
 * ε = ∞ switches the mechanism off: ``perturb`` returns X unchanged (no clipping either).
+
+Wiring (jobs/simulation.py, network/transport.py, ``Config.dp_epsilon``/``dp_delta``,
+``--dp-epsilon``/``--dp-delta``): off unless ε is given; δ defaults to ``DEFAULT_DELTA``. The data
+party perturbs its standardised training rows once, before step 0 (call 0 of the training
+seed's stream), the run's test rows with call 1, and rows predicted later from a checkpoint with
+a seed of their own. The seeds are 256 bits from ``secrets``; only when the data party's
+``init_seed`` is given (reproducing a run, never a deployment) are they derived from it,
+SHA-256(domain ‖ purpose ‖ init_seed) (:func:`derived_seed`), so that one process and two
+processes train on the very same noisy rows. The training seed is kept in the data party's own
+checkpoint (beside its private key), so that a resumed run perturbs the same rows the same way.
 """
 
 from __future__ import annotations
@@ -54,6 +64,14 @@ import dp_accounting
 
 SEED_BITS = 256
 NOISE_DOMAIN = b"acml input perturbation v1"
+SEED_DOMAIN = b"acml input perturbation seed from init_seed v1"
+# δ when only ε is given. Per-record DP with δ lets each record's guarantee fail with
+# probability about δ, so n·δ should stay well under 1: 10⁻⁵ is ≪ 1/n up to some 10⁴ rows
+# (the built-in datasets have at most 5000), and σ grows only like √(ln 1/δ) as δ shrinks.
+# Larger tables should pass δ ≈ 1/n² themselves. A fixed default, not one computed from n,
+# keeps σ the same in the one-process and the two-process run and at prediction.
+DEFAULT_DELTA = 1e-5
+PURPOSES = ("train", "predict")
 
 
 def _check_budget(epsilon, delta) -> tuple[float, float]:
@@ -70,6 +88,65 @@ def _check_budget(epsilon, delta) -> tuple[float, float]:
     if not 0 < delta < 1:
         raise ValueError(f"delta must be in (0, 1), got {delta!r}")
     return epsilon, delta
+
+
+def check_options(epsilon, delta, *, names=("dp_epsilon", "dp_delta")) -> tuple | None:
+    """(ε, δ) of the data party's input perturbation, or None when it is off (ε None or ∞).
+
+    ``delta`` None with ε given: ``DEFAULT_DELTA``. ``delta`` without ``epsilon`` is refused
+    (it would silently do nothing). Every error is one line naming the option (``names``: the
+    flag or parameter as the caller spells it)."""
+    epsilon_name, delta_name = names
+    if epsilon is None:
+        if delta is not None:
+            raise ValueError(f"{delta_name} {delta!r} needs {epsilon_name}: δ alone switches "
+                             "nothing on")
+        return None
+    try:
+        epsilon, delta = _check_budget(epsilon, DEFAULT_DELTA if delta is None else delta)
+    except ValueError as error:
+        name = epsilon_name if str(error).startswith("epsilon") else delta_name
+        raise ValueError(f"{name}: {str(error).split(' ', 1)[1]}") from None
+    return None if math.isinf(epsilon) else (epsilon, delta)
+
+
+def derived_seed(init_seed: int, purpose: str) -> int:
+    """A noise seed from the data party's init seed: SHA-256(domain ‖ purpose ‖ init_seed).
+
+    Only for reproducing a run (tests, ``--init-seed``): whoever knows init_seed knows the noise.
+    ``purpose`` ("train", "predict") keeps the training rows' noise apart from later predictions'.
+    """
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
+    if isinstance(init_seed, bool) or not isinstance(init_seed, int) or init_seed < 0:
+        raise ValueError(f"init_seed must be a non-negative integer, got {init_seed!r}")
+    length = max(1, (init_seed.bit_length() + 7) // 8)
+    digest = hashlib.sha256(SEED_DOMAIN + b"\0" + purpose.encode() + b"\0"
+                            + init_seed.to_bytes(length, "big")).digest()
+    return int.from_bytes(digest, "big")
+
+
+def for_data_party(budget: tuple | None, *, purpose: str, init_seed: int | None = None,
+                   seed: int | None = None, clip: float | None = None):
+    """The data party's InputPerturbation for ``budget`` (from :func:`check_options`; None: off,
+    returns None). The seed: ``seed`` if given (a resumed run's, from its checkpoint), else
+    derived from ``init_seed`` if given, else 256 fresh bits from ``secrets``."""
+    if budget is None:
+        return None
+    if seed is None:
+        seed = (secrets.randbits(SEED_BITS) if init_seed is None
+                else derived_seed(init_seed, purpose))
+    return InputPerturbation(*budget, clip, seed=seed)
+
+
+def perturb_rows(perturbation, X, plan) -> np.ndarray:
+    """The rows as the protocol will see them: ``perturbation.perturb(X)`` clamped strictly
+    inside the fixed-point plan's range |x| < 2**x_int_bits (post-processing), or X itself when
+    ``perturbation`` is None (off)."""
+    if perturbation is None:
+        return np.asarray(X, dtype=np.float64)
+    bound = 2.0 ** plan.x_int_bits - 2.0 ** -plan.x_frac_bits
+    return perturbation.perturb(X, bound=bound)
 
 
 def clip_rows(X, clip: float) -> np.ndarray:
@@ -143,8 +220,23 @@ class InputPerturbation:
         """The per-entry noise standard deviation σ = 2C·σ₁(ε, δ)."""
         return None if self.clip is None else self.sensitivity * self.unit_sigma
 
-    def perturb(self, X) -> np.ndarray:
-        """Clip every row to norm ≤ C and add N(0, σ²) to every entry (a new array)."""
+    @property
+    def seed(self) -> int:
+        """The secret seed: the data party's alone; only its own checkpoint keeps it."""
+        return self._seed
+
+    def settings(self) -> dict:
+        """The public facts of the mechanism: ε, δ, C and σ (C and σ None before the first
+        perturb). None of them depends on the data."""
+        return {"epsilon": self.epsilon, "delta": self.delta, "clip": self.clip,
+                "sigma": self.sigma}
+
+    def perturb(self, X, *, bound: float | None = None) -> np.ndarray:
+        """Clip every row to norm ≤ C and add N(0, σ²) to every entry (a new array).
+
+        ``bound``: clamp every noisy value into [−bound, bound] (the fixed-point plan's range,
+        which large σ can leave: |x̃| ≤ C + 5σ). A clamp is post-processing, so the guarantee
+        is untouched."""
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2:
             raise ValueError(f"perturb expects a 2-D array of rows, got shape {X.shape}")
@@ -162,7 +254,8 @@ class InputPerturbation:
             self._seed.to_bytes(SEED_BITS // 8, "big") + self.calls.to_bytes(8, "big")).digest(),
             "big")
         self.calls += 1
-        return clipped + gaussian_noise(X.size, self.sigma, call_seed).reshape(X.shape)
+        noisy = clipped + gaussian_noise(X.size, self.sigma, call_seed).reshape(X.shape)
+        return noisy if bound is None else np.clip(noisy, -bound, bound)
 
     def compose(self, releases: int) -> float:
         """ε after ``releases`` perturbations of the same record at this δ (PLD accountant).

@@ -37,6 +37,7 @@ from jobs.data import prepare
 from channel import LeakageError
 from attacks.flaws import InsecureFlawWarning
 from parties import INIT_SEED_BITS
+from privacy import input_perturbation
 from plan import (MAX_BATCH_SIZE, MAX_BLOCK_ROWS, MAX_EPOCHS, MAX_HIDDEN, MAX_LR, MAX_PLAN_BITS,
                   MAX_STREAM_CHUNKS, MIN_SECURE_SIGMA, SEED_LIMIT, STREAM_CHUNKS, FixedPointPlan,
                   check_sigma)
@@ -153,6 +154,19 @@ WIDTH = _integer(1, MAX_HIDDEN)
 WORKERS = _integer(1, MAX_WORKERS)
 STREAM = _integer(1, MAX_STREAM_CHUNKS)
 MOMENTUM = _real(0.0, 1.0, low_open=False, high_open=True)
+DP_DELTA = _real(0.0, 1.0, high_open=True)
+
+
+def _dp_epsilon(text: str) -> float:
+    """--dp-epsilon: a number > 0, or inf (no perturbation)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a number > 0 (or inf: no perturbation), "
+                                         f"got {text!r}")
+    return value
 TIMEOUT = _real(0.0, MAX_TIMEOUT, what="a number of seconds")
 FRAME_MB = _real(0.0, MAX_FRAME_MB, what="a number of MiB")
 
@@ -247,6 +261,31 @@ def add_seed_and_bottom_options(parser) -> None:
                              "interactive layer; step 4b then reveals δ·Wᵀ to it (a label leak)")
 
 
+def add_privacy_options(parser, *, predicting: bool = False) -> None:
+    """The data party's input perturbation (privacy/input_perturbation.py): in `train`,
+    `party data` and `predict`."""
+    group = parser.add_argument_group("privacy of the data party's rows")
+    group.add_argument("--dp-epsilon", type=_dp_epsilon, default=None, metavar="ε",
+                       help=("perturb the rows to predict with (ε, δ)-DP per row instead of the "
+                             "checkpoint's budget (default: the checkpoint's; inf: unperturbed)"
+                             if predicting else
+                             "clip each standardised row to L2 norm √d and add Gaussian noise "
+                             "once, before step 0, for (ε, δ)-DP per row against the label party "
+                             "(it also perturbs the rows to predict). Default: off — the label "
+                             "party then learns X from two epochs of z"))
+    group.add_argument("--dp-delta", type=DP_DELTA, default=None, metavar="δ",
+                       help=f"δ of --dp-epsilon (default {input_perturbation.DEFAULT_DELTA:g}: "
+                            "well under 1/n up to some 10⁴ rows; give about 1/n² for larger "
+                            "tables)")
+
+
+def check_privacy_flags(args) -> None:
+    """--dp-delta alone switches nothing on: refused, in one line."""
+    if args.dp_delta is not None and args.dp_epsilon is None:
+        raise UsageError(f"--dp-delta {args.dp_delta:g} needs --dp-epsilon: δ alone switches "
+                         "nothing on")
+
+
 def add_training_options(parser: argparse.ArgumentParser) -> None:
     source = parser.add_argument_group("data")
     source.add_argument("--dataset", default=None, choices=data.BUILTIN_DATASETS,
@@ -259,6 +298,7 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
                         help="rows held out for the test report, in (0, 1) (default 0.2)")
     add_model_options(parser)
     add_seed_and_bottom_options(parser)
+    add_privacy_options(parser)
     crypto = parser.add_argument_group("encryption")
     crypto.add_argument("--key-bits", type=_key_bits, default=DEFAULT_KEY_BITS,
                         help=f"Paillier modulus size (default {DEFAULT_KEY_BITS})")
@@ -309,12 +349,14 @@ def config_from_args(args) -> Config:
     check_key_bits(args.key_bits, args.insecure_small_key)
     check_sigma_flag(args.sigma, args.insecure_sigma)
     check_block_rows(args.block_rows, args.batch_size)
+    check_privacy_flags(args)
     return Config(hidden=args.hidden, activation=args.activation, epochs=args.epochs,
                   batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                   key_bits=args.key_bits, seed=args.seed, allow_insecure=args.insecure_small_key,
                   plan=FixedPointPlan(sigma=args.sigma), bottom=args.bottom,
                   init_seed=args.init_seed, allow_insecure_sigma=args.insecure_sigma,
-                  packing=args.packing, block_rows=args.block_rows)
+                  packing=args.packing, block_rows=args.block_rows,
+                  dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta)
 
 
 def check_key_fits(plan: FixedPointPlan, key_bits: int, batch_size: int, n_inputs: int) -> None:
@@ -365,12 +407,14 @@ def command_train(args) -> int:
 
 
 def command_predict(args) -> int:
+    check_privacy_flags(args)
     check_outputs(args)
     ids, X, names = data.load_features_csv(args.features, args.id_column)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
         prediction = simulation.predict(args.checkpoint_dir, X, feature_names=names, ids=ids,
-                             source=args.features, allow_insecure=args.insecure_small_key)
+                             source=args.features, allow_insecure=args.insecure_small_key,
+                             dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta)
 
     write_predictions(args.out, args.id_column, ids, prediction)
     return 0
@@ -419,6 +463,8 @@ def command_party(args) -> int:
     if getattr(args, "out", None) and not args.predict:
         raise UsageError("--out is for party label --predict; the report goes to --json")
     check_sigma_flag(args.sigma, args.insecure_sigma)
+    if args.role == "data":
+        check_privacy_flags(args)
     if args.role == "data" and not args.predict:
         check_key_bits(args.key_bits, args.insecure_small_key)
     if args.role == "label":
@@ -492,7 +538,8 @@ def _data_party(args, token, tls, frame_cap, executor, progress, transcript):
                                          feature_names=feature_names, source=args.features,
                                          executor=executor,
                                          allow_insecure=args.insecure_small_key,
-                                         transcript=transcript, stream_chunks=args.stream_chunks)
+                                         transcript=transcript, stream_chunks=args.stream_chunks,
+                                         dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta)
     return transport.run_data_party(connection, ids, X, keypair=keypair,
                                     plan=FixedPointPlan(sigma=args.sigma),
                                     init_seed=args.init_seed, bottom=args.bottom,
@@ -501,7 +548,8 @@ def _data_party(args, token, tls, frame_cap, executor, progress, transcript):
                                     feature_names=feature_names,
                                     allow_insecure=args.insecure_small_key, transcript=transcript,
                                     allow_insecure_sigma=args.insecure_sigma,
-                                    align=args.align, stream_chunks=args.stream_chunks)
+                                    align=args.align, stream_chunks=args.stream_chunks,
+                                    dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta)
 
 
 def _label_party(args, token, tls, frame_cap, executor, progress, transcript):
@@ -545,6 +593,7 @@ def add_party_parser(commands) -> None:
     data_role.add_argument("--key-bits", type=_key_bits, default=DEFAULT_KEY_BITS,
                            help=f"Paillier modulus size (default {DEFAULT_KEY_BITS})")
     add_seed_and_bottom_options(data_role)
+    add_privacy_options(data_role)
     data_role.add_argument("--handshake-timeout", type=TIMEOUT,
                            default=wire.HANDSHAKE_SECONDS,
                            help="seconds each incoming connection has to prove the token (and "
@@ -752,6 +801,7 @@ def build_parser() -> argparse.ArgumentParser:
                                               "each class here (CSV); default: stdout")
     predict_parser.add_argument("--insecure-small-key", action="store_true",
                                 help="accept a checkpoint key under 1024 bits (NOT secure)")
+    add_privacy_options(predict_parser, predicting=True)
     predict_parser.set_defaults(handler=command_predict)
     export_parser = commands.add_parser(
         "export", help="combine both shares into a plaintext model: reveals the weights")

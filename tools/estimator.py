@@ -64,6 +64,7 @@ from jobs.settings import Config
 from jobs.simulation import predict_encrypted, train
 from jobs.twin import joint_first_layer
 from plan import FixedPointPlan, check_features, check_sigma
+from privacy import input_perturbation
 
 
 def encode_labels(y, n_rows: int):
@@ -127,6 +128,12 @@ class VerticalMLPClassifier(ClassifierMixin, BaseEstimator):
     ``init_seed`` None (the default) lets the data party draw W0 from ``secrets``, as in a
     deployment: two fits then differ. Give it to reproduce a fit exactly.
 
+    ``dp_epsilon``/``dp_delta``: the data party's input perturbation, (ε, δ)-DP for each row of
+    X against the label party (privacy/input_perturbation.py; None: off, the default, and then
+    the label party learns X from two epochs of z). X is then expected standardised (rows are
+    clipped to L2 norm √d); the rows given to predict are perturbed too, each call with fresh
+    noise. With ``init_seed`` the noise is reproducible as well.
+
     Fitted attributes: ``classes_``, ``n_features_in_``, ``result_`` (the acml.Result: both
     parties, the channel, the plaintext twin and the metrics), ``metrics_``.
     """
@@ -135,7 +142,7 @@ class VerticalMLPClassifier(ClassifierMixin, BaseEstimator):
                  epochs=nn.HEADLINE["epochs"], batch_size=nn.HEADLINE["batch_size"],
                  lr=nn.HEADLINE["lr"], momentum=nn.HEADLINE["momentum"], key_bits=2048,
                  sigma=40, packing=True, bottom=None, seed=nn.HEADLINE["seed"], init_seed=None,
-                 allow_insecure=False, progress=False):
+                 allow_insecure=False, progress=False, dp_epsilon=None, dp_delta=None):
         self.hidden = hidden
         self.activation = activation
         self.epochs = epochs
@@ -150,10 +157,13 @@ class VerticalMLPClassifier(ClassifierMixin, BaseEstimator):
         self.init_seed = init_seed
         self.allow_insecure = allow_insecure
         self.progress = progress
+        self.dp_epsilon = dp_epsilon
+        self.dp_delta = dp_delta
 
     def config(self):
         """The acml.Config these parameters mean (checked as the CLI checks its flags)."""
         check_sigma(self.sigma, self.allow_insecure, "sigma")
+        input_perturbation.check_options(self.dp_epsilon, self.dp_delta)
         if not self.allow_insecure and self.key_bits < paillier.INSECURE_KEY_BITS:
             raise ValueError(f"key_bits {self.key_bits} is under {paillier.INSECURE_KEY_BITS} "
                              "bits and not secure; pass allow_insecure=True for tests and demos")
@@ -163,7 +173,8 @@ class VerticalMLPClassifier(ClassifierMixin, BaseEstimator):
                       key_bits=self.key_bits, seed=self.seed, allow_insecure=self.allow_insecure,
                       plan=FixedPointPlan(sigma=self.sigma),
                       allow_insecure_sigma=self.allow_insecure, bottom=self.bottom,
-                      init_seed=self.init_seed, packing=self.packing)
+                      init_seed=self.init_seed, packing=self.packing,
+                      dp_epsilon=self.dp_epsilon, dp_delta=self.dp_delta)
 
     def fit(self, X, y):
         """Train both parties on (X, y) with acml.train (no test split; no standardisation)."""
@@ -202,6 +213,7 @@ class VerticalMLPClassifier(ClassifierMixin, BaseEstimator):
                              f"{self.n_features_in_}")
         result = self.result_
         check_features(X, result.data_party.plan, what="X", names=self.feature_names_)
+        X = input_perturbation.perturb_rows(result.input_perturbation, X, result.data_party.plan)
         return predict_encrypted(result.channel, result.data_party, result.label_party, X,
                                  progress=self.progress)
 

@@ -113,3 +113,55 @@ def test_readme_privacy_table_is_what_the_code_measures():
     lines = leaks.curve_table(curves)
     assert "\n".join(lines) in text, "\n".join(lines)
 
+
+# ----------------------------------------------------------------------------------------------
+# The wiring's helpers: the options, the seeds, the clamp into the plan's range
+# ----------------------------------------------------------------------------------------------
+def test_options_default_delta_and_off_states():
+    """Property: ε None (or ∞) is off, δ defaults to DEFAULT_DELTA, and δ without ε is refused
+    in one line naming both options as the caller spells them."""
+    from privacy.input_perturbation import DEFAULT_DELTA, check_options
+    assert check_options(None, None) is None
+    assert check_options(math.inf, None) is None
+    assert check_options(2, None) == (2.0, DEFAULT_DELTA)
+    assert check_options(2, 1e-7) == (2.0, 1e-7)
+    with pytest.raises(ValueError, match="^--b 0.1 needs --a") as error:
+        check_options(None, 0.1, names=("--a", "--b"))
+    assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="^--a: must be > 0"):
+        check_options(-1, None, names=("--a", "--b"))
+    with pytest.raises(ValueError, match="^--b: must be in"):
+        check_options(1, 0, names=("--a", "--b"))
+
+
+def test_seeds_derived_from_the_init_seed_are_reproducible_and_kept_apart():
+    """Property: the noise seed derived from an init seed is the same every time (one process
+    and two processes perturb alike), differs per purpose (training and prediction never share
+    noise) and per init seed; without an init seed the seed is fresh from secrets."""
+    from privacy.input_perturbation import derived_seed, for_data_party
+    assert derived_seed(5, "train") == derived_seed(5, "train")
+    assert derived_seed(5, "train") != derived_seed(5, "predict")
+    assert derived_seed(5, "train") != derived_seed(6, "train")
+    assert for_data_party(None, purpose="train", init_seed=5) is None
+    a = for_data_party((1.0, 1e-5), purpose="train", init_seed=5)
+    assert a.seed == derived_seed(5, "train")
+    fresh = {for_data_party((1.0, 1e-5), purpose="train").seed for _ in range(3)}
+    assert len(fresh) == 3
+    with pytest.raises(ValueError, match="purpose"):
+        derived_seed(5, "other")
+
+
+def test_noisy_rows_are_clamped_strictly_inside_the_fixed_point_range():
+    """Property: a large σ (ε = 0.05) sends entries beyond the plan's |x| < 2**x_int_bits; the
+    rows the protocol gets are clamped inside it (post-processing), so encoding never fails."""
+    from plan import FixedPointPlan, check_features
+    from privacy.input_perturbation import perturb_rows
+    plan = FixedPointPlan()
+    X = np.random.default_rng(0).standard_normal((50, 30))
+    mechanism = InputPerturbation(0.05, 1e-5, seed=1)
+    raw = InputPerturbation(0.05, 1e-5, seed=1).perturb(X)
+    assert np.max(np.abs(raw)) >= 2 ** plan.x_int_bits
+    clamped = perturb_rows(mechanism, X, plan)
+    check_features(clamped, plan)
+    inside = np.abs(raw) < 2 ** plan.x_int_bits
+    assert np.array_equal(clamped[inside], raw[inside])
