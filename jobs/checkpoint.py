@@ -456,8 +456,7 @@ class DataPartyState:
         if budget is None and self.perturbation is not None:
             budget = (self.perturbation["epsilon"], self.perturbation["delta"])
         clip = None if self.perturbation is None else self.perturbation["clip"]
-        return input_perturbation.for_data_party(budget, purpose="predict",
-                                                 init_seed=self.init_seed, clip=clip)
+        return input_perturbation.for_data_party(budget, purpose="predict", clip=clip)
 
     def perturb_rows_to_predict(self, X, dp_epsilon=None, dp_delta=None,
                                 names=("--dp-epsilon", "--dp-delta")) -> np.ndarray:

@@ -45,10 +45,12 @@ Wiring (jobs/simulation.py, network/transport.py, ``Config.dp_epsilon``/``dp_del
 ``--dp-epsilon``/``--dp-delta``): off unless ε is given; δ defaults to ``DEFAULT_DELTA``. The data
 party perturbs its standardised training rows once, before step 0 (call 0 of the training
 seed's stream), the run's test rows with call 1, and rows predicted later from a checkpoint with
-a seed of their own. The seeds are 256 bits from ``secrets``; only when the data party's
-``init_seed`` is given (reproducing a run, never a deployment) are they derived from it,
-SHA-256(domain ‖ purpose ‖ init_seed) (:func:`derived_seed`), so that one process and two
-processes train on the very same noisy rows. The training seed is kept in the data party's own
+a fresh seed of their own. The seeds are 256 bits from ``secrets``. Only the training seed, and
+only when the data party's ``init_seed`` is given (reproducing a run, never a deployment), is
+derived from it, SHA-256(domain ‖ "train" ‖ init_seed) (:func:`derived_seed`), so that one
+process and two processes train on the very same noisy rows. A prediction's seed is always
+fresh: a seed derived once and reused by every later prediction would give two rows predicted
+at the same position the same noise, and their difference x_i − x_j would cross unprotected. The training seed is kept in the data party's own
 checkpoint (beside its private key), so that a resumed run perturbs the same rows the same way.
 """
 
@@ -71,7 +73,7 @@ SEED_DOMAIN = b"acml input perturbation seed from init_seed v1"
 # Larger tables should pass δ ≈ 1/n² themselves. A fixed default, not one computed from n,
 # keeps σ the same in the one-process and the two-process run and at prediction.
 DEFAULT_DELTA = 1e-5
-PURPOSES = ("train", "predict")
+PURPOSES = ("train", "predict")  # only "train" may be derived from an init seed
 
 
 def _check_budget(epsilon, delta) -> tuple[float, float]:
@@ -114,10 +116,11 @@ def derived_seed(init_seed: int, purpose: str) -> int:
     """A noise seed from the data party's init seed: SHA-256(domain ‖ purpose ‖ init_seed).
 
     Only for reproducing a run (tests, ``--init-seed``): whoever knows init_seed knows the noise.
-    ``purpose`` ("train", "predict") keeps the training rows' noise apart from later predictions'.
+    Only the training rows' seed is ever derived (``purpose`` "train"): a prediction's noise is
+    fresh every time (the module docstring says why), so "predict" is refused here.
     """
-    if purpose not in PURPOSES:
-        raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
+    if purpose != "train":
+        raise ValueError(f"only the training seed is derived from an init seed, not {purpose!r}")
     if isinstance(init_seed, bool) or not isinstance(init_seed, int) or init_seed < 0:
         raise ValueError(f"init_seed must be a non-negative integer, got {init_seed!r}")
     length = max(1, (init_seed.bit_length() + 7) // 8)
@@ -129,13 +132,16 @@ def derived_seed(init_seed: int, purpose: str) -> int:
 def for_data_party(budget: tuple | None, *, purpose: str, init_seed: int | None = None,
                    seed: int | None = None, clip: float | None = None):
     """The data party's InputPerturbation for ``budget`` (from :func:`check_options`; None: off,
-    returns None). The seed: ``seed`` if given (a resumed run's, from its checkpoint), else
-    derived from ``init_seed`` if given, else 256 fresh bits from ``secrets``."""
+    returns None). The seed: ``seed`` if given (a resumed run's, from its checkpoint), else, for
+    the training rows, derived from ``init_seed`` if given, else 256 fresh bits from ``secrets``
+    (always, for rows to predict)."""
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
     if budget is None:
         return None
     if seed is None:
-        seed = (secrets.randbits(SEED_BITS) if init_seed is None
-                else derived_seed(init_seed, purpose))
+        seed = (derived_seed(init_seed, purpose) if purpose == "train" and init_seed is not None
+                else secrets.randbits(SEED_BITS))
     return InputPerturbation(*budget, clip, seed=seed)
 
 

@@ -67,3 +67,15 @@ def small_split(n_rows=32, name="breast_cancer"):
     dataset = data.Dataset(dataset.X[keep], dataset.y[keep], dataset.ids[keep],
                            dataset.feature_names, dataset.class_names, name)
     return acml.prepare(dataset, test_fraction=0.25, seed=0)
+
+
+PREDICTION_SEED = 0x5EED  # the tests fix the OS's answer; a real prediction's seed is fresh
+
+
+def fix_prediction_seed(monkeypatch):
+    """Make the data party's fresh prediction seed this known value, so the test can rebuild the
+    noisy rows it sent (secrets.randbits, as input_perturbation calls it, answers the seed)."""
+    import types
+    from privacy import input_perturbation
+    monkeypatch.setattr(input_perturbation, "secrets",
+                        types.SimpleNamespace(randbits=lambda bits: PREDICTION_SEED))

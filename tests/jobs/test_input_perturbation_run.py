@@ -16,6 +16,7 @@ from channel import DATA
 from jobs import checkpoint, data, run_directory
 from jobs.export import export_model, load_model
 from jobs.twin import joint_first_layer
+from conftest import PREDICTION_SEED, fix_prediction_seed
 from privacy.input_perturbation import InputPerturbation, derived_seed, perturb_rows
 
 pytestmark = pytest.mark.filterwarnings("ignore::paillier.InsecureKeyWarning")
@@ -152,17 +153,20 @@ def test_a_corrupted_perturbation_entry_is_one_line(run, tmp_path, change, messa
     assert "\n" not in str(error.value)
 
 
-def test_predict_from_checkpoint_perturbs_the_rows_by_default(split, run):
+
+
+def test_predict_from_checkpoint_perturbs_the_rows_by_default(split, run, monkeypatch):
     """Property: acml.predict from a DP checkpoint scores the rows perturbed with the
-    checkpoint's budget (the seed derived from init_seed for "predict"), not the rows as they
-    are; ``dp_epsilon=inf`` asks for them unperturbed."""
+    checkpoint's budget (with a fresh prediction seed, fixed here by the test), not the rows as
+    they are; ``dp_epsilon=inf`` asks for them unperturbed."""
+    fix_prediction_seed(monkeypatch)
     _, test_set, scaler = split
     result, directory = run
     raw = scaler.mean + test_set.X * scaler.std
     plain = load_model(export_path(directory))
     data_state, _ = run_directory.load_pair(directory, allow_insecure=True)
     mechanism = InputPerturbation(EPSILON, 1e-5, clip=np.sqrt(30),
-                                  seed=derived_seed(0, "predict"))
+                                  seed=PREDICTION_SEED)
     noisy = perturb_rows(mechanism, data_state.standardize(raw), data_state.plan)
     perturbed = acml.predict(directory, raw, allow_insecure=True)
     assert np.max(np.abs(perturbed.scores - plain.mlp.predict_scores(noisy))) < 1e-4

@@ -5,7 +5,6 @@ prediction from both. Loopback only, 512-bit keys through the explicit insecure 
 
 import shutil
 import threading
-import warnings
 
 import numpy as np
 import pytest
@@ -14,7 +13,8 @@ import acml
 from jobs import run_directory
 from jobs.twin import joint_first_layer
 from network import transport, wire
-from privacy.input_perturbation import InputPerturbation, derived_seed, perturb_rows
+from privacy.input_perturbation import InputPerturbation, perturb_rows
+from conftest import PREDICTION_SEED, fix_prediction_seed
 from test_parity import (TIMEOUT, TOKEN, assert_same_weights, config, in_process,  # noqa: F401
                          keypair, over_tcp, parties)  # keypair, parties: test_parity's fixtures
 
@@ -85,11 +85,12 @@ def predict_over_tcp(data_dir, label_dir, ids, X, names, **data_options):
 
 
 def test_two_process_prediction_perturbs_the_rows_as_one_process_does(dp_runs, parties,
-                                                                      tmp_path):
+                                                                      tmp_path, monkeypatch):
     """Property: predicting new rows from each party's own DP checkpoint, the label party's z
-    is the z of the perturbed rows (the checkpoint's ε, δ and C; the "predict" seed from the
-    init seed), not of the rows as they are; and its scores equal acml.predict's on both
-    checkpoints, bit for bit."""
+    is the z of the perturbed rows (the checkpoint's ε, δ and C; a fresh prediction seed, which
+    the test fixes), not of the rows as they are; and its scores equal acml.predict's on both
+    checkpoints with the same seed, bit for bit."""
+    fix_prediction_seed(monkeypatch)
     feature_ids, X, _, _, _ = parties
     names = [f"x{j}" for j in range(X.shape[1])]
     new_ids, new_X = feature_ids[:12], X[:12]
@@ -99,7 +100,7 @@ def test_two_process_prediction_perturbs_the_rows_as_one_process_does(dp_runs, p
                                                       allow_insecure=True)
     standardized = data_state.standardize(new_X)
     mechanism = InputPerturbation(EPSILON, 1e-5, clip=data_state.perturbation["clip"],
-                                  seed=derived_seed(0, "predict"))
+                                  seed=PREDICTION_SEED)
     noisy = perturb_rows(mechanism, standardized, data_state.plan)
     reference = dp_runs["reference"]
     first = joint_first_layer(reference.data_party, reference.label_party)

@@ -135,12 +135,16 @@ def test_options_default_delta_and_off_states():
 
 
 def test_seeds_derived_from_the_init_seed_are_reproducible_and_kept_apart():
-    """Property: the noise seed derived from an init seed is the same every time (one process
-    and two processes perturb alike), differs per purpose (training and prediction never share
-    noise) and per init seed; without an init seed the seed is fresh from secrets."""
+    """Property: the training noise seed derived from an init seed is the same every time (one
+    process and two processes perturb alike) and differs per init seed; a prediction's seed is
+    never derived, so two predictions never share noise; without an init seed every seed is
+    fresh from secrets."""
     from privacy.input_perturbation import derived_seed, for_data_party
     assert derived_seed(5, "train") == derived_seed(5, "train")
-    assert derived_seed(5, "train") != derived_seed(5, "predict")
+    with pytest.raises(ValueError, match="only the training seed"):
+        derived_seed(5, "predict")  # a prediction's noise is never derived: fresh each time
+    predict = {for_data_party((1.0, 1e-5), purpose="predict", init_seed=5).seed for _ in range(3)}
+    assert len(predict) == 3
     assert derived_seed(5, "train") != derived_seed(6, "train")
     assert for_data_party(None, purpose="train", init_seed=5) is None
     a = for_data_party((1.0, 1e-5), purpose="train", init_seed=5)
@@ -148,7 +152,7 @@ def test_seeds_derived_from_the_init_seed_are_reproducible_and_kept_apart():
     fresh = {for_data_party((1.0, 1e-5), purpose="train").seed for _ in range(3)}
     assert len(fresh) == 3
     with pytest.raises(ValueError, match="purpose"):
-        derived_seed(5, "other")
+        for_data_party((1.0, 1e-5), purpose="other")
 
 
 def test_noisy_rows_are_clamped_strictly_inside_the_fixed_point_range():
