@@ -235,7 +235,8 @@ def simulate(scenario: Scenario, flaws: InsecureFlaws = SECURE, *, keypair,
         # leaks).
         label_party = label_class(
             y, sizes, lr=scenario.lr, batch_size=scenario.batch_size, epochs=scenario.epochs,
-            seed=scenario.seed, packing=False, allow_insecure=True, **deviation.get("label", {}))
+            seed=scenario.seed, packing=False, allow_insecure=True,
+            allow_bottom=scenario.bottom is not None, **deviation.get("label", {}))
     channel = Channel(data_party=data_party, label_party=label_party, mode="report",
                       keep_payloads=True)
     public = protocol.setup(channel)

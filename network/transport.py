@@ -483,7 +483,7 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
                     executor=None, progress=None, checkpoint_dir=None, resume: bool = False,
                     class_names=None, insecure_flaws=SECURE, transcript=None,
                     align: str = PSI, idle_fill: bool = True,
-                    stream_chunks: int = STREAM_CHUNKS) -> Session:
+                    stream_chunks: int = STREAM_CHUNKS, allow_bottom: bool = False) -> Session:
     """The label party's whole session over an authenticated connection.
 
     ``config`` is an ``acml.Config`` (jobs/settings.py: hidden widths, activation, lr, momentum,
@@ -497,6 +497,8 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
     own. ``resume=True`` loads it, checks that this run's settings are the checkpoint's but for
     ``config.epochs``, and goes on from the epoch it was saved after. ``idle_fill`` and
     ``stream_chunks``: as for :func:`run_data_party` (``stream_chunks`` must be the same).
+    ``allow_bottom``: consent to a data party with a bottom model (LabelParty.allow_bottom,
+    leak L4); resumed, the checkpoint's recorded consent counts too.
     """
     start_time = time.perf_counter()
     try:
@@ -533,11 +535,12 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
                                 engine=FastEngine(executor=executor), packing=config.packing,
                                 allow_insecure=config.allow_insecure,
                                 allow_insecure_sigma=config.allow_insecure_sigma,
-                                block_rows=config.block_rows)
+                                block_rows=config.block_rows, allow_bottom=allow_bottom)
         else:
             state.check_resumable(config.label_settings(sizes), config.epochs)
             party = state.restore(labels[train_rows], epochs=config.epochs,
-                                  engine=FastEngine(executor=executor), packing=config.packing)
+                                  engine=FastEngine(executor=executor), packing=config.packing,
+                                  allow_bottom=allow_bottom)
         channel.seat(party)
         public = protocol.setup(channel, start="resume" if resume else "new")
         save = None if path is None else run_directory.saver(checkpoint_dir, label_party=party,

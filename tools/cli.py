@@ -528,7 +528,8 @@ def _label_party(args, token, tls, frame_cap, executor, progress, transcript):
                                      progress=progress, checkpoint_dir=args.checkpoint_dir,
                                      resume=args.resume, class_names=class_names,
                                      transcript=transcript, align=args.align,
-                                     stream_chunks=args.stream_chunks)
+                                     stream_chunks=args.stream_chunks,
+                                     allow_bottom=args.allow_bottom)
 
 
 def add_party_parser(commands) -> None:
@@ -565,6 +566,12 @@ def add_party_parser(commands) -> None:
                                  "(the data party has no labels); 0 for none")
     label_role.add_argument("--no-packing", dest="packing", action="store_false",
                             help="one value per ciphertext (the same weights, many times slower)")
+    label_role.add_argument("--allow-bottom", action="store_true",
+                            help="consent to a data party with a bottom model (--bottom): step 4b "
+                                 "then sends it δ·Wᵀ, which gives away label information (leak "
+                                 "L4: separation AUC 0.97-1.000 measured); without it such a "
+                                 "data party is refused at step 0. Recorded in the checkpoint; "
+                                 "prediction needs no consent")
     label_role.add_argument("--out", help="with --predict: write id, predicted_class and the "
                                           "probability of each class here (CSV; default stdout)")
     for role in (data_role, label_role):

@@ -115,7 +115,8 @@ def bottom_runs(keypair, parties, tmp_path_factory):
     data_dir, label_dir = tmp_path_factory.mktemp("data_own"), tmp_path_factory.mktemp("label_own")
     data_party, label_party = over_tcp(keypair, parties, cfg,
                                        data_options=dict(bottom=3, checkpoint_dir=data_dir),
-                                       label_options=dict(checkpoint_dir=label_dir))
+                                       label_options=dict(checkpoint_dir=label_dir,
+                                                          allow_bottom=True))
     return dict(reference=reference, reference_dir=reference_dir, data_party=data_party,
                 label_party=label_party, data_dir=data_dir, label_dir=label_dir)
 
