@@ -270,6 +270,7 @@ def simulate(scenario: Scenario, flaws: InsecureFlaws = SECURE, *, keypair,
     if scenario.test_rows:
         X_test, y_test, _ = load_rows(scenario, test=True)
         data_party.set_rows_to_predict(X_test)
+        truth["X_test"] = X_test
         protocol.predict(channel, public)
         scores = label_party.predictions
         truth["test_accuracy"] = float(np.mean(label_party.classes() == y_test))

@@ -565,7 +565,9 @@ def predict_as_data(connection, ids, X, checkpoint_dir, *, feature_names=None,
                     source: str = "features", executor=None, allow_insecure: bool = False,
                     transcript=None, stream_chunks: int = STREAM_CHUNKS) -> Session:
     """The data party's side of a prediction: its checkpoint, its new rows (raw, as in the
-    features file), their ids (sent to the label party, public, so its output names the rows)."""
+    features file), their ids (sent to the label party in the clear, declared with
+    protocol.IDS_TO_PREDICT_REASON: it writes the predictions keyed by id, so it learns which
+    ids were scored, and by leak L5 each one's z)."""
     start_time = time.perf_counter()
     try:
         state = checkpoint.DataPartyState.load(run_directory.party_path(checkpoint_dir, DATA),
@@ -576,7 +578,8 @@ def predict_as_data(connection, ids, X, checkpoint_dir, *, feature_names=None,
         channel = SocketChannel(connection, DATA, party, sigma=state.plan.sigma,
                                 transcript=transcript, stream_chunks=stream_chunks)
         channel.send("predict", DATA, LABEL, "ids to predict", PUBLIC,
-                     make=lambda _: [str(value) for value in ids], take=None)
+                     make=lambda _: [str(value) for value in ids], take=None,
+                     reason=protocol.IDS_TO_PREDICT_REASON)
         public = protocol.setup(channel, start="predict")
         protocol.predict(channel, public)
         channel.finish()
@@ -598,7 +601,8 @@ def predict_as_label(connection, checkpoint_dir, *, executor=None, allow_insecur
         channel = SocketChannel(connection, LABEL, party, sigma=state.plan.sigma,
                                 transcript=transcript, stream_chunks=stream_chunks)
         channel.send("predict", DATA, LABEL, "ids to predict", PUBLIC, make=None,
-                     take=lambda _, ids: received.update(ids=_check_ids(ids)))
+                     take=lambda _, ids: received.update(ids=_check_ids(ids)),
+                     reason=protocol.IDS_TO_PREDICT_REASON)
         public = protocol.setup(channel, start="predict")
         protocol.predict(channel, public)
         if len(received["ids"]) != len(party.predictions):

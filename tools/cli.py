@@ -30,7 +30,7 @@ from network import alignment
 from network import transport
 from network import wire
 from jobs import simulation
-from jobs.export import REVEAL_FLAG, export_model
+from jobs.export import EXPORT_REVEALS, REVEAL_FLAG, export_model
 from jobs.progress import batch_bar
 from jobs.settings import DEFAULT_KEY_BITS, KEY_BITS_NOTE, Config
 from jobs.data import prepare
@@ -383,8 +383,7 @@ def command_export(args) -> int:
     check_output_file("--out", args.out)
     arrays = export_model(args.checkpoint_dir, args.out, i_understand_this_reveals_the_weights=True)
     names = [name for name in arrays if name.startswith(("bottom.", "layers."))]
-    print(f"wrote {args.out}: {', '.join(names)}"
-          " — these weights are no longer private", file=sys.stderr)
+    print(f"wrote {args.out}: {', '.join(names)} — {EXPORT_REVEALS}", file=sys.stderr)
     return 0
 
 
@@ -765,7 +764,9 @@ def build_parser() -> argparse.ArgumentParser:
     export_parser.add_argument("--checkpoint-dir", metavar="DIR", required=True)
     export_parser.add_argument("--out", required=True, help="the model file (.npz)")
     export_parser.add_argument(REVEAL_FLAG, action="store_true",
-                               help="both parties consent to revealing the weights")
+                               help="both parties consent to revealing the weights, the data "
+                                    "party's feature means and stds, and (leak L5) the rows of "
+                                    "every prediction the label party made with them")
     export_parser.set_defaults(handler=command_export)
     add_party_parser(commands)
     audit_parser = commands.add_parser("audit", help="re-create the six known flaws of production "
