@@ -121,3 +121,17 @@ def test_prediction_with_a_bottom_model_needs_no_consent(bottom_checkpoint):
     protocol.predict(channel, protocol.setup(channel, start="predict"))
     assert not any(m.step == "4b" for m in channel.messages)
     assert len(label_party.predictions) == len(test_set.y)
+
+
+def test_the_estimator_with_a_bottom_model_consents_for_its_user(keypair):
+    """VerticalMLPClassifier(bottom=3): both parties are the user's own in one process, so fit
+    trains through step 4b without being refused."""
+    from tools.estimator import VerticalMLPClassifier
+    train_set, _ = small_split()
+    model = VerticalMLPClassifier(hidden=(2,), epochs=1, batch_size=8, key_bits=KEY_BITS,
+                                  bottom=WIDTH, init_seed=0, allow_insecure=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(train_set.X, train_set.y)
+    assert model.result_.label_party.allow_bottom
+    assert any(m.step == "4b" for m in model.result_.channel.messages)
