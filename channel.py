@@ -183,7 +183,7 @@ class Message:
         """What the receiver learns from ONE such message. Cumulative leaks over many messages
         (z across epochs, say) are the audit's subject: see leaks.py."""
         if self.kind == PUBLIC:
-            return "public information"
+            return f"public: {self.reason}" if self.reason else "public information"
         if self.kind == REVEALED:
             return f"revealed by design: {self.reason}"
         margin = (self.mask_bits or 0) - (self.value_bits or 0)
@@ -600,6 +600,10 @@ CUMULATIVE_LEAKS = [
     "honest run, 0 findings): nothing here detects it",
     "  L3 a deviating data party read W_B through interval masks (one crafted prediction, ~1–2 "
     "bits per ciphertext); the masks are now uniform mod n: 0 of W_B read",
+    "  L5 label party (semi-honest): prediction gives it z_new = X_new·W + b of every row it "
+    "scores, so X_new from d + 2 known predicted rows (R² = 1.000), from its training view alone "
+    "(L1's X, then W; R² = 1.000), or from W after `export`; in two processes it also learns "
+    "which ids were scored",
 ]
 
 

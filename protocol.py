@@ -264,7 +264,11 @@ def train(channel, public: Public, *, after_epoch=None, **watch) -> None:
             after_epoch(epoch + 1)
 
 
-PREDICTION_REASON = "the pre-activation z of the rows to predict"
+PREDICTION_REASON = ("the pre-activation z of the rows to predict: with d + 2 of those rows "
+                     "known, or W, it gives the rows themselves (leak L5)")
+IDS_TO_PREDICT_REASON = ("which ids are being scored: the label party writes the predictions "
+                         "keyed by id, so it must learn them; with leak L5 it also learns each "
+                         "id's z, and so its row")
 
 
 def predict(channel, public: Public) -> None:
@@ -273,6 +277,11 @@ def predict(channel, public: Public) -> None:
     A → B ``rows to predict`` (public): their number; A → B ``[[X_new]]`` (ciphertext, packed
     along the rows as in step 1; with a bottom model [[bottom(X_new)]]); then step 1's two
     messages. The scores end at the label party (``label_party.predictions``).
+
+    Leak L5: B learns z_new = X_new·W + b of every row it scores, as in step 1; with d + 2 of
+    those rows known (or W, after an export, or W rebuilt from its training view with L1) it
+    computes X_new = (z_new − b)·W⁺. No input gradient is sent (no step 4b): predicting with a
+    bottom model needs no consent from the label party.
     """
     with channel.timed("predict"):
         m = channel.send("predict", DATA, LABEL, "rows to predict", PUBLIC,

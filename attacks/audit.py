@@ -235,7 +235,8 @@ def simulate(scenario: Scenario, flaws: InsecureFlaws = SECURE, *, keypair,
         # leaks).
         label_party = label_class(
             y, sizes, lr=scenario.lr, batch_size=scenario.batch_size, epochs=scenario.epochs,
-            seed=scenario.seed, packing=False, allow_insecure=True, **deviation.get("label", {}))
+            seed=scenario.seed, packing=False, allow_insecure=True,
+            allow_bottom=scenario.bottom is not None, **deviation.get("label", {}))
     channel = Channel(data_party=data_party, label_party=label_party, mode="report",
                       keep_payloads=True)
     public = protocol.setup(channel)
@@ -269,6 +270,7 @@ def simulate(scenario: Scenario, flaws: InsecureFlaws = SECURE, *, keypair,
     if scenario.test_rows:
         X_test, y_test, _ = load_rows(scenario, test=True)
         data_party.set_rows_to_predict(X_test)
+        truth["X_test"] = X_test
         protocol.predict(channel, public)
         scores = label_party.predictions
         truth["test_accuracy"] = float(np.mean(label_party.classes() == y_test))

@@ -12,6 +12,10 @@ its price (`python acml.py audit` prints both tables):
 * L3 (data party, malicious): masks uniform only on an interval leak W_B to crafted
   plaintexts. Mitigation: masks uniform mod n (the default).
 * L4 (data party, semi-honest, with a bottom model): labels from δ·Wᵀ.
+* L5 (label party, semi-honest): prediction gives it z_new = X_new·W + b of every row it
+  scores, so X_new = (z_new − b)·W⁺ wherever it learns W's row space: from d + 2 predicted rows
+  it already knows (least squares), from its training view alone (L1's X, then W from z and its
+  own δ), or from W itself after an export.
 
 The plain-array attacks themselves are in leaks.py.
 """
@@ -47,6 +51,8 @@ L1_FAILS_BELOW = 0.5  # R² (against the TRUE X) below which the mitigation hold
 L2_SHIFT_SLACK_BITS = 2
 L3_TAIL = 16  # large multipliers after the geometric part of the chain
 L3_CHAIN = 192  # multipliers in the crafted prediction message (rows of [[X_new]])
+PREDICTED = replace(GRAM, epochs=2, test_rows=120)  # L5: 2 epochs (L1's), then 120 rows scored
+L5_SUCCEEDS_ABOVE = 0.99  # R² of X_new over the predicted rows B did not know
 
 
 def label_view(run: Run, epochs: int | None = None) -> leaks.LabelPartyView:
@@ -96,6 +102,45 @@ def attack_column_space(run: Run, epochs: int, known_rows: int | None = None) ->
             "r2_of_X": leaks.r_squared(result.X[rest], X[rest]),
             "gram_relative_error_without_known_rows": (
                 leaks.relative_error(result.G, X @ X.T) if result.G is not None else None)}
+
+
+def attack_prediction(run: Run, known_rows: int | None = None) -> dict:
+    """L5 from the label party's view of a real run that trained and then predicted: its own z
+    of the predicted rows (z_new = preactivation − b, both its own) gives X_new three ways.
+
+    (a) ``known_rows`` predicted rows it already knows (default d + 2): M = argmin ‖(z_K − b)·M −
+        X_K‖ by least squares, then X̂_new = (z_new − b)·M; with h ≥ d, M = W⁺ exactly.
+    (b) its training view alone: L1's column-space attack (d + 2 known TRAINING rows, as L1)
+        gives X̂ of the training rows; the last batch's z_t − b_t = X_t·W_t gives Ŵ_t, and its own
+        δ_t and the public η the update: Ŵ = Ŵ_t − η·X̂_tᵀ·δ_t, the W the prediction used; then
+        X̂_new = (z_new − b)·Ŵ⁺.
+    (c) after ``export`` (W in model.npz): X̂_new = (z_new − b)·W⁺.
+    Scored against the rows the data party predicted (truth), which no attack reads."""
+    X_new = run.truth["X_test"]  # ground truth, never read by the attacks
+    label = run.label_party
+    z_new = label.preactivation - label.model.layers[0].b  # its own: z + b and b
+    m, d = X_new.shape
+    known_rows = d + 2 if known_rows is None else int(known_rows)
+    known = np.random.default_rng([run.scenario.seed, 0x0C5]).permutation(m)[:known_rows]
+    rest = np.setdiff1d(np.arange(m), known)
+    M, *_ = np.linalg.lstsq(z_new[known], X_new[known], rcond=None)
+    from_known = leaks.r_squared((z_new @ M)[rest], X_new[rest])
+    X = run.data_party.features.decode()  # the training rows: truth for L1's known rows only
+    known_train = np.random.default_rng([run.scenario.seed, 0x0C0]).permutation(len(X))[:d + 2]
+    training = leaks.column_space_attack(label_view(run), d, known_rows=known_train,
+                                         X_known=X[known_train])
+    X_train = training.X
+    last = run.diary[LABEL][-1]
+    rows = np.asarray(last["rows"])
+    W_t, *_ = np.linalg.lstsq(X_train[rows], last["z"] - last["bias"], rcond=None)
+    W_hat = W_t - label.plan.snap_lr(run.scenario.lr) * X_train[rows].T @ last["delta"]
+    from_training = (leaks.r_squared(z_new @ np.linalg.pinv(W_hat), X_new)
+                     if training.determined else None)
+    from_export = leaks.r_squared(z_new @ np.linalg.pinv(run.truth["W_final"]), X_new)
+    return {"predicted_rows": int(m), "known_predicted_rows": known_rows,
+            "r2_from_known_predicted_rows": from_known,
+            "r2_from_training_view": from_training, "r2_from_exported_W": from_export,
+            "training_view_r2_of_X": leaks.r_squared(X_train, X) if training.determined else None}
 
 
 class SelectingLabelParty(LabelParty):
@@ -283,7 +328,7 @@ class OwnLeak:
 
 
 class OwnLeakAuditor:
-    """The four leaks of this protocol itself, each on a real run, each with its mitigation."""
+    """The five leaks of this protocol itself, each on a real run, each with its mitigation."""
 
     def __init__(self, keypair=None, key_bits: int = DEFAULT_KEY_BITS, *, quick: bool = False):
         self.auditor = Auditor(keypair, key_bits)
@@ -428,8 +473,29 @@ class OwnLeakAuditor:
             None, None, "no bottom model: the data party's own layer is lost", curve,
             {"rows_scored": int(len(y))})
 
+    def prediction(self) -> OwnLeak:
+        run = self._run(PREDICTED)
+        outcome = attack_prediction(run)
+        value = outcome["r2_from_known_predicted_rows"]
+        d, h = run.data_party.n_features, PREDICTED.hidden[0]
+        return OwnLeak(
+            "L5", "X_new from the z of predicted rows", LABEL, SEMI_HONEST,
+            f"{outcome['predicted_rows']} rows predicted after {PREDICTED.epochs} epochs on "
+            f"{PREDICTED.rows} rows (d = {d}, h = {h} ≥ d); {d + 2} predicted rows known (d + 2)",
+            "R² of X_new over the predicted rows B did not know", value,
+            f"succeeds when > {L5_SUCCEEDS_ABOVE}; also measured: from the training view alone "
+            f"(L1's X, then W from the last batch's z and δ) R² "
+            f"{_number(outcome['r2_from_training_view'])}, from the exported W R² "
+            f"{_number(outcome['r2_from_exported_W'])}",
+            bool(value > L5_SUCCEEDS_ABOVE),
+            "none in the protocol: the label party computes the scores, so it sees z_new, as "
+            "in step 1. Input perturbation (privacy/input_perturbation.py) perturbs the rows to "
+            "predict too, so what z_new gives is then the noisy rows (not measured here)",
+            None, None, "—",
+            details={**outcome, "channel_findings": len(run.findings())})
+
     def all(self) -> list[OwnLeak]:
-        return [self.gram(), self.select(), self.multipliers(), self.labels()]
+        return [self.gram(), self.select(), self.multipliers(), self.labels(), self.prediction()]
 
 
 def run_own_leaks(keypair=None, key_bits: int = DEFAULT_KEY_BITS, *, quick=False) -> list[OwnLeak]:

@@ -567,6 +567,10 @@ class LabelPartyState:
     # The label party's proven bound on |W_int| (it grows with every update): packing checks
     # each slot against it, so a resumed run must start from it, not from the initial bound.
     weight_bound: int | None = None
+    # The label party's consent to a bottom model at the data party (LabelParty.allow_bottom:
+    # step 4b's δ·Wᵀ, leak L4), saved as "step_4b_consent" so that a resumed run goes on without
+    # asking again. Files from before it was recorded read as no consent.
+    allow_bottom: bool = False
 
     @property
     def layer_sizes(self) -> tuple:
@@ -593,14 +597,15 @@ class LabelPartyState:
                    Fixed.from_ints(party.weight_share.values, party.weight_share.scale),
                    parameters, party.optimizer.state_dict(), int(epochs_completed),
                    [str(name) for name in names], integers_digest(party.labels),
-                   party.weight_bound)
+                   party.weight_bound, party.allow_bottom)
 
     def save(self, path) -> None:
         meta = {"public_key_fingerprint": self.public_key.fingerprint,
                 "weight_bound": None if self.weight_bound is None else to_decimal(self.weight_bound),
                 "epochs_completed": self.epochs_completed, "fixed_point": self.plan.to_dict(),
                 "training": self.training, "weight_share_scale": self.weight_share.scale,
-                "class_names": self.class_names, "labels_sha256": self.labels_sha256}
+                "class_names": self.class_names, "labels_sha256": self.labels_sha256,
+                "step_4b_consent": self.allow_bottom}
         arrays = {"public_key.n": _decimal_strings(self.public_key.n),
                   "weight_share": _decimal_strings(self.weight_share.values), **self.parameters}
         arrays.update({f"optimizer.velocity.{name}": np.asarray(value, dtype=np.float64)
@@ -661,19 +666,24 @@ class LabelPartyState:
         velocity = {name: _floats(arrays, f"optimizer.velocity.{name}", shapes[name], path)
                     for name in sorted(velocity_names)}
         names = meta.get("class_names")
+        consent = meta.get("step_4b_consent", False)  # files from before it: no consent
+        if not isinstance(consent, bool):
+            raise ValueError(f"{path}: corrupted checkpoint: step_4b_consent must be true or "
+                             f"false, got {str(consent)[:40]}")
         n_classes = 2 if sizes[-1] == 1 else sizes[-1]
         if not isinstance(names, list) or len(names) != n_classes:
             raise ValueError(f"{path}: corrupted checkpoint: expected {n_classes} class names")
         return cls(public_key, plan, training, Fixed.from_ints(share, plan.w_frac_bits),
                    parameters, velocity, _meta_int(meta, "epochs_completed", path),
                    [str(name) for name in names], str(meta.get("labels_sha256")),
-                   _optional_big_int(meta, "weight_bound", path))
+                   _optional_big_int(meta, "weight_bound", path), consent)
 
     def restore(self, y=None, *, epochs: int | None = None, engine=None,
-                packing: bool = True) -> LabelParty:
+                packing: bool = True, allow_bottom: bool = False) -> LabelParty:
         """A LabelParty with this state. ``y`` (resuming) must be the checkpoint's own labels;
         None gives a party that only predicts. ``epochs`` replaces the planned epoch count.
-        ``engine``: as for LabelParty."""
+        ``engine``: as for LabelParty. Its consent to a bottom model is the recorded one, or
+        ``allow_bottom`` given now (consent once given is not withdrawn by a resume)."""
         t = self.training
         labels = np.zeros(0, dtype=np.int64) if y is None else np.asarray(y)
         restored = Restored(Fixed.from_ints(self.weight_share.values, self.weight_share.scale),
@@ -685,7 +695,8 @@ class LabelPartyState:
                            epochs=t["epochs"] if epochs is None else epochs, seed=t["seed"],
                            plan=self.plan, engine=engine, packing=packing,
                            public_key=self.public_key, restored=restored,
-                           block_rows=t["block_rows"])
+                           block_rows=t["block_rows"],
+                           allow_bottom=self.allow_bottom or allow_bottom)
         if y is not None and integers_digest(party.labels) != self.labels_sha256:
             raise ValueError("these are not the labels the label party's checkpoint was trained "
                              "on (their sha256 differs): resume with the same rows and settings")

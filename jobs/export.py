@@ -4,6 +4,11 @@
 (no pickle); ``load_model`` reads it back into a :class:`PlainModel` with the same ``predict`` /
 ``predict_proba`` surface as the estimator. A file of its own because nothing else in the
 library ever joins the shares.
+
+What the file reveals besides W (EXPORT_REVEALS): the data party's feature statistics (the
+mean and std of every feature over its training rows), and, since it holds W, the rows of
+every prediction made with this model: the label party saw z = X_new·W + b of each row it
+scored, so z·W⁺ gives X_new for all of them (leak L5; with h ≥ d, exactly).
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from parties import BottomModel
 
 REVEAL_FLAG = "--i-understand-this-reveals-the-weights"
 MODEL_FORMAT = "acml-plaintext-model"
+EXPORT_REVEALS = ("these weights are no longer private, nor the data party's feature means and "
+                  "stds, nor (with W and the z it saw, leak L5) every row the label party ever "
+                  "predicted")
 
 
 def export_model(checkpoint_dir, out, *, i_understand_this_reveals_the_weights: bool = False
@@ -34,6 +42,10 @@ def export_model(checkpoint_dir, out, *, i_understand_this_reveals_the_weights: 
     ``bottom.b`` (the model is then bottom, then the MLP); and ``architecture``, a JSON string
     (layer sizes, activation, loss, feature and class names, and ``bottom``: null or its
     n_features, width and activation). Returns the arrays written.
+
+    Caveat: besides W the file reveals the data party's feature statistics (mean and std), and
+    to a label party that kept the z of its predictions, X_new = (z − b)·W⁺ of every row it
+    ever predicted (leak L5).
     """
     if not i_understand_this_reveals_the_weights:
         raise ValueError("export combines both parties' shares into the plaintext weights, "

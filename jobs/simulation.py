@@ -221,7 +221,8 @@ def new_parties(train_set, config: Config, sizes, keypair, executor,
                               engine=FastEngine(executor=executor, precompute=precompute),
                               packing=config.packing, allow_insecure=config.allow_insecure,
                               allow_insecure_sigma=config.allow_insecure_sigma,
-                              block_rows=config.block_rows)
+                              block_rows=config.block_rows,
+                              allow_bottom=config.bottom is not None)  # both are the user's own
     return data_party, label_party
 
 
@@ -235,7 +236,8 @@ def resumed_parties(pair, train_set, config: Config, sizes, executor):
     label_state.check_resumable(config.label_settings(sizes), config.epochs)
     data_party = data_state.restore(train_set.X, engine=FastEngine(executor=executor))
     label_party = label_state.restore(train_set.y, epochs=config.epochs,
-                                      engine=FastEngine(executor=executor), packing=config.packing)
+                                      engine=FastEngine(executor=executor), packing=config.packing,
+                                      allow_bottom=config.bottom is not None)
     return data_party, label_party
 
 

@@ -499,7 +499,7 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
                     executor=None, progress=None, checkpoint_dir=None, resume: bool = False,
                     class_names=None, insecure_flaws=SECURE, transcript=None,
                     align: str = PSI, idle_fill: bool = True,
-                    stream_chunks: int = STREAM_CHUNKS) -> Session:
+                    stream_chunks: int = STREAM_CHUNKS, allow_bottom: bool = False) -> Session:
     """The label party's whole session over an authenticated connection.
 
     ``config`` is an ``acml.Config`` (jobs/settings.py: hidden widths, activation, lr, momentum,
@@ -513,6 +513,8 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
     own. ``resume=True`` loads it, checks that this run's settings are the checkpoint's but for
     ``config.epochs``, and goes on from the epoch it was saved after. ``idle_fill`` and
     ``stream_chunks``: as for :func:`run_data_party` (``stream_chunks`` must be the same).
+    ``allow_bottom``: consent to a data party with a bottom model (LabelParty.allow_bottom,
+    leak L4); resumed, the checkpoint's recorded consent counts too.
     """
     start_time = time.perf_counter()
     try:
@@ -549,11 +551,12 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
                                 engine=FastEngine(executor=executor), packing=config.packing,
                                 allow_insecure=config.allow_insecure,
                                 allow_insecure_sigma=config.allow_insecure_sigma,
-                                block_rows=config.block_rows)
+                                block_rows=config.block_rows, allow_bottom=allow_bottom)
         else:
             state.check_resumable(config.label_settings(sizes), config.epochs)
             party = state.restore(labels[train_rows], epochs=config.epochs,
-                                  engine=FastEngine(executor=executor), packing=config.packing)
+                                  engine=FastEngine(executor=executor), packing=config.packing,
+                                  allow_bottom=allow_bottom)
         channel.seat(party)
         public = protocol.setup(channel, start="resume" if resume else "new")
         save = None if path is None else run_directory.saver(checkpoint_dir, label_party=party,
@@ -579,9 +582,11 @@ def predict_as_data(connection, ids, X, checkpoint_dir, *, feature_names=None,
                     transcript=None, stream_chunks: int = STREAM_CHUNKS, dp_epsilon=None,
                     dp_delta=None) -> Session:
     """The data party's side of a prediction: its checkpoint, its new rows (raw, as in the
-    features file), their ids (sent to the label party, public, so its output names the rows).
-    The rows are perturbed as the checkpoint's training rows were, or with ``dp_epsilon``/
-    ``dp_delta`` instead (DataPartyState.perturb_rows_to_predict)."""
+    features file), their ids (sent to the label party in the clear, declared with
+    protocol.IDS_TO_PREDICT_REASON: it writes the predictions keyed by id, so it learns which
+    ids were scored, and by leak L5 each one's z). The rows are perturbed as the checkpoint's
+    training rows were, or with ``dp_epsilon``/``dp_delta`` instead
+    (DataPartyState.perturb_rows_to_predict)."""
     start_time = time.perf_counter()
     try:
         state = checkpoint.DataPartyState.load(run_directory.party_path(checkpoint_dir, DATA),
@@ -593,7 +598,8 @@ def predict_as_data(connection, ids, X, checkpoint_dir, *, feature_names=None,
         channel = SocketChannel(connection, DATA, party, sigma=state.plan.sigma,
                                 transcript=transcript, stream_chunks=stream_chunks)
         channel.send("predict", DATA, LABEL, "ids to predict", PUBLIC,
-                     make=lambda _: [str(value) for value in ids], take=None)
+                     make=lambda _: [str(value) for value in ids], take=None,
+                     reason=protocol.IDS_TO_PREDICT_REASON)
         public = protocol.setup(channel, start="predict")
         protocol.predict(channel, public)
         channel.finish()
@@ -615,7 +621,8 @@ def predict_as_label(connection, checkpoint_dir, *, executor=None, allow_insecur
         channel = SocketChannel(connection, LABEL, party, sigma=state.plan.sigma,
                                 transcript=transcript, stream_chunks=stream_chunks)
         channel.send("predict", DATA, LABEL, "ids to predict", PUBLIC, make=None,
-                     take=lambda _, ids: received.update(ids=_check_ids(ids)))
+                     take=lambda _, ids: received.update(ids=_check_ids(ids)),
+                     reason=protocol.IDS_TO_PREDICT_REASON)
         public = protocol.setup(channel, start="predict")
         protocol.predict(channel, public)
         if len(received["ids"]) != len(party.predictions):

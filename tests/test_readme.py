@@ -1,5 +1,6 @@
 """The README is the contract with a fresh machine: its commands are the ones CI runs."""
 
+import inspect
 import pathlib
 import re
 
@@ -61,3 +62,30 @@ def test_every_code_folder_says_its_job_in_one_line():
     for init in ROOT.glob("*/__init__.py"):
         text = init.read_text().strip()
         assert text.startswith('"""') and text.endswith('"""') and "\n" not in text, init
+
+
+def leak_names(pattern, text):
+    return sorted(set(re.findall(pattern, text)))
+
+
+def test_every_list_of_the_protocols_own_leaks_names_the_same_leaks():
+    """The README's threat model (its bullets and the audit's table), PROTOCOL.md's leaks
+    section, the channel report's cumulative lines and the audit's module (the rows it
+    builds) list the same leaks, L1 to L5: a leak added to one and not the others fails."""
+    from attacks import own_leaks
+    import channel
+    threat_model = README[README.index("## Threat model and known leaks"):]
+    threat_model = threat_model[:threat_model.index("\n## ")]
+    table = README[README.index("### The protocol's own leaks"):]
+    table = table[:table.index("\n### ")]
+    protocol_notes = (ROOT / "PROTOCOL.md").read_text()
+    protocol_notes = protocol_notes[protocol_notes.index("## 7. Threat model"):]
+    protocol_notes = protocol_notes[:protocol_notes.index("\n## ")]
+    expected = [f"L{k}" for k in range(1, 6)]
+    assert leak_names(r"\*\*(L\d),", threat_model) == expected
+    assert leak_names(r"(?m)^\| (L\d) \|", table) == expected
+    assert leak_names(r"(?m)^  (L\d) ", "\n".join(channel.CUMULATIVE_LEAKS)) == expected
+    assert leak_names(r"(?m)^\* (L\d) \(", own_leaks.__doc__) == expected
+    assert set(expected) <= set(re.findall(r"L\d", protocol_notes))
+    auditor = inspect.getsource(own_leaks.OwnLeakAuditor)
+    assert leak_names(r'OwnLeak\(\s*"(L\d)"', auditor) == expected  # the rows the audit builds

@@ -147,7 +147,8 @@ def test_parties_set_all_their_state_in_init(keypair, bottom):
     data_party = DataParty(train_set.X, plan=cfg.plan, keypair=keypair, init_seed=0,
                            bottom=bottom)
     label_party = LabelParty(train_set.y, sizes, lr=cfg.lr, batch_size=cfg.batch_size,
-                             epochs=1, seed=0, plan=cfg.plan, allow_insecure=True)
+                             epochs=1, seed=0, plan=cfg.plan, allow_insecure=True,
+                             allow_bottom=bottom is not None)
     before = {party: set(vars(party)) for party in (data_party, label_party)}
     channel = Channel(data_party=data_party, label_party=label_party)
     public = protocol.setup(channel)

@@ -30,7 +30,7 @@ from network import alignment
 from network import transport
 from network import wire
 from jobs import simulation
-from jobs.export import REVEAL_FLAG, export_model
+from jobs.export import EXPORT_REVEALS, REVEAL_FLAG, export_model
 from jobs.progress import batch_bar
 from jobs.settings import DEFAULT_KEY_BITS, KEY_BITS_NOTE, Config
 from jobs.data import prepare
@@ -427,8 +427,7 @@ def command_export(args) -> int:
     check_output_file("--out", args.out)
     arrays = export_model(args.checkpoint_dir, args.out, i_understand_this_reveals_the_weights=True)
     names = [name for name in arrays if name.startswith(("bottom.", "layers."))]
-    print(f"wrote {args.out}: {', '.join(names)}"
-          " — these weights are no longer private", file=sys.stderr)
+    print(f"wrote {args.out}: {', '.join(names)} — {EXPORT_REVEALS}", file=sys.stderr)
     return 0
 
 
@@ -576,7 +575,8 @@ def _label_party(args, token, tls, frame_cap, executor, progress, transcript):
                                      progress=progress, checkpoint_dir=args.checkpoint_dir,
                                      resume=args.resume, class_names=class_names,
                                      transcript=transcript, align=args.align,
-                                     stream_chunks=args.stream_chunks)
+                                     stream_chunks=args.stream_chunks,
+                                     allow_bottom=args.allow_bottom)
 
 
 def add_party_parser(commands) -> None:
@@ -614,6 +614,12 @@ def add_party_parser(commands) -> None:
                                  "(the data party has no labels); 0 for none")
     label_role.add_argument("--no-packing", dest="packing", action="store_false",
                             help="one value per ciphertext (the same weights, many times slower)")
+    label_role.add_argument("--allow-bottom", action="store_true",
+                            help="consent to a data party with a bottom model (--bottom): step 4b "
+                                 "then sends it δ·Wᵀ, which gives away label information (leak "
+                                 "L4: separation AUC 0.97-1.000 measured); without it such a "
+                                 "data party is refused at step 0. Recorded in the checkpoint; "
+                                 "prediction needs no consent")
     label_role.add_argument("--out", help="with --predict: write id, predicted_class and the "
                                           "probability of each class here (CSV; default stdout)")
     for role in (data_role, label_role):
@@ -808,7 +814,9 @@ def build_parser() -> argparse.ArgumentParser:
     export_parser.add_argument("--checkpoint-dir", metavar="DIR", required=True)
     export_parser.add_argument("--out", required=True, help="the model file (.npz)")
     export_parser.add_argument(REVEAL_FLAG, action="store_true",
-                               help="both parties consent to revealing the weights")
+                               help="both parties consent to revealing the weights, the data "
+                                    "party's feature means and stds, and (leak L5) the rows of "
+                                    "every prediction the label party made with them")
     export_parser.set_defaults(handler=command_export)
     add_party_parser(commands)
     audit_parser = commands.add_parser("audit", help="re-create the six known flaws of production "

@@ -43,7 +43,8 @@ def make_parties(X, y, keypair, *, hidden=4, batch_size=16, bottom=None, flaws=S
         data_party = data_class(X, keypair=keypair, init_seed=0, bottom=bottom,
                                 mask_source=sources.get("data_source"))
         label_party = label_class(y, sizes, batch_size=batch_size, seed=0, packing=packing,
-                                  mask_source=sources.get("label_source"), allow_insecure=True)
+                                  mask_source=sources.get("label_source"), allow_insecure=True,
+                                  allow_bottom=bottom is not None)
     return data_party, label_party
 
 

@@ -148,3 +148,17 @@ def test_own_leaks_table_quick(keypair):
     assert "L3" in text and "malicious" in text and "semi-honest" in text
     assert all(row.succeeds for row in rows)
     assert rows[0].mitigated_fails
+
+
+def test_l5_prediction_gives_the_label_party_the_predicted_rows(keypair):
+    """Protects the L5 claim: after a real run that trains 2 epochs and predicts, the label
+    party's own z of the predicted rows gives X_new with R² > 0.99 from d + 2 known predicted
+    rows, and from its training view alone (L1's X, then W) as well; the audit's row says so."""
+    row = own_leaks.OwnLeakAuditor(keypair).prediction()
+    assert row.leak == "L5" and row.party == "label" and row.model == own_leaks.SEMI_HONEST
+    assert row.succeeds and row.value > 0.99
+    assert row.details["known_predicted_rows"] == 10  # d + 2, d = 8
+    assert row.details["r2_from_training_view"] > 0.99
+    assert row.details["r2_from_exported_W"] > 0.99
+    assert row.details["channel_findings"] == 0
+    assert "L5" in own_leaks.format_own_leaks([row])

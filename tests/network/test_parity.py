@@ -27,7 +27,8 @@ from jobs import data
 import nn
 from network import transport
 from network import wire
-from channel import DATA, LeakageError
+from channel import DATA, LeakageError, leakage_lines
+import protocol
 from attacks.flaws import InsecureFlaws, InsecureFlawWarning
 from fixed import Fixed
 from test_transport import (ROOT, TIMEOUT, TOKEN, cli, environment, label_args, run_pair,
@@ -115,7 +116,8 @@ def bottom_runs(keypair, parties, tmp_path_factory):
     data_dir, label_dir = tmp_path_factory.mktemp("data_own"), tmp_path_factory.mktemp("label_own")
     data_party, label_party = over_tcp(keypair, parties, cfg,
                                        data_options=dict(bottom=3, checkpoint_dir=data_dir),
-                                       label_options=dict(checkpoint_dir=label_dir))
+                                       label_options=dict(checkpoint_dir=label_dir,
+                                                          allow_bottom=True))
     return dict(reference=reference, reference_dir=reference_dir, data_party=data_party,
                 label_party=label_party, data_dir=data_dir, label_dir=label_dir)
 
@@ -158,6 +160,25 @@ def predict_over_tcp(data_dir, label_dir, ids, X, names):
     assert not thread.is_alive(), "the data party's thread did not end"
     assert "data_error" not in out and "label_error" not in out, out
     return out["label"]
+
+
+def test_two_process_prediction_declares_the_ids_to_predict_and_leak_l5(bottom_runs, parties):
+    """The ids to predict cross in the clear: the message is declared with the reason (the
+    label party writes predictions keyed by id, so it learns which ids were scored, and by L5
+    their rows), and the label party's report lines name L5, what prediction gives it."""
+    feature_ids, X, _, _, _ = parties
+    names = [f"x{j}" for j in range(X.shape[1])]
+    session, _, _ = predict_over_tcp(bottom_runs["data_dir"], bottom_runs["label_dir"],
+                                     feature_ids[:4], X[:4], names)
+    declared = {row["name"]: row for row in session.channel.report()}
+    ids_row = declared["ids to predict"]
+    assert ids_row["kind"] == "public" and ids_row["learned"] == (
+        "public: " + protocol.IDS_TO_PREDICT_REASON)
+    assert "which ids are being scored" in ids_row["learned"] and "L5" in ids_row["learned"]
+    assert "L5" in declared["X·W + ε_B"]["learned"]
+    lines = leakage_lines(session.channel.report())
+    assert any(line.startswith("  L5 label party (semi-honest): prediction") for line in lines)
+    assert not any(m.step == "4b" for m in session.channel.messages)  # no consent needed
 
 
 def test_two_process_prediction_equals_in_process_prediction_on_both_checkpoints(

@@ -817,3 +817,35 @@ def test_the_two_parties_must_choose_the_same_alignment(tmp_path):
         "'psi': both must choose the same (--align)"]
     assert len(label.stderr.strip().splitlines()) == 1
     assert "closed the connection" in label.stderr
+
+
+def test_a_label_party_without_allow_bottom_refuses_a_bottom_model_in_one_line_then_consents(
+        tmp_path):
+    """`party data --bottom 3` against `party label` on default options: the label party
+    refuses at step 0 (exit 2, one line naming --allow-bottom and leak L4) and the data party
+    ends with one line too; with --allow-bottom the same pair trains to the end."""
+    feature_ids, X, label_ids, y, _ = two_party_data(n_rows=40)
+    features, labels, token = write_csvs(tmp_path, feature_ids, X, label_ids, y)
+    data_process, port = start_data_party(features, token, "--bottom", "3")
+    try:
+        label = subprocess.run(label_args(labels, token, port), cwd=ROOT, env=environment(),
+                               capture_output=True, text=True, timeout=TIMEOUT)
+        _, data_err = data_process.communicate(timeout=TIMEOUT)
+    finally:
+        data_process.kill()
+    assert label.returncode == 2
+    lines = label.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--allow-bottom" in lines[0] and "L4" in lines[0], label.stderr
+    assert lines[0].startswith("acml.py party label: error: refusing the data party's bottom")
+    assert data_process.returncode == 2 and len(data_err.strip().splitlines()) == 1, data_err
+
+    data_process, port = start_data_party(features, token, "--bottom", "3")
+    try:
+        label = subprocess.run(label_args(labels, token, port, "--allow-bottom", "--epochs", "1"),
+                               cwd=ROOT, env=environment(), capture_output=True, text=True,
+                               timeout=TIMEOUT)
+        data_out, data_err = data_process.communicate(timeout=TIMEOUT)
+    finally:
+        data_process.kill()
+    assert label.returncode == 0, label.stderr
+    assert data_process.returncode == 0, data_err

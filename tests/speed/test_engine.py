@@ -64,7 +64,8 @@ def run(keypair, engine, *, packing=False, bottom=None, seeded=False):
                            engine=new_engine(), mask_source=masks(1))
     label_party = LabelParty(train_set.y, sizes, lr=0.1, batch_size=BATCH, epochs=EPOCHS,
                              seed=0, plan=plan, engine=new_engine(), packing=packing,
-                             allow_insecure=True, mask_source=masks(2))
+                             allow_insecure=True, mask_source=masks(2),
+                             allow_bottom=bottom is not None)
     channel = Channel(data_party=data_party, label_party=label_party, keep_payloads=True,
                       mode="report" if seeded else "raise",
                       stream_chunks=STREAM_CHUNKS if engine == "fast" else 1)
