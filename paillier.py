@@ -877,42 +877,58 @@ def check_ciphertexts(ciphertexts, public_key, where=None):
 # The arithmetic the two parties need, the textbook way
 # ---------------------------------------------------------------------------------------------
 class TextbookEngine:
-    """The arithmetic of the protocol's steps, as the operations above compute it: nothing else.
+    """The arithmetic of the protocol's steps, exactly as Paillier's paper writes it: nothing else.
 
     parties.py calls only these methods for its Paillier work, so that each party method reads
-    as the math of its step. This engine does each operation value by value with the plain
-    encryption, decryption, addition and multiplication by a constant of this file: no packing,
-    no precomputed randomness, no workers, no streaming. speed/engine.py's FastEngine has the
-    same methods and gives the same plaintexts (and the same weights, bit for bit), faster.
+    as the math of its step. Here each operation is the textbook formula, value by value:
 
-    The masks are drawn by the parties, never here: an engine only adds them under encryption.
+    * encrypt:   c = (1 + m·n) · rⁿ mod n², a fresh uniform r for every value (the public-key
+      formula, even at the key owner: no CRT, no fixed-base tables);
+    * decrypt:   m = L(c^λ mod n²) · μ mod n, λ = lcm(p − 1, q − 1), μ = L((1 + n)^λ mod n²)⁻¹;
+    * add:       [[a]]·[[b]] = [[a + b]];  multiply by a constant: [[a]]^k = [[k·a]].
+
+    No packing decision, no precomputed randomness, no workers, no streaming: speed/engine.py's
+    FastEngine has the same methods and gives the same plaintexts (and the same weights, bit for
+    bit: tests/speed/test_engine.py), faster. The masks are drawn by the parties, never here: an
+    engine only adds them under encryption.
     """
 
     def encrypt(self, private_key, fixed, *, progress=None):
-        """[[fixed]]: each value encrypted with a fresh r (the key owner's PrivateKey.encrypt).
+        """[[fixed]]: each value (1 + m·n)·rⁿ mod n² with a fresh uniform r. The key owner
+        encrypts like anyone else here (``private_key`` only names whose key it is).
         ``progress(done, total)``, if given, hears of the rows once all are done."""
-        encrypted = private_key.encrypt(fixed)
+        encrypted = private_key.public_key.encrypt(fixed, randomness="textbook")
         if progress is not None:
             progress(fixed.shape[0], fixed.shape[0])
         return encrypted
 
     def decrypt(self, private_key, encrypted):
-        """The residues in [0, n) of [[v]]. ``encrypted`` may also be the row blocks of a
-        streamed message (any iterable of EncryptedArrays in row order): decrypted one by one."""
-        if isinstance(encrypted, EncryptedArray):
-            return private_key.decrypt_residues(encrypted)
-        blocks = [private_key.decrypt_residues(block) for block in encrypted]
-        return np.concatenate(blocks, axis=0)
+        """The residues in [0, n) of [[v]]: L(c^λ mod n²)·μ mod n for each ciphertext.
+        ``encrypted`` may also be the row blocks of a streamed message (any iterable of
+        EncryptedArrays in row order): decrypted one by one."""
+        if not isinstance(encrypted, EncryptedArray):
+            return np.concatenate([self.decrypt(private_key, block) for block in encrypted],
+                                  axis=0)
+        private_key.check_owner(encrypted)
+        public_key = private_key.public_key
+        n, nsquare = public_key.n, public_key.nsquare
+        lam = math.lcm(private_key.p - 1, private_key.q - 1)
+        mu = invert(L(powmod(public_key.g, lam, nsquare), n), n)
+        residues = [int(L(powmod(c, lam, nsquare), n) * mu % n)
+                    for c in encrypted.ciphertexts.ravel().tolist()]
+        OP_COUNTS["decrypt"] += len(residues)
+        return object_array(residues, encrypted.shape)
 
     def matmul(self, encrypted, weights):
         """[[A]]·W for plaintext weights W: out[i, j] = Π_t [[A[i, t]]]^W[t, j] mod n²."""
         return encrypted @ weights
 
     def add_mask(self, encrypted, mask):
-        """[[v + ε mod n]] = [[v]] · E(ε mod n) with a fresh r: adds the integer mask ε and, with
-        the fresh r, re-randomises the result (its randomness no longer tells how v was made)."""
+        """[[v + ε mod n]] = [[v]] · [[ε mod n]], the mask encrypted with a fresh uniform r: adds
+        the integer mask ε and, with the fresh r, re-randomises the result (its randomness no
+        longer tells how v was made)."""
         public_key = encrypted.public_key
-        fresh = [public_key.raw_encrypt(int(value) % public_key.n)
+        fresh = [public_key.raw_encrypt(int(value) % public_key.n, randomness="textbook")
                  for value in np.asarray(mask, dtype=object).ravel().tolist()]
         OP_COUNTS["encrypt"] += len(fresh)
         return encrypted + EncryptedArray(public_key, object_array(fresh, encrypted.shape),
@@ -923,8 +939,8 @@ class TextbookEngine:
         return self.add_mask(self.matmul(encrypted, weights), mask)
 
     def rerandomize(self, encrypted):
-        """The same plaintexts under fresh randomness: each ciphertext times a fresh r^n."""
-        return encrypted.rerandomize()
+        """The same plaintexts under fresh randomness: each ciphertext times rⁿ, r fresh."""
+        return encrypted.rerandomize(randomness="textbook")
 
     def start(self, key, public, *, training):
         """The end of step 0 (the public facts known). Nothing to prepare, the textbook way."""

@@ -163,6 +163,23 @@ def test_the_fast_engine_packed_trains_the_textbook_model(keypair):
     assert_same_model(textbook, packed, shares=True)
 
 
+def test_the_textbook_engine_uses_only_the_textbook_formulas(keypair, monkeypatch):
+    """The textbook engine is the paper's Paillier and nothing faster: with the key owner's CRT
+    path, its fixed-base tables and DJN randomness all made to fail, a whole run (training and
+    prediction) still goes through, and trains the fast engine's model bit for bit."""
+    def refuse(name):
+        def refused(*args, **kwargs):
+            raise AssertionError(f"{name} used by the textbook engine")
+        return refused
+    fast = run(keypair, "fast", seeded=True)
+    for name in ("crt_constants", "crt_decrypt", "raw_encrypt", "encrypt", "decrypt_residues"):
+        monkeypatch.setattr(paillier.PrivateKey, name, refuse(f"PrivateKey.{name}"))
+    monkeypatch.setattr(paillier, "fixed_base_table", refuse("fixed_base_table"))
+    monkeypatch.setattr(paillier.PublicKey, "djn_randomizer", refuse("DJN randomness"))
+    textbook = run(keypair, "textbook", seeded=True)
+    assert_same_model(textbook, fast, shares=True)
+
+
 def test_parties_do_their_paillier_work_only_through_the_engine(keypair):
     """A party whose engine refuses everything fails at its first Paillier operation: no party
     method encrypts, decrypts or multiplies under encryption by itself."""
