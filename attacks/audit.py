@@ -517,8 +517,8 @@ class FlawAudit:
                "attack_on_flawed": self.flawed.value, "attack_on_real": self.real.value,
                "attack_succeeds_on_flawed": self.succeeds_on_flawed,
                "attack_fails_on_real": self.fails_on_real,
-               "details_flawed": _plain(self.flawed.details),
-               "details_real": _plain(self.real.details)}
+               "details_flawed": json_details(self.flawed.details),
+               "details_real": json_details(self.real.details)}
         if self.declared_leak is not None:
             out["attack_on_real_with_bottom_model"] = self.declared_leak.value
             out["note"] = ("with a bottom model the real protocol reveals δ·Wᵀ to the data party "
@@ -526,7 +526,9 @@ class FlawAudit:
         return out
 
 
-def _plain(details: dict) -> dict:
+def json_details(details: dict) -> dict:
+    """An attack's details as JSON can hold them: numpy scalars as Python numbers, arrays
+    (the estimates themselves) left out."""
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in details.items()
             if not isinstance(v, np.ndarray)}
 
@@ -697,9 +699,9 @@ def format_table(audits: list[FlawAudit], key_bits: int) -> str:
         lines.append(f"   data:    {row.scenario}")
         lines.append(f"   check:   {row.check_message}")
         lines.append(f"   attack:  {row.flawed.metric}; success means {row.threshold}")
-        extra = {k: v for k, v in _plain(row.flawed.details).items() if k != "rows"}
+        extra = {k: v for k, v in json_details(row.flawed.details).items() if k != "rows"}
         if extra:
-            lines.append(f"   details: flawed {extra}; real {_plain(row.real.details)}")
+            lines.append(f"   details: flawed {extra}; real {json_details(row.real.details)}")
         if row.declared_leak is not None:
             lines.append(f"   declared leak: the real protocol WITH a bottom model gives the data "
                          f"party δ·Wᵀ too (step 4b): AUC {row.declared_leak.value:.4f} "

@@ -29,7 +29,8 @@ import numpy as np
 
 from attacks import leaks
 import protocol
-from attacks.audit import DEFAULT_KEY_BITS, GRADIENTS, Auditor, Run, Scenario, _plain, simulate
+from attacks.audit import (DEFAULT_KEY_BITS, GRADIENTS, Auditor, Run, Scenario, json_details,
+                           simulate)
 from channel import DATA, LABEL
 from fixed import Fixed
 from paillier import EncryptedArray
@@ -323,7 +324,7 @@ class OwnLeak:
     details: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {key: (_plain(value) if isinstance(value, dict) else value)
+        return {key: (json_details(value) if isinstance(value, dict) else value)
                 for key, value in self.__dict__.items()}
 
 

@@ -141,7 +141,7 @@ def _best_window(exponent_bits, columns):
     return min(range(1, 9), key=cost)
 
 
-def _kernel_multiexp(modulus, base_rows, exponent_columns, window):
+def kernel_multiexp(modulus, base_rows, exponent_columns, window):
     """out[i][j] = Π_t base_rows[i][t] ^ exponent_columns[j][t] mod modulus, as ints.
 
     Straus' interleaved fixed-window method: for each output, ONE chain of squarings is shared
@@ -238,7 +238,7 @@ def encrypted_matmul(encrypted, weights, *, executor=None, window=None, workers=
               window or _best_window(longest, c.stop - c.start)) for r, c in blocks]
     out = np.empty((rows, cols), dtype=object)
     if rows and cols:
-        for (r, c), block in zip(blocks, _run(executor, _kernel_multiexp, tasks)):
+        for (r, c), block in zip(blocks, _run(executor, kernel_multiexp, tasks)):
             out[r, c] = object_array([mpz(v) for line in block for v in line],
                                      (r.stop - r.start, c.stop - c.start))
     OP_COUNTS["mul_const"] += rows * cols * inner
@@ -261,14 +261,14 @@ def _crt_constants(private_key):
                   k.qsquare_inverse_mod_psquare])
 
 
-def _kernel_crt_encrypt(constants, residues, parts_p, parts_q):
+def kernel_crt_encrypt(constants, residues, parts_p, parts_q):
     """The key owner's CRT encryption from the randomness' CRT parts, as ints."""
     k = _crt_namespace(constants)
     return [int(PrivateKey.crt_encrypt_parts(mpz(m), mpz(s_p), mpz(s_q), k))
             for m, s_p, s_q in zip(residues, parts_p, parts_q)]
 
 
-def _kernel_crt_djn_encrypt(constants, djn_base, exponent_bits, residues, alphas):
+def kernel_crt_djn_encrypt(constants, djn_base, exponent_bits, residues, alphas):
     """The key owner's DJN encryption (1 + m·n)·h_s^α mod n², computed mod p² and mod q² from
     two half-size fixed-base tables (h_s mod p², h_s mod q²; built once per process) and
     recombined by CRT.  Bit-identical to the public-key DJN ciphertext for the same α."""
@@ -287,7 +287,7 @@ def _subgroup_generators(private_key):
                  for value in (subgroup.generator, subgroup.square, subgroup.exponent_bits))
 
 
-def _kernel_crt_fixed_base_encrypt(constants, generators, residues, exponents_p, exponents_q):
+def kernel_crt_fixed_base_encrypt(constants, generators, residues, exponents_p, exponents_q):
     """The key owner's encryption for safe primes: (1 + m·n)·g_p^a_p mod p² and mod q² from the
     process' FixedBaseTables of g_p and g_q (built on its first call, kept per modulus by
     backend.fixed_base_table), recombined by CRT.  Twin: PrivateKey.encrypt; the textbook
@@ -301,7 +301,7 @@ def _kernel_crt_fixed_base_encrypt(constants, generators, residues, exponents_p,
             for m, a_p, a_q in zip(residues, exponents_p, exponents_q)]
 
 
-def _kernel_crt_decrypt(constants, ciphertexts):
+def kernel_crt_decrypt(constants, ciphertexts):
     """The key owner's CRT decryption to residues in [0, n), as ints."""
     k = _crt_namespace(constants)
     return [int(PrivateKey.crt_decrypt(mpz(c), k)) for c in ciphertexts]
@@ -317,7 +317,7 @@ def _spread_flat(executor, workers, kernel, shared, columns):
     return [value for chunk in _run(executor, kernel, tasks) for value in chunk]
 
 
-def _kernel_randomizers(n, djn_base, exponent_bits, drawn):
+def kernel_randomizers(n, djn_base, exponent_bits, drawn):
     """Randomizers as ints, from secrets drawn by the caller: r^n mod n² for each r (djn_base
     None: textbook), else h_s^α mod n² for each α, from the process' FixedBaseTable for h_s
     (built once per process).  Twin: PublicKey.randomizer."""
@@ -329,9 +329,9 @@ def _kernel_randomizers(n, djn_base, exponent_bits, drawn):
     return [int(table.power(alpha)) for alpha in drawn]
 
 
-def _kernel_crt_randomizers(constants, parts_p, parts_q):
+def kernel_crt_randomizers(constants, parts_p, parts_q):
     """The key owner's textbook randomizers r^n mod n² from the CRT parts of r, as ints:
-    _kernel_crt_encrypt of m = 0 (so (1 + m·n)·ρ mod n² is that kernel's ciphertext of m)."""
+    kernel_crt_encrypt of m = 0 (so (1 + m·n)·ρ mod n² is that kernel's ciphertext of m)."""
     k = _crt_namespace(constants)
     return [int(PrivateKey.crt_encrypt_parts(0, mpz(s_p), mpz(s_q), k))
             for s_p, s_q in zip(parts_p, parts_q)]
@@ -351,13 +351,13 @@ def randomizers(key, count, *, randomness=None, executor=None, workers=None):
     if isinstance(key, PrivateKey) and kind == "textbook" and key.subgroups:
         exponents = [key.random_subgroup_exponents() for _ in range(count)]
         return [mpz(rho) for rho in _spread_flat(
-            executor, workers, _kernel_crt_fixed_base_encrypt,
+            executor, workers, kernel_crt_fixed_base_encrypt,
             (_crt_constants(key), _subgroup_generators(key)),
             [[0] * count, [a_p for a_p, _ in exponents], [a_q for _, a_q in exponents]])]
     if isinstance(key, PrivateKey) and kind == "textbook":
         parts = [key.random_crt_parts() for _ in range(count)]
         return [mpz(rho) for rho in _spread_flat(
-            executor, workers, _kernel_crt_randomizers, (_crt_constants(key),),
+            executor, workers, kernel_crt_randomizers, (_crt_constants(key),),
             [[s_p for s_p, _ in parts], [s_q for _, s_q in parts]])]
     public_key = key.public_key if isinstance(key, PrivateKey) else key
     if kind == "djn":
@@ -367,7 +367,7 @@ def randomizers(key, count, *, randomness=None, executor=None, workers=None):
         drawn = [public_key.random_r() for _ in range(count)]
         shared = (public_key.n, None, None)
     return [mpz(rho) for rho in
-            _spread_flat(executor, workers, _kernel_randomizers, shared, [drawn])]
+            _spread_flat(executor, workers, kernel_randomizers, shared, [drawn])]
 
 
 class RandomizerPool:
@@ -572,15 +572,15 @@ def encrypt_array(key, fixed, *, executor=None, workers=None, randomness=None, p
         if textbook and key.subgroups:  # safe primes: fixed-base, the same distribution
             exponents = [key.random_subgroup_exponents() for _ in residues]
             columns = [residues, [a_p for a_p, _ in exponents], [a_q for _, a_q in exponents]]
-            kernel = _kernel_crt_fixed_base_encrypt
+            kernel = kernel_crt_fixed_base_encrypt
             shared = (_crt_constants(key), _subgroup_generators(key))
         elif textbook:
             parts = [key.random_crt_parts() for _ in residues]
             columns = [residues, [s_p for s_p, _ in parts], [s_q for _, s_q in parts]]
-            kernel, shared = _kernel_crt_encrypt, (_crt_constants(key),)
+            kernel, shared = kernel_crt_encrypt, (_crt_constants(key),)
         else:
             columns = [residues, [public_key.random_djn_exponent() for _ in residues]]
-            kernel = _kernel_crt_djn_encrypt
+            kernel = kernel_crt_djn_encrypt
             shared = (_crt_constants(key), public_key.djn_base, public_key.djn_exponent_bits)
         flat = [mpz(c) for c in _spread_flat(executor, workers, kernel, shared, columns)]
     else:
@@ -612,7 +612,7 @@ def decrypt_residues(private_key, encrypted, *, executor=None, workers=None):
     if not isinstance(private_key, PrivateKey):
         raise TypeError(f"expected a PrivateKey, got {type(private_key).__name__}")
     private_key.check_owner(encrypted)
-    flat = _spread_flat(executor, workers, _kernel_crt_decrypt, (_crt_constants(private_key),),
+    flat = _spread_flat(executor, workers, kernel_crt_decrypt, (_crt_constants(private_key),),
                         [encrypted.ciphertexts.ravel().tolist()])
     OP_COUNTS["decrypt"] += len(flat)
     return object_array([int(m) for m in flat], encrypted.shape)

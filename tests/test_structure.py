@@ -475,7 +475,11 @@ def foreign_private_accesses(tree):
                 imported.add(bound)
                 if f"{node.module}.{alias.name}" in PROJECT_MODULES:
                     modules.add(bound)
-    found = []
+    found = [(node.lineno, f"from {node.module} import {alias.name}")
+             for node in ast.walk(tree)
+             if isinstance(node, ast.ImportFrom) and node.level == 0
+             and node.module in PROJECT_MODULES
+             for alias in node.names if _is_private(alias.name)]
     for node in ast.walk(tree):
         if not (isinstance(node, ast.Attribute) and _is_private(node.attr)):
             continue
@@ -490,16 +494,17 @@ def foreign_private_accesses(tree):
 
 def test_the_private_name_check_flags_reaches_and_spares_own_names():
     """The check below can fail: it flags ``PrivateKey._x``, ``paillier._y``,
-    ``paillier.PrivateKey._z`` and ``kernels._w`` (a module from a package), and spares
-    ``self._a``, ``cls._b``, a dunder and the standard library's ``os._exit``."""
+    ``paillier.PrivateKey._z``, ``kernels._w`` (a module from a package) and a private name
+    imported by name, and spares ``self._a``, ``cls._b``, a dunder and the standard library's
+    ``os._exit``."""
     source = "\n".join([
         "import os", "import paillier", "from paillier import PrivateKey",
-        "from speed import kernels",
+        "from speed import kernels", "from attacks.audit import _helper",
         "PrivateKey._x", "paillier._y", "paillier.PrivateKey._z", "kernels._w",
         "self._a", "cls._b", "paillier.__name__", "os._exit", "PrivateKey.__init__"])
     flagged = [text for _, text in foreign_private_accesses(ast.parse(source))]
     assert sorted(flagged) == sorted(["PrivateKey._x", "paillier._y", "paillier.PrivateKey._z",
-                                      "kernels._w"])
+                                      "kernels._w", "from attacks.audit import _helper"])
 
 
 def test_no_module_uses_another_modules_private_names():

@@ -22,7 +22,7 @@ What is measured:
   phe's float encoding; the peer below). The phe epoch runs on the first ``phe_rows`` rows
   only and is compared per sample.
 * Where the packed epoch's time goes: the seconds spent inside the big-integer kernels
-  (kernels._kernel_*: modular exponentiations, multi-exponentiation, CRT), against the rest.
+  (kernels.kernel_*: modular exponentiations, multi-exponentiation, CRT), against the rest.
 * Every protocol epoch as online (steps 1–4) + offline (the randomizer pools' filling, step
   "pool" of acml.train's step_seconds); every epoch target is judged on the sum.
 * The epoch's arithmetic floor: the multi-exponentiations' modular multiplications, counted on
@@ -379,12 +379,12 @@ def plaintext_epoch(train_set, sizes) -> dict:
     return {"rows": len(train_set.y), "seconds": seconds, "per_sample": seconds / len(train_set.y)}
 
 
-_KERNELS = ("_kernel_multiexp", "_kernel_crt_encrypt", "_kernel_crt_fixed_base_encrypt",
-            "_kernel_randomizers", "_kernel_crt_randomizers", "_kernel_crt_decrypt")
+KERNELS = ("kernel_multiexp", "kernel_crt_encrypt", "kernel_crt_fixed_base_encrypt",
+            "kernel_randomizers", "kernel_crt_randomizers", "kernel_crt_decrypt")
 
 
 def multiexp_multiplications(base_rows, exponent_columns, window) -> int:
-    """The modular multiplications (squarings included) kernels._kernel_multiexp performs on
+    """The modular multiplications (squarings included) kernels.kernel_multiexp performs on
     these arguments, counted without doing them: per row, a table of 2^w − 2 products for each
     base used; per output and per sign, w squarings per window after the first non-empty one
     and one multiplication per non-zero digit; one inversion's product per output with a
@@ -416,25 +416,25 @@ def multiexp_multiplications(base_rows, exponent_columns, window) -> int:
 
 
 def _time_kernels(totals: dict):
-    """Wrap the kernels._kernel_* functions to add their wall time into ``totals``; returns a
+    """Wrap the kernels.kernel_* functions to add their wall time into ``totals``; returns a
     function that restores them. (In-process runs only: workers run the unwrapped ones.)"""
-    originals = {name: getattr(kernels, name) for name in _KERNELS}
+    originals = {name: getattr(kernels, name) for name in KERNELS}
 
     def timed(name, kernel):
         def run(*arguments):
-            if name == "_kernel_multiexp":
+            if name == "kernel_multiexp":
                 totals.setdefault("counts", {})
                 counts = totals["counts"]
                 counts["multiexp_mulmods"] = counts.get("multiexp_mulmods", 0) + \
                     multiexp_multiplications(*arguments[1:])
-            elif name == "_kernel_crt_decrypt":
+            elif name == "kernel_crt_decrypt":
                 counts = totals.setdefault("counts", {})
                 counts["decryptions"] = counts.get("decryptions", 0) + len(arguments[1])
             start = time.perf_counter()
             try:
                 return kernel(*arguments)
             finally:
-                short = name.removeprefix("_kernel_")
+                short = name.removeprefix("kernel_")
                 totals[short] = totals.get(short, 0.0) + time.perf_counter() - start
         return run
 
