@@ -163,26 +163,42 @@ def clip_rows(X, clip: float) -> np.ndarray:
     return X * scale
 
 
+# Box–Muller's largest radius: √(−2 ln u) at the smallest uniform u = 2**−129 (128-bit words).
+TAIL_BOUND = math.sqrt(2 * 129 * math.log(2))  # ≈ 13.37: no draw is ever beyond 13.37·σ
+
+
 def gaussian_noise(count: int, sigma: float, seed: int) -> np.ndarray:
     """``count`` independent N(0, σ²) draws from the secret ``seed`` (Box–Muller).
 
-    SHAKE-256(domain ‖ seed) is read as 64-bit words; each word's top 53 bits give a uniform
-    u ∈ (0, 1) (the +0.5 keeps 0 out, so log u is finite), and each pair (u₁, u₂) gives
-    √(−2 ln u₁)·(cos 2πu₂, sin 2πu₂). The stream is as unpredictable as the seed, which only
-    the data party holds; numpy does the arithmetic, never the drawing. A given seed gives the
-    same noise on every machine (IEEE float64), which is what lets one process and two
-    processes train on the very same noisy rows when the seed is fixed.
+    SHAKE-256(domain ‖ seed) is read as 64-bit words, three per pair of draws: two give the
+    radius's uniform u₁ = (hi + (lo + ½)·2⁻⁶⁴)·2⁻⁶⁴ ∈ [2⁻¹²⁹, 1), one gives the angle's u₂
+    (its top 53 bits); the pair is √(−2 ln u₁)·(cos 2πu₂, sin 2πu₂). The stream is as
+    unpredictable as the seed, which only the data party holds; numpy does the arithmetic, never
+    the drawing. A given seed gives the same noise on every machine (IEEE float64), which is
+    what lets one process and two processes train on the very same noisy rows.
+
+    Caveat, measured in :meth:`InputPerturbation.tail_delta`: a sampler cannot reach every
+    real number. No draw exceeds TAIL_BOUND·σ, so a neighbour shifted by up to 2C can produce
+    outputs this row never can; 128-bit radii push that bound to 13.37σ (53-bit ones stop at
+    8.65σ, which breaks δ = 10⁻⁵ from ε ≈ 30 on).
     """
     count = int(count)
     if not 0 <= seed < 1 << SEED_BITS:
         raise ValueError(f"the noise seed must be an integer in [0, 2**{SEED_BITS}), got {seed!r}")
     pairs = (count + 1) // 2
     stream = hashlib.shake_256(NOISE_DOMAIN + seed.to_bytes(SEED_BITS // 8, "big"))
-    words = np.frombuffer(stream.digest(16 * pairs), dtype=">u8")
-    uniform = ((words >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53
-    radius = np.sqrt(-2.0 * np.log(uniform[:pairs]))
-    angle = 2.0 * np.pi * uniform[pairs:]
+    words = np.frombuffer(stream.digest(24 * pairs), dtype=">u8").reshape(3, pairs)
+    high, low = words[0].astype(np.float64), words[1].astype(np.float64)
+    radius_uniform = (high + (low + 0.5) * 2.0 ** -64) * 2.0 ** -64
+    angle_uniform = ((words[2] >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53
+    radius = np.sqrt(-2.0 * np.log(radius_uniform))
+    angle = 2.0 * np.pi * angle_uniform
     return sigma * np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:count]
+
+
+def gaussian_tail(x: float) -> float:
+    """P(N(0, 1) > x)."""
+    return 0.5 * math.erfc(x / math.sqrt(2.0))
 
 
 class InputPerturbation:
@@ -210,6 +226,7 @@ class InputPerturbation:
                                  or not 0 <= seed < 1 << SEED_BITS):
             raise ValueError(f"seed must be an integer in [0, 2**{SEED_BITS}), got {seed!r}")
         self._seed = secrets.randbits(SEED_BITS) if seed is None else seed
+        self.width: int | None = None  # d, once a first X is perturbed
         self.calls = 0  # perturb calls so far: call k reads the stream of (seed, k)
         self.enabled = math.isfinite(self.epsilon)
         # σ for sensitivity 1, from dp_accounting's analytic Gaussian mechanism
@@ -253,8 +270,13 @@ class InputPerturbation:
                              "is not finite")
         if self.clip is None:
             self.clip = math.sqrt(X.shape[1])  # public: d only
+        self.width = X.shape[1]  # d, for the sampler's tail_delta in describe()
         if not self.enabled:
             return X.copy()
+        if self.tail_delta(X.shape[1]) > self.delta / 10:
+            raise ValueError(f"epsilon {self.epsilon:g} is too large for this sampler: its noise "
+                             f"(σ₁ = {self.unit_sigma:.3g}) is so small that the tails it cannot "
+                             f"draw add {self.tail_delta(X.shape[1]):.2g} to δ = {self.delta:g}")
         clipped = clip_rows(X, self.clip)
         call_seed = int.from_bytes(hashlib.sha256(
             self._seed.to_bytes(SEED_BITS // 8, "big") + self.calls.to_bytes(8, "big")).digest(),
@@ -262,6 +284,19 @@ class InputPerturbation:
         self.calls += 1
         noisy = clipped + gaussian_noise(X.size, self.sigma, call_seed).reshape(X.shape)
         return noisy if bound is None else np.clip(noisy, -bound, bound)
+
+    def tail_delta(self, d: int) -> float:
+        """What the sampler's finite tails add to δ, for rows of d features.
+
+        Every draw lies within TAIL_BOUND·σ of the clipped row, in each coordinate. A neighbour
+        moved by Δ (‖Δ‖₂ ≤ 2C) can put coordinate j where this row cannot only when its noise
+        exceeds TAIL_BOUND − |Δ_j|/σ ≥ TAIL_BOUND − 2C/σ = TAIL_BOUND − 1/σ₁. Over d coordinates
+        that event has probability at most d·P(N > TAIL_BOUND − 1/σ₁); outside it the two output
+        densities are the Gaussian mechanism's. So the mechanism is (ε, δ + tail_delta)-DP.
+        """
+        if not self.enabled:
+            return 0.0
+        return d * gaussian_tail(TAIL_BOUND - 1.0 / self.unit_sigma)
 
     def compose(self, releases: int) -> float:
         """ε after ``releases`` perturbations of the same record at this δ (PLD accountant).
@@ -281,7 +316,9 @@ class InputPerturbation:
             return "input perturbation off (ε = ∞): X is used as it is"
         clip = "√d" if self.clip is None else f"{self.clip:.4g}"
         sigma = "2C·σ₁" if self.sigma is None else f"{self.sigma:.4g}"
-        return (f"input perturbation: ({self.epsilon:g}, {self.delta:g})-DP per row under "
+        tail = "" if self.width is None else (
+            f" + {self.tail_delta(self.width):.1g} (the sampler's tails)")
+        return (f"input perturbation: ({self.epsilon:g}, {self.delta:g}{tail})-DP per row under "
                 f"replace-one; rows clipped to L2 norm ≤ C = {clip}, then N(0, σ²) per entry with "
                 f"σ = 2C·{self.unit_sigma:.4g} = {sigma} (analytic Gaussian mechanism, "
                 "dp_accounting), noise from a secret seed (secrets, SHAKE-256); standardisation statistics "

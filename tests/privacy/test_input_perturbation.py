@@ -169,3 +169,19 @@ def test_noisy_rows_are_clamped_strictly_inside_the_fixed_point_range():
     check_features(clamped, plan)
     inside = np.abs(raw) < 2 ** plan.x_int_bits
     assert np.array_equal(clamped[inside], raw[inside])
+
+
+def test_the_samplers_tails_are_priced_and_too_large_an_epsilon_is_refused():
+    """Property: no draw exceeds TAIL_BOUND·σ (what the 128-bit radius allows), what that adds
+    to δ is computed (negligible up to ε = 32, under δ/10 at 64), and an ε whose tails would add
+    more than δ/10 is refused in one line — the 53-bit sampler this replaced broke δ from ε ≈ 30."""
+    from privacy.input_perturbation import TAIL_BOUND, gaussian_noise
+    draws = gaussian_noise(400_000, 1.0, seed=3)
+    assert np.abs(draws).max() < TAIL_BOUND
+    assert abs(draws.std() - 1.0) < 0.01 and abs(draws.mean()) < 0.01
+    assert InputPerturbation(32, 1e-5).tail_delta(30) < 1e-15
+    assert InputPerturbation(64, 1e-5).tail_delta(30) < 1e-6
+    X = np.random.default_rng(0).standard_normal((4, 30))
+    with pytest.raises(ValueError, match="too large for this sampler") as error:
+        InputPerturbation(200, 1e-5, seed=1).perturb(X)
+    assert "\n" not in str(error.value)
