@@ -592,9 +592,10 @@ class Channel:
 # unmitigated and failing mitigated). One message's line above says what ONE message reveals.
 CUMULATIVE_LEAKS = [
     "what the parties learn over the whole run (measured by `python acml.py audit`):",
-    "  L1 label party (semi-honest): z across epochs gives X·Xᵀ — relative error 4e-14 after 8 "
-    "epochs (48 rows, d = 8, h = 8; underdetermined below 5), then all of X from 10 known rows "
-    "(R² = 1.000); no mitigation is implemented",
+    "  L1 label party (semi-honest): the z of two epochs give X from d + 2 known rows (R² = "
+    "1.000, 48 rows, d = h = 8) and X·Xᵀ without any (the column space of z; h ≥ d); with h < d, "
+    "more epochs (README, L1); no noise on the weights stops it; input perturbation "
+    "(--dp-epsilon, off by default) makes X differentially private",
     "  L4 data party (semi-honest), with a bottom model: δ·Wᵀ gives the labels, AUC 0.97–0.98",
     "  L2 a deviating label party reads X exactly (73% of X in 4 epochs, weights identical to an "
     "honest run, 0 findings): nothing here detects it",
