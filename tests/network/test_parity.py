@@ -133,8 +133,10 @@ def test_bottom_model_over_tcp_equals_the_in_process_run_bit_for_bit(bottom_runs
     assert "4b" in steps
 
 
-def predict_over_tcp(data_dir, label_dir, ids, X, names):
-    """predict_as_data and predict_as_label, each from its own directory, over loopback."""
+def predict_over_tcp(data_dir, label_dir, ids, X, names, *, both=False, **data_options):
+    """predict_as_data and predict_as_label, each from its own directory, over loopback: the
+    label party's outcome, or with ``both`` (the data party's, the label party's).
+    ``data_options`` go to predict_as_data (``dp_epsilon``, say)."""
     listener = wire.listen("127.0.0.1", 0)
     out = {}
 
@@ -142,7 +144,8 @@ def predict_over_tcp(data_dir, label_dir, ids, X, names):
         try:
             connection = wire.accept_peer(listener, TOKEN, timeout=TIMEOUT)
             out["data"] = transport.predict_as_data(connection, ids, X, data_dir,
-                                                    feature_names=names, allow_insecure=True)
+                                                    feature_names=names, allow_insecure=True,
+                                                    **data_options)
         except Exception as error:
             out["data_error"] = error
         finally:
@@ -159,7 +162,7 @@ def predict_over_tcp(data_dir, label_dir, ids, X, names):
     thread.join(TIMEOUT)
     assert not thread.is_alive(), "the data party's thread did not end"
     assert "data_error" not in out and "label_error" not in out, out
-    return out["label"]
+    return (out["data"], out["label"]) if both else out["label"]
 
 
 def test_two_process_prediction_declares_the_ids_to_predict_and_leak_l5(bottom_runs, parties):

@@ -4,7 +4,6 @@ bit-identical; prediction from each party's own checkpoint perturbs the rows the
 prediction from both. Loopback only, 512-bit keys through the explicit insecure flag."""
 
 import shutil
-import threading
 
 import numpy as np
 import pytest
@@ -12,11 +11,10 @@ import pytest
 import acml
 from jobs import run_directory
 from jobs.twin import joint_first_layer
-from network import transport, wire
 from privacy.input_perturbation import InputPerturbation, perturb_rows
 from conftest import PREDICTION_SEED, fix_prediction_seed
-from test_parity import (TIMEOUT, TOKEN, assert_same_weights, config, in_process,  # noqa: F401
-                         keypair, over_tcp, parties)  # keypair, parties: test_parity's fixtures
+from test_parity import (assert_same_weights, config, in_process,  # noqa: F401
+                         keypair, over_tcp, parties, predict_over_tcp)  # fixtures too
 
 EPSILON = 4.0
 
@@ -55,35 +53,6 @@ def test_without_perturbation_the_rows_differ(dp_runs, keypair, parties):
                               dp_runs["reference"].data_party.features.values)
 
 
-def predict_over_tcp(data_dir, label_dir, ids, X, names, **data_options):
-    listener = wire.listen("127.0.0.1", 0)
-    out = {}
-
-    def data_side():
-        try:
-            connection = wire.accept_peer(listener, TOKEN, timeout=TIMEOUT)
-            out["data"] = transport.predict_as_data(connection, ids, X, data_dir,
-                                                    feature_names=names, allow_insecure=True,
-                                                    **data_options)
-        except Exception as error:
-            out["data_error"] = error
-        finally:
-            listener.close()
-
-    thread = threading.Thread(target=data_side, daemon=True)
-    thread.start()
-    try:
-        connection = wire.connect_peer("127.0.0.1", listener.getsockname()[1], TOKEN,
-                                       timeout=TIMEOUT)
-        out["label"] = transport.predict_as_label(connection, label_dir, allow_insecure=True)
-    except Exception as error:
-        out["label_error"] = error
-    thread.join(TIMEOUT)
-    assert not thread.is_alive(), "the data party's thread did not end"
-    assert "data_error" not in out and "label_error" not in out, out
-    return out["data"], out["label"]
-
-
 def test_two_process_prediction_perturbs_the_rows_as_one_process_does(dp_runs, parties,
                                                                       tmp_path, monkeypatch):
     """Property: predicting new rows from each party's own DP checkpoint, the label party's z
@@ -95,7 +64,7 @@ def test_two_process_prediction_perturbs_the_rows_as_one_process_does(dp_runs, p
     names = [f"x{j}" for j in range(X.shape[1])]
     new_ids, new_X = feature_ids[:12], X[:12]
     _, (label_session, _, prediction) = predict_over_tcp(
-        dp_runs["data_dir"], dp_runs["label_dir"], new_ids, new_X, names)
+        dp_runs["data_dir"], dp_runs["label_dir"], new_ids, new_X, names, both=True)
     data_state, _ = run_directory.load_pair(dp_runs["reference_dir"],
                                                       allow_insecure=True)
     standardized = data_state.standardize(new_X)
