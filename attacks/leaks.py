@@ -575,6 +575,154 @@ def column_space_attack(view: "LabelPartyView", n_features: int, *, known_rows=N
                              residual, time.perf_counter() - started)
 
 
+# ----------------------------------------------------------------------------------------------
+# Leak 1 when h < d: a rank-d fit of the first layer's trajectory (the label party).
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LowRankGramResult:
+    """What the rank-d trajectory fit got from the label party's view.
+
+    ``G`` = X̂·X̂ᵀ (n, n), ``X`` the rows completed from the known ones (None without them),
+    ``initial_weights`` the fitted W_0 (d, h) in the same rotation as the fitted X̂.
+    ``determined`` means all of: at least as many equations as unknowns, every row seen, the
+    best restart fits the view exactly (relative ``loss`` < ``tolerance``), and every other
+    restart that fits exactly found the same X·Xᵀ within 5% (``restarts_agreeing`` of
+    ``restarts_exact``).
+    Otherwise G is the best fit found, NOT an estimate to trust; ``reason`` says why.
+    ``loss`` is Σ_t ||X̂_{B_t}·Ŵ_t − (z_t − b_t)||² / Σ_t ||z_t − b_t||² of the best restart.
+    """
+
+    G: np.ndarray
+    X: np.ndarray | None
+    initial_weights: np.ndarray
+    determined: bool
+    reason: str
+    n_equations: int
+    n_unknowns: int
+    loss: float
+    iterations: int
+    restart_losses: list[float]
+    restarts_exact: int
+    restarts_agreeing: int
+    seconds: float = 0.0
+
+
+def _trajectory_misfit(view: "LabelPartyView", n_features: int):
+    """f(θ) and ∇f for θ = (X (n, d), W_0 (d, h)) flattened: the relative misfit of the first
+    layer's trajectory W_t = W_0 − Σ_{s<t} η_s·X_{B_s}ᵀ·δ_s to what B saw, Z_t = z_t − b_t.
+
+    f = Σ_t ||X_{B_t}·W_t − Z_t||² / Σ_t ||Z_t||². The gradient is backpropagation through the
+    trajectory: with R_t the residual and S_t = Σ_{t' ≥ t} 2·X_{B_t'}ᵀ·R_t' (the sensitivity of
+    f to W_t, a suffix sum), ∂f/∂X_{B_s} = 2·R_s·W_sᵀ − η_s·δ_s·S_{s+1}ᵀ and ∂f/∂W_0 = S_0.
+    One evaluation costs O(E·n·h·d), not the O(E·n²·h) of the equations on G."""
+    n, d, h = int(view.n_rows), int(n_features), view.hidden
+    steps = [(s.rows, s.linear_part, s.lr * s.delta) for s in view.steps]
+    scale = sum(float(np.sum(Z * Z)) for _, Z, _ in steps) or 1.0
+
+    def misfit(theta):
+        X = theta[:n * d].reshape(n, d)
+        W = theta[n * d:].reshape(d, h)
+        weights, residuals, value = [], [], 0.0
+        for rows, Z, step_delta in steps:
+            R = X[rows] @ W - Z
+            weights.append(W)
+            residuals.append(R)
+            value += float(np.sum(R * R))
+            W = W - X[rows].T @ step_delta
+        grad_X = np.zeros((n, d))
+        sensitivity = np.zeros((d, h))  # S_{t+1} while visiting step t backwards
+        for (rows, _, step_delta), W, R in zip(steps[::-1], weights[::-1], residuals[::-1]):
+            grad_X[rows] += 2.0 * R @ W.T - step_delta @ sensitivity.T
+            sensitivity = sensitivity + 2.0 * X[rows].T @ R
+        return value / scale, np.concatenate([grad_X.ravel(), sensitivity.ravel()]) / scale
+
+    return misfit
+
+
+def low_rank_gram_attack(view: "LabelPartyView", n_features: int, *, known_rows=None,
+                         X_known=None, restarts: int = 3, max_iterations: int = 20000,
+                         tolerance: float = 1e-8, seed: int = 0) -> LowRankGramResult:
+    """The label party's X·Xᵀ (and X, with known rows) when h < d: a rank-d fit of W's path.
+
+    Method. The first layer moves by plain SGD, W_{t+1} = W_t − η_t·X_{B_t}ᵀ·δ_t with δ_t B's
+    own, so W_t = W_0 − Xᵀ·C_t with C_t = Σ_{s<t} η_s·δ_s scattered on the batch rows, and
+    every batch B saw obeys  z_t − b_t = X_{B_t}·(W_0 − Xᵀ·C_t).  The unknowns are X (n, d)
+    and W_0 (d, h), up to the rotation (X·Q, Qᵀ·W_0) that no transcript can see; the fit
+    minimises the misfit (:func:`_trajectory_misfit`) by L-BFGS from ``restarts`` random
+    starts and keeps the best. Counting: E epochs give E·n·h equations for n·d + d·h −
+    d(d−1)/2 unknowns, so E ≥ (n·d + d·h − d(d−1)/2)/(n·h) ≈ d/h suffices in count — E = 2
+    for German credit with n = 800, h = 16, d = 30. Subtracting a row's consecutive appearances eliminates W_0 and gives the
+    equations of :func:`gram_attack`, z_i(t2) − z_i(t1) = −G[i, :]·(C_t2 − C_t1)[:, k], which
+    the linear attack solves for all n(n+1)/2 entries of G; fitting G = X·Xᵀ of rank d
+    instead needs n·d − d(d−1)/2 unknowns (E ≥ 1 + d/h from the differences alone), and
+    keeping W_0 adds the first epoch's n·h equations for d·h more unknowns.
+    The count is necessary, not sufficient, and the fit is non-convex: ``determined`` also
+    asks for an exact fit and for the exact restarts to agree on X·Xᵀ (see
+    :class:`LowRankGramResult`). With ``known_rows`` K and their values ``X_known``, X follows
+    by :func:`complete_from_known_rows` (≥ d known rows spanning R^d fix the rotation).
+    ``tolerance`` is a measured threshold, not a proof: L-BFGS converges slowly here (the
+    drift Xᵀ·C_t that carries G is small next to X·W_0), and on German credit (tanh, lr 0.3)
+    fits with relative misfit ≤ 4e-9 came with X·Xᵀ within 2e-2 and X at R² ≥ 0.999, while on
+    breast cancer (relu, lr 0.1, d = 16, h = 8) misfits of 3e-8 still left R² ≤ 0.75.
+    Caveat: it relies on the exact SGD rule for the first layer (like :func:`gram_attack`);
+    noise on W's updates breaks it, unlike :func:`column_space_attack` (which needs h ≥ d).
+    Uses scipy's L-BFGS-B (scipy comes with scikit-learn).
+    """
+    from scipy.optimize import minimize  # attacks only; the core never needs scipy
+
+    started = time.perf_counter()
+    n, d, h = int(view.n_rows), int(n_features), view.hidden
+    n_equations = int(sum(s.rows.shape[0] for s in view.steps)) * h
+    n_unknowns = n * d + d * h - d * (d - 1) // 2
+    reasons = []
+    if n_equations < n_unknowns:
+        reasons.append(f"{n_equations} equations for {n_unknowns} unknowns "
+                       f"(n·d + d·h − d(d−1)/2 with n = {n}, d = {d}, h = {h})")
+    seen = np.zeros(n, dtype=bool)
+    for step in view.steps:
+        seen[step.rows] = True
+    if not seen.all():
+        reasons.append(f"{int(np.sum(~seen))} rows never appear in a batch")
+    misfit = _trajectory_misfit(view, d)
+    rng = np.random.default_rng([int(seed), 0x10E4])
+    # Scale of the start: X standardised-like (unit entries) and W_0 sized so that X·W_0
+    # matches the spread B sees in z − b; the fit is scale-free otherwise.
+    z_spread = np.sqrt(np.mean([np.mean(s.linear_part ** 2) for s in view.steps]))
+    fits = []
+    with _one_blas_thread():
+        for _ in range(max(1, int(restarts))):
+            start = np.concatenate([rng.standard_normal(n * d),
+                                    rng.standard_normal(d * h) * z_spread / np.sqrt(d)])
+            fits.append(minimize(misfit, start, jac=True, method="L-BFGS-B",
+                                 options=dict(maxiter=int(max_iterations), maxfun=2 * int(max_iterations),
+                                              ftol=0.0, gtol=1e-14, maxcor=30)))
+    best = min(fits, key=lambda fit: fit.fun)
+    X_fit = best.x[:n * d].reshape(n, d)
+    G = X_fit @ X_fit.T
+    exact = [fit for fit in fits if fit.fun < tolerance]
+    agreeing = sum(relative_error(fit.x[:n * d].reshape(n, d) @ fit.x[:n * d].reshape(n, d).T, G)
+                   < 0.05 for fit in exact)
+    if best.fun >= tolerance:
+        reasons.append(f"no restart fits the view exactly (best relative misfit {best.fun:.3g} "
+                       f"after {best.nit} iterations; tolerance {tolerance:g})")
+    elif agreeing < len(exact):
+        reasons.append(f"{len(exact)} restarts fit exactly but only {agreeing} agree on X·Xᵀ")
+    X = None
+    if known_rows is not None:
+        known = np.asarray(known_rows, dtype=np.int64).reshape(-1)
+        X_known = np.asarray(X_known, dtype=np.float64)
+        if X_known.shape != (known.shape[0], d):
+            raise ValueError(f"X_known must be ({known.shape[0]}, {d}), got {X_known.shape}")
+        X = complete_from_known_rows(G, known, X_known, n_features=d)
+        X[known] = X_known
+    return LowRankGramResult(G, X, best.x[n * d:].reshape(d, h).copy(), not reasons,
+                             "; ".join(reasons) or "determined", n_equations, n_unknowns,
+                             float(best.fun), int(best.nit), [float(f.fun) for f in fits],
+                             len(exact), int(agreeing), time.perf_counter() - started)
+
+
 def first_steps(view: "LabelPartyView", steps: int) -> "LabelPartyView":
     """The view truncated to its first ``steps`` batches (e.g. epochs × batches per epoch)."""
     return LabelPartyView(view.n_rows, view.steps[:int(steps)])

@@ -214,3 +214,36 @@ def test_recorder_trains_exactly_like_nn_train_plaintext_without_noise(rows):
         assert np.array_equal(a, b), name
 
 
+
+
+# ---- the low-rank Gram attack (leak 1 when h < d) -------------------------------------------------
+
+
+def test_low_rank_gram_attack_recovers_X_with_h_below_d_in_fewer_epochs_than_the_linear_one():
+    """Protects the h < d claim: with d = 30 > h = 16 (German credit, 96 rows, batches of 32,
+    tanh, lr 0.3), four epochs of z and d + 2 known rows give the other rows of X with
+    R² > 0.99 by the rank-d fit of W's path, where the linear Gram attack's count
+    n·h·(E − 1) ≥ n(n+1)/2 needs five epochs and refuses four."""
+    X, y, _, _ = leaks.load_rows("german_credit", 96)
+    d = X.shape[1]
+    view = leaks.train_and_record(X, y, [d, 16, 1], epochs=4, batch_size=32, lr=0.3, seed=1,
+                                  init_seed=2, activation="tanh").label_view
+    assert not leaks.gram_attack(view, allow_underdetermined=True).determined
+    known = np.arange(d + 2)
+    result = leaks.low_rank_gram_attack(view, d, known_rows=known, X_known=X[known],
+                                        restarts=1, max_iterations=15000)
+    assert result.n_equations >= result.n_unknowns
+    assert leaks.r_squared(result.X[d + 2:], X[d + 2:]) > 0.99
+    assert leaks.relative_error(result.G, X @ X.T) < 0.05
+
+
+def test_low_rank_gram_attack_reports_not_determined_when_equations_are_too_few():
+    """Protects against a silently wrong answer: one epoch of 48 rows with h = 4 gives
+    48·4 = 192 equations for 48·16 + 16·4 − 120 = 712 unknowns, and the result says so."""
+    X, y, _, _ = leaks.load_rows("breast_cancer", 48, features=16)
+    view = leaks.train_and_record(X, y, [16, 4, 1], epochs=1, batch_size=16, lr=0.1, seed=0,
+                                  init_seed=1).label_view
+    result = leaks.low_rank_gram_attack(view, 16, restarts=1, max_iterations=200)
+    assert not result.determined
+    assert (result.n_equations, result.n_unknowns) == (192, 712)
+    assert "192 equations for 712 unknowns" in result.reason
