@@ -520,6 +520,16 @@ def _gram_from_sgd_rule(view: "LabelPartyView", Y: np.ndarray) -> tuple[np.ndarr
     return Y @ M @ Y.T, residual
 
 
+def known_rows_of(known_rows, X_known, d: int):
+    """The attacker's side knowledge as arrays: the indices of the rows it knows, and those rows
+    (ValueError unless X_known holds one row of d features per index)."""
+    known = np.asarray(known_rows, dtype=np.int64).reshape(-1)
+    X_known = np.asarray(X_known, dtype=np.float64)
+    if X_known.shape != (known.shape[0], d):
+        raise ValueError(f"X_known must be ({known.shape[0]}, {d}), got {X_known.shape}")
+    return known, X_known
+
+
 def column_space_attack(view: "LabelPartyView", n_features: int, *, known_rows=None,
                         X_known=None, cutoff: float = 1e-9) -> ColumnSpaceResult:
     """The label party's recovery of X (with known rows) or of X·Xᵀ (without), from z alone.
@@ -556,10 +566,7 @@ def column_space_attack(view: "LabelPartyView", n_features: int, *, known_rows=N
     determined = not reasons
     X = None
     if known_rows is not None:
-        known = np.asarray(known_rows, dtype=np.int64).reshape(-1)
-        X_known = np.asarray(X_known, dtype=np.float64)
-        if X_known.shape != (known.shape[0], d):
-            raise ValueError(f"X_known must be ({known.shape[0]}, {d}), got {X_known.shape}")
+        known, X_known = known_rows_of(known_rows, X_known, d)
         unknown = np.setdiff1d(np.arange(n), known)
         X = np.empty((n, d))
         X[known] = X_known
@@ -711,10 +718,7 @@ def low_rank_gram_attack(view: "LabelPartyView", n_features: int, *, known_rows=
         reasons.append(f"{len(exact)} restarts fit exactly but only {agreeing} agree on X·Xᵀ")
     X = None
     if known_rows is not None:
-        known = np.asarray(known_rows, dtype=np.int64).reshape(-1)
-        X_known = np.asarray(X_known, dtype=np.float64)
-        if X_known.shape != (known.shape[0], d):
-            raise ValueError(f"X_known must be ({known.shape[0]}, {d}), got {X_known.shape}")
+        known, X_known = known_rows_of(known_rows, X_known, d)
         X = complete_from_known_rows(G, known, X_known, n_features=d)
         X[known] = X_known
     return LowRankGramResult(G, X, best.x[n * d:].reshape(d, h).copy(), not reasons,
