@@ -20,7 +20,7 @@ for that comparison is a diagnostic of this simulation only; no party can do it.
 This module is the library's front door: it names the API and holds none of the machinery. The
 run itself, read top to bottom, is jobs/simulation.py's ``train`` (build both parties, the
 channel, protocol.setup, protocol.train, the plaintext twin, the report); the pieces it calls
-live by idea in jobs/ (settings, split, twin, report, estimate, progress, export). Nothing in
+live by idea in jobs/ (settings, data, twin, report, estimate, progress, export). Nothing in
 the project imports this module, so the command line (tools/cli.py, which ``main`` loads) and
 the scikit-learn estimator (tools/estimator.py, loaded on first use) build on jobs/ too, and
 the imports form no circle.
