@@ -1,6 +1,7 @@
 """Progress and the time estimate: step 0's [[X]] reports its chunks, the estimate counts the
 operations the run really performs and lands within a factor of 3 of the measured time."""
 
+import time
 import warnings
 
 import numpy as np
@@ -68,7 +69,11 @@ def test_operation_counts_are_the_operations_performed():
     assert counted["product_w"] + counted["product_delta"] == performed["mul_const"]
 
 
-def test_estimate_is_within_a_factor_of_3_of_the_measured_time():
+def test_estimate_is_within_a_factor_of_3_of_the_measured_time(monkeypatch):
+    """The estimate (operations the plan implies × each operation's cost, timed now) is within
+    3× of what the run then takes. Both are read on this process's CPU clock for the test, so
+    other jobs on a loaded machine slow neither side of the ratio."""
+    monkeypatch.setattr(time, "perf_counter", time.process_time)
     train_set, test_set = dataset(160, columns=6), dataset(40, columns=6, seed=1, name="test")
     result = acml.train(train_set, test_set, config(key_bits=1024, hidden=(4,)), estimate=True)
     estimate = result.metrics["estimate"]
