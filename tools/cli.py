@@ -334,8 +334,17 @@ def datasets_from_args(args):
     if not 0.0 < args.test_fraction < 1.0:
         raise UsageError(f"--test-fraction must lie in (0, 1), got {args.test_fraction}")
     # Two party CSVs split as the two parties would (unstratified): see split.prepare.
-    return prepare(dataset, test_fraction=args.test_fraction, seed=args.seed,
-                        return_standardizer=True, stratified=not args.features)
+    train_set, test_set, scaler = prepare(dataset, test_fraction=args.test_fraction,
+                                          seed=args.seed, return_standardizer=True,
+                                          stratified=not args.features)
+    # The report is computed on the test rows after the last epoch: an empty test split would
+    # only fail then, losing the whole run, so it is refused here, before any key is made.
+    if len(test_set.y) == 0:
+        n_rows = len(train_set.y)
+        raise UsageError(f"--test-fraction {args.test_fraction:g}: 0 of the {n_rows} rows would "
+                         f"be test rows; the report needs at least one (give at least "
+                         f"{1 / n_rows:.3g})")
+    return train_set, test_set, scaler
 
 
 def check_key_bits(bits: int, insecure: bool) -> None:
