@@ -410,8 +410,8 @@ def command_train(args) -> int:
               f"{result.metrics['resumed_after_epoch']}", file=sys.stderr)
     print(result.summary())
     if args.json:
-        checkpoint.write_atomically(args.json, lambda handle: json.dump(result.metrics, handle,
-                                                                      indent=2), mode="w")
+        checkpoint.write_atomically(args.json, lambda handle: json.dump(
+            result.metrics, handle, indent=2, allow_nan=False), mode="w")
     return 0
 
 
@@ -518,8 +518,8 @@ def command_party(args) -> int:
     print(run.summary())
     if getattr(args, "json", None):  # only `party label` writes the report
         metrics = run.metrics()
-        checkpoint.write_atomically(args.json, lambda handle: json.dump(metrics, handle,
-                                                                      indent=2), mode="w")
+        checkpoint.write_atomically(args.json, lambda handle: json.dump(
+            metrics, handle, indent=2, allow_nan=False), mode="w")
     return 0
 
 

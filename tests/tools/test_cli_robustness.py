@@ -66,3 +66,32 @@ def test_a_test_fraction_leaving_no_test_row_is_refused_before_training(capsys, 
     line = one_line_error(capsys, ["train", *TINY, *csv_argv(features, labels),
                                    "--test-fraction", "0.002"])
     assert "--test-fraction 0.002" in line and "at least one" in line, line
+
+
+# ---- 3. the JSON report is valid JSON -------------------------------------------------------
+
+def strict_json(path):
+    """json.load refusing NaN and ±Infinity, which Python writes by default but JSON lacks."""
+    def refuse(constant):
+        raise AssertionError(f"{path} holds {constant}, which is not JSON")
+    return json.loads(Path(path).read_text(), parse_constant=refuse)
+
+
+def test_a_single_class_test_split_writes_null_auc_with_the_reason(capsys, tmp_path):
+    """One test row (one class): the AUC is undefined. --json holds null and a note saying
+    why, never NaN; the text report says the same."""
+    features, labels = party_csvs(tmp_path)
+    report = tmp_path / "r.json"
+    assert acml_main(["train", *TINY, *csv_argv(features, labels), "--test-fraction", "0.02",
+                      "--json", str(report)]) == 0
+    metrics = strict_json(report)
+    assert metrics["n_test"] == 1
+    assert metrics["test_auc"] is None and metrics["plaintext_test_auc"] is None
+    assert metrics["test_auc_note"] == "one class in the test rows: AUC undefined"
+    assert metrics["test_report"]["auc"] is None and "auc_note" in metrics["test_report"]
+    assert "AUC undefined" in capsys.readouterr().out
+
+
+def acml_main(argv):
+    import acml
+    return acml.main(argv)
