@@ -202,6 +202,24 @@ def check_output_file(flag: str, path) -> None:
         raise UsageError(f"{flag} {path}: the directory {folder} is not writable")
 
 
+def check_input_file(flag: str, path) -> None:
+    """An input file must be a regular file: a named pipe (FIFO) would block its reader forever
+    and a device or a directory is no input. Asked with os.stat, which opens nothing."""
+    problem = path and data.not_a_regular_file(path)
+    if problem:
+        raise UsageError(f"{flag} {path}: {problem}")
+
+
+INPUT_FILE_FLAGS = ("--features", "--labels", "--token-file", "--tls-cert", "--tls-key",
+                    "--tls-ca")
+
+
+def check_inputs(args) -> None:
+    """Every input file of this command, before any work starts."""
+    for flag in INPUT_FILE_FLAGS:
+        check_input_file(flag, getattr(args, flag[2:].replace("-", "_"), None))
+
+
 def check_checkpoint_dir(flag: str, path) -> None:
     """A checkpoint directory must be a writable directory, or one that can be created."""
     if not path:
@@ -391,6 +409,7 @@ def command_train(args) -> int:
     if args.resume and not args.checkpoint_dir:
         raise UsageError("--resume needs --checkpoint-dir, the directory to resume from")
     config = config_from_args(args)
+    check_inputs(args)
     check_outputs(args)
     train_set, test_set, scaler = datasets_from_args(args)
     n_inputs = train_set.X.shape[1] if config.bottom is None else config.bottom
@@ -417,6 +436,7 @@ def command_train(args) -> int:
 
 def command_predict(args) -> int:
     check_privacy_flags(args)
+    check_inputs(args)
     check_outputs(args)
     ids, X, names = data.load_features_csv(args.features, args.id_column)
     with warnings.catch_warnings():
@@ -477,6 +497,7 @@ def command_party(args) -> int:
         check_key_bits(args.key_bits, args.insecure_small_key)
     if args.role == "label":
         check_block_rows(args.block_rows, args.batch_size)
+    check_inputs(args)
     check_outputs(args)
     tls_files = {"--tls-cert": args.tls_cert, "--tls-key": args.tls_key,
                  "--tls-ca": args.tls_ca}

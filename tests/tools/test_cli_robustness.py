@@ -95,3 +95,59 @@ def test_a_single_class_test_split_writes_null_auc_with_the_reason(capsys, tmp_p
 def acml_main(argv):
     import acml
     return acml.main(argv)
+
+
+# ---- 2. no input blocks forever or ends in a traceback -------------------------------------
+
+def run_cli(argv, tmp_path, timeout=60, env=None):
+    """The command line in its own process, so that a read that blocks fails the test by
+    timing out instead of hanging it."""
+    return subprocess.run([sys.executable, str(ROOT / "acml.py"), *argv], capture_output=True,
+                          text=True, timeout=timeout, cwd=tmp_path, env=env)
+
+
+def assert_one_line_exit_2(done, *needles):
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert all(needle in lines[0] for needle in needles), lines[0]
+
+
+@pytest.mark.parametrize("command", ["train", "predict", "party data", "token file"])
+def test_a_named_pipe_as_input_is_refused_in_one_line_not_read(tmp_path, command):
+    """A FIFO blocks whoever opens it until a writer comes: refused, naming flag and path,
+    before it is opened (it used to hang with no message)."""
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    features, labels = party_csvs(tmp_path)
+    flag = "--token-file" if command == "token file" else "--features"
+    argv = {"train": ["train", *TINY, *csv_argv(fifo, labels)],
+            "predict": ["predict", "--checkpoint-dir", str(tmp_path), "--features", str(fifo),
+                        "--id-column", "id"],
+            "party data": ["party", "data", "--listen", "127.0.0.1:0", "--features", str(fifo),
+                           "--id-column", "id", *SMALL_KEY],
+            "token file": ["party", "data", "--listen", "127.0.0.1:0", "--features",
+                           str(features), "--id-column", "id", *SMALL_KEY,
+                           "--token-file", str(fifo)]}[command]
+    assert_one_line_exit_2(run_cli(argv, tmp_path, timeout=30), flag, str(fifo), "named pipe")
+
+
+def test_a_directory_as_features_is_refused_in_one_line(capsys, tmp_path, no_training):
+    features, labels = party_csvs(tmp_path)
+    line = one_line_error(capsys, ["train", *TINY, *csv_argv(tmp_path, labels)])
+    assert "--features" in line and "is a directory" in line, line
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not gzip", "corrupt"])
+def test_a_damaged_gz_features_file_is_one_line_naming_it(capsys, tmp_path, no_training,
+                                                          damage):
+    """A cut .gz raised EOFError (a traceback); a corrupt one zlib.error: each is one line
+    naming the file."""
+    features, labels = party_csvs(tmp_path, n=400)
+    whole = gzip.compress(Path(features).read_bytes())
+    body = {"truncated": whole[: len(whole) // 2], "not gzip": b"plain text, not gzip\n",
+            "corrupt": whole[:20] + bytes(b ^ 0x5A for b in whole[20:])}[damage]
+    gz = tmp_path / "f.csv.gz"
+    gz.write_bytes(body)
+    line = one_line_error(capsys, ["train", *TINY, *csv_argv(gz, labels)])
+    assert str(gz) in line, line
