@@ -868,26 +868,84 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 INTERRUPTED = 130  # the shell's code for a process ended by SIGINT (128 + 2)
+TERMINATED = 143  # and by SIGTERM (128 + 15)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is, like KeyboardInterrupt for SIGINT: the stack
+    unwinds, so every atomic write removes its temporary file (a transcript's holds private
+    data) before main says so in one line."""
+
+
+class StopSignals:
+    """SIGINT and SIGTERM while a command runs. The first raises (KeyboardInterrupt or
+    Terminated) and the command unwinds, cleaning up. A second one during that cleanup does not
+    wait for it: it removes the open temporary files itself, says the one line if it was not
+    said yet, and exits at once with the first signal's code (130 or 143), never killed by the
+    signal (-2). Installed only in the main thread; the previous handlers come back after."""
+
+    CODES = {signal.SIGINT: (INTERRUPTED, "interrupted (Ctrl-C)"),
+             signal.SIGTERM: (TERMINATED, "terminated (SIGTERM)")}
+
+    def __init__(self, name: str):
+        self.name = name
+        self.first = None
+        self.said = False
+        self.signalled = False
+        self.previous = {}
+
+    def line(self) -> str:
+        return f"{self.name}: {self.CODES[self.first][1]}; no output file was left half-written"
+
+    def say(self) -> int:
+        """The one line on stderr (once) and the exit code of the first signal."""
+        if not self.said:
+            self.said = True
+            print(self.line(), file=sys.stderr, flush=True)
+        return self.CODES[self.first][0]
+
+    def handle(self, number, frame):
+        if self.first is not None:  # a second signal: no more waiting for the cleanup
+            checkpoint.remove_open_temporaries()
+            os._exit(self.say())
+        self.first = number
+        self.signalled = True
+        raise KeyboardInterrupt if number == signal.SIGINT else Terminated
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for number in self.CODES:
+                self.previous[number] = signal.signal(number, self.handle)
+        return self
+
+    def __exit__(self, *exc):
+        for number, handler in self.previous.items():
+            # after a signal the process is on its way out with its code: one more Ctrl-C
+            # must not turn it into a traceback or a death by the signal
+            signal.signal(number, signal.SIG_IGN if self.signalled else handler)
+        return False
 
 
 def main(argv=None) -> int:
-    """Run one command: 0 on success, 2 on bad input (one line), 130 on Ctrl-C (one line;
-    every output file is written atomically, so it is complete or absent)."""
+    """Run one command: 0 on success, 2 on bad input (one line), 130 on Ctrl-C and 143 on
+    SIGTERM (one line; every output file is written atomically, so it is complete or absent,
+    and no temporary file stays behind)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help (0), or a usage error already printed in one line (2)
         return done.code
     name = " ".join(["acml.py", args.command] + ([args.role] if args.command == "party" else []))
-    try:
-        return args.handler(args)
-    except KeyboardInterrupt:
-        print(f"{name}: interrupted (Ctrl-C); no output file was left half-written",
-              file=sys.stderr)
-        return INTERRUPTED
-    except (ValueError, OverflowError, OSError, LeakageError) as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"{name}: error: {message}", file=sys.stderr)
-        return 2
+    with StopSignals(name) as stop:
+        try:
+            return args.handler(args)
+        except (KeyboardInterrupt, Terminated):
+            if stop.first is None:  # raised without a signal (a test, or Python's own SIGINT)
+                stop.first = signal.SIGINT
+            return stop.say()
+        except (ValueError, OverflowError, OSError, LeakageError) as error:
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            print(f"{name}: error: {message}", file=sys.stderr)
+            return 2
 
 

@@ -151,3 +151,48 @@ def test_a_damaged_gz_features_file_is_one_line_naming_it(capsys, tmp_path, no_t
     gz.write_bytes(body)
     line = one_line_error(capsys, ["train", *TINY, *csv_argv(gz, labels)])
     assert str(gz) in line, line
+
+
+# ---- 4. signals: one line, the shell's exit code, no temporary file left -------------------
+
+def start_long_train(tmp_path):
+    """A train of many epochs streaming its transcript (private data) into a temporary file;
+    returned once that file exists, i.e. once the run has started."""
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "acml.py"), "train", "--dataset", "wine", "--hidden", "2",
+         "--epochs", "200", "--quiet", *SMALL_KEY, "--transcript", str(tmp_path / "t.jsonl"),
+         "--json", str(tmp_path / "r.json")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("*.tmp")):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    return process
+
+
+def stop_with(process, *signals):
+    try:
+        for number in signals:
+            process.send_signal(number)
+            time.sleep(0.02)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return [line for line in err.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("signals,code,word", [
+    ((signal.SIGTERM,), 143, "terminated"),
+    ((signal.SIGINT,), 130, "interrupted"),
+    ((signal.SIGINT, signal.SIGINT), 130, "interrupted"),  # a second Ctrl-C during cleanup
+    ((signal.SIGTERM, signal.SIGTERM), 143, "terminated")])
+def test_a_signal_mid_run_is_one_line_its_exit_code_and_no_temporary_file(tmp_path, signals,
+                                                                          code, word):
+    """SIGTERM ended the run at -15 with no word and left OUT/t.jsonl.XXXXXXXX.tmp (private
+    data); two Ctrl-C ended it at -2. Now: 143 or 130, one line, no file of the run left."""
+    process = start_long_train(tmp_path)
+    lines = stop_with(process, *signals)
+    assert process.returncode == code, lines
+    assert len(lines) == 1 and word in lines[0] and "Traceback" not in lines[0], lines
+    assert sorted(os.listdir(tmp_path)) == [], os.listdir(tmp_path)
