@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import decimal
 import json
 import math
 import os
@@ -89,16 +90,34 @@ def _integer(low: int, high: int):
     return parse
 
 
+def _float(text: str) -> float:
+    """float(text), NaN for what is no number, and an argparse error for a number too small
+    for a float: float('1e-400') is 0.0 and float('1e-310') a subnormal that has lost digits,
+    which a flag must not take silently (as '1e400', inf, is refused for being too large)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return math.nan
+    if math.isfinite(value) and abs(value) < sys.float_info.min:
+        try:
+            zero = decimal.Decimal(text.strip().replace("_", "")) == 0
+        except decimal.InvalidOperation:
+            zero = False
+        if not zero:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is too small for a float (it underflows to "
+                f"{'0' if value == 0 else 'a subnormal'}); write 0 if 0 is meant, else a "
+                f"number of magnitude at least {sys.float_info.min:.3g}")
+    return value
+
+
 def _real(low: float, high: float, *, low_open: bool = True, high_open: bool = False,
           what: str = "a finite number"):
     """An argparse type: a finite float in the interval (or [) low, high ] (or ))."""
     interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
 
     def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
+        value = _float(text)
         inside = (value > low if low_open else value >= low) and (
             value < high if high_open else value <= high)
         if not (math.isfinite(value) and inside):
@@ -159,10 +178,7 @@ DP_DELTA = _real(0.0, 1.0, high_open=True)
 
 def _dp_epsilon(text: str) -> float:
     """--dp-epsilon: a number > 0, or inf (no perturbation)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _float(text)
     if not value > 0:  # NaN fails too
         raise argparse.ArgumentTypeError(f"must be a number > 0 (or inf: no perturbation), "
                                          f"got {text!r}")
@@ -408,6 +424,9 @@ def with_transcript(path, run):
 def command_train(args) -> int:
     if args.resume and not args.checkpoint_dir:
         raise UsageError("--resume needs --checkpoint-dir, the directory to resume from")
+    if args.resume and args.init_seed is not None:  # as `party data` says: it would be ignored
+        raise UsageError(f"--init-seed {args.init_seed}: --resume takes W's mask from the "
+                         "checkpoint; drop --init-seed")
     config = config_from_args(args)
     check_inputs(args)
     check_outputs(args)

@@ -196,3 +196,39 @@ def test_a_signal_mid_run_is_one_line_its_exit_code_and_no_temporary_file(tmp_pa
     assert process.returncode == code, lines
     assert len(lines) == 1 and word in lines[0] and "Traceback" not in lines[0], lines
     assert sorted(os.listdir(tmp_path)) == [], os.listdir(tmp_path)
+
+
+# ---- 5. no flag is ignored or read as another value silently --------------------------------
+
+def test_resume_with_init_seed_is_refused_in_one_line(capsys, tmp_path, no_training):
+    """--resume takes W's mask from the checkpoint: --init-seed would be ignored silently
+    (party data already refused it; train now does too)."""
+    line = one_line_error(capsys, ["train", "--dataset", "wine", *TINY, "--resume",
+                                   "--checkpoint-dir", str(tmp_path), "--init-seed", "99"])
+    assert "--init-seed 99" in line and "--resume" in line, line
+
+
+@pytest.mark.parametrize("flag,value", [
+    ("--momentum", "1e-400"), ("--momentum", "1e-310"), ("--lr", "1e-400"),
+    ("--test-fraction", "1e-400"), ("--dp-epsilon", "1e-400"), ("--dp-delta", "1e-320")])
+def test_a_real_flag_that_underflows_is_refused_like_one_that_overflows(capsys, no_training,
+                                                                       flag, value):
+    """float('1e-400') is 0.0: --momentum took it as 0 silently. A value a float cannot hold
+    (0 or a subnormal from a non-zero text) is refused naming the flag and the text."""
+    line = one_line_error(capsys, ["train", "--dataset", "wine", *TINY, flag, value])
+    assert line.startswith(f"acml.py train: error: {flag}: '{value}'") and "too small" in line
+
+
+def test_a_party_test_fraction_that_underflows_is_refused(capsys, tmp_path, no_training):
+    """party label takes --test-fraction 0 (no test rows): 1e-400 must not become that."""
+    features, labels = party_csvs(tmp_path)
+    line = one_line_error(capsys, ["party", "label", "--connect", "127.0.0.1:9", "--labels",
+                                   str(labels), "--id-column", "id", "--label-column", "y",
+                                   "--test-fraction", "1e-400"])
+    assert "--test-fraction: '1e-400'" in line and "too small" in line, line
+
+
+@pytest.mark.parametrize("zero", ["0", "0.0", "0e-400", "-0"])
+def test_a_written_zero_is_still_zero(zero):
+    from tools import cli
+    assert cli.MOMENTUM(zero) == 0.0
