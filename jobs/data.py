@@ -228,7 +228,7 @@ def _read_table(path) -> tuple[list[str], list[list[str]], list[int]]:
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as error:  # a cut or corrupt .gz
-        raise DataError(f"{path}: not a complete gzip file ({error})") from None
+        raise DataError(f"{path}: cannot read as CSV: not a whole gzip file ({error})") from None
     except (UnicodeDecodeError, csv.Error, OSError) as error:
         raise DataError(f"{path}: cannot read as CSV ({error})") from None
     if header is None:

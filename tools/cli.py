@@ -428,8 +428,8 @@ def command_train(args) -> int:
         raise UsageError(f"--init-seed {args.init_seed}: --resume takes W's mask from the "
                          "checkpoint; drop --init-seed")
     config = config_from_args(args)
-    check_inputs(args)
     check_outputs(args)
+    check_inputs(args)
     train_set, test_set, scaler = datasets_from_args(args)
     n_inputs = train_set.X.shape[1] if config.bottom is None else config.bottom
     check_key_fits(config.plan, config.key_bits, config.batch_size, n_inputs)
@@ -455,8 +455,8 @@ def command_train(args) -> int:
 
 def command_predict(args) -> int:
     check_privacy_flags(args)
-    check_inputs(args)
     check_outputs(args)
+    check_inputs(args)
     ids, X, names = data.load_features_csv(args.features, args.id_column)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
@@ -516,8 +516,8 @@ def command_party(args) -> int:
         check_key_bits(args.key_bits, args.insecure_small_key)
     if args.role == "label":
         check_block_rows(args.block_rows, args.batch_size)
-    check_inputs(args)
     check_outputs(args)
+    check_inputs(args)
     tls_files = {"--tls-cert": args.tls_cert, "--tls-key": args.tls_key,
                  "--tls-ca": args.tls_ca}
     given = [flag for flag, path in tls_files.items() if path]
