@@ -182,15 +182,14 @@ def take(dataset: Dataset, rows: np.ndarray, suffix: str) -> Dataset:
 
 
 def not_a_regular_file(path) -> str | None:
-    """Why ``path`` cannot be read as a data file, or None. Only regular files are read: opening
-    a named pipe (FIFO) blocks until a writer comes, maybe forever, and a device or a directory
-    is no table. os.stat opens nothing, so asking never blocks."""
+    """What ``path`` is when it exists but is not a regular file, or None. Only regular files
+    are read: opening a named pipe (FIFO) blocks until a writer comes, maybe forever, and a
+    device or a directory is no table. os.stat opens nothing, so asking never blocks; a path
+    that cannot be stat-ed is left to the open that follows, which says why."""
     try:
         mode = Path(path).stat().st_mode
-    except FileNotFoundError:
-        return "file not found"
-    except OSError as error:
-        return f"cannot read it ({error.strerror or type(error).__name__})"
+    except (OSError, ValueError):
+        return None
     if stat.S_ISREG(mode):
         return None
     kind = ("a directory" if stat.S_ISDIR(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode)
