@@ -16,6 +16,7 @@ seeded generators are used. Secrets (keys, masks) never come from this module.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -591,6 +592,9 @@ def _metric_labels(labels, what: str) -> np.ndarray:
     return labels
 
 
+AUC_UNDEFINED = "one class in the test rows: AUC undefined"
+
+
 def roc_auc(labels, scores) -> float:
     """Area under the ROC curve for binary labels (1 = positive) and real scores (higher = more
     positive): the chance that a random positive scores above a random negative, ties counted
@@ -645,7 +649,9 @@ def classification_report(labels, predicted, scores=None, n_classes: int | None 
       the positive class 1; otherwise the macro average (unweighted mean over all
       ``n_classes`` classes, absent ones included);
     * ``auc``: ``roc_auc(labels, scores)`` for 2 classes when ``scores`` (the positive class's
-      probability, shape (n,), or (n, 2) class probabilities) is given; otherwise None.
+      probability, shape (n,), or (n, 2) class probabilities) is given; otherwise None. When
+      the labels hold one class the AUC is undefined: ``auc`` is None (never NaN, which is no
+      JSON value) and ``auc_note`` says why (AUC_UNDEFINED).
     """
     labels = _metric_labels(labels, "labels")
     predicted = _metric_labels(predicted, "predicted")
@@ -691,7 +697,12 @@ def classification_report(labels, predicted, scores=None, n_classes: int | None 
             scores = np.asarray(scores, dtype=np.float64)
             if scores.ndim == 2 and scores.shape[1] == 2:
                 scores = scores[:, 1]
-            report["auc"] = roc_auc(labels, scores)
+            auc = roc_auc(labels, scores)
+            # NaN is no JSON value: an undefined AUC is None, with the reason beside it
+            if math.isnan(auc):
+                report["auc_note"] = AUC_UNDEFINED
+            else:
+                report["auc"] = auc
     else:
         report.update(average="macro", **{key: float(np.mean([c[key] for c in per_class]))
                                           for key in ("precision", "recall", "f1")})

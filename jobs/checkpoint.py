@@ -68,6 +68,7 @@ def write_atomically(path, write, mode: str = "wb", *, private: bool = True,
     directory = os.path.dirname(os.path.abspath(path))
     descriptor, temporary = tempfile.mkstemp(prefix=os.path.basename(path) + ".",
                                              suffix=".tmp", dir=directory)
+    _open_temporaries.add(temporary)
     try:
         if not private:
             umask = os.umask(0)
@@ -82,6 +83,24 @@ def write_atomically(path, write, mode: str = "wb", *, private: bool = True,
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+    finally:
+        _open_temporaries.discard(temporary)
+
+
+# The temporary files of the writes under way: a second signal during the cleanup of a first
+# (tools/cli.py) leaves no time to unwind, so it removes them from here before exiting.
+_open_temporaries: set = set()
+
+
+def remove_open_temporaries() -> None:
+    """Delete the temporary file of every write_atomically under way (their targets stay as
+    they were). For an exit that cannot unwind; errors are ignored, the exit goes on."""
+    for temporary in list(_open_temporaries):
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        _open_temporaries.discard(temporary)
 
 
 def _decimal_strings(values) -> np.ndarray:

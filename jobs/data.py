@@ -36,6 +36,8 @@ import gzip
 import importlib.util
 import math
 import re
+import stat
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,10 +181,32 @@ def take(dataset: Dataset, rows: np.ndarray, suffix: str) -> Dataset:
 # --------------------------------------------------------------------------------------------
 
 
+def not_a_regular_file(path) -> str | None:
+    """What ``path`` is when it exists but is not a regular file, or None. Only regular files
+    are read: opening a named pipe (FIFO) blocks until a writer comes, maybe forever, and a
+    device or a directory is no table. os.stat opens nothing, so asking never blocks; a path
+    that cannot be stat-ed is left to the open that follows, which says why."""
+    try:
+        mode = Path(path).stat().st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    kind = ("a directory" if stat.S_ISDIR(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+    return f"is {kind}, not a regular file"
+
+
 def _read_table(path) -> tuple[list[str], list[list[str]], list[int]]:
     """Header, data rows and each row's 1-based line number. Blank lines are skipped; every
-    other row must have as many fields as the header. ``.gz`` files are decompressed."""
+    other row must have as many fields as the header. ``.gz`` files are decompressed; a
+    truncated or corrupt one is a one-line DataError. Only regular files are opened
+    (not_a_regular_file)."""
     path = Path(path)
+    problem = not_a_regular_file(path)
+    if problem:
+        raise DataError(f"{path}: {problem}")
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rt", newline="", encoding="utf-8-sig") as handle:
@@ -202,6 +226,8 @@ def _read_table(path) -> tuple[list[str], list[list[str]], list[int]]:
                 lines.append(reader.line_num)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:  # a cut or corrupt .gz
+        raise DataError(f"{path}: cannot read as CSV: not a whole gzip file ({error})") from None
     except (UnicodeDecodeError, csv.Error, OSError) as error:
         raise DataError(f"{path}: cannot read as CSV ({error})") from None
     if header is None:

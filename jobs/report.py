@@ -46,6 +46,8 @@ def test_report_lines(reports: dict, class_names, differing: int | None = None) 
     if first["auc"] is not None:
         lines.append(row("test ROC AUC", lambda r: f"{r['auc']:.4f}")
                      + "   (a constant guess: 0.5)")
+    elif "auc_note" in first:
+        lines.append(f"test ROC AUC       none: {first['auc_note']}")
     which = (f"of class {names[1]!r}" if first["n_classes"] == 2
              else f"macro average over {first['n_classes']} classes")
     lines.append(row("precision/recall/F1",
@@ -136,9 +138,11 @@ def test_metrics(y, n_classes: int, predicted, scores, plain_predicted, plain_sc
                "prediction_agreement": float(np.mean(predicted == plain_predicted)),
                "predictions_differing": int(np.sum(predicted != plain_predicted)),
                "majority_class_rate": report["majority_baseline"]}
-    if report["auc"] is not None:
+    if report["auc"] is not None or "auc_note" in report:
         metrics["test_auc"] = report["auc"]
         metrics["plaintext_test_auc"] = plain_report["auc"]
+        if "auc_note" in report:  # null in the JSON, never NaN; the reason beside it
+            metrics["test_auc_note"] = report["auc_note"]
     metrics["test_report"] = report
     metrics["plaintext_test_report"] = plain_report
     return metrics

@@ -296,8 +296,10 @@ class Session:
                                                   party.predictions, n_classes)
                 out.update(test_accuracy=report["accuracy"], test_report=report,
                            majority_class_rate=report["majority_baseline"])
-                if report["auc"] is not None:
-                    out["test_auc"] = report["auc"]
+                if report["auc"] is not None or "auc_note" in report:
+                    out["test_auc"] = report["auc"]  # None, never NaN: no JSON value
+                if "auc_note" in report:
+                    out["test_auc_note"] = report["auc_note"]
         return out
 
     @property

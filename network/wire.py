@@ -73,6 +73,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from jobs.data import not_a_regular_file
+
 
 VERSION = "acml-tcp-2"
 MAGIC = b"ACML"
@@ -156,6 +158,9 @@ def read_token(token_file=None, environ=None) -> bytes:
     """
     environ = os.environ if environ is None else environ
     if token_file:
+        problem = not_a_regular_file(token_file)  # a FIFO would block the open forever
+        if problem:
+            raise ValueError(f"--token-file {token_file}: {problem}")
         try:
             with open(token_file, "rb") as handle:
                 token = handle.read().strip()

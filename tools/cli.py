@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import decimal
 import json
 import math
 import os
@@ -89,16 +90,34 @@ def _integer(low: int, high: int):
     return parse
 
 
+def _float(text: str) -> float:
+    """float(text), NaN for what is no number, and an argparse error for a number too small
+    for a float: float('1e-400') is 0.0 and float('1e-310') a subnormal that has lost digits,
+    which a flag must not take silently (as '1e400', inf, is refused for being too large)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return math.nan
+    if math.isfinite(value) and abs(value) < sys.float_info.min:
+        try:
+            zero = decimal.Decimal(text.strip().replace("_", "")) == 0
+        except decimal.InvalidOperation:
+            zero = False
+        if not zero:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is too small for a float (it underflows to "
+                f"{'0' if value == 0 else 'a subnormal'}); write 0 if 0 is meant, else a "
+                f"number of magnitude at least {sys.float_info.min:.3g}")
+    return value
+
+
 def _real(low: float, high: float, *, low_open: bool = True, high_open: bool = False,
           what: str = "a finite number"):
     """An argparse type: a finite float in the interval (or [) low, high ] (or ))."""
     interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
 
     def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
+        value = _float(text)
         inside = (value > low if low_open else value >= low) and (
             value < high if high_open else value <= high)
         if not (math.isfinite(value) and inside):
@@ -159,10 +178,7 @@ DP_DELTA = _real(0.0, 1.0, high_open=True)
 
 def _dp_epsilon(text: str) -> float:
     """--dp-epsilon: a number > 0, or inf (no perturbation)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _float(text)
     if not value > 0:  # NaN fails too
         raise argparse.ArgumentTypeError(f"must be a number > 0 (or inf: no perturbation), "
                                          f"got {text!r}")
@@ -200,6 +216,24 @@ def check_output_file(flag: str, path) -> None:
         raise UsageError(f"{flag} {path}: the directory {folder} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UsageError(f"{flag} {path}: the directory {folder} is not writable")
+
+
+def check_input_file(flag: str, path) -> None:
+    """An input file must be a regular file: a named pipe (FIFO) would block its reader forever
+    and a device or a directory is no input. Asked with os.stat, which opens nothing."""
+    problem = path and data.not_a_regular_file(path)
+    if problem:
+        raise UsageError(f"{flag} {path}: {problem}")
+
+
+INPUT_FILE_FLAGS = ("--features", "--labels", "--token-file", "--tls-cert", "--tls-key",
+                    "--tls-ca")
+
+
+def check_inputs(args) -> None:
+    """Every input file of this command, before any work starts."""
+    for flag in INPUT_FILE_FLAGS:
+        check_input_file(flag, getattr(args, flag[2:].replace("-", "_"), None))
 
 
 def check_checkpoint_dir(flag: str, path) -> None:
@@ -334,8 +368,17 @@ def datasets_from_args(args):
     if not 0.0 < args.test_fraction < 1.0:
         raise UsageError(f"--test-fraction must lie in (0, 1), got {args.test_fraction}")
     # Two party CSVs split as the two parties would (unstratified): see split.prepare.
-    return prepare(dataset, test_fraction=args.test_fraction, seed=args.seed,
-                        return_standardizer=True, stratified=not args.features)
+    train_set, test_set, scaler = prepare(dataset, test_fraction=args.test_fraction,
+                                          seed=args.seed, return_standardizer=True,
+                                          stratified=not args.features)
+    # The report is computed on the test rows after the last epoch: an empty test split would
+    # only fail then, losing the whole run, so it is refused here, before any key is made.
+    if len(test_set.y) == 0:
+        n_rows = len(train_set.y)
+        raise UsageError(f"--test-fraction {args.test_fraction:g}: 0 of the {n_rows} rows would "
+                         f"be test rows; the report needs at least one (give at least "
+                         f"{1 / n_rows:.3g})")
+    return train_set, test_set, scaler
 
 
 def check_key_bits(bits: int, insecure: bool) -> None:
@@ -381,8 +424,12 @@ def with_transcript(path, run):
 def command_train(args) -> int:
     if args.resume and not args.checkpoint_dir:
         raise UsageError("--resume needs --checkpoint-dir, the directory to resume from")
+    if args.resume and args.init_seed is not None:  # as `party data` says: it would be ignored
+        raise UsageError(f"--init-seed {args.init_seed}: --resume takes W's mask from the "
+                         "checkpoint; drop --init-seed")
     config = config_from_args(args)
     check_outputs(args)
+    check_inputs(args)
     train_set, test_set, scaler = datasets_from_args(args)
     n_inputs = train_set.X.shape[1] if config.bottom is None else config.bottom
     check_key_fits(config.plan, config.key_bits, config.batch_size, n_inputs)
@@ -401,14 +448,15 @@ def command_train(args) -> int:
               f"{result.metrics['resumed_after_epoch']}", file=sys.stderr)
     print(result.summary())
     if args.json:
-        checkpoint.write_atomically(args.json, lambda handle: json.dump(result.metrics, handle,
-                                                                      indent=2), mode="w")
+        checkpoint.write_atomically(args.json, lambda handle: json.dump(
+            result.metrics, handle, indent=2, allow_nan=False), mode="w")
     return 0
 
 
 def command_predict(args) -> int:
     check_privacy_flags(args)
     check_outputs(args)
+    check_inputs(args)
     ids, X, names = data.load_features_csv(args.features, args.id_column)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
@@ -469,6 +517,7 @@ def command_party(args) -> int:
     if args.role == "label":
         check_block_rows(args.block_rows, args.batch_size)
     check_outputs(args)
+    check_inputs(args)
     tls_files = {"--tls-cert": args.tls_cert, "--tls-key": args.tls_key,
                  "--tls-ca": args.tls_ca}
     given = [flag for flag, path in tls_files.items() if path]
@@ -509,8 +558,8 @@ def command_party(args) -> int:
     print(run.summary())
     if getattr(args, "json", None):  # only `party label` writes the report
         metrics = run.metrics()
-        checkpoint.write_atomically(args.json, lambda handle: json.dump(metrics, handle,
-                                                                      indent=2), mode="w")
+        checkpoint.write_atomically(args.json, lambda handle: json.dump(
+            metrics, handle, indent=2, allow_nan=False), mode="w")
     return 0
 
 
@@ -838,26 +887,84 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 INTERRUPTED = 130  # the shell's code for a process ended by SIGINT (128 + 2)
+TERMINATED = 143  # and by SIGTERM (128 + 15)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is, like KeyboardInterrupt for SIGINT: the stack
+    unwinds, so every atomic write removes its temporary file (a transcript's holds private
+    data) before main says so in one line."""
+
+
+class StopSignals:
+    """SIGINT and SIGTERM while a command runs. The first raises (KeyboardInterrupt or
+    Terminated) and the command unwinds, cleaning up. A second one during that cleanup does not
+    wait for it: it removes the open temporary files itself, says the one line if it was not
+    said yet, and exits at once with the first signal's code (130 or 143), never killed by the
+    signal (-2). Installed only in the main thread; the previous handlers come back after."""
+
+    CODES = {signal.SIGINT: (INTERRUPTED, "interrupted (Ctrl-C)"),
+             signal.SIGTERM: (TERMINATED, "terminated (SIGTERM)")}
+
+    def __init__(self, name: str):
+        self.name = name
+        self.first = None
+        self.said = False
+        self.signalled = False
+        self.previous = {}
+
+    def line(self) -> str:
+        return f"{self.name}: {self.CODES[self.first][1]}; no output file was left half-written"
+
+    def say(self) -> int:
+        """The one line on stderr (once) and the exit code of the first signal."""
+        if not self.said:
+            self.said = True
+            print(self.line(), file=sys.stderr, flush=True)
+        return self.CODES[self.first][0]
+
+    def handle(self, number, frame):
+        if self.first is not None:  # a second signal: no more waiting for the cleanup
+            checkpoint.remove_open_temporaries()
+            os._exit(self.say())
+        self.first = number
+        self.signalled = True
+        raise KeyboardInterrupt if number == signal.SIGINT else Terminated
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for number in self.CODES:
+                self.previous[number] = signal.signal(number, self.handle)
+        return self
+
+    def __exit__(self, *exc):
+        for number, handler in self.previous.items():
+            # after a signal the process is on its way out with its code: one more Ctrl-C
+            # must not turn it into a traceback or a death by the signal
+            signal.signal(number, signal.SIG_IGN if self.signalled else handler)
+        return False
 
 
 def main(argv=None) -> int:
-    """Run one command: 0 on success, 2 on bad input (one line), 130 on Ctrl-C (one line;
-    every output file is written atomically, so it is complete or absent)."""
+    """Run one command: 0 on success, 2 on bad input (one line), 130 on Ctrl-C and 143 on
+    SIGTERM (one line; every output file is written atomically, so it is complete or absent,
+    and no temporary file stays behind)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help (0), or a usage error already printed in one line (2)
         return done.code
     name = " ".join(["acml.py", args.command] + ([args.role] if args.command == "party" else []))
-    try:
-        return args.handler(args)
-    except KeyboardInterrupt:
-        print(f"{name}: interrupted (Ctrl-C); no output file was left half-written",
-              file=sys.stderr)
-        return INTERRUPTED
-    except (ValueError, OverflowError, OSError, LeakageError) as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"{name}: error: {message}", file=sys.stderr)
-        return 2
+    with StopSignals(name) as stop:
+        try:
+            return args.handler(args)
+        except (KeyboardInterrupt, Terminated):
+            if stop.first is None:  # raised without a signal (a test, or Python's own SIGINT)
+                stop.first = signal.SIGINT
+            return stop.say()
+        except (ValueError, OverflowError, OSError, LeakageError) as error:
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            print(f"{name}: error: {message}", file=sys.stderr)
+            return 2
 
 

@@ -2,6 +2,7 @@
 the project has one AUC (labels first, like sklearn) and one report, and both must agree with
 an independent implementation on random data, ties included."""
 
+import json
 import math
 
 import numpy as np
@@ -117,3 +118,10 @@ def test_report_rejects_inconsistent_input():
         nn.classification_report([0, -1], [0, 1])
     with pytest.raises(ValueError, match="at least one"):
         nn.classification_report([], [])
+
+
+def test_auc_of_one_class_is_none_with_a_note_never_nan():
+    """NaN is no JSON value: a report whose labels hold one class says None and why."""
+    report = nn.classification_report([1, 1, 1], [1, 0, 1], [0.9, 0.2, 0.7], 2)
+    assert report["auc"] is None and report["auc_note"] == nn.AUC_UNDEFINED
+    json.dumps(report, allow_nan=False)
