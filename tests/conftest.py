@@ -79,3 +79,19 @@ def fix_prediction_seed(monkeypatch):
     from privacy import input_perturbation
     monkeypatch.setattr(input_perturbation, "secrets",
                         types.SimpleNamespace(randbits=lambda bits: PREDICTION_SEED))
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Bad input must be refused before any work: training, prediction, either party's session
+    or a key generation here fails the test."""
+    from jobs import simulation
+    from network import transport
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("work started despite bad input")
+    monkeypatch.setattr(simulation, "train", refuse)
+    monkeypatch.setattr(simulation, "predict", refuse)
+    monkeypatch.setattr(transport, "run_data_party", refuse)
+    monkeypatch.setattr(transport, "run_label_party", refuse)
+    monkeypatch.setattr(paillier, "generate_keypair", refuse)

@@ -23,7 +23,6 @@ from network import alignment
 from jobs import simulation
 from tools import cli
 import nn
-import paillier
 import parties
 from network import transport
 from network import wire
@@ -48,15 +47,6 @@ def three_class_csvs(tmp_path, n=60):
     return features, labels
 
 
-@pytest.fixture
-def no_training(monkeypatch):
-    """Any bad input must be refused before training: training here fails the test."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("training started despite bad input")
-    monkeypatch.setattr(simulation, "train", refuse)
-    monkeypatch.setattr(transport, "run_data_party", refuse)
-    monkeypatch.setattr(transport, "run_label_party", refuse)
-    monkeypatch.setattr(paillier, "generate_keypair", refuse)
 
 
 def party_argv(role, tmp_path, *extra):

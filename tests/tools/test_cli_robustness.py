@@ -19,25 +19,12 @@ import numpy as np
 import pytest
 
 from conftest import one_line_error, write_csv
-from jobs import simulation
-from network import transport
-import paillier
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL_KEY = ["--key-bits", "512", "--insecure-small-key"]
 TINY = ["--hidden", "2", "--epochs", "1", "--quiet", *SMALL_KEY]
 
 
-@pytest.fixture
-def no_training(monkeypatch):
-    """Bad input must be refused before training and before any key: either fails the test."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("work started despite bad input")
-    monkeypatch.setattr(simulation, "train", refuse)
-    monkeypatch.setattr(simulation, "predict", refuse)
-    monkeypatch.setattr(transport, "run_data_party", refuse)
-    monkeypatch.setattr(transport, "run_label_party", refuse)
-    monkeypatch.setattr(paillier, "generate_keypair", refuse)
 
 
 def party_csvs(tmp_path, n=60, one_class_rows=()):
