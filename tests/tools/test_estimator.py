@@ -1,7 +1,6 @@
 """acml.VerticalMLPClassifier: the sklearn surface, the same weights as acml.train, the same
 refusals as the CLI, and PlainModel's matching predict/predict_proba."""
 
-import warnings
 
 import numpy as np
 import pytest

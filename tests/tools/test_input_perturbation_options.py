@@ -11,7 +11,7 @@ from sklearn.base import clone
 
 import acml
 from conftest import one_line_error
-from test_cli_inputs import SMALL_KEY, TINY, no_training, party_argv  # noqa: F401 (a fixture)
+from test_cli_inputs import TINY, party_argv
 from test_estimator import SMALL, tiny
 from privacy.input_perturbation import DEFAULT_DELTA
 
