@@ -563,9 +563,22 @@ def command_party(args) -> int:
     return 0
 
 
+def _listen(host: str, port: int, address: str):
+    """The listening socket, or a one-line UsageError naming --listen (a port in use, an
+    address this machine does not have)."""
+    try:
+        return wire.listen(host, port)
+    except OSError as error:
+        raise UsageError(f"--listen {address}: cannot listen there: "
+                         f"{error.strerror or error}") from None
+
+
 def _data_party(args, token, tls, frame_cap, executor, progress, transcript):
     ids, X, feature_names = data.load_features_csv(args.features, args.id_column)
     host, port = wire.parse_address(args.listen, "--listen")
+    # The address is tried before the key generation (seconds at 2048 bits), so that a port in
+    # use is said at once; the socket is opened again after it, when the wait can begin.
+    _listen(host, port, args.listen).close()
     if args.predict:
         keypair = None
     else:
@@ -575,7 +588,7 @@ def _data_party(args, token, tls, frame_cap, executor, progress, transcript):
         # Resuming, the key pair is the checkpoint's: no new one.
         keypair = None if args.resume else paillier.generate_keypair(
             args.key_bits, allow_insecure=args.insecure_small_key)
-    with wire.listen(host, port) as listener:
+    with _listen(host, port, args.listen) as listener:
         print(f"data party: listening on {wire.address_of(listener)}", flush=True)
         connection = wire.accept_peer(
             listener, token, timeout=args.timeout, handshake_timeout=args.handshake_timeout,

@@ -219,3 +219,21 @@ def test_a_party_test_fraction_that_underflows_is_refused(capsys, tmp_path, no_t
 def test_a_written_zero_is_still_zero(zero):
     from tools import cli
     assert cli.MOMENTUM(zero) == 0.0
+
+
+def test_a_port_in_use_is_named_before_any_key_is_generated(tmp_path, capsys, no_training,
+                                                            monkeypatch):
+    """A --listen address that cannot be bound is one line naming --listen, and comes before
+    the data party's key generation (no_training refuses any key): it used to come only after
+    it, seconds later at 2048 bits, without naming the flag."""
+    import secrets
+    import socket
+    from test_cli_inputs import party_argv
+    monkeypatch.setenv("ACML_TOKEN", secrets.token_hex(32))
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        argv = party_argv("data", tmp_path)
+        argv[argv.index("--listen") + 1] = f"127.0.0.1:{port}"
+        line = one_line_error(capsys, argv)
+    assert line.startswith(f"acml.py party data: error: --listen 127.0.0.1:{port}: "), line
+    assert "cannot listen there" in line
