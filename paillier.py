@@ -628,15 +628,21 @@ class PrivateKey:
         return f"PrivateKey(<for {self.public_key!r}>)"  # never print p or q
 
 
-def decrypt_textbook(private_key, c):
-    """Textbook decryption m = L(c^λ mod n², n) · μ mod n, with λ = lcm(p-1, q-1) and
-    μ = L(g^λ mod n², n)^-1 mod n.  Slower than the CRT path; kept to cross-check it."""
+def textbook_decryption_key(private_key):
+    """(λ, μ) of textbook decryption: λ = lcm(p-1, q-1), μ = L(g^λ mod n², n)^-1 mod n."""
     public_key = private_key.public_key
-    public_key.check_ciphertext(c)
     n, nsquare = public_key.n, public_key.nsquare
     lam = math.lcm(private_key.p - 1, private_key.q - 1)
-    mu = invert(L(powmod(public_key.g, lam, nsquare), n), n)
-    return int(L(powmod(c, lam, nsquare), n) * mu % n)
+    return lam, invert(L(powmod(public_key.g, lam, nsquare), n), n)
+
+
+def decrypt_textbook(private_key, c, key=None):
+    """Textbook decryption m = L(c^λ mod n², n) · μ mod n (``key``: (λ, μ) if already at hand,
+    textbook_decryption_key).  Slower than the CRT path; kept to cross-check it."""
+    public_key = private_key.public_key
+    public_key.check_ciphertext(c)
+    lam, mu = key or textbook_decryption_key(private_key)
+    return int(L(powmod(c, lam, public_key.nsquare), public_key.n) * mu % public_key.n)
 
 
 _FORMAT = "acml-paillier-array-v1"
@@ -910,11 +916,8 @@ class TextbookEngine:
             return np.concatenate([self.decrypt(private_key, block) for block in encrypted],
                                   axis=0)
         private_key.check_owner(encrypted)
-        public_key = private_key.public_key
-        n, nsquare = public_key.n, public_key.nsquare
-        lam = math.lcm(private_key.p - 1, private_key.q - 1)
-        mu = invert(L(powmod(public_key.g, lam, nsquare), n), n)
-        residues = [int(L(powmod(c, lam, nsquare), n) * mu % n)
+        key = textbook_decryption_key(private_key)
+        residues = [decrypt_textbook(private_key, c, key)
                     for c in encrypted.ciphertexts.ravel().tolist()]
         OP_COUNTS["decrypt"] += len(residues)
         return object_array(residues, encrypted.shape)
