@@ -1,11 +1,16 @@
 """The course material stays true to the repository: what the notebooks, the README and
-PROTOCOL.md cite exists, every notebook has exercises with hidden, executed solutions, the
-notation table names real code, and PROTOCOL.md's account of the masks is what the code draws."""
+PROTOCOL.md cite exists, every exercise has a task a student attempts first, an answer cell and
+a check that never prints the answer, with its solution in notebooks/solutions/, the notation
+table names real code, and PROTOCOL.md's account of the masks is what the code draws."""
 
 import ast
+import contextlib
 import importlib
 import inspect
+import io
+import math
 import pathlib
+import random
 import re
 
 import nbformat
@@ -70,23 +75,213 @@ def test_notebooks_and_readme_cite_protocol_md():
         "notebooks 03 on lean on the protocol notes"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
-def test_every_notebook_has_three_exercises_with_hidden_executed_solutions(path):
-    """Each exercise is a markdown cell tagged "exercise" followed by a code cell tagged
-    "solution", collapsed (jupyter.source_hidden), that checks its answer with asserts or prints
-    it. Outputs are committed, so a solution that was never run has no outputs."""
+EXERCISE_TASK = re.compile(r"\*\*Exercise (\d+) — [^*]+\*\* \*Difficulty (?:★☆☆|★★☆|★★★) · "
+                           r"about \d+(?:[–-]\d+)? min\*")
+CHECK_CALL = re.compile(r"\bex(\d\d)\.check_(\d+)\(")
+EXERCISES = ROOT / "notebooks" / "exercises"
+SOLUTIONS = ROOT / "notebooks" / "solutions"
+
+
+def tags(cell):
+    return cell.metadata.get("tags", [])
+
+
+def output_text(cell):
+    """Everything a code cell's committed outputs show as text (streams, results, errors)."""
+    parts = []
+    for output in cell.get("outputs", []):
+        if output.output_type == "stream":
+            parts.append(output.text)
+        elif output.output_type in ("execute_result", "display_data"):
+            parts.append(output.data.get("text/plain", ""))
+        elif output.output_type == "error":
+            parts.append("\n".join(output.traceback))
+    return "\n".join(parts)
+
+
+def exercises_of(path):
+    """[(K, task cell, the cell after it)] for every markdown cell tagged "exercise"."""
     cells = nbformat.read(path, as_version=4).cells
-    exercises = [i for i, cell in enumerate(cells)
-                 if cell.cell_type == "markdown" and "exercise" in cell.metadata.get("tags", [])]
+    found = []
+    for index, cell in enumerate(cells):
+        if cell.cell_type == "markdown" and "exercise" in tags(cell):
+            match = EXERCISE_TASK.match(cell.source)
+            number = int(match.group(1)) if match else None
+            found.append((number, cell, cells[index + 1] if index + 1 < len(cells) else None))
+    return found
+
+
+def checks_module(number):
+    return importlib.import_module(f"notebooks.exercises.ex{number}")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
+def test_every_exercise_is_tagged_and_followed_by_an_answer_cell_that_shows_no_answer(path):
+    """An exercise is a markdown cell tagged "exercise" that begins with "**Exercise K — title.**
+    *Difficulty ★☆☆ · about M min*" (K = 1, 2, ... in order), followed by ONE code cell tagged
+    "answer" that calls the notebook's own check, ex<NN>.check_K(...), and whose committed output
+    is the check's "no answer yet" line: no ✓, no error, nothing that gives the answer away."""
+    from notebooks.exercises import NO_ANSWER
+    number = path.name[:2]
+    exercises = exercises_of(path)
     assert len(exercises) >= 3, f"{path.name}: {len(exercises)} exercises"
-    for index in exercises:
-        solution = cells[index + 1]
-        assert solution.cell_type == "code", (path.name, index)
-        assert "solution" in solution.metadata.get("tags", []), (path.name, index)
-        assert solution.metadata.get("jupyter", {}).get("source_hidden") is True, (path.name, index)
-        assert "assert" in solution.source, (path.name, index)
-        assert solution.outputs and not any(o.output_type == "error" for o in solution.outputs), \
-            (path.name, index, "the committed solution must have run without error")
+    numbers = [k for k, _, _ in exercises]
+    assert None not in numbers, f"{path.name}: an exercise lacks the '**Exercise K — title.** " \
+                                f"*Difficulty ★☆☆ · about M min*' heading"
+    assert numbers == list(range(1, len(numbers) + 1)), (path.name, numbers)
+    for k, task, answer in exercises:
+        assert answer is not None and answer.cell_type == "code" and "answer" in tags(answer), \
+            (path.name, k, "the cell after the task must be a code cell tagged 'answer'")
+        calls = CHECK_CALL.findall(answer.source)
+        assert calls == [(number, str(k))], (path.name, k, calls)
+        shown = output_text(answer)
+        assert "✓" not in shown, (path.name, k, "the committed answer cell shows a right answer")
+        assert NO_ANSWER in shown, (path.name, k, "the committed answer cell must show 'no answer yet'")
+        assert not any(o.output_type == "error" for o in answer.get("outputs", [])), (path.name, k)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
+def test_no_solution_is_left_in_a_student_notebook(path):
+    """The solutions live in notebooks/solutions/: no cell of a student notebook is tagged
+    "solution" or hidden, and none is marked as a solution."""
+    for cell in nbformat.read(path, as_version=4).cells:
+        assert "solution" not in tags(cell), path.name
+        assert not cell.metadata.get("jupyter", {}).get("source_hidden"), path.name
+        assert "# SOLUTION" not in cell.source, path.name
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
+def test_every_check_an_answer_cell_calls_exists(path):
+    """Each ex<NN>.check_K called by an answer cell is a function of notebooks/exercises/exNN.py."""
+    module = checks_module(path.name[:2])
+    for k, _, answer in exercises_of(path):
+        assert callable(getattr(module, f"check_{k}", None)), f"{module.__name__}.check_{k} is missing"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
+def test_the_solutions_notebook_solves_and_checks_every_exercise(path):
+    """notebooks/solutions/<same name>.ipynb has, for every exercise K, a heading "## Exercise K"
+    and code that ends in `assert exNN.check_K(`; its committed outputs show every check's ✓ and
+    no error (CI executes it too, so a wrong solution fails there)."""
+    solutions = SOLUTIONS / path.name
+    assert solutions.exists(), f"{path.name}: no {solutions.relative_to(ROOT)}"
+    cells = nbformat.read(solutions, as_version=4).cells
+    headings = {cell.source.strip() for cell in cells if cell.cell_type == "markdown"}
+    code = [cell for cell in cells if cell.cell_type == "code"]
+    number = path.name[:2]
+    for k, _, _ in exercises_of(path):
+        assert f"## Exercise {k}" in headings, (solutions.name, k)
+        asserting = [cell for cell in code if f"assert ex{number}.check_{k}(" in cell.source]
+        assert asserting, (solutions.name, k, f"no `assert ex{number}.check_{k}(`")
+        assert all("✓" in output_text(cell) for cell in asserting), (solutions.name, k, "not run")
+    assert not any(o.output_type == "error" for cell in code for o in cell.get("outputs", []))
+
+
+def check_functions():
+    for module_path in sorted(EXERCISES.glob("ex[0-9][0-9].py")):
+        module = checks_module(module_path.stem[2:])
+        for name, function in inspect.getmembers(module, inspect.isfunction):
+            if re.fullmatch(r"check_\d+", name) and function.__module__ == module.__name__:
+                yield module_path.stem, name, function
+
+
+@pytest.mark.parametrize("module_name, name, function", list(check_functions()),
+                         ids=lambda value: value if isinstance(value, str) else "")
+def test_a_check_without_an_answer_says_so_and_does_not_raise(module_name, name, function, capsys):
+    """The student notebooks run top to bottom in CI with every answer still None: each check
+    then prints "no answer yet" and returns False (its other arguments are not needed for that)."""
+    from notebooks.exercises import NO_ANSWER
+    parameters = inspect.signature(function).parameters.values()
+    positional = [None for p in parameters if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    keywords = {p.name: None for p in parameters if p.default is p.empty and p.kind == p.KEYWORD_ONLY}
+    assert function(*positional, **keywords) is False, (module_name, name)
+    assert NO_ANSWER in capsys.readouterr().out, (module_name, name)
+
+
+def verdict_of(check, *args, **kwargs):
+    """(what the check returned, what it printed)."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        result = check(*args, **kwargs)
+    return result, buffer.getvalue()
+
+
+def paillier_by_hand(p, q, m, r):
+    n = p * q
+    lam = math.lcm(p - 1, q - 1)
+    mu = pow((pow(n + 1, lam, n * n) - 1) // n, -1, n)
+    c = pow(n + 1, m, n * n) * pow(r, n, n * n) % (n * n)
+    return {"n": n, "n_squared": n * n, "lambda": lam, "mu": mu, "g": n + 1, "r": r, "m": m,
+            "c": c, "decrypted": (pow(c, lam, n * n) - 1) // n * mu % n}
+
+
+def test_checks_of_notebooks_01_to_04_tell_right_from_wrong_and_never_print_the_expected_value():
+    """For the checks whose expected value is a number: the right answer gets ✓, a wrong one ✗,
+    and neither output contains the expected value (the check must not give the answer away)."""
+    ex01, ex04 = checks_module("01"), checks_module("04")
+    right = paillier_by_hand(11, 13, 42, 23)
+    for answer, expected in ((right, True), ({**right, "lambda": 120}, False),
+                             ({**right, "mu": right["mu"] + 1}, False),
+                             (paillier_by_hand(11, 13, 42, 22), False)):   # r not in Z*_n
+        result, printed = verdict_of(ex01.check_1, answer)
+        assert result is expected, (answer, printed)
+        assert "60" not in printed and str(right["mu"]) not in printed, printed
+    schoolbook, karatsuba = 4.0, 2.0 ** math.log2(3)
+    for answer, measured, expected in (((4, 3, "Karatsuba"), 3.2, True), ((4, 3, "schoolbook"), 3.2, False),
+                                       ((4, 2.5, "Karatsuba"), 3.2, False)):
+        result, printed = verdict_of(ex01.check_2, answer, measured_speedup=measured)
+        assert result is expected, (answer, printed)
+        assert repr(schoolbook) not in printed and f"{karatsuba:.1f}" not in printed, printed
+    for answer, expected in (((94, 72, 21), True), ((93, 72, 21), False), ((94, 56, 21), False),
+                             ((94, 72, 22), False)):
+        result, printed = verdict_of(ex01.check_4, answer)
+        assert result is expected, (answer, printed)
+        assert not {"94", "72", "21"} & set(re.findall(r"\d+", printed)), printed
+    exact = 1 - (1 - 100 / 2 ** 12) ** 64
+    for answer, expected in (((0.0244, 0.79, exact), True), ((0.0244, 0.79, min(1.0, 64 * 100 / 2 ** 12)), False),
+                             ((0.0625, 0.79, exact), False)):
+        result, printed = verdict_of(ex04.check_2, answer)
+        assert result is expected, (answer, printed)
+        assert f"{exact:.3f}" not in printed and f"{100 / 2 ** 12:.4f}" not in printed, printed
+    result, printed = verdict_of(ex04.check_3, (4, 6))
+    assert result is False and not {"5", "6"} & set(re.findall(r"\d+", printed)), printed
+
+
+def test_the_share_update_check_fails_a_label_party_that_uses_the_data_partys_mask():
+    """ex02.check_1 accepts the protocol's update and rejects one where the label party's new
+    share reads ε_A itself (which it never sees) even though the two shares still add up."""
+    ex02 = checks_module("02")
+
+    def protocol_update(W_B, epsilon, masked_gradient, epsilon_A, lr):
+        return W_B - lr * masked_gradient, epsilon + lr * epsilon_A
+
+    def peeking_update(W_B, epsilon, masked_gradient, epsilon_A, lr):
+        return W_B - lr * (masked_gradient - epsilon_A), epsilon
+
+    assert verdict_of(ex02.check_1, protocol_update)[0] is True
+    assert verdict_of(ex02.check_1, peeking_update)[0] is False
+
+
+def test_the_mitigation_check_fails_when_nothing_is_mitigated():
+    """ex04.check_4 measures the label attack on the mitigated view: sending δ·Wᵀ unchanged must
+    fail (the attack separates the labels), and so must sending pure noise (no utility left)."""
+    ex04 = checks_module("04")
+    assert verdict_of(ex04.check_4, lambda gradient: gradient)[0] is False
+    noise = random.SystemRandom()
+    drown = lambda gradient: np.array([[noise.gauss(0.0, 1e6) for _ in row] for row in gradient])
+    assert verdict_of(ex04.check_4, drown)[0] is False
+
+
+def test_readme_exactness_quotes_the_default_fractional_bits():
+    """The README's "Exactness" paragraph names the plan's default scales: X, δ, η and W."""
+    from plan import FixedPointPlan
+    plan = FixedPointPlan()
+    text = " ".join((ROOT / "README.md").read_text().split())
+    match = re.search(r"X at (\d+) fractional bits, δ at (\d+), η at (\d+), and W at their sum \((\d+)\)",
+                      text)
+    assert match, "the Exactness paragraph no longer states the scales"
+    assert tuple(map(int, match.groups())) == (plan.x_frac_bits, plan.delta_frac_bits,
+                                               plan.lr_frac_bits, plan.w_frac_bits)
 
 
 def notation_rows():

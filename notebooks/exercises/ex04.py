@@ -11,7 +11,7 @@ from . import answered, verdict
 # Exercise 4: the bounds a mitigation of L4 must meet (stated in the task).
 L4_ATTACK_AUC_BELOW = 0.8
 L4_UTILITY_ABOVE = 0.25
-L4_RUNS = 3  # the mitigation is applied this many times, with fresh noise; the scores are averaged
+L4_RUNS = 5  # the mitigation is applied this many times, with fresh noise; the scores are averaged
 
 
 def check_1(answer):
