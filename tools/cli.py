@@ -8,8 +8,8 @@ module builds on jobs/ and not on acml.py, whose ``main`` loads it: the imports 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import csv
+import dataclasses
 import decimal
 import json
 import math
@@ -310,7 +310,7 @@ THRESHOLD = _real(0.0, 1.0, high_open=True, what="a probability")
 
 def _class_weight(text: str):
     """--class-weight: "balanced", or CLASS=WEIGHT pairs (names checked once the classes are
-    known, in class_weight_from_args)."""
+    known, in class_options)."""
     if text == nn.BALANCED:
         return text
     pairs = {}
