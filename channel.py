@@ -610,9 +610,21 @@ CUMULATIVE_LEAKS = [
 
 def leakage_lines(rows, *, cumulative: bool = True) -> list[str]:
     """The report's table: one line per message type; then (``cumulative``) the whole run's
-    leaks with their audit numbers."""
-    lines = [f"  {'step':<8}{'from → to':<16}{'message':<22}{'kind':<12}{'count':>6}  learns"]
+    leaks with their audit numbers. Each column is as wide as its widest cell plus two spaces
+    (at least its heading's), so a long message name ("label ids, blinded twice") never runs
+    into the next column."""
+    columns = [("step", lambda row: str(row["step"])),
+               ("from → to", lambda row: f"{row['sender']} → {row['receiver']}"),
+               ("message", lambda row: str(row["name"])),
+               ("kind", lambda row: str(row["kind"]))]
+    widths = [max([len(title)] + [len(cell(row)) for row in rows]) + 2 for title, cell in columns]
+    count_width = max([5] + [len(str(row["count"])) for row in rows])
+
+    def line(cells, count, learned):
+        return ("  " + "".join(f"{cell:<{width}}" for cell, width in zip(cells, widths))
+                + f"{count:>{count_width}}  {learned}")
+
+    lines = [line([title for title, _ in columns], "count", "learns")]
     for row in rows:
-        lines.append(f"  {row['step']:<8}{row['sender'] + ' → ' + row['receiver']:<16}"
-                     f"{row['name']:<22}{row['kind']:<12}{row['count']:>6}  {row['learned']}")
+        lines.append(line([cell(row) for _, cell in columns], row["count"], row["learned"]))
     return lines + ([""] + CUMULATIVE_LEAKS if cumulative else [])

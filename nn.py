@@ -180,11 +180,29 @@ def softmax(logits) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def softmax_cross_entropy(logits, y):
+def _row_weights(class_weight, y: np.ndarray, n_classes: int) -> np.ndarray | None:
+    """w[y_i] for each row, or None when there are no class weights (then nothing is multiplied,
+    so an unweighted run stays bit for bit what it was)."""
+    if class_weight is None:
+        return None
+    weights = np.asarray(class_weight, dtype=np.float64)
+    if weights.shape != (n_classes,):
+        raise ValueError(f"class weights must be {n_classes} numbers, one per class, "
+                         f"got shape {weights.shape}")
+    return weights[y]
+
+
+def softmax_cross_entropy(logits, y, class_weight=None):
     """Mean over the batch of -log softmax(logits)[y].
 
     With shifted = logits - max (per row), -log p_y = log sum_j e^{shifted_j} - shifted_y
     (log-sum-exp), which is finite for any finite logits. Gradient: (softmax - onehot(y)) / m.
+
+    ``class_weight`` (one number per class, or None): row i's loss and gradient are multiplied
+    by w[y_i], and the sum is still divided by m (not by the weights' sum), so that with
+    "balanced" weights (:func:`balanced_class_weights`, mean 1 over the training rows) the
+    learning rate keeps its meaning. The caveat: a batch's loss then depends on how many rows
+    of each class it drew.
     """
     logits = _as_float_matrix(logits, "logits")
     m, n_classes = logits.shape
@@ -194,18 +212,22 @@ def softmax_cross_entropy(logits, y):
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_sum_exp = np.log(np.exp(shifted).sum(axis=1))
     rows = np.arange(m)
-    loss = float(np.mean(log_sum_exp - shifted[rows, y]))
     dlogits = np.exp(shifted - log_sum_exp[:, None])
     dlogits[rows, y] -= 1.0
-    return loss, dlogits / m
+    weights = _row_weights(class_weight, y, n_classes)
+    if weights is None:
+        return float(np.mean(log_sum_exp - shifted[rows, y])), dlogits / m
+    loss = float(np.mean(weights * (log_sum_exp - shifted[rows, y])))
+    return loss, dlogits * weights[:, None] / m
 
 
-def sigmoid_binary_cross_entropy(logits, y):
+def sigmoid_binary_cross_entropy(logits, y, class_weight=None):
     """Mean over the batch of -[y log s + (1-y) log(1-s)] with s = sigmoid(z), y in {0, 1}.
 
     Algebraically this equals log(1 + e^z) - y z, evaluated as ``logaddexp(0, z) - y z`` so it
     stays finite for any finite z (no log(0)). Gradient: (sigmoid(z) - y) / m, returned in the
-    logits' own shape, (m, 1) or (m,).
+    logits' own shape, (m, 1) or (m,). ``class_weight`` (two numbers, for classes 0 and 1):
+    row i's loss and gradient times w[y_i], as in :func:`softmax_cross_entropy`.
     """
     logits = np.asarray(logits, dtype=np.float64)
     if not (logits.ndim == 1 or (logits.ndim == 2 and logits.shape[1] == 1)):
@@ -217,17 +239,26 @@ def sigmoid_binary_cross_entropy(logits, y):
     y = np.asarray(y)
     if y.shape == (m, 1):
         y = y.reshape(-1)
-    target = _class_ids(y, m, 2).astype(np.float64)
-    loss = float(np.mean(np.logaddexp(0.0, z) - target * z))
-    dlogits = (sigmoid(z) - target) / m
+    ids = _class_ids(y, m, 2)
+    target = ids.astype(np.float64)
+    weights = _row_weights(class_weight, ids, 2)
+    if weights is None:
+        loss = float(np.mean(np.logaddexp(0.0, z) - target * z))
+        dlogits = (sigmoid(z) - target) / m
+    else:
+        loss = float(np.mean(weights * (np.logaddexp(0.0, z) - target * z)))
+        dlogits = weights * (sigmoid(z) - target) / m
     return loss, dlogits.reshape(logits.shape)
 
 
-def mean_squared_error(pred, y):
+def mean_squared_error(pred, y, class_weight=None):
     """Mean over the batch of the per-example squared error sum_j (pred_j - y_j)^2.
 
     Gradient: 2 (pred - y) / m. For a single output, y may be (m,) while pred is (m, 1).
+    A regression loss has no classes: ``class_weight`` must be None.
     """
+    if class_weight is not None:
+        raise ValueError("class weights need a classification loss, not mse")
     pred = np.asarray(pred, dtype=np.float64)
     target = np.asarray(y, dtype=np.float64)
     if pred.ndim == 0 or pred.shape[0] == 0:
@@ -245,6 +276,40 @@ def mean_squared_error(pred, y):
 
 LOSSES = {"softmax_ce": softmax_cross_entropy, "sigmoid_bce": sigmoid_binary_cross_entropy,
           "mse": mean_squared_error}
+
+BALANCED = "balanced"
+
+
+def balanced_class_weights(y, n_classes: int) -> np.ndarray:
+    """w_k = n / (n_classes · n_k), n_k the rows of class k among the n labels y: every class
+    then weighs n / n_classes in total, and the weights' mean over the rows is 1 (scikit-learn's
+    "balanced"). A class with no row has no such weight: refused, naming it."""
+    y = _class_ids(np.asarray(y), len(y), n_classes)
+    counts = np.bincount(y, minlength=n_classes)
+    if (counts == 0).any():
+        raise ValueError(f"class weight 'balanced': class {int(np.flatnonzero(counts == 0)[0])} "
+                         "has no training row, so it has no weight")
+    return len(y) / (n_classes * counts.astype(np.float64))
+
+
+def class_weights(spec, y, n_classes: int) -> np.ndarray | None:
+    """The per-class loss weights a run trains with, from its setting ``spec``: None (none:
+    every row weighs 1), "balanced" (:func:`balanced_class_weights` of the training labels y),
+    or a sequence of n_classes positive finite numbers, in class-id order. Only the label
+    party can compute "balanced": it alone holds y."""
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        if spec != BALANCED:
+            raise ValueError(f"class weight {spec!r}: expected 'balanced' or one number per class")
+        return balanced_class_weights(y, n_classes)
+    weights = np.asarray(spec, dtype=np.float64)
+    if weights.shape != (n_classes,):
+        raise ValueError(f"class weights {list(np.ravel(weights))}: expected {n_classes} numbers, "
+                         "one per class")
+    if not (np.all(np.isfinite(weights)) and np.all(weights > 0)):
+        raise ValueError(f"class weights {weights.tolist()}: each must be a finite number > 0")
+    return weights
 
 # --------------------------------------------------------------------------------------------
 # Model
@@ -275,6 +340,34 @@ def init_layer(layer_sizes, index: int, activation: str = "relu", seed: int = 0,
                  with_weight=with_weight)
 
 
+def check_threshold(threshold, positive_class: int = 1, n_outputs: int = 1,
+                    loss: str = "sigmoid_bce") -> tuple:
+    """(threshold, positive class) once they make sense: a threshold only for two classes (one
+    sigmoid output), strictly inside (0, 1); the positive class 0 or 1."""
+    if positive_class not in (0, 1) or isinstance(positive_class, bool):
+        raise ValueError(f"the positive class must be class id 0 or 1, got {positive_class!r}")
+    if threshold is None:
+        return None, int(positive_class)
+    if loss != "sigmoid_bce" or n_outputs != 1:
+        raise ValueError(f"a decision threshold needs two classes (one sigmoid output); this "
+                         f"network has {n_outputs} outputs")
+    if isinstance(threshold, bool) or not (isinstance(threshold, (int, float, np.floating))
+                                           and 0.0 < float(threshold) < 1.0):
+        raise ValueError(f"threshold must be a number in (0, 1), got {threshold!r}")
+    return float(threshold), int(positive_class)
+
+
+def decide(scores, threshold=None, positive_class: int = 1) -> np.ndarray:
+    """Class ids from P(class 1) of a binary model: with ``threshold`` None, class 1 where
+    P(class 1) >= 0.5; else ``positive_class`` where its own probability (P(class 1), or
+    1 − P(class 1) for class 0) is at least ``threshold``, the other class elsewhere."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if threshold is None:
+        return (scores >= 0.5).astype(np.int64)
+    positive = (scores if positive_class == 1 else 1.0 - scores) >= threshold
+    return np.where(positive, positive_class, 1 - positive_class).astype(np.int64)
+
+
 class MLP:
     """Fully connected net: Dense -> act -> Dense -> act -> ... -> Dense (logits).
 
@@ -284,10 +377,17 @@ class MLP:
 
     ``first_layer_weight=False`` builds the label party's view: ``layers[0].W is None`` (never
     drawn) while ``layers[0].b`` and every layer above are identical to the full model's.
+
+    ``class_weight``: per-class loss weights (:func:`class_weights`), or None. The loss is where
+    they act, so the plaintext twin and the label party, which both call ``loss_and_grad``,
+    weigh every row alike. ``threshold`` (two classes): the predicted class is
+    ``positive_class`` when its probability is at least ``threshold``; None: class 1 when
+    P(class 1) >= 0.5, as always.
     """
 
     def __init__(self, layer_sizes, activation: str = "relu", seed: int = 0, loss: str | None = None,
-                 *, first_layer_weight: bool = True):
+                 *, first_layer_weight: bool = True, class_weight=None, threshold=None,
+                 positive_class: int = 1):
         sizes = list(layer_sizes)
         if len(sizes) < 2 or any(isinstance(s, bool) or int(s) != s or s < 1 for s in sizes):
             raise ValueError(f"layer_sizes must be >= 2 positive integers, got {layer_sizes!r}")
@@ -305,6 +405,9 @@ class MLP:
         if loss == "softmax_ce" and self.layer_sizes[-1] < 2:
             raise ValueError("softmax_ce needs at least two output units")
         self.loss = loss
+        self.class_weight = None if class_weight is None else np.asarray(class_weight, np.float64)
+        self.threshold, self.positive_class = check_threshold(threshold, positive_class,
+                                                              self.layer_sizes[-1], loss)
         self.layers = [
             init_layer(self.layer_sizes, index, activation, self.seed,
                        with_weight=first_layer_weight or index > 0)
@@ -342,7 +445,9 @@ class MLP:
         return self.layers[0].backward(self.backward_top(dlogits))
 
     def loss_and_grad(self, logits, y):
-        return LOSSES[self.loss](logits, y)
+        if self.class_weight is None:
+            return LOSSES[self.loss](logits, y)
+        return LOSSES[self.loss](logits, y, class_weight=self.class_weight)
 
     def scores_from_logits(self, logits) -> np.ndarray:
         """sigmoid probabilities (m,) for sigmoid_bce; softmax (m, k) for softmax_ce;
@@ -356,11 +461,11 @@ class MLP:
         return logits[:, 0] if logits.shape[1] == 1 else logits
 
     def classes_from_scores(self, scores) -> np.ndarray:
-        """Class ids (int64) for the classification losses (threshold 0.5 / argmax); for mse
-        the scores themselves."""
+        """Class ids (int64) for the classification losses (threshold 0.5 / argmax, or the
+        model's ``threshold`` on P(positive_class)); for mse the scores themselves."""
         scores = np.asarray(scores, dtype=np.float64)
         if self.loss == "sigmoid_bce":
-            return (scores >= 0.5).astype(np.int64)
+            return decide(scores, self.threshold, self.positive_class)
         if self.loss == "softmax_ce":
             return scores.argmax(axis=1).astype(np.int64)
         return scores
@@ -628,30 +733,70 @@ def roc_auc(labels, scores) -> float:
                  / (positives * negatives))
 
 
+def average_precision(labels, scores) -> float:
+    """Area under the precision–recall curve, as the step sum over the distinct scores t taken
+    as thresholds from the highest down (scikit-learn's average_precision_score):
+
+        AP = sum_t (R_t − R_{t−1}) · P_t,   P_t = TP_t / (TP_t + FP_t),  R_t = TP_t / n1,
+
+    TP_t, FP_t the positives and negatives scoring ≥ t, R_0 = 0. A constant guess scores the
+    positive rate n1 / n (not 0.5, as ROC AUC): on rare classes the number to read. Returns nan
+    when there is no positive (the recall is undefined). Labels 0/1, finite scores.
+    """
+    labels = _metric_labels(labels, "labels")
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != labels.shape:
+        raise ValueError(f"scores have shape {scores.shape} but labels have shape {labels.shape}")
+    if labels.size and labels.max() > 1:
+        raise ValueError(f"average_precision needs binary labels 0/1, found class "
+                         f"{int(labels.max())}")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError(f"score {scores[~np.isfinite(scores)][0]} at position "
+                         f"{int(np.flatnonzero(~np.isfinite(scores))[0])} is not finite")
+    positives = int(labels.sum())
+    if positives == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="mergesort")
+    sorted_scores, hits = scores[order], labels[order]
+    # the last row of each run of equal scores closes one threshold
+    last = np.r_[np.flatnonzero(np.diff(sorted_scores)), sorted_scores.size - 1]
+    true_positives = np.cumsum(hits)[last]
+    precision = true_positives / (last + 1)
+    recall = true_positives / positives
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
 def _ratio(numerator: float, denominator: float) -> float:
     """numerator / denominator, and 0.0 when the denominator is 0 (as scikit-learn's
     zero_division=0: a class never predicted has precision 0, never nan)."""
     return float(numerator / denominator) if denominator else 0.0
 
 
-def classification_report(labels, predicted, scores=None, n_classes: int | None = None) -> dict:
+def classification_report(labels, predicted, scores=None, n_classes: int | None = None, *,
+                          positive_class: int = 1) -> dict:
     """Test-set metrics for class ids ``labels`` (true) and ``predicted``, both 0..n_classes-1.
 
     ``n_classes`` defaults to 1 + the largest id seen (at least 2). Returns a JSON-ready dict:
 
     * ``n``, ``n_classes``; ``accuracy`` = fraction predicted right;
+    * ``balanced_accuracy``: the mean over the classes present in ``labels`` of their recall
+      (scikit-learn's balanced_accuracy_score): 1/k for a constant guess whatever the class
+      balance, where accuracy rewards always predicting the majority;
     * ``majority_class`` and ``majority_baseline``: the most common class in ``labels`` and its
       rate, i.e. the accuracy of always predicting it (the floor a model must beat);
     * ``confusion``: nested lists, ``confusion[t][p]`` = rows of true class t predicted p;
     * ``per_class``: for each class k, precision = TP/(TP+FP), recall = TP/(TP+FN),
       f1 = 2PR/(P+R) = 2TP/(2TP+FP+FN), support = rows of true class k (0.0 where a denominator is 0);
     * ``precision``, ``recall``, ``f1`` with ``average`` saying which: for 2 classes those of
-      the positive class 1; otherwise the macro average (unweighted mean over all
-      ``n_classes`` classes, absent ones included);
-    * ``auc``: ``roc_auc(labels, scores)`` for 2 classes when ``scores`` (the positive class's
-      probability, shape (n,), or (n, 2) class probabilities) is given; otherwise None. When
-      the labels hold one class the AUC is undefined: ``auc`` is None (never NaN, which is no
-      JSON value) and ``auc_note`` says why (AUC_UNDEFINED).
+      ``positive_class`` (``positive_class`` says which; the caller names the minority class);
+      otherwise the macro average (unweighted mean over all ``n_classes`` classes, absent ones
+      included);
+    * ``auc`` and ``average_precision`` (PR-AUC), for 2 classes when ``scores`` (P(class 1),
+      shape (n,), or (n, 2) class probabilities) is given, computed for the positive class
+      (its probability against "is it that class"); otherwise None. ROC AUC is the same for
+      either class; average precision is not. When the labels hold one class, the AUC is
+      undefined: ``auc`` is None (never NaN, which is no JSON value) and ``auc_note`` says why
+      (AUC_UNDEFINED); likewise ``average_precision`` with no positive row.
     """
     labels = _metric_labels(labels, "labels")
     predicted = _metric_labels(predicted, "predicted")
@@ -684,6 +829,7 @@ def classification_report(labels, predicted, scores=None, n_classes: int | None 
         "n": int(labels.size),
         "n_classes": n_classes,
         "accuracy": float(true_positive.sum() / labels.size),
+        "balanced_accuracy": float(np.mean([c["recall"] for c in per_class if c["support"]])),
         "majority_class": int(counts.argmax()),
         "majority_baseline": float(counts.max() / labels.size),
         "confusion": confusion.tolist(),
@@ -691,22 +837,55 @@ def classification_report(labels, predicted, scores=None, n_classes: int | None 
         "auc": None,
     }
     if n_classes == 2:
-        report.update(average="positive class 1", **{key: per_class[1][key]
-                                                      for key in ("precision", "recall", "f1")})
+        _, positive_class = check_threshold(None, positive_class)
+        report.update(average=f"positive class {positive_class}", positive_class=positive_class,
+                      **{key: per_class[positive_class][key]
+                         for key in ("precision", "recall", "f1")})
+        report["average_precision"] = None
         if scores is not None:
             scores = np.asarray(scores, dtype=np.float64)
             if scores.ndim == 2 and scores.shape[1] == 2:
                 scores = scores[:, 1]
-            auc = roc_auc(labels, scores)
+            is_positive = (labels == positive_class).astype(np.int64)
+            positive_scores = scores if positive_class == 1 else 1.0 - scores
+            auc = roc_auc(is_positive, positive_scores)
             # NaN is no JSON value: an undefined AUC is None, with the reason beside it
             if math.isnan(auc):
                 report["auc_note"] = AUC_UNDEFINED
             else:
                 report["auc"] = auc
+            precision = average_precision(is_positive, positive_scores)
+            report["average_precision"] = None if math.isnan(precision) else precision
     else:
         report.update(average="macro", **{key: float(np.mean([c[key] for c in per_class]))
                                           for key in ("precision", "recall", "f1")})
     return report
+
+
+def minority_class(labels, n_classes: int) -> int:
+    """The class with the fewest rows among ``labels`` (ties: the lower id): the default
+    positive class, the one whose precision and recall a report names."""
+    counts = np.bincount(_metric_labels(labels, "labels"), minlength=n_classes)
+    return int(np.argmin(counts))
+
+
+def curve_points(labels, scores) -> dict:
+    """The ROC curve (false-positive rate, true-positive rate) and the precision–recall curve
+    (recall, precision) of binary labels and scores, one point per distinct score taken as the
+    threshold from the highest down (the points :func:`roc_auc` and :func:`average_precision`
+    sum over), for plotting. ROC starts at (0, 0); the PR curve at recall 0, precision 1."""
+    labels = _metric_labels(labels, "labels")
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="mergesort")
+    sorted_scores, hits = scores[order], labels[order]
+    last = np.r_[np.flatnonzero(np.diff(sorted_scores)), sorted_scores.size - 1]
+    true_positives = np.cumsum(hits)[last].astype(np.float64)
+    false_positives = (last + 1) - true_positives
+    positives, negatives = max(int(labels.sum()), 1), max(int(labels.size - labels.sum()), 1)
+    return {"fpr": np.r_[0.0, false_positives / negatives].tolist(),
+            "tpr": np.r_[0.0, true_positives / positives].tolist(),
+            "recall": np.r_[0.0, true_positives / positives].tolist(),
+            "precision": np.r_[1.0, true_positives / (last + 1)].tolist()}
 
 
 def probabilities(scores) -> np.ndarray:

@@ -399,6 +399,7 @@ class Prediction:
     scores: np.ndarray
     confidence: np.ndarray
     classes: list
+    rule: str = ""  # two classes: the decision rule applied, e.g. "'yes' where P(yes) >= 0.3"
 
 
 class LabelParty:
@@ -416,6 +417,11 @@ class LabelParty:
     cancer, 1.000 after 16 batches with ``--bottom 8``). Without it, a data party whose step-0
     shapes declare ``bottom: true`` is refused there, before anything else crosses. Prediction
     sends no input gradient, so it needs no consent; a checkpoint records it (checkpoint.py).
+
+    ``class_weight``: the loss's per-class weights as set (None, "balanced" or one number per
+    class; nn.class_weights turns "balanced" into numbers from this party's own training labels,
+    which no other party sees). ``threshold`` and ``positive_class`` (two classes): its decision
+    rule (nn.decide); ``positive_class`` None: the minority class of its training labels.
     """
 
     flaws: tuple[str, ...] = ()
@@ -425,7 +431,8 @@ class LabelParty:
                  engine=None, mask_source: MaskSource | None = None, packing: bool = True,
                  public_key: PublicKey | None = None, restored: Restored | None = None,
                  allow_insecure: bool = False, allow_insecure_sigma: bool = False,
-                 block_rows: int = 0, allow_bottom: bool = False):
+                 block_rows: int = 0, allow_bottom: bool = False, class_weight=None,
+                 threshold=None, positive_class=None):
         self.plan = plan or FixedPointPlan()
         if restored is None:  # a checkpoint's plan met the policy when it was first built
             check_sigma(self.plan.sigma, allow_insecure_sigma)
@@ -437,8 +444,17 @@ class LabelParty:
         self.labels = np.asarray(y)
         self.layer_sizes = tuple(int(s) for s in layer_sizes)
         nn.check_class_ids(self.labels, self.layer_sizes[-1])
+        n_classes = max(2, self.layer_sizes[-1])
+        self.class_weight = class_weight  # the setting; the model holds its numbers
+        if positive_class is None:
+            positive_class = (nn.minority_class(self.labels, n_classes)
+                              if self.labels.size and n_classes == 2 else 1)
+        # a party that only predicts has no labels to weigh: "balanced" needs them
+        weights = nn.class_weights(class_weight, self.labels, n_classes) if self.labels.size \
+            else None
         self.model = nn.MLP(self.layer_sizes, activation=activation, seed=seed,
-                            first_layer_weight=False)
+                            first_layer_weight=False, class_weight=weights, threshold=threshold,
+                            positive_class=positive_class)
         self.optimizer = nn.SGD(self.plan.snap_lr(lr), momentum=momentum)
         if restored is not None:
             for name, value in restored.parameters.items():
@@ -714,5 +730,12 @@ class LabelParty:
             confidence = np.where(class_ids == 1, scores, 1.0 - scores)
         else:
             confidence = scores[np.arange(len(class_ids)), class_ids]
+        rule = ""
+        if scores.ndim == 1:
+            model = self.model
+            positive = model.positive_class if model.threshold is not None else 1
+            name, other = class_names[positive], class_names[1 - positive]
+            rule = (f"{name!r} where P({name}) >= "
+                    f"{0.5 if model.threshold is None else model.threshold:g}, else {other!r}")
         return Prediction(class_ids, [class_names[k] for k in class_ids], scores, confidence,
-                          list(class_names))
+                          list(class_names), rule)

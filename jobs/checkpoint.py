@@ -609,7 +609,10 @@ class LabelPartyState:
         training = {"layer_sizes": list(sizes), "activation": party.model.activation,
                     "lr": party.lr, "momentum": party.optimizer.momentum,
                     "batch_size": party.batch_size, "epochs": party.epochs, "seed": party.seed,
-                    "block_rows": party.block_rows}
+                    "block_rows": party.block_rows,
+                    "class_weight": class_weight_setting(party.class_weight),
+                    "threshold": party.model.threshold,
+                    "positive_class": party.model.positive_class}
         parameters = {name: np.array(value, dtype=np.float64)
                       for name, value, _ in party.model.top_named_params()}
         return cls(party.public_key, party.plan, training,
@@ -715,11 +718,20 @@ class LabelPartyState:
                            plan=self.plan, engine=engine, packing=packing,
                            public_key=self.public_key, restored=restored,
                            block_rows=t["block_rows"],
-                           allow_bottom=self.allow_bottom or allow_bottom)
+                           allow_bottom=self.allow_bottom or allow_bottom,
+                           class_weight=t.get("class_weight"), threshold=t.get("threshold"),
+                           positive_class=t.get("positive_class", 1))
         if y is not None and integers_digest(party.labels) != self.labels_sha256:
             raise ValueError("these are not the labels the label party's checkpoint was trained "
                              "on (their sha256 differs): resume with the same rows and settings")
         return party
+
+
+def class_weight_setting(class_weight):
+    """A class-weight setting as JSON keeps it: None, "balanced", or a list of floats."""
+    if class_weight is None or isinstance(class_weight, str):
+        return class_weight
+    return [float(weight) for weight in class_weight]
 
 
 def _perturbation_of(perturbation) -> tuple:

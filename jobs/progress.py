@@ -33,6 +33,15 @@ def batch_bar(total: int, label_party=None):
                dynamic_ncols=True)
 
     class Bar:
+        @property
+        def total(self):
+            return bar.total
+
+        @total.setter
+        def total(self, value):
+            bar.total = value
+            bar.refresh()
+
         def __call__(self, rows):
             if label_party is not None and label_party.losses:
                 bar.set_postfix(loss=f"{label_party.losses[-1]:.4f}")
@@ -41,6 +50,35 @@ def batch_bar(total: int, label_party=None):
         def close(self):
             bar.close()
     return Bar()
+
+
+class PartyProgress:
+    """A party's batch bar in a two-process run, called as ``progress(done, total=None)`` after
+    each batch (transport's after_batch). The bar opens at the first call; ``total`` (the
+    batches still to train: (epochs − epochs done) × batches per epoch, known once the
+    training plan is agreed) is shown as soon as a call gives it, so the bar reads
+    ``12/40 batch`` rather than ``12batch``."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, done: int, total: int | None = None) -> None:
+        if self.bar is None:
+            self.bar = batch_bar(total)
+        if total is not None and self.bar.total != total:
+            self.bar.total = total
+        self.bar(None)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def batches_to_train(training_plan, n_train: int) -> int:
+    """The batches a party still trains: (epochs − epochs completed) × ⌈n_train / batch⌉, from
+    the public training plan (plan.TrainingPlan) and the aligned training rows."""
+    per_epoch = -(-int(n_train) // training_plan.batch_size)
+    return (training_plan.epochs - training_plan.epochs_completed) * per_epoch
 
 
 @contextmanager

@@ -46,12 +46,47 @@ class Config:
     # Its own choice, like init_seed: the label party neither needs nor can check it.
     dp_epsilon: float | None = None
     dp_delta: float | None = None
+    # The label party's, for rare classes: the loss's class weights (None, "balanced" — from its
+    # own training labels — or one number per class id), and for two classes the decision
+    # threshold on P(positive class) (None: class 1 at P >= 0.5) and the positive class id the
+    # reports name (None: the minority class of the training labels).
+    class_weight: object = None
+    threshold: float | None = None
+    positive_class: int | None = None
 
     def label_settings(self, layer_sizes) -> dict:
         """The label party's own settings, as its checkpoint records them (all but epochs)."""
         return {"layer_sizes": list(layer_sizes), "activation": self.activation, "lr": self.lr,
                 "momentum": self.momentum, "batch_size": self.batch_size, "seed": self.seed,
-                "block_rows": self.block_rows, "fixed_point": self.plan.to_dict()}
+                "block_rows": self.block_rows, "fixed_point": self.plan.to_dict(),
+                "class_weight": (self.class_weight if self.class_weight is None
+                                 or isinstance(self.class_weight, str)
+                                 else [float(weight) for weight in self.class_weight])}
+
+    def decision(self, y, n_classes: int) -> tuple:
+        """(threshold, positive class id) of this run: the positive class asked for, else the
+        minority class of the training labels ``y`` (class 1 for more than two classes, where
+        the reports average over all classes)."""
+        positive = self.positive_class
+        if positive is None:
+            positive = nn.minority_class(y, n_classes) if n_classes == 2 else 1
+        return nn.check_threshold(self.threshold, positive, 1 if n_classes == 2 else n_classes,
+                                  "sigmoid_bce" if n_classes == 2 else "softmax_ce")
+
+    def settings(self) -> dict:
+        """The run's settings as the JSON report records them (all public, and the data
+        party's own seed only when the user fixed it)."""
+        return {"seed": self.seed, "activation": self.activation, "hidden": list(self.hidden),
+                "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+                "momentum": self.momentum, "key_bits": self.key_bits,
+                "sigma": self.plan.sigma, "packing": self.packing, "block_rows": self.block_rows,
+                "bottom": self.bottom, "init_seed": self.init_seed,
+                # JSON has no infinity: ε = ∞ (no perturbation) is written "inf"
+                "dp_epsilon": (self.dp_epsilon if self.dp_epsilon is None
+                               or self.dp_epsilon != float("inf") else "inf"),
+                "dp_delta": self.dp_delta,
+                "class_weight": self.label_settings(())["class_weight"],
+                "threshold": self.threshold, "positive_class": self.positive_class}
 
     def layer_sizes(self, n_features: int, n_classes: int) -> tuple:
         """The network above the data: its input is X, or the bottom model's output α."""

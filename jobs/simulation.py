@@ -45,6 +45,10 @@ class Result:
     # The data party's input perturbation (None: off). Rows predicted later with this run
     # (the estimator) are perturbed by it too, each call with noise of its own.
     input_perturbation: input_perturbation.InputPerturbation | None = None
+    # The test rows' labels and the encrypted prediction's scores (None without test rows):
+    # what the report's ROC and precision–recall curves are drawn from (report.plot_run).
+    test_labels: np.ndarray | None = None
+    test_scores: np.ndarray | None = None
 
     def summary(self) -> str:
         return format_report(self.metrics)
@@ -112,6 +116,9 @@ def train(train_set, test_set=None, config: Config | None = None, *, progress: b
                                               insecure_flaws, precompute)
         feature_mean = None if standardizer is None else standardizer.mean
         feature_std = None if standardizer is None else standardizer.std
+    # The decision rule is a choice of this run, also after a resume: the label party's.
+    label_party.model.threshold, label_party.model.positive_class = config.decision(
+        train_set.y, train_set.n_classes)
     channel = Channel(data_party=data_party, label_party=label_party, sigma=config.plan.sigma,
                       transcript=transcript)
 
@@ -158,7 +165,8 @@ def train(train_set, test_set=None, config: Config | None = None, *, progress: b
         predicted = label_party.model.classes_from_scores(scores)
         plain_predicted, plain_scores = twin_predictions(plaintext, plaintext_bottom, test_set.X)
         metrics.update(test_metrics(test_set.y, len(train_set.class_names), predicted, scores,
-                                    plain_predicted, plain_scores))
+                                    plain_predicted, plain_scores,
+                                    positive_class=label_party.model.positive_class))
     metrics.update(channel.metrics())
     if perturbation is not None:
         metrics["input_perturbation"] = perturbation.settings()
@@ -172,7 +180,8 @@ def train(train_set, test_set=None, config: Config | None = None, *, progress: b
         metrics["resumed_after_epoch"] = first_epoch
         metrics["checkpoint_notes"] = pair.notes
     return Result(data_party, label_party, channel, plaintext, label_party.losses,
-                  list(history["batch_loss"]), encrypted_seconds, metrics, perturbation)
+                  list(history["batch_loss"]), encrypted_seconds, metrics, perturbation,
+                  None if test_set is None else test_set.y, None if test_set is None else scores)
 
 
 def perturbed_sets(perturbation, train_set, test_set, config: Config):
@@ -224,7 +233,8 @@ def new_parties(train_set, config: Config, sizes, keypair, executor,
                               packing=config.packing, allow_insecure=config.allow_insecure,
                               allow_insecure_sigma=config.allow_insecure_sigma,
                               block_rows=config.block_rows,
-                              allow_bottom=config.bottom is not None)  # both are the user's own
+                              allow_bottom=config.bottom is not None,  # both are the user's own
+                              class_weight=config.class_weight)
     return data_party, label_party
 
 
@@ -266,7 +276,7 @@ def predict_encrypted(channel, data_party: DataParty, label_party: LabelParty, X
 
 def predict(checkpoint_dir, X, *, feature_names=None, ids=None, source: str = "features",
             allow_insecure: bool = False, executor=None, dp_epsilon=None,
-            dp_delta=None) -> Prediction:
+            dp_delta=None, threshold=None, positive_class=None) -> Prediction:
     """Encrypted prediction on new rows X (raw, as in the features file) from both checkpoints.
 
     The data party standardises X with its saved mean and std, applies its bottom model if it
@@ -279,6 +289,9 @@ def predict(checkpoint_dir, X, *, feature_names=None, ids=None, source: str = "f
     training rows (the checkpoint's ε, δ and C), with a fresh noise seed
     (DataPartyState.input_perturbation). ``dp_epsilon``/``dp_delta`` replace the checkpoint's
     budget (ε = ∞: these rows unperturbed), and perturb the rows of a run trained without it.
+
+    ``threshold`` and ``positive_class`` (a class name; two classes only) replace the label
+    party's decision rule saved in its checkpoint (nn.decide); the scores are the same.
     """
     data_state, label_state = run_directory.load_pair(checkpoint_dir, allow_insecure=allow_insecure)
     X = data_state.rows_to_predict(X, feature_names=feature_names, ids=ids, source=source)
@@ -286,6 +299,26 @@ def predict(checkpoint_dir, X, *, feature_names=None, ids=None, source: str = "f
     data_party = data_state.restore(X, same_features=False, engine=FastEngine(executor=executor))
     data_party.set_rows_to_predict(X)
     label_party = label_state.restore(engine=FastEngine(executor=executor))
+    set_decision(label_party.model, label_state.class_names, threshold, positive_class)
     channel = Channel(data_party=data_party, label_party=label_party, sigma=data_state.plan.sigma)
     protocol.predict(channel, protocol.setup(channel, start="predict"))
     return label_party.prediction(label_state.class_names)
+
+
+def set_decision(model: nn.MLP, class_names, threshold=None, positive_class=None) -> None:
+    """Replace the model's decision threshold and positive class (given by name), where given;
+    one line for a class that does not exist or a threshold on more than two classes."""
+    names = [str(name) for name in class_names]
+    positive = model.positive_class
+    if positive_class is not None:
+        if str(positive_class) not in names:
+            raise ValueError(f"--positive-class: no class {positive_class!r}; the classes are "
+                             f"{', '.join(names)}")
+        if len(names) != 2:
+            raise ValueError(f"--positive-class is for two classes; the model has {len(names)}")
+        positive = names.index(str(positive_class))
+    if threshold is not None and len(names) != 2:
+        raise ValueError(f"--threshold is for two classes; the model has {len(names)}")
+    model.threshold, model.positive_class = nn.check_threshold(
+        model.threshold if threshold is None else threshold, positive, model.layer_sizes[-1],
+        model.loss)

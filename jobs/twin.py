@@ -20,7 +20,12 @@ def train_twin(train_set, config: Config, sizes, init_seed: int):
     """(twin MLP, twin bottom model or None, history): the layers above from the public seed,
     the first layer (and any bottom model) from the data party's ``init_seed``, trained in
     float64 on the batches of the encrypted run (nn.minibatches with the same seed)."""
-    plaintext = nn.MLP(sizes, activation=config.activation, seed=config.seed)
+    n_classes = max(2, sizes[-1])
+    threshold, positive_class = config.decision(train_set.y, n_classes)
+    # The label party's own class weights, from the same training labels by the same function.
+    plaintext = nn.MLP(sizes, activation=config.activation, seed=config.seed,
+                       class_weight=nn.class_weights(config.class_weight, train_set.y, n_classes),
+                       threshold=threshold, positive_class=positive_class)
     plaintext.layers[0].W = nn.init_layer(sizes, 0, config.activation, init_seed).W
     plaintext_bottom = make_bottom(config.bottom, train_set.X.shape[1], init_seed)
     if plaintext_bottom is None:
@@ -100,8 +105,9 @@ def fixed_point_gap(X, y, config: Config | None = None, *, n_classes: int | None
     features = Fixed.encode(X, plan.x_frac_bits)
     weight = Fixed.encode(first, plan.w_frac_bits)
     float_weight = first.copy()
+    weights = nn.class_weights(config.class_weight, y, max(2, sizes[-1]))
     models = [nn.MLP(sizes, activation=config.activation, seed=config.seed,
-                     first_layer_weight=False) for _ in range(2)]
+                     first_layer_weight=False, class_weight=weights) for _ in range(2)]
     optimizers = [nn.SGD(lr, config.momentum) for _ in models]
     steps = 0
     for epoch in range(config.epochs):

@@ -125,3 +125,46 @@ def test_auc_of_one_class_is_none_with_a_note_never_nan():
     report = nn.classification_report([1, 1, 1], [1, 0, 1], [0.9, 0.2, 0.7], 2)
     assert report["auc"] is None and report["auc_note"] == nn.AUC_UNDEFINED
     json.dumps(report, allow_nan=False)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_average_precision_equals_sklearn_ties_included(seed):
+    """PR-AUC is scikit-learn's average_precision_score: the step sum over distinct scores."""
+    rng = np.random.default_rng(300 + seed)
+    n = int(rng.integers(5, 300))
+    labels = (rng.random(n) < rng.uniform(0.05, 0.5)).astype(int)
+    labels[:2] = [0, 1]
+    scores = rng.integers(0, 5, n) / 4.0 if seed < 4 else rng.standard_normal(n)
+    assert nn.average_precision(labels, scores) == pytest.approx(
+        skm.average_precision_score(labels, scores), abs=1e-12)
+    assert math.isnan(nn.average_precision(np.zeros(4, int), np.arange(4.0)))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_balanced_accuracy_equals_sklearn_binary_and_multiclass(seed):
+    rng = np.random.default_rng(400 + seed)
+    n, k = int(rng.integers(20, 300)), int(rng.integers(2, 6))
+    labels = rng.integers(0, k, n)
+    predicted = np.where(rng.random(n) < 0.5, labels, rng.integers(0, k, n))
+    report = nn.classification_report(labels, predicted, n_classes=k)
+    assert report["balanced_accuracy"] == pytest.approx(
+        skm.balanced_accuracy_score(labels, predicted), abs=1e-12)
+
+
+def test_binary_report_of_positive_class_zero_equals_sklearn_pos_label_zero():
+    """With the positive class 0 (the minority, say), precision, recall, F1 and PR-AUC are
+    those of class 0 — its probability 1 − P(class 1) against "is class 0"; ROC AUC is the same
+    for either class."""
+    rng = np.random.default_rng(7)
+    labels = (rng.random(200) < 0.8).astype(int)  # class 0 is rare
+    scores = np.clip(0.6 * labels + 0.5 * rng.random(200), 0, 1)
+    predicted = (scores >= 0.5).astype(int)
+    report = nn.classification_report(labels, predicted, scores, positive_class=0)
+    assert report["positive_class"] == 0 and report["average"] == "positive class 0"
+    for key, fn in (("precision", skm.precision_score), ("recall", skm.recall_score),
+                    ("f1", skm.f1_score)):
+        assert report[key] == pytest.approx(fn(labels, predicted, pos_label=0)), key
+    assert report["average_precision"] == pytest.approx(
+        skm.average_precision_score(1 - labels, 1 - scores), abs=1e-12)
+    assert report["auc"] == pytest.approx(skm.roc_auc_score(labels, scores), abs=1e-12)
+    assert nn.minority_class(labels, 2) == 0
