@@ -37,6 +37,8 @@ def check_2(answer, data_run):
     if not answered(answer):
         return False
     received = data_run.channel.connection.frames_received
+    if not isinstance(answer, int):
+        return verdict(False, "give a whole number of frames")
     if answer < received:
         return verdict(False, "too few: did you count the handshake, the streamed blocks and the end?")
     return verdict(answer == received, "too many")
