@@ -76,7 +76,7 @@ def test_notebooks_and_readme_cite_protocol_md():
 
 
 EXERCISE_TASK = re.compile(r"\*\*Exercise (\d+) — [^*]+\*\* \*Difficulty (?:★☆☆|★★☆|★★★) · "
-                           r"about \d+(?:[–-]\d+)? min\*")
+                           r"about \d+(?:[–-]\d+)? min(?: · open)?\*")
 CHECK_CALL = re.compile(r"\bex(\d\d)\.check_(\d+)\(")
 EXERCISES = ROOT / "notebooks" / "exercises"
 SOLUTIONS = ROOT / "notebooks" / "solutions"
@@ -166,7 +166,8 @@ def test_the_solutions_notebook_solves_and_checks_every_exercise(path):
     solutions = SOLUTIONS / path.name
     assert solutions.exists(), f"{path.name}: no {solutions.relative_to(ROOT)}"
     cells = nbformat.read(solutions, as_version=4).cells
-    headings = {cell.source.strip() for cell in cells if cell.cell_type == "markdown"}
+    headings = {cell.source.strip().splitlines()[0] for cell in cells
+                if cell.cell_type == "markdown" and cell.source.strip()}
     code = [cell for cell in cells if cell.cell_type == "code"]
     number = path.name[:2]
     for k, _, _ in exercises_of(path):

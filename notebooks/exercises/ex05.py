@@ -2,7 +2,7 @@
 
 import math
 
-from exercises import answered, verdict
+from . import answered, verdict
 
 
 def _close(value, target, relative=0.02):

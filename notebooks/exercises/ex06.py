@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from exercises import answered, verdict
+from . import answered, verdict
 
 MITIGATION_AUC_BOUND = 0.72      # exercise 4: the label attack may separate the labels no better
 MITIGATION_UTILITY_BOUND = 0.45  # exercise 4: the bottom layer's updates keep this cosine, at least

@@ -3,7 +3,7 @@
 import hmac
 import json
 
-from exercises import answered, verdict
+from . import answered, verdict
 
 
 def _header(raw):

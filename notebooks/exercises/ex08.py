@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from exercises import answered, verdict
+from . import answered, verdict
 
 
 def check_1(answer, model_ratio, d):
