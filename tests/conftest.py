@@ -1,6 +1,7 @@
 """Shared fixtures."""
 
 import functools
+import os
 import warnings
 
 import pytest
@@ -36,6 +37,19 @@ def insecure_keypair(bits):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
         return paillier.generate_keypair(bits, allow_insecure=True)
+
+
+# Every test wait and every bound on wall time is scaled by this one factor: set
+# ACML_TEST_TIME_SCALE=3 (say) on a slow or loaded machine. No bound that a test asserts is
+# a margin a loaded machine breaks at 1; the scale only gives each more room.
+TIME_SCALE = float(os.environ.get("ACML_TEST_TIME_SCALE", "1") or 1)
+if not TIME_SCALE > 0:
+    raise ValueError(f"ACML_TEST_TIME_SCALE must be a positive number, got {TIME_SCALE}")
+
+
+def scaled(seconds: float) -> float:
+    """``seconds`` times ACML_TEST_TIME_SCALE: a test's timeout or wall-time bound."""
+    return seconds * TIME_SCALE
 
 
 def one_line_error(capsys, argv, code=2):

@@ -17,7 +17,7 @@ from network import psi
 from network import alignment
 from network import transport
 from network import wire
-TOKEN = b"0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0"
+TOKEN = b"acml-ecfb029d3968d9fc9519cdbd04346305548670a806204533e69f02e8e9d63506"
 TIMEOUT = 10.0
 
 

@@ -23,7 +23,7 @@ from fixed import Fixed
 from plan import stream_slices
 from test_parity import TEST_FRACTION, assert_same_weights, config, in_process
 from test_parity import keypair, parties  # noqa: F401  (module fixtures)
-from test_transport import run_pair
+from test_transport import TOKEN, run_pair
 
 KEY_BITS = 512
 NAME, SHAPE = "[[X·W_B + ε_B]]", (6, 2)
@@ -257,10 +257,10 @@ def test_frames_over_tcp_are_not_held_back_by_nagle():
     listener = wire.listen("127.0.0.1", 0)
     port, accepted = listener.getsockname()[1], []
     thread = threading.Thread(target=lambda: accepted.append(
-        wire.accept_peer(listener, b"a-shared-test-token-of-32-bytes!", timeout=10)),
+        wire.accept_peer(listener, TOKEN, timeout=10)),
         daemon=True)
     thread.start()
-    connected = wire.connect_peer("127.0.0.1", port, b"a-shared-test-token-of-32-bytes!",
+    connected = wire.connect_peer("127.0.0.1", port, TOKEN,
                                   timeout=10)
     thread.join(10)
     listener.close()

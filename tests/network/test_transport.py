@@ -32,8 +32,8 @@ from plan import FixedPointPlan
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 KEY_BITS = 512
-TOKEN = b"a-shared-test-token-of-32-bytes!"
-WRONG_TOKEN = b"not-the-shared-token-but-as-long!"  # long and varied enough to be sent at all
+TOKEN = b"acml-ecfb029d3968d9fc9519cdbd04346305548670a806204533e69f02e8e9d63506"  # as `acml.py token` makes them
+WRONG_TOKEN = b"acml-262009c948e14c3ea09be1d0891dce17c78abd4911eedba1eebacb535d9ce7cb"  # as good a token, not the shared one
 TIMEOUT = 20.0
 
 
