@@ -481,6 +481,7 @@ class Connection:
                                  f"{self._limit_text()}") from None
         except OSError as error:
             self._failed = f"sending {what} failed"
+            self._raise_if_stopped()  # the peer may have said why before it closed
             raise self._error_type(error)(f"{self.peer} closed the connection while this side "
                                           f"sent {what} ({self._describe(error)})") from None
         self._sent_sequence += 1
@@ -628,12 +629,48 @@ class Connection:
             self._failed = self._failed or "this side stopped"
         return True
 
+    def _raise_if_stopped(self) -> None:
+        """After a failed send: if the peer's next frame, already here or arriving within
+        STOP_SECONDS, is its ``stopped`` frame, raise PeerStopped with its reason."""
+        if self._receive_key is None or self._send_key is None:
+            return
+        saved, self._deadline = self._deadline, time.monotonic() + STOP_SECONDS
+        try:
+            self._receive("the reason the peer stopped", lambda header: _not_stopped())
+        except PeerStopped:
+            raise
+        except BaseException:  # noqa: BLE001 — nothing, or not its reason: the send's error
+            pass
+        finally:
+            self._deadline = saved
+
+    def stop(self, reason: str) -> None:
+        """Tell the peer why (:meth:`send_stop`), then close without cutting that short: no
+        more sending, and what the peer still sends is read and dropped for up to STOP_SECONDS
+        or until it closes (closing on unread data would reset the connection, and the reset
+        can destroy the reason before the peer reads it)."""
+        if self.send_stop(reason):
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+                deadline = time.monotonic() + STOP_SECONDS
+                while (left := deadline - time.monotonic()) > 0:
+                    self.sock.settimeout(left)
+                    if not self.sock.recv(1 << 16):
+                        break
+            except OSError:
+                pass
+        self.close()
+
     def close(self) -> None:
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
         self.sock.close()
+
+
+def _not_stopped():
+    raise TransportError("not a stopped frame")
 
 
 def _parse_header(raw: bytes, peer: str, what: str) -> dict:

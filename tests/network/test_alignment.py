@@ -9,7 +9,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import insecure_keypair
+from conftest import insecure_keypair, scaled
 
 import acml
 from jobs import data
@@ -18,7 +18,7 @@ from network import alignment
 from network import transport
 from network import wire
 TOKEN = b"acml-ecfb029d3968d9fc9519cdbd04346305548670a806204533e69f02e8e9d63506"
-TIMEOUT = 10.0
+TIMEOUT = scaled(10.0)
 
 
 def _connected():

@@ -24,8 +24,10 @@ from network import frames
 from network import wire
 TOKEN = b"acml-ecfb029d3968d9fc9519cdbd04346305548670a806204533e69f02e8e9d63506"  # as `acml.py token` makes them
 HOST = "127.0.0.1"
-TIMEOUT = 5.0
-AT_ONCE = 1.5  # seconds: a refusal must come well before any timeout of TIMEOUT
+TIMEOUT = scaled(5.0)
+# A refusal names the check that made it, and waiting for a timeout instead would name the
+# limit: that is what the tests check. AT_ONCE only catches a wait as long as the timeout.
+AT_ONCE = TIMEOUT / 2
 TAG = wire.TAG_BYTES
 
 
@@ -380,12 +382,12 @@ def test_idle_and_garbage_connections_do_not_delay_the_real_label_party():
     strangers[2].sendall(b"GET / HTTP/1.0\r\n\r\n" + b"x" * 40)
     try:
         accepted = _run(wire.accept_peer, listener, TOKEN, timeout=TIMEOUT,
-                        handshake_timeout=4.0, log=lines.append)
+                        handshake_timeout=scaled(4.0), log=lines.append)
         time.sleep(0.2)  # the strangers are first in line
         started = time.monotonic()
         label = wire.connect_peer(HOST, port, TOKEN, timeout=TIMEOUT)
         data = accepted()
-        assert time.monotonic() - started < 1.0  # far below the 4 s handshake limit
+        assert time.monotonic() - started < scaled(1.0)  # far below the 4 s handshake limit
         assert data.peer == "the label party"
         assert any("not an ACML frame" in line for line in lines)
         for stranger in strangers[:2]:  # the idle ones were closed once the real peer won
@@ -507,10 +509,12 @@ def test_the_handshake_limit_is_its_own_and_named_as_such():
     lines = []
     idle = socket.create_connection((HOST, listener.getsockname()[1]), timeout=TIMEOUT)
     try:
-        with pytest.raises(wire.TransportError, match=r"within 1\.5 s \(--timeout\)"):
-            wire.accept_peer(listener, TOKEN, timeout=1.5, handshake_timeout=0.4,
+        wait, limit = scaled(1.5), scaled(0.4)
+        with pytest.raises(wire.TransportError, match=re.escape(f"within {wait:g} s (--timeout)")):
+            wire.accept_peer(listener, TOKEN, timeout=wait, handshake_timeout=limit,
                              log=lines.append)
-        assert any("handshake limit of 0.4 s (--handshake-timeout)" in line for line in lines)
+        assert any(f"handshake limit of {limit:g} s (--handshake-timeout)" in line
+                   for line in lines)
     finally:
         idle.close()
         listener.close()
@@ -734,7 +738,7 @@ def test_a_label_party_with_a_certificate_from_another_ca_is_refused(pki):
 def test_a_label_party_that_does_not_trust_the_data_partys_ca_refuses_it(pki):
     listener = wire.listen(HOST, 0)
     try:
-        accepted = _run(wire.accept_peer, listener, TOKEN, timeout=2.0, tls=pki["data"])
+        accepted = _run(wire.accept_peer, listener, TOKEN, timeout=scaled(2.0), tls=pki["data"])
         with pytest.raises(wire.AuthenticationError, match="CERTIFICATE_VERIFY_FAILED|verify"):
             wire.connect_peer(HOST, listener.getsockname()[1], TOKEN, timeout=TIMEOUT,
                               tls=pki["trusting other"])

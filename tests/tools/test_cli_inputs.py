@@ -27,7 +27,7 @@ import parties
 from network import transport
 from network import wire
 from channel import DATA, LABEL, PUBLIC
-from conftest import insecure_keypair, one_line_error, write_csv
+from conftest import insecure_keypair, one_line_error, scaled, write_csv
 from plan import FixedPointPlan, TrainingPlan
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -312,7 +312,7 @@ def test_sigint_to_a_waiting_party_ends_in_one_line_exit_130(tmp_path):
     try:
         assert "listening on" in process.stdout.readline()
         process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=30)
+        _, err = process.communicate(timeout=scaled(30))
     finally:
         if process.poll() is None:
             process.kill()
