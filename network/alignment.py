@@ -223,8 +223,10 @@ def align_by_psi(channel) -> None:
     theirs, twice = (("data ids, blinded", "label ids, blinded twice") if channel.role == LABEL
                      else ("label ids, blinded", "data ids, blinded twice"))
     channel.expect_integers(twice, count=own, max_width=GROUP_ELEMENT_WIDTH)
+    by_ratio = ratio * own < MAX_IDS  # else the absolute cap binds, and says so itself
     channel.expect_integers(theirs, max_count=psi_cap(own, ratio), max_width=GROUP_ELEMENT_WIDTH,
-                            over_cap=lambda count: psi_over_cap(other, count, own, ratio))
+                            over_cap=(lambda count: psi_over_cap(other, count, own, ratio))
+                            if by_ratio else None)
     answers = {}
 
     def send(sender, receiver, name, make, take):
