@@ -195,7 +195,8 @@ def reason_for_the_peer(error: BaseException) -> str:
     if isinstance(error, (ValueError, LeakageError, TransportError)):
         return one_line(error)
     if isinstance(error, OSError):
-        return f"it could not read or write its own files ({error.strerror or type(error).__name__})"
+        return ("it could not read or write its own files "
+                f"({error.strerror or type(error).__name__})")
     return f"an internal error on its side ({type(error).__name__})"
 
 

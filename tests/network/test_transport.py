@@ -34,8 +34,9 @@ from plan import FixedPointPlan
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 KEY_BITS = 512
-TOKEN = b"acml-ecfb029d3968d9fc9519cdbd04346305548670a806204533e69f02e8e9d63506"  # as `acml.py token` makes them
-WRONG_TOKEN = b"acml-262009c948e14c3ea09be1d0891dce17c78abd4911eedba1eebacb535d9ce7cb"  # as good a token, not the shared one
+# as `acml.py token` makes them; the wrong one as good a token, but not the shared one
+TOKEN = b"acml-ecfb029d3968d9fc9519cdbd04346305548670a806204533e69f02e8e9d63506"
+WRONG_TOKEN = b"acml-262009c948e14c3ea09be1d0891dce17c78abd4911eedba1eebacb535d9ce7cb"
 TIMEOUT = scaled(20.0)
 
 

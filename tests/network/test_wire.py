@@ -22,7 +22,8 @@ from conftest import insecure_keypair, scaled
 
 from network import frames
 from network import wire
-TOKEN = b"acml-ecfb029d3968d9fc9519cdbd04346305548670a806204533e69f02e8e9d63506"  # as `acml.py token` makes them
+# as `acml.py token` makes them
+TOKEN = b"acml-ecfb029d3968d9fc9519cdbd04346305548670a806204533e69f02e8e9d63506"
 HOST = "127.0.0.1"
 TIMEOUT = scaled(5.0)
 # A refusal names the check that made it, and waiting for a timeout instead would name the

@@ -403,7 +403,8 @@ def test_more_blinded_ids_than_the_cap_are_refused_before_the_body_is_read(monke
     data_side, label_side = socket_channels()
     label_side.local[LABEL] = alignment.Alignment(["a", "b", "c", "d"], test_fraction=0.2,
                                                   seed=0)
-    data_side.local[DATA] = alignment.Alignment(["1"], n_inputs=1, psi_max_ratio=10)  # MAX_IDS binds
+    # a ratio high enough that MAX_IDS binds first
+    data_side.local[DATA] = alignment.Alignment(["1"], n_inputs=1, psi_max_ratio=10)
     failures = {}
 
     def label_runs():
