@@ -639,7 +639,7 @@ class Connection:
             self._receive("the reason the peer stopped", lambda header: _not_stopped())
         except PeerStopped:
             raise
-        except BaseException:  # noqa: BLE001 — nothing, or not its reason: the send's error
+        except Exception:  # noqa: BLE001 — nothing, or not its reason: the send's error stands
             pass
         finally:
             self._deadline = saved
