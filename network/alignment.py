@@ -30,6 +30,34 @@ from network.wire import TransportError
 
 PSI, PUBLIC_IDS = "psi", "public-ids"
 ALIGNMENTS = (PSI, PUBLIC_IDS)
+# How many times its own number of ids a party lets the other's PSI set hold (see
+# psi_cap): a deviating party can test each id it puts in its set, so the cap is what it
+# can learn of ids it does not hold, at most.
+PSI_MAX_RATIO = 2.0
+MAX_PSI_MAX_RATIO = 1e6
+PSI_MAX_RATIO_FLAG = "--psi-max-ratio"
+
+
+def check_psi_max_ratio(ratio) -> float:
+    """A finite ratio in [1, MAX_PSI_MAX_RATIO]; ValueError naming the flag otherwise."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or \
+            not 1 <= ratio <= MAX_PSI_MAX_RATIO:
+        raise ValueError(f"{PSI_MAX_RATIO_FLAG} must be a number in [1, {MAX_PSI_MAX_RATIO:g}], "
+                         f"got {ratio!r}")
+    return float(ratio)
+
+
+def psi_cap(own: int, ratio: float) -> int:
+    """The most ids this party takes in the other's PSI set: ⌊ratio × own⌋ (and MAX_IDS)."""
+    return min(MAX_IDS, int(ratio * own))
+
+
+def psi_over_cap(other: str, count: int, own: int, ratio: float) -> str:
+    """The one line of a refused, too large PSI set: both sizes, the factor, why, what to do."""
+    return (f"{other}'s PSI set holds {count:,} ids, more than {ratio:g} × this party's "
+            f"{own:,} ({PSI_MAX_RATIO_FLAG} {ratio:g}): a set padded with guessed ids would "
+            f"test each of them against this party's ids; if the two sets truly differ that "
+            f"much, both parties raise {PSI_MAX_RATIO_FLAG}")
 
 PSI_REASONS = {
     "label ids, blinded": "the label party's ids, each hashed and blinded by its secret "
@@ -64,16 +92,19 @@ class Alignment:
     intersection and the other's number of ids, nothing about an id only the other holds.
     ``align="public-ids"``: each party sends its whole id list in the clear; each learns all of
     the other's ids. Both parties must choose the same; the label party's first message names
-    its choice and the data party refuses another."""
+    its choice and the data party refuses another. ``psi_max_ratio``: the other's PSI set may
+    hold at most that many times this party's number of ids (psi_cap)."""
 
     mask_source = None  # it draws no masks
 
-    def __init__(self, ids, *, align: str = PSI, test_fraction=None, seed=None, n_inputs=None):
+    def __init__(self, ids, *, align: str = PSI, test_fraction=None, seed=None, n_inputs=None,
+                 psi_max_ratio: float = PSI_MAX_RATIO):
         self.keys = [str(value) for value in ids]
         if not self.keys:
             raise data.DataError("no ids to align: this party's file holds no rows")
         data.common_rows(self.keys, ())  # refuses a duplicate id before anything is sent
         self.align = check_alignment(align)
+        self.psi_max_ratio = check_psi_max_ratio(psi_max_ratio)
         self.test_fraction, self.seed, self.n_inputs = test_fraction, seed, n_inputs
         self.common: list[str] = []
         self.rows = np.zeros(0, dtype=np.int64)
@@ -178,22 +209,24 @@ def align_by_psi(channel) -> None:
         A → B  intersection fingerprint    sha256 of the sorted H(x)^αβ both hold
         B → A  intersection fingerprint
 
-    Each list is checked for its length (at most MAX_IDS) and width before it is read
-    (expect_integers)."""
+    Each list is checked for its length and width before it is read (expect_integers): the
+    other's set may hold at most psi_cap ids (``psi_max_ratio`` times this party's, default
+    PSI_MAX_RATIO), a padded one is refused before any exponentiation of it. The data party
+    checks first (message 1), so a padded label set is refused before the data party's ids
+    leave; a padded data set is refused by the label party before message 4, without which the
+    data party learns nothing of the intersection."""
     here = channel.local[channel.role]
     side_type = psi.LabelSide if channel.role == LABEL else psi.DataSide
     here.side = side_type(here.keys)  # blinds this party's ids (duplicates: refused before)
-    own = len(here.keys)
-    if channel.role == LABEL:
-        channel.expect_integers("label ids, blinded twice", count=own,
-                                max_width=GROUP_ELEMENT_WIDTH)
-        channel.expect_integers("data ids, blinded", max_count=MAX_IDS,
-                                max_width=GROUP_ELEMENT_WIDTH)
-    else:
-        channel.expect_integers("label ids, blinded", max_count=MAX_IDS,
-                                max_width=GROUP_ELEMENT_WIDTH)
-        channel.expect_integers("data ids, blinded twice", count=own,
-                                max_width=GROUP_ELEMENT_WIDTH)
+    own, ratio = len(here.keys), here.psi_max_ratio
+    other = "the data party" if channel.role == LABEL else "the label party"
+    theirs, twice = (("data ids, blinded", "label ids, blinded twice") if channel.role == LABEL
+                     else ("label ids, blinded", "data ids, blinded twice"))
+    channel.expect_integers(twice, count=own, max_width=GROUP_ELEMENT_WIDTH)
+    by_ratio = ratio * own < MAX_IDS  # else the absolute cap binds, and says so itself
+    channel.expect_integers(theirs, max_count=psi_cap(own, ratio), max_width=GROUP_ELEMENT_WIDTH,
+                            over_cap=(lambda count: psi_over_cap(other, count, own, ratio))
+                            if by_ratio else None)
     answers = {}
 
     def send(sender, receiver, name, make, take):

@@ -30,14 +30,15 @@ from jobs import data
 from jobs.report import classes_line, plural, test_report_lines
 import nn
 import protocol
-from network.alignment import PSI, Alignment, align_ids, check_id_list
-from channel import DATA, LABEL, PUBLIC, Channel, leakage_lines
+from network import psi
+from network.alignment import PSI, PSI_MAX_RATIO, Alignment, align_ids, check_id_list
+from channel import DATA, LABEL, PUBLIC, Channel, LeakageError, leakage_lines
 from attacks.flaws import SECURE, party_classes
 from speed.engine import FastEngine
 from network.frames import check_layout, decode_payload, encode_payload
 from plan import MAX_EPOCHS, STREAM_CHUNKS, FixedPointPlan, check_sigma
 from privacy import input_perturbation
-from network.wire import TransportError, one_line
+from network.wire import PeerStopped, TransportError, one_line
 
 
 class SocketChannel(Channel):
@@ -79,11 +80,13 @@ class SocketChannel(Channel):
                              (rows.stop - rows.start, *message.shape[1:]))
 
     def expect_integers(self, name: str, *, count: int | None = None,
-                        max_count: int | None = None, max_width: int) -> None:
+                        max_count: int | None = None, max_width: int, over_cap=None) -> None:
         """The next message called ``name`` to arrive must be a list of ``count`` (any number up
         to ``max_count``, if None) integers of at most ``max_width`` bytes each: checked before
-        its body is read. The id alignment uses it; the protocol's own messages declare shapes."""
-        self._integer_lists[name] = (count, max_count, max_width)
+        its body is read. ``over_cap(number)``, if given, is the one line that refuses a list
+        over ``max_count`` (psi.PSIError). The id alignment uses it; the protocol's own
+        messages declare shapes."""
+        self._integer_lists[name] = (count, max_count, max_width, over_cap)
 
     def _receive(self, message, block=None, shape=None):
         """The next frame, if it is ``message`` (or its row block ``block``, of ``shape``): its
@@ -117,7 +120,7 @@ class SocketChannel(Channel):
                               expected_shape=shape)
 
     @staticmethod
-    def _check_integer_list(message, layout, count, max_count, max_width) -> None:
+    def _check_integer_list(message, layout, count, max_count, max_width, over_cap) -> None:
         shape = layout["shape"]
         if layout["dtype"] != "int-list" or (count is not None and shape != [count]):
             wanted = "some" if count is None else str(count)
@@ -125,6 +128,8 @@ class SocketChannel(Channel):
                                  f"payload of shape {shape}, the protocol expects a list of "
                                  f"{wanted} integers")
         if count is None and max_count is not None and shape[0] > max_count:
+            if over_cap is not None:
+                raise psi.PSIError(over_cap(shape[0]))
             raise TransportError(f"{message.where}: {shape[0]:,} ids, more than the cap of "
                                  f"{max_count:,}")
         if layout["width"] > max_width:
@@ -166,6 +171,33 @@ def _describe(declaration) -> str:
             f"({declaration.get('kind')}, {declaration.get('sender')} → "
             f"{declaration.get('receiver')}, shape {declaration.get('shape')}, widths "
             f"{declaration.get('mask_bits')}/{declaration.get('value_bits')})")
+
+
+def reason_for_the_peer(error: BaseException) -> str:
+    """The one line a stopping party sends the other (wire.Connection.stop), so that it says
+    "the label party stopped: <this>" instead of "closed the connection".
+
+    A refusal of something the protocol carries (a σ, a training plan, a resume, a PSI set over
+    the cap, a malformed or unexpected message: ValueError, LeakageError, TransportError) is
+    sent as this side says it: it names public facts and what the peer itself sent. A problem
+    with this party's own data (DataError) or files (OSError) is only named, not quoted, because
+    its line can hold an id or a path; an interruption is said as such; anything else is an
+    internal error, by its type. The wire sends nothing when the peer already stopped or the
+    stream from it failed (Connection.send_stop)."""
+    if isinstance(error, KeyboardInterrupt):
+        return "it was interrupted (Ctrl-C)"
+    if not isinstance(error, Exception):
+        return f"it was stopped ({type(error).__name__})"
+    if isinstance(error, data.DataError):
+        return "a problem with its own data, which it reports on its side"
+    if isinstance(error, PeerStopped):
+        return "this side stopped too"
+    if isinstance(error, (ValueError, LeakageError, TransportError)):
+        return one_line(error)
+    if isinstance(error, OSError):
+        return ("it could not read or write its own files "
+                f"({error.strerror or type(error).__name__})")
+    return f"an internal error on its side ({type(error).__name__})"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -396,7 +428,7 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
                    transcript=None, allow_insecure_sigma: bool = False,
                    align: str = PSI, idle_fill: bool = True,
                    stream_chunks: int = STREAM_CHUNKS, dp_epsilon=None,
-                   dp_delta=None) -> Session:
+                   dp_delta=None, psi_max_ratio: float = PSI_MAX_RATIO) -> Session:
     """The data party's whole session over an authenticated connection.
 
     Align on the common ids (``align``: "psi", private set intersection, or "public-ids",
@@ -422,6 +454,14 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
     party's own choice: its standardised training rows are perturbed once before step 0, its
     test rows before their prediction, exactly as in the one-process run (the same rows, bit
     for bit, when ``init_seed`` is given). Resuming, the checkpoint's budget and seed.
+
+    ``psi_max_ratio``: with PSI, the label party's set may hold at most this many times this
+    party's number of ids (alignment.psi_cap, default 2); a larger one is refused, with both
+    sizes, before this party's ids leave. A deviating label party can test each id it puts in
+    its set, so this is what it can learn of ids it does not hold, at most.
+
+    If this party stops on an error, it first tells the label party why, where the wire can
+    (:func:`reason_for_the_peer`, wire.Connection.stop).
     """
     start_time = time.perf_counter()
     try:
@@ -450,7 +490,7 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
                 raise ValueError(f"features with {X.shape[1]} columns; the checkpoint's model "
                                  f"takes {state.n_features} ({', '.join(state.feature_names)})")
             n_inputs = state.bottom.width if state.bottom is not None else X.shape[1]
-        id_list = Alignment(ids, align=align, n_inputs=n_inputs)
+        id_list = Alignment(ids, align=align, n_inputs=n_inputs, psi_max_ratio=psi_max_ratio)
         channel = SocketChannel(connection, DATA, id_list, sigma=plan.sigma, transcript=transcript,
                                 idle_fill=idle_fill, stream_chunks=stream_chunks)
         align_ids(channel)
@@ -490,6 +530,9 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
                 perturbation, scaler.transform(features[test_rows]), plan))
             protocol.predict(channel, public)
         channel.finish()
+    except BaseException as error:
+        connection.stop(reason_for_the_peer(error))
+        raise
     finally:
         connection.close()
     return Session(DATA, party, channel, public, len(id_list.keys), id_list.n_other_ids,
@@ -501,7 +544,8 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
                     executor=None, progress=None, checkpoint_dir=None, resume: bool = False,
                     class_names=None, insecure_flaws=SECURE, transcript=None,
                     align: str = PSI, idle_fill: bool = True,
-                    stream_chunks: int = STREAM_CHUNKS, allow_bottom: bool = False) -> Session:
+                    stream_chunks: int = STREAM_CHUNKS, allow_bottom: bool = False,
+                    psi_max_ratio: float = PSI_MAX_RATIO) -> Session:
     """The label party's whole session over an authenticated connection.
 
     ``config`` is an ``acml.Config`` (jobs/settings.py: hidden widths, activation, lr, momentum,
@@ -515,6 +559,7 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
     own. ``resume=True`` loads it, checks that this run's settings are the checkpoint's but for
     ``config.epochs``, and goes on from the epoch it was saved after. ``idle_fill`` and
     ``stream_chunks``: as for :func:`run_data_party` (``stream_chunks`` must be the same).
+    ``psi_max_ratio``: as for :func:`run_data_party`, this party's own cap.
     ``allow_bottom``: consent to a data party with a bottom model (LabelParty.allow_bottom,
     leak L4); resumed, the checkpoint's recorded consent counts too.
     """
@@ -532,7 +577,8 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
             check_sigma(config.plan.sigma, config.allow_insecure_sigma)
         if state is not None:  # before any id leaves; the input width is re-checked below
             state.check_resumable(config.label_settings(state.layer_sizes), config.epochs)
-        id_list = Alignment(ids, align=align, test_fraction=test_fraction, seed=config.seed)
+        id_list = Alignment(ids, align=align, test_fraction=test_fraction, seed=config.seed,
+                            psi_max_ratio=psi_max_ratio)
         channel = SocketChannel(connection, LABEL, id_list, sigma=config.plan.sigma,
                                 transcript=transcript, idle_fill=idle_fill,
                                 stream_chunks=stream_chunks)
@@ -568,6 +614,9 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
         if len(test_rows):
             protocol.predict(channel, public)
         channel.finish()
+    except BaseException as error:
+        connection.stop(reason_for_the_peer(error))
+        raise
     finally:
         connection.close()
     return Session(LABEL, party, channel, public, len(id_list.keys), id_list.n_other_ids,
@@ -605,6 +654,9 @@ def predict_as_data(connection, ids, X, checkpoint_dir, *, feature_names=None,
         public = protocol.setup(channel, start="predict")
         protocol.predict(channel, public)
         channel.finish()
+    except BaseException as error:
+        connection.stop(reason_for_the_peer(error))
+        raise
     finally:
         connection.close()
     return Session(DATA, party, channel, public, len(ids), 0, len(ids), 0, len(ids),
@@ -631,6 +683,9 @@ def predict_as_label(connection, checkpoint_dir, *, executor=None, allow_insecur
             raise TransportError(f"the data party named {len(received['ids'])} ids for "
                                  f"{len(party.predictions)} rows")
         channel.finish()
+    except BaseException as error:
+        connection.stop(reason_for_the_peer(error))
+        raise
     finally:
         connection.close()
     n = len(received["ids"])

@@ -42,15 +42,24 @@ nothing of it is used. A connection that refused a frame refuses everything afte
 
 Limits: ``timeout`` bounds the wait for each frame of the session (the peer's computing and the
 transfer); ``handshake_timeout`` bounds the whole set-up of one connection. The data party
-authenticates connections in parallel, so idle or hostile connections never delay the real
-label party: each of them holds up only itself, and for its own handshake limit at most.
+authenticates connections in parallel, up to MAX_PENDING_HANDSHAKES at once; a newcomer is
+always admitted, the oldest pending handshake of the most crowded address making room for it
+(:class:`_PendingHandshakes` says why), so idle connections cannot keep the real label party
+out.
+
+A party that stops on a refusal the protocol can report (a σ or a training plan it refuses, a
+resume it cannot make, a peer's PSI set over its cap, a malformed message) first sends one
+authenticated frame ``{"type": "stopped", "reason": <its one line>}``, a frame kind of its own
+like ``message`` and ``done``, and the other side stops with "the label party stopped: <that
+line>" instead of "closed the connection" (:meth:`Connection.send_stop`).
 
 The token must be random. Anyone who records a handshake (or plays the data party to the
 label party once) holds nonces and a proof computed from the token: with them, candidate tokens
-can be tested offline, as fast as HMAC runs. A random token of 32 bytes or more makes that
-hopeless; a password does not. Make one with::
-
-    python -c "import secrets; print(secrets.token_hex(32))"
+can be tested offline, as fast as HMAC runs. 256 random bits make that hopeless; a password
+does not. :func:`check_token` refuses anything that measures under 256 bits, and
+``python acml.py token`` makes one (:func:`make_token`). A password-authenticated key exchange
+(PAKE) would leave nothing to guess offline; no well-kept Python PAKE library is among this
+project's dependencies (``cryptography`` has none), so the token stays a random key.
 
 What a message frame's body holds, and how it is checked before it is decoded, is frames.py
 (:func:`encode_payload`, :func:`decode_payload`, :func:`check_layout`).
@@ -63,8 +72,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import os
 import queue
+import re
 import secrets
 import socket
 import ssl
@@ -88,17 +99,18 @@ MAX_FRAME_BYTES = 256 * 1024 * 1024  # default cap on a frame's body; larger fra
 HANDSHAKE_HEADER_BYTES = 1024  # before the token is proven, only tiny, body-less frames pass
 HANDSHAKE_SECONDS = 10.0  # default handshake_timeout
 DEFAULT_TIMEOUT = 300.0
-MAX_PENDING_HANDSHAKES = 32  # connections authenticated at once; more are closed on arrival
+MAX_PENDING_HANDSHAKES = 64  # connections authenticated at once; then the oldest makes room
+LOG_EACH, LOG_EVERY_SECONDS = 10, 5.0  # accept_peer's refusals: each line, then counts
 RETRY_SECONDS = 0.2  # connect_peer's pause between attempts
+STOPPED = "stopped"  # the frame type by which a party says why it stops (Connection.send_stop)
+MAX_STOP_REASON_CHARS = 500
+STOP_SECONDS = 2.0  # the most a stopping party spends telling the other why
 TICK_SECONDS = 0.05  # accept_peer's polling interval
 
 # How the limits are named in messages: the command-line flags that set them.
 TIMEOUT_NAME = "--timeout"
 HANDSHAKE_TIMEOUT_NAME = "--handshake-timeout"
 
-MIN_TOKEN_BYTES = 32
-MIN_HEX_TOKEN_DIGITS = 64  # a hex token carries 4 bits per character: 64 digits = 32 bytes
-MIN_TOKEN_SYMBOLS = 8  # distinct characters: refuses "aaaa…" and "0000…" outright
 
 
 class TransportError(ConnectionError):
@@ -122,31 +134,136 @@ class AuthenticationError(TransportError):
     """The peer did not prove the shared token (or its TLS certificate), or refused ours."""
 
 
+class PeerStopped(TransportError):
+    """The peer stopped and said why, in an authenticated ``stopped`` frame:
+    "the label party stopped: <its one line>"."""
+
+
 # ----------------------------------------------------------------------------------------------
 # The shared token and addresses
 # ----------------------------------------------------------------------------------------------
-def check_token(token: bytes, source: str = "the token") -> bytes:
-    """The token, if it looks random enough; ValueError naming ``source`` otherwise.
+TOKEN_PREFIX = "acml-"  # what `python acml.py token` puts before its 64 hex digits
+TOKEN_BYTES = 32  # the random bytes of a made token: 256 bits
+MIN_TOKEN_BITS = 256  # the measured entropy a token not of the made form must reach
+MIN_FORM_BITS = 192  # the hex digits of a token of the made form: 3/4 of their 256 bits
+MAX_TOKEN_CHARS = 1024
+HEX_TOKEN = re.compile(r"(?:acml-)?([0-9a-fA-F]{64,})")
+MAKE_TOKEN = "make one with: python acml.py token --out token.txt"
+# The alphabet a character is assumed drawn from, by class: the estimate charges each
+# unpredictable character log2 of the sum of the classes the token uses.
+CHARACTER_CLASSES = ((str.islower, 26), (str.isupper, 26), (str.isdigit, 10))
+PUNCTUATION_CLASS = 33  # space and the 32 ASCII punctuation marks
+OTHER_CLASS = 128  # anything else (non-ASCII): generous, it is rare in tokens
+SHORTEST_PATTERN = 3  # a repeat or a run shorter than this is charged as single characters
 
-    A token is text (UTF-8): at least 32 bytes long, and if it is written in hex digits only,
-    at least 64 of them, because hex text carries half a byte of entropy per character.
+
+def make_token() -> str:
+    """A fresh token: ``acml-`` and 64 hex digits, 256 bits from ``secrets``."""
+    return TOKEN_PREFIX + secrets.token_hex(TOKEN_BYTES)
+
+
+def _alphabet_size(text: str) -> int:
+    """The size of the union of the character classes ``text`` draws from."""
+    size = sum(count for belongs, count in CHARACTER_CLASSES
+               if any(c.isascii() and belongs(c) for c in text))
+    if any(c.isascii() and not c.isalnum() for c in text):
+        size += PUNCTUATION_CLASS
+    if any(not c.isascii() for c in text):
+        size += OTHER_CLASS
+    return max(size, 2)
+
+
+def _longest_repeat(text: str, start: int) -> int:
+    """The longest prefix of text[start:] that also starts at an earlier position (it may run
+    into text[start:], as "abcabcabc" repeats "abc" twice)."""
+    best = 0
+    for earlier in range(start):
+        length = 0
+        while start + length < len(text) and text[earlier + length] == text[start + length]:
+            length += 1
+        best = max(best, length)
+    return best
+
+
+def _run_length(text: str, start: int) -> int:
+    """How many characters from ``start`` step by one constant -1, 0 or +1 in code point
+    ("aaaa", "1234", "zyx")."""
+    if start + 1 >= len(text):
+        return 1
+    step = ord(text[start + 1]) - ord(text[start])
+    if step not in (-1, 0, 1):
+        return 1
+    length = 2
+    while start + length < len(text) and \
+            ord(text[start + length]) - ord(text[start + length - 1]) == step:
+        length += 1
+    return length
+
+
+def measured_entropy_bits(text: str, alphabet_size: int | None = None) -> float:
+    """A conservative estimate of the guessing entropy of ``text``, in bits.
+
+    The text is read left to right as the shortest description a guesser could use: a repeat
+    of earlier text (``password-password``) costs log2(where it starts × how long), a run of
+    one constant step (``aaaa``, ``1234``) log2(alphabet × 3 steps × how long), and any other
+    character log2(alphabet), the alphabet being the union of the classes the text draws from
+    (lower case 26, upper case 26, digits 10, space and punctuation 33). Each character is
+    assumed drawn uniformly: the estimate can only be too high, never too low, for text a
+    person chose. It cannot see dictionary words, names or dates, so a long phrase of words
+    still measures high: that is why the token should come from ``acml.py token``, whose form
+    is accepted as it is.
     """
-    make = 'make one with: python -c "import secrets; print(secrets.token_hex(32))"'
+    size = alphabet_size or _alphabet_size(text)
+    bits, position = 0.0, 0
+    while position < len(text):
+        repeat, run = _longest_repeat(text, position), _run_length(text, position)
+        if max(repeat, run) >= SHORTEST_PATTERN:
+            if repeat >= run:
+                bits += math.log2(position * repeat)
+                position += repeat
+            else:
+                bits += math.log2(size * 3 * run)
+                position += run
+        else:
+            bits += math.log2(size)
+            position += 1
+    return bits
+
+
+def check_token(token: bytes, source: str = "the token") -> bytes:
+    """The token, if it is random enough; ValueError naming ``source`` otherwise, in one line
+    that says how to make a good one.
+
+    Accepted: the form ``python acml.py token`` makes (``acml-`` and 64 hex digits; bare
+    ``secrets.token_hex(32)`` too), if its hex digits measure at least MIN_FORM_BITS (a random
+    draw measures 251 on average, and none of 20,000 draws measured under 223; this refuses
+    "0000…" or 32 digits written twice); anything else
+    only if it measures at least MIN_TOKEN_BITS (:func:`measured_entropy_bits`). Why: one
+    recorded handshake lets anyone test guesses of the token offline (module docstring).
+    """
     if not isinstance(token, (bytes, bytearray)):
         raise ValueError(f"{source} must be bytes, got {type(token).__name__}")
     token = bytes(token)
     try:
         text = token.decode("utf-8")
     except UnicodeDecodeError:
-        raise ValueError(f"{source} is not UTF-8 text; {make}") from None
-    if len(token) < MIN_TOKEN_BYTES:
-        raise ValueError(f"{source} holds {len(token)} bytes, fewer than {MIN_TOKEN_BYTES}; {make}")
-    if all(c in "0123456789abcdefABCDEF" for c in text) and len(text) < MIN_HEX_TOKEN_DIGITS:
-        raise ValueError(f"{source} holds {len(text)} hex digits ({len(text) // 2} bytes of "
-                         f"entropy), fewer than {MIN_HEX_TOKEN_DIGITS}; {make}")
-    if len(set(text)) < MIN_TOKEN_SYMBOLS:
-        raise ValueError(f"{source} uses only {len(set(text))} distinct characters: it is not "
-                         f"random; {make}")
+        raise ValueError(f"{source} is not UTF-8 text; {MAKE_TOKEN}") from None
+    if len(text) > MAX_TOKEN_CHARS:
+        raise ValueError(f"{source} holds {len(text):,} characters, more than the "
+                         f"{MAX_TOKEN_CHARS:,} a token needs; {MAKE_TOKEN}")
+    form = HEX_TOKEN.fullmatch(text)
+    if form:
+        digits = form.group(1).lower()
+        bits = measured_entropy_bits(digits, alphabet_size=16)
+        if bits < MIN_FORM_BITS:
+            raise ValueError(f"{source} is {len(digits)} hex digits that measure {bits:.0f} bits "
+                             f"of entropy, fewer than {MIN_FORM_BITS}: not random; {MAKE_TOKEN}")
+        return token
+    bits = measured_entropy_bits(text)
+    if bits < MIN_TOKEN_BITS:
+        raise ValueError(f"{source} measures about {bits:.0f} bits of entropy ({len(text)} "
+                         f"characters), fewer than {MIN_TOKEN_BITS}: a password or phrase can be "
+                         f"guessed offline from one recorded handshake; {MAKE_TOKEN}")
     return token
 
 
@@ -312,6 +429,9 @@ class Connection:
         self._deadline = None  # the handshake's own deadline, while it runs
         self._limit_name = TIMEOUT_NAME
         self._failed = None  # why this connection refused a frame; it then refuses everything
+        self._refused_content = False  # the refusal judged an authentic header, not the stream
+        self._send_broken = False  # a frame was cut off mid-send: nothing more can follow it
+        self.evicted = False  # closed by accept_peer to make room for a newer handshake
 
     @property
     def authenticated(self) -> bool:
@@ -323,8 +443,10 @@ class Connection:
         self._receive_key, self._receive_direction = _frame_key(prk, other), _direction(other)
 
     # -- sending ---------------------------------------------------------------------------------
-    def send_frame(self, header: dict, body=b"", *, what: str = "a frame") -> None:
-        """Write one frame: prefix, header and body, with their tags once authenticated."""
+    def send_frame(self, header: dict, body=b"", *, what: str = "a frame",
+                   seconds: float | None = None) -> None:
+        """Write one frame: prefix, header and body, with their tags once authenticated, within
+        ``seconds`` (default: the connection's timeout)."""
         self._refuse_if_failed(what)
         encoded = json.dumps(header, allow_nan=False).encode("utf-8")
         if not isinstance(body, bytes):
@@ -345,18 +467,21 @@ class Connection:
             header_tag = tags.tag(b"header")
             tags.add(body)
             parts = [prefix, prefix_tag, encoded, header_tag, body, tags.tag(b"frame")]
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + (self.timeout if seconds is None else seconds)
+        self._send_broken = True  # until the whole frame is out
         try:
             for part in parts:
                 if len(part):
                     self.sock.settimeout(self._remaining(deadline))
                     self.sock.sendall(part)
+            self._send_broken = False
         except socket.timeout:
             self._failed = f"sending {what} timed out"
             raise TransportError(f"sending {what} to {self.peer} took longer than "
                                  f"{self._limit_text()}") from None
         except OSError as error:
             self._failed = f"sending {what} failed"
+            self._raise_if_stopped()  # the peer may have said why before it closed
             raise self._error_type(error)(f"{self.peer} closed the connection while this side "
                                           f"sent {what} ({self._describe(error)})") from None
         self._sent_sequence += 1
@@ -404,12 +529,20 @@ class Connection:
             tags.add(raw)
             self._check_tag(tags, "header", deadline, what)
         header = _parse_header(raw, self.peer, what)
-        if expect is not None:
-            expect(header)
+        stopped = tags is not None and header.get("type") == STOPPED
+        if expect is not None and not stopped:
+            try:
+                expect(header)
+            except BaseException:
+                self._refused_content = True
+                raise
         body = self._read(body_length, deadline, what, True)
         if tags is not None:
             tags.add(body)
             self._check_tag(tags, "frame", deadline, what)
+        if stopped:  # authentic: the peer's own word on why it stops
+            reason = one_line(header.get("reason"))[:MAX_STOP_REASON_CHARS] or "no reason given"
+            raise PeerStopped(f"{self.peer} stopped: {reason}")
         self._received_sequence += 1
         self.bytes_received += PREFIX.size + header_length + body_length
         self.bytes_received += 3 * TAG_BYTES if tags is not None else 0
@@ -477,12 +610,67 @@ class Connection:
             raise TransportError(f"cannot carry {what}: the connection to {self.peer} already "
                                  f"failed ({self._failed})")
 
+    def send_stop(self, reason: str) -> bool:
+        """Tell the peer in one authenticated ``stopped`` frame why this side stops, so that it
+        says so instead of "closed the connection". Sent only where the wire still carries it:
+        after the handshake, with no frame of ours cut off mid-send, and unless the stream from
+        the peer failed (a forged, altered or missing frame: there is no one to tell, or the
+        wrong one). Within STOP_SECONDS; a failure to send is ignored. True if it went out."""
+        if self._send_key is None or self._send_broken or (self._failed is not None and
+                                                           not self._refused_content):
+            return False
+        try:
+            self._failed = None  # the refusal was of a frame's content: this direction is sound
+            self.send_frame({"type": STOPPED, "reason": one_line(reason)[:MAX_STOP_REASON_CHARS]},
+                            what="the reason this side stops", seconds=STOP_SECONDS)
+        except TransportError:
+            return False
+        finally:
+            self._failed = self._failed or "this side stopped"
+        return True
+
+    def _raise_if_stopped(self) -> None:
+        """After a failed send: if the peer's next frame, already here or arriving within
+        STOP_SECONDS, is its ``stopped`` frame, raise PeerStopped with its reason."""
+        if self._receive_key is None or self._send_key is None:
+            return
+        saved, self._deadline = self._deadline, time.monotonic() + STOP_SECONDS
+        try:
+            self._receive("the reason the peer stopped", lambda header: _not_stopped())
+        except PeerStopped:
+            raise
+        except Exception:  # noqa: BLE001 — nothing, or not its reason: the send's error stands
+            pass
+        finally:
+            self._deadline = saved
+
+    def stop(self, reason: str) -> None:
+        """Tell the peer why (:meth:`send_stop`), then close without cutting that short: no
+        more sending, and what the peer still sends is read and dropped for up to STOP_SECONDS
+        or until it closes (closing on unread data would reset the connection, and the reset
+        can destroy the reason before the peer reads it)."""
+        if self.send_stop(reason):
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+                deadline = time.monotonic() + STOP_SECONDS
+                while (left := deadline - time.monotonic()) > 0:
+                    self.sock.settimeout(left)
+                    if not self.sock.recv(1 << 16):
+                        break
+            except OSError:
+                pass
+        self.close()
+
     def close(self) -> None:
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
         self.sock.close()
+
+
+def _not_stopped():
+    raise TransportError("not a stopped frame")
 
 
 def _parse_header(raw: bytes, peer: str, what: str) -> dict:
@@ -600,6 +788,89 @@ def address_of(listener: socket.socket) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+class _PendingHandshakes:
+    """The connections accept_peer is authenticating, and which one makes room for a newcomer.
+
+    Why eviction and not a refusal: before a connection proves the token, nothing tells the
+    real label party from a stranger. A full table that closes newcomers on arrival (as this
+    module once did) lets anyone who holds MAX_PENDING_HANDSHAKES idle connections, reopening
+    each as it is closed, keep the real peer out for as long as they like (measured: 32 of
+    them, 128 connects in 30 s, kept it out for its whole 30 s timeout). So a newcomer is
+    always admitted; when the table is full, one pending handshake is closed to make room:
+
+    * from the address that holds the most pending handshakes, so that strangers at one
+      address (or a few) can only ever push out their own connections, never a peer at an
+      address of its own;
+    * the oldest one there, so that a connection just admitted, the real peer's included,
+      survives the next MAX_PENDING_HANDSHAKES − 1 arrivals from that address. The real peer
+      answers the hello within one round trip, so to push it out a stranger must open more than
+      MAX_PENDING_HANDSHAKES − 1 connections from the peer's own address within that round
+      trip: on loopback, the worst case (the peer shares 127.0.0.1 with the strangers), 63
+      connections in about a millisecond.
+
+    No fixed cap per address: one below the total would let strangers at a shared address (a
+    NAT, loopback) push out the real peer sooner, and the choice by address already confines
+    them. What is left is a flood, faster than the real peer's round trip, from the peer's own
+    address or from MAX_PENDING_HANDSHAKES addresses: a denial of service that only the network
+    (a firewall, --listen on a private address) can stop."""
+
+    def __init__(self):
+        self._admitted = {}  # connection -> (host, admission number)
+        self._count = 0
+
+    def __len__(self):
+        return len(self._admitted)
+
+    def __iter__(self):
+        return iter(list(self._admitted))
+
+    def discard(self, connection) -> None:
+        self._admitted.pop(connection, None)
+
+    def admit(self, connection, host: str):
+        """Take ``connection`` in; return the connection evicted to make room, or None."""
+        victim = None
+        if len(self._admitted) >= MAX_PENDING_HANDSHAKES:
+            per_host = {}
+            for other_host, _ in self._admitted.values():
+                per_host[other_host] = per_host.get(other_host, 0) + 1
+            crowded = max(per_host, key=per_host.get)
+            victim = min((other for other, (other_host, _) in self._admitted.items()
+                          if other_host == crowded), key=lambda other: self._admitted[other][1])
+            del self._admitted[victim]
+        self._count += 1
+        self._admitted[connection] = (host, self._count)
+        return victim
+
+
+class _RefusalLog:
+    """accept_peer's log of refused connections: each of the first LOG_EACH refusals on its own
+    line, then a count every LOG_EVERY_SECONDS, so strangers knocking cannot flood it."""
+
+    def __init__(self, log):
+        self.log, self.lines, self.unsaid, self.evicted = log, 0, 0, 0
+        self.last, self.said_at = "", time.monotonic()
+
+    def refused(self, line: str, evicted: bool = False) -> None:
+        if self.log is None:
+            return
+        self.evicted += evicted
+        if self.lines < LOG_EACH:
+            self.lines += 1
+            self.log(line)
+            self.said_at = time.monotonic()
+            return
+        self.unsaid, self.last = self.unsaid + 1, line
+        if time.monotonic() - self.said_at >= LOG_EVERY_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.log is not None and self.unsaid:
+            self.log(f"refused {self.unsaid} more connection(s) ({self.evicted} evicted in all "
+                     f"to make room for newer ones); the last: {self.last}")
+            self.unsaid, self.said_at = 0, time.monotonic()
+
+
 def accept_peer(listener: socket.socket, token: bytes, *, timeout: float = DEFAULT_TIMEOUT,
                 handshake_timeout: float = HANDSHAKE_SECONDS,
                 max_frame_bytes: int = MAX_FRAME_BYTES, log=None, tls=None) -> Connection:
@@ -607,23 +878,20 @@ def accept_peer(listener: socket.socket, token: bytes, *, timeout: float = DEFAU
 
     Every incoming connection is authenticated in its own thread, within ``handshake_timeout``
     s; the first one that proves the token wins, and the others are closed. A connection that
-    fails is refused, logged (``log(line)``, from this thread) and closed, and the wait goes
-    on: strangers knocking, or idling, neither end the session nor delay the real peer. At most
-    MAX_PENDING_HANDSHAKES connections are authenticated at once; more are closed on arrival.
+    fails is refused, logged (``log(line)``, from this thread; after LOG_EACH lines, a count
+    every LOG_EVERY_SECONDS) and closed, and the wait goes on: strangers knocking, or idling,
+    neither end the session nor keep the real peer out. At most MAX_PENDING_HANDSHAKES
+    connections are authenticated at once; a newcomer to a full table is admitted and the
+    oldest pending handshake of the most crowded address is closed (:class:`_PendingHandshakes`
+    says why).
     """
     token = check_token(token)
     context = _as_context(tls, server=True)
     results = queue.Queue()
-    pending, lock, finished = set(), threading.Lock(), threading.Event()
+    pending, lock, finished = _PendingHandshakes(), threading.Lock(), threading.Event()
+    refusals = _RefusalLog(log)
 
-    def authenticate(sock, where):
-        connection = Connection(sock, timeout=timeout, max_frame_bytes=max_frame_bytes,
-                                peer=f"the peer at {where}")
-        with lock:
-            if finished.is_set():
-                connection.close()
-                return
-            pending.add(connection)
+    def authenticate(connection, where):
         try:
             outcome = (_handshake(connection, _prove_as_data, token, handshake_timeout, context,
                                   server_side=True), where, None)
@@ -631,7 +899,11 @@ def accept_peer(listener: socket.socket, token: bytes, *, timeout: float = DEFAU
             with lock:  # queued before the stranger sees the close, so the log keeps the order
                 pending.discard(connection)
                 if not finished.is_set():
-                    results.put((None, where, error))
+                    results.put((None, where, error if not connection.evicted else
+                                 TransportError(f"evicted: the oldest of "
+                                                f"{MAX_PENDING_HANDSHAKES} pending handshakes "
+                                                "from its address, to make room for a newer "
+                                                "one")))
             connection.close()
             return
         with lock:
@@ -660,8 +932,8 @@ def accept_peer(listener: socket.socket, token: bytes, *, timeout: float = DEFAU
                 if connection is not None:
                     connection.peer = "the label party"
                     return connection
-                if log is not None:
-                    log(f"refused a connection from {where}: {one_line(error)}")
+                refusals.refused(f"refused a connection from {where}: {one_line(error)}",
+                                 evicted=str(error).startswith("evicted"))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TransportError(f"no label party proved the token within {timeout:g} s "
@@ -672,23 +944,25 @@ def accept_peer(listener: socket.socket, token: bytes, *, timeout: float = DEFAU
             except socket.timeout:
                 continue
             except OSError as error:  # e.g. out of file descriptors: wait, then try again
-                if log is not None:
-                    log(f"accepting a connection failed ({type(error).__name__})")
+                refusals.refused(f"accepting a connection failed ({type(error).__name__})")
                 time.sleep(TICK_SECONDS)
                 continue
             where = f"{address[0]}:{address[1]}"
+            connection = Connection(sock, timeout=timeout, max_frame_bytes=max_frame_bytes,
+                                    peer=f"the peer at {where}")
             with lock:
-                crowded = len(pending) >= MAX_PENDING_HANDSHAKES
-            if crowded:
-                sock.close()
-                if log is not None:
-                    log(f"refused a connection from {where}: {MAX_PENDING_HANDSHAKES} handshakes "
-                        "already under way")
-                continue
-            threading.Thread(target=authenticate, args=(sock, where), daemon=True,
+                victim = pending.admit(connection, address[0])
+            if victim is not None:
+                victim.evicted = True
+                try:  # wakes its thread, which closes it; a close here could race its recv
+                    victim.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            threading.Thread(target=authenticate, args=(connection, where), daemon=True,
                              name=f"acml-handshake-{where}").start()
     finally:
         close_pending()
+        refusals.flush()
         listener.settimeout(previous_timeout)
 
 

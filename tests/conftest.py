@@ -1,6 +1,7 @@
 """Shared fixtures."""
 
 import functools
+import os
 import warnings
 
 import pytest
@@ -36,6 +37,31 @@ def insecure_keypair(bits):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
         return paillier.generate_keypair(bits, allow_insecure=True)
+
+
+# Every test wait and every bound on wall time is scaled by this one factor: set
+# ACML_TEST_TIME_SCALE (say 3) on a slow machine; unset, it is the machine's load per core at
+# the start (os.getloadavg()[0] / cores), at least 1, so a loaded machine gets more room by
+# itself. A bound a test asserts must still fail against the bug it guards at any scale.
+def _time_scale() -> float:
+    text = os.environ.get("ACML_TEST_TIME_SCALE", "").strip()
+    if not text:
+        try:
+            return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+        except OSError:  # no load average on this system
+            return 1.0
+    scale = float(text)
+    if not scale > 0:
+        raise ValueError(f"ACML_TEST_TIME_SCALE must be a positive number, got {text!r}")
+    return scale
+
+
+TIME_SCALE = _time_scale()
+
+
+def scaled(seconds: float) -> float:
+    """``seconds`` times ACML_TEST_TIME_SCALE: a test's timeout or wall-time bound."""
+    return seconds * TIME_SCALE
 
 
 def one_line_error(capsys, argv, code=2):

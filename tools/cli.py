@@ -1,4 +1,4 @@
-"""The command line: ``python acml.py train | predict | export | party | audit | bench``.
+"""The command line: ``python acml.py train | predict | export | party | token | audit | bench``.
 
 Every bad input ends in one line on stderr and exit code 2; the library does the work (the
 one-process run of jobs/simulation.py, the two-process sessions of network/transport.py). This
@@ -186,6 +186,7 @@ def _dp_epsilon(text: str) -> float:
     return value
 TIMEOUT = _real(0.0, MAX_TIMEOUT, what="a number of seconds")
 FRAME_MB = _real(0.0, MAX_FRAME_MB, what="a number of MiB")
+PSI_RATIO = _real(1.0, alignment.MAX_PSI_MAX_RATIO, low_open=False, what="a factor")
 
 
 def check_sigma_flag(sigma: int, insecure: bool) -> None:
@@ -708,7 +709,8 @@ def _data_party(args, token, tls, frame_cap, executor, progress, transcript):
                                     allow_insecure=args.insecure_small_key, transcript=transcript,
                                     allow_insecure_sigma=args.insecure_sigma,
                                     align=args.align, stream_chunks=args.stream_chunks,
-                                    dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta)
+                                    dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta,
+                                    psi_max_ratio=args.psi_max_ratio)
 
 
 def _label_party(args, token, tls, frame_cap, executor, progress, transcript):
@@ -736,7 +738,8 @@ def _label_party(args, token, tls, frame_cap, executor, progress, transcript):
                                      resume=args.resume, class_names=class_names,
                                      transcript=transcript, align=args.align,
                                      stream_chunks=args.stream_chunks,
-                                     allow_bottom=args.allow_bottom)
+                                     allow_bottom=args.allow_bottom,
+                                     psi_max_ratio=args.psi_max_ratio)
 
 
 def add_party_parser(commands) -> None:
@@ -815,6 +818,13 @@ def add_party_parser(commands) -> None:
                                "intersection: each learns the intersection and the other's "
                                "number of ids, nothing else; default) or public-ids (each "
                                "sends its whole id list in the clear); both must agree")
+        role.add_argument(alignment.PSI_MAX_RATIO_FLAG, type=PSI_RATIO,
+                          default=alignment.PSI_MAX_RATIO, metavar="R",
+                          help="with --align psi, refuse the other party's id set if it holds "
+                               "more than R times this party's number of ids: a deviating "
+                               "party can test each id it puts in its set, so this caps what "
+                               "it can enumerate (default "
+                               f"{alignment.PSI_MAX_RATIO:g}; at least 1)")
         tls = role.add_argument_group("TLS (all three, or none)")
         tls.add_argument("--tls-cert", metavar="PEM", help="this party's certificate")
         tls.add_argument("--tls-key", metavar="PEM", help="this party's private key")
@@ -833,6 +843,29 @@ def add_party_parser(commands) -> None:
                           help="predict new rows (data party: --features holds them) with this "
                                "party's own checkpoint in --checkpoint-dir")
         role.set_defaults(handler=command_party)
+
+
+def command_token(args) -> int:
+    """A fresh shared token (wire.make_token: ``acml-`` and 64 hex digits from ``secrets``):
+    printed, or written to a new file --out that only its owner may read (mode 0600)."""
+    token = wire.make_token()
+    if not args.out:
+        print(token)
+        return 0
+    check_output_file("--out", args.out)
+    try:  # created 0600 at once, never widened; an existing file is not overwritten
+        descriptor = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise UsageError(f"--out {args.out}: already exists; a token file is never "
+                         "overwritten (remove it first)") from None
+    except OSError as error:
+        raise UsageError(f"--out {args.out}: cannot create it "
+                         f"({error.strerror or type(error).__name__})") from None
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(token + "\n")
+    print(f"wrote a fresh token (256 bits from secrets) to {args.out}, readable by its owner "
+          "only; give the other party a copy over a channel you trust", file=sys.stderr)
+    return 0
 
 
 def command_audit(args) -> int:
@@ -986,6 +1019,11 @@ def build_parser() -> argparse.ArgumentParser:
                                     "every prediction the label party made with them")
     export_parser.set_defaults(handler=command_export)
     add_party_parser(commands)
+    token_parser = commands.add_parser(
+        "token", help="make a fresh shared token for `party` (256 random bits)")
+    token_parser.add_argument("--out", help="write it to this new file, mode 0600 (default: "
+                                            "print it)")
+    token_parser.set_defaults(handler=command_token)
     audit_parser = commands.add_parser("audit", help="re-create the six known flaws of production "
                                        "implementations; catch and attack each")
     audit_parser.add_argument("--json", help="write the table as a JSON list to this path")

@@ -31,7 +31,7 @@ from network import wire
 
 KEY_BITS = 512
 TIMEOUT = 30.0
-TOKEN = b"a-shared-test-token-of-32-bytes!"
+TOKEN = b"acml-ecfb029d3968d9fc9519cdbd04346305548670a806204533e69f02e8e9d63506"
 
 
 def config(epochs, **overrides):

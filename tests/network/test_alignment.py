@@ -9,7 +9,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import insecure_keypair
+from conftest import insecure_keypair, scaled
 
 import acml
 from jobs import data
@@ -17,8 +17,8 @@ from network import psi
 from network import alignment
 from network import transport
 from network import wire
-TOKEN = b"0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0"
-TIMEOUT = 10.0
+TOKEN = b"acml-ecfb029d3968d9fc9519cdbd04346305548670a806204533e69f02e8e9d63506"
+TIMEOUT = scaled(10.0)
 
 
 def _connected():
@@ -36,7 +36,7 @@ def _connected():
     return box["data"], label
 
 
-def align_pair(label_ids, data_ids, *, label_align="psi", data_align="psi"):
+def align_pair(label_ids, data_ids, *, label_align="psi", data_align="psi", ratio=2.0):
     """Only the alignment, both parties in two threads over a real socket: {role: Alignment or
     the exception it ended with}."""
     data_connection, label_connection = _connected()
@@ -55,11 +55,13 @@ def align_pair(label_ids, data_ids, *, label_align="psi", data_align="psi"):
 
     threads = [threading.Thread(target=run, daemon=True, args=(
                    "data", data_connection,
-                   lambda: alignment.Alignment(data_ids, align=data_align, n_inputs=3))),
+                   lambda: alignment.Alignment(data_ids, align=data_align, n_inputs=3,
+                                               psi_max_ratio=ratio))),
                threading.Thread(target=run, daemon=True, args=(
                    "label", label_connection,
                    lambda: alignment.Alignment(label_ids, align=label_align,
-                                               test_fraction=0.25, seed=1)))]
+                                               test_fraction=0.25, seed=1,
+                                               psi_max_ratio=ratio)))]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -196,3 +198,18 @@ def test_no_id_held_by_one_party_alone_appears_in_any_frame_the_other_receives(m
     by_data, by_label = bytes(received["the label party"]), bytes(received["the data party"])
     assert all(key.encode() in by_data for key in only_label)
     assert all(key.encode() in by_label for key in only_data)
+
+
+def test_the_psi_cap_is_the_stated_factor_of_ones_own_set_and_can_be_raised_by_both():
+    """The cap on the other's PSI set: ⌊ratio × own⌋ ids (2 by default), so a deviating party
+    can test at most that many guessed ids; sets that truly differ more align once both
+    parties raise the ratio, and a ratio under 1 or not finite is refused naming the flag."""
+    assert alignment.psi_cap(40, 2.0) == 80 and alignment.psi_cap(7, 2.5) == 17
+    assert alignment.psi_cap(10 ** 7, 1e6) == alignment.MAX_IDS
+    out = align_pair([f"c{i}" for i in range(30)], [f"c{i}" for i in range(5)])
+    assert "more than 2 × this party's 5" in str(out["data"])  # the label set, 30 > 10
+    out = align_pair([f"c{i}" for i in range(30)], [f"c{i}" for i in range(5)], ratio=6)
+    assert out["data"].common == out["label"].common == sorted(f"c{i}" for i in range(5))
+    for bad in (0.5, float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match="--psi-max-ratio must be a number in"):
+            alignment.Alignment(["a"], psi_max_ratio=bad)

@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import insecure_keypair
+from conftest import insecure_keypair, scaled
 
 from network import transport
 from network import wire
@@ -23,7 +23,7 @@ from fixed import Fixed
 from plan import stream_slices
 from test_parity import TEST_FRACTION, assert_same_weights, config, in_process
 from test_parity import keypair, parties  # noqa: F401  (module fixtures)
-from test_transport import run_pair
+from test_transport import TOKEN, run_pair
 
 KEY_BITS = 512
 NAME, SHAPE = "[[X·W_B + ε_B]]", (6, 2)
@@ -34,7 +34,7 @@ class Stub:
     mask_source = None
 
 
-def _pair(public_key, data_chunks, label_chunks, timeout=5):
+def _pair(public_key, data_chunks, label_chunks, timeout=scaled(5)):
     left, right = socket.socketpair()
     data_side = transport.SocketChannel(wire.Connection(left, timeout=timeout,
                                                         peer="the label party"), DATA, Stub(),
@@ -126,7 +126,7 @@ def test_the_receiver_works_on_a_block_while_the_sender_computes_the_next(keypai
     thread = threading.Thread(target=sender, daemon=True)
     thread.start()
     _send(data_side, take=take)
-    thread.join(10)
+    thread.join(scaled(10))
     assert not errors and not thread.is_alive()
     assert [part.shape for part in got["parts"]] == [(2, 2)] * 3
     joined = np.concatenate([part.ciphertexts for part in got["parts"]])
@@ -161,10 +161,10 @@ def test_a_block_of_another_count_or_shape_is_refused_before_its_body_is_read(ke
         data_side, label_side = _pair(public_key, 2, 2)
         _declare_only(label_side, declaration, block,
                       {"dtype": "paillier-ciphertext", "shape": shape}, 100 * 2 ** 20)
-        start = time.monotonic()
+        # the words are the check's: a receiver that waited for the body would time out instead
         with pytest.raises(wire.TransportError, match=words) as caught:
             _send(data_side, take=lambda _, blocks: list(blocks))
-        assert time.monotonic() - start < 1 and "\n" not in str(caught.value)
+        assert "\n" not in str(caught.value)
 
 
 def test_parties_that_cut_differently_stop_at_the_first_block_in_one_line(keypair):
@@ -184,7 +184,7 @@ def test_a_peer_that_stops_mid_stream_ends_with_one_line(keypair, how):
     the receiver has taken block 1, and the wait for block 2 ends with the usual one-line
     closed / timeout error naming the message and the block."""
     public_key = keypair[0]
-    data_side, label_side = _pair(public_key, 3, 3, timeout=0.5)
+    data_side, label_side = _pair(public_key, 3, 3, timeout=scaled(0.5))
     whole = _ciphertexts(public_key)
 
     def rows(block):
@@ -257,12 +257,12 @@ def test_frames_over_tcp_are_not_held_back_by_nagle():
     listener = wire.listen("127.0.0.1", 0)
     port, accepted = listener.getsockname()[1], []
     thread = threading.Thread(target=lambda: accepted.append(
-        wire.accept_peer(listener, b"a-shared-test-token-of-32-bytes!", timeout=10)),
+        wire.accept_peer(listener, TOKEN, timeout=scaled(10))),
         daemon=True)
     thread.start()
-    connected = wire.connect_peer("127.0.0.1", port, b"a-shared-test-token-of-32-bytes!",
-                                  timeout=10)
-    thread.join(10)
+    connected = wire.connect_peer("127.0.0.1", port, TOKEN,
+                                  timeout=scaled(10))
+    thread.join(scaled(10))
     listener.close()
     for connection in (connected, accepted[0]):
         assert connection.sock.getsockopt(sockets.IPPROTO_TCP, sockets.TCP_NODELAY)

@@ -13,6 +13,7 @@ from conftest import insecure_keypair
 import acml
 from jobs import checkpoint
 from network import transport
+from network import wire
 import test_transport
 from test_transport import KEY_BITS, TIMEOUT, two_party_data
 
@@ -133,9 +134,15 @@ def test_checkpoints_of_different_epochs_are_refused_in_one_line_on_both_sides(r
 
 
 class RecordedConnection:
-    """Stands in for a Connection that no message reaches: it only records being closed."""
+    """Stands in for a Connection that no message reaches: it records what this side would tell
+    the peer before closing, and being closed."""
 
     closed = False
+    told = None
+
+    def stop(self, reason):
+        self.told = reason
+        self.close()
 
     def close(self):
         self.closed = True
@@ -149,12 +156,32 @@ def test_resuming_without_a_file_or_training_over_one_is_refused(runs, tmp_path)
     with pytest.raises(ValueError, match="nothing to resume"):
         transport.run_label_party(connection, [], np.zeros(0), 2, config(EPOCHS),
                                   checkpoint_dir=tmp_path, resume=True)
-    assert connection.closed
+    assert connection.closed and connection.told.startswith("nothing to resume")
     connection = RecordedConnection()
     with pytest.raises(ValueError, match="already exists"):
         transport.run_data_party(connection, [], np.zeros((0, 1)),
                                  checkpoint_dir=runs["data_dir"])
-    assert connection.closed
+    assert connection.closed and "already exists" in connection.told
+
+
+@pytest.mark.parametrize("without_file", ["label", "data"])
+def test_a_refused_resume_is_told_to_the_other_side_which_says_why_it_stopped(runs, tmp_path,
+                                                                              without_file):
+    """Resuming where this party has no file: it refuses in one line and sends that line to
+    the other side before closing, which stops with "the label party stopped: nothing to
+    resume: …" (either way round), not "closed the connection"."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    data_dir = empty if without_file == "data" else runs["data_after_one"]
+    label_dir = empty if without_file == "label" else runs["label_after_two"]
+    out = run_pair(*runs["parties"], config(EPOCHS),
+                   data_options=dict(checkpoint_dir=data_dir, resume=True),
+                   label_options=dict(checkpoint_dir=label_dir, resume=True))
+    told = "data" if without_file == "label" else "label"
+    refusal, heard = str(out[f"{without_file}_error"]), out[f"{told}_error"]
+    assert refusal.startswith("nothing to resume") and "\n" not in refusal
+    assert isinstance(heard, wire.PeerStopped)
+    assert str(heard) == f"the {without_file} party stopped: {refusal}"
 
 
 def test_cli_parties_resume_from_their_own_directories_to_the_uninterrupted_weights(runs,

@@ -27,7 +27,7 @@ import parties
 from network import transport
 from network import wire
 from channel import DATA, LABEL, PUBLIC
-from conftest import insecure_keypair, one_line_error, write_csv
+from conftest import insecure_keypair, one_line_error, scaled, write_csv
 from plan import FixedPointPlan, TrainingPlan
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -312,7 +312,7 @@ def test_sigint_to_a_waiting_party_ends_in_one_line_exit_130(tmp_path):
     try:
         assert "listening on" in process.stdout.readline()
         process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=30)
+        _, err = process.communicate(timeout=scaled(30))
     finally:
         if process.poll() is None:
             process.kill()
@@ -403,6 +403,8 @@ def test_more_blinded_ids_than_the_cap_are_refused_before_the_body_is_read(monke
     data_side, label_side = socket_channels()
     label_side.local[LABEL] = alignment.Alignment(["a", "b", "c", "d"], test_fraction=0.2,
                                                   seed=0)
+    # a ratio high enough that MAX_IDS binds first
+    data_side.local[DATA] = alignment.Alignment(["1"], n_inputs=1, psi_max_ratio=10)
     failures = {}
 
     def label_runs():
