@@ -357,6 +357,25 @@ def check_threshold(threshold, positive_class: int = 1, n_outputs: int = 1,
     return float(threshold), int(positive_class)
 
 
+def set_decision(model: MLP, class_names, threshold=None, positive_class=None) -> None:
+    """Replace the model's decision threshold and positive class (given by name), where given;
+    one line for a class that does not exist or a threshold on more than two classes."""
+    names = [str(name) for name in class_names]
+    positive = model.positive_class
+    if positive_class is not None:
+        if str(positive_class) not in names:
+            raise ValueError(f"--positive-class: no class {positive_class!r}; the classes are "
+                             f"{', '.join(names)}")
+        if len(names) != 2:
+            raise ValueError(f"--positive-class is for two classes; the model has {len(names)}")
+        positive = names.index(str(positive_class))
+    if threshold is not None and len(names) != 2:
+        raise ValueError(f"--threshold is for two classes; the model has {len(names)}")
+    model.threshold, model.positive_class = check_threshold(
+        model.threshold if threshold is None else threshold, positive, model.layer_sizes[-1],
+        model.loss)
+
+
 def decide(scores, threshold=None, positive_class: int = 1) -> np.ndarray:
     """Class ids from P(class 1) of a binary model: with ``threshold`` None, class 1 where
     P(class 1) >= 0.5; else ``positive_class`` where its own probability (P(class 1), or

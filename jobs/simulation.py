@@ -299,26 +299,7 @@ def predict(checkpoint_dir, X, *, feature_names=None, ids=None, source: str = "f
     data_party = data_state.restore(X, same_features=False, engine=FastEngine(executor=executor))
     data_party.set_rows_to_predict(X)
     label_party = label_state.restore(engine=FastEngine(executor=executor))
-    set_decision(label_party.model, label_state.class_names, threshold, positive_class)
+    nn.set_decision(label_party.model, label_state.class_names, threshold, positive_class)
     channel = Channel(data_party=data_party, label_party=label_party, sigma=data_state.plan.sigma)
     protocol.predict(channel, protocol.setup(channel, start="predict"))
     return label_party.prediction(label_state.class_names)
-
-
-def set_decision(model: nn.MLP, class_names, threshold=None, positive_class=None) -> None:
-    """Replace the model's decision threshold and positive class (given by name), where given;
-    one line for a class that does not exist or a threshold on more than two classes."""
-    names = [str(name) for name in class_names]
-    positive = model.positive_class
-    if positive_class is not None:
-        if str(positive_class) not in names:
-            raise ValueError(f"--positive-class: no class {positive_class!r}; the classes are "
-                             f"{', '.join(names)}")
-        if len(names) != 2:
-            raise ValueError(f"--positive-class is for two classes; the model has {len(names)}")
-        positive = names.index(str(positive_class))
-    if threshold is not None and len(names) != 2:
-        raise ValueError(f"--threshold is for two classes; the model has {len(names)}")
-    model.threshold, model.positive_class = nn.check_threshold(
-        model.threshold if threshold is None else threshold, positive, model.layer_sizes[-1],
-        model.loss)

@@ -27,6 +27,7 @@ from network.idle_fill import IdleFill, peer_ready
 from speed import kernels
 from jobs import run_directory
 from jobs import data
+from jobs.progress import batches_to_train
 from jobs.report import classes_line, plural, test_report_lines
 import nn
 import protocol
@@ -287,6 +288,7 @@ class Session:
     test_labels: np.ndarray | None = None
     class_names: list | None = None  # the label party's, in class-id order
     epoch_seconds: list | None = None  # wall time of each epoch here, its pool's fill included
+    predicting: bool = False  # a prediction session: no training, the model from checkpoints
 
     def metrics(self) -> dict:
         public, connection = self.public, self.channel.connection
@@ -325,7 +327,8 @@ class Session:
             out.update(classes=classes_line(names), class_names=list(names))
             if self.n_test and self.test_labels is not None:
                 report = nn.classification_report(self.test_labels, party.classes(),
-                                                  party.predictions, n_classes)
+                                                  party.predictions, n_classes,
+                                                  positive_class=party.model.positive_class)
                 out.update(test_accuracy=report["accuracy"], test_report=report,
                            majority_class_rate=report["majority_baseline"])
                 if report["auc"] is not None or "auc_note" in report:
@@ -341,16 +344,22 @@ class Session:
     def summary(self) -> str:
         m = self.metrics()
         t = m["training"]
-        lines = [f"{self.role} party: {m['n_train']} training and {m['n_test']} test rows of the "
-                 f"{m['n_common']} ids shared by its {m['n_ids']} and the other party's "
-                 f"{m['n_other_ids']}; the data party's {m['key_bits']}-bit Paillier key",
+        if self.predicting:
+            head = (f"{self.role} party: predicted {plural(m['n_test'], 'row')} with the model "
+                    f"saved after epoch {m['resumed_after_epoch']}; the data party's "
+                    f"{m['key_bits']}-bit Paillier key")
+        else:
+            head = (f"{self.role} party: {m['n_train']} training and {m['n_test']} test rows of "
+                    f"the {m['n_common']} ids shared by its {m['n_ids']} and the other party's "
+                    f"{m['n_other_ids']}; the data party's {m['key_bits']}-bit Paillier key")
+        lines = [head,
                  f"training plan: {t['n_hidden']} units ({t['activation']}) in the first layer "
                  f"over {m['n_inputs']} inputs, η = {t['lr']}, batches of {t['batch_size']}, "
                  f"{plural(t['epochs'], 'epoch')}, seed {t['seed']}, "
                  f"σ = {t['fixed_point']['sigma']}"]
         if "classes" in m:
             lines.append(f"classes            {m['classes']}")
-        if m["resumed_after_epoch"]:
+        if m["resumed_after_epoch"] and not self.predicting:
             lines.append(f"resumed            from the checkpoints after epoch "
                          f"{m['resumed_after_epoch']}")
         if "test_report" in m:
@@ -409,15 +418,16 @@ def label_model_fingerprint(model) -> str:
     return digest.hexdigest()
 
 
-def _watch(progress):
-    """after_batch for protocol.train, from progress(done, total) (or None)."""
+def _watch(progress, public, n_train: int):
+    """after_batch for protocol.train, from progress(done, total) (or None): the total is the
+    batches this run still trains, known from the public plan once step 0 has agreed it."""
     if progress is None:
         return None
-    done = [0]
+    done, total = [0], batches_to_train(public.training, n_train)
 
     def after_batch(rows):
         done[0] += 1
-        progress(done[0])
+        progress(done[0], total)
     return after_batch
 
 
@@ -524,7 +534,8 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
             checkpoint_dir, data_party=party, feature_names=feature_names,
             feature_mean=scaler.mean, feature_std=scaler.std, input_perturbation=perturbation)
         clock = _EpochClock(save)
-        protocol.train(channel, public, after_epoch=clock, after_batch=_watch(progress))
+        protocol.train(channel, public, after_epoch=clock,
+                       after_batch=_watch(progress, public, len(train_rows)))
         if len(test_rows):
             party.set_rows_to_predict(input_perturbation.perturb_rows(
                 perturbation, scaler.transform(features[test_rows]), plan))
@@ -599,7 +610,9 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
                                 engine=FastEngine(executor=executor), packing=config.packing,
                                 allow_insecure=config.allow_insecure,
                                 allow_insecure_sigma=config.allow_insecure_sigma,
-                                block_rows=config.block_rows, allow_bottom=allow_bottom)
+                                block_rows=config.block_rows, allow_bottom=allow_bottom,
+                                class_weight=config.class_weight, threshold=config.threshold,
+                                positive_class=config.positive_class)
         else:
             state.check_resumable(config.label_settings(sizes), config.epochs)
             party = state.restore(labels[train_rows], epochs=config.epochs,
@@ -610,7 +623,8 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
         save = None if path is None else run_directory.saver(checkpoint_dir, label_party=party,
                                                           class_names=class_names)
         clock = _EpochClock(save)
-        protocol.train(channel, public, after_epoch=clock, after_batch=_watch(progress))
+        protocol.train(channel, public, after_epoch=clock,
+                       after_batch=_watch(progress, public, len(train_rows)))
         if len(test_rows):
             protocol.predict(channel, public)
         channel.finish()
@@ -660,18 +674,22 @@ def predict_as_data(connection, ids, X, checkpoint_dir, *, feature_names=None,
     finally:
         connection.close()
     return Session(DATA, party, channel, public, len(ids), 0, len(ids), 0, len(ids),
-                   time.perf_counter() - start_time)
+                   time.perf_counter() - start_time, predicting=True)
 
 
 def predict_as_label(connection, checkpoint_dir, *, executor=None, allow_insecure: bool = False,
-                     transcript=None, stream_chunks: int = STREAM_CHUNKS):
-    """The label party's side of a prediction: (its session, the ids, its Prediction)."""
+                     transcript=None, stream_chunks: int = STREAM_CHUNKS, threshold=None,
+                     positive_class=None):
+    """The label party's side of a prediction: (its session, the ids, its Prediction).
+    ``threshold`` and ``positive_class`` (a class name) replace the checkpoint's decision rule,
+    as nn.set_decision does for ``acml.predict``."""
     start_time = time.perf_counter()
     received = {}
     try:
         state = checkpoint.LabelPartyState.load(run_directory.party_path(checkpoint_dir, LABEL),
                                                 allow_insecure=allow_insecure)
         party = state.restore(engine=FastEngine(executor=executor))
+        nn.set_decision(party.model, state.class_names, threshold, positive_class)
         channel = SocketChannel(connection, LABEL, party, sigma=state.plan.sigma,
                                 transcript=transcript, stream_chunks=stream_chunks)
         channel.send("predict", DATA, LABEL, "ids to predict", PUBLIC, make=None,
@@ -690,7 +708,7 @@ def predict_as_label(connection, checkpoint_dir, *, executor=None, allow_insecur
         connection.close()
     n = len(received["ids"])
     session = Session(LABEL, party, channel, public, 0, n, n, 0, n,
-                      time.perf_counter() - start_time, None)
+                      time.perf_counter() - start_time, None, predicting=True)
     return session, received["ids"], party.prediction(state.class_names)
 
 

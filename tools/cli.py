@@ -716,11 +716,16 @@ def _data_party(args, token, tls, frame_cap, executor, progress, transcript):
 def _label_party(args, token, tls, frame_cap, executor, progress, transcript):
     host, port = wire.parse_address(args.connect, "--connect")
     if args.predict:
+        if args.class_weight is not None:
+            raise UsageError("--class-weight is for training; --predict uses the checkpoint's "
+                             "model (--threshold and --positive-class may change its decision)")
         connection = wire.connect_peer(host, port, token, timeout=args.timeout,
                                        max_frame_bytes=frame_cap, tls=tls)
         return transport.predict_as_label(connection, args.checkpoint_dir, executor=executor,
                                           allow_insecure=args.insecure_small_key,
-                                          transcript=transcript, stream_chunks=args.stream_chunks)
+                                          transcript=transcript, stream_chunks=args.stream_chunks,
+                                          threshold=args.threshold,
+                                          positive_class=args.positive_class)
     if not (args.labels and args.label_column and args.id_column):
         raise UsageError("party label needs --labels, --id-column and --label-column "
                          "(or --predict with --checkpoint-dir)")
@@ -729,7 +734,8 @@ def _label_party(args, token, tls, frame_cap, executor, progress, transcript):
                     batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                     seed=args.seed, plan=FixedPointPlan(sigma=args.sigma),
                     allow_insecure=args.insecure_small_key, packing=args.packing,
-                    allow_insecure_sigma=args.insecure_sigma, block_rows=args.block_rows)
+                    allow_insecure_sigma=args.insecure_sigma, block_rows=args.block_rows,
+                    **class_options(args, class_names))
     connection = wire.connect_peer(host, port, token, timeout=args.timeout,
                                    max_frame_bytes=frame_cap, tls=tls)
     return transport.run_label_party(connection, ids, y, len(class_names), config,
@@ -770,6 +776,7 @@ def add_party_parser(commands) -> None:
     label_role.add_argument("--labels", help="this party's labels CSV")
     label_role.add_argument("--id-column", help="id column of the labels CSV")
     label_role.add_argument("--label-column", help="label column of the labels CSV")
+    add_class_options(label_role)
     add_model_options(label_role)
     label_role.add_argument("--test-fraction", type=_real(0.0, 1.0, low_open=False,
                                                           high_open=True), default=0.2,

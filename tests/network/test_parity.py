@@ -184,6 +184,22 @@ def test_two_process_prediction_declares_the_ids_to_predict_and_leak_l5(bottom_r
     assert not any(m.step == "4b" for m in session.channel.messages)  # no consent needed
 
 
+def test_a_prediction_session_says_it_predicted_with_a_saved_model_not_that_it_trained(
+        bottom_runs, parties):
+    """Property: the summary of a prediction session says how many rows it predicted and after
+    which epoch the model was saved, and does not claim training rows or a resumed run."""
+    feature_ids, X, _, _, _ = parties
+    names = [f"x{j}" for j in range(X.shape[1])]
+    data_session, (label_session, _, _) = predict_over_tcp(
+        bottom_runs["data_dir"], bottom_runs["label_dir"], feature_ids[:4], X[:4], names,
+        both=True)
+    for session in (data_session, label_session):
+        head = session.summary().splitlines()[0]
+        assert "predicted 4 rows with the model saved after epoch 2" in head, head
+        assert "training" not in head
+        assert "resumed" not in session.summary()
+
+
 def test_two_process_prediction_equals_in_process_prediction_on_both_checkpoints(
         bottom_runs, parties, tmp_path):
     """Property: predicting new rows with each party holding only its own checkpoint
@@ -416,3 +432,38 @@ def test_a_data_party_that_skips_its_checks_is_caught_by_the_label_partys_channe
     assert "no_paillier_randomness" in str(error) and "step 0 message '[[X]]'" in str(error)
     assert "\n" not in str(error)
     assert isinstance(out.get("data_error"), wire.TransportError), out
+
+
+def test_class_weights_and_threshold_over_tcp_equal_the_in_process_run_bit_for_bit(keypair,
+                                                                                  parties):
+    """Property: the label party's rare-class options (balanced class weights, a decision
+    threshold) reach it in two processes as in one: the same weights, losses and test
+    predictions bit for bit, and weights that differ from an unweighted run (so the option was
+    not dropped on the way)."""
+    cfg = config(class_weight="balanced", threshold=0.3)
+    reference = in_process(keypair, parties, cfg)
+    data_party, label_party = over_tcp(keypair, parties, cfg)
+    assert_same_weights(data_party, label_party, reference)
+    assert label_party.model.threshold == 0.3
+    assert label_party.model.positive_class == reference.label_party.model.positive_class
+    unweighted = in_process(keypair, parties, config())
+    assert unweighted.label_party.losses != reference.losses
+
+
+def test_each_partys_bar_is_given_the_batches_it_will_train_as_its_total(keypair, parties):
+    """Property: in two processes each party's progress callback gets the total number of
+    batches it will train (epochs × batches per epoch), so its bar reads done/total, and the
+    last call's count reaches that total."""
+    calls = {"data": [], "label": []}
+    feature_ids, X, label_ids, y, class_names = parties
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = run_pair(keypair, feature_ids, X, label_ids, y, len(class_names), config(),
+                       test_fraction=TEST_FRACTION,
+                       data_progress=lambda *a: calls["data"].append(a),
+                       label_progress=lambda *a: calls["label"].append(a))
+    assert "data_error" not in out and "label_error" not in out, out
+    for role in ("data", "label"):
+        totals = {total for _, total in calls[role]}
+        assert totals == {4}, (role, totals)  # 2 epochs × 2 batches of 16 over 30 rows
+        assert calls[role][-1][0] == 4
