@@ -264,13 +264,13 @@ def test_the_share_update_check_fails_a_label_party_that_uses_the_data_partys_ma
 
 
 def test_the_mitigation_check_fails_when_nothing_is_mitigated():
-    """ex04.check_4 measures the label attack on the mitigated view: sending δ·Wᵀ unchanged must
+    """ex06.check_4 measures the label attack on the mitigated view: sending δ·Wᵀ unchanged must
     fail (the attack separates the labels), and so must sending pure noise (no utility left)."""
-    ex04 = checks_module("04")
-    assert verdict_of(ex04.check_4, lambda gradient: gradient)[0] is False
+    ex06 = checks_module("06")
+    assert verdict_of(ex06.check_4, lambda gradient: gradient)[0] is False
     noise = random.SystemRandom()
     drown = lambda gradient: np.array([[noise.gauss(0.0, 1e6) for _ in row] for row in gradient])
-    assert verdict_of(ex04.check_4, drown)[0] is False
+    assert verdict_of(ex06.check_4, drown)[0] is False
 
 
 def test_readme_exactness_quotes_the_default_fractional_bits():

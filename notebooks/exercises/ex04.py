@@ -1,17 +1,11 @@
 """Checks for notebook 04 (leakage and attacks). Each recomputes what it compares against from
 the library, and prints only ✓ or ✗ (with a hint that does not contain the answer)."""
 
-import functools
 import math
 
 import numpy as np
 
 from . import answered, verdict
-
-# Exercise 4: the bounds a mitigation of L4 must meet (stated in the task).
-L4_ATTACK_AUC_BELOW = 0.8
-L4_UTILITY_ABOVE = 0.25
-L4_RUNS = 5  # the mitigation is applied this many times, with fresh noise; the scores are averaged
 
 
 def check_1(answer):
@@ -72,66 +66,3 @@ def check_3(answer):
                                                       epochs=solver - 1)["determined"]:
         return verdict(False, "the solver already succeeds with fewer epochs")
     return verdict(True)
-
-
-@functools.lru_cache(maxsize=1)
-def l4_recording():
-    """The plaintext run of L4's setting (breast cancer, 256 rows, bottom model 30 → 8 ReLU,
-    interactive layer 4 wide, 2 epochs of batches of 32): features, labels and the data party's
-    view of step 4b, δ·Wᵀ per step."""
-    from attacks import leaks
-    X, y, _, _ = leaks.load_rows("breast_cancer", 256, seed=0)
-    recording = leaks.train_and_record(X, y, [8, 4, 1], epochs=2, batch_size=32, lr=0.1, seed=0,
-                                       init_seed=1, bottom_width=8)
-    return X, y, recording.data_view
-
-
-def l4_scores(mitigate, runs=1):
-    """(label attack's separation AUC, utility) of a mitigation applied to every δ·Wᵀ the data
-    party receives, averaged over ``runs`` independent applications. The AUC is the larger of
-    the two attacks of leaks.label_attack (direction and norm); the utility is the mean over steps of the cosine between the bottom layer's weight
-    gradient before its activation, X_batchᵀ·(δ·Wᵀ), with and without the mitigation."""
-    scores = [_l4_scores_once(mitigate) for _ in range(int(runs))]
-    return float(np.mean([auc for auc, _ in scores])), float(np.mean([u for _, u in scores]))
-
-
-def _l4_scores_once(mitigate):
-    from attacks import leaks
-    X, y, view = l4_recording()
-    sent = [np.asarray(mitigate(np.array(g, copy=True)), dtype=float) for g in view.input_gradients]
-    if any(s.shape != g.shape for s, g in zip(sent, view.input_gradients)):
-        raise ValueError("the mitigated gradient must keep the shape (m, k) of δ·Wᵀ")
-    mitigated = leaks.DataPartyView(view.n_rows, view.rows, sent)
-    auc = max(leaks.separation_auc(y, leaks.label_attack(mitigated, method=method))
-              for method in ("direction", "norm"))
-    cosines = []
-    for rows, true, noisy in zip(view.rows, view.input_gradients, sent):
-        a, b = X[rows].T @ true, X[rows].T @ noisy
-        cosines.append(float(np.sum(a * b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-300)))
-    return auc, float(np.mean(cosines))
-
-
-def check_4(mitigate):
-    """A mitigation of L4: mitigate(input_gradient) -> what the data party receives instead of
-    δ·Wᵀ (m × k). Code can test two things; the rubric covers the rest: the label attack's
-    separation AUC must fall below L4_ATTACK_AUC_BELOW, and the utility (see l4_scores) must stay
-    above L4_UTILITY_ABOVE."""
-    if not answered(mitigate):
-        return False
-    if not callable(mitigate):
-        return verdict(False, "give a function mitigate(input_gradient)")
-    try:
-        auc, utility = l4_scores(mitigate, runs=L4_RUNS)
-    except Exception as error:
-        return verdict(False, f"mitigate failed: {type(error).__name__}: {error}")
-    print(f"  label attack's separation AUC on your mitigated view: {auc:.3f} "
-          f"(mean of {L4_RUNS} runs of your mitigation) "
-          f"(must be below {L4_ATTACK_AUC_BELOW}); utility {utility:.3f} "
-          f"(must stay above {L4_UTILITY_ABOVE})")
-    ok = auc < L4_ATTACK_AUC_BELOW and utility > L4_UTILITY_ABOVE
-    hint = ("the attack still separates the labels" if auc >= L4_ATTACK_AUC_BELOW
-            else "the gradient is too damaged to train the bottom model")
-    result = verdict(ok, hint)
-    print("  (the code tests these two numbers; the rubric's other criteria are for you or your "
-          "teacher to judge)")
-    return result
