@@ -122,9 +122,9 @@ def test_checkpoints_of_different_epochs_are_refused_in_one_line_on_both_sides(r
     data_line, label_line = str(out["data_error"]), str(out["label_error"])
     assert "\n" not in data_line and "\n" not in label_line
     assert label_line.startswith("nothing to resume: no epoch both parties saved")
-    assert "this party has [2], the data party [1]" in label_line
+    assert "this party has [2], the data party [0, 1]" in label_line
     assert data_line.startswith("nothing to resume: no epoch both parties saved")
-    assert "this party has [1], the label party none of them" in data_line
+    assert "this party has [0, 1], the label party none of them" in data_line
     # Nothing was trained, so nothing was saved: both files are still the ones they were.
     assert checkpoint.DataPartyState.load(runs["data_after_one"] / "data_party.npz",
                                           allow_insecure=True).epochs_completed == 1
@@ -142,13 +142,14 @@ class RecordedConnection:
 
 
 def test_resuming_without_a_file_or_training_over_one_is_refused(runs, tmp_path):
-    """Resuming with no file of this party's is one line before any message, and closes the
-    connection (ending the peer's session); a new run into a directory that holds a resumable
-    file refuses to overwrite it."""
+    """The data party resuming with no file of its own is one line before any message, and
+    closes the connection (ending the peer's session); a new run into a directory that holds a
+    resumable file refuses to overwrite it. (A label party with no file waits for the data
+    party's epochs: in the first epoch's window the run starts again.)"""
     connection = RecordedConnection()
     with pytest.raises(ValueError, match="nothing to resume"):
-        transport.run_label_party(connection, [], np.zeros(0), 2, config(EPOCHS),
-                                  checkpoint_dir=tmp_path, resume=True)
+        transport.run_data_party(connection, [], np.zeros((0, 1)), checkpoint_dir=tmp_path,
+                                 resume=True)
     assert connection.closed
     connection = RecordedConnection()
     with pytest.raises(ValueError, match="already exists"):
