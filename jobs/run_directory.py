@@ -33,6 +33,7 @@ import contextlib
 import errno
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass
 
@@ -140,6 +141,9 @@ def hold(checkpoint_dir, roles=(DATA, LABEL), *, shared: bool = False):
     try:
         for role in roles:
             path = lock_path(directory, role)
+            mine = (os.path.realpath(path), role)
+            if not shared and mine in _held_here.__dict__.setdefault("locks", set()):
+                continue  # this thread's run holds it already (the CLI's, around the library's)
             try:
                 descriptor = _take(path, shared)
             except DirectoryInUse as error:
@@ -152,14 +156,23 @@ def hold(checkpoint_dir, roles=(DATA, LABEL), *, shared: bool = False):
                                               errno.EPERM):
                     continue  # no directory (the load says so), or a read-only copy
                 raise ValueError(f"{path}: cannot lock it ({error.strerror})") from None
-            held.append((path, descriptor))
+            held.append((path, descriptor, mine))
             if not shared:
+                _held_here.locks.add(mine)
                 os.ftruncate(descriptor, 0)
                 os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
-        for path, descriptor in reversed(held):
+        for path, descriptor, mine in reversed(held):
+            if not shared:
+                _held_here.locks.discard(mine)
             _release(path, descriptor)
+
+
+# The exclusive locks this thread holds: a run's hold inside another of the same thread (the
+# command line's, taken before the data is read, around the library's) takes nothing more.
+# Any other holder — another thread, another process, a reader — is refused as usual.
+_held_here = threading.local()
 
 
 def party_path(checkpoint_dir, role: str) -> str:

@@ -1,6 +1,7 @@
 """Shared fixtures."""
 
 import functools
+import os
 import warnings
 
 import pytest
@@ -28,6 +29,17 @@ def backend(request):
 def arithmetic(request):
     """The same, for tests that import the module `backend` (named apart from it)."""
     yield from each_backend(request)
+
+
+# Waits in tests (timeouts of sockets, threads and subprocesses) are multiplied by this factor,
+# from the environment: ACML_TEST_TIMEOUT_FACTOR=4 on a loaded machine. Tests assert on what
+# happened within a wait, never on how long the work took.
+TIMEOUT_FACTOR = max(1.0, float(os.environ.get("ACML_TEST_TIMEOUT_FACTOR") or 1))
+
+
+def scaled(seconds: float) -> float:
+    """A test's wait of ``seconds`` on an idle machine, scaled by TIMEOUT_FACTOR."""
+    return seconds * TIMEOUT_FACTOR
 
 
 @functools.lru_cache(maxsize=None)

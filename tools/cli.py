@@ -475,6 +475,14 @@ def command_train(args) -> int:
     config = config_from_args(args)
     check_outputs(args)
     check_inputs(args)
+    with contextlib.ExitStack() as held:
+        if args.checkpoint_dir:  # both parties' locks, for the whole run, before any work
+            held.enter_context(run_directory.hold(args.checkpoint_dir))
+        return train_holding(args, config)
+
+
+def train_holding(args, config) -> int:
+    """`train`, once its checkpoint directory (if any) is held."""
     train_set, test_set, scaler = datasets_from_args(args)
     n_inputs = train_set.X.shape[1] if config.bottom is None else config.bottom
     check_key_fits(config.plan, config.key_bits, config.batch_size, n_inputs)
