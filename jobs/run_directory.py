@@ -131,6 +131,7 @@ def hold(checkpoint_dir, roles=(DATA, LABEL), *, shared: bool = False):
     if fcntl is None:
         yield
         return
+    made = not shared and not os.path.isdir(directory)
     if not shared:
         try:
             os.makedirs(directory, exist_ok=True)
@@ -167,6 +168,9 @@ def hold(checkpoint_dir, roles=(DATA, LABEL), *, shared: bool = False):
             if not shared:
                 _held_here.locks.discard(mine)
             _release(path, descriptor)
+        if made and held:  # made for a run refused before it saved anything: not left behind
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)  # only if empty
 
 
 # The exclusive locks this thread holds: a run's hold inside another of the same thread (the

@@ -487,7 +487,8 @@ def train_holding(args, config) -> int:
     n_inputs = train_set.X.shape[1] if config.bottom is None else config.bottom
     check_key_fits(config.plan, config.key_bits, config.batch_size, n_inputs)
     check_checkpoint_room(args.checkpoint_dir, train_set.X.shape[1],
-                          config.layer_sizes(train_set.X.shape[1], train_set.n_classes), config.key_bits)
+                          config.layer_sizes(train_set.X.shape[1], train_set.n_classes),
+                          config.key_bits)
     if args.key_bits == DEFAULT_KEY_BITS:
         print(f"note: {KEY_BITS_NOTE}", file=sys.stderr)
     with warnings.catch_warnings(), workers(args.workers, args.dask) as executor:
@@ -507,8 +508,8 @@ def train_holding(args, config) -> int:
             checkpoint.write_atomically(args.json, lambda handle: json.dump(
                 result.metrics, handle, indent=2, allow_nan=False), mode="w")
         except OSError as error:  # checked before training, yet the disk filled meanwhile
-            raise LateFailure(f"{describe_error(error)}; {rescue_run(args, result, train_set, scaler)}"
-                              ) from None
+            where = rescue_run(args, result, train_set, scaler)
+            raise LateFailure(f"{describe_error(error)}; {where}") from None
     return 0
 
 

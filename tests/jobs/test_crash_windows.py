@@ -395,6 +395,8 @@ def test_locks_are_per_party_two_roles_share_a_directory_two_of_one_role_do_not(
         with pytest.raises(run_directory.DirectoryInUse, match="in use by another run"):
             with run_directory.hold(directory, shared=True):
                 pass
+    assert not directory.exists()  # made for the locks, empty after them: removed
+    directory.mkdir()  # readers read an existing directory (none: nothing to lock, or read)
     with run_directory.hold(directory, shared=True), run_directory.hold(directory, shared=True):
         with pytest.raises(run_directory.DirectoryInUse, match="a reader"):
             with run_directory.hold(directory, ("label",)):
@@ -521,7 +523,7 @@ def test_a_full_disk_during_a_checkpoint_names_the_file(tmp_path, capsys, monkey
                                    str(directory)])
     assert line.endswith(f"error: writing {directory / 'data_party.npz'}: no space left on "
                          "device"), line
-    assert not [name for name in os.listdir(directory) if name.endswith(".tmp")]
+    assert not directory.exists()  # no temporary file left, and the directory it made removed
 
 
 def test_export_of_a_damaged_file_says_damaged_and_its_advice_works(wine, tmp_path, capsys):
