@@ -66,8 +66,11 @@ def write_atomically(path, write, mode: str = "wb", *, private: bool = True,
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    descriptor, temporary = tempfile.mkstemp(prefix=os.path.basename(path) + ".",
-                                             suffix=".tmp", dir=directory)
+    try:
+        descriptor, temporary = tempfile.mkstemp(prefix=os.path.basename(path) + ".",
+                                                 suffix=".tmp", dir=directory)
+    except OSError as error:
+        raise WriteFailed(error, path) from None
     _open_temporaries.add(temporary)
     try:
         if not private:
@@ -79,12 +82,26 @@ def write_atomically(path, write, mode: str = "wb", *, private: bool = True,
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(temporary):
             os.unlink(temporary)
+        if isinstance(error, OSError) and not isinstance(error, WriteFailed):
+            raise WriteFailed(error, path) from None
         raise
     finally:
         _open_temporaries.discard(temporary)
+
+
+class WriteFailed(OSError):
+    """An OSError of write_atomically, said with the file it was writing:
+    ``writing PATH: no space left on device`` (the bare errno text names no file)."""
+
+    def __init__(self, cause: OSError, path):
+        reason = cause.strerror or str(cause) or type(cause).__name__
+        super().__init__(cause.errno, reason[:1].lower() + reason[1:], os.fspath(path))
+
+    def __str__(self) -> str:
+        return f"writing {self.filename}: {self.strerror}"
 
 
 # The temporary files of the writes under way: a second signal during the cleanup of a first

@@ -50,7 +50,8 @@ def export_model(checkpoint_dir, out, *, i_understand_this_reveals_the_weights: 
     if not i_understand_this_reveals_the_weights:
         raise ValueError("export combines both parties' shares into the plaintext weights, "
                          f"which then stop being private; consent with {REVEAL_FLAG}")
-    data_state, label_state = run_directory.load_pair(checkpoint_dir, allow_insecure=True)
+    with run_directory.hold(checkpoint_dir, shared=True):  # no run is renaming them meanwhile
+        data_state, label_state = run_directory.load_pair(checkpoint_dir, allow_insecure=True)
     sizes = list(label_state.layer_sizes)
     model = nn.MLP(sizes, activation=label_state.training["activation"])
     architecture = {"format": MODEL_FORMAT, "version": 1, "layer_sizes": sizes,

@@ -89,26 +89,48 @@ def train(train_set, test_set=None, config: Config | None = None, *, progress: b
     """
     config = config or Config()
     sizes = check_run(train_set, test_set, config, checkpoint_dir, resume, keypair)
+    if checkpoint_dir is None:
+        return _train(train_set, test_set, config, sizes, progress, keypair, None, False,
+                      standardizer, executor, transcript, insecure_flaws, estimate, precompute)
+    with run_directory.hold(checkpoint_dir):  # both parties', for the whole run, before any key
+        return _train(train_set, test_set, config, sizes, progress, keypair, checkpoint_dir,
+                      resume, standardizer, executor, transcript, insecure_flaws, estimate,
+                      precompute)
+
+
+def _train(train_set, test_set, config, sizes, progress, keypair, checkpoint_dir, resume,
+           standardizer, executor, transcript, insecure_flaws, estimate, precompute) -> Result:
     budget = input_perturbation.check_options(config.dp_epsilon, config.dp_delta,
                                               names=("Config.dp_epsilon", "Config.dp_delta"))
     start = time.perf_counter()
 
     # The two parties, each with only its own state: new, or each from its own checkpoint.
+    pair = None
     if resume:
         pair = run_directory.find_pair(checkpoint_dir, allow_insecure=config.allow_insecure,
                                        resuming=True)
         pair.data.check_same_perturbation(budget)
+    if pair is not None and pair.label is not None:
         perturbation = pair.data.input_perturbation(purpose="train")
         train_set, test_set = perturbed_sets(perturbation, train_set, test_set, config)
         keypair = pair.data.keypair
         data_party, label_party = resumed_parties(pair, train_set, config, sizes, executor)
         feature_mean, feature_std = pair.data.feature_mean, pair.data.feature_std
     else:
-        if checkpoint_dir is not None:
-            run_directory.refuse_to_overwrite(checkpoint_dir)
-        # The data party's side, before it builds itself: its rows as the protocol will see them.
-        perturbation = input_perturbation.for_data_party(budget, purpose="train",
-                                                         init_seed=config.init_seed)
+        if pair is not None:
+            # No common epoch after a kill in the first epoch: a new run from the data
+            # party's start — its key pair, init seed and noise seed — is the interrupted run.
+            pair.data.check_resumable(make_bottom(config.bottom, train_set.X.shape[1], 0),
+                                      config.key_bits)
+            config = dataclasses.replace(config, init_seed=pair.data.init_seed)
+            keypair = pair.data.keypair
+            perturbation = pair.data.input_perturbation(purpose="train")
+        else:
+            if checkpoint_dir is not None:
+                run_directory.refuse_to_overwrite(checkpoint_dir)
+            # The data party's side, before it builds itself: its rows as the protocol sees them.
+            perturbation = input_perturbation.for_data_party(budget, purpose="train",
+                                                             init_seed=config.init_seed)
         train_set, test_set = perturbed_sets(perturbation, train_set, test_set, config)
         keypair = keypair or paillier.generate_keypair(config.key_bits,
                                                        allow_insecure=config.allow_insecure)
@@ -116,6 +138,7 @@ def train(train_set, test_set=None, config: Config | None = None, *, progress: b
                                               insecure_flaws, precompute)
         feature_mean = None if standardizer is None else standardizer.mean
         feature_std = None if standardizer is None else standardizer.std
+        resume = False  # step 0 of a new run: W0 − ε_acc is sent
     # The decision rule is a choice of this run, also after a resume: the label party's.
     label_party.model.threshold, label_party.model.positive_class = config.decision(
         train_set.y, train_set.n_classes)
@@ -176,7 +199,7 @@ def train(train_set, test_set=None, config: Config | None = None, *, progress: b
     # Online per step; the randomizer pools' precomputation (offline) apart, as step "pool".
     metrics["step_seconds"] = kernels.split_offline(metrics["step_seconds"], data_party.engine,
                                                     label_party.engine)
-    if resume:
+    if pair is not None:
         metrics["resumed_after_epoch"] = first_epoch
         metrics["checkpoint_notes"] = pair.notes
     return Result(data_party, label_party, channel, plaintext, label_party.losses,
@@ -293,7 +316,9 @@ def predict(checkpoint_dir, X, *, feature_names=None, ids=None, source: str = "f
     ``threshold`` and ``positive_class`` (a class name; two classes only) replace the label
     party's decision rule saved in its checkpoint (nn.decide); the scores are the same.
     """
-    data_state, label_state = run_directory.load_pair(checkpoint_dir, allow_insecure=allow_insecure)
+    with run_directory.hold(checkpoint_dir, shared=True):  # no run is renaming them meanwhile
+        data_state, label_state = run_directory.load_pair(checkpoint_dir,
+                                                          allow_insecure=allow_insecure)
     X = data_state.rows_to_predict(X, feature_names=feature_names, ids=ids, source=source)
     X = data_state.perturb_rows_to_predict(X, dp_epsilon, dp_delta)
     data_party = data_state.restore(X, same_features=False, engine=FastEngine(executor=executor))

@@ -220,7 +220,9 @@ def _own_checkpoint(checkpoint_dir, role: str, resume: bool, allow_insecure: boo
     if saved.duplicated:
         raise ValueError(f"{checkpoint_dir}: two files of {role} party state hold one epoch; "
                          "the saver never leaves that — keep one of them")
-    if not saved.states:
+    if not saved.states and (role == DATA or saved.skipped):
+        # (a label party with no file at all may be in the first epoch's window: the data
+        # party's files decide, in agree_epoch)
         raise ValueError("nothing to resume: " + run_directory.nothing_saved(checkpoint_dir, role,
                                                                           saved))
     return path, saved
@@ -231,7 +233,7 @@ MAX_OFFERED_EPOCHS = 16  # the saver keeps two; a few more if files were copied 
 
 def _epochs(value, what: str) -> list:
     if not (isinstance(value, list) and 0 < len(value) <= MAX_OFFERED_EPOCHS and all(
-            isinstance(e, int) and not isinstance(e, bool) and 1 <= e <= MAX_EPOCHS
+            isinstance(e, int) and not isinstance(e, bool) and 0 <= e <= MAX_EPOCHS
             for e in value)):
         raise TransportError(f"{what} is not a list of 1 to {MAX_OFFERED_EPOCHS} epoch numbers")
     return value
@@ -245,16 +247,24 @@ def agree_epoch(channel: SocketChannel, saved) -> int:
     them that it has too, or null if none — then both refuse. A crash between the parties'
     writes leaves one party an epoch ahead; both continue from the other's epoch, and the
     ahead party trains that epoch again (step 0's training plan then carries the same
-    ``epochs_completed``, which the data party checks)."""
+    ``epochs_completed``, which the data party checks). In the first epoch's window
+    (run_directory.can_restart: no common epoch, none past 1) the answer is 0: both start the
+    run again, the data party from its saved start (its epoch 0)."""
     mine = saved.epochs[:MAX_OFFERED_EPOCHS]
     got = {}
 
     def choose(_, offered):
         got["offered"] = _epochs(offered, "the data party's checkpointed epochs")
         got["epoch"] = run_directory.pick_epoch(got["offered"], mine)
+        if run_directory.can_restart(got["offered"], mine):
+            got["epoch"] = 0
 
     def take_choice(_, epoch):
-        if epoch is not None and epoch not in mine:
+        if epoch == 0:  # the run starts again: only in the first epoch's window
+            if not run_directory.can_restart(mine, []):
+                raise TransportError(f"the label party starts the run again, but this party "
+                                     f"has epochs {sorted(mine)}, past the first")
+        elif epoch is not None and epoch not in mine:
             raise TransportError(f"the label party resumes from epoch {epoch!r}, of which this "
                                  f"party has no file (it has epochs {sorted(mine)})")
         got["epoch"] = epoch
@@ -504,15 +514,23 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
         channel = SocketChannel(connection, DATA, id_list, sigma=plan.sigma, transcript=transcript,
                                 idle_fill=idle_fill, stream_chunks=stream_chunks)
         align_ids(channel)
+        restart = None
         if state is not None:
-            state = saved.states[agree_epoch(channel, saved)]
+            epoch = agree_epoch(channel, saved)
+            if epoch == 0:  # the first epoch's window: a new run from this party's start
+                restart, state, resume = state, None, False
+                keypair, init_seed = restart.keypair, restart.init_seed
+                bottom = None if restart.bottom is None else restart.bottom.width
+            else:
+                state = saved.states[epoch]
         train_rows, test_rows = data.split_rows(len(id_list.common), id_list.test_fraction,
                                                 id_list.seed)
         features = X[id_list.rows]
         if state is None:
             scaler = data.Standardizer().fit(features[train_rows])
-            perturbation = input_perturbation.for_data_party(budget, purpose="train",
-                                                             init_seed=init_seed)
+            perturbation = (restart.input_perturbation(purpose="train") if restart is not None
+                            else input_perturbation.for_data_party(budget, purpose="train",
+                                                                   init_seed=init_seed))
             rows = input_perturbation.perturb_rows(
                 perturbation, scaler.transform(features[train_rows]), plan)
             data_class, _ = party_classes(insecure_flaws)
@@ -578,7 +596,7 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
     try:
         path, saved = _own_checkpoint(checkpoint_dir, LABEL, resume, config.allow_insecure)
         state = None
-        if resume:
+        if resume and saved.states:
             state = saved.states[saved.epochs[-1]]  # its settings; the epoch is agreed later
         y = np.asarray(y)
         if y.shape != (len(ids),):
@@ -594,8 +612,12 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
                                 transcript=transcript, idle_fill=idle_fill,
                                 stream_chunks=stream_chunks)
         align_ids(channel)
-        if state is not None:
-            state = saved.states[agree_epoch(channel, saved)]
+        if resume:
+            epoch = agree_epoch(channel, saved)
+            if epoch == 0:  # the first epoch's window: both start the run again
+                state, resume = None, False
+            else:
+                state = saved.states[epoch]
         train_rows, test_rows = data.split_rows(len(id_list.common), test_fraction, config.seed)
         labels = y[id_list.rows]
         if len(np.unique(labels[train_rows])) < 2:

@@ -8,6 +8,7 @@ module builds on jobs/ and not on acml.py, whose ``main`` loads it: the imports 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import decimal
@@ -17,6 +18,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -26,6 +28,7 @@ from pathlib import Path
 
 from jobs import checkpoint
 from jobs import data
+from jobs import run_directory
 import nn
 import paillier
 from network import alignment
@@ -272,13 +275,55 @@ def check_checkpoint_dir(flag: str, path) -> None:
         raise UsageError(f"{flag} {path}: {existing} is not writable")
 
 
+def free_bytes(path) -> int | None:
+    """Bytes an unprivileged process may still write on the disk of ``path`` (its nearest
+    existing folder), or None where the system cannot say (no os.statvfs: not POSIX)."""
+    if not hasattr(os, "statvfs"):
+        return None
+    folder = Path(path).absolute()
+    while not folder.exists():
+        folder = folder.parent
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return None
+    return stats.f_bavail * stats.f_frsize
+
+
+# What an output needs at least, to refuse before the work a disk that cannot hold it: a report
+# or a predictions file is small; a checkpoint directory is sized by run_directory's estimate.
+MIN_OUTPUT_BYTES = 1 << 20
+
+
+def check_free_space(flag: str, path, needed: int) -> None:
+    """Refuse, before any work, an output whose disk has less than ``needed`` bytes free."""
+    if not path:
+        return
+    free = free_bytes(path)
+    if free is not None and free < needed:
+        raise UsageError(f"{flag} {path}: only {free / 2 ** 20:.2f} MiB free on its disk, "
+                         f"under the {needed / 2 ** 20:.2f} MiB it needs; free some space or "
+                         "write elsewhere")
+
+
 def check_outputs(args) -> None:
-    """Every output path of this command, before any work starts."""
+    """Every output path of this command, before any work starts: where it goes, and that its
+    disk has room (a checkpoint directory's size is checked once the data is read)."""
     for flag in ("--json", "--transcript", "--out"):
         check_output_file(flag, getattr(args, flag[2:], None))
+        check_free_space(flag, getattr(args, flag[2:], None), MIN_OUTPUT_BYTES)
     check_plot_path(getattr(args, "plot", None))
     if not getattr(args, "predict", False) and args.command in ("train", "party"):
         check_checkpoint_dir("--checkpoint-dir", getattr(args, "checkpoint_dir", None))
+        check_free_space("--checkpoint-dir", getattr(args, "checkpoint_dir", None),
+                         MIN_OUTPUT_BYTES)
+
+
+def check_checkpoint_room(path, n_inputs: int, layer_sizes, key_bits: int) -> None:
+    """The checkpoint directory's disk must hold what the run keeps there at once
+    (run_directory.needed_bytes): said before the key is made, not at the first epoch."""
+    check_free_space("--checkpoint-dir", path,
+                     run_directory.needed_bytes(n_inputs, layer_sizes, key_bits))
 
 
 def add_model_options(parser) -> None:
@@ -528,10 +573,21 @@ def command_train(args) -> int:
     config = config_from_args(args)
     check_outputs(args)
     check_inputs(args)
+    with contextlib.ExitStack() as held:
+        if args.checkpoint_dir:  # both parties' locks, for the whole run, before any work
+            held.enter_context(run_directory.hold(args.checkpoint_dir))
+        return train_holding(args, config)
+
+
+def train_holding(args, config) -> int:
+    """`train`, once its checkpoint directory (if any) is held."""
     train_set, test_set, scaler = datasets_from_args(args)
     config = dataclasses.replace(config, **class_options(args, train_set.class_names))
     n_inputs = train_set.X.shape[1] if config.bottom is None else config.bottom
     check_key_fits(config.plan, config.key_bits, config.batch_size, n_inputs)
+    check_checkpoint_room(args.checkpoint_dir, train_set.X.shape[1],
+                          config.layer_sizes(train_set.X.shape[1], train_set.n_classes),
+                          config.key_bits)
     note = key_bits_note(args)
     if note:
         print(f"note: {note}", file=sys.stderr)
@@ -548,13 +604,50 @@ def command_train(args) -> int:
               f"{result.metrics['resumed_after_epoch']}", file=sys.stderr)
     print(result.summary())
     if args.json:
-        checkpoint.write_atomically(args.json, lambda handle: json.dump(
-            result.metrics, handle, indent=2, allow_nan=False), mode="w")
+        try:
+            checkpoint.write_atomically(args.json, lambda handle: json.dump(
+                result.metrics, handle, indent=2, allow_nan=False), mode="w")
+        except OSError as error:  # checked before training, yet the disk filled meanwhile
+            where = rescue_run(args, result, train_set, scaler)
+            raise LateFailure(f"{describe_error(error)}; {where}") from None
     if args.plot:
         from jobs.report import plot_run  # matplotlib is loaded only when a plot is asked for
         for path in plot_run(result.metrics, args.plot, result.test_labels, result.test_scores):
             print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+class LateFailure(ValueError):
+    """An output that failed after the work was done: the line says where the work is."""
+
+
+def rescue_run(args, result, train_set, scaler) -> str:
+    """Where a finished one-process run survives an output that failed at the end: its
+    checkpoint directory if it has one, else a new directory of both parties' final states
+    (the current directory's ``acml-rescue-<pid>``, else the temporary folder's), with the
+    report beside them. Returns the words that say where, for the one line."""
+    if args.checkpoint_dir:
+        return (f"the trained model is safe in {args.checkpoint_dir} (predict or export from it) "
+                "and the report is printed above")
+    name = f"acml-rescue-{os.getpid()}"
+    problems = []
+    for folder in (os.getcwd(), tempfile.gettempdir()):
+        target = os.path.join(folder, name)
+        try:
+            with run_directory.hold(target):
+                run_directory.saver(
+                    target, data_party=result.data_party, label_party=result.label_party,
+                    feature_names=train_set.feature_names, feature_mean=scaler.mean,
+                    feature_std=scaler.std, class_names=train_set.class_names,
+                    input_perturbation=result.input_perturbation)(
+                        result.label_party.epochs_completed)
+            checkpoint.write_atomically(os.path.join(target, "report.json"), lambda handle: (
+                json.dump(result.metrics, handle, indent=2, allow_nan=False)), mode="w")
+            return (f"the trained model was saved to {target} instead (predict or export from "
+                    "it; its report.json beside it)")
+        except (OSError, ValueError) as error:
+            problems.append(describe_error(error))
+    return f"the trained model could not be saved either ({'; '.join(problems)})"
 
 
 def command_predict(args) -> int:
@@ -638,7 +731,11 @@ def command_party(args) -> int:
     token = wire.read_token(args.token_file)
     frame_cap = int(args.max_frame_mb * 2 ** 20)
     progress = PartyProgress()  # its total: as soon as the session gives it
-    with warnings.catch_warnings(), workers(args.workers, args.dask) as executor:
+    # This party's lock on its directory, before any work (the key generation included):
+    # exclusive for a run, shared for --predict (run_directory.hold)
+    lock = contextlib.nullcontext() if not args.checkpoint_dir else run_directory.hold(
+        args.checkpoint_dir, (args.role,), shared=args.predict)
+    with lock, warnings.catch_warnings(), workers(args.workers, args.dask) as executor:
         warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
         if args.role == "data":
             run = with_transcript(args.transcript, lambda transcript: _data_party(
@@ -657,8 +754,15 @@ def command_party(args) -> int:
     print(run.summary())
     if getattr(args, "json", None):  # only `party label` writes the report
         metrics = run.metrics()
-        checkpoint.write_atomically(args.json, lambda handle: json.dump(
-            metrics, handle, indent=2, allow_nan=False), mode="w")
+        try:
+            checkpoint.write_atomically(args.json, lambda handle: json.dump(
+                metrics, handle, indent=2, allow_nan=False), mode="w")
+        except OSError as error:
+            where = (f"this party's trained state is safe in {args.checkpoint_dir}"
+                     if args.checkpoint_dir else "no --checkpoint-dir: this party's trained "
+                     "state was not saved")
+            raise LateFailure(f"{describe_error(error)}; {where}; the report is printed above"
+                              ) from None
     return 0
 
 
@@ -1126,8 +1230,20 @@ def main(argv=None) -> int:
                 stop.first = signal.SIGINT
             return stop.say()
         except (ValueError, OverflowError, OSError, LeakageError) as error:
-            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            message = describe_error(error)
             print(f"{name}: error: {message}", file=sys.stderr)
             return 2
+
+
+def describe_error(error: BaseException) -> str:
+    """The one line of an error: its first line; an OSError as ``PATH: reason`` (the path
+    first, its errno's words after: ``writing out.json: no space left on device``)."""
+    if isinstance(error, OSError) and error.strerror and not isinstance(
+            error, checkpoint.WriteFailed):
+        reason = error.strerror[:1].lower() + error.strerror[1:]
+        paths = [os.fspath(p) for p in (error.filename, error.filename2) if p is not None]
+        return f"{' -> '.join(paths)}: {reason}" if paths else reason
+    text = str(error)
+    return text.splitlines()[0] if text else type(error).__name__
 
 

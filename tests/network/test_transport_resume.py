@@ -123,9 +123,9 @@ def test_checkpoints_of_different_epochs_are_refused_in_one_line_on_both_sides(r
     data_line, label_line = str(out["data_error"]), str(out["label_error"])
     assert "\n" not in data_line and "\n" not in label_line
     assert label_line.startswith("nothing to resume: no epoch both parties saved")
-    assert "this party has [2], the data party [1]" in label_line
+    assert "this party has [2], the data party [0, 1]" in label_line
     assert data_line.startswith("nothing to resume: no epoch both parties saved")
-    assert "this party has [1], the label party none of them" in data_line
+    assert "this party has [0, 1], the label party none of them" in data_line
     # Nothing was trained, so nothing was saved: both files are still the ones they were.
     assert checkpoint.DataPartyState.load(runs["data_after_one"] / "data_party.npz",
                                           allow_insecure=True).epochs_completed == 1
@@ -149,13 +149,14 @@ class RecordedConnection:
 
 
 def test_resuming_without_a_file_or_training_over_one_is_refused(runs, tmp_path):
-    """Resuming with no file of this party's is one line before any message, and closes the
-    connection (ending the peer's session); a new run into a directory that holds a resumable
-    file refuses to overwrite it."""
+    """The data party resuming with no file of its own is one line before any message, and
+    closes the connection (ending the peer's session); a new run into a directory that holds a
+    resumable file refuses to overwrite it. (A label party with no file waits for the data
+    party's epochs: in the first epoch's window the run starts again.)"""
     connection = RecordedConnection()
     with pytest.raises(ValueError, match="nothing to resume"):
-        transport.run_label_party(connection, [], np.zeros(0), 2, config(EPOCHS),
-                                  checkpoint_dir=tmp_path, resume=True)
+        transport.run_data_party(connection, [], np.zeros((0, 1)), checkpoint_dir=tmp_path,
+                                 resume=True)
     assert connection.closed and connection.told.startswith("nothing to resume")
     connection = RecordedConnection()
     with pytest.raises(ValueError, match="already exists"):
@@ -167,12 +168,14 @@ def test_resuming_without_a_file_or_training_over_one_is_refused(runs, tmp_path)
 @pytest.mark.parametrize("without_file", ["label", "data"])
 def test_a_refused_resume_is_told_to_the_other_side_which_says_why_it_stopped(runs, tmp_path,
                                                                               without_file):
-    """Resuming where this party has no file: it refuses in one line and sends that line to
-    the other side before closing, which stops with "the label party stopped: nothing to
-    resume: …" (either way round), not "closed the connection"."""
+    """Resuming where this party has no file (and the other is past its first epoch, so this
+    is no crash window): it refuses in one line, and the other side says why too — "the data
+    party stopped: nothing to resume: …", or, where the data party decides from both parties'
+    epochs, its own "nothing to resume" line naming them — never "closed the connection"."""
     empty = tmp_path / "empty"
     empty.mkdir()
-    data_dir = empty if without_file == "data" else runs["data_after_one"]
+    # a data party past its first epoch: with no label file, that is no crash window
+    data_dir = empty if without_file == "data" else runs["data_dir"]
     label_dir = empty if without_file == "label" else runs["label_after_two"]
     out = run_pair(*runs["parties"], config(EPOCHS),
                    data_options=dict(checkpoint_dir=data_dir, resume=True),
@@ -180,8 +183,10 @@ def test_a_refused_resume_is_told_to_the_other_side_which_says_why_it_stopped(ru
     told = "data" if without_file == "label" else "label"
     refusal, heard = str(out[f"{without_file}_error"]), out[f"{told}_error"]
     assert refusal.startswith("nothing to resume") and "\n" not in refusal
-    assert isinstance(heard, wire.PeerStopped)
-    assert str(heard) == f"the {without_file} party stopped: {refusal}"
+    if isinstance(heard, wire.PeerStopped):
+        assert str(heard) == f"the {without_file} party stopped: {refusal}"
+    else:  # the data party decides from both lists of epochs, and says why in its own words
+        assert str(heard).startswith("nothing to resume") and "the label party none" in str(heard)
 
 
 def test_cli_parties_resume_from_their_own_directories_to_the_uninterrupted_weights(runs,
