@@ -704,7 +704,7 @@ def test_a_killed_data_party_ends_the_label_party_cleanly_mid_epoch(tmp_path):
     data_process, port = start_data_party(features, token)
     killed_at = []
 
-    def kill_after_first_batch(done):
+    def kill_after_first_batch(done, total=None):
         if done == 1:
             data_process.kill()
             data_process.wait(TIMEOUT)
@@ -736,7 +736,7 @@ def test_the_label_party_cli_exits_2_with_one_line_when_the_data_party_disconnec
                                      cwd=ROOT, env=environment(), stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
 
-    def stop_after_first_batch(done):
+    def stop_after_first_batch(done, total=None):
         raise KeyboardInterrupt("the data party goes away")
 
     try:
