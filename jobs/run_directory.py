@@ -225,11 +225,12 @@ def save_epoch(state, checkpoint_dir, role: str) -> None:
 
 def saver(checkpoint_dir, *, data_party=None, label_party=None, feature_names=None,
           feature_mean=None, feature_std=None, class_names=None, started: float | None = None,
-          input_perturbation=None):
+          input_perturbation=None, preparation=None):
     """``after_epoch`` for protocol.train: each party present in this process saves its own
     files in ``checkpoint_dir`` (save_epoch). (In one process the two writes are separate, as on
     two machines.) Temporary files a killed run left for these parties, older than ``started``
-    (default: now), are removed first."""
+    (default: now), are removed first. ``preparation`` (jobs/preparation.py) is kept with the
+    data party's state."""
     try:
         os.makedirs(checkpoint_dir, exist_ok=True)  # now, not after the first epoch's work
     except OSError as error:
@@ -245,7 +246,8 @@ def saver(checkpoint_dir, *, data_party=None, label_party=None, feature_names=No
             save_epoch(DataPartyState.of(data_party, epochs_completed=epochs_completed,
                                          feature_names=feature_names, feature_mean=feature_mean,
                                          feature_std=feature_std,
-                                         input_perturbation=input_perturbation),
+                                         input_perturbation=input_perturbation,
+                                         preparation=preparation),
                        checkpoint_dir, DATA)
         if label_party is not None:
             save_epoch(LabelPartyState.of(label_party, epochs_completed=epochs_completed,
