@@ -128,7 +128,7 @@ def measure(name: str, folder: Path, options: list) -> str:
                    "--labels", str(folder / "labels.csv"), "--id-column", "id",
                    "--label-column", label_column, "--quiet", "--json", str(report), *options]
         start = time.perf_counter()
-        subprocess.run(command, check=True)
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)  # the --json suffices
         seconds = time.perf_counter() - start
         metrics = json.loads(report.read_text())
     ours = {"accuracy": metrics["test_accuracy"], "auc": metrics.get("test_auc"),

@@ -295,3 +295,26 @@ def test_plaintext_rehearsal_trains_the_encrypted_runs_weights(tmp_path):
     gap = max_weight_diff(result.data_party, result.label_party, rehearsal.plaintext)
     assert gap == result.metrics["max_abs_weight_diff"] and 0 < gap < 1e-4
     assert rehearsal.metrics["test_accuracy"] == result.metrics["plaintext_test_accuracy"]
+
+
+def test_the_exported_model_carries_the_preparation_and_scores_a_raw_file_as_predict_does(
+        tmp_path):
+    """The export keeps the data party's preparation, so the plaintext model applies to a raw
+    file: its scores equal the encrypted prediction's within the fixed-point quantisation."""
+    from jobs.export import load_model
+    features, labels = write_pair(tmp_path)
+    run, model_path = tmp_path / "run", tmp_path / "model.npz"
+    assert acml.main(["train", "--features", features, "--labels", labels, *PAIR_OPTIONS,
+                      *SMALL_KEY, *RULE_OPTIONS, "--hidden", "2", "--epochs", "1",
+                      "--checkpoint-dir", str(run)]) == 0
+    assert acml.main(["export", "--checkpoint-dir", str(run), "--out", str(model_path),
+                      "--i-understand-this-reveals-the-weights"]) == 0
+    model = load_model(model_path)
+    data_state, _ = run_directory.load_pair(run, allow_insecure=True)
+    assert model.preparation == data_state.preparation
+    new = write_csv(tmp_path / "new.csv", ["id", "city", "age", "x"],
+                    [["n1", "Rome", "", "0.25"], ["n2", "Oslo", "33", "-1.5"]])
+    ids, X = model.rows_of_file(new, "id")
+    encrypted = simulation.predict_file(run, new, "id", allow_insecure=True)[1]
+    assert list(ids) == ["n1", "n2"]
+    np.testing.assert_allclose(model.predict_scores(X), encrypted.scores, atol=1e-4)
