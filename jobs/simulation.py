@@ -23,7 +23,8 @@ from channel import Channel
 from jobs import data, preparation, run_directory
 from jobs.estimate import estimate_run
 from jobs.progress import PREDICTION_CHUNK_ROWS, batches, encrypting_rows, phase_bar
-from jobs.report import classes_line, format_report, run_metrics, test_metrics, test_report_lines
+from jobs.report import (classes_line, format_report, plural, run_metrics, test_metrics,
+                         test_report_lines)
 from jobs.settings import Config
 from jobs.twin import max_weight_diff, train_twin, twin_predictions
 from parties import INIT_SEED_BITS, DataParty, LabelParty, Prediction, make_bottom
@@ -191,7 +192,7 @@ class Rehearsal:
         m = self.metrics
         lines = [f"PLAINTEXT REHEARSAL (no encryption, no privacy): dataset {m['dataset']}: "
                  f"{m['n_train']} training rows, layers {m['layer_sizes']}, "
-                 f"{m['epochs']} epoch(s) of batches of {m['batch_size']}, η = {m['lr']:g}, "
+                 f"{plural(m['epochs'], 'epoch')} of batches of {m['batch_size']}, η = {m['lr']:g}, "
                  f"seed {m['seed']}, init seed {m['init_seed']}",
                  f"classes            {m['classes']}"]
         if "test_report" in m:
