@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from jobs import data
+from jobs.preparation import Preparation
 import nn
 import paillier
 from fixed import Fixed
@@ -363,6 +364,10 @@ class DataPartyState:
     # the same way and the features' sha256 still matches.
     perturbation: dict | None = None
     perturbation_seed: int | None = None
+    # How A turned its raw columns into these features (jobs/preparation.py: categories, fill
+    # values, dropped columns) as plain data, applied again to the rows it predicts. None: the
+    # features file's columns were its numbers as they are.
+    preparation: dict | None = None
 
     @property
     def public_key(self) -> PublicKey:
@@ -375,7 +380,8 @@ class DataPartyState:
 
     @classmethod
     def of(cls, party: DataParty, *, epochs_completed: int, feature_names=None,
-           feature_mean=None, feature_std=None, input_perturbation=None) -> "DataPartyState":
+           feature_mean=None, feature_std=None, input_perturbation=None,
+           preparation=None) -> "DataPartyState":
         """Snapshot a data party after ``epochs_completed`` epochs. Without a standardisation,
         new rows are taken as they come (mean 0, std 1). ``input_perturbation``: the
         InputPerturbation its training rows went through (None: none)."""
@@ -394,7 +400,8 @@ class DataPartyState:
                    Fixed.from_ints(party.noise_acc.values, party.noise_acc.scale),
                    int(epochs_completed), [str(name) for name in names], mean.copy(), std.copy(),
                    integers_digest(party.features.values), bottom, party.init_seed,
-                   *_perturbation_of(input_perturbation))
+                   *_perturbation_of(input_perturbation),
+                   None if preparation is None else preparation.to_dict())
 
     def save(self, path) -> None:
         public_key, private_key = self.keypair
@@ -406,7 +413,7 @@ class DataPartyState:
                 "init_seed": None if self.init_seed is None else to_decimal(self.init_seed),
                 "input_perturbation": self.perturbation,
                 "input_perturbation_seed": None if self.perturbation_seed is None
-                else to_decimal(self.perturbation_seed)}
+                else to_decimal(self.perturbation_seed), "preparation": self.preparation}
         arrays = {"public_key.n": _decimal_strings(public_key.n),
                   "private_key.p": _decimal_strings(private_key.p),
                   "private_key.q": _decimal_strings(private_key.q),
@@ -461,7 +468,11 @@ class DataPartyState:
                                                                        path),
                    [str(name) for name in names], _floats(arrays, "standardizer.mean", (d,), path),
                    std, str(meta.get("features_sha256")), bottom, _optional_big_int(meta, "init_seed", path),
-                   *_perturbation_meta(meta, path))
+                   *_perturbation_meta(meta, path), _preparation_meta(meta, names, path))
+
+    def prepared(self) -> Preparation | None:
+        """The preparation of raw columns fitted at training (None: numbers as they are)."""
+        return None if self.preparation is None else Preparation.from_dict(self.preparation)
 
     def check_same_perturbation(self, budget: tuple | None) -> None:
         """A resumed run must ask for the input perturbation it was trained with:
@@ -787,6 +798,21 @@ def _perturbation_meta(meta: dict, path) -> tuple:
         raise ValueError(f"{path}: corrupted checkpoint: the input perturbation needs its "
                          f"seed, an integer below 2**{input_perturbation.SEED_BITS}")
     return numbers, seed
+
+
+def _preparation_meta(meta: dict, names: list, path) -> dict | None:
+    """The stored preparation, checked to rebuild and to produce the checkpoint's features."""
+    saved = meta.get("preparation")
+    if saved is None:
+        return None
+    try:
+        produced = Preparation.from_dict(saved).feature_names
+    except ValueError as error:
+        raise ValueError(f"{path}: corrupted checkpoint: {error}") from None
+    if produced != [str(name) for name in names]:
+        raise ValueError(f"{path}: corrupted checkpoint: the preparation produces other features "
+                         "than the checkpoint's")
+    return saved
 
 
 def _optional_big_int(meta: dict, key: str, path) -> int | None:

@@ -270,7 +270,9 @@ def _ids(header, rows, lines, path, id_column) -> np.ndarray:
     return np.array([row[column] for row in rows], dtype=object)
 
 
-def _parse_feature(text: str, path, line: int, column: str, row_id) -> float:
+def parse_feature(text: str, path, line: int, column: str, row_id) -> float:
+    """One feature cell as a float: a plain decimal number, finite, |value| <= FEATURE_LIMIT;
+    otherwise a one-line DataError naming the file, line, id and column."""
     where = f"{path}, line {line} (id {row_id!r}), column {column!r}"
     try:
         value = float(text)
@@ -282,6 +284,14 @@ def _parse_feature(text: str, path, line: int, column: str, row_id) -> float:
     if not _DECIMAL.fullmatch(text):  # float() also takes "1_000" and non-ASCII digits
         raise DataError(f"{where}: not a plain decimal number: {text!r}")
     return value
+
+
+def read_id_table(path, id_column: str) -> tuple[np.ndarray, list[str], list[list[str]], list[int]]:
+    """(ids, header, rows of text cells, 1-based line of each row) of a CSV keyed by
+    ``id_column``: the file and id checks of every loader here, the cells left as text (for
+    jobs/preparation.py, which decides per column what its text means)."""
+    header, rows, lines = _read_table(path)
+    return _ids(header, rows, lines, path, id_column), header, rows, lines
 
 
 def load_features_csv(path, id_column: str, *, exclude_columns=()) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -305,7 +315,7 @@ def load_features_csv(path, id_column: str, *, exclude_columns=()) -> tuple[np.n
             text = row[column]
             if text == "":
                 raise DataError(f"{path}, line {line}, column {header[column]!r}: empty cell")
-            X[row_index, out_index] = _parse_feature(text, path, line, header[column], ids[row_index])
+            X[row_index, out_index] = parse_feature(text, path, line, header[column], ids[row_index])
     return ids, X, [header[column] for column in feature_columns]
 
 
@@ -398,15 +408,17 @@ def _first_duplicate(keys):
 
 
 def pair_rows_by_id(feature_ids, label_ids, *, allow_unmatched: bool = False,
-                    feature_source: str = "features file", label_source: str = "labels file"):
+                    feature_source: str = "features file", label_source: str = "labels file",
+                    unmatched_hint: str = ""):
     """Row indices (feature_rows, label_rows) pairing equal ids, in the features file's order:
     both id lists in one process, in the clear (load_csv_pair; two processes align their ids
     over the wire instead, network/alignment.py).
 
     ``feature_ids[feature_rows] == label_ids[label_rows]`` elementwise. By default every id must
     appear on both sides: an id on one side only is a DataError giving the count and the first
-    few. With ``allow_unmatched=True`` the result is the inner join instead. Ids are compared
-    as text, so "007" and "7" are different examples.
+    few, then ``unmatched_hint`` (e.g. the option that keeps the common ids). With
+    ``allow_unmatched=True`` the result is the inner join instead. Ids are compared as text,
+    so "007" and "7" are different examples.
     """
     feature_keys = [str(value) for value in feature_ids]
     label_keys = [str(value) for value in label_ids]
@@ -426,13 +438,24 @@ def pair_rows_by_id(feature_ids, label_ids, *, allow_unmatched: bool = False,
                 shown = ", ".join(repr(key) for key in missing[:5])
                 more = ", ..." if len(missing) > 5 else ""
                 raise DataError(f"{len(missing)} id(s) in the {here} have no {lacking} in the "
-                                f"{there}: {shown}{more}")
+                                f"{there}: {shown}{more}{unmatched_hint}")
     pairs = [(row, label_row[key]) for row, key in enumerate(feature_keys) if key in label_row]
     if not pairs:
         raise DataError(f"no id is shared by the {feature_source} and the {label_source}")
     feature_rows = np.array([pair[0] for pair in pairs], dtype=np.int64)
     label_rows = np.array([pair[1] for pair in pairs], dtype=np.int64)
     return feature_rows, label_rows
+
+
+def check_joined_classes(y, class_names, labels_csv, id_column: str) -> None:
+    """After the join, every class must keep a row (else the model would get an output for a
+    class it never sees) and at least two classes must remain."""
+    if len(np.unique(y)) < 2:
+        raise DataError(f"{labels_csv}: after joining on {id_column!r} only one class remains")
+    absent = [name for k, name in enumerate(class_names) if not np.any(y == k)]
+    if absent:
+        raise DataError(f"{labels_csv}: after joining on {id_column!r} class {absent[0]!r} has "
+                        f"no rows left (all its ids lack features); drop those rows from the labels file")
 
 
 def load_csv_pair(features_csv, labels_csv, *, id_column: str, label_column: str,
@@ -451,12 +474,7 @@ def load_csv_pair(features_csv, labels_csv, *, id_column: str, label_column: str
         feature_ids, label_ids, allow_unmatched=allow_unmatched,
         feature_source=f"features file {features_csv}", label_source=f"labels file {labels_csv}")
     y = y[label_rows]
-    if len(np.unique(y)) < 2:
-        raise DataError(f"{labels_csv}: after joining on {id_column!r} only one class remains")
-    absent = [name for k, name in enumerate(class_names) if not np.any(y == k)]
-    if absent:  # the model would get an output for a class it never sees
-        raise DataError(f"{labels_csv}: after joining on {id_column!r} class {absent[0]!r} has "
-                        f"no rows left (all its ids lack features); drop those rows from the labels file")
+    check_joined_classes(y, class_names, labels_csv, id_column)
     return Dataset(X[feature_rows], y, feature_ids[feature_rows], feature_names, class_names,
                    name=Path(features_csv).stem)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jobs import checkpoint
+from jobs import checkpoint, data, preparation
 import nn
 from jobs import run_directory
 from parties import BottomModel
@@ -43,7 +43,11 @@ def export_model(checkpoint_dir, out, *, i_understand_this_reveals_the_weights: 
     (layer sizes, activation, loss, feature and class names, and ``bottom``: null or its
     n_features, width and activation). Returns the arrays written.
 
-    Caveat: besides W the file reveals the data party's feature statistics (mean and std), and
+    The architecture also carries the data party's preparation of its raw columns
+    (jobs/preparation.py; null without one), so that the model applies to a raw file.
+
+    Caveat: besides W the file reveals the data party's feature statistics (mean and std, and
+    the categories and fill values of its preparation), and
     to a label party that kept the z of its predictions, X_new = (z − b)·W⁺ of every row it
     ever predicted (leak L5).
     """
@@ -58,7 +62,8 @@ def export_model(checkpoint_dir, out, *, i_understand_this_reveals_the_weights: 
                     "activation": model.activation, "loss": model.loss,
                     "feature_names": data_state.feature_names,
                     "class_names": label_state.class_names,
-                    "epochs_completed": label_state.epochs_completed, "bottom": None}
+                    "epochs_completed": label_state.epochs_completed, "bottom": None,
+                    "preparation": data_state.preparation}
     arrays = {"layers.0.W": (label_state.weight_share + data_state.noise_acc).decode()}
     bottom = data_state.bottom
     if bottom is not None:
@@ -85,6 +90,20 @@ class PlainModel:
     feature_names: list
     class_names: list
     bottom: BottomModel | None = None
+    preparation: dict | None = None  # the data party's, as plain data (jobs/preparation.py)
+
+    def rows_of_file(self, path, id_column: str) -> tuple:
+        """(ids, X) of a raw features file, prepared as the data party prepared its training
+        file (categories, fill values, dropped columns), or read as numbers without one."""
+        if self.preparation is None:
+            ids, X, names = data.load_features_csv(path, id_column)
+            if names != list(self.feature_names):
+                raise ValueError(f"{path}: its columns {names} are not the model's "
+                                 f"{list(self.feature_names)}")
+            return ids, X
+        prepared = preparation.Preparation.from_dict(self.preparation)
+        ids, X, _ = preparation.load_prepared_features(path, id_column, prepared)
+        return ids, X
 
     def inputs(self, X) -> np.ndarray:
         """What the MLP takes for raw rows: standardised as at training, then α = bottom(X)."""
@@ -138,7 +157,8 @@ def load_model(path) -> PlainModel:
         setattr(layer, attribute, np.array(arrays[name], dtype=np.float64))
     return PlainModel(mlp, arrays["standardizer.mean"], arrays["standardizer.std"],
                       architecture["feature_names"], architecture["class_names"],
-                      _exported_bottom(arrays, architecture, path))
+                      _exported_bottom(arrays, architecture, path),
+                      architecture.get("preparation"))
 
 
 def _exported_bottom(arrays: dict, architecture: dict, path) -> BottomModel | None:

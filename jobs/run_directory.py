@@ -421,11 +421,12 @@ def remove_party_files(checkpoint_dir, role: str) -> None:
 
 def saver(checkpoint_dir, *, data_party=None, label_party=None, feature_names=None,
           feature_mean=None, feature_std=None, class_names=None, started: float | None = None,
-          input_perturbation=None):
+          input_perturbation=None, preparation=None):
     """``after_epoch`` for protocol.train: each party present in this process saves its own
     files in ``checkpoint_dir`` (save_epoch). (In one process the two writes are separate, as on
     two machines.) Temporary files a killed run left for these parties, older than ``started``
-    (default: now), are removed first.
+    (default: now), are removed first. ``preparation`` (jobs/preparation.py) is kept with the
+    data party's state.
 
     Called after step 0 and before the first epoch. A party at epoch 0 (a new run, or one
     started again, can_restart) then prepares its directory: the label party removes any file
@@ -444,7 +445,8 @@ def saver(checkpoint_dir, *, data_party=None, label_party=None, feature_names=No
     def data_state(epochs_completed: int) -> DataPartyState:
         return DataPartyState.of(data_party, epochs_completed=epochs_completed,
                                  feature_names=feature_names, feature_mean=feature_mean,
-                                 feature_std=feature_std, input_perturbation=input_perturbation)
+                                 feature_std=feature_std, input_perturbation=input_perturbation,
+                                 preparation=preparation)
 
     def save(epochs_completed: int) -> None:
         if data_party is not None:

@@ -8,6 +8,7 @@ omniscient comparison with the twin (twin.py), which no party could compute.
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import sys
 import time
 from dataclasses import dataclass
@@ -19,13 +20,14 @@ import paillier
 import protocol
 from attacks.flaws import SECURE, InsecureFlaws, party_classes
 from channel import Channel
-from jobs import run_directory
+from jobs import data, preparation, run_directory
 from jobs.estimate import estimate_run
 from jobs.progress import PREDICTION_CHUNK_ROWS, batches, encrypting_rows, phase_bar
-from jobs.report import format_report, run_metrics, test_metrics
+from jobs.report import (classes_line, format_report, plural, run_metrics, test_metrics,
+                         test_report_lines)
 from jobs.settings import Config
 from jobs.twin import max_weight_diff, train_twin, twin_predictions
-from parties import DataParty, LabelParty, Prediction, make_bottom
+from parties import INIT_SEED_BITS, DataParty, LabelParty, Prediction, make_bottom
 from plan import check_features, check_sigma
 from privacy import input_perturbation
 from speed import kernels
@@ -57,13 +59,14 @@ class Result:
 def train(train_set, test_set=None, config: Config | None = None, *, progress: bool = False,
           keypair=None, checkpoint_dir=None, resume: bool = False, standardizer=None,
           executor=None, transcript=None, insecure_flaws: InsecureFlaws = SECURE,
-          estimate: bool = False, precompute: bool = True) -> Result:
+          estimate: bool = False, precompute: bool = True, preparation=None) -> Result:
     """Train encrypted (two parties) and plaintext (the twin) on the same batches, and compare.
 
     ``checkpoint_dir``: after every epoch each party saves its own file there
     (``data_party.npz``, ``label_party.npz``; see checkpoint.DataPartyState/LabelPartyState).
     ``standardizer`` — the data party's, from ``prepare(..., return_standardizer=True)`` — is
-    saved with the data party, so that prediction applies it to new rows. ``resume=True``
+    saved with the data party, so that prediction applies it to new rows; so is
+    ``preparation`` (jobs/preparation.py: how the raw columns became features). ``resume=True``
     continues from those files up to ``config.epochs``: the same data and settings are required,
     the key pair comes from the data party's file, and [[X]] is encrypted afresh. ``losses``
     then covers the resumed epochs only.
@@ -166,7 +169,7 @@ def _train(train_set, test_set, config, sizes, progress, keypair, checkpoint_dir
         checkpoint_dir, data_party=data_party, label_party=label_party,
         feature_names=train_set.feature_names, feature_mean=feature_mean,
         feature_std=feature_std, class_names=train_set.class_names,
-        input_perturbation=perturbation)
+        input_perturbation=perturbation, preparation=preparation)
     with batches((config.epochs - first_epoch) * n_batches, label_party,
                  shown=progress) as bar:
         protocol.train(channel, public, after_epoch=save, after_batch=bar)
@@ -205,6 +208,88 @@ def _train(train_set, test_set, config, sizes, progress, keypair, checkpoint_dir
     return Result(data_party, label_party, channel, plaintext, label_party.losses,
                   list(history["batch_loss"]), encrypted_seconds, metrics, perturbation,
                   None if test_set is None else test_set.y, None if test_set is None else scores)
+
+
+@dataclass
+class Rehearsal:
+    """A plaintext rehearsal: the twin alone, with no encryption and no second party."""
+
+    plaintext: nn.MLP
+    plaintext_bottom: object
+    losses: list
+    seconds: float
+    metrics: dict
+    test_labels: np.ndarray | None = None  # for the plots: the test rows' classes and scores
+    test_scores: np.ndarray | None = None
+
+    def summary(self) -> str:
+        m = self.metrics
+        lines = [f"PLAINTEXT REHEARSAL (no encryption, no privacy): dataset {m['dataset']}: "
+                 f"{m['n_train']} training rows, layers {m['layer_sizes']}, "
+                 f"{plural(m['epochs'], 'epoch')} of batches of {m['batch_size']}, η = {m['lr']:g}, "
+                 f"seed {m['seed']}, init seed {m['init_seed']}",
+                 f"classes            {m['classes']}"]
+        if "test_report" in m:
+            lines += test_report_lines({"plaintext": m["test_report"]}, m["class_names"])
+        lines.append(f"final loss         plaintext {m['final_loss']:.6f}")
+        lines.append(f"wall time          {m['seconds']:.2f} s plaintext training")
+        lines.append(f"the encrypted run  the same command without --plaintext, with "
+                     f"--init-seed {m['init_seed']}, trains these weights within the fixed-point "
+                     f"quantisation (its report's max |W − W_plain|)")
+        return "\n".join(lines)
+
+
+def rehearse(train_set, test_set=None, config: Config | None = None) -> Rehearsal:
+    """The plaintext twin alone (twin.train_twin): the network, batches, learning rate (snapped
+    to the plan's grid), momentum and input perturbation of ``train``, in float64 with no key,
+    no masks and no second party — seconds instead of minutes, to choose settings.
+
+    W0 comes from ``config.init_seed`` (drawn from ``secrets`` if None, as the data party draws
+    it, and reported): ``train`` with the same config and that init seed builds this very twin,
+    bit for bit, and its two parties' weights equal it within the fixed-point quantisation
+    (its ``max_abs_weight_diff``). Without the same init seed the encrypted run starts from
+    another W0. Nothing here is private: it is a rehearsal on one machine holding both files.
+    """
+    config = config or Config()
+    sizes = check_run(train_set, test_set, config, None, False, None)
+    budget = input_perturbation.check_options(config.dp_epsilon, config.dp_delta,
+                                              names=("Config.dp_epsilon", "Config.dp_delta"))
+    init_seed = (secrets.randbits(INIT_SEED_BITS) if config.init_seed is None
+                 else config.init_seed)
+    start = time.perf_counter()
+    perturbation = input_perturbation.for_data_party(budget, purpose="train", init_seed=init_seed)
+    train_set, test_set = perturbed_sets(perturbation, train_set, test_set, config)
+    plaintext, plaintext_bottom, history = train_twin(train_set, config, sizes, init_seed)
+    n_batches = -(-len(train_set.y) // config.batch_size)
+    metrics = {"mode": "plaintext", "encrypted": False, "dataset": train_set.name,
+               "classes": classes_line(train_set.class_names),
+               "class_names": list(train_set.class_names), "n_train": int(len(train_set.y)),
+               "n_test": 0, "layer_sizes": list(sizes), "epochs": config.epochs,
+               "batch_size": config.batch_size, "lr": config.lr, "momentum": config.momentum,
+               "activation": config.activation, "seed": config.seed, "init_seed": init_seed,
+               "final_loss": float(np.mean(history["batch_loss"][-n_batches:])),
+               "batch_losses": [float(loss) for loss in history["batch_loss"]],
+               "loss_history": {"plaintext": [float(loss) for loss in history["batch_loss"]],
+                                "batches_per_epoch": n_batches}}
+    if test_set is not None:
+        predicted, scores = twin_predictions(plaintext, plaintext_bottom, test_set.X)
+        report = nn.classification_report(test_set.y, predicted, scores,
+                                          len(train_set.class_names),
+                                          positive_class=plaintext.positive_class)
+        metrics.update(n_test=int(len(test_set.y)), test_accuracy=report["accuracy"],
+                       majority_class_rate=report["majority_baseline"], test_report=report,
+                       test_balanced_accuracy=report["balanced_accuracy"],
+                       positive_class=plaintext.positive_class)
+        if len(train_set.class_names) == 2:
+            metrics["test_average_precision"] = report["average_precision"]
+        if report["auc"] is not None:
+            metrics["test_auc"] = report["auc"]
+    if perturbation is not None:
+        metrics["input_perturbation"] = perturbation.settings()
+    metrics["seconds"] = time.perf_counter() - start
+    return Rehearsal(plaintext, plaintext_bottom, list(history["batch_loss"]), metrics["seconds"],
+                     metrics, None if test_set is None else test_set.y,
+                     None if test_set is None else scores)
 
 
 def perturbed_sets(perturbation, train_set, test_set, config: Config):
@@ -319,6 +404,35 @@ def predict(checkpoint_dir, X, *, feature_names=None, ids=None, source: str = "f
     with run_directory.hold(checkpoint_dir, shared=True):  # no run is renaming them meanwhile
         data_state, label_state = run_directory.load_pair(checkpoint_dir,
                                                           allow_insecure=allow_insecure)
+    return predict_with(data_state, label_state, X, feature_names=feature_names, ids=ids,
+                        source=source, executor=executor, dp_epsilon=dp_epsilon,
+                        dp_delta=dp_delta, threshold=threshold, positive_class=positive_class)
+
+
+def predict_file(checkpoint_dir, features_csv, id_column: str, *, allow_insecure: bool = False,
+                 executor=None, dp_epsilon=None, dp_delta=None, threshold=None,
+                 positive_class=None) -> tuple:
+    """(ids, Prediction) for the rows of a features file, its raw columns prepared as the data
+    party prepared its training file (the checkpoint's preparation: its categories and fill
+    values; an unseen category is all zeros), or read as numbers when it kept none."""
+    with run_directory.hold(checkpoint_dir, shared=True):  # no run is renaming them meanwhile
+        data_state, label_state = run_directory.load_pair(checkpoint_dir,
+                                                          allow_insecure=allow_insecure)
+    prepared = data_state.prepared()
+    if prepared is None:
+        ids, X, names = data.load_features_csv(features_csv, id_column)
+    else:
+        ids, X, names = preparation.load_prepared_features(features_csv, id_column, prepared)
+    return ids, predict_with(data_state, label_state, X, feature_names=names, ids=ids,
+                             source=str(features_csv), executor=executor, dp_epsilon=dp_epsilon,
+                             dp_delta=dp_delta, threshold=threshold,
+                             positive_class=positive_class)
+
+
+def predict_with(data_state, label_state, X, *, feature_names=None, ids=None,
+                 source: str = "features", executor=None, dp_epsilon=None,
+                 dp_delta=None, threshold=None, positive_class=None) -> Prediction:
+    """``predict`` with both parties' states already loaded."""
     X = data_state.rows_to_predict(X, feature_names=feature_names, ids=ids, source=source)
     X = data_state.perturb_rows_to_predict(X, dp_epsilon, dp_delta)
     data_party = data_state.restore(X, same_features=False, engine=FastEngine(executor=executor))

@@ -118,6 +118,8 @@ def no_training(monkeypatch):
         raise AssertionError("work started despite bad input")
     monkeypatch.setattr(simulation, "train", refuse)
     monkeypatch.setattr(simulation, "predict", refuse)
+    monkeypatch.setattr(simulation, "predict_file", refuse)
+    monkeypatch.setattr(simulation, "rehearse", refuse)
     monkeypatch.setattr(transport, "run_data_party", refuse)
     monkeypatch.setattr(transport, "run_label_party", refuse)
     monkeypatch.setattr(paillier, "generate_keypair", refuse)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from jobs import checkpoint
 from jobs import data
+from jobs import preparation
 from jobs import run_directory
 import nn
 import paillier
@@ -455,6 +456,29 @@ def check_privacy_flags(args) -> None:
                          "nothing on")
 
 
+def add_preparation_options(parser) -> None:
+    """The data party's rules for its raw columns (jobs/preparation.py), in `train`: fitted on
+    its training rows, kept in its checkpoint, applied again by `predict`."""
+    group = parser.add_argument_group("the data party's preparation of its raw columns")
+    group.add_argument("--categorical", action="append", metavar="COL[,COL]",
+                       help="one-hot encode these columns (categories learned on the training "
+                            "rows; an unseen category at prediction is all zeros); repeatable")
+    group.add_argument("--impute", action="append", metavar="COL=STRATEGY",
+                       help="fill this column's blank cells: mean, median, most_frequent "
+                            "(learned on the training rows) or constant[:VALUE] (default 0, "
+                            "or 'missing' for a categorical column); repeatable")
+    group.add_argument("--drop", action="append", metavar="COL[,COL]",
+                       help="leave these columns out (ids, dates, free text); repeatable")
+
+
+def rules_from_args(args) -> preparation.Rules:
+    """The declared rules, or a one-line UsageError naming the option."""
+    try:
+        return preparation.rules_from_options(args.categorical, args.impute, args.drop)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
 def add_training_options(parser: argparse.ArgumentParser) -> None:
     source = parser.add_argument_group("data")
     source.add_argument("--dataset", default=None, choices=data.BUILTIN_DATASETS,
@@ -465,6 +489,15 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--label-column", help="label column of the labels CSV")
     source.add_argument("--test-fraction", type=_real(0.0, 1.0, high_open=True), default=0.2,
                         help="rows held out for the test report, in (0, 1) (default 0.2)")
+    source.add_argument("--keep-common-ids", action="store_true",
+                        help="train on the ids both files hold (as `party` does), printing the "
+                             "counts; without it an id in one file only is refused")
+    source.add_argument("--plaintext", action="store_true",
+                        help="a rehearsal to choose settings: the same training (the plaintext "
+                             "twin) with no encryption, in seconds; then the encrypted run with "
+                             "the same options and the printed --init-seed gives the same "
+                             "weights, within the fixed-point quantisation")
+    add_preparation_options(parser)
     add_model_options(parser)
     add_class_options(parser)
     add_seed_and_bottom_options(parser)
@@ -487,7 +520,13 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
                         help=DASK_HELP + " (both parties' work, in this one process)")
 
 
+UNMATCHED_HINT = "; add --keep-common-ids to train on the ids both files hold"
+
+
 def datasets_from_args(args):
+    """(train set, test set, the data party's standardiser, its preparation or None)."""
+    rules = rules_from_args(args)
+    prepared = None
     if args.features or args.labels:
         missing = [flag for flag, value in (("--features", args.features),
                                             ("--labels", args.labels),
@@ -497,9 +536,23 @@ def datasets_from_args(args):
             raise UsageError(f"CSV input needs {', '.join(missing)}")
         if args.dataset:
             raise UsageError("give either --dataset or --features/--labels, not both")
-        dataset = data.load_csv_pair(args.features, args.labels, id_column=args.id_column,
-                                     label_column=args.label_column)
+        if not 0.0 < args.test_fraction < 1.0:
+            raise UsageError(f"--test-fraction must lie in (0, 1), got {args.test_fraction}")
+        dataset, prepared, counts = preparation.load_prepared_pair(
+            args.features, args.labels, id_column=args.id_column, label_column=args.label_column,
+            rules=rules, keep_common_ids=args.keep_common_ids, test_fraction=args.test_fraction,
+            seed=args.seed, unmatched_hint=UNMATCHED_HINT)
+        if args.keep_common_ids:
+            print(common_ids_line(counts), file=sys.stderr)
+        if not rules.empty:
+            print(f"data party: {prepared.describe()}", file=sys.stderr)
     else:
+        flags = [flag for flag, given in (("--categorical", args.categorical),
+                                          ("--impute", args.impute), ("--drop", args.drop),
+                                          ("--keep-common-ids", args.keep_common_ids)) if given]
+        if flags:
+            raise UsageError(f"{', '.join(flags)}: for --features/--labels files, not a built-in "
+                             "--dataset")
         dataset = data.load_builtin(args.dataset or "german_credit")
     if not 0.0 < args.test_fraction < 1.0:
         raise UsageError(f"--test-fraction must lie in (0, 1), got {args.test_fraction}")
@@ -514,7 +567,17 @@ def datasets_from_args(args):
         raise UsageError(f"--test-fraction {args.test_fraction:g}: 0 of the {n_rows} rows would "
                          f"be test rows; the report needs at least one (give at least "
                          f"{1 / n_rows:.3g})")
-    return train_set, test_set, scaler
+    return train_set, test_set, scaler, prepared
+
+
+def common_ids_line(counts: dict) -> str:
+    """The id counts of --keep-common-ids, worded as `party` prints its alignment."""
+    only_features = counts["n_features_ids"] - counts["n_common"]
+    only_labels = counts["n_label_ids"] - counts["n_common"]
+    return (f"kept the {counts['n_common']:,} ids shared by the features file's "
+            f"{counts['n_features_ids']:,} and the labels file's {counts['n_label_ids']:,} "
+            f"({only_features:,} only in the features file, {only_labels:,} only in the labels "
+            f"file, left out)")
 
 
 def check_key_bits(bits: int, insecure: bool) -> None:
@@ -570,6 +633,13 @@ def command_train(args) -> int:
     if args.resume and args.init_seed is not None:  # as `party data` says: it would be ignored
         raise UsageError(f"--init-seed {args.init_seed}: --resume takes W's mask from the "
                          "checkpoint; drop --init-seed")
+    if args.plaintext:
+        given = [flag for flag, value in (("--checkpoint-dir", args.checkpoint_dir),
+                                          ("--resume", args.resume),
+                                          ("--transcript", args.transcript)) if value]
+        if given:
+            raise UsageError(f"--plaintext rehearses without encryption: no parties, no "
+                             f"messages, nothing to save; drop {', '.join(given)}")
     config = config_from_args(args)
     check_outputs(args)
     check_inputs(args)
@@ -581,10 +651,12 @@ def command_train(args) -> int:
 
 def train_holding(args, config) -> int:
     """`train`, once its checkpoint directory (if any) is held."""
-    train_set, test_set, scaler = datasets_from_args(args)
+    train_set, test_set, scaler, prepared = datasets_from_args(args)
     config = dataclasses.replace(config, **class_options(args, train_set.class_names))
     n_inputs = train_set.X.shape[1] if config.bottom is None else config.bottom
     check_key_fits(config.plan, config.key_bits, config.batch_size, n_inputs)
+    if args.plaintext:
+        return rehearse(args, train_set, test_set, config)
     check_checkpoint_room(args.checkpoint_dir, train_set.X.shape[1],
                           config.layer_sizes(train_set.X.shape[1], train_set.n_classes),
                           config.key_bits)
@@ -596,7 +668,7 @@ def train_holding(args, config) -> int:
         result = with_transcript(args.transcript, lambda transcript: simulation.train(
             train_set, test_set, config, progress=not args.quiet, estimate=not args.quiet,
             checkpoint_dir=args.checkpoint_dir, resume=args.resume, standardizer=scaler,
-            executor=executor, transcript=transcript))
+            executor=executor, transcript=transcript, preparation=prepared))
     if args.resume:
         for note in result.metrics["checkpoint_notes"]:
             print(f"note: {note}", file=sys.stderr)
@@ -608,7 +680,7 @@ def train_holding(args, config) -> int:
             checkpoint.write_atomically(args.json, lambda handle: json.dump(
                 result.metrics, handle, indent=2, allow_nan=False), mode="w")
         except OSError as error:  # checked before training, yet the disk filled meanwhile
-            where = rescue_run(args, result, train_set, scaler)
+            where = rescue_run(args, result, train_set, scaler, prepared)
             raise LateFailure(f"{describe_error(error)}; {where}") from None
     if args.plot:
         from jobs.report import plot_run  # matplotlib is loaded only when a plot is asked for
@@ -621,7 +693,7 @@ class LateFailure(ValueError):
     """An output that failed after the work was done: the line says where the work is."""
 
 
-def rescue_run(args, result, train_set, scaler) -> str:
+def rescue_run(args, result, train_set, scaler, prepared=None) -> str:
     """Where a finished one-process run survives an output that failed at the end: its
     checkpoint directory if it has one, else a new directory of both parties' final states
     (the current directory's ``acml-rescue-<pid>``, else the temporary folder's), with the
@@ -639,7 +711,7 @@ def rescue_run(args, result, train_set, scaler) -> str:
                     target, data_party=result.data_party, label_party=result.label_party,
                     feature_names=train_set.feature_names, feature_mean=scaler.mean,
                     feature_std=scaler.std, class_names=train_set.class_names,
-                    input_perturbation=result.input_perturbation)(
+                    input_perturbation=result.input_perturbation, preparation=prepared)(
                         result.label_party.epochs_completed)
             checkpoint.write_atomically(os.path.join(target, "report.json"), lambda handle: (
                 json.dump(result.metrics, handle, indent=2, allow_nan=False)), mode="w")
@@ -650,17 +722,33 @@ def rescue_run(args, result, train_set, scaler) -> str:
     return f"the trained model could not be saved either ({'; '.join(problems)})"
 
 
+def rehearse(args, train_set, test_set, config: Config) -> int:
+    """`train --plaintext`: the twin alone, said in the first line and in --json."""
+    print("plaintext rehearsal: no encryption and no second party; the settings, not the "
+          "privacy, are what this run tests", file=sys.stderr)
+    result = simulation.rehearse(train_set, test_set, config)
+    print(result.summary())
+    if args.json:
+        checkpoint.write_atomically(args.json, lambda handle: json.dump(
+            result.metrics, handle, indent=2, allow_nan=False), mode="w")
+    if args.plot:
+        from jobs.report import plot_run  # matplotlib is loaded only when a plot is asked for
+        for path in plot_run(result.metrics, args.plot, result.test_labels, result.test_scores):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
 def command_predict(args) -> int:
     check_privacy_flags(args)
     check_outputs(args)
     check_inputs(args)
-    ids, X, names = data.load_features_csv(args.features, args.id_column)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
-        prediction = simulation.predict(args.checkpoint_dir, X, feature_names=names, ids=ids,
-                             source=args.features, allow_insecure=args.insecure_small_key,
-                             dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta,
-                             threshold=args.threshold, positive_class=args.positive_class)
+        ids, prediction = simulation.predict_file(
+            args.checkpoint_dir, args.features, args.id_column,
+            allow_insecure=args.insecure_small_key, dp_epsilon=args.dp_epsilon,
+            dp_delta=args.dp_delta, threshold=args.threshold,
+            positive_class=args.positive_class)
     if prediction.rule:
         print(f"predicted_class: {prediction.rule}", file=sys.stderr)
 
