@@ -175,3 +175,18 @@ def test_cli_class_flags_refused_in_one_line(capsys, tmp_path):
         capsys, base + ["--class-weight", "x=2"])
     assert "CLASS=WEIGHT" in one_line_error(capsys, base + ["--class-weight", "class_0=0"])
     assert "--threshold" in one_line_error(capsys, base + ["--threshold", "1.5"])
+
+
+def test_the_rehearsal_reports_what_the_encrypted_runs_twin_reports_under_the_class_options():
+    """Property: `--plaintext` rehearses the same run: under balanced class weights and a
+    threshold, its test report (positive class, accuracy, balanced accuracy, PR-AUC) is the
+    encrypted run's plaintext twin's, so settings chosen in the rehearsal mean the same later."""
+    from jobs import simulation
+    train_set, test_set = skewed()
+    cfg = config(class_weight="balanced", threshold=0.4)
+    rehearsal = simulation.rehearse(train_set, test_set, cfg)
+    encrypted = acml.train(train_set, test_set, cfg, keypair=insecure_keypair(KEY_BITS))
+    twin = encrypted.metrics["plaintext_test_report"]
+    assert rehearsal.metrics["positive_class"] == encrypted.metrics["positive_class"] == 1
+    for key in ("accuracy", "balanced_accuracy", "average_precision", "auc"):
+        assert rehearsal.metrics["test_report"][key] == twin[key], key
