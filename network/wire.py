@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import math
 import os
@@ -796,23 +797,24 @@ class _PendingHandshakes:
     module once did) lets anyone who holds MAX_PENDING_HANDSHAKES idle connections, reopening
     each as it is closed, keep the real peer out for as long as they like (measured: 32 of
     them, 128 connects in 30 s, kept it out for its whole 30 s timeout). So a newcomer is
-    always admitted; when the table is full, one pending handshake is closed to make room:
+    always admitted; when the table is full, one pending handshake is closed to make room: the
+    oldest among the addresses that hold two or more (the oldest of all when each holds one).
 
-    * from the address that holds the most pending handshakes, so that strangers at one
-      address (or a few) can only ever push out their own connections, never a peer at an
-      address of its own;
-    * the oldest one there, so that a connection just admitted, the real peer's included,
-      survives the next MAX_PENDING_HANDSHAKES − 1 arrivals from that address. The real peer
-      answers the hello within one round trip, so to push it out a stranger must open more than
-      MAX_PENDING_HANDSHAKES − 1 connections from the peer's own address within that round
-      trip: on loopback, the worst case (the peer shares 127.0.0.1 with the strangers), 63
-      connections in about a millisecond.
+    * A peer alone at its address is never chosen while any address holds two: strangers must
+      hold MAX_PENDING_HANDSHAKES addresses, one connection each, to reach it.
+    * A peer that shares its address (loopback, a NAT) is chosen only once every older
+      connection of a crowded address is gone: it survives at least MAX_PENDING_HANDSHAKES − A
+      arrivals, A the number of addresses the strangers use. (Choosing the oldest of the most
+      crowded address, as this class once did, let strangers spread over a few other addresses
+      keep the peer's own address the most crowded with a handful of connections, and push the
+      peer out after that handful of arrivals: measured, 9 addresses locked out a peer 10 ms
+      away for its whole timeout.) The real peer answers the hello within one round trip, so
+      it is pushed out only by more than MAX_PENDING_HANDSHAKES − A connections within it.
+    * IPv6 addresses count by their /64: one host owns a whole /64.
 
-    No fixed cap per address: one below the total would let strangers at a shared address (a
-    NAT, loopback) push out the real peer sooner, and the choice by address already confines
-    them. What is left is a flood, faster than the real peer's round trip, from the peer's own
-    address or from MAX_PENDING_HANDSHAKES addresses: a denial of service that only the network
-    (a firewall, --listen on a private address) can stop."""
+    What is left is a flood, faster than the real peer's round trip, from many addresses: a
+    denial of service that only the network (a firewall, --listen on a private address) can
+    stop."""
 
     def __init__(self):
         self._admitted = {}  # connection -> (host, admission number)
@@ -834,13 +836,27 @@ class _PendingHandshakes:
             per_host = {}
             for other_host, _ in self._admitted.values():
                 per_host[other_host] = per_host.get(other_host, 0) + 1
-            crowded = max(per_host, key=per_host.get)
-            victim = min((other for other, (other_host, _) in self._admitted.items()
-                          if other_host == crowded), key=lambda other: self._admitted[other][1])
+            shared = [other for other, (other_host, _) in self._admitted.items()
+                      if per_host[other_host] > 1]
+            victim = min(shared or self._admitted, key=lambda other: self._admitted[other][1])
             del self._admitted[victim]
         self._count += 1
-        self._admitted[connection] = (host, self._count)
+        self._admitted[connection] = (address_group(host), self._count)
         return victim
+
+
+def address_group(host: str) -> str:
+    """The unit the pending table counts by: an IPv4 address, or an IPv6 address's /64 (one
+    host is given a whole /64, so counting single IPv6 addresses would count nothing)."""
+    try:
+        address = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return host
+    if address.version == 6:
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 class _RefusalLog:

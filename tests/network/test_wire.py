@@ -869,3 +869,34 @@ def test_a_silent_peer_times_out_naming_the_limit():
     finally:
         data.close()
         label.close()
+
+
+def test_strangers_spread_over_other_addresses_cannot_make_a_shared_address_peer_the_victim():
+    """Eviction order, the spread attack: strangers keep a few connections at the peer's own
+    (shared) address and the rest at 8 other addresses, so that the peer's address is the most
+    crowded. The peer must still survive at least MAX_PENDING_HANDSHAKES − (addresses used)
+    arrivals (the old rule, the oldest of the most crowded address, evicted it after 8)."""
+    size = wire.MAX_PENDING_HANDSHAKES
+    table = wire._PendingHandshakes()
+    others = [f"10.0.0.{k}" for k in range(2, 10)]
+    for _ in range(7):
+        table.admit(object(), "10.0.0.1")  # the shared address: strangers, then the peer
+    per_other = (size - 8) // len(others)
+    for host in others:
+        for _ in range(per_other):
+            table.admit(object(), host)
+    peer = object()
+    table.admit(peer, "10.0.0.1")
+    survived = 0
+    for arrival in range(size):
+        if table.admit(object(), others[arrival % len(others)]) is peer:
+            break
+        survived += 1
+    assert survived >= size - 1 - len(others), survived
+
+
+def test_ipv6_addresses_count_by_their_64_and_ipv4_by_the_address():
+    """One host owns a /64: its addresses count as one; IPv4 (and IPv4-mapped) count each."""
+    assert wire.address_group("2001:db8::1") == wire.address_group("2001:db8::ffff:2")
+    assert wire.address_group("2001:db8::1") != wire.address_group("2001:db8:0:1::1")
+    assert wire.address_group("::ffff:10.0.0.1") == "10.0.0.1" != wire.address_group("10.0.0.2")
