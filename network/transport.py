@@ -180,7 +180,8 @@ def reason_for_the_peer(error: BaseException) -> str:
 
     A refusal of something the protocol carries (a σ, a training plan, a resume, a PSI set over
     the cap, a malformed or unexpected message: ValueError, LeakageError, TransportError) is
-    sent as this side says it: it names public facts and what the peer itself sent. A problem
+    sent as this side says it, its paths left out (without_paths): it names public facts and what
+    the peer itself sent. A problem
     with this party's own data (DataError) or files (OSError) is only named, not quoted, because
     its line can hold an id or a path; an interruption is said as such; anything else is an
     internal error, by its type. The wire sends nothing when the peer already stopped or the
@@ -194,11 +195,19 @@ def reason_for_the_peer(error: BaseException) -> str:
     if isinstance(error, PeerStopped):
         return "this side stopped too"
     if isinstance(error, (ValueError, LeakageError, TransportError)):
-        return one_line(error)
+        return without_paths(one_line(error))
     if isinstance(error, OSError):
         return ("it could not read or write its own files "
                 f"({error.strerror or type(error).__name__})")
     return f"an internal error on its side ({type(error).__name__})"
+
+
+def without_paths(line: str) -> str:
+    """``line`` with every word that names a file or directory (holds a / or a \\) replaced by
+    "<its own path>": where a party keeps its files is nobody else's business (a directory's
+    name can hold a client's name), and a refusal makes its point without it."""
+    return " ".join("<its own path>" if ("/" in word or "\\" in word) and "//" not in word
+                    else word for word in line.split(" "))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -507,7 +516,7 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
         n_inputs = X.shape[1] if bottom is None else int(bottom)
         if state is not None:
             if X.shape[1] != state.n_features:
-                raise ValueError(f"features with {X.shape[1]} columns; the checkpoint's model "
+                raise data.DataError(f"features with {X.shape[1]} columns; the checkpoint's model "
                                  f"takes {state.n_features} ({', '.join(state.feature_names)})")
             n_inputs = state.bottom.width if state.bottom is not None else X.shape[1]
         id_list = Alignment(ids, align=align, n_inputs=n_inputs, psi_max_ratio=psi_max_ratio)

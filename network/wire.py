@@ -125,6 +125,15 @@ def one_line(text) -> str:
     return " ".join(str(text).split())
 
 
+def printable(text, limit: int = 500) -> str:
+    """A peer's words made safe to print: every character that is not printable (terminal
+    escapes, bidirectional overrides, control characters) as a ?, at most ``limit`` characters.
+    An authenticated peer is still a peer: its reason must not rewrite this party's terminal."""
+    text = one_line(text)
+    shown = "".join(character if character.isprintable() else "?" for character in text)
+    return shown if len(shown) <= limit else shown[:limit] + "…"
+
+
 def refuse_constant(name):
     """json.loads' parse_constant for untrusted JSON: NaN and ±Infinity are no JSON."""
     raise ValueError(f"{name} is not JSON")
@@ -543,7 +552,7 @@ class Connection:
             self._check_tag(tags, "frame", deadline, what)
         if stopped:  # authentic: the peer's own word on why it stops
             reason = one_line(header.get("reason"))[:MAX_STOP_REASON_CHARS] or "no reason given"
-            raise PeerStopped(f"{self.peer} stopped: {reason}")
+            raise PeerStopped(f"{self.peer} stopped: {printable(reason)}")
         self._received_sequence += 1
         self.bytes_received += PREFIX.size + header_length + body_length
         self.bytes_received += 3 * TAG_BYTES if tags is not None else 0

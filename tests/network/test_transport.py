@@ -916,3 +916,17 @@ def test_a_label_party_without_allow_bottom_refuses_a_bottom_model_in_one_line_t
         data_process.kill()
     assert label.returncode == 0, label.stderr
     assert data_process.returncode == 0, data_err
+
+
+def test_the_reason_sent_to_the_peer_leaves_out_this_partys_paths_and_columns(tmp_path):
+    """Property: what a stopping party tells the other names no file of its own (a directory's
+    name can hold a client's name) and no column of its own data, while the refusal itself
+    (nothing to resume, already exists) still reads."""
+    private = tmp_path / "alice-private-hospital" / "ckpt" / "data_party.npz"
+    line = transport.reason_for_the_peer(ValueError(
+        f"{private} already exists: resume it, or train into another directory"))
+    assert "alice" not in line and str(tmp_path) not in line
+    assert line == "<its own path> already exists: resume it, or train into another directory"
+    assert transport.reason_for_the_peer(data.DataError(
+        "features with 3 columns; the checkpoint's model takes 4 (age, income, ...)")) == (
+        "a problem with its own data, which it reports on its side")

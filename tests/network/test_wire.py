@@ -904,3 +904,13 @@ def test_ipv6_addresses_count_by_their_64_and_ipv4_by_the_address():
     assert wire.address_group("2001:db8::1") == wire.address_group("2001:db8::ffff:2")
     assert wire.address_group("2001:db8::1") != wire.address_group("2001:db8:0:1::1")
     assert wire.address_group("::ffff:10.0.0.1") == "10.0.0.1" != wire.address_group("10.0.0.2")
+
+
+def test_a_peers_stop_reason_is_printed_without_its_control_characters():
+    """An authenticated peer's reason reaches this party's terminal: escapes (which could
+    rewrite the screen, say "training finished") and bidirectional overrides become ?, and a
+    long reason is cut."""
+    shown = wire.printable("\x1b[2K \x1b[32mtraining finished, accuracy 0.99\x1b[0m \u202e")
+    assert "\x1b" not in shown and "\u202e" not in shown
+    assert shown.startswith("?[2K ?[32mtraining finished")
+    assert len(wire.printable("x" * 5000)) == 501
