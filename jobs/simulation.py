@@ -94,15 +94,17 @@ def train(train_set, test_set=None, config: Config | None = None, *, progress: b
     sizes = check_run(train_set, test_set, config, checkpoint_dir, resume, keypair)
     if checkpoint_dir is None:
         return _train(train_set, test_set, config, sizes, progress, keypair, None, False,
-                      standardizer, executor, transcript, insecure_flaws, estimate, precompute)
+                      standardizer, executor, transcript, insecure_flaws, estimate, precompute,
+                      preparation)
     with run_directory.hold(checkpoint_dir):  # both parties', for the whole run, before any key
         return _train(train_set, test_set, config, sizes, progress, keypair, checkpoint_dir,
                       resume, standardizer, executor, transcript, insecure_flaws, estimate,
-                      precompute)
+                      precompute, preparation)
 
 
 def _train(train_set, test_set, config, sizes, progress, keypair, checkpoint_dir, resume,
-           standardizer, executor, transcript, insecure_flaws, estimate, precompute) -> Result:
+           standardizer, executor, transcript, insecure_flaws, estimate, precompute,
+           preparation) -> Result:
     budget = input_perturbation.check_options(config.dp_epsilon, config.dp_delta,
                                               names=("Config.dp_epsilon", "Config.dp_delta"))
     start = time.perf_counter()
