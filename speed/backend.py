@@ -3,8 +3,8 @@ primes, subgroups, fixed-base tables), gmpy2 when installed.
 
 Two backends compute the same functions: gmpy2 (GMP; used when importable and the environment
 variable ACML_PURE_PYTHON is not "1") and Python's own int.  `use_backend("python")` switches
-at run time; current_backend() returns the namespace in use (name, mpz, powmod, invert, gcd,
-is_prime).  Numbers made under one backend stay valid under the other: gmpy2's mpz and int
+at run time; current_backend() returns the namespace in use (name, mpz, powmod, powmod_list, invert,
+gcd, is_prime, releases_gil: whether powmod_list lets other threads run meanwhile).  Numbers made under one backend stay valid under the other: gmpy2's mpz and int
 interoperate.  Neither is constant time.
 """
 
@@ -36,15 +36,22 @@ def _python_backend():
 
     return SimpleNamespace(
         name="python", mpz=int, powmod=pow, invert=lambda a, m: pow(a, -1, m),
-        gcd=math.gcd, is_prime=is_prime, not_invertible=ValueError,
+        powmod_list=lambda bases, exponent, modulus: [pow(b, exponent, modulus) for b in bases],
+        gcd=math.gcd, is_prime=is_prime, not_invertible=ValueError, releases_gil=False,
     )
 
 
 def _gmpy2_backend():
     import gmpy2
 
+    # powmod_base_list computes a whole list with the GIL released (gmpy2 >= 2.1), so threads
+    # of one process run it on several cores at once; a lone powmod holds the GIL.
+    base_list = getattr(gmpy2, "powmod_base_list", None)
     return SimpleNamespace(
         name="gmpy2", mpz=gmpy2.mpz, powmod=gmpy2.powmod, invert=gmpy2.invert,
+        powmod_list=base_list or (lambda bases, exponent, modulus: [
+            gmpy2.powmod(b, exponent, modulus) for b in bases]),
+        releases_gil=base_list is not None,
         # GMP runs Baillie-PSW plus (reps - 24) Miller-Rabin rounds with random bases.
         gcd=gmpy2.gcd, is_prime=lambda candidate: gmpy2.is_prime(candidate, 64),
         not_invertible=ZeroDivisionError,
