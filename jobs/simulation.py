@@ -84,6 +84,9 @@ def train(train_set, test_set=None, config: Config | None = None, *, progress: b
     still holds. Resuming takes the budget and the noise seed from the data party's checkpoint.
     """
     config = config or Config()
+    if keypair is None and not resume:  # made on another core while the inputs are checked
+        keypair = kernels.keypair_in_background(config.key_bits,
+                                                allow_insecure=config.allow_insecure)
     sizes = check_run(train_set, test_set, config, checkpoint_dir, resume, keypair)
     budget = input_perturbation.check_options(config.dp_epsilon, config.dp_delta,
                                               names=("Config.dp_epsilon", "Config.dp_delta"))
@@ -106,8 +109,8 @@ def train(train_set, test_set=None, config: Config | None = None, *, progress: b
         perturbation = input_perturbation.for_data_party(budget, purpose="train",
                                                          init_seed=config.init_seed)
         train_set, test_set = perturbed_sets(perturbation, train_set, test_set, config)
-        keypair = keypair or paillier.generate_keypair(config.key_bits,
-                                                       allow_insecure=config.allow_insecure)
+        if hasattr(keypair, "result"):  # kernels.keypair_in_background's Future
+            keypair = keypair.result()
         data_party, label_party = new_parties(train_set, config, sizes, keypair, executor,
                                               insecure_flaws, precompute)
         feature_mean = None if standardizer is None else standardizer.mean

@@ -168,6 +168,13 @@ def _safe_prime_wheel():
     return [c for c in range(3, _WHEEL, 4) if all(c % ell > 1 for ell in _WHEEL_PRIMES)]
 
 
+def _fermat_base_2(candidate):
+    """2^(c-1) ≡ 1 (mod c), through powmod_list: on gmpy2 the GIL is released while it runs, so
+    a key generated on a thread (kernels.keypair_in_background) leaves the other threads their
+    core for nearly all of its time (this test is nearly all of a safe-prime search)."""
+    return _backend.powmod_list([2], candidate - 1, candidate)[0] == 1
+
+
 def random_safe_prime(bits):
     """A uniform random safe prime p = 2·p' + 1 (p' prime) of exactly `bits` bits, the top two
     set, from `secrets`.
@@ -176,7 +183,8 @@ def random_safe_prime(bits):
     60,060 a safe prime can have (a wheel: 1,485 of the 60,060, so a tenth of the candidates
     random_prime would look at); one gcd throws out those where p or p' has another factor
     under 2000; a base-2 Fermat test on p, one modular exponentiation, throws out nearly all
-    the rest; the survivors pass the full is_probable_prime on p' and on p.  Every safe prime
+    the rest (_fermat_base_2, without the GIL on gmpy2); the survivors pass the full
+    is_probable_prime on p' and on p.  Every safe prime
     of that size passes the wheel and the sieve, so rejection sampling of uniform candidates
     is uniform over them.  Safe primes are rare (density about 1/ln(p)² against 1/ln(p)), so
     this is much slower than random_prime: thousands of Fermat tests per prime at 1024 bits
@@ -193,7 +201,7 @@ def random_safe_prime(bits):
         half = candidate >> 1
         if (math.gcd(candidate, _SMALL_PRIMES_PRODUCT) == 1
                 and math.gcd(half, _SMALL_PRIMES_PRODUCT) == 1
-                and powmod(2, candidate - 1, candidate) == 1
+                and _fermat_base_2(candidate)
                 and is_probable_prime(half) and is_probable_prime(candidate)):
             return candidate
 

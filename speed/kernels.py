@@ -18,6 +18,7 @@ same decryptions otherwise).
                        a public key's (DJN) or the key owner's (textbook r^n by CRT);
                        EpochPool keeps one a party's next epoch ahead (epoch_pool, split_offline)
     worker_count       how many pieces to cut work into (SizedExecutor, dask_executor)
+    keypair_in_background  paillier.generate_keypair on a thread, while the caller works
 
 DJN randomizers come from backend.FixedBaseTable (twin: powmod), one table per key and
 process; the key owner's textbook randomness, for safe primes, from two half-size tables of
@@ -28,7 +29,8 @@ import collections
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import SimpleNamespace
 
 import numpy as np
@@ -43,7 +45,7 @@ __all__ = [
     "encrypted_matmul", "encrypt_array", "decrypt_residues", "rerandomize",
     "randomizers", "RandomizerPool", "EpochPool", "epoch_pool", "prepare_pool",
     "data_party_need", "label_party_need", "split_offline", "worker_count", "SizedExecutor",
-    "dask_executor", "decrypt_rows",
+    "dask_executor", "decrypt_rows", "keypair_in_background", "default_threads",
 ]
 
 # -- where the heavy arithmetic runs ------------------------------------------------------------
@@ -507,6 +509,36 @@ def kernel_crt_djn_encrypt(constants, djn_base, exponent_bits, residues, alphas)
     return [int(PrivateKey.crt_encrypt_powers(mpz(m), table_p.power(alpha),
                                                table_q.power(alpha), k))
             for m, alpha in zip(residues, alphas)]
+
+
+def keypair_in_background(n_length, *, allow_insecure=False, safe_primes=True):
+    """A concurrent.futures.Future of paillier.generate_keypair(n_length, ...), computed on a
+    daemon thread of this process while the caller does other work (reading and checking the
+    data, waiting for the peer); .result() waits for it and raises what generate_keypair
+    raised.  The primes come from `secrets` as always, and the key never leaves the process.
+    With gmpy2 the safe-prime search runs almost entirely without the GIL (backend.
+    _fermat_base_2), so on a second core it costs the caller nothing; on one core, or with
+    the pure-Python backend, it takes turns with the caller and is no slower in total.  A
+    daemon thread: a caller that exits on an error does not wait for the key.  Its
+    InsecureKeyWarning (small keys, which need allow_insecure) is not repeated here: the
+    callers ask for small keys only behind their explicit insecure flag."""
+    future = Future()
+
+    def generate():
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
+                keypair = paillier.generate_keypair(n_length, allow_insecure=allow_insecure,
+                                                    safe_primes=safe_primes)
+        except BaseException as error:  # handed to whoever calls .result()
+            future.set_exception(error)
+        else:
+            future.set_result(keypair)
+
+    threading.Thread(target=generate, name="acml-keygen", daemon=True).start()
+    return future
 
 
 def _subgroup_generators(private_key):
