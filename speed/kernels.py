@@ -30,7 +30,7 @@ import os
 import threading
 import time
 import warnings
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from types import SimpleNamespace
 
 import numpy as np
@@ -137,7 +137,7 @@ def _ints(items):
     return [int(item) for item in items]
 
 
-def _best_window(exponent_bits, columns):
+def best_fixed_window(exponent_bits, columns):
     """Window width w minimising the multiplications of a fixed-window multi-exponentiation:
     per term, ceil(bits/w)·(1 - 2^-w) table look-ups, plus a table of 2^w - 2 products per
     base shared by `columns` outputs."""
@@ -217,18 +217,32 @@ def signed_digits(exponent, width):
     non-zero.  A negative exponent gets the digits of its absolute value, negated.  So a term
     needs only the odd powers b^±1, b^±3, ..., b^±(2^(w-1) - 1), and about one multiplication
     per w + 1 bits."""
-    full, half = 1 << width, 1 << (width - 1)
-    sign, exponent, digits = (-1 if exponent < 0 else 1), abs(int(exponent)), []
-    while exponent:
-        digit = 0
-        if exponent & 1:
-            digit = exponent & (full - 1)
-            if digit >= half:
-                digit -= full
-            exponent -= digit
-        digits.append(sign * digit)
-        exponent >>= 1
+    digits = []
+    for bit, digit in nonzero_signed_digits(exponent, width):
+        digits.extend([0] * (bit - len(digits)))
+        digits.append(digit)
     return digits
+
+
+def nonzero_signed_digits(exponent, width):
+    """The non-zero digits of signed_digits(exponent, width) as (bit, digit) pairs, lowest
+    first; runs of zero bits are skipped in one step each (the lowest set bit), not bit by
+    bit."""
+    full, half = 1 << width, 1 << (width - 1)
+    sign, exponent, bit, out = (-1 if exponent < 0 else 1), abs(int(exponent)), 0, []
+    while exponent:
+        if not exponent & 1:
+            zeros = (exponent & -exponent).bit_length() - 1
+            exponent >>= zeros
+            bit += zeros
+            continue
+        digit = exponent & (full - 1)
+        if digit >= half:
+            digit -= full
+        out.append((bit, sign * digit))
+        exponent = (exponent - digit) >> 1
+        bit += 1
+    return out
 
 
 def wnaf_schedule(exponent_columns, width):
@@ -238,14 +252,13 @@ def wnaf_schedule(exponent_columns, width):
     Returns (schedules, positive_terms, negative_terms)."""
     schedules, positive, negative = [], set(), set()
     for column in exponent_columns:
-        digit_lists = [signed_digits(exponent, width) for exponent in column]
-        length = max((len(digits) for digits in digit_lists), default=0)
+        digit_lists = [nonzero_signed_digits(exponent, width) for exponent in column]
+        length = max((digits[-1][0] + 1 for digits in digit_lists if digits), default=0)
         positions = [[] for _ in range(length)]
         for term, digits in enumerate(digit_lists):
-            for bit, digit in enumerate(digits):
-                if digit:
-                    positions[length - 1 - bit].append((term, digit))
-                    (positive if digit > 0 else negative).add(term)
+            for bit, digit in digits:
+                positions[length - 1 - bit].append((term, digit))
+                (positive if digit > 0 else negative).add(term)
         while positions and not positions[0]:
             positions.pop(0)
         schedules.append(positions)
@@ -466,7 +479,7 @@ def encrypted_matmul(encrypted, weights, *, executor=None, window=None, workers=
         kernel = kernel_multiexp
         longest = max((abs(e).bit_length() for column in columns for e in column), default=0)
         tasks = [(nsquare, base_rows[r], columns[c],
-                  window or _best_window(longest, c.stop - c.start)) for r, c in blocks]
+                  window or best_fixed_window(longest, c.stop - c.start)) for r, c in blocks]
     out = np.empty((rows, cols), dtype=object)
     if rows and cols:
         for (r, c), block in zip(blocks, _run(executor, kernel, tasks)):
@@ -905,11 +918,18 @@ def decrypt_residues(private_key, encrypted, *, executor=None, workers=None, thr
 
     Without an executor, on `threads` threads of this process (None: default_threads(), one per
     core with gmpy2), each decrypting a contiguous slice: the private key stays in the process
-    and nothing is pickled.  The same integers however the work is cut."""
+    and nothing is pickled.  A local ProcessPoolExecutor is replaced by as many threads when the
+    backend releases the GIL (threads None); other executors (a cluster) get the work.  The
+    same integers however the work is cut."""
     if not isinstance(private_key, PrivateKey):
         raise TypeError(f"expected a PrivateKey, got {type(private_key).__name__}")
     private_key.check_owner(encrypted)
     ciphertexts = encrypted.ciphertexts.ravel().tolist()
+    # Worker processes on this machine: threads do the same work without pickling the key's
+    # constants and the ciphertexts to them, when the backend releases the GIL.
+    if (isinstance(executor, ProcessPoolExecutor) and threads is None
+            and current_backend().releases_gil):
+        executor, threads = None, worker_count(executor, workers)
     threads = default_threads() if threads is None else worker_count(None, threads)
     if executor is None and threads > 1 and len(ciphertexts) > 1:
         constants = _crt_constants(private_key)
