@@ -594,7 +594,8 @@ def kernel_crt_decrypt(constants, ciphertexts):
     return out
 
 
-_THREAD_POOLS = {}  # threads -> ThreadPoolExecutor, made on first use, kept for the process
+_THREAD_POOLS = {}  # (pid, threads) -> ThreadPoolExecutor, made on first use: a forked child
+# inherits the parent's pool object but not its threads, so it makes its own
 _THREAD_POOLS_LOCK = threading.Lock()
 
 
@@ -605,10 +606,11 @@ def default_threads():
 
 
 def _thread_pool(threads):
+    key = (os.getpid(), threads)
     with _THREAD_POOLS_LOCK:
-        pool = _THREAD_POOLS.get(threads)
+        pool = _THREAD_POOLS.get(key)
         if pool is None:
-            pool = _THREAD_POOLS[threads] = ThreadPoolExecutor(
+            pool = _THREAD_POOLS[key] = ThreadPoolExecutor(
                 threads, thread_name_prefix="acml-decrypt")
         return pool
 

@@ -169,3 +169,25 @@ def test_decryption_threads_follow_whether_the_backend_releases_the_gil(backend)
     from speed import backend as backend_module
     expected = backend_module.current_backend().releases_gil
     assert (kernels.default_threads() > 1) == (expected and (os.cpu_count() or 1) > 1)
+
+
+def test_a_forked_child_decrypts_on_threads_of_its_own(keypair):
+    """A process forked after its parent decrypted on threads gets its own thread pool (the
+    parent's threads do not exist in it): it decrypts, and the same residues, instead of
+    waiting forever on a pool without threads."""
+    import multiprocessing
+    public_key, private_key = keypair
+    encrypted = private_key.encrypt(Fixed.from_ints(np.arange(6, dtype=object), 0))
+    kernels.decrypt_residues(private_key, encrypted, threads=2)  # the parent's pool exists
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_decrypt_in_child, args=(private_key, encrypted, results))
+    child.start()
+    residues = results.get(timeout=120)
+    child.join(30)
+    assert residues == [int(v) for v in private_key.decrypt_residues(encrypted).ravel()]
+
+
+def _decrypt_in_child(private_key, encrypted, results):
+    results.put([int(v) for v in kernels.decrypt_residues(private_key, encrypted,
+                                                          threads=2).ravel()])
