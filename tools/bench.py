@@ -735,6 +735,29 @@ def peer_epoch(train_set, sizes, encrypt, decrypt) -> dict:
 # ----------------------------------------------------------------------------------------------
 # The run, the table, the JSON
 # ----------------------------------------------------------------------------------------------
+@contextmanager
+def previous_kernels():
+    """The fast engine as it was before the w-NAF kernel and the decryption threads: [[A]]·W by
+    fixed windows, decryption on one thread (or on the workers).  For a before/after epoch in
+    the same run, under the same load; the weights are the same either way."""
+    matmul, threads = kernels.encrypted_matmul, kernels.default_threads
+
+    def fixed_window_matmul(*args, **kwargs):
+        return matmul(*args, **{**kwargs, "method": "fixed"})
+    kernels.encrypted_matmul, kernels.default_threads = fixed_window_matmul, lambda: 1
+    original_decrypt = kernels.decrypt_residues
+
+    def decrypt_as_before(private_key, encrypted, *, executor=None, workers=None, threads=None):
+        return original_decrypt(private_key, encrypted, executor=executor, workers=workers,
+                                threads=1 if executor is None else threads)
+    kernels.decrypt_residues = decrypt_as_before
+    try:
+        yield
+    finally:
+        kernels.encrypted_matmul, kernels.default_threads = matmul, threads
+        kernels.decrypt_residues = original_decrypt
+
+
 def _load(report: dict, phase: str) -> None:
     """Record the load average (1, 5, 15 min) as ``phase`` ends: the machine is shared."""
     report["machine"]["load_average"].append({"after": phase, "load": list(os.getloadavg())})
@@ -791,6 +814,10 @@ def run(*, quick: bool = False, workers: int = 2, json_path: str | None = None,
                                  "ratio": _ratio(packed["seconds"], floor["seconds"]),
                                  "load": list(os.getloadavg())})
             _keep_fastest(epochs, "packed", packed)
+            out("... packed, 1 process, with the previous kernels (before/after) ...")
+            with previous_kernels():
+                _keep_fastest(epochs, "packed_previous_kernels", protocol_epoch(
+                    train_set, sizes, keypair, packing=True))
             out(f"... packed with row blocks of {sizes['block_rows']}, 1 process ...")
             _keep_fastest(epochs, "packed_blocks", protocol_epoch(
                 train_set, sizes, keypair, packing=True, block_rows=sizes["block_rows"]))
@@ -905,6 +932,9 @@ def run(*, quick: bool = False, workers: int = 2, json_path: str | None = None,
     report["ratios"]["online_epoch_vs_floor"] = {
         "what": "online only: epoch (1 process) / its arithmetic floor",
         "reached": _ratio(packed["online_seconds"], judged["floor"]["seconds"])}
+    report["ratios"]["epoch_previous_kernels_vs_now"] = {
+        "what": "packed epoch, 1 process: previous kernels / now (same run)",
+        "reached": _ratio(epochs["packed_previous_kernels"]["seconds"], packed["seconds"])}
     report["ratios"]["decrypt_threads_vs_one"] = {
         "what": f"decryption on {kernels.default_threads()} threads vs 1 ({largest} bits)",
         "reached": top["decrypt"]["threads_vs_one"]}

@@ -10,7 +10,8 @@ import pytest
 import acml
 
 OPERATIONS = ("keygen", "encrypt", "decrypt", "mul_const", "matmul_per_term")
-WAYS = ("packed", "packed_workers", "packed_blocks", "unpacked", "plaintext", "phe")
+WAYS = ("packed", "packed_workers", "packed_blocks", "packed_previous_kernels", "unpacked",
+        "plaintext", "phe")
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +65,8 @@ def test_quick_bench_operation_counts_show_packing_and_a_faithful_peer(quick_rep
         unpacked = epochs["unpacked"]["step_ops"][step]["mul_const"]
         assert packed < unpacked
         assert epochs["packed_workers"]["step_ops"][step] == epochs["packed"]["step_ops"][step]
+        assert (epochs["packed_previous_kernels"]["step_ops"][step]
+                == epochs["packed"]["step_ops"][step])
         assert (epochs["phe"]["step_ops"][step]["mul_const"] / epochs["phe"]["rows"]
                 == unpacked / epochs["unpacked"]["rows"])
 
