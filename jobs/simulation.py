@@ -87,9 +87,14 @@ def train(train_set, test_set=None, config: Config | None = None, *, progress: b
     if keypair is None and not resume:  # made on another core while the inputs are checked
         keypair = kernels.keypair_in_background(config.key_bits,
                                                 allow_insecure=config.allow_insecure)
-    sizes = check_run(train_set, test_set, config, checkpoint_dir, resume, keypair)
-    budget = input_perturbation.check_options(config.dp_epsilon, config.dp_delta,
-                                              names=("Config.dp_epsilon", "Config.dp_delta"))
+    try:
+        sizes = check_run(train_set, test_set, config, checkpoint_dir, resume, keypair)
+        budget = input_perturbation.check_options(config.dp_epsilon, config.dp_delta,
+                                                  names=("Config.dp_epsilon", "Config.dp_delta"))
+    except BaseException:
+        if hasattr(keypair, "cancel"):  # no run: stop the search instead of finishing a key
+            keypair.cancel()
+        raise
     start = time.perf_counter()
 
     # The two parties, each with only its own state: new, or each from its own checkpoint.

@@ -25,7 +25,7 @@ __all__ = [
     "SafePrimeSubgroup", "FixedBaseTable",
     "fixed_base_table", "units_problem", "min_prime_distance", "prime_pair_problem",
     "hash_to_unit", "as_int",
-    "describe_int",
+    "describe_int", "GenerationCancelled", "stop_event",
 ]
 
 def _python_backend():
@@ -147,10 +147,41 @@ _SMALL_PRIMES_PRODUCT = math.prod(
 )
 
 
+class GenerationCancelled(Exception):
+    """A prime search stopped because its caller no longer wants the key (stop_event set)."""
+
+
+_SEARCH = threading.local()  # .stop: a threading.Event that ends this thread's prime searches
+
+
+class stop_event:
+    """``with stop_event(event):`` the prime searches of this thread raise GenerationCancelled
+    once ``event`` is set (checked once per candidate), so that a key made in the background
+    for a run that failed meanwhile stops instead of taking a core for seconds."""
+
+    def __init__(self, event):
+        self.event = event
+
+    def __enter__(self):
+        self.previous, _SEARCH.stop = getattr(_SEARCH, "stop", None), self.event
+        return self.event
+
+    def __exit__(self, *exc_info):
+        _SEARCH.stop = self.previous
+        return False
+
+
+def _check_stop():
+    stop = getattr(_SEARCH, "stop", None)
+    if stop is not None and stop.is_set():
+        raise GenerationCancelled("the key generation was cancelled")
+
+
 def random_prime(bits):
     """A uniform random prime with exactly `bits` bits, the top two set, from `secrets`."""
     top_two_bits = 0b11 << (bits - 2)
     while True:
+        _check_stop()
         candidate = secrets.randbits(bits) | top_two_bits | 1
         # One gcd rejects most composites before the expensive test.
         if math.gcd(candidate, _SMALL_PRIMES_PRODUCT) == 1 and is_probable_prime(candidate):
@@ -195,6 +226,7 @@ def random_safe_prime(bits):
     low, high, wheel = 0b11 << (bits - 2), 1 << bits, _safe_prime_wheel()
     first_turn, turns = low // _WHEEL, high // _WHEEL - low // _WHEEL + 1
     while True:
+        _check_stop()
         candidate = (first_turn + secrets.randbelow(turns)) * _WHEEL + secrets.choice(wheel)
         if not low <= candidate < high:  # the first and last turns overhang the range
             continue

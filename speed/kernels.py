@@ -36,6 +36,7 @@ from types import SimpleNamespace
 import numpy as np
 
 import paillier
+from speed import backend as backend_module
 from speed.backend import current_backend, fixed_base_table, mpz
 from fixed import as_int
 from fixed import Fixed, object_array
@@ -524,34 +525,47 @@ def kernel_crt_djn_encrypt(constants, djn_base, exponent_bits, residues, alphas)
             for m, alpha in zip(residues, alphas)]
 
 
-def keypair_in_background(n_length, *, allow_insecure=False, safe_primes=True):
-    """A concurrent.futures.Future of paillier.generate_keypair(n_length, ...), computed on a
-    daemon thread of this process while the caller does other work (reading and checking the
-    data, waiting for the peer); .result() waits for it and raises what generate_keypair
-    raised.  The primes come from `secrets` as always, and the key never leaves the process.
-    With gmpy2 the safe-prime search runs almost entirely without the GIL (backend.
-    _fermat_base_2), so on a second core it costs the caller nothing; on one core, or with
-    the pure-Python backend, it takes turns with the caller and is no slower in total.  A
-    daemon thread: a caller that exits on an error does not wait for the key.  Its
-    InsecureKeyWarning (small keys, which need allow_insecure) is not repeated here: the
-    callers ask for small keys only behind their explicit insecure flag."""
-    future = Future()
+class BackgroundKeypair:
+    """paillier.generate_keypair running on a daemon thread (keypair_in_background): result()
+    waits for (PublicKey, PrivateKey) and raises what generate_keypair raised; cancel() stops
+    the prime search at its next candidate (a run that failed before it needed the key)."""
 
-    def generate():
-        if not future.set_running_or_notify_cancel():
-            return
+    def __init__(self, n_length, *, allow_insecure=False, safe_primes=True):
+        self._future, self._stop = Future(), threading.Event()
+        self._future.set_running_or_notify_cancel()
+        arguments = dict(allow_insecure=allow_insecure, safe_primes=safe_primes)
+        threading.Thread(target=self._generate, args=(n_length, arguments),
+                         name="acml-keygen", daemon=True).start()
+
+    def _generate(self, n_length, arguments):
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), backend_module.stop_event(self._stop):
                 warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
-                keypair = paillier.generate_keypair(n_length, allow_insecure=allow_insecure,
-                                                    safe_primes=safe_primes)
-        except BaseException as error:  # handed to whoever calls .result()
-            future.set_exception(error)
+                keypair = paillier.generate_keypair(n_length, **arguments)
+        except BaseException as error:  # handed to whoever calls result()
+            self._future.set_exception(error)
         else:
-            future.set_result(keypair)
+            self._future.set_result(keypair)
 
-    threading.Thread(target=generate, name="acml-keygen", daemon=True).start()
-    return future
+    def result(self, timeout=None):
+        return self._future.result(timeout)
+
+    def cancel(self):
+        self._stop.set()
+
+
+def keypair_in_background(n_length, *, allow_insecure=False, safe_primes=True):
+    """A BackgroundKeypair: paillier.generate_keypair(n_length, ...) computed on a daemon thread
+    of this process while the caller does other work (reading and checking the data, waiting
+    for the peer); .result() waits for it.  The primes come from `secrets` as always, and the
+    key never leaves the process.  With gmpy2 the safe-prime search runs almost entirely
+    without the GIL (its Fermat test goes through powmod_list), so on a second core it costs
+    the caller nothing; on one core, or with the pure-Python backend, it takes turns with the
+    caller and is no slower in total.  A daemon thread: a process that exits on an error does
+    not wait for the key, and a caller that stays calls .cancel().  Its InsecureKeyWarning
+    (small keys, which need allow_insecure) is not repeated: the callers ask for small keys
+    only behind their explicit insecure flag."""
+    return BackgroundKeypair(n_length, allow_insecure=allow_insecure, safe_primes=safe_primes)
 
 
 def _subgroup_generators(private_key):

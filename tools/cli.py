@@ -435,9 +435,14 @@ def command_train(args) -> int:
     # standardised (seconds each at 2048 bits); resuming, the key is the checkpoint's.
     keypair = None if args.resume else kernels.keypair_in_background(
         config.key_bits, allow_insecure=config.allow_insecure)
-    train_set, test_set, scaler = datasets_from_args(args)
-    n_inputs = train_set.X.shape[1] if config.bottom is None else config.bottom
-    check_key_fits(config.plan, config.key_bits, config.batch_size, n_inputs)
+    try:
+        train_set, test_set, scaler = datasets_from_args(args)
+        n_inputs = train_set.X.shape[1] if config.bottom is None else config.bottom
+        check_key_fits(config.plan, config.key_bits, config.batch_size, n_inputs)
+    except BaseException:
+        if keypair is not None:  # no run: stop the search instead of finishing a key
+            keypair.cancel()
+        raise
     if args.key_bits == DEFAULT_KEY_BITS:
         print(f"note: {KEY_BITS_NOTE}", file=sys.stderr)
     keypair = None if keypair is None else keypair.result()

@@ -66,3 +66,34 @@ def test_a_run_that_makes_its_own_key_trains_the_weights_of_a_run_given_one():
     def joint_weight(result):
         return (result.label_party.weight_share + result.data_party.noise_acc).values
     assert np.array_equal(joint_weight(made), joint_weight(given))
+
+
+def test_a_cancelled_background_key_stops_its_search():
+    """cancel() ends the prime search at its next candidate: result() raises
+    GenerationCancelled instead of a key arriving seconds later."""
+    background = kernels.keypair_in_background(2048)
+    background.cancel()
+    with pytest.raises(backend.GenerationCancelled):
+        background.result(timeout=120)
+
+
+def test_a_train_command_refused_after_its_key_started_cancels_the_key(monkeypatch, capsys):
+    """`train` starts the key while it reads the data; a refused input (one line, exit 2)
+    cancels that key's search rather than leaving it running."""
+    started = []
+
+    class Recording:
+        def __init__(self, *args, **kwargs):
+            self.cancelled = False
+            started.append(self)
+
+        def cancel(self):
+            self.cancelled = True
+
+        def result(self, timeout=None):
+            raise AssertionError("a refused run must not wait for its key")
+
+    monkeypatch.setattr(kernels, "keypair_in_background", Recording)
+    assert acml.main(["train", "--features", "x.csv", "--quiet"]) == 2
+    assert "CSV input needs" in capsys.readouterr().err
+    assert len(started) == 1 and started[0].cancelled
