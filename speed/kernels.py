@@ -229,6 +229,8 @@ def nonzero_signed_digits(exponent, width):
     """The non-zero digits of signed_digits(exponent, width) as (bit, digit) pairs, lowest
     first; runs of zero bits are skipped in one step each (the lowest set bit), not bit by
     bit."""
+    if width < 2:  # a 1-NAF does not exist: its only odd digit ±1 would never end the loop
+        raise ValueError(f"a w-NAF needs a width of at least 2, got {width}")
     full, half = 1 << width, 1 << (width - 1)
     sign, exponent, bit, out = (-1 if exponent < 0 else 1), abs(int(exponent)), 0, []
     while exponent:
@@ -445,7 +447,8 @@ def encrypted_matmul(encrypted, weights, *, executor=None, window=None, workers=
     squarings, and each ciphertext's table serves all h outputs of its row.  `method`: "wnaf"
     (kernel_multiexp_wnaf: signed digits, odd powers, one squaring chain for both signs; the
     default, fewer multiplications) or "fixed" (kernel_multiexp: fixed windows, a second chain
-    for negative exponents).  `window`: that kernel's width (None: its cost model picks).  With
+    for negative exponents).  `window`: that kernel's width (None: its cost model picks; w-NAF
+    widths start at 2, so 1 is taken as 2 there; the result is the same at any width).  With
     an executor, blocks of outputs run as separate tasks (integers in, integers out).  Every
     choice gives the same integers.
     """
@@ -475,7 +478,8 @@ def encrypted_matmul(encrypted, weights, *, executor=None, window=None, workers=
         tasks = []
         for r, c in blocks:
             width, split_signs = best_wnaf_plan(columns[c])
-            tasks.append((nsquare, base_rows[r], columns[c], window or width, split_signs))
+            tasks.append((nsquare, base_rows[r], columns[c], max(window or width, 2),
+                          split_signs))
     else:
         kernel = kernel_multiexp
         longest = max((abs(e).bit_length() for column in columns for e in column), default=0)

@@ -191,3 +191,10 @@ def test_a_forked_child_decrypts_on_threads_of_its_own(keypair):
 def _decrypt_in_child(private_key, encrypted, results):
     results.put([int(v) for v in kernels.decrypt_residues(private_key, encrypted,
                                                           threads=2).ravel()])
+
+
+def test_a_width_under_two_is_refused_not_looped_on():
+    """A 1-NAF does not exist (its digit ±1 never shrinks the exponent): the digits refuse it in
+    one line, and encrypted_matmul's window=1 runs the w-NAF kernel at width 2 instead."""
+    with pytest.raises(ValueError, match="width of at least 2, got 1"):
+        kernels.signed_digits(5, 1)
