@@ -3,9 +3,10 @@ primes, subgroups, fixed-base tables), gmpy2 when installed.
 
 Two backends compute the same functions: gmpy2 (GMP; used when importable and the environment
 variable ACML_PURE_PYTHON is not "1") and Python's own int.  `use_backend("python")` switches
-at run time; current_backend() returns the namespace in use (name, mpz, powmod, powmod_list, invert,
-gcd, is_prime, releases_gil: whether powmod_list lets other threads run meanwhile).  Numbers made under one backend stay valid under the other: gmpy2's mpz and int
-interoperate.  Neither is constant time.
+at run time; current_backend() returns the namespace in use (name, mpz, powmod, powmod_list,
+invert, gcd, is_prime, releases_gil: whether powmod_list lets other threads run meanwhile).
+Numbers made under one backend stay valid under the other: gmpy2's mpz and int interoperate.
+Neither is constant time.
 """
 
 import functools

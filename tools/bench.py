@@ -17,24 +17,34 @@ What is measured:
   decryption, ciphertext × constant, and the encrypted matmul [[X]]·W (our simple per-term
   path, our multi-exponentiation, and that on workers).
 * One protocol epoch on German credit (steps 1–4 over every batch; setup reported apart):
-  packed in one process and packed on workers (each the faster of two runs, alternated),
-  unpacked on workers, the plaintext MLP, and the same four steps written on phe (unpacked,
-  phe's float encoding; the peer below). The phe epoch runs on the first ``phe_rows`` rows
-  only and is compared per sample.
+  packed in one process, the same with the previous kernels (fixed windows, one decryption
+  thread: the before/after in one run), with row blocks, and on workers, and the same four
+  steps written on phe (unpacked, phe's float encoding; the peer below), all in alternation,
+  each the fastest of its rounds; then unpacked on workers and the plaintext MLP. The phe
+  epoch runs on the first ``phe_rows`` rows only and is compared per sample, also core for
+  core (phe has one core).
+* HEU (SecretFlow's C++ library, package sf-heu, optional): the same four steps, unpacked,
+  and its per-operation times; without it, a line saying how to add it.
 * Where the packed epoch's time goes: the seconds spent inside the big-integer kernels
-  (kernels.kernel_*: modular exponentiations, multi-exponentiation, CRT), against the rest.
+  (kernels.kernel_*: modular exponentiations, multi-exponentiation, CRT), against the rest;
+  and that epoch's own step-1 and step-4 multi-exponentiations replayed by the fixed-window
+  and the w-NAF kernel (time, multiplications counted, the same integers).
 * Every protocol epoch as online (steps 1–4) + offline (the randomizer pools' filling, step
   "pool" of acml.train's step_seconds); every epoch target is judged on the sum.
 * The epoch's arithmetic floor: the multi-exponentiations' modular multiplications, counted on
-  the kernel's own arguments, and the decryptions, priced at the measured cost of one
-  multiplication (the least of the rounds, as for the epochs).
+  the kernel's own arguments, at GMP's cost of one multiplication inside powmod, and the
+  decryptions at their two powmods, both measured just before and just after each 1-process
+  epoch (see :func:`arithmetic_floor`).
 * Two processes on this machine (transport.run_data_party here, run_label_party in a spawned
   process, over localhost): the packed German credit run for ``two_process_epochs`` epochs,
   with the parties filling their pools while they wait for each other (idle_fill.py) and
   without, in alternation; each epoch's wall time at both parties, the pools' fill at setup
   included (see :func:`two_process_epochs`).
-* The targets of issue 15, each with its measured ratio and met / missed; ``--quick`` (tiny
-  sizes, a smoke test) records the ratios but gives no verdict.
+* Key generation against OpenSSL's safe-prime search, ``keygen_draws`` draws each, side by
+  side (see :func:`keygen_vs_openssl`).
+* The load average after every phase (the machine may be shared), and every target, each with
+  its measured ratio and met / missed (a target this bench does not run says so);
+  ``--quick`` (tiny sizes, a smoke test) records the ratios but gives no verdict.
 """
 
 from __future__ import annotations
@@ -1026,10 +1036,11 @@ def format_table(report: dict) -> str:
     lines += _kernel_lines(report["kernels"])
     floor = report["floor"]
     costs = floor["mulmod_seconds"]
-    lines.append(f"\nArithmetic floor of the epoch: {floor['seconds']:.3f} s = multi-exponentiations "
-                 f"{floor['multiexp_mulmods']:,} mulmods × {1e6 * costs['nsquare_in_powmod']:.2f} µs "
-                 f"(GMP's, inside powmod; {floor['multiexp_seconds']:.3f} s) + "
-                 f"{floor['decryptions']:,} decryptions × {1e3 * costs['decryption_powmods']:.2f} ms"
+    lines.append(f"\nArithmetic floor of the epoch: {floor['seconds']:.3f} s = "
+                 f"multi-exponentiations {floor['multiexp_mulmods']:,} mulmods × "
+                 f"{1e6 * costs['nsquare_in_powmod']:.2f} µs (GMP's, inside powmod; "
+                 f"{floor['multiexp_seconds']:.3f} s) + {floor['decryptions']:,} decryptions × "
+                 f"{1e3 * costs['decryption_powmods']:.2f} ms"
                  f" / {floor['decrypt_threads']} threads ({floor['decrypt_seconds']:.3f} s); "
                  f"a·b % m in Python {1e6 * costs['nsquare']:.2f} µs")
     lines.append("  priced around each 1-process epoch: "
