@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 
 import nn
-import paillier
 import protocol
 from attacks.flaws import SECURE, InsecureFlaws, party_classes
 from channel import Channel
@@ -91,15 +90,23 @@ def train(train_set, test_set=None, config: Config | None = None, *, progress: b
     still holds. Resuming takes the budget and the noise seed from the data party's checkpoint.
     """
     config = config or Config()
-    sizes = check_run(train_set, test_set, config, checkpoint_dir, resume, keypair)
-    if checkpoint_dir is None:
-        return _train(train_set, test_set, config, sizes, progress, keypair, None, False,
-                      standardizer, executor, transcript, insecure_flaws, estimate, precompute,
-                      preparation)
-    with run_directory.hold(checkpoint_dir):  # both parties', for the whole run, before any key
-        return _train(train_set, test_set, config, sizes, progress, keypair, checkpoint_dir,
-                      resume, standardizer, executor, transcript, insecure_flaws, estimate,
-                      precompute, preparation)
+    if keypair is None and not resume:  # made on another core while the inputs are checked
+        keypair = kernels.keypair_in_background(config.key_bits,
+                                                allow_insecure=config.allow_insecure)
+    try:
+        sizes = check_run(train_set, test_set, config, checkpoint_dir, resume, keypair)
+        if checkpoint_dir is None:
+            return _train(train_set, test_set, config, sizes, progress, keypair, None, False,
+                          standardizer, executor, transcript, insecure_flaws, estimate,
+                          precompute, preparation)
+        with run_directory.hold(checkpoint_dir):  # both parties', for the whole run
+            return _train(train_set, test_set, config, sizes, progress, keypair,
+                          checkpoint_dir, resume, standardizer, executor, transcript,
+                          insecure_flaws, estimate, precompute, preparation)
+    except BaseException:
+        if hasattr(keypair, "cancel"):  # no run: stop the search instead of finishing a key
+            keypair.cancel()
+        raise
 
 
 def _train(train_set, test_set, config, sizes, progress, keypair, checkpoint_dir, resume,
@@ -137,8 +144,8 @@ def _train(train_set, test_set, config, sizes, progress, keypair, checkpoint_dir
             perturbation = input_perturbation.for_data_party(budget, purpose="train",
                                                              init_seed=config.init_seed)
         train_set, test_set = perturbed_sets(perturbation, train_set, test_set, config)
-        keypair = keypair or paillier.generate_keypair(config.key_bits,
-                                                       allow_insecure=config.allow_insecure)
+        if hasattr(keypair, "result"):  # kernels.keypair_in_background's Future
+            keypair = keypair.result()
         data_party, label_party = new_parties(train_set, config, sizes, keypair, executor,
                                               insecure_flaws, precompute)
         feature_mean = None if standardizer is None else standardizer.mean

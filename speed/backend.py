@@ -3,9 +3,10 @@ primes, subgroups, fixed-base tables), gmpy2 when installed.
 
 Two backends compute the same functions: gmpy2 (GMP; used when importable and the environment
 variable ACML_PURE_PYTHON is not "1") and Python's own int.  `use_backend("python")` switches
-at run time; current_backend() returns the namespace in use (name, mpz, powmod, invert, gcd,
-is_prime).  Numbers made under one backend stay valid under the other: gmpy2's mpz and int
-interoperate.  Neither is constant time.
+at run time; current_backend() returns the namespace in use (name, mpz, powmod, powmod_list,
+invert, gcd, is_prime, releases_gil: whether powmod_list lets other threads run meanwhile).
+Numbers made under one backend stay valid under the other: gmpy2's mpz and int interoperate.
+Neither is constant time.
 """
 
 import functools
@@ -25,7 +26,7 @@ __all__ = [
     "SafePrimeSubgroup", "FixedBaseTable",
     "fixed_base_table", "units_problem", "min_prime_distance", "prime_pair_problem",
     "hash_to_unit", "as_int",
-    "describe_int",
+    "describe_int", "GenerationCancelled", "stop_event",
 ]
 
 def _python_backend():
@@ -36,15 +37,22 @@ def _python_backend():
 
     return SimpleNamespace(
         name="python", mpz=int, powmod=pow, invert=lambda a, m: pow(a, -1, m),
-        gcd=math.gcd, is_prime=is_prime, not_invertible=ValueError,
+        powmod_list=lambda bases, exponent, modulus: [pow(b, exponent, modulus) for b in bases],
+        gcd=math.gcd, is_prime=is_prime, not_invertible=ValueError, releases_gil=False,
     )
 
 
 def _gmpy2_backend():
     import gmpy2
 
+    # powmod_base_list computes a whole list with the GIL released (gmpy2 >= 2.1), so threads
+    # of one process run it on several cores at once; a lone powmod holds the GIL.
+    base_list = getattr(gmpy2, "powmod_base_list", None)
     return SimpleNamespace(
         name="gmpy2", mpz=gmpy2.mpz, powmod=gmpy2.powmod, invert=gmpy2.invert,
+        powmod_list=base_list or (lambda bases, exponent, modulus: [
+            gmpy2.powmod(b, exponent, modulus) for b in bases]),
+        releases_gil=base_list is not None,
         # GMP runs Baillie-PSW plus (reps - 24) Miller-Rabin rounds with random bases.
         gcd=gmpy2.gcd, is_prime=lambda candidate: gmpy2.is_prime(candidate, 64),
         not_invertible=ZeroDivisionError,
@@ -140,10 +148,41 @@ _SMALL_PRIMES_PRODUCT = math.prod(
 )
 
 
+class GenerationCancelled(Exception):
+    """A prime search stopped because its caller no longer wants the key (stop_event set)."""
+
+
+_SEARCH = threading.local()  # .stop: a threading.Event that ends this thread's prime searches
+
+
+class stop_event:
+    """``with stop_event(event):`` the prime searches of this thread raise GenerationCancelled
+    once ``event`` is set (checked once per candidate), so that a key made in the background
+    for a run that failed meanwhile stops instead of taking a core for seconds."""
+
+    def __init__(self, event):
+        self.event = event
+
+    def __enter__(self):
+        self.previous, _SEARCH.stop = getattr(_SEARCH, "stop", None), self.event
+        return self.event
+
+    def __exit__(self, *exc_info):
+        _SEARCH.stop = self.previous
+        return False
+
+
+def _check_stop():
+    stop = getattr(_SEARCH, "stop", None)
+    if stop is not None and stop.is_set():
+        raise GenerationCancelled("the key generation was cancelled")
+
+
 def random_prime(bits):
     """A uniform random prime with exactly `bits` bits, the top two set, from `secrets`."""
     top_two_bits = 0b11 << (bits - 2)
     while True:
+        _check_stop()
         candidate = secrets.randbits(bits) | top_two_bits | 1
         # One gcd rejects most composites before the expensive test.
         if math.gcd(candidate, _SMALL_PRIMES_PRODUCT) == 1 and is_probable_prime(candidate):
@@ -161,6 +200,13 @@ def _safe_prime_wheel():
     return [c for c in range(3, _WHEEL, 4) if all(c % ell > 1 for ell in _WHEEL_PRIMES)]
 
 
+def _fermat_base_2(candidate):
+    """2^(c-1) ≡ 1 (mod c), through powmod_list: on gmpy2 the GIL is released while it runs, so
+    a key generated on a thread (kernels.keypair_in_background) leaves the other threads their
+    core for nearly all of its time (this test is nearly all of a safe-prime search)."""
+    return _backend.powmod_list([2], candidate - 1, candidate)[0] == 1
+
+
 def random_safe_prime(bits):
     """A uniform random safe prime p = 2·p' + 1 (p' prime) of exactly `bits` bits, the top two
     set, from `secrets`.
@@ -169,7 +215,8 @@ def random_safe_prime(bits):
     60,060 a safe prime can have (a wheel: 1,485 of the 60,060, so a tenth of the candidates
     random_prime would look at); one gcd throws out those where p or p' has another factor
     under 2000; a base-2 Fermat test on p, one modular exponentiation, throws out nearly all
-    the rest; the survivors pass the full is_probable_prime on p' and on p.  Every safe prime
+    the rest (_fermat_base_2, without the GIL on gmpy2); the survivors pass the full
+    is_probable_prime on p' and on p.  Every safe prime
     of that size passes the wheel and the sieve, so rejection sampling of uniform candidates
     is uniform over them.  Safe primes are rare (density about 1/ln(p)² against 1/ln(p)), so
     this is much slower than random_prime: thousands of Fermat tests per prime at 1024 bits
@@ -180,13 +227,14 @@ def random_safe_prime(bits):
     low, high, wheel = 0b11 << (bits - 2), 1 << bits, _safe_prime_wheel()
     first_turn, turns = low // _WHEEL, high // _WHEEL - low // _WHEEL + 1
     while True:
+        _check_stop()
         candidate = (first_turn + secrets.randbelow(turns)) * _WHEEL + secrets.choice(wheel)
         if not low <= candidate < high:  # the first and last turns overhang the range
             continue
         half = candidate >> 1
         if (math.gcd(candidate, _SMALL_PRIMES_PRODUCT) == 1
                 and math.gcd(half, _SMALL_PRIMES_PRODUCT) == 1
-                and powmod(2, candidate - 1, candidate) == 1
+                and _fermat_base_2(candidate)
                 and is_probable_prime(half) and is_probable_prime(candidate)):
             return candidate
 

@@ -6,9 +6,11 @@ tests/speed/test_kernels.py check they agree (bit-identical ciphertexts for the 
 same decryptions otherwise).
 
     Slots              several signed values per plaintext (packing; pure integer algebra)
-    encrypted_matmul   = EncryptedArray.__matmul__, by Straus multi-exponentiation
+    encrypted_matmul   = EncryptedArray.__matmul__, by Straus multi-exponentiation (w-NAF digits
+                       by default, fixed windows on request)
     encrypt_array      = PublicKey.encrypt / PrivateKey.encrypt, optionally on an executor
-    decrypt_residues   = PrivateKey.decrypt_residues, optionally on an executor
+    decrypt_residues   = PrivateKey.decrypt_residues, on threads of this process (gmpy2 releases
+                       the GIL in powmod_list) or on an executor
     decrypt_rows       the same, of a streamed message's row blocks as they arrive
     rerandomize        = EncryptedArray.rerandomize, optionally on an executor or from a pool
     randomizers        = PublicKey.randomizer, many at once, optionally on an executor
@@ -16,6 +18,7 @@ same decryptions otherwise).
                        a public key's (DJN) or the key owner's (textbook r^n by CRT);
                        EpochPool keeps one a party's next epoch ahead (epoch_pool, split_offline)
     worker_count       how many pieces to cut work into (SizedExecutor, dask_executor)
+    keypair_in_background  paillier.generate_keypair on a thread, while the caller works
 
 DJN randomizers come from backend.FixedBaseTable (twin: powmod), one table per key and
 process; the key owner's textbook randomness, for safe primes, from two half-size tables of
@@ -26,11 +29,14 @@ import collections
 import os
 import threading
 import time
+import warnings
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from types import SimpleNamespace
 
 import numpy as np
 
 import paillier
+from speed import backend as backend_module
 from speed.backend import current_backend, fixed_base_table, mpz
 from fixed import as_int
 from fixed import Fixed, object_array
@@ -40,7 +46,7 @@ __all__ = [
     "encrypted_matmul", "encrypt_array", "decrypt_residues", "rerandomize",
     "randomizers", "RandomizerPool", "EpochPool", "epoch_pool", "prepare_pool",
     "data_party_need", "label_party_need", "split_offline", "worker_count", "SizedExecutor",
-    "dask_executor", "decrypt_rows",
+    "dask_executor", "decrypt_rows", "keypair_in_background", "default_threads",
 ]
 
 # -- where the heavy arithmetic runs ------------------------------------------------------------
@@ -132,7 +138,7 @@ def _ints(items):
     return [int(item) for item in items]
 
 
-def _best_window(exponent_bits, columns):
+def best_fixed_window(exponent_bits, columns):
     """Window width w minimising the multiplications of a fixed-window multi-exponentiation:
     per term, ceil(bits/w)·(1 - 2^-w) table look-ups, plus a table of 2^w - 2 products per
     base shared by `columns` outputs."""
@@ -206,14 +212,248 @@ def kernel_multiexp(modulus, base_rows, exponent_columns, window):
     return out
 
 
-def encrypted_matmul(encrypted, weights, *, executor=None, window=None, workers=None):
+def signed_digits(exponent, width):
+    """The width-w NAF of an integer, least significant digit first: exponent = Σ_i d_i·2^i with
+    every d_i zero or odd, |d_i| < 2^(w-1), and any w consecutive digits holding at most one
+    non-zero.  A negative exponent gets the digits of its absolute value, negated.  So a term
+    needs only the odd powers b^±1, b^±3, ..., b^±(2^(w-1) - 1), and about one multiplication
+    per w + 1 bits."""
+    digits = []
+    for bit, digit in nonzero_signed_digits(exponent, width):
+        digits.extend([0] * (bit - len(digits)))
+        digits.append(digit)
+    return digits
+
+
+def nonzero_signed_digits(exponent, width):
+    """The non-zero digits of signed_digits(exponent, width) as (bit, digit) pairs, lowest
+    first; runs of zero bits are skipped in one step each (the lowest set bit), not bit by
+    bit."""
+    if width < 2:  # a 1-NAF does not exist: its only odd digit ±1 would never end the loop
+        raise ValueError(f"a w-NAF needs a width of at least 2, got {width}")
+    full, half = 1 << width, 1 << (width - 1)
+    sign, exponent, bit, out = (-1 if exponent < 0 else 1), abs(int(exponent)), 0, []
+    while exponent:
+        if not exponent & 1:
+            zeros = (exponent & -exponent).bit_length() - 1
+            exponent >>= zeros
+            bit += zeros
+            continue
+        digit = exponent & (full - 1)
+        if digit >= half:
+            digit -= full
+        out.append((bit, sign * digit))
+        exponent = (exponent - digit) >> 1
+        bit += 1
+    return out
+
+
+def wnaf_schedule(exponent_columns, width):
+    """What kernel_multiexp_wnaf does with these exponents, without doing it: per output column
+    the (term, signed digit) pairs of each bit position, most significant first (leading empty
+    positions dropped), and the terms with a positive and with a negative digit somewhere.
+    Returns (schedules, positive_terms, negative_terms)."""
+    schedules, positive, negative = [], set(), set()
+    for column in exponent_columns:
+        digit_lists = [nonzero_signed_digits(exponent, width) for exponent in column]
+        length = max((digits[-1][0] + 1 for digits in digit_lists if digits), default=0)
+        positions = [[] for _ in range(length)]
+        for term, digits in enumerate(digit_lists):
+            for bit, digit in digits:
+                positions[length - 1 - bit].append((term, digit))
+                (positive if digit > 0 else negative).add(term)
+        while positions and not positions[0]:
+            positions.pop(0)
+        schedules.append(positions)
+    return schedules, positive, negative
+
+
+def _table_multiplications(width):
+    """Multiplications for one table of odd powers b^3, ..., b^(2^(w-1) - 1) from b: b² and
+    one product per entry (none at w = 2, where the table is b alone)."""
+    return 0 if width == 2 else 1 << (width - 2)
+
+
+def _batch_inversion_multiplications(count):
+    """Products of _batch_inverses for `count` values: count forward, 2·(count - 1) back."""
+    return 3 * count - 2 if count else 0
+
+
+def _chain_length(positions, sign):
+    """Positions from the first holding a digit of `sign` (+1, -1, or 0 for either) to the end."""
+    for index, pairs in enumerate(positions):
+        if any(sign == 0 or (digit > 0) == (sign > 0) for _, digit in pairs):
+            return len(positions) - index
+    return 0
+
+
+def wnaf_multiplications(row_count, exponent_columns, width, split_signs):
+    """The modular multiplications (squarings included) kernel_multiexp_wnaf spends on
+    `row_count` rows with these exponents, counted without doing them; inversions themselves
+    are not counted (one per row).  Per row: each table of odd powers (_table_multiplications);
+    per output one product per non-zero digit and one squaring per position of its chain after
+    the first.  Inverted bases (split_signs False): a second table for each term with a negative
+    digit, and Montgomery's batch inversion of those k terms (3k - 2 products).  Split signs: a
+    second chain for the negative digits, the batch inversion of the k outputs' negative chains
+    (3k - 2) and one product each to apply it."""
+    schedules, positive, negative = wnaf_schedule(exponent_columns, width)
+    digits = sum(len(pairs) for positions in schedules for pairs in positions)
+    if split_signs:
+        per_row = len(positive | negative) * _table_multiplications(width) + digits
+        for positions in schedules:
+            for sign in (1, -1):
+                per_row += max(_chain_length(positions, sign) - 1, 0)
+        per_row += _batch_inversion_multiplications(
+            sum(bool(_chain_length(positions, -1)) for positions in schedules))
+        per_row += sum(bool(_chain_length(positions, -1)) for positions in schedules)
+    else:
+        per_row = (len(positive) + len(negative)) * _table_multiplications(width) + digits
+        per_row += _batch_inversion_multiplications(len(negative))
+        per_row += sum(max(_chain_length(positions, 0) - 1, 0) for positions in schedules)
+    return row_count * per_row
+
+
+def best_wnaf_plan(exponent_columns):
+    """(width, split_signs) for kernel_multiexp_wnaf with the fewest expected multiplications
+    per row, widths 2..8: a w-NAF has about one non-zero digit per w + 1 bits, so Σ bits/(w + 1)
+    products per output and its longest exponent's squarings (twice, with split signs, when it
+    has both signs), against the tables (each term's, and each negative term's inverse unless
+    the signs are split), which all outputs of a row share.  An estimate: the kernel's result
+    never depends on the plan."""
+    lengths = [[abs(int(e)).bit_length() for e in column] for column in exponent_columns]
+    total_bits = sum(sum(column) for column in lengths)
+    positive = {t for column in exponent_columns for t, e in enumerate(column) if int(e) > 0}
+    negative = {t for column in exponent_columns for t, e in enumerate(column) if int(e) < 0}
+    one_chain = sum(max(column, default=0) for column in lengths)
+    two_chains = sum(max((b for b, e in zip(bits, column) if int(e) > 0), default=0)
+                     + max((b for b, e in zip(bits, column) if int(e) < 0), default=0)
+                     for bits, column in zip(lengths, exponent_columns))
+    columns_with_negatives = sum(any(int(e) < 0 for e in column) for column in exponent_columns)
+
+    def cost(plan):
+        width, split = plan
+        table = _table_multiplications(width)
+        if split:
+            fixed = (len(positive | negative) * table + two_chains
+                     + 4 * columns_with_negatives)
+        else:
+            fixed = (len(positive) + len(negative)) * table + 3 * len(negative) + one_chain
+        return total_bits / (width + 1) + fixed
+    return min(((width, split) for width in range(2, 9) for split in (False, True)), key=cost)
+
+
+def _batch_inverses(values, modulus, backend):
+    """[v^-1 mod modulus for v in values] with one inversion (Montgomery's trick): prefix
+    products forward, the inverse of the whole product, then each inverse walking back."""
+    prefix, running = [], backend.mpz(1)
+    for value in values:
+        running = running * value % modulus
+        prefix.append(running)
+    if not values:
+        return []
+    inverse = backend.invert(running, modulus)
+    out = [None] * len(values)
+    for index in range(len(values) - 1, 0, -1):
+        out[index] = inverse * prefix[index - 1] % modulus
+        inverse = inverse * values[index] % modulus
+    out[0] = inverse
+    return out
+
+
+def _odd_powers(table, base, sign, half, modulus):
+    """table[sign·d] = base^d mod modulus for the odd d < half."""
+    table[sign] = power = base
+    if half > 2:
+        square = base * base % modulus
+        for digit in range(3, half, 2):
+            power = power * square % modulus
+            table[sign * digit] = power
+
+
+def kernel_multiexp_wnaf(modulus, base_rows, exponent_columns, width, split_signs=False):
+    """out[i][j] = Π_t base_rows[i][t] ^ exponent_columns[j][t] mod modulus, as ints: the very
+    integers of kernel_multiexp (and of one powmod per term), with fewer multiplications.
+
+    Straus' interleaved method on width-w NAF digits (signed_digits): each output has ONE chain
+    of squarings shared by all its terms; each base a table of its odd powers b, b^3, ...,
+    b^(2^(w-1) - 1), built once per row and shared by every output of the row.  A negative
+    digit -d needs b^-d.  split_signs False: from a second table of b^-1's odd powers (the
+    row's inverses cost one inversion, _batch_inverses), one chain for both signs -- best for
+    long exponents.  split_signs True: b^d goes into a second accumulator N and the output is
+    P·N^-1 (one inversion per row for all its outputs' N) -- best for short exponents over many
+    terms, where a second chain of squarings is cheaper than the inverse tables.  Caveat: the
+    bases must be units mod modulus (ciphertexts are).  table[d] = b^d and table[-d] = b^-d:
+    a list of 2^w entries, read from its end for negative digits.
+    """
+    backend = current_backend()
+    mpz = backend.mpz
+    modulus, one = mpz(modulus), mpz(1)
+    schedules, positive, negative = wnaf_schedule(exponent_columns, width)
+    full, half = 1 << width, 1 << (width - 1)
+    used = sorted(positive | negative)
+    inverted = [] if split_signs else sorted(negative)
+    out = []
+    for row in base_rows:
+        bases = {term: mpz(row[term]) for term in used}
+        tables = {term: [None] * full for term in used}
+        for term in (used if split_signs else positive):
+            _odd_powers(tables[term], bases[term], 1, half, modulus)
+        for term, inverse in zip(inverted, _batch_inverses([bases[t] for t in inverted],
+                                                          modulus, backend)):
+            _odd_powers(tables[term], inverse, -1, half, modulus)
+        if not split_signs:
+            results = []
+            for positions in schedules:
+                accumulator = one
+                for index, pairs in enumerate(positions):
+                    if index:
+                        accumulator = accumulator * accumulator % modulus
+                    for term, digit in pairs:
+                        accumulator = accumulator * tables[term][digit] % modulus
+                results.append(int(accumulator))
+            out.append(results)
+            continue
+        pairs_of_chains = []
+        for positions in schedules:
+            chains, started = [one, one], [False, False]
+            for pairs in positions:
+                for which in (0, 1):
+                    if started[which]:
+                        chains[which] = chains[which] * chains[which] % modulus
+                for term, digit in pairs:
+                    which = digit < 0
+                    chains[which] = chains[which] * tables[term][abs(digit)] % modulus
+                    started[which] = True
+            pairs_of_chains.append((chains[0], chains[1], started[1]))
+        with_negatives = [index for index, (_, _, negatives) in enumerate(pairs_of_chains)
+                          if negatives]
+        inverses = dict(zip(with_negatives, _batch_inverses(
+            [pairs_of_chains[index][1] for index in with_negatives], modulus, backend)))
+        out.append([int(positive_chain * inverses[index] % modulus) if index in inverses
+                    else int(positive_chain)
+                    for index, (positive_chain, _, _) in enumerate(pairs_of_chains)])
+    return out
+
+
+MULTIEXP_METHODS = ("wnaf", "fixed")  # the default first
+
+
+def encrypted_matmul(encrypted, weights, *, executor=None, window=None, workers=None,
+                     method="wnaf"):
     """[[A]] @ W by multi-exponentiation: the same ciphertexts as `encrypted @ weights`, faster.
 
     out[i, j] = Π_t E(A[i, t])^W[t, j] mod n².  The simple path (EncryptedArray.__matmul__)
     pays one full modular exponentiation per term; here the terms of an output share their
-    squarings, and each ciphertext's window table serves all h outputs of its row.  With an
-    executor, blocks of outputs run as separate tasks (integers in, integers out).
+    squarings, and each ciphertext's table serves all h outputs of its row.  `method`: "wnaf"
+    (kernel_multiexp_wnaf: signed digits, odd powers, one squaring chain for both signs; the
+    default, fewer multiplications) or "fixed" (kernel_multiexp: fixed windows, a second chain
+    for negative exponents).  `window`: that kernel's width (None: its cost model picks; w-NAF
+    widths start at 2, so 1 is taken as 2 there; the result is the same at any width).  With
+    an executor, blocks of outputs run as separate tasks (integers in, integers out).  Every
+    choice gives the same integers.
     """
+    if method not in MULTIEXP_METHODS:
+        raise ValueError(f"method must be one of {', '.join(MULTIEXP_METHODS)}, got {method!r}")
     if not isinstance(encrypted, EncryptedArray) or not isinstance(weights, Fixed):
         raise TypeError("encrypted_matmul takes an EncryptedArray and a Fixed")
     if encrypted.ndim != 2 or weights.ndim != 2 or encrypted.shape[1] != weights.shape[0]:
@@ -233,12 +473,21 @@ def encrypted_matmul(encrypted, weights, *, executor=None, window=None, workers=
         col_slices = _slices(cols, -(-wanted // max(len(row_slices), 1)))
         blocks = [(r, c) for r in row_slices for c in col_slices]
         base_rows = [_ints(row) for row in base_rows]
-    longest = max((abs(e).bit_length() for column in columns for e in column), default=0)
-    tasks = [(nsquare, base_rows[r], columns[c],
-              window or _best_window(longest, c.stop - c.start)) for r, c in blocks]
+    if method == "wnaf":
+        kernel = kernel_multiexp_wnaf
+        tasks = []
+        for r, c in blocks:
+            width, split_signs = best_wnaf_plan(columns[c])
+            tasks.append((nsquare, base_rows[r], columns[c], max(window or width, 2),
+                          split_signs))
+    else:
+        kernel = kernel_multiexp
+        longest = max((abs(e).bit_length() for column in columns for e in column), default=0)
+        tasks = [(nsquare, base_rows[r], columns[c],
+                  window or best_fixed_window(longest, c.stop - c.start)) for r, c in blocks]
     out = np.empty((rows, cols), dtype=object)
     if rows and cols:
-        for (r, c), block in zip(blocks, _run(executor, kernel_multiexp, tasks)):
+        for (r, c), block in zip(blocks, _run(executor, kernel, tasks)):
             out[r, c] = object_array([mpz(v) for line in block for v in line],
                                      (r.stop - r.start, c.stop - c.start))
     OP_COUNTS["mul_const"] += rows * cols * inner
@@ -280,6 +529,49 @@ def kernel_crt_djn_encrypt(constants, djn_base, exponent_bits, residues, alphas)
             for m, alpha in zip(residues, alphas)]
 
 
+class BackgroundKeypair:
+    """paillier.generate_keypair running on a daemon thread (keypair_in_background): result()
+    waits for (PublicKey, PrivateKey) and raises what generate_keypair raised; cancel() stops
+    the prime search at its next candidate (a run that failed before it needed the key)."""
+
+    def __init__(self, n_length, *, allow_insecure=False, safe_primes=True):
+        self._future, self._stop = Future(), threading.Event()
+        self._future.set_running_or_notify_cancel()
+        arguments = dict(allow_insecure=allow_insecure, safe_primes=safe_primes)
+        threading.Thread(target=self._generate, args=(n_length, arguments),
+                         name="acml-keygen", daemon=True).start()
+
+    def _generate(self, n_length, arguments):
+        try:
+            with warnings.catch_warnings(), backend_module.stop_event(self._stop):
+                warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
+                keypair = paillier.generate_keypair(n_length, **arguments)
+        except BaseException as error:  # handed to whoever calls result()
+            self._future.set_exception(error)
+        else:
+            self._future.set_result(keypair)
+
+    def result(self, timeout=None):
+        return self._future.result(timeout)
+
+    def cancel(self):
+        self._stop.set()
+
+
+def keypair_in_background(n_length, *, allow_insecure=False, safe_primes=True):
+    """A BackgroundKeypair: paillier.generate_keypair(n_length, ...) computed on a daemon thread
+    of this process while the caller does other work (reading and checking the data, waiting
+    for the peer); .result() waits for it.  The primes come from `secrets` as always, and the
+    key never leaves the process.  With gmpy2 the safe-prime search runs almost entirely
+    without the GIL (its Fermat test goes through powmod_list), so on a second core it costs
+    the caller nothing; on one core, or with the pure-Python backend, it takes turns with the
+    caller and is no slower in total.  A daemon thread: a process that exits on an error does
+    not wait for the key, and a caller that stays calls .cancel().  Its InsecureKeyWarning
+    (small keys, which need allow_insecure) is not repeated: the callers ask for small keys
+    only behind their explicit insecure flag."""
+    return BackgroundKeypair(n_length, allow_insecure=allow_insecure, safe_primes=safe_primes)
+
+
 def _subgroup_generators(private_key):
     """What a worker needs to build the key owner's two fixed-base tables itself, as ints:
     (g_p, p², exponent bits, g_q, q², exponent bits).  Never the tables (megabytes each)."""
@@ -302,9 +594,43 @@ def kernel_crt_fixed_base_encrypt(constants, generators, residues, exponents_p, 
 
 
 def kernel_crt_decrypt(constants, ciphertexts):
-    """The key owner's CRT decryption to residues in [0, n), as ints."""
+    """The key owner's CRT decryption to residues in [0, n), as ints (twin: PrivateKey.
+    crt_decrypt, element by element): m_p = L(c^(p-1) mod p², p)·h_p mod p, m_q likewise,
+    recombined by Garner's formula.  The two exponentiations of the whole list run as one
+    backend.powmod_list each, which on gmpy2 releases the GIL: threads of this process decrypt
+    on several cores at once (decrypt_residues), and the private key never leaves it."""
     k = _crt_namespace(constants)
-    return [int(PrivateKey.crt_decrypt(mpz(c), k)) for c in ciphertexts]
+    powmod_list = current_backend().powmod_list
+    bases = [mpz(c) for c in ciphertexts]
+    powers_p = powmod_list(bases, k.p - 1, k.psquare)
+    powers_q = powmod_list(bases, k.q - 1, k.qsquare)
+    out = []
+    for power_p, power_q in zip(powers_p, powers_q):
+        m_p = paillier.L(power_p, k.p) * k.hp % k.p
+        m_q = paillier.L(power_q, k.q) * k.hq % k.q
+        out.append(int(m_q + k.q * ((m_p - m_q) * k.q_inverse_mod_p % k.p)))
+    return out
+
+
+_THREAD_POOLS = {}  # (pid, threads) -> ThreadPoolExecutor, made on first use: a forked child
+# inherits the parent's pool object but not its threads, so it makes its own
+_THREAD_POOLS_LOCK = threading.Lock()
+
+
+def default_threads():
+    """Threads for the key owner's decryption in this process: one per core when the backend
+    releases the GIL during powmod_list (gmpy2), else 1 (threads would only take turns)."""
+    return (os.cpu_count() or 1) if current_backend().releases_gil else 1
+
+
+def _thread_pool(threads):
+    key = (os.getpid(), threads)
+    with _THREAD_POOLS_LOCK:
+        pool = _THREAD_POOLS.get(key)
+        if pool is None:
+            pool = _THREAD_POOLS[key] = ThreadPoolExecutor(
+                threads, thread_name_prefix="acml-decrypt")
+        return pool
 
 
 def _spread_flat(executor, workers, kernel, shared, columns):
@@ -607,13 +933,32 @@ def rerandomize(encrypted, *, executor=None, workers=None, randomness=None, pool
         object_array([c * rho % nsquare for c, rho in zip(flat, rhos)], encrypted.shape))
 
 
-def decrypt_residues(private_key, encrypted, *, executor=None, workers=None):
-    """private_key.decrypt_residues(encrypted) (the twin), optionally spread over an executor."""
+def decrypt_residues(private_key, encrypted, *, executor=None, workers=None, threads=None):
+    """private_key.decrypt_residues(encrypted) (the twin), optionally spread over an executor.
+
+    Without an executor, on `threads` threads of this process (None: default_threads(), one per
+    core with gmpy2), each decrypting a contiguous slice: the private key stays in the process
+    and nothing is pickled.  A local ProcessPoolExecutor is replaced by as many threads when the
+    backend releases the GIL (threads None); other executors (a cluster) get the work.  The
+    same integers however the work is cut."""
     if not isinstance(private_key, PrivateKey):
         raise TypeError(f"expected a PrivateKey, got {type(private_key).__name__}")
     private_key.check_owner(encrypted)
-    flat = _spread_flat(executor, workers, kernel_crt_decrypt, (_crt_constants(private_key),),
-                        [encrypted.ciphertexts.ravel().tolist()])
+    ciphertexts = encrypted.ciphertexts.ravel().tolist()
+    # Worker processes on this machine: threads do the same work without pickling the key's
+    # constants and the ciphertexts to them, when the backend releases the GIL.
+    if (isinstance(executor, ProcessPoolExecutor) and threads is None
+            and current_backend().releases_gil):
+        executor, threads = None, worker_count(executor, workers)
+    threads = default_threads() if threads is None else worker_count(None, threads)
+    if executor is None and threads > 1 and len(ciphertexts) > 1:
+        constants = _crt_constants(private_key)
+        futures = [_thread_pool(threads).submit(kernel_crt_decrypt, constants, ciphertexts[part])
+                   for part in _slices(len(ciphertexts), threads)]
+        flat = [value for future in futures for value in future.result()]
+    else:
+        flat = _spread_flat(executor, workers, kernel_crt_decrypt,
+                            (_crt_constants(private_key),), [ciphertexts])
     OP_COUNTS["decrypt"] += len(flat)
     return object_array([int(m) for m in flat], encrypted.shape)
 

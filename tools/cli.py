@@ -40,6 +40,7 @@ from jobs.export import EXPORT_REVEALS, REVEAL_FLAG, export_model
 from jobs.progress import PartyProgress
 from jobs.settings import DEFAULT_KEY_BITS, KEY_BITS_NOTE, Config
 from jobs.data import prepare
+from speed import kernels
 from channel import LeakageError
 from attacks.flaws import InsecureFlawWarning
 from parties import INIT_SEED_BITS
@@ -651,24 +652,35 @@ def command_train(args) -> int:
 
 def train_holding(args, config) -> int:
     """`train`, once its checkpoint directory (if any) is held."""
-    train_set, test_set, scaler, prepared = datasets_from_args(args)
-    config = dataclasses.replace(config, **class_options(args, train_set.class_names))
-    n_inputs = train_set.X.shape[1] if config.bottom is None else config.bottom
-    check_key_fits(config.plan, config.key_bits, config.batch_size, n_inputs)
-    if args.plaintext:
-        return rehearse(args, train_set, test_set, config)
-    check_checkpoint_room(args.checkpoint_dir, train_set.X.shape[1],
-                          config.layer_sizes(train_set.X.shape[1], train_set.n_classes),
-                          config.key_bits)
+    # The data party's key is made on another core while the data are read, checked and
+    # standardised (seconds each at 2048 bits); resuming, the key is the checkpoint's.
+    keypair = None if args.resume or args.plaintext else kernels.keypair_in_background(
+        config.key_bits, allow_insecure=config.allow_insecure)
+    try:
+        train_set, test_set, scaler, prepared = datasets_from_args(args)
+        config = dataclasses.replace(config, **class_options(args, train_set.class_names))
+        n_inputs = train_set.X.shape[1] if config.bottom is None else config.bottom
+        check_key_fits(config.plan, config.key_bits, config.batch_size, n_inputs)
+        if args.plaintext:
+            return rehearse(args, train_set, test_set, config)
+        check_checkpoint_room(args.checkpoint_dir, train_set.X.shape[1],
+                              config.layer_sizes(train_set.X.shape[1], train_set.n_classes),
+                              config.key_bits)
+    except BaseException:
+        if keypair is not None:  # no run: stop the search instead of finishing a key
+            keypair.cancel()
+        raise
     note = key_bits_note(args)
     if note:
         print(f"note: {note}", file=sys.stderr)
+    keypair = None if keypair is None else keypair.result()
     with warnings.catch_warnings(), workers(args.workers, args.dask) as executor:
         warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
         result = with_transcript(args.transcript, lambda transcript: simulation.train(
             train_set, test_set, config, progress=not args.quiet, estimate=not args.quiet,
             checkpoint_dir=args.checkpoint_dir, resume=args.resume, standardizer=scaler,
-            executor=executor, transcript=transcript, preparation=prepared))
+            executor=executor, transcript=transcript, preparation=prepared,
+            keypair=keypair))
     if args.resume:
         for note in result.metrics["checkpoint_notes"]:
             print(f"note: {note}", file=sys.stderr)
@@ -876,8 +888,9 @@ def _data_party(args, token, tls, frame_cap, executor, progress, transcript):
         check_key_bits(args.key_bits, args.insecure_small_key)
         if args.resume and args.init_seed is not None:
             raise UsageError("--resume takes W's mask from the checkpoint; drop --init-seed")
-        # Resuming, the key pair is the checkpoint's: no new one.
-        keypair = None if args.resume else paillier.generate_keypair(
+        # Resuming, the key pair is the checkpoint's: no new one. Otherwise it is made on
+        # another core while this party waits for the label party to connect.
+        keypair = None if args.resume else kernels.keypair_in_background(
             args.key_bits, allow_insecure=args.insecure_small_key)
     with _listen(host, port, args.listen) as listener:
         print(f"data party: listening on {wire.address_of(listener)}", flush=True)
@@ -892,7 +905,8 @@ def _data_party(args, token, tls, frame_cap, executor, progress, transcript):
                                          allow_insecure=args.insecure_small_key,
                                          transcript=transcript, stream_chunks=args.stream_chunks,
                                          dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta)
-    return transport.run_data_party(connection, ids, X, keypair=keypair,
+    return transport.run_data_party(connection, ids, X,
+                                    keypair=None if keypair is None else keypair.result(),
                                     plan=FixedPointPlan(sigma=args.sigma),
                                     init_seed=args.init_seed, bottom=args.bottom,
                                     executor=executor, progress=progress,

@@ -141,10 +141,11 @@ def test_multiexp_matmul_gives_the_very_ciphertexts_of_the_simple_path(backend, 
     weights[2, 1] = -(1 << 120) + 12345
     fixed = Fixed(weights, 7)
     simple = encrypted @ fixed
-    fast = kernels.encrypted_matmul(encrypted, fixed, window=window)
-    assert fast.scale == simple.scale
-    assert all(int(a) == int(b) for a, b in zip(fast.ciphertexts.ravel(),
-                                                simple.ciphertexts.ravel()))
+    for method in kernels.MULTIEXP_METHODS:  # w-NAF (the default) and fixed windows
+        fast = kernels.encrypted_matmul(encrypted, fixed, window=window, method=method)
+        assert fast.scale == simple.scale
+        assert all(int(a) == int(b) for a, b in zip(fast.ciphertexts.ravel(),
+                                                    simple.ciphertexts.ravel()))
 
 
 def test_crt_parts_encrypt_exactly_like_the_textbook_with_the_matching_r(backend, keypair):

@@ -10,7 +10,8 @@ import pytest
 import acml
 
 OPERATIONS = ("keygen", "encrypt", "decrypt", "mul_const", "matmul_per_term")
-WAYS = ("packed", "packed_workers", "packed_blocks", "unpacked", "plaintext", "phe")
+WAYS = ("packed", "packed_workers", "packed_blocks", "packed_previous_kernels", "unpacked",
+        "plaintext", "phe")
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def test_quick_bench_json_has_one_epoch_four_ways_with_steps_and_operations(quic
     """Packed (also on workers), unpacked, plaintext and the phe peer, each with rows, seconds
     and seconds per sample; the protocol runs with time and operation counts per step."""
     epochs = quick_report["epochs"]
-    assert set(epochs) == set(WAYS)
+    assert set(epochs) - {"heu"} == set(WAYS)  # HEU only where sf-heu is installed
     for way in WAYS:
         assert epochs[way]["rows"] > 0 and epochs[way]["seconds"] >= 0
         assert epochs[way]["per_sample"] == pytest.approx(epochs[way]["seconds"]
@@ -64,6 +65,8 @@ def test_quick_bench_operation_counts_show_packing_and_a_faithful_peer(quick_rep
         unpacked = epochs["unpacked"]["step_ops"][step]["mul_const"]
         assert packed < unpacked
         assert epochs["packed_workers"]["step_ops"][step] == epochs["packed"]["step_ops"][step]
+        assert (epochs["packed_previous_kernels"]["step_ops"][step]
+                == epochs["packed"]["step_ops"][step])
         assert (epochs["phe"]["step_ops"][step]["mul_const"] / epochs["phe"]["rows"]
                 == unpacked / epochs["unpacked"]["rows"])
 
@@ -101,6 +104,64 @@ def test_full_bench_verdicts_follow_each_targets_direction():
     assert bench.TARGETS["epoch_vs_phe_per_sample_one_process"][1:] == (50.0, "min")
     assert bench.TARGETS["epoch_vs_phe_per_sample"][1:] == (100.0, "min")
     assert bench.TARGETS["randomizer_djn_vs_textbook"][1:] == (10.0, "min")
+    assert bench.TARGETS["workers_vs_one"][1:] == (1.85, "min")
+    assert bench.TARGETS["step_1_kernel_vs_fixed_window"][1:] == (1.25, "min")
+    assert bench.TARGETS["step_4_kernel_vs_fixed_window"][1:] == (1.25, "min")
+    assert bench.TARGETS["keygen_vs_openssl"][1:] == (1.2, "max")
+    assert bench.TARGETS["epoch_vs_heu_per_sample"][1:] == (60.0, "min")
+    assert bench.TARGETS["credit_card_epoch_minutes"][1:] == (3.0, "max")
+
+
+def test_quick_bench_replays_the_epochs_multiexponentiations_by_both_kernels(quick_report):
+    """Steps 1 and 4: the epoch's own calls timed by the fixed-window and the w-NAF kernel, the
+    same integers from both, and the w-NAF kernel counted with fewer multiplications."""
+    for step in ("1", "4"):
+        row = quick_report["kernels"][step]
+        assert row["calls"] > 0 and row["identical"] is True
+        assert row["ratio"] == pytest.approx(row["fixed_window"] / row["wnaf"])
+        assert 0 < row["multiplications"]["wnaf"] < row["multiplications"]["fixed_window"]
+        target = quick_report["ratios"][f"step_{step}_kernel_vs_fixed_window"]
+        assert target["reached"] == pytest.approx(row["ratio"]) and target["met"] is None
+
+
+def test_quick_bench_records_the_load_along_the_way_and_the_key_generation_side_by_side(
+        quick_run):
+    """The load average is recorded after every phase; key generation has every draw and its
+    median, and OpenSSL's either measured beside it or a note saying why not."""
+    report, printed = quick_run
+    phases = report["machine"]["load_average"]
+    assert len(phases) >= 4 and all(len(row["load"]) == 3 for row in phases)
+    keygen = report["keygen_vs_openssl"]
+    assert len(keygen["acml_draws"]) == keygen["draws"] == report["config"]["keygen_draws"]
+    assert keygen["acml_median"] > 0
+    assert ("ratio" in keygen) != ("note" in keygen)
+    assert "Key generation" in printed
+
+
+def test_quick_bench_runs_heu_beside_phe_or_says_how_to_add_it(quick_run):
+    """With sf-heu installed the same four steps run on HEU (per sample, and HEU's per-operation
+    times); without it the bench prints the one line that says how to add it."""
+    report, printed = quick_run
+    heu = report["heu"]
+    if "missing" in heu:
+        assert "pip install sf-heu" in heu["missing"] and heu["missing"] in printed
+        assert report["ratios"]["epoch_vs_heu_per_sample"]["reached"] is None
+    else:
+        assert heu["per_sample"] > 0 and set(heu["per_operation"]) == {
+            "encrypt", "decrypt", "mul_const"}
+        assert heu["step_ops"]["1"] == report["epochs"]["phe"]["step_ops"]["1"]
+        assert report["ratios"]["epoch_vs_heu_per_sample"]["reached"] > 0
+
+
+def test_quick_bench_reports_core_for_core_ratios_beside_the_two_core_ones(quick_report):
+    """phe uses one core: the 2-worker and 2-process ratios are also given divided by their
+    cores, and the 1-process one by the cores its threads used (at least 1)."""
+    ratios = quick_report["ratios"]
+    assert ratios["core_for_core_workers"]["reached"] == pytest.approx(
+        ratios["epoch_vs_phe_per_sample"]["reached"] / quick_report["config"]["workers"])
+    assert ratios["core_for_core_two_processes"]["reached"] == pytest.approx(
+        ratios["two_processes_vs_phe_per_sample"]["reached"] / 2)
+    assert ratios["core_for_core_one_process"]["cores"] >= 1
 
 
 def test_quick_bench_reports_the_arithmetic_floor_and_online_offline_split(quick_report):
@@ -110,7 +171,19 @@ def test_quick_bench_reports_the_arithmetic_floor_and_online_offline_split(quick
     assert floor["multiexp_mulmods"] > 0 and floor["decryptions"] > 0
     assert floor["seconds"] == pytest.approx(floor["multiexp_seconds"]
                                              + floor["decrypt_seconds"])
-    assert floor["mulmod_seconds"]["nsquare"] > 0
+    costs = floor["mulmod_seconds"]
+    assert costs["nsquare_in_powmod"] > 0 and costs["decryption_powmods"] > 0
+    assert floor["multiexp_seconds"] == pytest.approx(floor["multiexp_mulmods"]
+                                                      * costs["nsquare_in_powmod"])
+    assert floor["decrypt_seconds"] == pytest.approx(
+        floor["decryptions"] * costs["decryption_powmods"] / floor["decrypt_threads"])
+    # Priced around every 1-process epoch, and judged on the fastest epoch's own round.
+    rounds = floor["rounds"]
+    assert len(rounds) == quick_report["config"]["packed_rounds"]
+    fastest = min(rounds, key=lambda row: row["epoch_seconds"])
+    assert quick_report["ratios"]["epoch_vs_floor"]["reached"] == pytest.approx(
+        fastest["epoch_seconds"] / fastest["floor"]["seconds"])
+    assert fastest["epoch_seconds"] == quick_report["epochs"]["packed"]["seconds"]
     for way in ("packed", "packed_workers", "unpacked"):
         epoch = quick_report["epochs"][way]
         assert epoch["offline_seconds"] > 0
@@ -118,9 +191,9 @@ def test_quick_bench_reports_the_arithmetic_floor_and_online_offline_split(quick
                                                  + epoch["offline_seconds"])
     profile = quick_report["profile"]
     assert 0 < profile["kernel_fraction"] <= 1
-    assert {"multiexp", "crt_decrypt"} <= set(profile["kernel_seconds"]) <= {
-        "multiexp", "crt_encrypt", "crt_fixed_base_encrypt", "randomizers", "crt_randomizers",
-        "crt_decrypt"}
+    assert {"multiexp_wnaf", "crt_decrypt"} <= set(profile["kernel_seconds"]) <= {
+        "multiexp", "multiexp_wnaf", "crt_encrypt", "crt_fixed_base_encrypt", "randomizers",
+        "crt_randomizers", "crt_decrypt"}
     assert "crt_fixed_base_encrypt" in profile["kernel_seconds"]  # safe primes: the new path
 
 
