@@ -206,8 +206,12 @@ def without_paths(line: str) -> str:
     """``line`` with every word that names a file or directory (holds a / or a \\) replaced by
     "<its own path>": where a party keeps its files is nobody else's business (a directory's
     name can hold a client's name), and a refusal makes its point without it."""
-    return " ".join("<its own path>" if ("/" in word or "\\" in word) and "//" not in word
-                    else word for word in line.split(" "))
+    def hidden(word: str) -> str:
+        core = word.rstrip(":,;.)")
+        if ("/" in core or "\\" in core) and "//" not in core:
+            return "<its own path>" + word[len(core):]
+        return word
+    return " ".join(hidden(word) for word in line.split(" "))
 
 
 # ----------------------------------------------------------------------------------------------
