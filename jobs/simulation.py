@@ -94,15 +94,17 @@ def train(train_set, test_set=None, config: Config | None = None, *, progress: b
     sizes = check_run(train_set, test_set, config, checkpoint_dir, resume, keypair)
     if checkpoint_dir is None:
         return _train(train_set, test_set, config, sizes, progress, keypair, None, False,
-                      standardizer, executor, transcript, insecure_flaws, estimate, precompute)
+                      standardizer, executor, transcript, insecure_flaws, estimate, precompute,
+                      preparation)
     with run_directory.hold(checkpoint_dir):  # both parties', for the whole run, before any key
         return _train(train_set, test_set, config, sizes, progress, keypair, checkpoint_dir,
                       resume, standardizer, executor, transcript, insecure_flaws, estimate,
-                      precompute)
+                      precompute, preparation)
 
 
 def _train(train_set, test_set, config, sizes, progress, keypair, checkpoint_dir, resume,
-           standardizer, executor, transcript, insecure_flaws, estimate, precompute) -> Result:
+           standardizer, executor, transcript, insecure_flaws, estimate, precompute,
+           prepared) -> Result:
     budget = input_perturbation.check_options(config.dp_epsilon, config.dp_delta,
                                               names=("Config.dp_epsilon", "Config.dp_delta"))
     start = time.perf_counter()
@@ -169,7 +171,7 @@ def _train(train_set, test_set, config, sizes, progress, keypair, checkpoint_dir
         checkpoint_dir, data_party=data_party, label_party=label_party,
         feature_names=train_set.feature_names, feature_mean=feature_mean,
         feature_std=feature_std, class_names=train_set.class_names,
-        input_perturbation=perturbation, preparation=preparation)
+        input_perturbation=perturbation, preparation=prepared)
     with batches((config.epochs - first_epoch) * n_batches, label_party,
                  shown=progress) as bar:
         protocol.train(channel, public, after_epoch=save, after_batch=bar)
