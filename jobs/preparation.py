@@ -432,3 +432,11 @@ def load_prepared_features(path, id_column: str, preparation: Preparation):
     """(ids, X, feature_names) of new rows to predict, prepared as at training."""
     raw = read_raw_features(path, id_column)
     return raw.ids, preparation.transform(raw), preparation.feature_names
+
+
+def load_features_as_trained(path, id_column: str, preparation: Preparation | None):
+    """(ids, X, feature_names) of new rows to predict: prepared by the training's preparation,
+    or read as numbers (data.load_features_csv) by a model that kept none."""
+    if preparation is None:
+        return data.load_features_csv(path, id_column)
+    return load_prepared_features(path, id_column, preparation)

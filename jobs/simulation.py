@@ -19,7 +19,7 @@ import nn
 import protocol
 from attacks.flaws import SECURE, InsecureFlaws, party_classes
 from channel import Channel
-from jobs import data, preparation, run_directory
+from jobs import preparation, run_directory
 from jobs.estimate import estimate_run
 from jobs.progress import PREDICTION_CHUNK_ROWS, batches, encrypting_rows, phase_bar
 from jobs.report import (classes_line, format_report, plural, run_metrics, test_metrics,
@@ -427,11 +427,8 @@ def predict_file(checkpoint_dir, features_csv, id_column: str, *, allow_insecure
     with run_directory.hold(checkpoint_dir, shared=True):  # no run is renaming them meanwhile
         data_state, label_state = run_directory.load_pair(checkpoint_dir,
                                                           allow_insecure=allow_insecure)
-    prepared = data_state.prepared()
-    if prepared is None:
-        ids, X, names = data.load_features_csv(features_csv, id_column)
-    else:
-        ids, X, names = preparation.load_prepared_features(features_csv, id_column, prepared)
+    ids, X, names = preparation.load_features_as_trained(features_csv, id_column,
+                                                         data_state.prepared())
     return ids, predict_with(data_state, label_state, X, feature_names=names, ids=ids,
                              source=str(features_csv), executor=executor, dp_epsilon=dp_epsilon,
                              dp_delta=dp_delta, threshold=threshold,

@@ -5,13 +5,16 @@ not. :func:`align_ids` runs over a :class:`transport.SocketChannel` before proto
 
 * B → A ``alignment and split`` (public): the way to align (both must choose the same), the
   test fraction and the public seed of the split;
-* A → B ``input width`` (public): the interactive layer's input width;
 * the ids: by private set intersection (``align="psi"``, the default, psi.py: four messages of
   blinded ids, each declared revealed with what it tells: the intersection and the size of the
   other's id set) or, if both choose it, in the clear (``align="public-ids"``, public: each
   learns all the other's ids);
 * both → ``intersection fingerprint`` (public): a SHA-256 of the intersection, so the two
-  parties confirm they agree on the same rows, in the same order.
+  parties confirm they agree on the same rows, in the same order;
+* after the alignment (and, resuming, the agreed epoch), :func:`declare_width`: A → B ``input
+  width`` (public), the interactive layer's input width. It comes last because the data party
+  may know it only then: its preparation of raw columns (jobs/preparation.py) one-hot encodes
+  the categories of its training rows, which the split picks out of the intersection.
 
 Every id list a peer sends is checked before use: a list of at most MAX_IDS strings of at most
 MAX_ID_CHARS characters each.
@@ -85,7 +88,8 @@ def check_alignment(align: str) -> str:
 class Alignment:
     """What a party brings to the alignment: its ids and the way to align them; at the label
     party also the public split (test fraction, seed), at the data party the interactive
-    layer's input width. Afterwards: ``common`` (the shared ids, sorted as text), ``rows``
+    layer's input width (``n_inputs``, which may be set after the alignment, before
+    :func:`declare_width`). Afterwards: ``common`` (the shared ids, sorted as text), ``rows``
     (this party's rows holding them, in that order) and ``n_other_ids``.
 
     ``align="psi"`` (the default): private set intersection (psi.py); each party learns the
@@ -176,18 +180,26 @@ def align_ids(channel) -> None:
     """Before step 0: each party learns the ids both hold (``common``, sorted as text) and its
     own rows holding them (``rows``), and the data party the public split.
 
-    B → A ``alignment and split`` (public: the way to align, test fraction, seed);
-    A → B ``input width`` (public); then the ids, by private set intersection or in the clear
-    (:func:`align_by_psi`, :func:`align_by_public_ids`)."""
+    B → A ``alignment and split`` (public: the way to align, test fraction, seed); then the
+    ids, by private set intersection or in the clear (:func:`align_by_psi`,
+    :func:`align_by_public_ids`). The data party's input width follows later
+    (:func:`declare_width`)."""
     channel.send("align", LABEL, DATA, "alignment and split", PUBLIC,
                  make=lambda label: label.plan(), take=lambda ids, plan: ids.take_plan(plan))
-    channel.send("align", DATA, LABEL, "input width", PUBLIC,
-                 make=lambda ids: {"n_inputs": ids.n_inputs},
-                 take=lambda label, width: label.take_width(width))
     here = channel.local[channel.role]
     (align_by_psi if here.align == PSI else align_by_public_ids)(channel)
     if not here.common:
         raise data.DataError("no id is shared by this party's file and the other party's")
+
+
+def declare_width(channel) -> None:
+    """A → B ``input width`` (public): the interactive layer's input width (d, or k with a
+    bottom model), which the data party sets on its Alignment (``n_inputs``) once it knows it —
+    after the alignment and the split, when its preparation is fitted on its training rows. The
+    label party builds its network over it; nothing else of the preparation crosses."""
+    channel.send("align", DATA, LABEL, "input width", PUBLIC,
+                 make=lambda ids: {"n_inputs": ids.n_inputs},
+                 take=lambda label, width: label.take_width(width))
 
 
 def align_by_public_ids(channel) -> None:

@@ -27,12 +27,14 @@ from network.idle_fill import IdleFill, peer_ready
 from speed import kernels
 from jobs import run_directory
 from jobs import data
+from jobs import preparation
 from jobs.progress import batches_to_train
 from jobs.report import classes_line, plural, test_report_lines
 import nn
 import protocol
 from network import psi
-from network.alignment import PSI, PSI_MAX_RATIO, Alignment, align_ids, check_id_list
+from network.alignment import (PSI, PSI_MAX_RATIO, Alignment, align_ids, check_id_list,
+                               declare_width)
 from channel import DATA, LABEL, PUBLIC, Channel, LeakageError, leakage_lines
 from attacks.flaws import SECURE, party_classes
 from speed.engine import FastEngine
@@ -312,6 +314,7 @@ class Session:
     class_names: list | None = None  # the label party's, in class-id order
     epoch_seconds: list | None = None  # wall time of each epoch here, its pool's fill included
     predicting: bool = False  # a prediction session: no training, the model from checkpoints
+    preparation: object = None  # the data party's, fitted on its training rows (its own)
 
     def metrics(self) -> dict:
         public, connection = self.public, self.channel.connection
@@ -380,6 +383,8 @@ class Session:
                  f"over {m['n_inputs']} inputs, η = {t['lr']}, batches of {t['batch_size']}, "
                  f"{plural(t['epochs'], 'epoch')}, seed {t['seed']}, "
                  f"σ = {t['fixed_point']['sigma']}"]
+        if self.preparation is not None and not self.preparation.is_identity:
+            lines.append(f"prepared           {self.preparation.describe()} (on this side only)")
         if "classes" in m:
             lines.append(f"classes            {m['classes']}")
         if m["resumed_after_epoch"] and not self.predicting:
@@ -461,7 +466,8 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
                    transcript=None, allow_insecure_sigma: bool = False,
                    align: str = PSI, idle_fill: bool = True,
                    stream_chunks: int = STREAM_CHUNKS, dp_epsilon=None,
-                   dp_delta=None, psi_max_ratio: float = PSI_MAX_RATIO) -> Session:
+                   dp_delta=None, psi_max_ratio: float = PSI_MAX_RATIO,
+                   rules=None) -> Session:
     """The data party's whole session over an authenticated connection.
 
     Align on the common ids (``align``: "psi", private set intersection, or "public-ids",
@@ -493,6 +499,13 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
     sizes, before this party's ids leave. A deviating label party can test each id it puts in
     its set, so this is what it can learn of ids it does not hold, at most.
 
+    ``rules`` (preparation.Rules): ``X`` is then the raw file (preparation.RawFeatures, read
+    with ids ``ids``), its columns prepared by the rules (checked before any id leaves), fitted
+    on this party's own training rows — known only after the alignment and the split — as
+    one-process ``train`` fits them on the same rows, so the weights are the same bit for bit.
+    The fitted preparation goes into this party's checkpoint; nothing of it crosses: the label
+    party learns the resulting width d (alignment.declare_width), as for any file of d numbers.
+
     If this party stops on an error, it first tells the label party why, where the wire can
     (:func:`reason_for_the_peer`, wire.Connection.stop).
     """
@@ -514,16 +527,18 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
         plan = plan or FixedPointPlan()
         if state is None:  # the σ policy before any id leaves
             check_sigma(plan.sigma, allow_insecure_sigma)
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[0] != len(ids):
-            raise ValueError(f"features of shape {X.shape} for {len(ids)} ids")
-        n_inputs = X.shape[1] if bottom is None else int(bottom)
-        if state is not None:
-            if X.shape[1] != state.n_features:
-                raise data.DataError(f"features with {X.shape[1]} columns; the checkpoint's model "
-                                 f"takes {state.n_features} ({', '.join(state.feature_names)})")
-            n_inputs = state.bottom.width if state.bottom is not None else X.shape[1]
-        id_list = Alignment(ids, align=align, n_inputs=n_inputs, psi_max_ratio=psi_max_ratio)
+        raw = None
+        if rules is None:
+            X = np.asarray(X, dtype=np.float64)
+            if X.ndim != 2 or X.shape[0] != len(ids):
+                raise ValueError(f"features of shape {X.shape} for {len(ids)} ids")
+            _check_width(X, state)
+        else:  # the rules against the file before any id leaves; the fit needs the split
+            raw = X
+            if list(raw.ids) != [str(value) for value in ids]:
+                raise ValueError("ids that are not the raw file's")
+            preparation.check_rules(raw, rules)
+        id_list = Alignment(ids, align=align, psi_max_ratio=psi_max_ratio)
         channel = SocketChannel(connection, DATA, id_list, sigma=plan.sigma, transcript=transcript,
                                 idle_fill=idle_fill, stream_chunks=stream_chunks)
         align_ids(channel)
@@ -538,6 +553,14 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
                 state = saved.states[epoch]
         train_rows, test_rows = data.split_rows(len(id_list.common), id_list.test_fraction,
                                                 id_list.seed)
+        prepared = None
+        if raw is not None:  # fitted on this party's training rows only, as one process does
+            prepared = preparation.Preparation.fit(raw, id_list.rows[train_rows], rules)
+            X, feature_names = prepared.transform(raw), prepared.feature_names
+            _check_width(X, state)
+        id_list.n_inputs = (X.shape[1] if bottom is None else int(bottom)) if state is None \
+            else (state.bottom.width if state.bottom is not None else X.shape[1])
+        declare_width(channel)
         features = X[id_list.rows]
         if state is None:
             scaler = data.Standardizer().fit(features[train_rows])
@@ -563,7 +586,8 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
         public = protocol.setup(channel, start="resume" if resume else "new")
         save = None if path is None else run_directory.saver(
             checkpoint_dir, data_party=party, feature_names=feature_names,
-            feature_mean=scaler.mean, feature_std=scaler.std, input_perturbation=perturbation)
+            feature_mean=scaler.mean, feature_std=scaler.std, input_perturbation=perturbation,
+            preparation=prepared)
         clock = _EpochClock(save)
         protocol.train(channel, public, after_epoch=clock,
                        after_batch=_watch(progress, public, len(train_rows)))
@@ -579,7 +603,15 @@ def run_data_party(connection, ids, X, *, keypair=None, plan: FixedPointPlan | N
         connection.close()
     return Session(DATA, party, channel, public, len(id_list.keys), id_list.n_other_ids,
                    len(id_list.common), len(train_rows), len(test_rows),
-                   time.perf_counter() - start_time, epoch_seconds=clock.seconds)
+                   time.perf_counter() - start_time, epoch_seconds=clock.seconds,
+                   preparation=prepared)
+
+
+def _check_width(X, state) -> None:
+    """Resuming, the features must have the checkpoint's columns."""
+    if state is not None and X.shape[1] != state.n_features:
+        raise data.DataError(f"features with {X.shape[1]} columns; the checkpoint's model "
+                         f"takes {state.n_features} ({', '.join(state.feature_names)})")
 
 
 def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction: float = 0.2,
@@ -631,6 +663,7 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
                 state, resume = None, False
             else:
                 state = saved.states[epoch]
+        declare_width(channel)
         train_rows, test_rows = data.split_rows(len(id_list.common), test_fraction, config.seed)
         labels = y[id_list.rows]
         if len(np.unique(labels[train_rows])) < 2:

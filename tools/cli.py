@@ -41,7 +41,7 @@ from jobs.progress import PartyProgress
 from jobs.settings import DEFAULT_KEY_BITS, KEY_BITS_NOTE, Config
 from jobs.data import prepare
 from speed import kernels
-from channel import LeakageError
+from channel import DATA, LeakageError
 from attacks.flaws import InsecureFlawWarning
 from parties import INIT_SEED_BITS
 from privacy import input_perturbation
@@ -458,8 +458,8 @@ def check_privacy_flags(args) -> None:
 
 
 def add_preparation_options(parser) -> None:
-    """The data party's rules for its raw columns (jobs/preparation.py), in `train`: fitted on
-    its training rows, kept in its checkpoint, applied again by `predict`."""
+    """The data party's rules for its raw columns (jobs/preparation.py), in `train` and `party
+    data`: fitted on its training rows, kept in its checkpoint, applied again by `predict`."""
     group = parser.add_argument_group("the data party's preparation of its raw columns")
     group.add_argument("--categorical", action="append", metavar="COL[,COL]",
                        help="one-hot encode these columns (categories learned on the training "
@@ -470,6 +470,12 @@ def add_preparation_options(parser) -> None:
                             "or 'missing' for a categorical column); repeatable")
     group.add_argument("--drop", action="append", metavar="COL[,COL]",
                        help="leave these columns out (ids, dates, free text); repeatable")
+
+
+def preparation_flags(args) -> list:
+    """The preparation options given, by flag."""
+    return [flag for flag, given in (("--categorical", args.categorical),
+                                     ("--impute", args.impute), ("--drop", args.drop)) if given]
 
 
 def rules_from_args(args) -> preparation.Rules:
@@ -548,9 +554,8 @@ def datasets_from_args(args):
         if not rules.empty:
             print(f"data party: {prepared.describe()}", file=sys.stderr)
     else:
-        flags = [flag for flag, given in (("--categorical", args.categorical),
-                                          ("--impute", args.impute), ("--drop", args.drop),
-                                          ("--keep-common-ids", args.keep_common_ids)) if given]
+        flags = preparation_flags(args) + (["--keep-common-ids"] if args.keep_common_ids
+                                           else [])
         if flags:
             raise UsageError(f"{', '.join(flags)}: for --features/--labels files, not a built-in "
                              "--dataset")
@@ -877,7 +882,21 @@ def _listen(host: str, port: int, address: str):
 
 
 def _data_party(args, token, tls, frame_cap, executor, progress, transcript):
-    ids, X, feature_names = data.load_features_csv(args.features, args.id_column)
+    # The file is read and checked against the rules before listening (every undeclared text
+    # column in one line); the rules are fitted only once the alignment gives the training rows.
+    rules = rules_from_args(args)
+    if args.predict:
+        if not rules.empty:
+            raise UsageError(f"{', '.join(preparation_flags(args))}: --predict prepares the rows "
+                             "as the checkpoint's training did; drop them")
+        prepared = checkpoint.DataPartyState.load(
+            run_directory.party_path(args.checkpoint_dir, DATA),
+            allow_insecure=args.insecure_small_key).prepared()
+        ids, X, feature_names = preparation.load_features_as_trained(args.features,
+                                                                     args.id_column, prepared)
+    else:
+        raw = preparation.read_raw_features(args.features, args.id_column)
+        preparation.check_rules(raw, rules)
     host, port = wire.parse_address(args.listen, "--listen")
     # The address is tried before the key generation (seconds at 2048 bits), so that a port in
     # use is said at once; the socket is opened again after it, when the wait can begin.
@@ -905,13 +924,12 @@ def _data_party(args, token, tls, frame_cap, executor, progress, transcript):
                                          allow_insecure=args.insecure_small_key,
                                          transcript=transcript, stream_chunks=args.stream_chunks,
                                          dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta)
-    return transport.run_data_party(connection, ids, X,
+    return transport.run_data_party(connection, raw.ids, raw, rules=rules,
                                     keypair=None if keypair is None else keypair.result(),
                                     plan=FixedPointPlan(sigma=args.sigma),
                                     init_seed=args.init_seed, bottom=args.bottom,
                                     executor=executor, progress=progress,
                                     checkpoint_dir=args.checkpoint_dir, resume=args.resume,
-                                    feature_names=feature_names,
                                     allow_insecure=args.insecure_small_key, transcript=transcript,
                                     allow_insecure_sigma=args.insecure_sigma,
                                     align=args.align, stream_chunks=args.stream_chunks,
@@ -969,6 +987,7 @@ def add_party_parser(commands) -> None:
                            help=f"Paillier modulus size (default {DEFAULT_KEY_BITS})")
     add_seed_and_bottom_options(data_role)
     add_privacy_options(data_role)
+    add_preparation_options(data_role)
     data_role.add_argument("--handshake-timeout", type=TIMEOUT,
                            default=wire.HANDSHAKE_SECONDS,
                            help="seconds each incoming connection has to prove the token (and "

@@ -203,11 +203,13 @@ def test_over_tcp_the_parties_agree_on_the_latest_epoch_both_saved(wine, tmp_pat
     out = run_pair(train_set, crashed, 3, resume=True)
     assert "data_error" not in out and "label_error" not in out, out
     assert out["label"].resumed_after_epoch == 2
-    # right after the id alignment (PSI by default: its messages are step "align"), before step 0
+    # right after the id alignment (PSI by default: its messages are step "align"), before the
+    # data party's input width (it may know it only then) and step 0
     steps = [(m.step, m.name) for m in out["label"].channel.messages]
     n_align = next(i for i, (step, _) in enumerate(steps) if step != "align")
-    assert n_align > 0 and steps[n_align:n_align + 3] == [
-        ("resume", "checkpointed epochs"), ("resume", "resume from epoch"), ("0", "public key")]
+    assert n_align > 0 and steps[n_align:n_align + 4] == [
+        ("resume", "checkpointed epochs"), ("resume", "resume from epoch"),
+        ("align", "input width"), ("0", "public key")]
     (w_a, p_a), (w_b, p_b) = tcp_model(straight), tcp_model(crashed)
     assert np.array_equal(w_a, w_b)
     assert all(np.array_equal(p_a[name], p_b[name]) for name in p_a)

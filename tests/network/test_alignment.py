@@ -47,6 +47,7 @@ def align_pair(label_ids, data_ids, *, label_align="psi", data_align="psi", rati
             id_list = make()
             channel = transport.SocketChannel(connection, role, id_list)
             alignment.align_ids(channel)
+            alignment.declare_width(channel)  # after the alignment: the data party's width
             out[role] = id_list
         except Exception as error:  # handed to the test
             out[role] = error

@@ -126,17 +126,18 @@ def run_pair(keypair, feature_ids, X, label_ids, y, n_classes, cfg, *, test_frac
 # ----------------------------------------------------------------------------------------------
 # The protocol over the wire equals the protocol in process
 # ----------------------------------------------------------------------------------------------
+# the input width last: the data party may know it only after the split (its preparation)
 PSI_ALIGNMENT = [("label", "data", "alignment and split", "public"),
-                 ("data", "label", "input width", "public"),
                  ("label", "data", "label ids, blinded", "revealed"),
                  ("data", "label", "label ids, blinded twice", "revealed"),
                  ("data", "label", "data ids, blinded", "revealed"),
                  ("label", "data", "data ids, blinded twice", "revealed"),
                  ("data", "label", "intersection fingerprint", "public"),
-                 ("label", "data", "intersection fingerprint", "public")]
+                 ("label", "data", "intersection fingerprint", "public"),
+                 ("data", "label", "input width", "public")]
 PUBLIC_IDS_ALIGNMENT = [("label", "data", "alignment and split", "public"),
-                        ("data", "label", "input width", "public"),
-                        ("label", "data", "ids", "public"), ("data", "label", "ids", "public")]
+                        ("label", "data", "ids", "public"), ("data", "label", "ids", "public"),
+                        ("data", "label", "input width", "public")]
 
 
 @pytest.mark.parametrize("name, align", [("breast_cancer", "psi"), ("wine", "psi"),
