@@ -123,3 +123,25 @@ def no_training(monkeypatch):
     monkeypatch.setattr(transport, "run_data_party", refuse)
     monkeypatch.setattr(transport, "run_label_party", refuse)
     monkeypatch.setattr(paillier, "generate_keypair", refuse)
+
+
+# The shared token of the loopback tests: of the form `python acml.py token` makes (the token
+# check refuses anything else), and public, so these tests prove nothing about secrecy.
+TEST_TOKEN = b"acml-ecfb029d3968d9fc9519cdbd04346305548670a806204533e69f02e8e9d63506"
+
+
+@pytest.fixture(scope="module")
+def small_wine():
+    """(training set, its standardiser): 45 training rows of wine (60 drawn, a quarter held
+    out), small enough for runs that are killed and resumed many times."""
+    import numpy as np
+
+    import acml
+    from jobs import data
+    raw = data.load_builtin("wine")
+    keep = np.sort(np.random.default_rng(0).permutation(len(raw.y))[:60])
+    subset = data.Dataset(raw.X[keep], raw.y[keep], raw.ids[keep], raw.feature_names,
+                          raw.class_names, "wine")
+    train_set, _, scaler = acml.prepare(subset, test_fraction=0.25, return_standardizer=True)
+    return train_set, scaler
+

@@ -85,7 +85,7 @@ def split(name: str, folder: Path, seed: int = 0) -> tuple[Path, Path]:
 def logistic_baseline(folder: Path, label_column: str, options: list) -> dict:
     """scikit-learn's LogisticRegression on the rows and features `train` uses."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+    from sklearn.metrics import average_precision_score, balanced_accuracy_score, roc_auc_score
 
     from tools import cli
 
@@ -94,12 +94,16 @@ def logistic_baseline(folder: Path, label_column: str, options: list) -> dict:
          str(folder / "labels.csv"), "--id-column", "id", "--label-column", label_column,
          *options])
     train_set, test_set, _, _ = cli.datasets_from_args(args)
-    model = LogisticRegression(max_iter=5000).fit(train_set.X, train_set.y)
+    balanced = "balanced" if args.class_weight == "balanced" else None  # the same weighting
+    model = LogisticRegression(max_iter=5000, class_weight=balanced).fit(train_set.X, train_set.y)
     predicted = model.predict(test_set.X)
     scores = model.predict_proba(test_set.X)[:, 1]
+    minority = int(np.argmin(np.bincount(train_set.y, minlength=2)))  # train's positive class
     return {"accuracy": float(np.mean(predicted == test_set.y)),
             "balanced_accuracy": float(balanced_accuracy_score(test_set.y, predicted)),
             "auc": float(roc_auc_score(test_set.y, scores)),
+            "average_precision": float(average_precision_score(
+                test_set.y == minority, scores if minority == 1 else 1.0 - scores)),
             "caught": minority_caught(test_set.y, predicted)}
 
 
@@ -132,13 +136,16 @@ def measure(name: str, folder: Path, options: list) -> str:
         seconds = time.perf_counter() - start
         metrics = json.loads(report.read_text())
     ours = {"accuracy": metrics["test_accuracy"], "auc": metrics.get("test_auc"),
+            "average_precision": metrics["test_average_precision"],
             **from_confusion(metrics["test_report"]["confusion"])}
     baseline = logistic_baseline(folder, label_column, options)
     mode = "plaintext" if "--plaintext" in options else "encrypted"
     return (f"| {name} | {mode} | {ours['accuracy']:.3f} | "
             f"{ours['balanced_accuracy']:.3f} | {ours['auc']:.3f} | {ours['caught']} | "
-            f"{baseline['accuracy']:.3f} | {baseline['balanced_accuracy']:.3f} | "
-            f"{baseline['auc']:.3f} | {baseline['caught']} | {seconds:.1f} s |")
+            f"{ours['average_precision']:.3f} | "
+            f"{baseline['accuracy']:.3f} / {baseline['balanced_accuracy']:.3f} / "
+            f"{baseline['auc']:.3f} / {baseline['caught']} / "
+            f"{baseline['average_precision']:.3f} | {seconds:.1f} s |")
 
 
 def main(argv=None) -> int:

@@ -16,11 +16,10 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import insecure_keypair, one_line_error, scaled
+from conftest import TEST_TOKEN, insecure_keypair, one_line_error, scaled
 
 import acml
 from jobs import checkpoint
-from jobs import data
 from jobs import run_directory
 from jobs.export import export_model
 from network import transport
@@ -29,7 +28,7 @@ from network import wire
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KEY_BITS = 512
 EPOCHS = 2
-TOKEN = b"acml-ecfb029d3968d9fc9519cdbd04346305548670a806204533e69f02e8e9d63506"
+TOKEN = TEST_TOKEN
 CLI_SMALL = ["--dataset", "wine", "--hidden", "2", "--key-bits", "256", "--insecure-small-key",
              "--quiet"]
 
@@ -55,18 +54,8 @@ def config(epochs=EPOCHS, **overrides):
                                  init_seed=0), **overrides})
 
 
-@pytest.fixture(scope="module")
-def wine():
-    raw = data.load_builtin("wine")
-    keep = np.sort(np.random.default_rng(0).permutation(len(raw.y))[:60])
-    subset = data.Dataset(raw.X[keep], raw.y[keep], raw.ids[keep], raw.feature_names,
-                          raw.class_names, "wine")
-    train_set, _, scaler = acml.prepare(subset, test_fraction=0.25, return_standardizer=True)
-    return train_set, scaler
-
-
-def train(wine, directory, **options):
-    train_set, scaler = wine
+def train(small_wine, directory, **options):
+    train_set, scaler = small_wine
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return acml.train(train_set, None, config(), checkpoint_dir=directory,
@@ -139,23 +128,23 @@ def assert_same_model(a, b):
 
 
 @pytest.fixture(scope="module")
-def straight(wine, tmp_path_factory):
+def straight(small_wine, tmp_path_factory):
     directory = tmp_path_factory.mktemp("straight")
-    train(wine, directory, keypair=insecure_keypair(KEY_BITS))
+    train(small_wine, directory, keypair=insecure_keypair(KEY_BITS))
     return joint(directory)
 
 
 # ---- the first epochs' crash windows, one process --------------------------------------------
-def test_the_writes_of_two_epochs_are_the_documented_ones(wine, tmp_path, monkeypatch):
+def test_the_writes_of_two_epochs_are_the_documented_ones(small_wine, tmp_path, monkeypatch):
     """The kill points below are every one of these writes; none is left out."""
     boundaries = WriteBoundaries(monkeypatch)
-    train(wine, tmp_path / "run", keypair=insecure_keypair(KEY_BITS))
+    train(small_wine, tmp_path / "run", keypair=insecure_keypair(KEY_BITS))
     assert boundaries.writes == ONE_PROCESS_WRITES
 
 
 @pytest.mark.parametrize("kill_before", range(2, len(ONE_PROCESS_WRITES) + 1))
 def test_a_kill_at_any_write_of_the_first_two_epochs_resumes_to_the_same_weights(
-        wine, straight, tmp_path, monkeypatch, kill_before):
+        small_wine, straight, tmp_path, monkeypatch, kill_before):
     """Killed just before write k (so after every write before it: the data party's start,
     its epoch 1 without the label party's, ...), `train --resume` alone ends with the weights,
     layers and velocities of the run that never stopped — also in the first epoch's window,
@@ -163,10 +152,10 @@ def test_a_kill_at_any_write_of_the_first_two_epochs_resumes_to_the_same_weights
     directory = tmp_path / "run"
     boundaries = WriteBoundaries(monkeypatch, kill_before)
     with pytest.raises(Killed):
-        train(wine, directory, keypair=insecure_keypair(KEY_BITS))
+        train(small_wine, directory, keypair=insecure_keypair(KEY_BITS))
     monkeypatch.undo()
     assert len(boundaries.writes) == kill_before
-    result = train(wine, directory, resume=True)
+    result = train(small_wine, directory, resume=True)
     assert result.metrics["resumed_after_epoch"] == (0 if kill_before <= 4 else 1)
     assert_same_model(straight, joint(directory))
     assert sorted(name for name in os.listdir(directory)) == [
@@ -175,39 +164,39 @@ def test_a_kill_at_any_write_of_the_first_two_epochs_resumes_to_the_same_weights
 
 
 def test_killed_before_its_first_file_the_run_has_nothing_to_resume_and_starts_afresh(
-        wine, straight, tmp_path, monkeypatch):
+        small_wine, straight, tmp_path, monkeypatch):
     """Before the data party's start is written nothing of the run exists: resuming says so in
     one line, and a new run into the same directory is accepted (nothing blocks it)."""
     directory = tmp_path / "run"
     WriteBoundaries(monkeypatch, 1)
     with pytest.raises(Killed):
-        train(wine, directory, keypair=insecure_keypair(KEY_BITS))
+        train(small_wine, directory, keypair=insecure_keypair(KEY_BITS))
     monkeypatch.undo()
     with pytest.raises(ValueError, match="no such checkpoint file"):
-        train(wine, directory, resume=True)
-    train(wine, directory)
+        train(small_wine, directory, resume=True)
+    train(small_wine, directory)
     assert_same_model(straight, joint(directory))
 
 
 def test_a_restart_from_the_start_removes_the_label_party_file_before_it_could_pair(
-        wine, straight, tmp_path, monkeypatch):
+        small_wine, straight, tmp_path, monkeypatch):
     """The first epoch's window again, killed once more right after the restarted run's start:
     the label party's file of the first attempt is gone, so a later resume can never pair it
     with a file of the second attempt (same key, other ε_acc: a wrong W)."""
     directory = tmp_path / "run"
     WriteBoundaries(monkeypatch, 5)  # killed after both parties' epoch 1 ... and before epoch 2
     with pytest.raises(Killed):
-        train(wine, directory, keypair=insecure_keypair(KEY_BITS))
+        train(small_wine, directory, keypair=insecure_keypair(KEY_BITS))
     monkeypatch.undo()
     os.replace(directory / "data_party.epoch-0.npz", directory / "data_party.npz")  # lost epoch 1
     before = set(os.listdir(directory))
     assert before == {"data_party.npz", "label_party.npz"}  # data at 0, label at 1: no pair
     WriteBoundaries(monkeypatch, 2)  # the restart writes its start, then is killed
     with pytest.raises(Killed):
-        train(wine, directory, resume=True)
+        train(small_wine, directory, resume=True)
     monkeypatch.undo()
     assert sorted(os.listdir(directory)) == ["data_party.npz"]
-    train(wine, directory, resume=True)
+    train(small_wine, directory, resume=True)
     assert_same_model(straight, joint(directory))
 
 
@@ -248,9 +237,9 @@ def run_pair(train_set, directories, *, resume=False):
 
 
 @pytest.fixture(scope="module")
-def straight_pair(wine, tmp_path_factory):
+def straight_pair(small_wine, tmp_path_factory):
     directories = (tmp_path_factory.mktemp("sd"), tmp_path_factory.mktemp("sl"))
-    out = run_pair(wine[0], directories)
+    out = run_pair(small_wine[0], directories)
     assert "data_error" not in out and "label_error" not in out, out
     return joint(*directories)
 
@@ -260,36 +249,36 @@ TWO_PROCESS_KILLS = ([("data", k) for k in range(2, 7)] + [("label", k) for k in
 
 @pytest.mark.parametrize("role, kill_before", TWO_PROCESS_KILLS)
 def test_over_tcp_a_kill_at_any_write_of_the_first_two_epochs_resumes_to_the_same_weights(
-        wine, straight_pair, tmp_path, monkeypatch, role, kill_before):
+        small_wine, straight_pair, tmp_path, monkeypatch, role, kill_before):
     """One party is killed just before its k-th write (the data party writes 6 in two epochs,
     the label party 3); the other stops when the connection drops, wherever it was. Both
     resumed with --resume alone end with the uninterrupted run's weights — in the first
     epoch's window by starting again from the data party's start (step "resume" answers 0)."""
     directories = (tmp_path / "d", tmp_path / "l")
     boundaries = WriteBoundaries(monkeypatch, kill_before, role)
-    out = run_pair(wine[0], directories)
+    out = run_pair(small_wine[0], directories)
     assert isinstance(out.get(f"{role}_error"), Killed), out
     monkeypatch.undo()
     assert len(boundaries.writes) == kill_before
-    out = run_pair(wine[0], directories, resume=True)
+    out = run_pair(small_wine[0], directories, resume=True)
     assert "data_error" not in out and "label_error" not in out, out
     assert_same_model(straight_pair, joint(*directories))
 
 
 def test_over_tcp_the_data_party_killed_before_its_start_has_nothing_to_resume(
-        wine, tmp_path, monkeypatch):
+        small_wine, tmp_path, monkeypatch):
     """Before the data party's start is written the label party has no file either (it saves
     only after the first epoch): the data party's resume refuses in one line, and new runs
     into the same directories are accepted."""
     directories = (tmp_path / "d", tmp_path / "l")
     WriteBoundaries(monkeypatch, 1, "data")
-    out = run_pair(wine[0], directories)
+    out = run_pair(small_wine[0], directories)
     monkeypatch.undo()
     assert isinstance(out.get("data_error"), Killed)
     assert not list(directories[1].glob("*.npz")) if directories[1].exists() else True
-    out = run_pair(wine[0], directories, resume=True)
+    out = run_pair(small_wine[0], directories, resume=True)
     assert "nothing to resume" in str(out["data_error"])
-    out = run_pair(wine[0], directories)
+    out = run_pair(small_wine[0], directories)
     assert "data_error" not in out and "label_error" not in out, out
 
 
@@ -422,7 +411,7 @@ def test_party_data_on_a_directory_its_role_holds_is_refused_before_key_generati
     assert f"in use by another run (pid {holder.pid}) as the data party" in line
 
 
-def test_a_reader_never_sees_the_files_between_a_rename_and_the_new_file(wine, tmp_path,
+def test_a_reader_never_sees_the_files_between_a_rename_and_the_new_file(small_wine, tmp_path,
                                                                          monkeypatch):
     """export (and predict) during a run's save, where the data party's main file is renamed
     and its new one not yet written: refused in one line naming the run, never a read of the
@@ -439,7 +428,7 @@ def test_a_reader_never_sees_the_files_between_a_rename_and_the_new_file(wine, t
                 seen.append(str(error))
 
     WriteBoundaries(monkeypatch, at_boundary=export_now)
-    train(wine, directory, keypair=insecure_keypair(KEY_BITS))
+    train(small_wine, directory, keypair=insecure_keypair(KEY_BITS))
     assert len(seen) == 1 and f"in use by another run (pid {os.getpid()})" in seen[0], seen
     monkeypatch.undo()
     export_model(directory, tmp_path / "m.npz", i_understand_this_reveals_the_weights=True)
@@ -464,15 +453,15 @@ def test_an_output_whose_disk_is_full_is_refused_before_training(tmp_path, capsy
     assert f"{flag} {tmp_path / 'out'}: only 0.00 MiB free" in line
 
 
-def test_the_checkpoint_estimate_covers_what_a_run_keeps(wine, tmp_path):
+def test_the_checkpoint_estimate_covers_what_a_run_keeps(small_wine, tmp_path):
     """run_directory.needed_bytes, which the CLI checks before the key is made, is at least
     what two epochs' files of each party and one more being written take."""
     directory = tmp_path / "run"
-    train(wine, directory, keypair=insecure_keypair(KEY_BITS))
+    train(small_wine, directory, keypair=insecure_keypair(KEY_BITS))
     sizes = {name: os.path.getsize(directory / name) for name in os.listdir(directory)}
     largest = max(sizes["data_party.npz"], sizes["data_party.epoch-1.npz"])
     largest += max(sizes["label_party.npz"], sizes["label_party.epoch-1.npz"])
-    train_set, _ = wine
+    train_set, _ = small_wine
     assert run_directory.needed_bytes(train_set.X.shape[1], config().layer_sizes(
         train_set.X.shape[1], train_set.n_classes), KEY_BITS) >= 3 * largest
 
@@ -526,12 +515,12 @@ def test_a_full_disk_during_a_checkpoint_names_the_file(tmp_path, capsys, monkey
     assert not directory.exists()  # no temporary file left, and the directory it made removed
 
 
-def test_export_of_a_damaged_file_says_damaged_and_its_advice_works(wine, tmp_path, capsys):
+def test_export_of_a_damaged_file_says_damaged_and_its_advice_works(small_wine, tmp_path, capsys):
     """A corrupted newest file of a finished run: export names the file as damaged (not an
     interrupted run to resume) and says what to do; doing it (train --resume: the epoch both
     still have, trained again) gives an exportable model again."""
     directory = tmp_path / "run"
-    train(wine, directory, keypair=insecure_keypair(KEY_BITS))
+    train(small_wine, directory, keypair=insecure_keypair(KEY_BITS))
     path = directory / "label_party.npz"
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
@@ -541,5 +530,5 @@ def test_export_of_a_damaged_file_says_damaged_and_its_advice_works(wine, tmp_pa
                                    "--i-understand-this-reveals-the-weights"])
     assert f"{path}: corrupted" in line and "that file is damaged" in line
     assert "restore it from a copy" in line and "interrupted" not in line
-    train(wine, directory, resume=True)
+    train(small_wine, directory, resume=True)
     export_model(directory, tmp_path / "m.npz", i_understand_this_reveals_the_weights=True)

@@ -18,20 +18,19 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import insecure_keypair, scaled
+from conftest import TEST_TOKEN, insecure_keypair, scaled
 
 import acml
 import channel
 import fixed
 from jobs import checkpoint
 from jobs import run_directory
-from jobs import data
 from network import transport
 from network import wire
 
 KEY_BITS = 512
 TIMEOUT = scaled(30.0)
-TOKEN = b"acml-ecfb029d3968d9fc9519cdbd04346305548670a806204533e69f02e8e9d63506"
+TOKEN = TEST_TOKEN
 
 
 def config(epochs, **overrides):
@@ -40,18 +39,8 @@ def config(epochs, **overrides):
                                  init_seed=0), **overrides})
 
 
-@pytest.fixture(scope="module")
-def wine():
-    raw = data.load_builtin("wine")
-    keep = np.sort(np.random.default_rng(0).permutation(len(raw.y))[:60])
-    subset = data.Dataset(raw.X[keep], raw.y[keep], raw.ids[keep], raw.feature_names,
-                          raw.class_names, "wine")
-    train_set, _, scaler = acml.prepare(subset, test_fraction=0.25, return_standardizer=True)
-    return train_set, scaler
-
-
-def train(wine, directory, epochs, **options):
-    train_set, scaler = wine
+def train(small_wine, directory, epochs, **options):
+    train_set, scaler = small_wine
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return acml.train(train_set, None, config(epochs), checkpoint_dir=directory,
@@ -76,9 +65,9 @@ def assert_same_model(a, b):
 
 
 @pytest.fixture(scope="module")
-def straight(wine, tmp_path_factory):
+def straight(small_wine, tmp_path_factory):
     directory = tmp_path_factory.mktemp("straight")
-    train(wine, directory, 3, keypair=insecure_keypair(KEY_BITS))
+    train(small_wine, directory, 3, keypair=insecure_keypair(KEY_BITS))
     return directory
 
 
@@ -91,7 +80,7 @@ def test_each_party_keeps_its_latest_epoch_and_the_one_before(straight):
     assert state.epochs_completed == 2
 
 
-def test_a_crash_between_the_two_writes_resumes_bit_for_bit(wine, straight, tmp_path,
+def test_a_crash_between_the_two_writes_resumes_bit_for_bit(small_wine, straight, tmp_path,
                                                             monkeypatch):
     """The label party's write of epoch 3 fails (disk full) after the data party's succeeded:
     resume takes epoch 2, which both have, trains epoch 3 again, and ends where an
@@ -106,11 +95,11 @@ def test_a_crash_between_the_two_writes_resumes_bit_for_bit(wine, straight, tmp_
 
     monkeypatch.setattr(checkpoint.LabelPartyState, "save", full_disk)
     with pytest.raises(OSError, match="No space"):
-        train(wine, directory, 3)
+        train(small_wine, directory, 3)
     monkeypatch.setattr(checkpoint.LabelPartyState, "save", save)
     assert checkpoint.DataPartyState.load(directory / "data_party.npz",
                                           allow_insecure=True).epochs_completed == 3
-    result = train(wine, directory, 3, resume=True)
+    result = train(small_wine, directory, 3, resume=True)
     assert result.metrics["resumed_after_epoch"] == 2
     assert any("after epoch 3) passed over" in note for note in result.metrics["checkpoint_notes"])
     assert_same_model(straight, directory)
@@ -118,24 +107,24 @@ def test_a_crash_between_the_two_writes_resumes_bit_for_bit(wine, straight, tmp_
 
 
 @pytest.mark.parametrize("role", ["data", "label"])
-def test_a_corrupted_newest_file_of_one_party_resumes_from_the_epoch_before(wine, straight,
+def test_a_corrupted_newest_file_of_one_party_resumes_from_the_epoch_before(small_wine, straight,
                                                                             tmp_path, role):
     directory = tmp_path / "run"
-    train(wine, directory, 2)
+    train(small_wine, directory, 2)
     path = directory / f"{role}_party.npz"
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     path.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match="corrupted"):  # prediction never takes an older model
         run_directory.load_pair(directory, allow_insecure=True)
-    result = train(wine, directory, 3, resume=True)
+    result = train(small_wine, directory, 3, resume=True)
     assert result.metrics["resumed_after_epoch"] == 1
     assert_same_model(straight, directory)
 
 
-def test_a_finished_run_says_exactly_what_to_run(wine, straight):
+def test_a_finished_run_says_exactly_what_to_run(small_wine, straight):
     with pytest.raises(ValueError) as caught:
-        train(wine, straight, 3, resume=True)
+        train(small_wine, straight, 3, resume=True)
     message = str(caught.value)
     assert "all 3 epochs" in message and "predict --checkpoint-dir" in message
     assert "--resume --epochs 4" in message and "\n" not in message
@@ -187,11 +176,11 @@ def tcp_model(directories):
 
 
 @pytest.mark.parametrize("ahead", ["data", "label"])
-def test_over_tcp_the_parties_agree_on_the_latest_epoch_both_saved(wine, tmp_path, ahead):
+def test_over_tcp_the_parties_agree_on_the_latest_epoch_both_saved(small_wine, tmp_path, ahead):
     """Each party in its own directory; one party's epoch-3 file is lost (as if it died before
     writing it): in step "resume" they agree on epoch 2 and end bit for bit where an
     uninterrupted run ends."""
-    train_set, _ = wine
+    train_set, _ = small_wine
     straight = (tmp_path / "sd", tmp_path / "sl")
     out = run_pair(train_set, straight, 3)
     assert "data_error" not in out and "label_error" not in out, out
@@ -268,7 +257,7 @@ def test_integers_of_20000_digits_round_trip_in_checkpoints_and_transcripts():
 
 
 # ---- 4. stale temporaries -----------------------------------------------------------------------
-def test_stale_temporaries_of_a_killed_write_are_cleaned_on_the_next_run(wine, tmp_path):
+def test_stale_temporaries_of_a_killed_write_are_cleaned_on_the_next_run(small_wine, tmp_path):
     directory = tmp_path / "run"
     directory.mkdir()
     stale = [directory / "data_party.npz.k2j4_9xq.tmp", directory / "label_party.npz.abcdefgh.tmp",
@@ -280,7 +269,7 @@ def test_stale_temporaries_of_a_killed_write_are_cleaned_on_the_next_run(wine, t
     fresh = directory / "label_party.npz.fresh123.tmp"  # another writer's, right now
     fresh.write_bytes(b"")
     os.utime(fresh, (time.time() + 60, time.time() + 60))
-    train(wine, directory, 1)
+    train(small_wine, directory, 1)
     left = set(os.listdir(directory))
     assert not {p.name for p in stale} & left
     assert {p.name for p in others} | {fresh.name} <= left
@@ -320,8 +309,8 @@ def test_pool_workers_exit_when_their_parent_is_killed():
 
 
 # ---- 6. memory ----------------------------------------------------------------------------------
-def test_a_run_keeps_no_payloads_by_default(wine, tmp_path):
-    result = train(wine, tmp_path / "run", 2)
+def test_a_run_keeps_no_payloads_by_default(small_wine, tmp_path):
+    result = train(small_wine, tmp_path / "run", 2)
     messages = result.channel.messages
     assert {m.kind for m in messages} >= {channel.CIPHERTEXT, channel.MASKED}
     assert all(m.payload is None for m in messages)

@@ -9,7 +9,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import insecure_keypair, scaled
+from conftest import TEST_TOKEN, insecure_keypair, scaled
 
 import acml
 from jobs import data
@@ -17,7 +17,7 @@ from network import psi
 from network import alignment
 from network import transport
 from network import wire
-TOKEN = b"acml-ecfb029d3968d9fc9519cdbd04346305548670a806204533e69f02e8e9d63506"
+TOKEN = TEST_TOKEN
 TIMEOUT = scaled(10.0)
 
 

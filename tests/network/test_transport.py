@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import insecure_keypair, one_line_error, scaled
+from conftest import TEST_TOKEN, insecure_keypair, one_line_error, scaled
 
 import acml
 from jobs import data
@@ -35,7 +35,7 @@ from plan import FixedPointPlan
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 KEY_BITS = 512
 # as `acml.py token` makes them; the wrong one as good a token, but not the shared one
-TOKEN = b"acml-ecfb029d3968d9fc9519cdbd04346305548670a806204533e69f02e8e9d63506"
+TOKEN = TEST_TOKEN
 WRONG_TOKEN = b"acml-262009c948e14c3ea09be1d0891dce17c78abd4911eedba1eebacb535d9ce7cb"
 TIMEOUT = scaled(20.0)
 

@@ -18,12 +18,12 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from conftest import insecure_keypair, scaled
+from conftest import TEST_TOKEN, insecure_keypair, scaled
 
 from network import frames
 from network import wire
 # as `acml.py token` makes them
-TOKEN = b"acml-ecfb029d3968d9fc9519cdbd04346305548670a806204533e69f02e8e9d63506"
+TOKEN = TEST_TOKEN
 HOST = "127.0.0.1"
 TIMEOUT = scaled(5.0)
 # A refusal names the check that made it, and waiting for a timeout instead would name the
