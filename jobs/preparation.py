@@ -191,7 +191,7 @@ def check_rules(raw: RawFeatures, rules: Rules) -> None:
 class Preparation:
     """The fitted preparation: per kept column, in the file's order, its kind ("number" or
     "category"), its fill value for blanks (None: blanks refused) and, if categorical, its
-    training categories. Built by ``fit`` (scikit-learn learns the statistics) or ``from_dict``
+    categories (the whole file's). Built by ``fit`` (scikit-learn learns the statistics) or ``from_dict``
     (from a checkpoint); ``transform`` applies the ColumnTransformer rebuilt from them."""
 
     def __init__(self, columns: list, dropped: list):
@@ -218,8 +218,10 @@ class Preparation:
 
     @classmethod
     def fit(cls, raw: RawFeatures, rows, rules: Rules) -> "Preparation":
-        """Learn fill values and categories from ``raw``'s ``rows`` (the training rows) with
-        SimpleImputer and OneHotEncoder. Checks the rules first (check_rules)."""
+        """Learn fill values from ``raw``'s ``rows`` (the training rows) with SimpleImputer, and
+        the categories from all of ``raw``'s rows with OneHotEncoder (see below: the width d
+        must not depend on which rows the label party's ids select). Checks the rules first
+        (check_rules)."""
         check_rules(raw, rules)
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
@@ -240,7 +242,15 @@ class Preparation:
                     values = values.astype(np.float64)
             categories = None
             if kind == "category":
-                encoder = OneHotEncoder().fit(values.reshape(-1, 1).astype(str))
+                # The categories of the whole file, not of the training rows: the label party
+                # chooses which ids are common and the split, so categories of the training
+                # rows alone would let d tell it whether an id holds a category no other
+                # training row has (a review measured it). The file's categories are the data
+                # party's own fact, whatever the label party holds.
+                every = raw.column(name)
+                every = np.where(every == "", "" if fill is None else fill, every)
+                every = every[every != ""]
+                encoder = OneHotEncoder().fit(every.reshape(-1, 1).astype(str))
                 categories = [str(category) for category in encoder.categories_[0]]
             columns.append({"name": name, "kind": kind, "fill": fill, "categories": categories})
         return cls(columns, [name for name in raw.columns if name in rules.drop])

@@ -668,6 +668,11 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
         labels = y[id_list.rows]
         if len(np.unique(labels[train_rows])) < 2:
             raise data.DataError("the training rows shared with the data party hold one class")
+        if isinstance(config.class_weight, str):  # "balanced": every class needs a row
+            missing = np.flatnonzero(np.bincount(labels[train_rows], minlength=n_classes) == 0)
+            if len(missing):  # a DataError: the peer learns nothing of the labels or options
+                raise data.DataError(f"--class-weight balanced: class {int(missing[0])} has no "
+                                     "training row shared with the data party")
         sizes = config.layer_sizes(id_list.n_inputs, n_classes)
         if state is None:
             _, label_class = party_classes(insecure_flaws)

@@ -2,6 +2,7 @@
 
 import functools
 import os
+import threading
 import warnings
 
 import pytest
@@ -145,3 +146,44 @@ def small_wine():
     train_set, _, scaler = acml.prepare(subset, test_fraction=0.25, return_standardizer=True)
     return train_set, scaler
 
+
+def run_pair(keypair, feature_ids, X, label_ids, y, n_classes, cfg, *, test_fraction=0.25,
+             label_token=TEST_TOKEN, data_progress=None, label_progress=None, refusals=None,
+             data_options=(), label_options=(), timeout=None):
+    """Both parties in two threads of this process, over a real loopback socket; errors are
+    returned in the result, not raised (BaseException too: a test's simulated kill ends a party
+    as a real one would). ``timeout``: each wait, default scaled(20). ``keypair`` None: the data party brings its own (from
+    a checkpoint, say); ``data_options``/``label_options`` go to run_data_party/run_label_party."""
+    from network import transport, wire
+    timeout = scaled(20.0) if timeout is None else timeout
+    data_options = dict(data_options)
+    if keypair is not None:
+        init_seed = cfg.seed if cfg.init_seed is None else cfg.init_seed
+        data_options = dict(keypair=keypair, init_seed=init_seed, **data_options)
+    listener = wire.listen("127.0.0.1", 0)
+    port = listener.getsockname()[1]
+    out = {}
+
+    def data_side():
+        try:
+            connection = wire.accept_peer(listener, TEST_TOKEN, timeout=timeout,
+                                          log=None if refusals is None else refusals.append)
+            out["data"] = transport.run_data_party(connection, feature_ids, X, **{
+                "plan": cfg.plan, "progress": data_progress, **data_options})
+        except BaseException as error:  # reported to the test below
+            out["data_error"] = error
+        finally:
+            listener.close()
+
+    thread = threading.Thread(target=data_side, daemon=True)
+    thread.start()
+    try:
+        connection = wire.connect_peer("127.0.0.1", port, label_token, timeout=timeout)
+        out["label"] = transport.run_label_party(connection, label_ids, y, n_classes, cfg,
+                                                 test_fraction=test_fraction,
+                                                 progress=label_progress, **dict(label_options))
+    except BaseException as error:
+        out["label_error"] = error
+    thread.join(3 * timeout)
+    assert not thread.is_alive(), "the data party's thread did not end"
+    return out

@@ -246,9 +246,14 @@ class VerticalMLPClassifier(ClassifierMixin, BaseEstimator):
             state["result_"] = None  # the parties' engines, the channel: live objects
             state["_perturbation"] = None
             state["_key_bits"] = state["_data_state"].public_key.n.bit_length()
+            # No secret that prediction does not need: not the key pair, not the seed of W0 and
+            # of the bottom model (init_seed, which with --init-seed also derives the DP noise
+            # seed), not the noise seed, and not the digest of y (a small y can be found by
+            # trying every labelling against it); a review found the last two kept.
             state["_data_state"] = dataclasses.replace(state["_data_state"], keypair=None,
-                                                       perturbation_seed=None)
-            state["_label_state"] = dataclasses.replace(state["_label_state"], public_key=None)
+                                                       perturbation_seed=None, init_seed=None)
+            state["_label_state"] = dataclasses.replace(state["_label_state"], public_key=None,
+                                                        labels_sha256="")
         return state
 
     def __setstate__(self, state):

@@ -7,7 +7,10 @@ def verdict(is_right, hint=""):
     """Print one line, ✓ or ✗, and return whether the answer is right.
 
     The check computes what it compares against from the library itself, so a student who wants
-    the answer can read the check's code; what it prints never contains the answer.
+    the answer can read the check's code; what it prints never contains the answer. A hint may
+    give a direction ("too few bits"): it helps a student who reasoned, and it also lets one who
+    did not search for the answer by trying, which a check cannot prevent and a teacher should
+    know (a review found a number by 12 tries).
     """
     if is_right:
         print("✓ right")

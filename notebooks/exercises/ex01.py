@@ -2,6 +2,7 @@
 prints only ✓ or ✗ (with a hint that does not contain the answer)."""
 
 import math
+import numbers
 import secrets
 
 from . import answered, verdict
@@ -140,9 +141,12 @@ def check_4(answer):
     if not answered(answer):
         return False
     try:
-        bits, scale, slots = (int(v) for v in answer)
+        bits, scale, slots = answer
     except (TypeError, ValueError):
         return verdict(False, "give a tuple (bits with the sign, scale, slots)")
+    if not all(isinstance(value, numbers.Integral) and not isinstance(value, bool)
+               for value in (bits, scale, slots)):
+        return verdict(False, "whole numbers: a bit, a scale and a slot count are integers")
     d_terms, x_bits, w_bits = 30, 8 + 16, 8 + 56
     largest = d_terms * (2 ** x_bits - 1) * (2 ** w_bits - 1)
     right_bits = largest.bit_length() + 1

@@ -2,6 +2,7 @@
 
 import hmac
 import json
+import re
 
 from . import answered, verdict
 
@@ -66,6 +67,10 @@ def check_4(answer):
     if not answered(answer):
         return False
     text = str(answer)
-    if "frame 1" not in text:
+    # The wire's own wording (wire.Connection's tag check), so only the error itself passes:
+    # "refused <what>: the <part> tag of <peer>'s frame <n> does not verify (...)".
+    match = re.fullmatch(r"refused .+: the (\w+) tag of the label party's frame (\d+) does not "
+                         r"verify \(altered, truncated or forged on the way\)", text.strip())
+    if match is None or match.group(2) != "1":
         return verdict(False, "give the text of the error raised when the data party reads frame 1")
-    return verdict("prefix tag" in text, "that is not the first check the old frame fails")
+    return verdict(match.group(1) == "prefix", "that is not the first check the old frame fails")

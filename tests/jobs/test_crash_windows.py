@@ -16,14 +16,12 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import TEST_TOKEN, insecure_keypair, one_line_error, scaled
+from conftest import TEST_TOKEN, insecure_keypair, one_line_error, run_pair, scaled
 
 import acml
 from jobs import checkpoint
 from jobs import run_directory
 from jobs.export import export_model
-from network import transport
-from network import wire
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KEY_BITS = 512
@@ -201,45 +199,22 @@ def test_a_restart_from_the_start_removes_the_label_party_file_before_it_could_p
 
 
 # ---- the first epochs' crash windows, two processes ------------------------------------------
-def run_pair(train_set, directories, *, resume=False):
-    """Both parties over a loopback socket in two threads, each with its own directory."""
+def train_pair(train_set, directories, *, resume=False):
+    """Both parties over a loopback socket in two threads, each with its own directory
+    (conftest.run_pair): a fresh run from insecure_keypair, or resumed from the directories."""
     data_dir, label_dir = directories
-    listener = wire.listen("127.0.0.1", 0)
-    port = listener.getsockname()[1]
     ids = [str(i) for i in train_set.ids]
-    out = {}
-    fresh = {} if resume else dict(keypair=insecure_keypair(KEY_BITS), init_seed=0)
-
-    def data_side():
-        try:
-            connection = wire.accept_peer(listener, TOKEN, timeout=scaled(30))
-            out["data"] = transport.run_data_party(
-                connection, ids, train_set.X, plan=config().plan, checkpoint_dir=data_dir,
-                resume=resume, allow_insecure=True, **fresh)
-        except BaseException as error:  # Killed too: this thread's party dies
-            out["data_error"] = error
-        finally:
-            listener.close()
-
-    thread = threading.Thread(target=data_side, daemon=True)
-    thread.start()
-    try:
-        connection = wire.connect_peer("127.0.0.1", port, TOKEN, timeout=scaled(30))
-        out["label"] = transport.run_label_party(connection, ids, train_set.y,
-                                                 train_set.n_classes, config(),
-                                                 test_fraction=0.0, checkpoint_dir=label_dir,
-                                                 resume=resume)
-    except BaseException as error:
-        out["label_error"] = error
-    thread.join(scaled(60))
-    assert not thread.is_alive(), out
-    return out
+    return run_pair(None if resume else insecure_keypair(KEY_BITS), ids, train_set.X, ids,
+                    train_set.y, train_set.n_classes, config(), test_fraction=0.0,
+                    data_options=dict(checkpoint_dir=data_dir, resume=resume,
+                                      allow_insecure=True),
+                    label_options=dict(checkpoint_dir=label_dir, resume=resume))
 
 
 @pytest.fixture(scope="module")
 def straight_pair(small_wine, tmp_path_factory):
     directories = (tmp_path_factory.mktemp("sd"), tmp_path_factory.mktemp("sl"))
-    out = run_pair(small_wine[0], directories)
+    out = train_pair(small_wine[0], directories)
     assert "data_error" not in out and "label_error" not in out, out
     return joint(*directories)
 
@@ -256,11 +231,11 @@ def test_over_tcp_a_kill_at_any_write_of_the_first_two_epochs_resumes_to_the_sam
     epoch's window by starting again from the data party's start (step "resume" answers 0)."""
     directories = (tmp_path / "d", tmp_path / "l")
     boundaries = WriteBoundaries(monkeypatch, kill_before, role)
-    out = run_pair(small_wine[0], directories)
+    out = train_pair(small_wine[0], directories)
     assert isinstance(out.get(f"{role}_error"), Killed), out
     monkeypatch.undo()
     assert len(boundaries.writes) == kill_before
-    out = run_pair(small_wine[0], directories, resume=True)
+    out = train_pair(small_wine[0], directories, resume=True)
     assert "data_error" not in out and "label_error" not in out, out
     assert_same_model(straight_pair, joint(*directories))
 
@@ -272,13 +247,13 @@ def test_over_tcp_the_data_party_killed_before_its_start_has_nothing_to_resume(
     into the same directories are accepted."""
     directories = (tmp_path / "d", tmp_path / "l")
     WriteBoundaries(monkeypatch, 1, "data")
-    out = run_pair(small_wine[0], directories)
+    out = train_pair(small_wine[0], directories)
     monkeypatch.undo()
     assert isinstance(out.get("data_error"), Killed)
     assert not list(directories[1].glob("*.npz")) if directories[1].exists() else True
-    out = run_pair(small_wine[0], directories, resume=True)
+    out = train_pair(small_wine[0], directories, resume=True)
     assert "nothing to resume" in str(out["data_error"])
-    out = run_pair(small_wine[0], directories)
+    out = train_pair(small_wine[0], directories)
     assert "data_error" not in out and "label_error" not in out, out
 
 

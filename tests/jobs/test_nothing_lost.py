@@ -11,22 +11,19 @@ import stat
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import warnings
 import zipfile
 
 import numpy as np
 import pytest
-from conftest import TEST_TOKEN, insecure_keypair, scaled
+from conftest import TEST_TOKEN, insecure_keypair, run_pair, scaled
 
 import acml
 import channel
 import fixed
 from jobs import checkpoint
 from jobs import run_directory
-from network import transport
-from network import wire
 
 KEY_BITS = 512
 TIMEOUT = scaled(30.0)
@@ -131,39 +128,16 @@ def test_a_finished_run_says_exactly_what_to_run(small_wine, straight):
 
 
 # ---- 1. checkpoint pairs, two processes ---------------------------------------------------------
-def run_pair(train_set, directories, epochs, *, resume=False):
-    """Both parties over a loopback socket in two threads; each its own directory."""
+def train_pair(train_set, directories, epochs, *, resume=False):
+    """Both parties over a loopback socket in two threads, each with its own directory
+    (conftest.run_pair): a fresh run from insecure_keypair, or resumed from the directories."""
     data_dir, label_dir = directories
-    listener = wire.listen("127.0.0.1", 0)
-    port = listener.getsockname()[1]
     ids = [str(i) for i in train_set.ids]
-    out = {}
-    fresh = {} if resume else dict(keypair=insecure_keypair(KEY_BITS), init_seed=0)
-
-    def data_side():
-        try:
-            connection = wire.accept_peer(listener, TOKEN, timeout=TIMEOUT)
-            out["data"] = transport.run_data_party(
-                connection, ids, train_set.X, plan=config(epochs).plan, checkpoint_dir=data_dir,
-                resume=resume, allow_insecure=True, **fresh)
-        except Exception as error:
-            out["data_error"] = error
-        finally:
-            listener.close()
-
-    thread = threading.Thread(target=data_side, daemon=True)
-    thread.start()
-    try:
-        connection = wire.connect_peer("127.0.0.1", port, TOKEN, timeout=TIMEOUT)
-        out["label"] = transport.run_label_party(connection, ids, train_set.y,
-                                                 train_set.n_classes, config(epochs),
-                                                 test_fraction=0.0, checkpoint_dir=label_dir,
-                                                 resume=resume)
-    except Exception as error:
-        out["label_error"] = error
-    thread.join(TIMEOUT)
-    assert not thread.is_alive(), out
-    return out
+    return run_pair(None if resume else insecure_keypair(KEY_BITS), ids, train_set.X, ids,
+                    train_set.y, train_set.n_classes, config(epochs), test_fraction=0.0,
+                    data_options=dict(checkpoint_dir=data_dir, resume=resume,
+                                      allow_insecure=True),
+                    label_options=dict(checkpoint_dir=label_dir, resume=resume))
 
 
 def tcp_model(directories):
@@ -182,14 +156,14 @@ def test_over_tcp_the_parties_agree_on_the_latest_epoch_both_saved(small_wine, t
     uninterrupted run ends."""
     train_set, _ = small_wine
     straight = (tmp_path / "sd", tmp_path / "sl")
-    out = run_pair(train_set, straight, 3)
+    out = train_pair(train_set, straight, 3)
     assert "data_error" not in out and "label_error" not in out, out
     crashed = (tmp_path / "cd", tmp_path / "cl")
-    assert "label_error" not in run_pair(train_set, crashed, 3)
+    assert "label_error" not in train_pair(train_set, crashed, 3)
     behind = crashed[1] if ahead == "data" else crashed[0]
     role = "label" if ahead == "data" else "data"
     os.replace(behind / f"{role}_party.epoch-2.npz", behind / f"{role}_party.npz")
-    out = run_pair(train_set, crashed, 3, resume=True)
+    out = train_pair(train_set, crashed, 3, resume=True)
     assert "data_error" not in out and "label_error" not in out, out
     assert out["label"].resumed_after_epoch == 2
     # right after the id alignment (PSI by default: its messages are step "align"), before the

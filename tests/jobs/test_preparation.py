@@ -318,3 +318,19 @@ def test_the_exported_model_carries_the_preparation_and_scores_a_raw_file_as_pre
     encrypted = simulation.predict_file(run, new, "id", allow_insecure=True)[1]
     assert list(ids) == ["n1", "n2"]
     np.testing.assert_allclose(model.predict_scores(X), encrypted.scores, atol=1e-4)
+
+
+def test_the_width_does_not_depend_on_which_rows_train(tmp_path):
+    """Property: the label party chooses which ids are common and how they split, so the width
+    d (public) must not change with the training rows: the categories are the whole file's. A
+    category held by one row only gives the same prepared columns whether that row trains or
+    not (with the training rows' categories, d told whether the row was among them)."""
+    path = tmp_path / "features.csv"
+    path.write_text("id,city,x\n" + "".join(
+        f"c{k:03d},{'Rome' if k == 5 else 'Oslo' if k % 2 else 'Lima'},{k}\n" for k in range(12)))
+    raw = preparation.read_raw_features(path, "id")
+    rules = preparation.rules_from_options(categorical=["city"])
+    with_it = preparation.Preparation.fit(raw, [1, 2, 3, 4, 5, 6], rules)
+    without_it = preparation.Preparation.fit(raw, [1, 2, 3, 4, 6, 7], rules)
+    assert with_it.feature_names == without_it.feature_names == [
+        "city=Lima", "city=Oslo", "city=Rome", "x"]

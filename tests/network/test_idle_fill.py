@@ -12,13 +12,12 @@ import socket
 from types import SimpleNamespace
 
 import pytest
-from conftest import insecure_keypair
+from conftest import insecure_keypair, run_pair
 
 from network import idle_fill
 from speed import kernels
 from test_parity import (KEY_BITS, TEST_FRACTION, assert_same_weights, config,  # noqa: F401
                          in_process, keypair, parties)  # keypair, parties: the parity fixtures
-from test_transport import run_pair
 
 EPOCHS = 3
 

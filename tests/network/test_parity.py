@@ -18,7 +18,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import insecure_keypair
+from conftest import insecure_keypair, run_pair
 
 import acml
 from jobs import checkpoint
@@ -31,7 +31,7 @@ from channel import DATA, LeakageError, leakage_lines
 import protocol
 from attacks.flaws import InsecureFlaws, InsecureFlawWarning
 from fixed import Fixed
-from test_transport import (ROOT, TIMEOUT, TOKEN, cli, environment, label_args, run_pair,
+from test_transport import (ROOT, TIMEOUT, TOKEN, cli, environment, label_args,
                             start_data_party, two_party_data, write_csvs)
 
 KEY_BITS = 512
@@ -467,3 +467,16 @@ def test_each_partys_bar_is_given_the_batches_it_will_train_as_its_total(keypair
         totals = {total for _, total in calls[role]}
         assert totals == {4}, (role, totals)  # 2 epochs × 2 batches of 16 over 30 rows
         assert calls[role][-1][0] == 4
+
+
+def test_a_balanced_weight_on_a_class_the_shared_rows_lack_tells_the_data_party_nothing(
+        keypair, parties):
+    """Property: the class weights are the label party's alone. Asked to balance three classes
+    when the shared training rows hold two, it refuses on its side, and the data party hears
+    only that the label party had a problem with its own data: not the option, not a class."""
+    feature_ids, X, label_ids, y, class_names = parties
+    out = run_pair(keypair, feature_ids, X, label_ids, y, 3, config(class_weight="balanced"),
+                   test_fraction=TEST_FRACTION)
+    assert "no training row" in str(out["label_error"])
+    heard = str(out["data_error"])
+    assert "own data" in heard and "class" not in heard and "balanced" not in heard

@@ -13,13 +13,13 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import insecure_keypair, one_line_error, write_csv
+from conftest import insecure_keypair, one_line_error, run_pair, write_csv
 
 import acml
 from jobs import checkpoint, data, preparation, run_directory
 from network import wire
 from test_parity import assert_same_weights, config, data_party_process, finish, run
-from test_transport import TIMEOUT, TOKEN, cli, run_pair
+from test_transport import TIMEOUT, TOKEN, cli
 
 KEY_BITS = 512
 TEST_FRACTION = 0.25

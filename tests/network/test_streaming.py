@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import insecure_keypair, scaled
+from conftest import insecure_keypair, run_pair, scaled
 
 from network import transport
 from network import wire
@@ -23,7 +23,7 @@ from fixed import Fixed
 from plan import stream_slices
 from test_parity import TEST_FRACTION, assert_same_weights, config, in_process
 from test_parity import keypair, parties  # noqa: F401  (module fixtures)
-from test_transport import TOKEN, run_pair
+from test_transport import TOKEN
 
 KEY_BITS = 512
 NAME, SHAPE = "[[X·W_B + ε_B]]", (6, 2)

@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import TEST_TOKEN, insecure_keypair, one_line_error, scaled
+from conftest import TEST_TOKEN, insecure_keypair, one_line_error, run_pair, scaled
 
 import acml
 from jobs import data
@@ -82,45 +82,6 @@ def reference_run(keypair, feature_ids, X, label_ids, y, class_names, cfg, test_
     test_set = data.Dataset(scaler.transform(X_common[test_rows]), y_common[test_rows],
                             ids[test_rows], names, class_names, "reference")
     return acml.train(train_set, test_set, cfg, keypair=keypair), test_set
-
-
-def run_pair(keypair, feature_ids, X, label_ids, y, n_classes, cfg, *, test_fraction=0.25,
-             label_token=TOKEN, data_progress=None, label_progress=None, refusals=None,
-             data_options=(), label_options=()):
-    """Both parties in two threads of this process, over a real loopback socket; errors are
-    returned in the result, not raised. ``keypair`` None: the data party brings its own (from
-    a checkpoint, say); ``data_options``/``label_options`` go to run_data_party/run_label_party."""
-    data_options = dict(data_options)
-    if keypair is not None:
-        init_seed = cfg.seed if cfg.init_seed is None else cfg.init_seed
-        data_options = dict(keypair=keypair, init_seed=init_seed, **data_options)
-    listener = wire.listen("127.0.0.1", 0)
-    port = listener.getsockname()[1]
-    out = {}
-
-    def data_side():
-        try:
-            connection = wire.accept_peer(listener, TOKEN, timeout=TIMEOUT,
-                                               log=None if refusals is None else refusals.append)
-            out["data"] = transport.run_data_party(connection, feature_ids, X, **{
-                "plan": cfg.plan, "progress": data_progress, **data_options})
-        except Exception as error:  # reported to the test below
-            out["data_error"] = error
-        finally:
-            listener.close()
-
-    thread = threading.Thread(target=data_side, daemon=True)
-    thread.start()
-    try:
-        connection = wire.connect_peer("127.0.0.1", port, label_token, timeout=TIMEOUT)
-        out["label"] = transport.run_label_party(connection, label_ids, y, n_classes, cfg,
-                                                 test_fraction=test_fraction,
-                                                 progress=label_progress, **dict(label_options))
-    except Exception as error:
-        out["label_error"] = error
-    thread.join(TIMEOUT)
-    assert not thread.is_alive(), "the data party's thread did not end"
-    return out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -200,7 +200,7 @@ class RecordingUnpickler(pickle.Unpickler):
 
 def test_pickle_round_trip_keeps_predictions_and_stores_no_secret(fitted):
     """A fitted estimator pickles; the pickle names no key, no random source, no mask, no
-    engine (secrets are not stored); unpickling draws a fresh key of the same size, and the
+    engine, no seed of W0 and no digest of the labels (secrets are not stored); unpickling draws a fresh key of the same size, and the
     unpickled model predicts exactly what the pickled one does (z = X·W is exact under any
     key) — and again after a second round trip."""
     X, labels, model = fitted
@@ -214,6 +214,8 @@ def test_pickle_round_trip_keeps_predictions_and_stores_no_secret(fitted):
     assert not forbidden, forbidden
     private = model._data_state.keypair[1]
     assert str(private.p) not in str(pickle.loads(payload).__dict__)
+    # nor the seed of W0 (and of the DP noise, with --init-seed), nor the digest of y
+    assert restored._data_state.init_seed is None and not restored._label_state.labels_sha256
     assert restored.result_ is None and restored._data_state.keypair is not None
     assert restored._data_state.public_key.n != model._data_state.public_key.n  # fresh
     assert restored._data_state.public_key.n.bit_length() == 512
