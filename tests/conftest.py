@@ -5,6 +5,7 @@ import os
 import threading
 import warnings
 
+import numpy
 import pytest
 
 import paillier
@@ -187,3 +188,48 @@ def run_pair(keypair, feature_ids, X, label_ids, y, n_classes, cfg, *, test_frac
     thread.join(3 * timeout)
     assert not thread.is_alive(), "the data party's thread did not end"
     return out
+
+
+def assert_same_weights(data_party, label_party, reference):
+    """W_B + ε_acc integer for integer, the bottom model's W and b, every layer of the label
+    party, its losses and its test scores: all bit for bit."""
+    joint = label_party.weight_share + data_party.noise_acc
+    expected = reference.label_party.weight_share + reference.data_party.noise_acc
+    assert joint.scale == expected.scale and numpy.array_equal(joint.values, expected.values)
+    assert (data_party.bottom is None) == (reference.data_party.bottom is None)
+    if data_party.bottom is not None:
+        assert numpy.array_equal(data_party.bottom.layer.W, reference.data_party.bottom.layer.W)
+        assert numpy.array_equal(data_party.bottom.layer.b, reference.data_party.bottom.layer.b)
+    assert len(label_party.model.layers) == len(reference.label_party.model.layers)
+    for mine, theirs in zip(label_party.model.layers, reference.label_party.model.layers):
+        assert numpy.array_equal(mine.b, theirs.b)
+        if mine.W is not None:
+            assert numpy.array_equal(mine.W, theirs.W)
+    assert label_party.losses == reference.losses
+    assert numpy.array_equal(label_party.predictions, reference.label_party.predictions)
+
+
+def saved_model(directory, label_directory=None):
+    """(W = W_B + ε_acc, the label party's layers, its velocities, its epochs) from the main
+    checkpoint files (each party's own directory in two processes), the pair checked to belong
+    together."""
+    from jobs import checkpoint
+    label_directory = label_directory or directory
+    data_state = checkpoint.DataPartyState.load(os.path.join(directory, "data_party.npz"),
+                                                allow_insecure=True)
+    label_state = checkpoint.LabelPartyState.load(
+        os.path.join(label_directory, "label_party.npz"), allow_insecure=True)
+    checkpoint.check_checkpoint_pair(data_state, label_state)
+    return ((label_state.weight_share + data_state.noise_acc).values, label_state.parameters,
+            label_state.velocity, label_state.epochs_completed)
+
+
+def assert_same_saved_model(a, b):
+    """Two saved_model results: the same epoch, W and every layer and velocity, bit for bit."""
+    wa, pa, va, ea = a
+    wb, pb, vb, eb = b
+    assert ea == eb and numpy.array_equal(wa, wb)
+    for name in pa:
+        assert numpy.array_equal(pa[name], pb[name]), name
+    for name in va:
+        assert numpy.array_equal(va[name], vb[name]), name

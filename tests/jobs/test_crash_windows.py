@@ -14,9 +14,9 @@ import threading
 import time
 import warnings
 
-import numpy as np
 import pytest
-from conftest import TEST_TOKEN, insecure_keypair, one_line_error, run_pair, scaled
+from conftest import (TEST_TOKEN, assert_same_saved_model, insecure_keypair, one_line_error,
+                      run_pair, saved_model, scaled)
 
 import acml
 from jobs import checkpoint
@@ -101,28 +101,12 @@ class WriteBoundaries:
                     raise Killed(f"before write {count}: {name}")
 
 
-def joint(directory, label_directory=None):
-    """W = W_B + ε_acc, the label party's layers and velocities, and the epoch, from the main
-    files (each party's own directory in two processes)."""
-    label_directory = label_directory or directory
-    data_state = checkpoint.DataPartyState.load(os.path.join(directory, "data_party.npz"),
-                                                allow_insecure=True)
-    label_state = checkpoint.LabelPartyState.load(
-        os.path.join(label_directory, "label_party.npz"), allow_insecure=True)
-    checkpoint.check_checkpoint_pair(data_state, label_state)
-    return ((label_state.weight_share + data_state.noise_acc).values, label_state.parameters,
-            label_state.velocity, label_state.epochs_completed)
+joint = saved_model
 
 
 def assert_same_model(a, b):
-    wa, pa, va, ea = a
-    wb, pb, vb, eb = b
-    assert ea == eb == EPOCHS and np.array_equal(wa, wb)
-    assert pa.keys() == pb.keys() and va.keys() == vb.keys() and va
-    for name in pa:
-        assert np.array_equal(pa[name], pb[name]), name
-    for name in va:
-        assert np.array_equal(va[name], vb[name]), name
+    assert_same_saved_model(a, b)
+    assert a[3] == EPOCHS and a[1].keys() == b[1].keys() and a[2].keys() == b[2].keys() and a[2]
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import TEST_TOKEN, insecure_keypair, run_pair, scaled
+from conftest import (TEST_TOKEN, assert_same_saved_model, insecure_keypair, run_pair,
+                      saved_model, scaled)
 
 import acml
 import channel
@@ -44,21 +45,8 @@ def train(small_wine, directory, epochs, **options):
                           standardizer=scaler, **options)
 
 
-def joint(directory):
-    """W = W_B + ε_acc and the label party's layers, from a directory's main files."""
-    data_state, label_state = run_directory.load_pair(directory, allow_insecure=True)
-    return ((label_state.weight_share + data_state.noise_acc).values, label_state.parameters,
-            label_state.velocity, label_state.epochs_completed)
-
-
 def assert_same_model(a, b):
-    wa, pa, va, ea = joint(a)
-    wb, pb, vb, eb = joint(b)
-    assert ea == eb and np.array_equal(wa, wb)
-    for name in pa:
-        assert np.array_equal(pa[name], pb[name]), name
-    for name in va:
-        assert np.array_equal(va[name], vb[name]), name
+    assert_same_saved_model(saved_model(a), saved_model(b))
 
 
 @pytest.fixture(scope="module")
@@ -141,12 +129,7 @@ def train_pair(train_set, directories, epochs, *, resume=False):
 
 
 def tcp_model(directories):
-    data_dir, label_dir = directories
-    data_state = checkpoint.DataPartyState.load(data_dir / "data_party.npz", allow_insecure=True)
-    label_state = checkpoint.LabelPartyState.load(label_dir / "label_party.npz",
-                                                  allow_insecure=True)
-    checkpoint.check_checkpoint_pair(data_state, label_state)
-    return (label_state.weight_share + data_state.noise_acc).values, label_state.parameters
+    return saved_model(*directories)[:2]
 
 
 @pytest.mark.parametrize("ahead", ["data", "label"])

@@ -18,7 +18,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import insecure_keypair, run_pair
+from conftest import assert_same_weights, insecure_keypair, run_pair
 
 import acml
 from jobs import checkpoint
@@ -84,25 +84,6 @@ def over_tcp(keypair, parties, cfg, *, data_options=(), label_options=()):
                        label_options=dict(class_names=class_names, **dict(label_options)))
     assert "data_error" not in out and "label_error" not in out, out
     return out["data"].party, out["label"].party
-
-
-def assert_same_weights(data_party, label_party, reference):
-    """W_B + ε_acc integer for integer, the bottom model's W and b, every layer of the label
-    party, its losses and its test scores: all bit for bit."""
-    joint = label_party.weight_share + data_party.noise_acc
-    expected = reference.label_party.weight_share + reference.data_party.noise_acc
-    assert joint.scale == expected.scale and np.array_equal(joint.values, expected.values)
-    assert (data_party.bottom is None) == (reference.data_party.bottom is None)
-    if data_party.bottom is not None:
-        assert np.array_equal(data_party.bottom.layer.W, reference.data_party.bottom.layer.W)
-        assert np.array_equal(data_party.bottom.layer.b, reference.data_party.bottom.layer.b)
-    assert len(label_party.model.layers) == len(reference.label_party.model.layers)
-    for mine, theirs in zip(label_party.model.layers, reference.label_party.model.layers):
-        assert np.array_equal(mine.b, theirs.b)
-        if mine.W is not None:
-            assert np.array_equal(mine.W, theirs.W)
-    assert label_party.losses == reference.losses
-    assert np.array_equal(label_party.predictions, reference.label_party.predictions)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import TEST_TOKEN, insecure_keypair, one_line_error, run_pair, scaled
+from conftest import (TEST_TOKEN, assert_same_weights, insecure_keypair, one_line_error, run_pair,
+                      scaled)
 
 import acml
 from jobs import data
@@ -120,15 +121,7 @@ def test_two_parties_over_a_socket_equal_the_in_process_run_bit_for_bit(keypair,
     data_run, label_run = out["data"], out["label"]
     label_party, data_party = label_run.party, data_run.party
 
-    joint = label_party.weight_share + data_party.noise_acc
-    expected = reference.label_party.weight_share + reference.data_party.noise_acc
-    assert joint.scale == expected.scale and np.array_equal(joint.values, expected.values)
-    for mine, theirs in zip(label_party.model.layers, reference.label_party.model.layers):
-        assert np.array_equal(mine.b, theirs.b)
-        if mine.W is not None:
-            assert np.array_equal(mine.W, theirs.W)
-    assert label_party.losses == reference.losses
-    assert np.array_equal(label_party.predictions, reference.label_party.predictions)
+    assert_same_weights(data_party, label_party, reference)
     assert np.array_equal(label_party.classes(), reference.label_party.classes())
     assert np.array_equal(label_run.test_labels, test_set.y)
     assert label_run.metrics()["test_accuracy"] == reference.metrics["test_accuracy"]
