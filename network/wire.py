@@ -43,9 +43,9 @@ nothing of it is used. A connection that refused a frame refuses everything afte
 Limits: ``timeout`` bounds the wait for each frame of the session (the peer's computing and the
 transfer); ``handshake_timeout`` bounds the whole set-up of one connection. The data party
 authenticates connections in parallel, up to MAX_PENDING_HANDSHAKES at once; a newcomer is
-always admitted, the oldest pending handshake of the most crowded address making room for it
-(:class:`_PendingHandshakes` says why), so idle connections cannot keep the real label party
-out.
+always admitted, the oldest pending handshake among the addresses holding two or more making
+room for it (:class:`_PendingHandshakes` says why), so idle connections cannot keep the real
+label party out.
 
 A party that stops on a refusal the protocol can report (a σ or a training plan it refuses, a
 resume it cannot make, a peer's PSI set over its cap, a malformed message) first sends one
@@ -907,8 +907,8 @@ def accept_peer(listener: socket.socket, token: bytes, *, timeout: float = DEFAU
     every LOG_EVERY_SECONDS) and closed, and the wait goes on: strangers knocking, or idling,
     neither end the session nor keep the real peer out. At most MAX_PENDING_HANDSHAKES
     connections are authenticated at once; a newcomer to a full table is admitted and the
-    oldest pending handshake of the most crowded address is closed (:class:`_PendingHandshakes`
-    says why).
+    oldest pending handshake among the addresses holding two or more is closed
+    (:class:`_PendingHandshakes` says why).
     """
     token = check_token(token)
     context = _as_context(tls, server=True)

@@ -311,7 +311,6 @@ def keygen_vs_openssl(bits: int, draws: int) -> dict:
     since a safe-prime search's time varies tenfold between draws.  Without ``openssl`` on the
     PATH, or under its 512-bit minimum, ours alone, with a note saying why."""
     import shutil
-    import statistics
     import subprocess
     openssl = shutil.which("openssl")
     half = bits // 2

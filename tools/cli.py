@@ -678,7 +678,6 @@ def train_holding(args, config) -> int:
     note = key_bits_note(args)
     if note:
         print(f"note: {note}", file=sys.stderr)
-    keypair = None if keypair is None else keypair.result()
     with warnings.catch_warnings(), workers(args.workers, args.dask) as executor:
         warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
         result = with_transcript(args.transcript, lambda transcript: simulation.train(
@@ -699,11 +698,16 @@ def train_holding(args, config) -> int:
         except OSError as error:  # checked before training, yet the disk filled meanwhile
             where = rescue_run(args, result, train_set, scaler, prepared)
             raise LateFailure(f"{describe_error(error)}; {where}") from None
-    if args.plot:
-        from jobs.report import plot_run  # matplotlib is loaded only when a plot is asked for
-        for path in plot_run(result.metrics, args.plot, result.test_labels, result.test_scores):
-            print(f"wrote {path}", file=sys.stderr)
+    write_plots(args.plot, result)
     return 0
+
+
+def write_plots(path, result) -> None:
+    """--plot: the run's loss, ROC and precision–recall curves (jobs.report.plot_run), if asked."""
+    if path:
+        from jobs.report import plot_run  # matplotlib is loaded only when a plot is asked for
+        for written in plot_run(result.metrics, path, result.test_labels, result.test_scores):
+            print(f"wrote {written}", file=sys.stderr)
 
 
 class LateFailure(ValueError):
@@ -748,10 +752,7 @@ def rehearse(args, train_set, test_set, config: Config) -> int:
     if args.json:
         checkpoint.write_atomically(args.json, lambda handle: json.dump(
             result.metrics, handle, indent=2, allow_nan=False), mode="w")
-    if args.plot:
-        from jobs.report import plot_run  # matplotlib is loaded only when a plot is asked for
-        for path in plot_run(result.metrics, args.plot, result.test_labels, result.test_scores):
-            print(f"wrote {path}", file=sys.stderr)
+    write_plots(args.plot, result)
     return 0
 
 
