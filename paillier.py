@@ -508,8 +508,16 @@ class PrivateKey:
         """The residue m in [0, n) in ciphertext c, from k = crt_constants(): m_p and m_q by
         Paillier's per-prime formula, recombined by Garner's CRT.  c is not checked (callers
         check it first: raw_decrypt, decrypt_residues)."""
-        m_p = L(k.powmod(c, k.p - 1, k.psquare), k.p) * k.hp % k.p
-        m_q = L(k.powmod(c, k.q - 1, k.qsquare), k.q) * k.hq % k.q
+        return PrivateKey.crt_combine(k.powmod(c, k.p - 1, k.psquare),
+                                      k.powmod(c, k.q - 1, k.qsquare), k)
+
+    @staticmethod
+    def crt_combine(power_p, power_q, k):
+        """The residue m in [0, n) from c^(p−1) mod p² and c^(q−1) mod q² (however they were
+        computed: one by one, or a whole list at once): m_p = L(c^(p−1), p)·h_p mod p, m_q
+        likewise, recombined by Garner's formula."""
+        m_p = L(power_p, k.p) * k.hp % k.p
+        m_q = L(power_q, k.q) * k.hq % k.q
         # Garner's recombination: the unique m in [0, n) with m ≡ m_p (mod p), m ≡ m_q (mod q).
         return m_q + k.q * ((m_p - m_q) * k.q_inverse_mod_p % k.p)
 

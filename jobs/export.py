@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jobs import checkpoint, data, preparation
+from jobs import checkpoint, preparation
 import nn
 from jobs import run_directory
 from parties import BottomModel
@@ -95,14 +95,12 @@ class PlainModel:
     def rows_of_file(self, path, id_column: str) -> tuple:
         """(ids, X) of a raw features file, prepared as the data party prepared its training
         file (categories, fill values, dropped columns), or read as numbers without one."""
-        if self.preparation is None:
-            ids, X, names = data.load_features_csv(path, id_column)
-            if names != list(self.feature_names):
-                raise ValueError(f"{path}: its columns {names} are not the model's "
-                                 f"{list(self.feature_names)}")
-            return ids, X
-        prepared = preparation.Preparation.from_dict(self.preparation)
-        ids, X, _ = preparation.load_prepared_features(path, id_column, prepared)
+        prepared = (None if self.preparation is None
+                    else preparation.Preparation.from_dict(self.preparation))
+        ids, X, names = preparation.load_features_as_trained(path, id_column, prepared)
+        if prepared is None and names != list(self.feature_names):
+            raise ValueError(f"{path}: its columns {names} are not the model's "
+                             f"{list(self.feature_names)}")
         return ids, X
 
     def inputs(self, X) -> np.ndarray:

@@ -231,15 +231,12 @@ class Preparation:
             if name in rules.drop:
                 continue
             kind = "category" if name in rules.categorical else "number"
-            cells = raw.column(name)[rows]
-            values = (_numbers(raw, name, rows) if kind == "number"
-                      else np.where(cells == "", np.nan, cells).astype(object))
             fill = None
-            if name in rules.impute:
+            if name in rules.impute:  # the training rows' statistic
+                cells = raw.column(name)[rows]
+                values = (_numbers(raw, name, rows) if kind == "number"
+                          else np.where(cells == "", np.nan, cells).astype(object))
                 fill = _learned_fill(raw, name, kind, values, *rules.impute[name])
-                values = np.where(cells == "", fill, values)
-                if kind == "number":
-                    values = values.astype(np.float64)
             categories = None
             if kind == "category":
                 # The categories of the whole file, not of the training rows: the label party
@@ -438,15 +435,10 @@ def load_prepared_pair(features_csv, labels_csv, *, id_column: str, label_column
     return dataset, preparation, counts
 
 
-def load_prepared_features(path, id_column: str, preparation: Preparation):
-    """(ids, X, feature_names) of new rows to predict, prepared as at training."""
-    raw = read_raw_features(path, id_column)
-    return raw.ids, preparation.transform(raw), preparation.feature_names
-
-
 def load_features_as_trained(path, id_column: str, preparation: Preparation | None):
     """(ids, X, feature_names) of new rows to predict: prepared by the training's preparation,
     or read as numbers (data.load_features_csv) by a model that kept none."""
     if preparation is None:
         return data.load_features_csv(path, id_column)
-    return load_prepared_features(path, id_column, preparation)
+    raw = read_raw_features(path, id_column)
+    return raw.ids, preparation.transform(raw), preparation.feature_names

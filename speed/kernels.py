@@ -604,12 +604,8 @@ def kernel_crt_decrypt(constants, ciphertexts):
     bases = [mpz(c) for c in ciphertexts]
     powers_p = powmod_list(bases, k.p - 1, k.psquare)
     powers_q = powmod_list(bases, k.q - 1, k.qsquare)
-    out = []
-    for power_p, power_q in zip(powers_p, powers_q):
-        m_p = paillier.L(power_p, k.p) * k.hp % k.p
-        m_q = paillier.L(power_q, k.q) * k.hq % k.q
-        out.append(int(m_q + k.q * ((m_p - m_q) * k.q_inverse_mod_p % k.p)))
-    return out
+    return [int(paillier.PrivateKey.crt_combine(power_p, power_q, k))
+            for power_p, power_q in zip(powers_p, powers_q)]
 
 
 _THREAD_POOLS = {}  # (pid, threads) -> ThreadPoolExecutor, made on first use: a forked child
