@@ -718,17 +718,19 @@ def run_label_party(connection, ids, y, n_classes: int, config, *, test_fraction
 def predict_as_data(connection, ids, X, checkpoint_dir, *, feature_names=None,
                     source: str = "features", executor=None, allow_insecure: bool = False,
                     transcript=None, stream_chunks: int = STREAM_CHUNKS, dp_epsilon=None,
-                    dp_delta=None) -> Session:
+                    dp_delta=None, state=None) -> Session:
     """The data party's side of a prediction: its checkpoint, its new rows (raw, as in the
     features file), their ids (sent to the label party in the clear, declared with
     protocol.IDS_TO_PREDICT_REASON: it writes the predictions keyed by id, so it learns which
     ids were scored, and by leak L5 each one's z). The rows are perturbed as the checkpoint's
     training rows were, or with ``dp_epsilon``/``dp_delta`` instead
-    (DataPartyState.perturb_rows_to_predict)."""
+    (DataPartyState.perturb_rows_to_predict). ``state``: the checkpoint, if the caller has
+    already loaded it from ``checkpoint_dir`` (to prepare the rows before listening)."""
     start_time = time.perf_counter()
     try:
-        state = checkpoint.DataPartyState.load(run_directory.party_path(checkpoint_dir, DATA),
-                                               allow_insecure=allow_insecure)
+        if state is None:
+            state = checkpoint.DataPartyState.load(run_directory.party_path(checkpoint_dir, DATA),
+                                                   allow_insecure=allow_insecure)
         rows = state.rows_to_predict(X, feature_names=feature_names, ids=ids, source=source)
         rows = state.perturb_rows_to_predict(rows, dp_epsilon, dp_delta)
         party = state.restore(rows, same_features=False, engine=FastEngine(executor=executor))

@@ -890,11 +890,12 @@ def _data_party(args, token, tls, frame_cap, executor, progress, transcript):
         if not rules.empty:
             raise UsageError(f"{', '.join(preparation_flags(args))}: --predict prepares the rows "
                              "as the checkpoint's training did; drop them")
-        prepared = checkpoint.DataPartyState.load(
+        saved = checkpoint.DataPartyState.load(
             run_directory.party_path(args.checkpoint_dir, DATA),
-            allow_insecure=args.insecure_small_key).prepared()
+            allow_insecure=args.insecure_small_key)
         ids, X, feature_names = preparation.load_features_as_trained(args.features,
-                                                                     args.id_column, prepared)
+                                                                     args.id_column,
+                                                                     saved.prepared())
     else:
         raw = preparation.read_raw_features(args.features, args.id_column)
         preparation.check_rules(raw, rules)
@@ -924,7 +925,8 @@ def _data_party(args, token, tls, frame_cap, executor, progress, transcript):
                                          executor=executor,
                                          allow_insecure=args.insecure_small_key,
                                          transcript=transcript, stream_chunks=args.stream_chunks,
-                                         dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta)
+                                         dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta,
+                                         state=saved)
     return transport.run_data_party(connection, raw.ids, raw, rules=rules,
                                     keypair=None if keypair is None else keypair.result(),
                                     plan=FixedPointPlan(sigma=args.sigma),
