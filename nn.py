@@ -340,6 +340,13 @@ def init_layer(layer_sizes, index: int, activation: str = "relu", seed: int = 0,
                  with_weight=with_weight)
 
 
+def class_weight_setting(class_weight):
+    """A class-weight setting as JSON keeps it: None, "balanced", or a list of floats."""
+    if class_weight is None or isinstance(class_weight, str):
+        return class_weight
+    return [float(weight) for weight in class_weight]
+
+
 def check_threshold(threshold, positive_class: int = 1, n_outputs: int = 1,
                     loss: str = "sigmoid_bce") -> tuple:
     """(threshold, positive class) once they make sense: a threshold only for two classes (one
@@ -886,6 +893,14 @@ def minority_class(labels, n_classes: int) -> int:
     positive class, the one whose precision and recall a report names."""
     counts = np.bincount(_metric_labels(labels, "labels"), minlength=n_classes)
     return int(np.argmin(counts))
+
+
+def default_positive_class(labels, n_classes: int) -> int:
+    """The positive class when none is asked for: the minority class of ``labels`` for two
+    classes (class 1 with no labels, as a party that only predicts has), else class 1 (the
+    reports then average over all classes)."""
+    labels = np.asarray(labels)
+    return minority_class(labels, n_classes) if n_classes == 2 and labels.size else 1
 
 
 def curve_points(labels, scores) -> dict:

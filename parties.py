@@ -447,8 +447,7 @@ class LabelParty:
         n_classes = max(2, self.layer_sizes[-1])
         self.class_weight = class_weight  # the setting; the model holds its numbers
         if positive_class is None:
-            positive_class = (nn.minority_class(self.labels, n_classes)
-                              if self.labels.size and n_classes == 2 else 1)
+            positive_class = nn.default_positive_class(self.labels, n_classes)
         # a party that only predicts has no labels to weigh: "balanced" needs them
         weights = nn.class_weights(class_weight, self.labels, n_classes) if self.labels.size \
             else None

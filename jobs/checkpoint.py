@@ -638,7 +638,7 @@ class LabelPartyState:
                     "lr": party.lr, "momentum": party.optimizer.momentum,
                     "batch_size": party.batch_size, "epochs": party.epochs, "seed": party.seed,
                     "block_rows": party.block_rows,
-                    "class_weight": class_weight_setting(party.class_weight),
+                    "class_weight": nn.class_weight_setting(party.class_weight),
                     "threshold": party.model.threshold,
                     "positive_class": party.model.positive_class}
         parameters = {name: np.array(value, dtype=np.float64)
@@ -753,13 +753,6 @@ class LabelPartyState:
             raise ValueError("these are not the labels the label party's checkpoint was trained "
                              "on (their sha256 differs): resume with the same rows and settings")
         return party
-
-
-def class_weight_setting(class_weight):
-    """A class-weight setting as JSON keeps it: None, "balanced", or a list of floats."""
-    if class_weight is None or isinstance(class_weight, str):
-        return class_weight
-    return [float(weight) for weight in class_weight]
 
 
 def _perturbation_of(perturbation) -> tuple:

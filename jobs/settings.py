@@ -59,9 +59,7 @@ class Config:
         return {"layer_sizes": list(layer_sizes), "activation": self.activation, "lr": self.lr,
                 "momentum": self.momentum, "batch_size": self.batch_size, "seed": self.seed,
                 "block_rows": self.block_rows, "fixed_point": self.plan.to_dict(),
-                "class_weight": (self.class_weight if self.class_weight is None
-                                 or isinstance(self.class_weight, str)
-                                 else [float(weight) for weight in self.class_weight])}
+                "class_weight": nn.class_weight_setting(self.class_weight)}
 
     def decision(self, y, n_classes: int) -> tuple:
         """(threshold, positive class id) of this run: the positive class asked for, else the
@@ -69,7 +67,7 @@ class Config:
         the reports average over all classes)."""
         positive = self.positive_class
         if positive is None:
-            positive = nn.minority_class(y, n_classes) if n_classes == 2 else 1
+            positive = nn.default_positive_class(y, n_classes)
         return nn.check_threshold(self.threshold, positive, 1 if n_classes == 2 else n_classes,
                                   "sigmoid_bce" if n_classes == 2 else "softmax_ce")
 
@@ -85,7 +83,7 @@ class Config:
                 "dp_epsilon": (self.dp_epsilon if self.dp_epsilon is None
                                or self.dp_epsilon != float("inf") else "inf"),
                 "dp_delta": self.dp_delta,
-                "class_weight": self.label_settings(())["class_weight"],
+                "class_weight": nn.class_weight_setting(self.class_weight),
                 "threshold": self.threshold, "positive_class": self.positive_class}
 
     def layer_sizes(self, n_features: int, n_classes: int) -> tuple:
