@@ -759,6 +759,17 @@ def roc_auc(labels, scores) -> float:
                  / (positives * negatives))
 
 
+def threshold_counts(labels, scores) -> tuple:
+    """(last, TP) over the distinct scores taken as thresholds from the highest down: for each
+    threshold t, ``last`` is the index (in score order, highest first) of the last row scoring
+    ≥ t, so last + 1 rows are predicted positive, and TP how many of them are positives."""
+    order = np.argsort(-scores, kind="mergesort")
+    sorted_scores, hits = scores[order], labels[order]
+    # the last row of each run of equal scores closes one threshold
+    last = np.r_[np.flatnonzero(np.diff(sorted_scores)), sorted_scores.size - 1]
+    return last, np.cumsum(hits)[last]
+
+
 def average_precision(labels, scores) -> float:
     """Area under the precision–recall curve, as the step sum over the distinct scores t taken
     as thresholds from the highest down (scikit-learn's average_precision_score):
@@ -782,11 +793,7 @@ def average_precision(labels, scores) -> float:
     positives = int(labels.sum())
     if positives == 0:
         return float("nan")
-    order = np.argsort(-scores, kind="mergesort")
-    sorted_scores, hits = scores[order], labels[order]
-    # the last row of each run of equal scores closes one threshold
-    last = np.r_[np.flatnonzero(np.diff(sorted_scores)), sorted_scores.size - 1]
-    true_positives = np.cumsum(hits)[last]
+    last, true_positives = threshold_counts(labels, scores)
     precision = true_positives / (last + 1)
     recall = true_positives / positives
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
@@ -910,10 +917,8 @@ def curve_points(labels, scores) -> dict:
     sum over), for plotting. ROC starts at (0, 0); the PR curve at recall 0, precision 1."""
     labels = _metric_labels(labels, "labels")
     scores = np.asarray(scores, dtype=np.float64)
-    order = np.argsort(-scores, kind="mergesort")
-    sorted_scores, hits = scores[order], labels[order]
-    last = np.r_[np.flatnonzero(np.diff(sorted_scores)), sorted_scores.size - 1]
-    true_positives = np.cumsum(hits)[last].astype(np.float64)
+    last, true_positives = threshold_counts(labels, scores)
+    true_positives = true_positives.astype(np.float64)
     false_positives = (last + 1) - true_positives
     positives, negatives = max(int(labels.sum()), 1), max(int(labels.size - labels.sum()), 1)
     return {"fpr": np.r_[0.0, false_positives / negatives].tolist(),
