@@ -441,10 +441,19 @@ def predict_with(data_state, label_state, X, *, feature_names=None, ids=None,
     """``predict`` with both parties' states already loaded."""
     X = data_state.rows_to_predict(X, feature_names=feature_names, ids=ids, source=source)
     X = data_state.perturb_rows_to_predict(X, dp_epsilon, dp_delta)
+    channel, data_party, label_party, public = restored_for_prediction(data_state, label_state,
+                                                                       X, executor)
+    nn.set_decision(label_party.model, label_state.class_names, threshold, positive_class)
+    protocol.predict(channel, public)
+    return label_party.prediction(label_state.class_names)
+
+
+def restored_for_prediction(data_state, label_state, X, executor=None) -> tuple:
+    """Both parties rebuilt from their states to predict rows X (already as the protocol sees
+    them: standardised, perturbed), over one channel, and step 0 of a prediction:
+    (channel, data party, label party, public facts)."""
     data_party = data_state.restore(X, same_features=False, engine=FastEngine(executor=executor))
     data_party.set_rows_to_predict(X)
     label_party = label_state.restore(engine=FastEngine(executor=executor))
-    nn.set_decision(label_party.model, label_state.class_names, threshold, positive_class)
     channel = Channel(data_party=data_party, label_party=label_party, sigma=data_state.plan.sigma)
-    protocol.predict(channel, protocol.setup(channel, start="predict"))
-    return label_party.prediction(label_state.class_names)
+    return channel, data_party, label_party, protocol.setup(channel, start="predict")

@@ -35,16 +35,13 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 import nn
 import paillier
-import protocol
-from channel import Channel
 from jobs import data
 from jobs.checkpoint import DataPartyState, LabelPartyState
 from jobs.export import PlainModel
 from jobs.settings import Config
-from jobs.simulation import predict_encrypted, train
+from jobs.simulation import predict_encrypted, restored_for_prediction, train
 from plan import FixedPointPlan, check_features, check_sigma
 from privacy import input_perturbation
-from speed.engine import FastEngine
 
 
 def refuse_missing_labels(y) -> None:
@@ -290,12 +287,8 @@ class VerticalMLPClassifier(ClassifierMixin, BaseEstimator):
         if result is not None:
             return predict_encrypted(result.channel, result.data_party, result.label_party, X,
                                      progress=self.progress)
-        data_party = self._data_state.restore(X, same_features=False, engine=FastEngine())
-        data_party.set_rows_to_predict(X)
-        label_party = self._label_state.restore(engine=FastEngine())
-        channel = Channel(data_party=data_party, label_party=label_party,
-                          sigma=self._data_state.plan.sigma)
-        protocol.setup(channel, start="predict")
+        channel, data_party, label_party, _ = restored_for_prediction(self._data_state,
+                                                                      self._label_state, X)
         return predict_encrypted(channel, data_party, label_party, X, progress=self.progress)
 
     def predict_proba(self, X) -> np.ndarray:
