@@ -6,6 +6,7 @@ from . import answered, verdict
 
 MITIGATION_AUC_BOUND = 0.72      # exercise 4: the label attack may separate the labels no better
 MITIGATION_UTILITY_BOUND = 0.45  # exercise 4: the bottom layer's updates keep this cosine, at least
+MITIGATION_RUNS = 16  # applications of a mitigation the check averages over
 
 
 def check_1(answer, run):
@@ -101,16 +102,20 @@ def check_4(mitigate):
     """mitigate(g) -> g', applied by the label party to every δ·Wᵀ it sends (rows × 8). What code
     can test: the label attack's separation AUC on the mitigated view is at most 0.72, and the
     bottom layer still learns (mean cosine of its batch weight gradients with and without the
-    mitigation at least 0.45). The rest (the privacy argument, the price, the threat model) is
+    mitigation at least 0.45), each the mean over MITIGATION_RUNS applications. The rest (the privacy argument, the price, the threat model) is
     for the rubric."""
     if not answered(mitigate):
         return False
     try:
-        auc, utility = _label_leak_and_utility(mitigate)
+        # A mitigation that adds noise scores differently on every application: the mean of
+        # MITIGATION_RUNS applications is what the bounds judge (one application failed a sound
+        # design one time in ten; the mean of 16 moves four times less).
+        scores = np.array([_label_leak_and_utility(mitigate) for _ in range(MITIGATION_RUNS)])
     except ValueError as error:
         return verdict(False, str(error))
-    print(f"your mitigation: separation AUC {auc:.3f}, utility (cosine) {utility:.3f}; "
-          "the rest of the rubric is for your write-up")
+    auc, utility = scores.mean(axis=0)
+    print(f"your mitigation: separation AUC {auc:.3f}, utility (cosine) {utility:.3f} (means of "
+          f"{MITIGATION_RUNS} applications); the rest of the rubric is for your write-up")
     if auc > MITIGATION_AUC_BOUND:
         return verdict(False, f"the labels still separate (AUC above {MITIGATION_AUC_BOUND})")
     return verdict(utility >= MITIGATION_UTILITY_BOUND,
