@@ -49,6 +49,24 @@ def test_random_safe_prime_has_its_size_top_bits_and_a_prime_half(arithmetic):
         backend.random_safe_prime(8)
 
 
+def test_the_sieve_keeps_every_safe_prime_and_drops_every_small_factor():
+    """The sieve's prime lists are the primes (against sympy), and its stages drop a candidate
+    exactly when p or (p - 1)/2 has an odd factor under 20,000: every safe prime of 16 bits or
+    more (p' >= 24,576, above every sieving prime) is kept, so the draw stays uniform."""
+    import sympy
+    assert backend._odd_primes(3, 2000) == list(sympy.primerange(3, 2000))
+    assert backend._odd_primes(2000, 20_000) == list(sympy.primerange(2000, 20_000))
+    sieve = backend._SMALL_PRIMES_PRODUCT * backend._SAFE_SIEVE_DEEPER
+
+    def kept(p):
+        return math.gcd(p, sieve) == 1 and math.gcd(p >> 1, sieve) == 1
+
+    safe = [p for p in range(49_152, 400_000, 4) if backend.is_probable_prime(p + 3)
+            and backend.is_probable_prime((p + 3) // 2)]
+    assert len(safe) > 100 and all(kept(p + 3) for p in safe)
+    assert not kept(2 * 19_997 * 3 + 1) and not kept(19_997 * 3)  # a factor near the top
+
+
 def test_the_wheel_keeps_every_residue_a_safe_prime_can_have():
     """The wheel drops only residues where 4 ∤ p - 3, or p or (p - 1)/2 has a factor 3..13: no
     safe prime above 23 (= 2·11 + 1, the last with a wheel prime as its half; every draw is
