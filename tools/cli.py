@@ -1132,7 +1132,12 @@ def command_bench(args) -> int:
     from tools import bench  # benchmarks are not the library: loaded only for this command
 
     check_output_file("--json", args.json)
-    bench.run(quick=args.quick, workers=args.workers, json_path=args.json)
+    if args.credit_card is not None:
+        check_input_file("--credit-card", args.credit_card)
+        bench.credit_card_epoch(args.credit_card or None, workers=args.workers,
+                                quick=args.quick, json_path=args.json)
+    else:
+        bench.run(quick=args.quick, workers=args.workers, json_path=args.json)
     return 0
 
 
@@ -1273,6 +1278,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--workers", type=WORKERS, default=2,
                               help="processes for the runs on workers (default 2)")
     bench_parser.add_argument("--json", help="write the results as JSON to this path")
+    bench_parser.add_argument("--credit-card", nargs="?", const="", metavar="CSV",
+                              help="only one epoch of UCI's credit-card default data (its CSV, "
+                                   "or without one a table of its shape: 30,000 rows x 23) "
+                                   "with the headline network, on the workers")
     bench_parser.set_defaults(handler=command_bench)
     return parser
 

@@ -5,6 +5,7 @@ import contextlib
 import io
 import json
 
+import numpy as np
 import pytest
 
 import acml
@@ -223,3 +224,79 @@ def test_quick_bench_json_compares_djn_and_textbook_randomizers(quick_report):
         assert randomizer["ratio"] == pytest.approx(randomizer["textbook"] / randomizer["djn"])
         assert randomizer["table_build"] > 0
         assert randomizer["pool_offline"] > 0 and randomizer["pool_online"] > 0
+
+
+def test_quick_bench_counts_the_traffic_to_the_workers_and_scales_from_one_core(quick_report):
+    """The workers' epoch is run once more with its traffic counted (calls, tasks, bytes both
+    ways, the seconds to pickle them, the kernels' own seconds), and the workers' epoch is
+    compared with the epoch on one core, beside the one with a decryption thread per core."""
+    traffic = quick_report["worker_traffic"]
+    assert traffic["workers"] == 2 and traffic["calls"] > 0
+    assert traffic["tasks"] >= traffic["calls"]
+    assert traffic["bytes_to_workers"] > 0 and traffic["bytes_back"] > 0
+    assert 0 < traffic["pickle_seconds"] and 0 < traffic["kernel_seconds"]
+    assert traffic["call_seconds"] > 0 and traffic["epoch_seconds"] > 0
+    ratios = quick_report["ratios"]
+    assert ratios["workers_vs_one_core"]["reached"] > 0
+    assert 0 < ratios["worker_pickling_share"]["reached"] < 1
+
+
+def test_credit_card_table_has_the_datas_shape_and_default_rate():
+    """The table the credit-card epoch runs on: 30,000 rows, 23 standardised columns, 22.12%
+    defaults, the same table every time (seeded), and its label explained by the columns."""
+    from tools import bench
+    table = bench.credit_card_table()
+    assert table.X.shape == (30_000, 23) and table.y.shape == (30_000,)
+    assert abs(table.y.mean() - 0.2212) < 1e-3
+    assert np.allclose(table.X.mean(axis=0), 0, atol=0.03)
+    assert np.array_equal(table.X, bench.credit_card_table().X)
+    from sklearn.linear_model import LogisticRegression
+    fitted = LogisticRegression().fit(table.X[:5000], table.y[:5000])
+    assert fitted.score(table.X[5000:10000], table.y[5000:10000]) > 0.85
+
+
+def credit_card_csv(path, rows=700):
+    """A CSV with the credit-card file's columns: ID, 23 numbers, the label."""
+    table = bench_module().credit_card_table(rows=rows)
+    header = ["ID", *[f"X{column}" for column in range(1, 24)], "default.payment.next.month"]
+    lines = [",".join(header)] + [",".join([str(row + 1), *[f"{value:.4f}" for value in
+                                                            table.X[row]], str(table.y[row])])
+                                  for row in range(rows)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def bench_module():
+    from tools import bench
+    return bench
+
+
+@pytest.mark.parametrize("with_file", [False, True], ids=["table of its shape", "its CSV"])
+def test_credit_card_bench_quick_runs_one_epoch_and_gives_no_verdict(tmp_path, with_file):
+    """`bench --credit-card [CSV] --quick`: one packed epoch of the headline network on the
+    workers, over the training rows (80%) of the file or of a table of its shape; its seconds
+    in the JSON, the target's ratio recorded without a verdict."""
+    path = tmp_path / "card.json"
+    arguments = ["bench", "--credit-card", "--quick", "--json", str(path)]
+    if with_file:
+        arguments.insert(2, str(credit_card_csv(tmp_path / "card.csv")))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert acml.main(arguments) == 0
+    report = json.loads(path.read_text())
+    epoch = report["credit_card_epoch"]
+    assert epoch["rows"] == 480 and epoch["features"] == 23 and epoch["workers"] == 2
+    assert (epoch["hidden"], epoch["batch_size"]) == (16, 64)
+    assert epoch["data"] == ("card.csv" if with_file else "credit-card shape")
+    assert epoch["seconds"] == pytest.approx(epoch["online_seconds"] + epoch["offline_seconds"])
+    row = report["ratios"]["credit_card_epoch_minutes"]
+    assert row["reached"] == pytest.approx(epoch["seconds"] / 60) and row["met"] is None
+    assert "no verdict" in printed.getvalue()
+
+
+def test_credit_card_bench_names_a_missing_file_in_one_line(tmp_path, capsys):
+    """A --credit-card path that is not a file: one line naming the flag and the path."""
+    missing = tmp_path / "nowhere.csv"
+    assert acml.main(["bench", "--credit-card", str(missing), "--quick"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--credit-card" in err and "nowhere.csv" in err
