@@ -148,19 +148,13 @@ def small_wine():
     return train_set, scaler
 
 
-def run_pair(keypair, feature_ids, X, label_ids, y, n_classes, cfg, *, test_fraction=0.25,
-             label_token=TEST_TOKEN, data_progress=None, label_progress=None, refusals=None,
-             data_options=(), label_options=(), timeout=None):
-    """Both parties in two threads of this process, over a real loopback socket; errors are
-    returned in the result, not raised (BaseException too: a test's simulated kill ends a party
-    as a real one would). ``timeout``: each wait, default scaled(20). ``keypair`` None: the data party brings its own (from
-    a checkpoint, say); ``data_options``/``label_options`` go to run_data_party/run_label_party."""
-    from network import transport, wire
-    timeout = scaled(20.0) if timeout is None else timeout
-    data_options = dict(data_options)
-    if keypair is not None:
-        init_seed = cfg.seed if cfg.init_seed is None else cfg.init_seed
-        data_options = dict(keypair=keypair, init_seed=init_seed, **data_options)
+def over_loopback(data_work, label_work, *, timeout, label_token=TEST_TOKEN, refusals=None,
+                  catch=BaseException):
+    """``data_work(connection)`` in a thread that accepts on a real loopback socket, and
+    ``label_work(connection)`` here, connected to it: {"data": …, "label": …}, or a side's
+    error as "data_error" / "label_error" (errors of type ``catch`` are returned, not raised;
+    BaseException by default: a test's simulated kill ends a party as a real one would)."""
+    from network import wire
     listener = wire.listen("127.0.0.1", 0)
     port = listener.getsockname()[1]
     out = {}
@@ -169,9 +163,8 @@ def run_pair(keypair, feature_ids, X, label_ids, y, n_classes, cfg, *, test_frac
         try:
             connection = wire.accept_peer(listener, TEST_TOKEN, timeout=timeout,
                                           log=None if refusals is None else refusals.append)
-            out["data"] = transport.run_data_party(connection, feature_ids, X, **{
-                "plan": cfg.plan, "progress": data_progress, **data_options})
-        except BaseException as error:  # reported to the test below
+            out["data"] = data_work(connection)
+        except catch as error:  # reported to the test below
             out["data_error"] = error
         finally:
             listener.close()
@@ -179,15 +172,35 @@ def run_pair(keypair, feature_ids, X, label_ids, y, n_classes, cfg, *, test_frac
     thread = threading.Thread(target=data_side, daemon=True)
     thread.start()
     try:
-        connection = wire.connect_peer("127.0.0.1", port, label_token, timeout=timeout)
-        out["label"] = transport.run_label_party(connection, label_ids, y, n_classes, cfg,
-                                                 test_fraction=test_fraction,
-                                                 progress=label_progress, **dict(label_options))
-    except BaseException as error:
+        out["label"] = label_work(wire.connect_peer("127.0.0.1", port, label_token,
+                                                    timeout=timeout))
+    except catch as error:
         out["label_error"] = error
     thread.join(3 * timeout)
     assert not thread.is_alive(), "the data party's thread did not end"
     return out
+
+
+def run_pair(keypair, feature_ids, X, label_ids, y, n_classes, cfg, *, test_fraction=0.25,
+             label_token=TEST_TOKEN, data_progress=None, label_progress=None, refusals=None,
+             data_options=(), label_options=(), timeout=None):
+    """Both parties in two threads of this process, over a real loopback socket
+    (over_loopback; errors returned in the result). ``timeout``: each wait, default
+    scaled(20). ``keypair`` None: the data party brings its own (from a checkpoint, say);
+    ``data_options``/``label_options`` go to run_data_party/run_label_party."""
+    from network import transport
+    timeout = scaled(20.0) if timeout is None else timeout
+    data_options = dict(data_options)
+    if keypair is not None:
+        init_seed = cfg.seed if cfg.init_seed is None else cfg.init_seed
+        data_options = dict(keypair=keypair, init_seed=init_seed, **data_options)
+    return over_loopback(
+        lambda connection: transport.run_data_party(connection, feature_ids, X, **{
+            "plan": cfg.plan, "progress": data_progress, **data_options}),
+        lambda connection: transport.run_label_party(
+            connection, label_ids, y, n_classes, cfg, test_fraction=test_fraction,
+            progress=label_progress, **dict(label_options)),
+        timeout=timeout, label_token=label_token, refusals=refusals)
 
 
 def assert_same_weights(data_party, label_party, reference):

@@ -11,14 +11,13 @@ import io
 import json
 import shutil
 import subprocess
-import threading
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import assert_same_weights, insecure_keypair, run_pair
+from conftest import assert_same_weights, insecure_keypair, over_loopback, run_pair
 
 import acml
 from jobs import checkpoint
@@ -118,30 +117,13 @@ def predict_over_tcp(data_dir, label_dir, ids, X, names, *, both=False, **data_o
     """predict_as_data and predict_as_label, each from its own directory, over loopback: the
     label party's outcome, or with ``both`` (the data party's, the label party's).
     ``data_options`` go to predict_as_data (``dp_epsilon``, say)."""
-    listener = wire.listen("127.0.0.1", 0)
-    out = {}
-
-    def data_side():
-        try:
-            connection = wire.accept_peer(listener, TOKEN, timeout=TIMEOUT)
-            out["data"] = transport.predict_as_data(connection, ids, X, data_dir,
-                                                    feature_names=names, allow_insecure=True,
-                                                    **data_options)
-        except Exception as error:
-            out["data_error"] = error
-        finally:
-            listener.close()
-
-    thread = threading.Thread(target=data_side, daemon=True)
-    thread.start()
-    try:
-        connection = wire.connect_peer("127.0.0.1", listener.getsockname()[1], TOKEN,
-                                       timeout=TIMEOUT)
-        out["label"] = transport.predict_as_label(connection, label_dir, allow_insecure=True)
-    except Exception as error:
-        out["label_error"] = error
-    thread.join(TIMEOUT)
-    assert not thread.is_alive(), "the data party's thread did not end"
+    out = over_loopback(
+        lambda connection: transport.predict_as_data(connection, ids, X, data_dir,
+                                                     feature_names=names, allow_insecure=True,
+                                                     **data_options),
+        lambda connection: transport.predict_as_label(connection, label_dir,
+                                                      allow_insecure=True),
+        timeout=TIMEOUT, label_token=TOKEN, catch=Exception)
     assert "data_error" not in out and "label_error" not in out, out
     return (out["data"], out["label"]) if both else out["label"]
 

@@ -11,8 +11,8 @@ import pytest
 import acml
 
 OPERATIONS = ("keygen", "encrypt", "decrypt", "mul_const", "matmul_per_term")
-WAYS = ("packed", "packed_workers", "packed_blocks", "packed_previous_kernels", "unpacked",
-        "plaintext", "phe")
+WAYS = ("packed", "packed_workers", "packed_blocks", "packed_previous_kernels",
+        "packed_one_core", "unpacked", "plaintext", "phe")
 
 
 @pytest.fixture(scope="module")
@@ -295,8 +295,8 @@ def test_credit_card_bench_quick_runs_one_epoch_and_gives_no_verdict(tmp_path, w
 
 
 def test_credit_card_bench_names_a_missing_file_in_one_line(tmp_path, capsys):
-    """A --credit-card path that is not a file: one line naming the flag and the path."""
+    """A --credit-card path that is not a file: one line naming the path and what is wrong."""
     missing = tmp_path / "nowhere.csv"
     assert acml.main(["bench", "--credit-card", str(missing), "--quick"]) != 0
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--credit-card" in err and "nowhere.csv" in err
+    assert len(err.splitlines()) == 1 and "nowhere.csv" in err and "not found" in err
