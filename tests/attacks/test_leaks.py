@@ -247,3 +247,20 @@ def test_low_rank_gram_attack_reports_not_determined_when_equations_are_too_few(
     assert not result.determined
     assert (result.n_equations, result.n_unknowns) == (192, 712)
     assert "192 equations for 712 unknowns" in result.reason
+
+
+@pytest.mark.parametrize("method", ["svd", "cholesky"])
+def test_a_view_one_rank_short_is_rank_deficient_by_either_method(method):
+    """Protects the verdict on a view whose equations outnumber the unknowns but leave one
+    direction free (n = 48, h = 8, E = 5: rank 1175 of 1176). The SVD counts the rank; the
+    Cholesky path once factored such normal equations and, judging by the factor's pivots,
+    called the view determined while its estimate of X·Xᵀ was 61% wrong. LAPACK's condition
+    estimate sees it."""
+    c = {**leaks.GRAM_DEFAULTS, "n": N_ROWS, "hidden": HIDDEN, "epochs": 5}
+    X, y, _, _ = leaks.load_rows(c["dataset"], c["n"], seed=c["seed"], features=c["features"])
+    recording = leaks.train_and_record(X, y, [X.shape[1], HIDDEN, 1], epochs=5,
+                                       batch_size=c["batch_size"], lr=c["lr"], seed=c["seed"],
+                                       init_seed=c["seed"] + 1)
+    result = leaks.gram_attack(recording.label_view, method=method, allow_underdetermined=True)
+    assert result.n_equations > result.n_unknowns
+    assert not result.determined and "rank-deficient" in result.reason
