@@ -654,6 +654,7 @@ HEU_VALUE_BITS = 16
 # "ID" column and the label "default.payment.next.month".
 CREDIT_CARD = dict(rows=30_000, features=23, positives=0.2212, id_column="ID",
                    label_column="default.payment.next.month")
+CREDIT_CARD_TRAINING_ROWS = 24_000  # the 80% that prepare() trains on
 
 
 def credit_card_table(rows: int = CREDIT_CARD["rows"]) -> Dataset:
@@ -701,11 +702,12 @@ def credit_card_epoch(csv_path=None, *, workers: int = 2, bits: int = 2048,
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", paillier.InsecureKeyWarning)
-        keypair = paillier.generate_keypair(bits, allow_insecure=quick)
+        keypair = paillier.generate_keypair(bits, allow_insecure=True)  # it guards nothing
     keygen_seconds = time.perf_counter() - started
     out(f"one epoch of {table.name}: {len(train_set.y):,} training rows x "
         f"{train_set.X.shape[1]} features, {sizes['hidden']} units, batches of "
-        f"{sizes['batch_size']}, {bits}-bit key, packed, {workers} workers ...")
+        f"{sizes['batch_size']}, {bits}-bit key, packed, {workers} "
+        f"worker{'s' if workers != 1 else ''} ...")
     pool = ProcessPoolExecutor(workers) if workers > 1 else None
     try:
         epoch = protocol_epoch(train_set, sizes, keypair, packing=True, executor=pool,
@@ -715,6 +717,17 @@ def credit_card_epoch(csv_path=None, *, workers: int = 2, bits: int = 2048,
             pool.shutdown()
     what, target, _ = TARGETS["credit_card_epoch_minutes"]
     minutes = epoch["seconds"] / 60
+    # The target is this data's epoch on 2 cores at 2048 bits: any other run gets no verdict.
+    differs = [f"{name} {value}, not {wanted}" for name, value, wanted in (
+        ("training rows", len(train_set.y), CREDIT_CARD_TRAINING_ROWS),
+        ("features", train_set.X.shape[1], CREDIT_CARD["features"]),
+        ("workers", workers, 2), ("key bits", bits, 2048)) if value != wanted]
+    if quick:
+        no_verdict = "no verdict (--quick)"
+    elif differs:
+        no_verdict = f"no verdict (not the target's run: {', '.join(differs)})"
+    else:
+        no_verdict = None
     report = {"credit_card_epoch": {
                   "data": table.name, "rows": len(train_set.y), "features": train_set.X.shape[1],
                   "key_bits": bits, "workers": workers, **sizes,
@@ -726,8 +739,9 @@ def credit_card_epoch(csv_path=None, *, workers: int = 2, bits: int = 2048,
                   "load_average_after": list(os.getloadavg())},
               "ratios": {"credit_card_epoch_minutes": {
                   "what": what, "target": target, "direction": "max", "reached": minutes,
-                  "met": None if quick else minutes <= target}}}
-    verdict = "no verdict (--quick)" if quick else "met" if minutes <= target else "MISSED"
+                  "met": None if no_verdict else minutes <= target,
+                  **({"note": no_verdict} if no_verdict else {})}}}
+    verdict = no_verdict or ("met" if minutes <= target else "MISSED")
     out(f"epoch {epoch['seconds']:.1f} s = {minutes:.2f} min (online {epoch['online_seconds']:.1f}"
         f" s, offline {epoch['offline_seconds']:.1f} s; setup {epoch['setup_seconds']:.1f} s, "
         f"key {keygen_seconds:.1f} s): target <= {target:g} min, {verdict}; load "
@@ -892,13 +906,14 @@ def _timed_call(kernel, *task):
 
 @contextmanager
 def worker_traffic(totals: dict):
-    """While it is open, every call that hands kernels to an executor (kernels._run) adds to
+    """While it is open, every call that hands kernels to an executor (kernels.run_tasks) adds to
     ``totals``: the calls and tasks, the bytes pickled to the workers and back, the seconds to
     pickle and unpickle them (measured again here, on the same payloads), the wall seconds of
-    the calls, and the seconds the kernels ran in the workers. What sending each worker its
-    rows once per epoch, instead of with every call, could at most save is the pickling."""
+    the calls, and the seconds the kernels ran in the workers. The calls' wall time beyond the
+    kernels' time shared by the workers is the hand-off (pickling, the pipes) and uneven tasks:
+    what sending each worker its rows once per epoch could save is a part of it."""
     import pickle
-    run = kernels._run
+    run = kernels.run_tasks
     for name in ("calls", "tasks", "bytes_to_workers", "bytes_back", "pickle_seconds",
                  "call_seconds", "kernel_seconds"):
         totals.setdefault(name, 0)
@@ -922,11 +937,11 @@ def worker_traffic(totals: dict):
         totals["bytes_back"] += sum(map(len, back))
         totals["kernel_seconds"] += sum(seconds for _, seconds in results)
         return [result for result, _ in results]
-    kernels._run = counted
+    kernels.run_tasks = counted
     try:
         yield totals
     finally:
-        kernels._run = run
+        kernels.run_tasks = run
 
 
 def _load(report: dict, phase: str) -> None:

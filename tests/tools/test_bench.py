@@ -300,3 +300,23 @@ def test_credit_card_bench_names_a_missing_file_in_one_line(tmp_path, capsys):
     assert acml.main(["bench", "--credit-card", str(missing), "--quick"]) != 0
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nowhere.csv" in err and "not found" in err
+
+
+def test_credit_card_bench_judges_only_the_targets_own_run(tmp_path):
+    """The 3-minute target is the credit-card data's epoch (24,000 training rows, 23 features)
+    on 2 workers at 2048 bits: a smaller file, or one worker, gets no verdict and says why,
+    instead of a "met" earned on another run. (A 512-bit --quick run stands in here, with the
+    quick flag's own refusal replaced by the check of the run's shape.)"""
+    from tools import bench
+    small = credit_card_csv(tmp_path / "small.csv", rows=200)
+    printed = []
+    report = bench.credit_card_epoch(str(small), workers=1, quick=True, out=printed.append)
+    assert report["ratios"]["credit_card_epoch_minutes"]["met"] is None
+    bench_quick_off = dict(quick=False, bits=512)
+    report = bench.credit_card_epoch(str(small), workers=1, out=printed.append,
+                                     **bench_quick_off)
+    row = report["ratios"]["credit_card_epoch_minutes"]
+    assert row["met"] is None
+    assert "training rows 160, not 24000" in row["note"] and "workers 1, not 2" in row["note"]
+    assert "key bits 512, not 2048" in row["note"] and "1 worker ..." in printed[-2]
+    assert "no verdict (not the target's run" in printed[-1] and "met" not in printed[-1]
