@@ -677,9 +677,10 @@ def credit_card_table(rows: int = CREDIT_CARD["rows"]) -> Dataset:
 def credit_card_file(path) -> Dataset:
     """The credit-card CSV itself: its ID column, its 23 columns as features, its label."""
     from jobs.data import load_features_csv, load_labels_csv
+    # the labels first: a file without the label column is told so in those words
+    _, y, classes = load_labels_csv(path, CREDIT_CARD["id_column"], CREDIT_CARD["label_column"])
     ids, X, names = load_features_csv(path, CREDIT_CARD["id_column"],
                                       exclude_columns=(CREDIT_CARD["label_column"],))
-    _, y, classes = load_labels_csv(path, CREDIT_CARD["id_column"], CREDIT_CARD["label_column"])
     return Dataset(X, y, ids, names, classes, name=os.path.basename(path))
 
 

@@ -320,3 +320,13 @@ def test_credit_card_bench_judges_only_the_targets_own_run(tmp_path):
     assert "training rows 160, not 24000" in row["note"] and "workers 1, not 2" in row["note"]
     assert "key bits 512, not 2048" in row["note"] and "1 worker ..." in printed[-2]
     assert "no verdict (not the target's run" in printed[-1] and "met" not in printed[-1]
+
+
+def test_credit_card_bench_names_a_missing_label_column_in_one_line(tmp_path, capsys):
+    """A CSV without the credit-card label: one line naming the label column it lacks."""
+    path = tmp_path / "no_label.csv"
+    path.write_text("ID,a,b\n1,2,3\n2,3,4\n")
+    assert acml.main(["bench", "--credit-card", str(path), "--quick"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "no label column 'default.payment.next.month'" in err and "no_label.csv" in err
