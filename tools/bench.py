@@ -69,7 +69,7 @@ import numpy as np
 
 from jobs import simulation
 from jobs.settings import Config
-from jobs.data import Dataset, load_split
+from jobs.data import Dataset, load_split, take
 from speed import backend
 from speed import kernels
 import channel as channel_module
@@ -692,10 +692,9 @@ def credit_card_epoch(csv_path=None, *, workers: int = 2, bits: int = 2048,
     online + offline as every epoch here; setup apart). ``csv_path``: the CSV itself, else
     credit_card_table. ``quick``: 600 rows, a 512-bit key, no verdict."""
     from jobs.data import prepare
-    table = (credit_card_file(csv_path) if csv_path else
-             credit_card_table(rows=600 if quick else CREDIT_CARD["rows"]))
+    table = credit_card_file(csv_path) if csv_path else credit_card_table()
     if quick:
-        table = take_rows(table, 600)
+        table = take(table, np.arange(min(600, len(table.y))), "")
     train_set, _ = prepare(table)
     bits = 512 if quick else bits
     sizes = {"hidden": nn.HEADLINE["hidden"][0], "batch_size": nn.HEADLINE["batch_size"]}
@@ -752,12 +751,6 @@ def credit_card_epoch(csv_path=None, *, workers: int = 2, bits: int = 2048,
         checkpoint.write_atomically(json_path, lambda handle: json.dump(report, handle, indent=2),
                                     mode="w", private=False)
     return report
-
-
-def take_rows(table: Dataset, rows: int) -> Dataset:
-    """The first ``rows`` rows of ``table``."""
-    return Dataset(table.X[:rows], table.y[:rows], table.ids[:rows], table.feature_names,
-                   table.class_names, name=table.name)
 
 
 def heu_epoch(train_set, sizes, bits: int) -> dict:
