@@ -148,6 +148,19 @@ def small_wine():
     return train_set, scaler
 
 
+def train_as_the_parties_split(dataset, cfg, keypair, *, test_fraction, **train_options):
+    """acml.train on ``dataset`` split and standardised as two parties do it (unstratified,
+    from the ids in sorted order: what run_label_party does), returning its result."""
+    import acml
+    train_set, test_set, scaler = acml.prepare(dataset, test_fraction=test_fraction,
+                                               seed=cfg.seed, return_standardizer=True,
+                                               stratified=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return acml.train(train_set, test_set, cfg, keypair=keypair, standardizer=scaler,
+                          **train_options), train_set
+
+
 def over_loopback(data_work, label_work, *, timeout, label_token=TEST_TOKEN, refusals=None,
                   catch=BaseException):
     """``data_work(connection)`` in a thread that accepts on a real loopback socket, and

@@ -54,10 +54,15 @@ def raises_one_line(fragments, call, *args, **kwargs):
     return message
 
 
-def test_categorical_column_becomes_one_hot_columns_named_by_its_training_categories(tmp_path):
+def fitted_on_every_row(tmp_path):
+    """The features file of write_pair, read raw, and RULES fitted on all of its rows."""
     features, _ = write_pair(tmp_path)
     raw = preparation.read_raw_features(features, "id")
-    fitted = preparation.Preparation.fit(raw, np.arange(len(raw.ids)), RULES)
+    return raw, preparation.Preparation.fit(raw, np.arange(len(raw.ids)), RULES)
+
+
+def test_categorical_column_becomes_one_hot_columns_named_by_its_training_categories(tmp_path):
+    raw, fitted = fitted_on_every_row(tmp_path)
     X = fitted.transform(raw)
     assert fitted.feature_names == ["city=Lima", "city=Oslo", "city=Pune", "age", "x"]
     for row, city in enumerate(raw.column("city")):
@@ -92,9 +97,7 @@ def test_most_frequent_fills_a_blank_category(tmp_path):
 
 
 def test_drop_leaves_the_column_out_and_it_may_be_absent_at_prediction(tmp_path):
-    features, _ = write_pair(tmp_path)
-    raw = preparation.read_raw_features(features, "id")
-    fitted = preparation.Preparation.fit(raw, np.arange(len(raw.ids)), RULES)
+    raw, fitted = fitted_on_every_row(tmp_path)
     assert not any(name.startswith("note") for name in fitted.feature_names)
     rows = [[r[0], r[1], r[2], r[4]] for r in raw_rows()[0]]
     without = preparation.read_raw_features(
@@ -159,9 +162,7 @@ def test_the_stored_preparation_is_plain_data_that_rebuilds_the_same_transform(t
 
 
 def test_an_unseen_category_at_prediction_is_all_zero_and_the_others_unchanged(tmp_path):
-    features, _ = write_pair(tmp_path)
-    raw = preparation.read_raw_features(features, "id")
-    fitted = preparation.Preparation.fit(raw, np.arange(len(raw.ids)), RULES)
+    raw, fitted = fitted_on_every_row(tmp_path)
     new = preparation.read_raw_features(write_csv(
         tmp_path / "new.csv", ["id", "city", "age", "note", "x"],
         [["n1", "Rome", "30", "", "0.5"], ["n2", "Lima", "", "", "0.5"]]), "id")
@@ -172,9 +173,7 @@ def test_an_unseen_category_at_prediction_is_all_zero_and_the_others_unchanged(t
 
 
 def test_a_new_blank_where_training_had_none_is_refused_naming_line_and_id(tmp_path):
-    features, _ = write_pair(tmp_path)
-    raw = preparation.read_raw_features(features, "id")
-    fitted = preparation.Preparation.fit(raw, np.arange(len(raw.ids)), RULES)
+    raw, fitted = fitted_on_every_row(tmp_path)
     new = preparation.read_raw_features(write_csv(
         tmp_path / "new.csv", ["id", "city", "age", "note", "x"],
         [["n1", "Lima", "30", "", "0.5"], ["n2", "Lima", "31", "", ""]]), "id")

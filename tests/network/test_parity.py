@@ -17,7 +17,8 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import assert_same_weights, insecure_keypair, over_loopback, run_pair
+from conftest import (assert_same_weights, insecure_keypair, over_loopback, run_pair,
+                      train_as_the_parties_split)
 
 import acml
 from jobs import checkpoint
@@ -63,13 +64,8 @@ def in_process(keypair, parties, cfg, checkpoint_dir=None):
     names = [f"x{j}" for j in range(X.shape[1])]
     dataset = data.Dataset(X[feature_rows], y[label_rows], np.array(common, dtype=object), names,
                            class_names, "parity")
-    train_set, test_set, scaler = acml.prepare(dataset, test_fraction=TEST_FRACTION,
-                                               seed=cfg.seed, return_standardizer=True,
-                                               stratified=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return acml.train(train_set, test_set, cfg, keypair=keypair, standardizer=scaler,
-                          checkpoint_dir=checkpoint_dir)
+    return train_as_the_parties_split(dataset, cfg, keypair, test_fraction=TEST_FRACTION,
+                                      checkpoint_dir=checkpoint_dir)[0]
 
 
 def over_tcp(keypair, parties, cfg, *, data_options=(), label_options=()):

@@ -13,7 +13,8 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import insecure_keypair, one_line_error, run_pair, write_csv
+from conftest import (insecure_keypair, one_line_error, run_pair, train_as_the_parties_split,
+                      write_csv)
 
 import acml
 from jobs import checkpoint, data, preparation, run_directory
@@ -62,13 +63,8 @@ def one_process(keypair, features, labels, cfg, checkpoint_dir):
     dataset, prepared, _ = preparation.load_prepared_pair(
         features, labels, id_column="id", label_column="outcome", rules=RULES,
         keep_common_ids=True, test_fraction=TEST_FRACTION, seed=cfg.seed)
-    train_set, test_set, scaler = acml.prepare(dataset, test_fraction=TEST_FRACTION,
-                                               seed=cfg.seed, return_standardizer=True,
-                                               stratified=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return acml.train(train_set, test_set, cfg, keypair=keypair, standardizer=scaler,
-                          checkpoint_dir=checkpoint_dir, preparation=prepared), train_set
+    return train_as_the_parties_split(dataset, cfg, keypair, test_fraction=TEST_FRACTION,
+                                      checkpoint_dir=checkpoint_dir, preparation=prepared)
 
 
 @pytest.fixture(scope="module")
